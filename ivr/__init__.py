@@ -1,0 +1,3 @@
+"""Call-routing IVR server for Twilio."""
+
+__version__ = "0.1.0"

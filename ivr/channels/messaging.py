@@ -1,0 +1,32 @@
+"""Messaging (SMS, WhatsApp): actions as `MessagingResponse` TwiML. A route forwards the
+conversation to the queue's `message_to`; replies to the customer are plain messages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from twilio.twiml.messaging_response import MessagingResponse
+
+from ivr.flows.actions import Action, RouteToQueue, Say
+from ivr.queues import Queue
+
+APOLOGY = "Sorry, we cannot answer messages right now. Please try again later."
+
+
+def render_messaging(actions: list[Action], queues: Mapping[str, Queue]) -> str:
+    response = MessagingResponse()
+    for action in actions:
+        if isinstance(action, Say):
+            response.message(action.text)
+        elif isinstance(action, RouteToQueue):
+            queue = queues.get(action.queue)
+            if queue is None:
+                response.message(APOLOGY)
+            elif queue.message_to is not None and action.note:
+                response.message(action.note, to=queue.message_to)
+        # Hangup: a conversation just ends; nothing to send.
+    return str(response)
+
+
+def render_messaging_apology() -> str:
+    return render_messaging([Say(APOLOGY)], {})

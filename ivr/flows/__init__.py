@@ -1,0 +1,1 @@
+"""The flow engine: channel-neutral, it knows nothing of Twilio or TwiML."""

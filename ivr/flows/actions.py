@@ -1,0 +1,28 @@
+"""What a flow run asks a channel to do. Channel adapters turn these into TwiML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Say:
+    """Speak `text` to the caller (voice) or send it to the customer (messaging)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class RouteToQueue:
+    """Hand the contact to a queue; `note` is what agents read on messaging hand-offs."""
+
+    queue: str
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hangup:
+    """End the call (voice); end the conversation quietly (messaging)."""
+
+
+Action = Say | RouteToQueue | Hangup

@@ -1,0 +1,86 @@
+"""What every step kind shares: the base model, the registry of kinds, and the run they act on."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, StringConstraints
+
+from ivr.flows.actions import Action
+
+StepId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")]
+VarName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+Channel = Literal["voice", "messaging"]
+
+STEP_KINDS: dict[str, type[Step]] = {}
+
+
+def register_step(cls: type[Step]) -> type[Step]:
+    """Class decorator: make a step kind loadable under its `kind` name."""
+    kind = cls.model_fields["kind"].annotation.__args__[0]  # type: ignore[union-attr]
+    assert kind not in STEP_KINDS, f"step kind {kind!r} is registered twice"
+    STEP_KINDS[kind] = cls
+    return cls
+
+
+class Step(BaseModel):
+    """A node of a flow. Subclasses declare `kind: Literal[...]` and their exits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    # Fields that name the step to go to next, checked at load time.
+    exit_fields: ClassVar[tuple[str, ...]] = ()
+
+    def exits(self) -> list[str]:
+        """The step ids this step may go to."""
+        return [value for name in self.exit_fields if (value := getattr(self, name)) is not None]
+
+    async def run(self, run: Run) -> str | None:
+        """Do the step's work; return the next step id, or None when the flow has finished."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    number: str  # From, with any `whatsapp:` prefix stripped
+    address: str  # From, as Twilio sent it
+    channel: Channel
+
+    def as_variables(self) -> dict[str, Any]:
+        return {"number": self.number, "address": self.address, "channel": self.channel}
+
+
+@dataclass
+class Run:
+    """One pass of a flow for one webhook: its inputs, the variables it builds and its actions."""
+
+    contact: Contact
+    params: dict[str, str]
+    settings: dict[str, Any]  # only what flows may see
+    http: httpx.AsyncClient
+    deadline: float  # event-loop time by which the route must be decided
+    current_step: str = ""
+    vars: dict[str, Any] = field(default_factory=dict)
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-step outcomes
+    actions: list[Action] = field(default_factory=list)
+    trace: list[str] = field(default_factory=list)
+    variables: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        # One dict for every template in the run; `vars` and `steps` fill in as steps run.
+        self.variables = {
+            "contact": self.contact.as_variables(),
+            "params": self.params,
+            "vars": self.vars,
+            "steps": self.steps,
+            "settings": self.settings,
+        }
+
+    def remaining(self) -> float:
+        return self.deadline - asyncio.get_running_loop().time()
+
+    def emit(self, action: Action) -> None:
+        self.actions.append(action)

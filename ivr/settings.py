@@ -1,0 +1,71 @@
+"""Every knob of the server, read once from IVR_* environment variables and `.env`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="IVR_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    twilio_auth_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TWILIO_AUTH_TOKEN", "twilio_auth_token"),
+        description="Auth Token that signs Twilio's webhooks. Unset: a local token is generated.",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="External base URL Twilio calls (e.g. https://ivr.example.com); signatures are "
+        "checked against it.",
+    )
+    redis_url: str | None = Field(
+        default=None, description="External Redis. Unset: an embedded Redis under data_dir."
+    )
+    data_dir: Path = Field(default=Path("./var"), description="Embedded Redis data, local token.")
+    flows_dir: Path = Field(default=Path("./flows"), description="Flow definitions (YAML).")
+    sip_config: Path = Field(
+        default=Path("./sip_config/queues.yaml"), description="Queues seeded into an empty store."
+    )
+    loyalty_api_url: str | None = Field(default=None, description="Base URL of the loyalty API.")
+    loyalty_api_token: SecretStr | None = Field(
+        default=None, description="Bearer token for the loyalty API."
+    )
+    admin_token: SecretStr | None = Field(default=None, description="Admin API bearer token.")
+    decision_deadline: float = Field(
+        default=3.0,
+        gt=0,
+        le=12,
+        description="Seconds a webhook may spend deciding a route before the flow's fallback "
+        "queue is used (Twilio gives up at 15 s).",
+    )
+    max_body_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="Largest webhook body accepted."
+    )
+    http_max_connections: int = Field(
+        default=256, ge=1, description="Connection pool size for flow HTTP requests."
+    )
+    log_level: str = Field(default="info", description="debug, info, warning or error.")
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("redis_url", "loyalty_api_url")
+    @classmethod
+    def _empty_is_unset(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    @property
+    def local_token_path(self) -> Path:
+        return self.data_dir / "local_twilio_auth_token"

@@ -1,0 +1,87 @@
+"""X-Twilio-Signature: which token signs webhooks, and whether a request carries its signature."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from twilio.request_validator import (
+    SIGNATURE_HEADER,
+    SIGNATURE_SETTINGS_HEADER,
+    RequestValidator,
+    get_signature_algorithm,
+)
+
+from ivr.settings import Settings
+
+log = logging.getLogger("ivr.security")
+
+
+def resolve_auth_token(settings: Settings) -> str:
+    """TWILIO_AUTH_TOKEN, or else a local token kept in the data dir (created on first use).
+
+    Webhooks are never accepted unsigned: without a Twilio account, `ivr call` signs its test
+    calls with the local token, and Twilio's real webhooks are rejected until the token is set.
+    """
+    if settings.twilio_auth_token is not None:
+        return settings.twilio_auth_token.get_secret_value()
+    return read_or_create_local_token(settings.local_token_path)
+
+
+def read_or_create_local_token(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as file:
+        file.write(secrets.token_hex(32))
+    try:
+        os.link(staging, path)  # atomic: of workers racing here, exactly one token wins
+        log.warning(
+            "TWILIO_AUTH_TOKEN is not set: generated a LOCAL token in %s. Only `ivr call` test "
+            "calls will be accepted; set TWILIO_AUTH_TOKEN before pointing Twilio here.",
+            path,
+        )
+    except FileExistsError:
+        pass
+    finally:
+        staging.unlink()
+    return path.read_text(encoding="ascii").strip()
+
+
+class WebhookVerifier:
+    """Checks X-Twilio-Signature against the URL Twilio requested, as rebuilt from
+    IVR_PUBLIC_URL (the request's own URL when unset)."""
+
+    def __init__(self, auth_token: str, public_url: str | None) -> None:
+        self._validator = RequestValidator(auth_token)
+        self._public_url = public_url
+
+    def signed_url(self, request_url: str, path: str, query: str) -> str:
+        if self._public_url is None:
+            return request_url
+        return self._public_url + path + (f"?{query}" if query else "")
+
+    def rejection(
+        self,
+        url: str,
+        params: Mapping[str, Sequence[str]] | object,
+        headers: Mapping[str, str],
+    ) -> str | None:
+        """None when the request is genuine; otherwise why it is not (safe to log)."""
+        signature = headers.get(SIGNATURE_HEADER.lower()) or headers.get(SIGNATURE_HEADER)
+        if not signature:
+            return f"no {SIGNATURE_HEADER} header"
+        algorithm = get_signature_algorithm(headers.get(SIGNATURE_SETTINGS_HEADER.lower()))
+        if not self._validator.validate(url, params, signature, algorithm=algorithm):
+            return (
+                f"signature does not match {url} (check TWILIO_AUTH_TOKEN and that IVR_PUBLIC_URL "
+                "is the URL configured in Twilio)"
+            )
+        return None

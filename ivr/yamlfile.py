@@ -1,0 +1,38 @@
+"""Reading YAML config safely: `safe_load`, and a duplicate key is an error, not a silent overwrite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class _StrictLoader(yaml.SafeLoader):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+class YamlFileError(Exception):
+    """The file cannot be read or parsed; the message names the file (and line)."""
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise YamlFileError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise YamlFileError(f"{path}: cannot read: {exc}") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        raise YamlFileError(f"{path}: invalid YAML: {exc}") from None
