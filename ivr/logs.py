@@ -27,11 +27,11 @@ def mask_number(address: str) -> str:
 
 
 def configure_logging(level: str) -> None:
-    """Send `ivr.*` logs to stderr at `level`, once per process (workers call it too)."""
+    """Send `ivr.*` logs to stderr at `level`, once per process (workers call it too), unless
+    the host program has configured logging itself."""
     logger = logging.getLogger("ivr")
     logger.setLevel(level.upper())
-    if not logger.handlers:
+    if not logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter(_FORMAT))
         logger.addHandler(handler)
-        logger.propagate = False

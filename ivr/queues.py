@@ -25,7 +25,7 @@ _PASSWORD = rf"(?:[{_UNRESERVED}&=+$,]|{_ESCAPED})*"
 _PARAM = rf"(?:[{_UNRESERVED}\[\]/:&+$]|{_ESCAPED})+"
 _HEADER = rf"(?:[{_UNRESERVED}\[\]/?:+$]|{_ESCAPED})*"
 _SIP_URI = re.compile(
-    rf"(?P<scheme>sips?):"
+    rf"(?P<scheme>(?i:sips?)):"
     rf"(?:(?P<user>{_USER})(?::{_PASSWORD})?@)?"
     rf"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)"
     rf"(?::(?P<port>[0-9]{{1,5}}))?"

@@ -1,0 +1,159 @@
+"""The `ivr` command: run the server, and place signed test calls and messages against it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import sys
+from xml.dom import minidom
+
+import httpx
+from pydantic import ValidationError
+from twilio.request_validator import RequestValidator
+
+from ivr.flows.loader import FlowLoadError, load_flows
+from ivr.queues import QueueConfigError, load_queue_file
+from ivr.settings import Settings
+from ivr.twilio_security import resolve_auth_token
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+TEST_ACCOUNT_SID = "AC" + "0" * 32
+TEST_TO_NUMBER = "+15005550006"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ivr", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.set_defaults(handler=_serve)
+
+    call = commands.add_parser(
+        "call", help="send a signed test webhook (a call, or a message) and print the TwiML"
+    )
+    call.add_argument("number", help="the caller's number, E.164, e.g. +15551234567")
+    call.add_argument("--channel", choices=["voice", "messaging"], default="voice")
+    call.add_argument("--to", default=TEST_TO_NUMBER, help="the number called (default %(default)s)")
+    call.add_argument("--body", default="Hello, I need help with my booking.",
+                      help="message text (messaging)")
+    call.add_argument("--whatsapp", action="store_true", help="send as a WhatsApp message")
+    call.add_argument("--server", default=DEFAULT_SERVER, help="default %(default)s")
+    call.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                      help="an extra webhook parameter (repeatable)")
+    call.set_defaults(handler=_call)
+
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"ivr: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    return args.handler(args, settings)
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from ivr.embedded_redis import EmbeddedRedis
+    from ivr.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    try:  # fail before any process starts, with every problem listed
+        load_queue_file(settings.sip_config)
+        load_flows(settings.flows_dir)
+    except (QueueConfigError, FlowLoadError) as exc:
+        print(f"ivr: cannot start:\n{exc}", file=sys.stderr)
+        return 2
+    resolve_auth_token(settings)  # creates the local token once, before any worker races to
+    embedded = None
+    if settings.redis_url is None:
+        # Started here, once, so that every worker shares it; stopped when serve exits.
+        embedded = EmbeddedRedis(settings.data_dir)
+        os.environ["IVR_REDIS_URL"] = embedded.start()
+    # uvicorn re-raises SIGTERM once it has shut down; exit through `finally` to stop Redis.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    base = settings.public_url or f"http://{args.host}:{args.port}"
+    print(f"ivr: voice webhook {base}/twilio/voice, messaging webhook {base}/twilio/messaging",
+          file=sys.stderr)
+    try:
+        uvicorn.run(
+            "ivr.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+            server_header=False,
+        )
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def test_call_params(args: argparse.Namespace) -> dict[str, str]:
+    """The parameters Twilio sends for an inbound call or message, with fresh SIDs."""
+    caller, called = args.number, args.to
+    if args.channel == "voice":
+        params = {
+            "CallSid": "CA" + secrets.token_hex(16),
+            "AccountSid": TEST_ACCOUNT_SID,
+            "From": caller,
+            "To": called,
+            "Caller": caller,
+            "Called": called,
+            "CallStatus": "ringing",
+            "Direction": "inbound",
+            "ApiVersion": "2010-04-01",
+        }
+    else:
+        if args.whatsapp:
+            caller, called = f"whatsapp:{caller}", f"whatsapp:{called}"
+        sid = "SM" + secrets.token_hex(16)
+        params = {
+            "MessageSid": sid,
+            "SmsSid": sid,
+            "AccountSid": TEST_ACCOUNT_SID,
+            "From": caller,
+            "To": called,
+            "Body": args.body,
+            "NumMedia": "0",
+            "ApiVersion": "2010-04-01",
+        }
+    for extra in args.param:
+        name, separator, value = extra.partition("=")
+        if not separator or not name:
+            raise SystemExit(f"ivr: --param takes NAME=VALUE, not {extra!r}")
+        params[name] = value
+    return params
+
+
+def _call(args: argparse.Namespace, settings: Settings) -> int:
+    path = f"/twilio/{args.channel}"
+    server = args.server.rstrip("/")
+    params = test_call_params(args)
+    # Sign the URL the server will check: IVR_PUBLIC_URL when set, as Twilio would.
+    signed_url = (settings.public_url or server) + path
+    signature = RequestValidator(resolve_auth_token(settings)).compute_signature(signed_url, params)
+    try:
+        response = httpx.post(
+            server + path, data=params, headers={"X-Twilio-Signature": signature}, timeout=20
+        )
+    except httpx.HTTPError as exc:
+        print(f"ivr: cannot reach {server}: {exc} (is `ivr serve` running?)", file=sys.stderr)
+        return 1
+    print(f"HTTP {response.status_code} from POST {server}{path}", file=sys.stderr)
+    if response.status_code == 403:
+        print("ivr: signature rejected: run `ivr call` with the same TWILIO_AUTH_TOKEN (or the same "
+              "IVR_DATA_DIR, for the local token) and IVR_PUBLIC_URL as the server.", file=sys.stderr)
+    if response.headers.get("content-type", "").startswith("text/xml"):
+        print(minidom.parseString(response.content).toprettyxml(indent="  ").strip())
+    else:
+        print(response.text)
+    return 0 if response.status_code == 200 else 1

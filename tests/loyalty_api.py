@@ -1,0 +1,58 @@
+"""A real loyalty API for tests: each known caller number answers in its own way."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+GOLD = "+15550000001"
+PLATINUM = "+15550000002"
+GOLD_SHOUTED = "+15550000003"  # "  GOLD  "
+UNKNOWN = "+15550000004"  # 404
+BROKEN = "+15550000005"  # 500
+HANGS = "+15550000006"  # never answers in time
+NOT_JSON = "+15550000007"
+NULL_STATUS = "+15550000008"
+NO_STATUS = "+15550000009"
+SILVER = "+15550000010"
+PLATINUM_MIXED = "+15550000011"  # "Platinum"
+LIST_BODY = "+15550000012"  # a JSON list, not an object
+SLOW = "+15550000013"  # answers gold after 200 ms
+
+TIER_OF = {GOLD: "gold", PLATINUM: "platinum", GOLD_SHOUTED: "  GOLD  ", SILVER: "silver",
+           PLATINUM_MIXED: "Platinum"}
+
+
+@dataclass
+class LoyaltyApi:
+    requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Authorization)
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route("/customers/{number}", self.customer)])
+
+    async def customer(self, request: Request) -> Response:
+        number = request.path_params["number"]
+        self.requests.append((request.url.path, request.headers.get("authorization")))
+        if number in TIER_OF:
+            return JSONResponse({"loyaltyStatus": TIER_OF[number], "name": "Test Caller"})
+        if number == BROKEN:
+            return PlainTextResponse("upstream exploded", status_code=500)
+        if number == HANGS:
+            await asyncio.sleep(60)
+        if number == NOT_JSON:
+            return Response("<html>maintenance</html>", media_type="text/html")
+        if number == NULL_STATUS:
+            return JSONResponse({"loyaltyStatus": None})
+        if number == NO_STATUS:
+            return JSONResponse({"name": "No Status"})
+        if number == LIST_BODY:
+            return JSONResponse(["gold"])
+        if number == SLOW:
+            await asyncio.sleep(0.2)
+            return JSONResponse({"loyaltyStatus": "gold"})
+        return JSONResponse({"error": "not found"}, status_code=404)

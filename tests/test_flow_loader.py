@@ -1,0 +1,101 @@
+"""Loading flows: the shipped flows load; every broken flow is refused with a precise message.
+
+Each file in tests/broken_flows/ pins one message in its first line: `# error: <text>`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ivr.flows.loader import FlowLoadError, load_flows
+
+ROOT = Path(__file__).resolve().parent.parent
+BROKEN = sorted((Path(__file__).parent / "broken_flows").glob("*.yaml"))
+QUEUES = {"gold", "platinum", "standard"}
+
+
+def test_the_shipped_flows_load_against_the_shipped_queues() -> None:
+    flows = load_flows(ROOT / "flows", queue_names=QUEUES)
+    reference = flows.flows["loyalty_routing"]
+    assert flows.select("voice", "+15550001111") is reference
+    assert flows.select("messaging", "+15550001111") is reference
+    assert reference.routed_queues() == QUEUES
+
+
+@pytest.mark.parametrize("path", BROKEN, ids=[p.stem for p in BROKEN])
+def test_a_broken_flow_is_refused_naming_the_file_the_step_and_the_problem(
+    path: Path, tmp_path: Path
+) -> None:
+    expected = path.read_text().splitlines()[0].removeprefix("# error: ")
+    shutil.copy(path, tmp_path / path.name)
+    with pytest.raises(FlowLoadError) as error:
+        load_flows(tmp_path, queue_names=QUEUES)
+    assert len(error.value.problems) == 1, error.value.problems
+    problem = error.value.problems[0]
+    assert problem.startswith(f"{tmp_path / path.name}: ")
+    assert expected in problem
+
+
+def test_every_broken_file_is_reported_at_once(tmp_path: Path) -> None:
+    for path in BROKEN[:3]:
+        shutil.copy(path, tmp_path / path.name)
+    with pytest.raises(FlowLoadError) as error:
+        load_flows(tmp_path, queue_names=QUEUES)
+    assert len(error.value.problems) == 3
+
+
+FLOW = """
+trigger: {{channels: [{channels}], numbers: [{numbers}], default: {default}}}
+fallback_queue: standard
+steps:
+  to_standard: {{kind: route, queue: standard}}
+"""
+
+
+def write_flow(directory: Path, name: str, channels: str = "voice", numbers: str = "",
+               default: str = "false") -> None:
+    text = FLOW.format(channels=channels, numbers=numbers, default=default)
+    (directory / f"{name}.yaml").write_text(text)
+
+
+def test_two_default_flows_for_one_channel_are_refused(tmp_path: Path) -> None:
+    write_flow(tmp_path, "a", channels="voice, messaging", default="true")
+    write_flow(tmp_path, "b", channels="messaging", default="true")
+    with pytest.raises(FlowLoadError, match="both this flow and .*a.yaml are the default messaging"):
+        load_flows(tmp_path, queue_names=QUEUES)
+
+
+def test_one_number_bound_twice_on_a_channel_is_refused(tmp_path: Path) -> None:
+    write_flow(tmp_path, "a", numbers="'+15550100001'")
+    write_flow(tmp_path, "b", numbers="'+15550100002', '+15550100001'")
+    with pytest.raises(FlowLoadError, match=r"voice \+15550100001 is already bound to .*a.yaml"):
+        load_flows(tmp_path, queue_names=QUEUES)
+
+
+def test_a_number_bound_flow_wins_over_the_default(tmp_path: Path) -> None:
+    write_flow(tmp_path, "main", channels="voice, messaging", default="true")
+    write_flow(tmp_path, "hotline", channels="voice", numbers="'+15550100001'")
+    flows = load_flows(tmp_path, queue_names=QUEUES)
+    assert flows.select("voice", "+15550100001").name == "hotline"
+    assert flows.select("voice", "+15550100009").name == "main"
+    assert flows.select("messaging", "+15550100001").name == "main"
+
+
+def test_a_channel_without_a_default_flow_selects_nothing(tmp_path: Path) -> None:
+    write_flow(tmp_path, "voice_only", default="true")
+    assert load_flows(tmp_path, queue_names=QUEUES).select("messaging", "+15550100001") is None
+
+
+def test_an_empty_flows_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(FlowLoadError, match="no flow files"):
+        load_flows(tmp_path)
+
+
+def test_two_files_with_one_flow_name_are_refused(tmp_path: Path) -> None:
+    write_flow(tmp_path, "a")
+    (tmp_path / "b.yaml").write_text("name: a\n" + (tmp_path / "a.yaml").read_text())
+    with pytest.raises(FlowLoadError, match="flow name 'a' is also used by"):
+        load_flows(tmp_path, queue_names=QUEUES)

@@ -1,0 +1,113 @@
+"""Only webhooks signed by Twilio for the public URL get an answer; the rest get 403."""
+
+from __future__ import annotations
+
+import logging
+import httpx
+import pytest
+
+from ivr.settings import Settings
+from ivr.twilio_security import read_or_create_local_token, resolve_auth_token
+from tests import loyalty_api as L
+from tests.twilio_client import TOKEN, FakeTwilio, call_params, message_params, sign
+
+
+def post(url: str, params: dict[str, str], headers: dict[str, str]) -> httpx.Response:
+    return httpx.post(url, data=params, headers=headers, timeout=10)
+
+
+@pytest.mark.parametrize("path", ["/twilio/voice", "/twilio/messaging"])
+def test_a_webhook_without_a_signature_is_forbidden(twilio: FakeTwilio, path: str, caplog) -> None:
+    params = call_params(L.GOLD) if path.endswith("voice") else message_params(L.GOLD)
+    with caplog.at_level(logging.WARNING, logger="ivr"):
+        response = post(twilio.server + path, params, {})
+    assert response.status_code == 403
+    assert "X-Twilio-Signature" in caplog.text
+
+
+def test_a_webhook_signed_with_another_token_is_forbidden_and_the_token_is_not_logged(
+    twilio: FakeTwilio, caplog
+) -> None:
+    params = call_params(L.GOLD)
+    signature = sign(twilio.url("/twilio/voice"), params, token="someone-elses-token")
+    with caplog.at_level(logging.DEBUG):
+        response = post(twilio.url("/twilio/voice"), params, {"X-Twilio-Signature": signature})
+    assert response.status_code == 403
+    assert "signature does not match" in caplog.text
+    assert TOKEN not in caplog.text and "someone-elses-token" not in caplog.text
+
+
+def test_a_tampered_body_is_forbidden(twilio: FakeTwilio) -> None:
+    params = call_params(L.UNKNOWN)
+    signature = sign(twilio.url("/twilio/voice"), params)
+    tampered = {**params, "From": L.GOLD}
+    response = post(twilio.url("/twilio/voice"), tampered, {"X-Twilio-Signature": signature})
+    assert response.status_code == 403
+
+
+def test_an_added_parameter_breaks_the_signature(twilio: FakeTwilio) -> None:
+    params = call_params(L.GOLD)
+    signature = sign(twilio.url("/twilio/voice"), params)
+    response = post(twilio.url("/twilio/voice"), {**params, "Injected": "1"},
+                    {"X-Twilio-Signature": signature})
+    assert response.status_code == 403
+
+
+def test_a_signature_for_another_url_is_forbidden(twilio: FakeTwilio) -> None:
+    params = call_params(L.GOLD)
+    signature = sign(twilio.url("/twilio/messaging"), params)
+    response = post(twilio.url("/twilio/voice"), params, {"X-Twilio-Signature": signature})
+    assert response.status_code == 403
+
+
+def test_behind_a_proxy_the_signature_is_checked_against_the_public_url(
+    make_settings, start_server
+) -> None:
+    server = start_server(make_settings(public_url="https://ivr.example.com/"))
+    proxied = FakeTwilio(server.url, public_url="https://ivr.example.com")
+    assert proxied.call(L.GOLD).status_code == 200
+    # The public URL with its default port is what Twilio sometimes signs: accepted too.
+    assert FakeTwilio(server.url, public_url="https://ivr.example.com:443").call(L.GOLD
+                                                                                ).status_code == 200
+    # Signed for the server's private address, as a misconfigured client would: rejected.
+    assert FakeTwilio(server.url).call(L.GOLD).status_code == 403
+
+
+def test_the_query_string_is_part_of_the_signed_url(make_settings, start_server) -> None:
+    server = start_server(make_settings(public_url="https://ivr.example.com"))
+    params = call_params(L.GOLD)
+    signed = sign("https://ivr.example.com/twilio/voice?tenant=a", params)
+    ok = post(server.url + "/twilio/voice?tenant=a", params, {"X-Twilio-Signature": signed})
+    assert ok.status_code == 200
+    moved = post(server.url + "/twilio/voice?tenant=b", params, {"X-Twilio-Signature": signed})
+    assert moved.status_code == 403
+
+
+def test_without_twilio_auth_token_a_local_token_is_generated_and_required(
+    make_settings, start_server, config_dir
+) -> None:
+    settings = make_settings(twilio_auth_token=None)
+    server = start_server(settings)
+    token_file = config_dir / "var" / "local_twilio_auth_token"
+    local_token = token_file.read_text()
+    assert len(local_token) == 64
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert FakeTwilio(server.url, token=local_token).call(L.GOLD).status_code == 200
+    params = call_params(L.GOLD)
+    assert post(server.url + "/twilio/voice", params, {}).status_code == 403
+    assert FakeTwilio(server.url, token=TOKEN).call(L.GOLD).status_code == 403
+
+
+def test_the_local_token_is_stable_and_the_real_token_wins(tmp_path) -> None:
+    first = read_or_create_local_token(tmp_path / "token")
+    assert read_or_create_local_token(tmp_path / "token") == first
+    settings = Settings(_env_file=None, data_dir=tmp_path, twilio_auth_token="real")
+    assert resolve_auth_token(settings) == "real"
+
+
+def test_a_signed_request_with_an_unparsable_body_is_a_400(twilio: FakeTwilio) -> None:
+    body = b"From=%FF%FE&CallSid=CA1"
+    response = httpx.post(twilio.url("/twilio/voice"), content=body, headers={
+        "Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": "x"})
+    assert response.status_code == 400
+    assert "UTF-8" in response.text

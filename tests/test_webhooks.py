@@ -1,0 +1,199 @@
+"""End to end over real HTTP: signed webhooks in, TwiML out, the real loyalty API and Redis."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+from starlette.datastructures import ImmutableMultiDict
+from twilio.request_validator import RequestValidator
+
+from tests import loyalty_api as L
+from tests.twilio_client import FakeTwilio, call_params, sign
+
+GOLD_SIP = "sip:gold@queues.example.com"
+PLATINUM_SIP = "sip:platinum@queues.example.com"
+STANDARD_SIP = "sip:standard@queues.example.com"
+
+
+def dialled(response: httpx.Response) -> str:
+    """The SIP URI a voice answer dials; asserts it is exactly <Response><Dial><Sip>."""
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/xml")
+    root = ET.fromstring(response.content)
+    assert root.tag == "Response"
+    dials = root.findall("Dial")
+    assert len(dials) == 1, response.text
+    sips = dials[0].findall("Sip")
+    assert len(sips) == 1, response.text
+    return sips[0].text
+
+
+def messages(response: httpx.Response) -> list[tuple[str | None, str]]:
+    """(to, text) of each <Message> in a messaging answer; never a <Dial> there."""
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/xml")
+    root = ET.fromstring(response.content)
+    assert root.find("Dial") is None
+    return [(m.get("to"), m.text or "") for m in root.findall("Message")]
+
+
+@pytest.mark.parametrize(
+    ("caller", "sip_uri"),
+    [
+        (L.GOLD, GOLD_SIP),
+        (L.PLATINUM, PLATINUM_SIP),
+        (L.GOLD_SHOUTED, GOLD_SIP),
+        (L.PLATINUM_MIXED, PLATINUM_SIP),
+        (L.SILVER, STANDARD_SIP),
+    ],
+    ids=["gold", "platinum", "gold-any-case-and-space", "platinum-mixed-case", "other-tier"],
+)
+def test_a_call_is_dialled_to_the_queue_of_the_callers_tier(
+    twilio: FakeTwilio, caller: str, sip_uri: str
+) -> None:
+    assert dialled(twilio.call(caller)) == sip_uri
+
+
+@pytest.mark.parametrize(
+    "caller",
+    [L.UNKNOWN, L.BROKEN, L.NOT_JSON, L.NULL_STATUS, L.NO_STATUS, L.LIST_BODY],
+    ids=["unknown-404", "api-500", "not-json", "null-status", "missing-status", "json-list"],
+)
+def test_every_lookup_failure_routes_the_call_to_the_standard_queue(
+    twilio: FakeTwilio, caller: str
+) -> None:
+    assert dialled(twilio.call(caller)) == STANDARD_SIP
+
+
+def test_a_hanging_loyalty_api_still_routes_the_call_within_the_fetch_timeout(
+    twilio: FakeTwilio,
+) -> None:
+    response = twilio.call(L.HANGS)
+    assert dialled(response) == STANDARD_SIP
+    # The reference flow's fetch times out at 2 s; the decision deadline is 3 s.
+    assert response.elapsed.total_seconds() < 3.5
+
+
+def test_the_routing_deadline_cuts_a_slow_lookup_short_and_uses_the_fallback_queue(
+    make_settings, start_server
+) -> None:
+    twilio = FakeTwilio(start_server(make_settings(decision_deadline=0.5)).url)
+    response = twilio.call(L.HANGS)
+    assert dialled(response) == STANDARD_SIP
+    assert response.elapsed.total_seconds() < 2
+
+
+def test_a_refused_connection_to_the_loyalty_api_routes_to_standard(
+    make_settings, start_server
+) -> None:
+    from tests.servers import free_port
+
+    settings = make_settings(loyalty_api_url=f"http://127.0.0.1:{free_port()}")
+    assert dialled(FakeTwilio(start_server(settings).url).call(L.GOLD)) == STANDARD_SIP
+
+
+def test_no_loyalty_api_configured_routes_everyone_to_standard(make_settings, start_server) -> None:
+    twilio = FakeTwilio(start_server(make_settings(loyalty_api_url=None)).url)
+    assert dialled(twilio.call(L.GOLD)) == STANDARD_SIP
+
+
+def test_the_lookup_sends_the_url_encoded_number_and_the_bearer_token(loyalty, twilio) -> None:
+    api, _ = loyalty
+    api.requests.clear()
+    dialled(twilio.call(L.GOLD))
+    assert api.requests == [(f"/customers/{L.GOLD}", "Bearer loyalty-secret")]
+
+
+def test_without_a_loyalty_token_no_authorization_header_is_sent(
+    loyalty, make_settings, start_server
+) -> None:
+    api, _ = loyalty
+    twilio = FakeTwilio(start_server(make_settings(loyalty_api_token=None)).url)
+    api.requests.clear()
+    assert dialled(twilio.call(L.PLATINUM)) == PLATINUM_SIP
+    assert api.requests == [(f"/customers/{L.PLATINUM}", None)]
+
+
+@pytest.mark.parametrize(
+    ("sender", "queue"),
+    [(L.GOLD, "gold"), (L.PLATINUM, "platinum"), (L.UNKNOWN, "standard"), (L.BROKEN, "standard")],
+)
+def test_a_message_runs_the_same_flow_and_is_acknowledged(
+    twilio: FakeTwilio, sender: str, queue: str
+) -> None:
+    replies = messages(twilio.message(sender))
+    assert len(replies) == 1
+    to, text = replies[0]
+    assert to is None  # a reply to the sender
+    assert ("gold" in text if queue == "gold" else "gold" not in text)
+    assert "Thanks" in text
+
+
+def test_a_message_is_forwarded_to_the_queues_message_target_with_number_and_tier(
+    config_dir, make_settings, start_server
+) -> None:
+    (config_dir / "sip_config" / "queues.yaml").write_text(
+        """
+queues:
+  gold: {sip_uri: "sip:gold@queues.example.com", message_to: "+15557770001"}
+  platinum: {sip_uri: "sip:platinum@queues.example.com"}
+  standard: {sip_uri: "sip:standard@queues.example.com", message_to: "+15557770003"}
+"""
+    )
+    twilio = FakeTwilio(start_server(make_settings()).url)
+    replies = messages(twilio.message(L.GOLD, body="My <card> & PIN"))
+    assert replies[1] == ("+15557770001", f"{L.GOLD} (gold): My <card> & PIN")
+    assert replies[0][0] is None
+    # A queue without a messaging target: only the acknowledgement.
+    assert [to for to, _ in messages(twilio.message(L.PLATINUM))] == [None]
+    forwarded = messages(twilio.message(L.UNKNOWN, body="hi"))[1]
+    assert forwarded == ("+15557770003", f"{L.UNKNOWN} (no tier): hi")
+
+
+def test_whatsapp_senders_are_looked_up_without_the_prefix(loyalty, twilio: FakeTwilio) -> None:
+    api, _ = loyalty
+    api.requests.clear()
+    replies = messages(twilio.message(f"whatsapp:{L.GOLD}"))
+    assert "gold" in replies[0][1]
+    assert api.requests[0][0] == f"/customers/{L.GOLD}"
+
+
+def test_twilio_parameters_the_server_does_not_know_are_ignored(twilio: FakeTwilio) -> None:
+    response = twilio.call(L.GOLD, StirVerstat="TN-Validation-Passed-A", FutureParam="x" * 500,
+                           CallerCountry="US")
+    assert dialled(response) == GOLD_SIP
+
+
+def test_a_repeated_parameter_is_signed_and_accepted(twilio: FakeTwilio) -> None:
+    pairs = [*call_params(L.GOLD).items(), ("Extra", "a"), ("Extra", "b")]
+    url = twilio.url("/twilio/voice")
+    signature = RequestValidator(twilio.token).compute_signature(url, ImmutableMultiDict(pairs))
+    response = httpx.post(url, content=urlencode(pairs), headers={
+        "X-Twilio-Signature": signature, "Content-Type": "application/x-www-form-urlencoded"})
+    assert dialled(response) == GOLD_SIP
+
+
+def test_200_concurrent_calls_are_each_routed_by_their_own_tier(twilio: FakeTwilio) -> None:
+    import asyncio
+
+    expected = {L.GOLD: GOLD_SIP, L.PLATINUM: PLATINUM_SIP, L.UNKNOWN: STANDARD_SIP,
+                L.SLOW: GOLD_SIP, L.SILVER: STANDARD_SIP}
+    callers = [list(expected)[i % len(expected)] for i in range(200)]
+
+    async def place_all() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+            async def place(caller: str) -> httpx.Response:
+                params = call_params(caller)
+                headers = {"X-Twilio-Signature": sign(twilio.url("/twilio/voice"), params)}
+                return await client.post(twilio.server + "/twilio/voice", data=params,
+                                         headers=headers)
+
+            return await asyncio.gather(*(place(caller) for caller in callers))
+
+    responses = asyncio.run(place_all())
+    assert [dialled(r) for r in responses] == [expected[c] for c in callers]

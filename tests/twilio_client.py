@@ -1,0 +1,52 @@
+"""Webhooks as Twilio sends them: form-encoded, signed with twilio's own RequestValidator."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import httpx
+from twilio.request_validator import RequestValidator
+
+TOKEN = "test-auth-token-0123456789abcdef"
+OUR_NUMBER = "+15005550006"
+_sids = itertools.count(1)
+
+
+def call_params(caller: str, **extra: str) -> dict[str, str]:
+    sid = f"CA{next(_sids):032x}"
+    return {"CallSid": sid, "AccountSid": "AC" + "1" * 32, "From": caller, "To": OUR_NUMBER,
+            "CallStatus": "ringing", "Direction": "inbound", "ApiVersion": "2010-04-01", **extra}
+
+
+def message_params(sender: str, body: str = "Where is my order?", **extra: str) -> dict[str, str]:
+    sid = f"SM{next(_sids):032x}"
+    to = f"whatsapp:{OUR_NUMBER}" if sender.startswith("whatsapp:") else OUR_NUMBER
+    return {"MessageSid": sid, "SmsSid": sid, "AccountSid": "AC" + "1" * 32, "From": sender,
+            "To": to, "Body": body, "NumMedia": "0", **extra}
+
+
+def sign(url: str, params: dict[str, str], token: str = TOKEN) -> str:
+    return RequestValidator(token).compute_signature(url, params)
+
+
+@dataclass
+class FakeTwilio:
+    """Posts signed webhooks to `server` as if Twilio requested `public_url` (default: server)."""
+
+    server: str
+    public_url: str | None = None
+    token: str = TOKEN
+
+    def url(self, path: str) -> str:
+        return (self.public_url or self.server) + path
+
+    def post(self, path: str, params: dict[str, str], **kwargs: object) -> httpx.Response:
+        headers = {"X-Twilio-Signature": sign(self.url(path), params, self.token)}
+        return httpx.post(self.server + path, data=params, headers=headers, timeout=30, **kwargs)
+
+    def call(self, caller: str, **extra: str) -> httpx.Response:
+        return self.post("/twilio/voice", call_params(caller, **extra))
+
+    def message(self, sender: str, body: str = "Where is my order?", **extra: str) -> httpx.Response:
+        return self.post("/twilio/messaging", message_params(sender, body, **extra))
