@@ -1,0 +1,177 @@
+"""The `ivr` command as a newcomer runs it: `ivr serve` on embedded defaults, `ivr call`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests import loyalty_api as L
+from tests.servers import free_port
+
+IVR = [sys.executable, "-m", "ivr"]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("IVR_") and k != "TWILIO_AUTH_TOKEN"}
+    return {**env, **extra}
+
+
+class Served:
+    def __init__(self, cwd: Path, env: dict[str, str], *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.cwd, self.env = cwd, env
+        self.log = cwd / f"serve-{self.port}.log"
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [*IVR, "serve", "--port", str(self.port), *args], cwd=cwd, env=env,
+                stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"ivr serve did not start:\n{self.log.read_text()}")
+            time.sleep(0.1)
+
+    def call(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*IVR, "call", "--server", self.url, *args], cwd=self.cwd,
+                              env=self.env, capture_output=True, text=True, timeout=60)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@pytest.fixture
+def newcomer(config_dir: Path, loyalty) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A checkout's flows and queues, no Twilio token, no Redis URL: the README's first run."""
+    yield config_dir, clean_env(IVR_LOYALTY_API_URL=loyalty[1])
+
+
+def redis_pid(cwd: Path) -> int:
+    with redis.Redis(unix_socket_path=str(cwd / "var" / "redis" / "redis.sock")) as client:
+        return int(client.info("server")["process_id"])
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie no one reaped yet counts as gone.
+    return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def test_serve_on_embedded_defaults_answers_signed_test_calls_and_stops_its_redis(newcomer) -> None:
+    cwd, env = newcomer
+    server = Served(cwd, env)
+    try:
+        assert (cwd / "var" / "local_twilio_auth_token").exists()
+        pid = redis_pid(cwd)
+        voice = server.call(L.GOLD)
+        assert voice.returncode == 0, voice.stderr
+        assert "<Sip>sip:gold@queues.example.com</Sip>" in voice.stdout
+        sms = server.call("--channel", "messaging", L.PLATINUM)
+        assert sms.returncode == 0 and "platinum member" in sms.stdout
+        whatsapp = server.call("--channel", "messaging", "--whatsapp", L.GOLD)
+        assert whatsapp.returncode == 0 and "gold member" in whatsapp.stdout
+        unsigned = httpx.post(server.url + "/twilio/voice", data={"From": L.GOLD, "CallSid": "CA1"})
+        assert unsigned.status_code == 403
+    finally:
+        assert server.stop() == 0
+    assert not alive(pid), "the embedded Redis outlived the server"
+    assert (cwd / "var" / "redis" / "appendonly.aof").stat().st_size > 0
+    assert "LOCAL token" in server.log.read_text()
+    assert "+15550000001" not in server.log.read_text()  # numbers are masked
+
+
+def test_with_several_workers_one_embedded_redis_serves_them_all(newcomer) -> None:
+    cwd, env = newcomer
+    server = Served(cwd, env, "--workers", "2")
+    try:
+        pid = redis_pid(cwd)
+        for _ in range(6):
+            assert "<Sip>sip:platinum@" in server.call(L.PLATINUM).stdout
+    finally:
+        assert server.stop() == 0
+    assert not alive(pid)
+
+
+def test_the_embedded_store_survives_a_restart(newcomer) -> None:
+    cwd, env = newcomer
+    first = Served(cwd, env)
+    try:
+        with redis.Redis(unix_socket_path=str(cwd / "var" / "redis" / "redis.sock"),
+                         decode_responses=True) as client:
+            record = client.hget("ivr:queues", "gold")
+            client.hset("ivr:queues", "gold", record.replace("sip:gold@queues", "sip:gold@pbx2"))
+    finally:
+        first.stop()
+    second = Served(cwd, env)
+    try:
+        assert "<Sip>sip:gold@pbx2.example.com</Sip>" in second.call(L.GOLD).stdout
+    finally:
+        second.stop()
+
+
+def test_a_call_signed_with_the_wrong_token_explains_the_403(newcomer) -> None:
+    cwd, env = newcomer
+    server = Served(cwd, env)
+    try:
+        server.env = {**env, "TWILIO_AUTH_TOKEN": "not-the-servers-token"}
+        result = server.call(L.GOLD)
+        assert result.returncode == 1
+        assert "signature rejected" in result.stderr
+    finally:
+        server.stop()
+
+
+def test_serve_refuses_to_start_on_a_broken_flow_and_says_where(newcomer) -> None:
+    cwd, env = newcomer
+    flow = cwd / "flows" / "loyalty_routing.yaml"
+    flow.write_text(flow.read_text().replace("on_error: by_tier", "on_error: by_teir"))
+    result = subprocess.run([*IVR, "serve", "--port", str(free_port())], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "loyalty_routing.yaml: step 'lookup': goes to 'by_teir', which is not a step" in (
+        result.stderr)
+    assert not (cwd / "var" / "redis").exists()  # nothing was started
+
+
+def test_serve_refuses_to_start_on_a_bad_sip_uri_and_names_the_queue(newcomer) -> None:
+    cwd, env = newcomer
+    queues = cwd / "sip_config" / "queues.yaml"
+    queues.write_text(queues.read_text().replace("sip:gold@queues.example.com", "gold queue"))
+    result = subprocess.run([*IVR, "serve", "--port", str(free_port())], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "queue 'gold': sip_uri: must not contain whitespace" in result.stderr
+
+
+def test_call_to_a_server_that_is_not_running_says_so(newcomer) -> None:
+    cwd, env = newcomer
+    result = subprocess.run([*IVR, "call", "--server", f"http://127.0.0.1:{free_port()}", L.GOLD],
+                            cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "is `ivr serve` running?" in result.stderr

@@ -1,0 +1,130 @@
+"""The engine without HTTP: whatever a flow does, a run ends in a route or a deliberate end."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import yaml
+
+from ivr.flows.actions import Hangup, RouteToQueue, Say
+from ivr.flows.model import Flow
+from ivr.flows.runner import Outcome, run_flow
+from ivr.flows.step import Contact, Run
+from tests import loyalty_api as L
+
+
+def flow(steps: str) -> Flow:
+    return Flow.from_data(
+        {"trigger": {"channels": ["voice", "messaging"]}, "fallback_queue": "standard",
+         "steps": yaml.safe_load(steps)},
+        name="test",
+    )
+
+
+def run(flow_: Flow, channel: str = "voice", deadline: float = 3.0,
+        params: dict[str, str] | None = None, **settings: Any) -> Outcome:
+    async def go() -> Outcome:
+        async with httpx.AsyncClient() as http:
+            loop = asyncio.get_running_loop()
+            the_run = Run(
+                contact=Contact("+15551234567", "+15551234567", channel),  # type: ignore[arg-type]
+                params=params or {"Body": "hello"},
+                settings=settings,
+                http=http,
+                deadline=loop.time() + deadline,
+            )
+            return await run_flow(flow_, the_run)
+
+    return asyncio.run(go())
+
+
+def test_say_uses_the_channel_override_and_skips_empty_text() -> None:
+    steps = """
+    greet: {kind: say, text: "Hello {{ contact.number }}", messaging: "", next: bye}
+    bye: {kind: end}
+    """
+    assert run(flow(steps)).actions == [Say("Hello +15551234567"), Hangup()]
+    assert run(flow(steps), channel="messaging").actions == [Hangup()]
+
+
+def test_branch_matches_ignoring_case_and_space_and_none_never_matches() -> None:
+    steps = """
+    pick:
+      kind: branch
+      value: params.Tier
+      cases:
+        - {equals: [gold, goud], next: to_gold}
+        - {when: "params.Vip == 'yes'", next: to_vip}
+      else: to_standard
+    to_gold: {kind: route, queue: gold}
+    to_vip: {kind: route, queue: vip}
+    to_standard: {kind: route, queue: standard}
+    """
+    routed = lambda **p: run(flow(steps), params=p).actions[-1].queue  # noqa: E731
+    assert routed(Tier="  GOUD ") == "gold"
+    assert routed(Tier="silver", Vip="yes") == "vip"
+    assert routed(Tier="silver") == "standard"
+    assert routed() == "standard"
+
+
+def test_the_route_message_is_rendered_for_the_queue() -> None:
+    steps = """
+    to_gold: {kind: route, queue: gold, message: "{{ contact.number }} says {{ params.Body }}"}
+    """
+    outcome = run(flow(steps))
+    assert outcome.actions == [RouteToQueue("gold", "+15551234567 says hello")]
+    assert outcome.trace == ["to_gold"] and outcome.fallback_reason is None
+
+
+def test_a_template_the_sandbox_refuses_routes_to_the_fallback_queue() -> None:
+    steps = """
+    greet: {kind: say, text: "{{ contact.__class__.__mro__ }}{{ ''.__class__.__subclasses__() }}", next: to_gold}
+    to_gold: {kind: route, queue: gold}
+    """
+    outcome = run(flow(steps))
+    assert outcome.actions[-1].queue == "standard"
+    assert "SecurityError" in outcome.fallback_reason
+
+
+def test_a_hanging_fetch_is_cut_short_by_the_deadline_and_takes_its_error_exit(loyalty) -> None:
+    steps = """
+    greet: {kind: say, text: One moment, next: lookup}
+    lookup:
+      kind: fetch
+      url: "{{ settings.api }}/customers/{{ params.Who | urlencode }}"
+      timeout: 10
+      next: to_gold
+      on_error: to_standard
+    to_gold: {kind: route, queue: gold}
+    to_standard: {kind: route, queue: standard}
+    """
+    started = time.monotonic()
+    outcome = run(flow(steps), deadline=0.6, params={"Who": L.HANGS}, api=loyalty[1])
+    assert time.monotonic() - started < 1.5
+    assert outcome.actions[0] == Say("One moment")
+    assert outcome.actions[-1].queue == "standard"
+    assert outcome.fallback_reason is None  # the fetch timed out in time for the flow to route
+
+
+def test_a_fetch_with_no_time_left_takes_its_error_exit_without_a_request() -> None:
+    steps = """
+    lookup: {kind: fetch, url: "http://127.0.0.1:9/x", next: to_gold, on_error: to_standard}
+    to_gold: {kind: route, queue: gold}
+    to_standard: {kind: route, queue: standard}
+    """
+    outcome = run(flow(steps), deadline=0.05)
+    assert outcome.actions == [RouteToQueue("standard", "+15551234567: hello")]
+    assert outcome.fallback_reason is None
+
+
+def test_a_fetch_url_that_is_not_http_takes_the_error_exit() -> None:
+    steps = """
+    lookup: {kind: fetch, url: "{{ settings.api }}/x", next: to_gold, on_error: to_standard}
+    to_gold: {kind: route, queue: gold}
+    to_standard: {kind: route, queue: standard}
+    """
+    outcome = run(flow(steps), api=None)
+    assert outcome.actions[-1].queue == "standard"
