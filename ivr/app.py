@@ -15,9 +15,9 @@ from starlette.routing import Route
 
 from ivr.channels.webhook import MESSAGING, VOICE, Services, handle_webhook
 from ivr.embedded_redis import EmbeddedRedis
-from ivr.flows.loader import load_flows
+from ivr.flows.loader import FlowLoadError, load_flows
 from ivr.logs import configure_logging
-from ivr.queues import load_queue_file
+from ivr.queues import QueueConfigError, load_queue_file
 from ivr.settings import Settings
 from ivr.store import Store, connect
 from ivr.twilio_security import WebhookVerifier, resolve_auth_token
@@ -56,7 +56,11 @@ async def healthz(request: Request) -> Response:
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     async with AsyncExitStack() as stack:
-        queue_config = load_queue_file(settings.sip_config)
+        try:
+            queue_config = load_queue_file(settings.sip_config)
+        except QueueConfigError as exc:
+            log.error("cannot start, the queues file is broken:\n%s", exc)
+            raise
         redis_url = settings.redis_url
         if redis_url is None:
             embedded = EmbeddedRedis(settings.data_dir)
@@ -67,7 +71,11 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if await store.seed_queues(queue_config):
             log.info("seeded %d queues from %s", len(queue_config.queues), settings.sip_config)
         queues = await store.load_queues()
-        flows = load_flows(settings.flows_dir, queue_names=queues)
+        try:
+            flows = load_flows(settings.flows_dir, queue_names=queues)
+        except FlowLoadError as exc:
+            log.error("cannot start, the flows are broken:\n%s", exc)
+            raise
         http = _http_client(settings)
         stack.push_async_callback(http.aclose)
         if settings.loyalty_api_url is None:

@@ -78,7 +78,7 @@ async def handle_webhook(request: Request, channel: ChannelSpec) -> Response:
         if rejection is not None:
             log.warning("rejected %s webhook: %s", channel.name, rejection)
             return PlainTextResponse("Forbidden: invalid Twilio signature", status_code=403)
-        params = {key: form[key] for key in form}  # first value of each
+        params = {key: form[key] for key in form}  # one value a name (the last, if repeated)
         contact = _contact(params, channel)
         sid = _required(params, channel.sid_param)
     except BadWebhook as exc:
