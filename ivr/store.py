@@ -11,8 +11,7 @@ import asyncio
 import json
 import logging
 from datetime import UTC, datetime
-from typing import Any
-
+from urllib.parse import urlsplit
 import redis.asyncio as redis
 
 from ivr.queues import Queue, QueueConfig
@@ -21,6 +20,7 @@ log = logging.getLogger("ivr.store")
 
 QUEUES_KEY = "ivr:queues"
 SEEDED_KEY = "ivr:queues:seeded"
+_RECORD_META = ("version", "updated_at", "updated_by")
 
 # Seeding is one atomic step, so instances starting together cannot both seed, and no instance
 # can read a half-seeded store.
@@ -30,6 +30,14 @@ for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('SET', KEYS[2], '1')
 return 1
 """
+
+
+def without_credentials(url: str) -> str:
+    """A Redis URL fit for a log line."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return parts._replace(netloc=netloc).geturl()
 
 
 def connect(url: str) -> redis.Redis:
@@ -64,10 +72,15 @@ class Store:
         return bool(await self._seed(keys=[QUEUES_KEY, SEEDED_KEY], args=args))
 
     async def load_queues(self) -> dict[str, Queue]:
-        """Every queue's live configuration (also kept as the last configuration seen)."""
+        """Every valid queue's live configuration (also kept as the last configuration seen)."""
         records = await self.redis.hgetall(QUEUES_KEY)
-        self._last_seen = {name: _queue_from_record(json.loads(raw)) for name, raw in records.items()}
-        return dict(self._last_seen)
+        queues = {}
+        for name, raw in records.items():
+            queue = _queue_from_record(name, raw)
+            if queue is not None:
+                queues[name] = queue
+        self._last_seen = dict(queues)
+        return queues
 
     async def get_queue(self, name: str, timeout: float) -> Queue | None:
         """The live configuration of queue `name`; the last one seen if Redis does not answer
@@ -82,11 +95,19 @@ class Store:
         if raw is None:
             self._last_seen.pop(name, None)
             return None
-        queue = _queue_from_record(json.loads(raw))
+        queue = _queue_from_record(name, raw)
+        if queue is None:
+            return self._last_seen.get(name)
         self._last_seen[name] = queue
         return queue
 
 
-def _queue_from_record(record: dict[str, Any]) -> Queue:
-    fields = {k: v for k, v in record.items() if k not in ("version", "updated_at", "updated_by")}
-    return Queue.model_validate(fields)
+def _queue_from_record(name: str, raw: str) -> Queue | None:
+    """The queue a stored record describes; None (and an error logged) for a corrupt record."""
+    try:
+        record = json.loads(raw)
+        fields = {k: v for k, v in record.items() if k not in _RECORD_META}
+        return Queue.model_validate(fields)
+    except (ValueError, AttributeError) as exc:  # pydantic's ValidationError is a ValueError
+        log.error("queue %r in the store is invalid and is ignored: %s", name, exc)
+        return None

@@ -74,11 +74,12 @@ class WebhookVerifier:
         params: Mapping[str, Sequence[str]] | object,
         headers: Mapping[str, str],
     ) -> str | None:
-        """None when the request is genuine; otherwise why it is not (safe to log)."""
-        signature = headers.get(SIGNATURE_HEADER.lower()) or headers.get(SIGNATURE_HEADER)
+        """None when the request is genuine; otherwise why it is not (safe to log).
+        `headers` must look names up case-insensitively, as Starlette's do."""
+        signature = headers.get(SIGNATURE_HEADER)
         if not signature:
             return f"no {SIGNATURE_HEADER} header"
-        algorithm = get_signature_algorithm(headers.get(SIGNATURE_SETTINGS_HEADER.lower()))
+        algorithm = get_signature_algorithm(headers.get(SIGNATURE_SETTINGS_HEADER))
         if not self._validator.validate(url, params, signature, algorithm=algorithm):
             return (
                 f"signature does not match {url} (check TWILIO_AUTH_TOKEN and that IVR_PUBLIC_URL "

@@ -30,14 +30,18 @@ TIER_OF = {GOLD: "gold", PLATINUM: "platinum", GOLD_SHOUTED: "  GOLD  ", SILVER:
 
 @dataclass
 class LoyaltyApi:
-    requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Authorization)
+    # (raw path as sent, Authorization header) of every request, matched or not
+    requests: list[tuple[str, str | None]] = field(default_factory=list)
 
     def app(self) -> Starlette:
-        return Starlette(routes=[Route("/customers/{number}", self.customer)])
+        return Starlette(routes=[Route("/{path:path}", self.customer)])
 
     async def customer(self, request: Request) -> Response:
-        number = request.path_params["number"]
-        self.requests.append((request.url.path, request.headers.get("authorization")))
+        self.requests.append((request.scope["raw_path"].decode(),
+                              request.headers.get("authorization")))
+        prefix, _, number = request.url.path.partition("/customers/")
+        if prefix or "/" in number:
+            return JSONResponse({"error": "no such resource"}, status_code=404)
         if number in TIER_OF:
             return JSONResponse({"loyaltyStatus": TIER_OF[number], "name": "Test Caller"})
         if number == BROKEN:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import redis
 
@@ -18,6 +19,11 @@ from tests import loyalty_api as L
 from tests.servers import free_port
 
 IVR = [sys.executable, "-m", "ivr"]
+
+
+def run_ivr(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*IVR, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=60)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -49,8 +55,7 @@ class Served:
             time.sleep(0.1)
 
     def call(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*IVR, "call", "--server", self.url, *args], cwd=self.cwd,
-                              env=self.env, capture_output=True, text=True, timeout=60)
+        return run_ivr(self.cwd, self.env, "call", "--server", self.url, *args)
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -72,6 +77,16 @@ def newcomer(config_dir: Path, loyalty) -> Iterator[tuple[Path, dict[str, str]]]
 def redis_pid(cwd: Path) -> int:
     with redis.Redis(unix_socket_path=str(cwd / "var" / "redis" / "redis.sock")) as client:
         return int(client.info("server")["process_id"])
+
+
+def redis_servers_in(cwd: Path) -> list[int]:
+    """Live redis-server processes whose data dir is under `cwd`."""
+    found = []
+    for process in psutil.process_iter(["name", "cmdline", "status"]):
+        if (process.info["name"] == "redis-server" and process.info["status"] != "zombie"
+                and str(cwd) in " ".join(process.info["cmdline"] or [])):
+            found.append(process.pid)
+    return found
 
 
 def alive(pid: int) -> bool:
@@ -111,6 +126,9 @@ def test_with_several_workers_one_embedded_redis_serves_them_all(newcomer) -> No
     server = Served(cwd, env, "--workers", "2")
     try:
         pid = redis_pid(cwd)
+        family = psutil.Process(server.process.pid).children(recursive=True)
+        assert [p.pid for p in family if p.name() == "redis-server"] == [pid]
+        assert len([p for p in family if p.name() != "redis-server"]) >= 2  # the workers
         for _ in range(6):
             assert "<Sip>sip:platinum@" in server.call(L.PLATINUM).stdout
     finally:
@@ -147,31 +165,45 @@ def test_a_call_signed_with_the_wrong_token_explains_the_403(newcomer) -> None:
         server.stop()
 
 
-def test_serve_refuses_to_start_on_a_broken_flow_and_says_where(newcomer) -> None:
+@pytest.mark.parametrize(
+    ("path", "old", "new", "workers", "message"),
+    [
+        ("flows/loyalty_routing.yaml", "on_error: by_tier", "on_error: by_teir", "1",
+         "loyalty_routing.yaml: step 'lookup': goes to 'by_teir', which is not a step"),
+        ("flows/loyalty_routing.yaml", "queue: platinum", "queue: platnum", "2",
+         "loyalty_routing.yaml: step 'to_platinum': queue 'platnum' is not a queue"),
+        ("sip_config/queues.yaml", "sip:gold@queues.example.com", "gold queue", "1",
+         "queues.yaml: queue 'gold': sip_uri: must not contain whitespace"),
+    ],
+    ids=["broken-flow", "unknown-queue-with-workers", "bad-sip-uri"],
+)
+def test_serve_refuses_a_broken_configuration_saying_where_and_leaves_nothing_running(
+    newcomer, path: str, old: str, new: str, workers: str, message: str
+) -> None:
     cwd, env = newcomer
-    flow = cwd / "flows" / "loyalty_routing.yaml"
-    flow.write_text(flow.read_text().replace("on_error: by_tier", "on_error: by_teir"))
-    result = subprocess.run([*IVR, "serve", "--port", str(free_port())], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=60)
+    (cwd / path).write_text((cwd / path).read_text().replace(old, new))
+    result = run_ivr(cwd, env, "serve", "--port", str(free_port()), "--workers", workers)
     assert result.returncode == 2
-    assert "loyalty_routing.yaml: step 'lookup': goes to 'by_teir', which is not a step" in (
-        result.stderr)
-    assert not (cwd / "var" / "redis").exists()  # nothing was started
+    assert message in result.stderr
+    assert redis_servers_in(cwd) == []
 
 
-def test_serve_refuses_to_start_on_a_bad_sip_uri_and_names_the_queue(newcomer) -> None:
+def test_a_second_serve_on_the_same_data_dir_is_refused(newcomer) -> None:
     cwd, env = newcomer
-    queues = cwd / "sip_config" / "queues.yaml"
-    queues.write_text(queues.read_text().replace("sip:gold@queues.example.com", "gold queue"))
-    result = subprocess.run([*IVR, "serve", "--port", str(free_port())], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2
-    assert "queue 'gold': sip_uri: must not contain whitespace" in result.stderr
+    first = Served(cwd, env)
+    try:
+        pid = redis_pid(cwd)
+        result = run_ivr(cwd, env, "serve", "--port", str(free_port()))
+        assert result.returncode == 2
+        assert "is in use by another `ivr serve`" in result.stderr
+        assert redis_pid(cwd) == pid  # the first server's Redis is untouched
+        assert "<Sip>sip:gold@" in first.call(L.GOLD).stdout
+    finally:
+        first.stop()
 
 
 def test_call_to_a_server_that_is_not_running_says_so(newcomer) -> None:
     cwd, env = newcomer
-    result = subprocess.run([*IVR, "call", "--server", f"http://127.0.0.1:{free_port()}", L.GOLD],
-                            cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    result = run_ivr(cwd, env, "call", "--server", f"http://127.0.0.1:{free_port()}", L.GOLD)
     assert result.returncode == 1
     assert "is `ivr serve` running?" in result.stderr

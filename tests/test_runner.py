@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import yaml
@@ -12,7 +12,7 @@ import yaml
 from ivr.flows.actions import Hangup, RouteToQueue, Say
 from ivr.flows.model import Flow
 from ivr.flows.runner import Outcome, run_flow
-from ivr.flows.step import Contact, Run
+from ivr.flows.step import Contact, Run, Step
 from tests import loyalty_api as L
 
 
@@ -128,3 +128,28 @@ def test_a_fetch_url_that_is_not_http_takes_the_error_exit() -> None:
     """
     outcome = run(flow(steps), api=None)
     assert outcome.actions[-1].queue == "standard"
+
+
+class SlowStep(Step):
+    """A step slower than any deadline, standing in for a future kind that misbehaves."""
+
+    kind: Literal["slow"] = "slow"
+
+    async def run(self, run: Run) -> str | None:
+        await asyncio.sleep(10)
+        return None
+
+
+def test_a_step_still_running_at_the_deadline_routes_to_the_fallback_after_what_was_said() -> None:
+    base = flow("""
+    greet: {kind: say, text: One moment, next: to_gold}
+    to_gold: {kind: route, queue: gold}
+    """)
+    steps = {"greet": base.steps["greet"].model_copy(update={"next": "slow"}), "slow": SlowStep()}
+    slow_flow = base.model_copy(update={"steps": steps})
+    started = time.monotonic()
+    outcome = run(slow_flow, deadline=0.3)
+    assert time.monotonic() - started < 2
+    assert outcome.actions == [Say("One moment"), RouteToQueue("standard", "+15551234567: hello")]
+    assert outcome.fallback_reason == "deadline"
+    assert outcome.trace == ["greet", "slow"]

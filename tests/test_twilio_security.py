@@ -105,7 +105,7 @@ def test_the_local_token_is_stable_and_the_real_token_wins(tmp_path) -> None:
     assert resolve_auth_token(settings) == "real"
 
 
-def test_a_signed_request_with_an_unparsable_body_is_a_400(twilio: FakeTwilio) -> None:
+def test_a_body_that_is_not_utf8_is_a_400_before_any_signature_check(twilio: FakeTwilio) -> None:
     body = b"From=%FF%FE&CallSid=CA1"
     response = httpx.post(twilio.url("/twilio/voice"), content=body, headers={
         "Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": "x"})

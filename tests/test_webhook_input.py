@@ -9,10 +9,6 @@ from tests import loyalty_api as L
 from tests.twilio_client import FakeTwilio, call_params, message_params, sign
 
 
-def signed_post(twilio: FakeTwilio, path: str, params: dict[str, str]) -> httpx.Response:
-    return twilio.post(path, params)
-
-
 @pytest.mark.parametrize(
     ("path", "params", "reason"),
     [
@@ -33,7 +29,7 @@ def signed_post(twilio: FakeTwilio, path: str, params: dict[str, str]) -> httpx.
 def test_a_signed_webhook_missing_what_routing_needs_is_a_400_naming_it(
     twilio: FakeTwilio, path: str, params: dict[str, str], reason: str
 ) -> None:
-    response = signed_post(twilio, path, params)
+    response = twilio.post(path, params)
     assert response.status_code == 400
     assert reason in response.text
     assert "Traceback" not in response.text
@@ -41,7 +37,7 @@ def test_a_signed_webhook_missing_what_routing_needs_is_a_400_naming_it(
 
 def test_a_body_over_the_limit_is_a_413(twilio: FakeTwilio) -> None:
     params = call_params(L.GOLD, Padding="x" * 70_000)
-    response = signed_post(twilio, "/twilio/voice", params)
+    response = twilio.post("/twilio/voice", params)
     assert response.status_code == 413
 
 
@@ -58,7 +54,7 @@ def test_a_chunked_body_over_the_limit_is_a_413(twilio: FakeTwilio) -> None:
 
 def test_too_many_parameters_is_a_400(twilio: FakeTwilio) -> None:
     params = call_params(L.GOLD, **{f"P{i}": "1" for i in range(300)})
-    response = signed_post(twilio, "/twilio/voice", params)
+    response = twilio.post("/twilio/voice", params)
     assert response.status_code == 400
     assert "parameters" in response.text
 

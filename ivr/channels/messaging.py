@@ -11,18 +11,25 @@ from ivr.flows.actions import Action, RouteToQueue, Say
 from ivr.queues import Queue
 
 APOLOGY = "Sorry, we cannot answer messages right now. Please try again later."
+# Sent when a flow hands a conversation over without having said anything (e.g. its fallback).
+ACKNOWLEDGEMENT = "Thanks for your message. One of our team will reply shortly."
 
 
 def render_messaging(actions: list[Action], queues: Mapping[str, Queue]) -> str:
     response = MessagingResponse()
+    replied = False
     for action in actions:
         if isinstance(action, Say):
             response.message(action.text)
+            replied = True
         elif isinstance(action, RouteToQueue):
             queue = queues.get(action.queue)
             if queue is None:
                 response.message(APOLOGY)
-            elif queue.message_to is not None and action.note:
+                continue
+            if not replied:  # a customer handed over is always told so
+                response.message(ACKNOWLEDGEMENT)
+            if queue.message_to is not None and action.note:
                 response.message(action.note, to=queue.message_to)
         # Hangup: a conversation just ends; nothing to send.
     return str(response)

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl
 
 import httpx
 from starlette.datastructures import ImmutableMultiDict
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 
 from ivr.channels.messaging import render_messaging, render_messaging_apology
@@ -120,6 +120,8 @@ async def _answer(
     actions, queues = await _resolve_queues(services.store, outcome.actions, flow.fallback_queue)
     routed = [a.queue for a in actions if isinstance(a, RouteToQueue)]
     summary = f"flow {flow.name} via {'>'.join(outcome.trace)} -> {routed[0] if routed else 'end'}"
+    if channel is MESSAGING and routed and routed[0] in queues and not queues[routed[0]].message_to:
+        summary += " (queue has no message_to: not forwarded)"
     if outcome.fallback_reason:
         summary += f" (fallback: {outcome.fallback_reason})"
     return channel.render(actions, queues), summary
@@ -154,10 +156,13 @@ async def _read_form(request: Request, max_bytes: int) -> ImmutableMultiDict[str
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise BadWebhook(413, f"Payload Too Large: over {max_bytes} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise BadWebhook(413, f"Payload Too Large: over {max_bytes} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                raise BadWebhook(413, f"Payload Too Large: over {max_bytes} bytes")
+    except ClientDisconnect:
+        raise BadWebhook(400, "Bad Request: the client disconnected mid-body") from None
     try:
         pairs = parse_qsl(
             body.decode("utf-8"),

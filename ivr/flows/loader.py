@@ -6,6 +6,7 @@ import logging
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 from pydantic import ValidationError
 
@@ -16,7 +17,7 @@ from ivr.yamlfile import YamlFileError, read_yaml
 
 log = logging.getLogger("ivr.flows")
 
-CHANNELS: tuple[Channel, ...] = ("voice", "messaging")
+CHANNELS: tuple[Channel, ...] = get_args(Channel)
 
 
 class FlowLoadError(Exception):
@@ -37,14 +38,6 @@ class FlowSet:
 
     def select(self, channel: Channel, to_number: str) -> Flow | None:
         return self.by_number.get((channel, to_number)) or self.defaults.get(channel)
-
-    def routed_queues(self) -> dict[str, set[str]]:
-        """Queue name -> names of the flows that may route to it."""
-        users: dict[str, set[str]] = {}
-        for flow in self.flows.values():
-            for queue in flow.routed_queues():
-                users.setdefault(queue, set()).add(flow.name)
-        return users
 
 
 def load_flow_file(path: Path) -> Flow:

@@ -7,6 +7,7 @@ that loads can never fail later on a syntax error, and a run never parses text.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -19,6 +20,17 @@ _ENV = ImmutableSandboxedEnvironment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+
+
+def _urlencode(value: Any) -> str:
+    """Jinja's own filter keeps `/`, so `From=sip:x/../admin` could walk out of a URL path:
+    a value placed in a URL is quoted whole."""
+    if isinstance(value, dict):
+        return urlencode(value)
+    return quote(str(value), safe="")
+
+
+_ENV.filters["urlencode"] = _urlencode
 MAX_SOURCE_LENGTH = 4000
 
 
@@ -94,5 +106,3 @@ class Condition(Expression):
     def evaluate(self, variables: dict[str, Any]) -> bool:
         return bool(super().evaluate(variables))
 
-
-TemplateError = jinja2.TemplateError

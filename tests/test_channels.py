@@ -1,0 +1,38 @@
+"""Channel adapters: actions rendered as TwiML by twilio's builders, escaped, never empty-handed."""
+
+from __future__ import annotations
+
+from ivr.channels.messaging import ACKNOWLEDGEMENT, render_messaging
+from ivr.channels.voice import APOLOGY, render_voice, render_voice_apology
+from ivr.flows.actions import Hangup, RouteToQueue, Say
+from ivr.queues import Queue
+
+GOLD = Queue(sip_uri="sip:gold@queues.example.com", message_to="whatsapp:+15550100101")
+HEAD = '<?xml version="1.0" encoding="UTF-8"?>'
+
+
+def test_voice_says_then_dials_the_queues_sip_uri() -> None:
+    twiml = render_voice([Say("Hello <caller> & co"), RouteToQueue("gold", "n")], {"gold": GOLD})
+    assert twiml == (f"{HEAD}<Response><Say>Hello &lt;caller&gt; &amp; co</Say>"
+                     "<Dial><Sip>sip:gold@queues.example.com</Sip></Dial></Response>")
+
+
+def test_voice_route_to_an_unconfigured_queue_apologises_and_hangs_up() -> None:
+    assert render_voice([RouteToQueue("gone", "n")], {}) == render_voice_apology()
+    assert APOLOGY in render_voice_apology() and "<Hangup />" in render_voice_apology()
+
+
+def test_voice_end_hangs_up() -> None:
+    assert render_voice([Hangup()], {}) == f"{HEAD}<Response><Hangup /></Response>"
+
+
+def test_messaging_forwards_to_the_queue_and_never_dials() -> None:
+    twiml = render_messaging([Say("Thanks"), RouteToQueue("gold", "+1555 (gold): hi")],
+                             {"gold": GOLD})
+    assert twiml == (f"{HEAD}<Response><Message>Thanks</Message>"
+                     '<Message to="whatsapp:+15550100101">+1555 (gold): hi</Message></Response>')
+
+
+def test_messaging_hand_off_without_a_reply_still_acknowledges_the_customer() -> None:
+    twiml = render_messaging([RouteToQueue("gold", "note")], {"gold": GOLD})
+    assert f"<Message>{ACKNOWLEDGEMENT}</Message>" in twiml
