@@ -70,7 +70,7 @@ async def open_store(settings: Settings) -> tuple[Store, FlowSet]:
     try:
         if await store.seed_queues(queue_config):
             log.info("seeded %d queues from %s", len(queue_config.queues), settings.sip_config)
-        queues = await store.load_queues()
+        queues = await store.refresh()
         flows = load_flows(settings.flows_dir, queue_names=queues)
     except FlowLoadError as exc:
         await store.close()
@@ -96,6 +96,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             log.error("cannot start: %s", exc)
             raise
         stack.push_async_callback(store.close)
+        await store.start()
         http = _http_client(settings)
         stack.push_async_callback(http.aclose)
         if settings.loyalty_api_url is None:

@@ -1,34 +1,106 @@
-"""Redis: the shared state of every instance. For now, the queue configuration.
+"""Redis: the shared state of every instance. For now, the queue configuration: live records,
+every version of each, the audit log, and a per-process cache kept fresh by pub/sub.
 
-Keys:
-  ivr:queues          hash: queue name -> JSON record (the queue's fields, version, updated_*)
-  ivr:queues:seeded   set once, when the queues file first seeded the store
+Keys (one hash tag, so every script's keys live in one Redis Cluster slot):
+  {ivr}:queues                 hash: queue name -> JSON record (fields, version, updated_*)
+  {ivr}:queues:seeded          set once, when the queues file first seeded the store
+  {ivr}:queues:version         counter, bumped by every change (cache invalidation)
+  {ivr}:queue:<name>:history   hash: version -> JSON record, every version ever written
+  {ivr}:queue:<name>:counter   the queue's last version number (kept across deletes)
+  {ivr}:audit                  list, newest first: JSON entries of every admin change
+Channel:
+  {ivr}:queues:changed         published with the new config version after every change
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit
-import redis.asyncio as redis
 
-from ivr.queues import Queue, QueueConfig
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from ivr.queues import Queue, QueueConfig, check_overflow
 
 log = logging.getLogger("ivr.store")
 
-QUEUES_KEY = "ivr:queues"
-SEEDED_KEY = "ivr:queues:seeded"
-_RECORD_META = ("version", "updated_at", "updated_by")
+QUEUES_KEY = "{ivr}:queues"
+SEEDED_KEY = "{ivr}:queues:seeded"
+CONFIG_VERSION_KEY = "{ivr}:queues:version"
+AUDIT_KEY = "{ivr}:audit"
+CHANGED_CHANNEL = "{ivr}:queues:changed"
+RECORD_META = ("version", "updated_at", "updated_by")
+# How often a process double-checks the config version, in case a pub/sub message was lost.
+RECHECK_INTERVAL = 5.0
+# Optimistic writes retry when another queue changed between validation and write.
+MAX_WRITE_ATTEMPTS = 20
+
+
+def history_key(name: str) -> str:
+    return f"{{ivr}}:queue:{name}:history"
+
+
+def counter_key(name: str) -> str:
+    return f"{{ivr}}:queue:{name}:counter"
+
 
 # Seeding is one atomic step, so instances starting together cannot both seed, and no instance
-# can read a half-seeded store.
+# can read a half-seeded store. KEYS: queues, seeded, config version, then per queue its history
+# and counter keys; ARGV: name, record pairs.
 _SEED_SCRIPT = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 1, #ARGV, 2 do
+  local k = 3 + i
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('HSET', KEYS[k], '1', ARGV[i + 1])
+  redis.call('SET', KEYS[k + 1], '1')
+end
 redis.call('SET', KEYS[2], '1')
+redis.call('INCR', KEYS[3])
 return 1
+"""
+
+# A write (create, update, rollback, delete) as one atomic step. The record and audit entry are
+# JSON built in Python; the script only splices in the version, so JSON arrays survive intact.
+# KEYS: queues, history, counter, audit, config version.
+# ARGV: name, record JSON without version ('' to delete), expected queue version ('' = any,
+#       '*' = must exist), expected config version ('' = any), audit entry JSON, channel.
+# Returns {status, version}: ok, stale (If-Match failed), retry (config changed), missing.
+_WRITE_SCRIPT = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+local current_version = 0
+if current then current_version = tonumber(cjson.decode(current)['version']) end
+if ARGV[3] == '*' then
+  if not current then return {'missing', 0} end
+elseif ARGV[3] ~= '' and tonumber(ARGV[3]) ~= current_version then
+  return {'stale', current_version}
+end
+if ARGV[4] ~= '' and ARGV[4] ~= (redis.call('GET', KEYS[5]) or '0') then
+  return {'retry', current_version}
+end
+local old = current or 'null'
+local new = 'null'
+local version = current_version
+if ARGV[2] == '' then
+  if not current then return {'missing', 0} end
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  version = redis.call('INCR', KEYS[3])
+  new = '{"version":' .. version .. ',' .. string.sub(ARGV[2], 2)
+  redis.call('HSET', KEYS[1], ARGV[1], new)
+  redis.call('HSET', KEYS[2], version, new)
+end
+redis.call('LPUSH', KEYS[4],
+  '{"version":' .. version .. ',"old":' .. old .. ',"new":' .. new .. ',' .. string.sub(ARGV[5], 2))
+local config_version = redis.call('INCR', KEYS[5])
+redis.call('PUBLISH', ARGV[6], config_version)
+return {'ok', version}
 """
 
 
@@ -45,69 +117,276 @@ def connect(url: str) -> redis.Redis:
         url,
         decode_responses=True,
         socket_connect_timeout=2,
-        socket_timeout=2,
+        socket_timeout=5,
         health_check_interval=30,
         retry_on_timeout=True,
     )
 
 
+@dataclass(frozen=True)
+class QueueRecord:
+    """One version of a queue's configuration, with who wrote it and when."""
+
+    name: str
+    queue: Queue
+    version: int
+    updated_at: str
+    updated_by: str
+
+    @classmethod
+    def from_json(cls, name: str, raw: str) -> QueueRecord:
+        """Raises ValueError (pydantic's ValidationError included) for a corrupt record."""
+        record = json.loads(raw)
+        if not isinstance(record, dict):
+            raise ValueError("a queue record must be a JSON object")
+        fields = {k: v for k, v in record.items() if k not in RECORD_META}
+        return cls(
+            name=name,
+            queue=Queue.model_validate(fields),
+            version=int(record.get("version", 0)),
+            updated_at=str(record.get("updated_at", "")),
+            updated_by=str(record.get("updated_by", "")),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            **self.queue.model_dump(mode="json"),
+            "version": self.version,
+            "updated_at": self.updated_at,
+            "updated_by": self.updated_by,
+        }
+
+
+class QueueNotFound(Exception):
+    pass
+
+
+class StaleVersion(Exception):
+    """If-Match named a version that is no longer current."""
+
+    def __init__(self, current_version: int) -> None:
+        super().__init__(f"the current version is {current_version}")
+        self.current_version = current_version
+
+
+class QueueInUse(Exception):
+    """The queue cannot be deleted; the message says what uses it."""
+
+
+class InvalidChange(ValueError):
+    """The change would make the configuration invalid (e.g. an overflow to nowhere)."""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _record_json(queue: Queue, who: str, at: str) -> str:
+    return json.dumps({**queue.model_dump(mode="json"), "updated_at": at, "updated_by": who})
+
+
 class Store:
+    """Queue configuration in Redis. `queue()` answers from a local cache that pub/sub keeps
+    fresh, so routing a call costs no Redis round trip and survives a Redis outage."""
+
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
         self._seed = client.register_script(_SEED_SCRIPT)
-        # The last configuration read, so calls still route while Redis is briefly unreachable.
-        self._last_seen: dict[str, Queue] = {}
+        self._write = client.register_script(_WRITE_SCRIPT)
+        self._queues: dict[str, Queue] = {}
+        self._config_version: str | None = None
+        self._listener: asyncio.Task[None] | None = None
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the configuration, then keep it fresh in the background."""
+        await self.refresh()
+        self._listener = asyncio.create_task(self._listen(), name="ivr-queue-invalidation")
 
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
         await self.redis.aclose()
 
     async def seed_queues(self, config: QueueConfig) -> bool:
         """Write `config` into an empty store; return False (and write nothing) if it was seeded."""
-        now = datetime.now(UTC).isoformat()
+        at = _now()
+        keys = [QUEUES_KEY, SEEDED_KEY, CONFIG_VERSION_KEY]
         args: list[str] = []
         for name, queue in config.queues.items():
-            record = {**queue.model_dump(exclude_none=True), "version": 1, "updated_at": now,
-                      "updated_by": "seed"}
-            args += [name, json.dumps(record)]
-        return bool(await self._seed(keys=[QUEUES_KEY, SEEDED_KEY], args=args))
+            keys += [history_key(name), counter_key(name)]
+            args += [name, '{"version":1,' + _record_json(queue, "seed", at)[1:]]
+        return bool(await self._seed(keys=keys, args=args))
 
-    async def load_queues(self) -> dict[str, Queue]:
-        """Every valid queue's live configuration (also kept as the last configuration seen)."""
-        records = await self.redis.hgetall(QUEUES_KEY)
+    # --- the hot path: no I/O ---------------------------------------------------------------
+
+    def queue(self, name: str) -> Queue | None:
+        return self._queues.get(name)
+
+    def queue_names(self) -> set[str]:
+        return set(self._queues)
+
+    # --- keeping the cache fresh ------------------------------------------------------------
+
+    async def refresh(self) -> dict[str, Queue]:
+        """Reload every queue. A corrupt record keeps its last good configuration."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(QUEUES_KEY).get(CONFIG_VERSION_KEY)
+            records, version = await pipe.execute()
         queues = {}
         for name, raw in records.items():
-            queue = _queue_from_record(name, raw)
-            if queue is not None:
-                queues[name] = queue
-        self._last_seen = dict(queues)
-        return queues
+            try:
+                queues[name] = QueueRecord.from_json(name, raw).queue
+            except ValueError as exc:
+                log.error("queue %r in the store is invalid and is ignored: %s", name, exc)
+                if name in self._queues:
+                    queues[name] = self._queues[name]
+        self._queues = queues
+        self._config_version = version
+        return dict(queues)
 
-    async def get_queue(self, name: str, timeout: float) -> Queue | None:
-        """The live configuration of queue `name`; the last one seen if Redis does not answer
-        within `timeout` seconds."""
+    async def _listen(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(CHANGED_CHANNEL)
+                    await self.refresh()  # subscribed first, so no change falls in between
+                    backoff = 0.1
+                    while True:
+                        message = await pubsub.get_message(timeout=RECHECK_INTERVAL)
+                        if message is not None:
+                            if message["data"] != self._config_version:
+                                await self.refresh()
+                        elif await self.redis.get(CONFIG_VERSION_KEY) != self._config_version:
+                            await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("queue updates: store unreachable (%s); routing from the last "
+                            "configuration seen, retrying", type(exc).__name__)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    # --- admin reads ------------------------------------------------------------------------
+
+    async def records(self) -> list[QueueRecord]:
+        raw = await self.redis.hgetall(QUEUES_KEY)
+        records = (self._parse(name, value) for name, value in sorted(raw.items()))
+        return [record for record in records if record is not None]
+
+    async def record(self, name: str) -> QueueRecord | None:
+        raw = await self.redis.hget(QUEUES_KEY, name)
+        return None if raw is None else self._parse(name, raw)
+
+    async def history(self, name: str) -> list[QueueRecord]:
+        """Every version of the queue, newest first (also after the queue was deleted)."""
+        raw = await self.redis.hgetall(history_key(name))
+        records = [r for value in raw.values() if (r := self._parse(name, value)) is not None]
+        return sorted(records, key=lambda record: record.version, reverse=True)
+
+    async def audit(self, offset: int = 0, limit: int = 100) -> tuple[list[dict[str, Any]], int]:
+        """Audit entries, newest first, and how many there are in all."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lrange(AUDIT_KEY, offset, offset + limit - 1).llen(AUDIT_KEY)
+            entries, total = await pipe.execute()
+        return [json.loads(entry) for entry in entries], total
+
+    @staticmethod
+    def _parse(name: str, raw: str) -> QueueRecord | None:
         try:
-            async with asyncio.timeout(timeout):
-                raw = await self.redis.hget(QUEUES_KEY, name)
-        except (redis.RedisError, OSError, TimeoutError) as exc:
-            log.warning("store unreachable (%s); using the last configuration seen for %r",
-                        type(exc).__name__, name)
-            return self._last_seen.get(name)
-        if raw is None:
-            self._last_seen.pop(name, None)
+            return QueueRecord.from_json(name, raw)
+        except ValueError as exc:  # left out; a PUT replaces it
+            log.error("queue %r in the store is invalid: %s", name, exc)
             return None
-        queue = _queue_from_record(name, raw)
-        if queue is None:
-            return self._last_seen.get(name)
-        self._last_seen[name] = queue
-        return queue
+
+    # --- admin writes -----------------------------------------------------------------------
+
+    async def put(
+        self, name: str, queue: Queue, who: str, if_match: str | None = None,
+        action: str | None = None, extra: dict[str, Any] | None = None,
+    ) -> tuple[QueueRecord, bool]:
+        """Create or replace queue `name`; returns the new record and whether it was created.
+
+        `if_match`: a version number that must still be current (else StaleVersion), `*` for
+        "must exist" (else QueueNotFound), or None. Raises InvalidChange when the change breaks
+        an overflow chain.
+        """
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            queues, config_version = await self._snapshot()
+            created = name not in queues
+            check_change({**queues, name: queue})
+            at = _now()
+            entry = {"at": at, "who": who, "action": action or ("create" if created else "update"),
+                     "queue": name, **(extra or {})}
+            status, version = await self._run_write(
+                name, _record_json(queue, who, at), if_match, config_version, entry)
+            if status == "ok":
+                record = QueueRecord(name, queue, version, at, who)
+                self._queues[name] = queue  # this process sees its own change at once
+                return record, created
+        raise RuntimeError("the queue configuration is changing too fast to write; try again")
+
+    async def delete(self, name: str, who: str, protected: dict[str, str],
+                     if_match: str | None = None) -> None:
+        """Delete queue `name`. `protected` maps queue names to what needs them (loaded flows)."""
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            queues, config_version = await self._snapshot()
+            if name not in queues:
+                raise QueueNotFound(name)
+            if name in protected:
+                raise QueueInUse(f"queue {name!r} is routed to by {protected[name]}")
+            overflowing = sorted(n for n, q in queues.items() if q.overflow == name and n != name)
+            if overflowing:
+                raise QueueInUse(f"queue {name!r} is the overflow of {', '.join(overflowing)}")
+            entry = {"at": _now(), "who": who, "action": "delete", "queue": name}
+            status, _ = await self._run_write(name, "", if_match, config_version, entry)
+            if status == "ok":
+                self._queues.pop(name, None)
+                return
+        raise RuntimeError("the queue configuration is changing too fast to write; try again")
+
+    async def rollback(self, name: str, version: int, who: str,
+                       if_match: str | None = None) -> QueueRecord:
+        """Make version `version` of the queue current again, as a new version."""
+        raw = await self.redis.hget(history_key(name), str(version))
+        if raw is None:
+            raise QueueNotFound(f"queue {name!r} has no version {version}")
+        old = QueueRecord.from_json(name, raw)
+        record, _ = await self.put(name, old.queue, who, if_match, action="rollback",
+                                   extra={"rolled_back_to": version})
+        return record
+
+    async def _snapshot(self) -> tuple[dict[str, Queue], str]:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(QUEUES_KEY).get(CONFIG_VERSION_KEY)
+            records, version = await pipe.execute()
+        queues = {}
+        for name, raw in records.items():
+            with contextlib.suppress(ValueError):  # a corrupt record can be overwritten
+                queues[name] = QueueRecord.from_json(name, raw).queue
+        return queues, version or "0"
+
+    async def _run_write(self, name: str, record_json: str, if_match: str | None,
+                         config_version: str, entry: dict[str, Any]) -> tuple[str, int]:
+        keys = [QUEUES_KEY, history_key(name), counter_key(name), AUDIT_KEY, CONFIG_VERSION_KEY]
+        args = [name, record_json, if_match or "", config_version, json.dumps(entry),
+                CHANGED_CHANNEL]
+        status, version = await self._write(keys=keys, args=args)
+        if status == "stale":
+            raise StaleVersion(int(version))
+        if status == "missing":
+            raise QueueNotFound(name)
+        return status, int(version)
 
 
-def _queue_from_record(name: str, raw: str) -> Queue | None:
-    """The queue a stored record describes; None (and an error logged) for a corrupt record."""
+def check_change(queues: dict[str, Queue]) -> None:
     try:
-        record = json.loads(raw)
-        fields = {k: v for k, v in record.items() if k not in _RECORD_META}
-        return Queue.model_validate(fields)
-    except (ValueError, AttributeError) as exc:  # pydantic's ValidationError is a ValueError
-        log.error("queue %r in the store is invalid and is ignored: %s", name, exc)
-        return None
+        check_overflow(queues)
+    except ValueError as exc:
+        raise InvalidChange(str(exc)) from None
+

@@ -142,8 +142,8 @@ def test_the_embedded_store_survives_a_restart(newcomer) -> None:
     try:
         with redis.Redis(unix_socket_path=str(cwd / "var" / "redis" / "redis.sock"),
                          decode_responses=True) as client:
-            record = client.hget("ivr:queues", "gold")
-            client.hset("ivr:queues", "gold", record.replace("sip:gold@queues", "sip:gold@pbx2"))
+            record = client.hget("{ivr}:queues", "gold")
+            client.hset("{ivr}:queues", "gold", record.replace("sip:gold@queues", "sip:gold@pbx2"))
     finally:
         first.stop()
     second = Served(cwd, env)

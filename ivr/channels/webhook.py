@@ -32,8 +32,6 @@ log = logging.getLogger("ivr.webhook")
 MAX_FIELDS = 200
 MAX_ADDRESS_LENGTH = 256
 FORM_TYPE = "application/x-www-form-urlencoded"
-# Time kept for reading queues and rendering once the flow has decided.
-QUEUE_LOOKUP_TIMEOUT = 0.5
 
 
 @dataclass(frozen=True)
@@ -117,7 +115,7 @@ async def _answer(
         deadline=loop.time() + services.decision_deadline,
     )
     outcome = await run_flow(flow, run)
-    actions, queues = await _resolve_queues(services.store, outcome.actions, flow.fallback_queue)
+    actions, queues = _resolve_queues(services.store, outcome.actions, flow.fallback_queue)
     routed = [a.queue for a in actions if isinstance(a, RouteToQueue)]
     summary = f"flow {flow.name} via {'>'.join(outcome.trace)} -> {routed[0] if routed else 'end'}"
     if channel is MESSAGING and routed and routed[0] in queues and not queues[routed[0]].message_to:
@@ -127,7 +125,7 @@ async def _answer(
     return channel.render(actions, queues), summary
 
 
-async def _resolve_queues(
+def _resolve_queues(
     store: Store, actions: list[Action], fallback_queue: str
 ) -> tuple[list[Action], dict[str, Queue]]:
     """The live configuration of each queue routed to. A route to a queue that no longer exists
@@ -137,7 +135,7 @@ async def _resolve_queues(
     for action in actions:
         if isinstance(action, RouteToQueue):
             for name in (action.queue, fallback_queue):
-                queue = await store.get_queue(name, timeout=QUEUE_LOOKUP_TIMEOUT)
+                queue = store.queue(name)
                 if queue is not None:
                     queues[name] = queue
                     action = RouteToQueue(name, action.note)
