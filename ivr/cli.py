@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import os
 import secrets
 import signal
 import sys
+from pathlib import Path
 from xml.dom import minidom
 
 import httpx
 import uvicorn
+import yaml
 from pydantic import ValidationError
 from twilio.request_validator import RequestValidator
 
+from ivr.admin.auth import hash_password
+from ivr.admin.client import AdminClient, AdminError, table
 from ivr.app import StartupError, open_store
 from ivr.embedded_redis import EmbeddedRedis
 from ivr.logs import configure_logging
@@ -50,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
                       help="an extra webhook parameter (repeatable)")
     call.set_defaults(handler=_call)
 
+    _add_queue_commands(commands)
+    admin = commands.add_parser("admin", help="admin access")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True)
+    hash_password = admin_commands.add_parser(
+        "hash-password", help="read a password (prompt or stdin) and print its hash for "
+        "IVR_ADMIN_USERS")
+    hash_password.set_defaults(handler=_hash_password)
+
     args = parser.parse_args(argv)
     try:
         settings = Settings()
@@ -57,6 +70,92 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ivr: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     return args.handler(args, settings)
+
+
+def _add_queue_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    queues = commands.add_parser(
+        "queues", help="see and change the live queues through a running server's admin API")
+    queues.add_argument("--server", help="the server (default: IVR_ADMIN_URL, else "
+                        "http://127.0.0.1:8000)")
+    queues.add_argument("--token", help="the admin token (default: IVR_ADMIN_TOKEN)")
+    actions = queues.add_subparsers(dest="queue_command", required=True)
+    actions.add_parser("list", help="every queue and where it sends calls")
+    actions.add_parser("show", help="one queue").add_argument("name")
+    set_ = actions.add_parser("set", help="change a queue's SIP URI (creates the queue if new)")
+    set_.add_argument("name")
+    set_.add_argument("sip_uri")
+    set_.add_argument("--message-to", help="E.164 number (or whatsapp:+...) for messages")
+    set_.add_argument("--display-name")
+    set_.add_argument("--fallback", action="append", dest="fallback_sip_uris", metavar="SIP_URI",
+                      help="a fallback SIP URI (repeatable; replaces the list)")
+    set_.add_argument("--overflow", help="the queue to overflow to")
+    actions.add_parser("history", help="every version of a queue").add_argument("name")
+    rollback = actions.add_parser("rollback", help="make an old version current again")
+    rollback.add_argument("name")
+    rollback.add_argument("version", type=int)
+    export = actions.add_parser("export", help="print the live configuration as queues.yaml")
+    export.add_argument("--output", "-o", help="write to this file instead of stdout")
+    queues.set_defaults(handler=_queues)
+
+
+def _queues(args: argparse.Namespace, settings: Settings) -> int:
+    token = args.token or (settings.admin_token.get_secret_value() if settings.admin_token
+                           else None)
+    try:
+        client = AdminClient(args.server or settings.admin_url, token)
+        try:
+            print(_queue_command(client, args))
+        finally:
+            client.close()
+    except AdminError as exc:
+        print(f"ivr: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _queue_command(client: AdminClient, args: argparse.Namespace) -> str:
+    command = args.queue_command
+    if command == "list":
+        rows = [[q["name"], q["sip_uri"], str(q["version"]), q["updated_by"], q["updated_at"]]
+                for q in client.queues()]
+        return table(rows, ["QUEUE", "SIP URI", "VERSION", "UPDATED BY", "UPDATED AT"])
+    if command == "show":
+        record, _ = client.queue(args.name)
+        return yaml.safe_dump(record, sort_keys=False).rstrip()
+    if command == "set":
+        record, created = client.set_sip_uri(
+            args.name, args.sip_uri, message_to=args.message_to, display_name=args.display_name,
+            fallback_sip_uris=args.fallback_sip_uris, overflow=args.overflow)
+        verb = "created" if created else "updated"
+        return f"{record['name']} {verb}: version {record['version']}, {record['sip_uri']}"
+    if command == "history":
+        rows = [[str(v["version"]), v["sip_uri"], v["updated_by"], v["updated_at"]]
+                for v in client.history(args.name)]
+        return table(rows, ["VERSION", "SIP URI", "UPDATED BY", "UPDATED AT"])
+    if command == "rollback":
+        record = client.rollback(args.name, args.version)
+        return (f"{record['name']} rolled back to version {args.version}: now version "
+                f"{record['version']}, {record['sip_uri']}")
+    text = client.export_yaml()
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        return f"wrote {args.output}"
+    return text.rstrip()
+
+
+def _hash_password(args: argparse.Namespace, settings: Settings) -> int:
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("ivr: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        print("ivr: use at least 8 characters", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:

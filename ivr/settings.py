@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ivr.admin.auth import check_password_hash_format
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -36,7 +38,20 @@ class Settings(BaseSettings):
     loyalty_api_token: SecretStr | None = Field(
         default=None, description="Bearer token for the loyalty API."
     )
-    admin_token: SecretStr | None = Field(default=None, description="Admin API bearer token.")
+    admin_token: SecretStr | None = Field(
+        default=None, description="Admin API bearer token; also signs in to the admin page."
+    )
+    admin_users: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='Admin page users: JSON {"name": "<hash from `ivr admin hash-password`>"}.',
+    )
+    admin_session_hours: float = Field(
+        default=8.0, gt=0, le=24 * 30, description="How long an admin page sign-in lasts."
+    )
+    admin_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="Where `ivr queues` finds the running server's admin API.",
+    )
     decision_deadline: float = Field(
         default=3.0,
         gt=0,
@@ -63,6 +78,16 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value
+
+    @field_validator("admin_users")
+    @classmethod
+    def _hashed_passwords_only(cls, users: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, encoded in users.items():
+            try:
+                check_password_hash_format(encoded.get_secret_value())
+            except ValueError as exc:
+                raise ValueError(f"user {name!r}: the password {exc}") from None
+        return users
 
     @field_validator("log_level", mode="before")
     @classmethod

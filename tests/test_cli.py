@@ -14,6 +14,9 @@ import httpx
 import psutil
 import pytest
 import redis
+import yaml
+
+from ivr.queues import load_queue_file
 
 from tests import loyalty_api as L
 from tests.servers import free_port
@@ -207,3 +210,89 @@ def test_call_to_a_server_that_is_not_running_says_so(newcomer) -> None:
     result = run_ivr(cwd, env, "call", "--server", f"http://127.0.0.1:{free_port()}", L.GOLD)
     assert result.returncode == 1
     assert "is `ivr serve` running?" in result.stderr
+
+
+ADMIN = "cli-admin-token-0123456789"
+
+
+@pytest.fixture
+def admin_server(newcomer) -> Iterator[Served]:
+    cwd, env = newcomer
+    server = Served(cwd, {**env, "IVR_ADMIN_TOKEN": ADMIN})
+    server.env["IVR_ADMIN_URL"] = server.url
+    yield server
+    server.stop()
+
+
+def queues_cli(server: Served, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_ivr(server.cwd, server.env, "queues", *args)
+
+
+def test_queues_cli_lists_sets_shows_history_and_rolls_back(admin_server: Served) -> None:
+    listing = queues_cli(admin_server, "list")
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.splitlines()[0].split()[:3] == ["QUEUE", "SIP", "URI"]
+    rows = [line.split()[:4] for line in listing.stdout.splitlines()[1:]]
+    assert rows[0] == ["gold", "sip:gold@queues.example.com", "1", "seed"]
+    assert [row[0] for row in rows] == ["gold", "platinum", "standard"]
+
+    changed = queues_cli(admin_server, "set", "gold", "sip:gold@pbx2.example.com")
+    assert changed.returncode == 0, changed.stderr
+    assert changed.stdout.strip() == "gold updated: version 2, sip:gold@pbx2.example.com"
+    assert "<Sip>sip:gold@pbx2.example.com</Sip>" in admin_server.call(L.GOLD).stdout
+
+    shown = yaml.safe_load(queues_cli(admin_server, "show", "gold").stdout)
+    assert shown["message_to"] == "+15550100101"  # set keeps the queue's other fields
+    assert shown["updated_by"].endswith("(admin token)")
+
+    history = queues_cli(admin_server, "history", "gold").stdout.splitlines()
+    assert [line.split()[:2] for line in history[1:]] == [
+        ["2", "sip:gold@pbx2.example.com"], ["1", "sip:gold@queues.example.com"]]
+
+    back = queues_cli(admin_server, "rollback", "gold", "1")
+    assert back.returncode == 0
+    assert "now version 3, sip:gold@queues.example.com" in back.stdout
+
+
+def test_queues_cli_reports_a_bad_uri_and_a_wrong_token_clearly(admin_server: Served) -> None:
+    bad = queues_cli(admin_server, "set", "gold", "http://gold")
+    assert bad.returncode == 1
+    assert "422: invalid input" in bad.stderr and "sip_uri: must start with sip:" in bad.stderr
+    wrong = run_ivr(admin_server.cwd, {**admin_server.env, "IVR_ADMIN_TOKEN": "nope"},
+                    "queues", "list")
+    assert wrong.returncode == 1 and "401" in wrong.stderr and "IVR_ADMIN_TOKEN" in wrong.stderr
+
+
+def test_queues_export_writes_a_queues_file_that_seeds_the_same_configuration(
+    admin_server: Served, tmp_path: Path
+) -> None:
+    queues_cli(admin_server, "set", "night", "sips:night@pbx.example.com:5061",
+               "--overflow", "standard", "--fallback", "sip:night2@pbx.example.com")
+    out = tmp_path / "exported.yaml"
+    assert queues_cli(admin_server, "export", "-o", str(out)).returncode == 0
+    exported = load_queue_file(out)
+    assert exported.queues["night"].overflow == "standard"
+    assert exported.queues["night"].fallback_sip_uris == ("sip:night2@pbx.example.com",)
+    assert exported.queues["gold"].message_to == "+15550100101"
+    assert set(exported.queues) == {"gold", "platinum", "standard", "night"}
+
+
+def test_an_acknowledged_change_survives_kill_9_of_the_server_and_its_redis(
+    admin_server: Served,
+) -> None:
+    changed = queues_cli(admin_server, "set", "platinum", "sip:platinum@pbx2.example.com")
+    assert changed.returncode == 0
+    family = [admin_server.process.pid] + [
+        p.pid for p in psutil.Process(admin_server.process.pid).children(recursive=True)]
+    for pid in family:  # no clean shutdown for anyone: the AOF is all there is
+        os.kill(pid, signal.SIGKILL)
+    admin_server.process.wait()
+    psutil.wait_procs([psutil.Process(p) for p in family[1:] if psutil.pid_exists(p)], timeout=10)
+    restarted = Served(admin_server.cwd, admin_server.env)
+    try:
+        assert "<Sip>sip:platinum@pbx2.example.com</Sip>" in restarted.call(L.PLATINUM).stdout
+        restarted.env["IVR_ADMIN_URL"] = restarted.url
+        history = queues_cli(restarted, "history", "platinum").stdout
+        assert "sip:platinum@pbx2.example.com" in history
+    finally:
+        restarted.stop()

@@ -39,6 +39,14 @@ class FlowSet:
     def select(self, channel: Channel, to_number: str) -> Flow | None:
         return self.by_number.get((channel, to_number)) or self.defaults.get(channel)
 
+    def queue_users(self) -> dict[str, str]:
+        """Queue name -> the flows that may route to it, e.g. `flow loyalty_routing`."""
+        users: dict[str, list[str]] = {}
+        for flow in self.flows.values():
+            for queue in sorted(flow.routed_queues()):
+                users.setdefault(queue, []).append(flow.name)
+        return {queue: "flow " + ", ".join(names) for queue, names in users.items()}
+
 
 def load_flow_file(path: Path) -> Flow:
     try:

@@ -1,0 +1,200 @@
+"""The admin API, JSON under /admin/api: queues (read, write, delete), their history and
+rollback, and the audit log. Every route needs `Authorization: Bearer <IVR_ADMIN_TOKEN>`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ivr.admin.auth import actor_label, bearer_token_matches
+from ivr.admin.changes import InvalidInput, field_errors, queue_from_input
+from ivr.admin.openapi import openapi_document
+from ivr.store import InvalidChange, QueueInUse, QueueNotFound, QueueRecord, StaleVersion, Store
+
+log = logging.getLogger("ivr.admin")
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_AUDIT_PAGE = 1000
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def etag(version: int) -> str:
+    return f'"v{version}"'
+
+
+def if_match_version(request: Request) -> str | None:
+    """If-Match as the store takes it: None, `*`, or a version number ('' never matches)."""
+    header = request.headers.get("if-match")
+    if header is None:
+        return None
+    header = header.strip()
+    if header == "*":
+        return "*"
+    tag = header.removeprefix("W/").strip('"')
+    return tag[1:] if tag.startswith("v") and tag[1:].isdigit() else "-1"
+
+
+def record_response(record: QueueRecord, status: int = 200) -> JSONResponse:
+    return JSONResponse(record.as_dict(), status_code=status, headers={"ETag": etag(record.version)})
+
+
+def admin_only(endpoint: Endpoint) -> Endpoint:
+    """401 unless the request carries the admin token; 404 while no token is configured."""
+
+    async def guarded(request: Request) -> Response:
+        token = request.app.state.admin_token
+        if token is None:
+            return error(404, "the admin API is disabled: set IVR_ADMIN_TOKEN")
+        if not bearer_token_matches(request.headers.get("authorization"), token):
+            return JSONResponse(
+                {"error": "a valid `Authorization: Bearer <admin token>` header is required"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="ivr-admin"'},
+            )
+        try:
+            return await endpoint(request)
+        except InvalidInput as exc:
+            return error(422, "invalid input", errors=exc.errors)
+        except StaleVersion as exc:
+            return error(412, f"If-Match is stale: the current version is {exc.current_version}",
+                         current_version=exc.current_version)
+        except QueueNotFound as exc:
+            return error(404, f"not found: {exc}")
+        except MalformedJson as exc:
+            return error(400, f"the body is not valid JSON: {exc}")
+
+    guarded.__name__ = endpoint.__name__
+    guarded.__doc__ = endpoint.__doc__
+    return guarded
+
+
+def store_of(request: Request) -> Store:
+    return request.app.state.services.store
+
+
+def who(request: Request) -> str:
+    return actor_label(request.headers.get("x-ivr-actor"), default="admin token")
+
+
+async def json_body(request: Request) -> Any:
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise field_errors(f"the body is over {MAX_BODY_BYTES} bytes", "")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedJson(str(exc)) from None
+
+
+class MalformedJson(Exception):
+    pass
+
+
+@admin_only
+async def list_queues(request: Request) -> Response:
+    records = await store_of(request).records()
+    return JSONResponse({"queues": [record.as_dict() for record in records]})
+
+
+@admin_only
+async def get_queue(request: Request) -> Response:
+    name = request.path_params["name"]
+    record = await store_of(request).record(name)
+    if record is None:
+        raise QueueNotFound(f"queue {name!r}")
+    return record_response(record)
+
+
+@admin_only
+async def put_queue(request: Request) -> Response:
+    name = request.path_params["name"]
+    queue = queue_from_input(name, await json_body(request))
+    try:
+        record, created = await store_of(request).put(
+            name, queue, who(request), if_match_version(request))
+    except InvalidChange as exc:
+        raise field_errors(str(exc), "overflow") from None
+    log.info("queue %s %s by %s: version %d", name, "created" if created else "updated",
+             record.updated_by, record.version)
+    response = record_response(record, 201 if created else 200)
+    if created:
+        response.headers["Location"] = f"/admin/api/queues/{name}"
+    return response
+
+
+@admin_only
+async def delete_queue(request: Request) -> Response:
+    name = request.path_params["name"]
+    services = request.app.state.services
+    try:
+        await services.store.delete(name, who(request), services.flows.queue_users(),
+                                    if_match_version(request))
+    except QueueInUse as exc:
+        return error(409, str(exc))
+    log.info("queue %s deleted by %s", name, who(request))
+    return Response(status_code=204)
+
+
+@admin_only
+async def queue_history(request: Request) -> Response:
+    name = request.path_params["name"]
+    versions = await store_of(request).history(name)
+    if not versions:
+        raise QueueNotFound(f"queue {name!r}")
+    return JSONResponse({"name": name, "versions": [record.as_dict() for record in versions]})
+
+
+@admin_only
+async def rollback_queue(request: Request) -> Response:
+    name = request.path_params["name"]
+    body = await json_body(request)
+    version = body.get("version") if isinstance(body, dict) else None
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise field_errors("must be a version number (an integer from 1)", "version")
+    try:
+        record = await store_of(request).rollback(name, version, who(request),
+                                                  if_match_version(request))
+    except InvalidChange as exc:
+        raise field_errors(f"version {version} no longer fits: {exc}", "version") from None
+    log.info("queue %s rolled back to version %d by %s", name, version, record.updated_by)
+    return record_response(record)
+
+
+@admin_only
+async def audit_log(request: Request) -> Response:
+    try:
+        offset = int(request.query_params.get("offset", 0))
+        limit = int(request.query_params.get("limit", 100))
+    except ValueError:
+        raise field_errors("offset and limit must be integers", "limit") from None
+    if offset < 0 or not 1 <= limit <= MAX_AUDIT_PAGE:
+        raise field_errors(f"offset must be >= 0 and limit 1 to {MAX_AUDIT_PAGE}", "limit")
+    entries, total = await store_of(request).audit(offset, limit)
+    return JSONResponse({"entries": entries, "total": total, "offset": offset, "limit": limit})
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_document())
+
+
+routes = [
+    Route("/queues", list_queues, methods=["GET"]),
+    Route("/queues/{name}", get_queue, methods=["GET"]),
+    Route("/queues/{name}", put_queue, methods=["PUT"]),
+    Route("/queues/{name}", delete_queue, methods=["DELETE"]),
+    Route("/queues/{name}/history", queue_history, methods=["GET"]),
+    Route("/queues/{name}/rollback", rollback_queue, methods=["POST"]),
+    Route("/audit", audit_log, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
+]

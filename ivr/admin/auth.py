@@ -1,0 +1,99 @@
+"""Who is an admin: the bearer token (API and page) or a named user with a hashed password
+(page), and the sign-in sessions of the page, kept in Redis so every instance shares them."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+
+import redis.asyncio as redis
+
+PBKDF2_ITERATIONS = 600_000  # OWASP's 2023 figure for PBKDF2-HMAC-SHA256
+_SCHEME = "pbkdf2_sha256"
+_SESSION_PREFIX = "{ivr}:admin:session:"
+MAX_ACTOR_LENGTH = 64
+
+
+def hash_password(password: str, iterations: int = PBKDF2_ITERATIONS) -> str:
+    """`pbkdf2_sha256$<iterations>$<salt>$<hash>`, salt and hash base64."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    return "$".join([_SCHEME, str(iterations), _b64(salt), _b64(digest)])
+
+
+def verify_password(password: str, encoded: str) -> bool:
+    try:
+        scheme, iterations, salt, expected = encoded.split("$")
+        if scheme != _SCHEME:
+            return False
+        digest = hashlib.pbkdf2_hmac(
+            "sha256", password.encode(), base64.b64decode(salt), int(iterations)
+        )
+        return hmac.compare_digest(digest, base64.b64decode(expected))
+    except (ValueError, TypeError):
+        return False
+
+
+def check_password_hash_format(encoded: str) -> None:
+    """Raise ValueError unless `encoded` is a hash this module made (not a plain password)."""
+    parts = encoded.split("$")
+    if len(parts) != 4 or parts[0] != _SCHEME or not parts[1].isdigit():
+        raise ValueError("is not a password hash: make one with `ivr admin hash-password`")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def bearer_token_matches(authorization: str | None, token: str) -> bool:
+    """Constant-time check of an `Authorization: Bearer <token>` header."""
+    if not authorization:
+        return False
+    scheme, _, presented = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        return False
+    return hmac.compare_digest(presented.strip().encode(), token.encode())
+
+
+def actor_label(header: str | None, default: str) -> str:
+    """Who made an API change: the X-IVR-Actor header if sane (CLI sends $USER), else default."""
+    if header:
+        header = header.strip()
+        if header and len(header) <= MAX_ACTOR_LENGTH and header.isprintable():
+            return f"{header} (admin token)"
+    return default
+
+
+@dataclass(frozen=True)
+class AdminSession:
+    id: str
+    user: str
+    csrf_token: str
+
+
+class SessionStore:
+    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+        self.redis = client
+        self.ttl = ttl_seconds
+
+    async def create(self, user: str) -> AdminSession:
+        session = AdminSession(secrets.token_urlsafe(32), user, secrets.token_urlsafe(32))
+        value = json.dumps({"user": user, "csrf": session.csrf_token})
+        await self.redis.set(_SESSION_PREFIX + session.id, value, ex=self.ttl)
+        return session
+
+    async def get(self, session_id: str | None) -> AdminSession | None:
+        if not session_id or len(session_id) > 100:
+            return None
+        raw = await self.redis.get(_SESSION_PREFIX + session_id)
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return AdminSession(session_id, data["user"], data["csrf"])
+
+    async def delete(self, session_id: str) -> None:
+        await self.redis.delete(_SESSION_PREFIX + session_id)

@@ -1,0 +1,48 @@
+"""Admin input turned into a valid queue, or into errors that name each field. The API and the
+web page both go through here, and through the same checks as the queues file at start-up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from ivr.queues import Queue, check_queue_name
+
+# Fields a client may send back unchanged from a GET; they are set by the server.
+READ_ONLY_FIELDS = ("version", "updated_at", "updated_by")
+
+
+class InvalidInput(Exception):
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        super().__init__("; ".join(f"{e['field']}: {e['message']}" for e in errors))
+        self.errors = errors
+
+
+def queue_from_input(name: str, data: Any) -> Queue:
+    """The queue described by `data` (a JSON object) for the queue called `name`."""
+    errors = []
+    try:
+        check_queue_name(name)
+    except ValueError as exc:
+        errors.append({"field": "name", "message": str(exc)})
+    if not isinstance(data, dict):
+        raise InvalidInput([*errors, {"field": "", "message": "the body must be a JSON object"}])
+    fields = {k: v for k, v in data.items() if k not in READ_ONLY_FIELDS and k != "name"}
+    if "name" in data and data["name"] != name:
+        errors.append({"field": "name", "message": f"does not match the URL's queue {name!r}"})
+    try:
+        queue = Queue.model_validate(fields)
+    except ValidationError as exc:
+        errors += [
+            {"field": ".".join(str(p) for p in e["loc"]) or "",
+             "message": e["msg"].removeprefix("Value error, ")}
+            for e in exc.errors()
+        ]
+    if errors:
+        raise InvalidInput(errors)
+    return queue
+
+
+def field_errors(message: str, field: str) -> InvalidInput:
+    return InvalidInput([{"field": field, "message": message}])

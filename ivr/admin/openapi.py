@@ -1,0 +1,124 @@
+"""The OpenAPI 3.1 document of the admin API, its schemas taken from the pydantic models."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from ivr import __version__
+from ivr.queues import Queue
+
+
+def _json(schema_ref: str, description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": schema_ref}}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json("#/components/schemas/Error", description)
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    queue_input = Queue.model_json_schema(ref_template="#/components/schemas/{model}")
+    queue_input["title"] = "QueueInput"
+    record = {
+        "title": "QueueRecord",
+        "allOf": [
+            {"$ref": "#/components/schemas/QueueInput"},
+            {"type": "object", "required": ["name", "version", "updated_at", "updated_by"],
+             "properties": {"name": {"type": "string"}, "version": {"type": "integer"},
+                            "updated_at": {"type": "string", "format": "date-time"},
+                            "updated_by": {"type": "string"}}},
+        ],
+    }
+    name_param = {"name": "name", "in": "path", "required": True,
+                  "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"}}
+    if_match = {"name": "If-Match", "in": "header", "required": False,
+                "description": 'The ETag of the version you read, e.g. "v3"; `*`: must exist.',
+                "schema": {"type": "string"}}
+    unauthorized = _error("Missing, malformed or wrong bearer token")
+    one_record = {**_json("#/components/schemas/QueueRecord", "The queue"),
+                  "headers": {"ETag": {"schema": {"type": "string"}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "ivr admin API", "version": __version__,
+                 "description": "Change where each queue sends calls and messages, safely: "
+                                "validated, versioned, audited, live on every instance."},
+        "servers": [{"url": "/admin/api"}],
+        "security": [{"bearer": []}],
+        "paths": {
+            "/queues": {"get": {
+                "summary": "Every queue", "operationId": "listQueues",
+                "responses": {"200": _json("#/components/schemas/QueueList", "All queues"),
+                              "401": unauthorized}}},
+            "/queues/{name}": {
+                "parameters": [name_param],
+                "get": {"summary": "One queue", "operationId": "getQueue",
+                        "responses": {"200": one_record, "401": unauthorized,
+                                      "404": _error("No such queue")}},
+                "put": {"summary": "Create or replace a queue", "operationId": "putQueue",
+                        "parameters": [if_match],
+                        "requestBody": {"required": True, "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/QueueInput"}}}},
+                        "responses": {"200": one_record, "201": one_record,
+                                      "400": _error("The body is not JSON"), "401": unauthorized,
+                                      "412": _error("If-Match is not the current version"),
+                                      "422": _error("A field is invalid")}},
+                "delete": {"summary": "Delete a queue", "operationId": "deleteQueue",
+                           "parameters": [if_match],
+                           "responses": {"204": {"description": "Deleted"}, "401": unauthorized,
+                                         "404": _error("No such queue"),
+                                         "409": _error("A flow routes to it, or a queue "
+                                                       "overflows to it"),
+                                         "412": _error("If-Match is not the current version")}},
+            },
+            "/queues/{name}/history": {"parameters": [name_param], "get": {
+                "summary": "Every version of a queue, newest first", "operationId": "queueHistory",
+                "responses": {"200": _json("#/components/schemas/History", "The versions"),
+                              "401": unauthorized, "404": _error("No such queue")}}},
+            "/queues/{name}/rollback": {"parameters": [name_param], "post": {
+                "summary": "Make an old version current again (as a new version)",
+                "operationId": "rollbackQueue", "parameters": [if_match],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["version"], "additionalProperties": False,
+                    "properties": {"version": {"type": "integer", "minimum": 1}}}}}},
+                "responses": {"200": one_record, "400": _error("The body is not JSON"),
+                              "401": unauthorized, "404": _error("No such queue or version"),
+                              "412": _error("If-Match is not the current version"),
+                              "422": _error("Invalid version")}}},
+            "/audit": {"get": {
+                "summary": "Every admin change, newest first", "operationId": "auditLog",
+                "parameters": [
+                    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "limit", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+                "responses": {"200": _json("#/components/schemas/Audit", "Audit entries"),
+                              "401": unauthorized}}},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "QueueInput": queue_input,
+                "QueueRecord": record,
+                "QueueList": {"type": "object", "properties": {"queues": {
+                    "type": "array", "items": {"$ref": "#/components/schemas/QueueRecord"}}}},
+                "History": {"type": "object", "properties": {
+                    "name": {"type": "string"},
+                    "versions": {"type": "array",
+                                 "items": {"$ref": "#/components/schemas/QueueRecord"}}}},
+                "Audit": {"type": "object", "properties": {
+                    "entries": {"type": "array", "items": {"type": "object", "properties": {
+                        "at": {"type": "string"}, "who": {"type": "string"},
+                        "action": {"enum": ["create", "update", "delete", "rollback"]},
+                        "queue": {"type": "string"}, "version": {"type": "integer"},
+                        "old": {}, "new": {}, "rolled_back_to": {"type": "integer"}}}},
+                    "total": {"type": "integer"}, "offset": {"type": "integer"},
+                    "limit": {"type": "integer"}}},
+                "Error": {"type": "object", "required": ["error"], "properties": {
+                    "error": {"type": "string"},
+                    "errors": {"type": "array", "items": {"type": "object", "properties": {
+                        "field": {"type": "string"}, "message": {"type": "string"}}}}}},
+            },
+        },
+    }

@@ -1,0 +1,245 @@
+"""The admin API over real HTTP: auth, every route, every failure, and the race for one ETag."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from tests import loyalty_api as L
+from tests.twilio_client import FakeTwilio
+
+ADMIN = "admin-token-for-tests-0123456789"
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+
+
+@pytest.fixture
+def api(make_settings, start_server) -> httpx.Client:
+    server = start_server(make_settings(admin_token=ADMIN))
+    with httpx.Client(base_url=server.url + "/admin/api", headers=AUTH, timeout=30) as client:
+        client.server_url = server.url  # type: ignore[attr-defined]
+        yield client
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": ADMIN},
+     {"Authorization": f"Basic {ADMIN}"}, {"Authorization": "Bearer"}],
+    ids=["missing", "wrong", "no-scheme", "basic", "empty"],
+)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/queues"), ("GET", "/queues/gold"), ("PUT", "/queues/gold"),
+     ("DELETE", "/queues/gold"), ("GET", "/queues/gold/history"),
+     ("POST", "/queues/gold/rollback"), ("GET", "/audit")],
+)
+def test_every_route_needs_the_admin_token(api: httpx.Client, headers, method, path) -> None:
+    response = httpx.request(method, str(api.base_url).rstrip("/") + path,
+                             headers=headers, json={"sip_uri": "sip:x@y.com"})
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert api.get("/queues/gold").json()["sip_uri"] == "sip:gold@queues.example.com"
+
+
+def test_without_a_configured_token_the_admin_api_is_disabled(make_settings, start_server) -> None:
+    server = start_server(make_settings())
+    response = httpx.get(server.url + "/admin/api/queues", headers=AUTH)
+    assert response.status_code == 404
+    assert "IVR_ADMIN_TOKEN" in response.json()["error"]
+
+
+def test_list_and_show_queues_with_versions_and_etag(api: httpx.Client) -> None:
+    queues = api.get("/queues").json()["queues"]
+    assert [q["name"] for q in queues] == ["gold", "platinum", "standard"]
+    gold = queues[0]
+    assert gold["sip_uri"] == "sip:gold@queues.example.com"
+    assert (gold["version"], gold["updated_by"]) == (1, "seed")
+    assert gold["fallback_sip_uris"] == [] and gold["message_to"] == "+15550100101"
+    response = api.get("/queues/gold")
+    assert response.headers["etag"] == '"v1"'
+    assert response.json() == gold
+    assert api.get("/queues/nope").status_code == 404
+
+
+def test_put_updates_with_a_new_version_and_the_next_call_uses_it(api: httpx.Client) -> None:
+    response = api.put("/queues/gold", json={"sip_uri": "sip:gold@pbx2.example.com"},
+                       headers={"If-Match": '"v1"', "X-IVR-Actor": "alice"})
+    assert response.status_code == 200, response.text
+    assert response.headers["etag"] == '"v2"'
+    body = response.json()
+    assert (body["version"], body["sip_uri"]) == (2, "sip:gold@pbx2.example.com")
+    assert body["updated_by"] == "alice (admin token)"
+    assert body["message_to"] is None  # PUT replaces the whole queue
+    twiml = FakeTwilio(api.server_url).call(L.GOLD).text  # type: ignore[attr-defined]
+    assert "<Sip>sip:gold@pbx2.example.com</Sip>" in twiml  # same process: no wait at all
+
+
+def test_put_creates_a_queue_with_201(api: httpx.Client) -> None:
+    response = api.put("/queues/night", json={
+        "sip_uri": "sips:night@pbx.example.com:5061", "fallback_sip_uris": ["sip:n2@pbx.example.com"],
+        "overflow": "standard", "message_to": "whatsapp:+15550100199", "display_name": "Night"})
+    assert response.status_code == 201, response.text
+    assert response.headers["location"] == "/admin/api/queues/night"
+    assert response.json()["version"] == 1
+    assert api.get("/queues/night").json()["overflow"] == "standard"
+
+
+def test_a_get_body_can_be_put_back_unchanged(api: httpx.Client) -> None:
+    gold = api.get("/queues/gold").json()
+    response = api.put("/queues/gold", json=gold, headers={"If-Match": '"v1"'})
+    assert response.status_code == 200 and response.json()["version"] == 2
+
+
+def test_a_stale_if_match_gets_412_and_changes_nothing(api: httpx.Client) -> None:
+    assert api.put("/queues/gold", json={"sip_uri": "sip:a@b.com"}).status_code == 200
+    response = api.put("/queues/gold", json={"sip_uri": "sip:c@d.com"}, headers={"If-Match": '"v1"'})
+    assert response.status_code == 412
+    assert response.json()["current_version"] == 2
+    assert api.get("/queues/gold").json()["sip_uri"] == "sip:a@b.com"
+    garbage = api.put("/queues/gold", json={"sip_uri": "sip:c@d.com"}, headers={"If-Match": "nope"})
+    assert garbage.status_code == 412
+    assert api.put("/queues/newq", json={"sip_uri": "sip:c@d.com"},
+                   headers={"If-Match": "*"}).status_code == 404
+
+
+def test_writers_racing_with_the_same_etag_exactly_one_wins(api: httpx.Client) -> None:
+    url = api.base_url
+
+    async def race() -> list[int]:
+        async with httpx.AsyncClient(base_url=str(url), headers=AUTH, timeout=30) as client:
+            return [r.status_code for r in await asyncio.gather(*(
+                client.put("/queues/gold", json={"sip_uri": f"sip:w{i}@x.com"},
+                           headers={"If-Match": '"v1"'}) for i in range(20)))]
+
+    statuses = asyncio.run(race())
+    assert sorted(statuses) == [200] + [412] * 19
+    history = api.get("/queues/gold/history").json()["versions"]
+    assert [v["version"] for v in history] == [2, 1]
+    assert api.get("/audit").json()["total"] == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        ({"sip_uri": "http://gold"}, "sip_uri", "must start with sip: or sips:"),
+        ({"sip_uri": "sip:gold@x.com<Hangup/>"}, "sip_uri", "markup"),
+        ({}, "sip_uri", "Field required"),
+        ({"sip_uri": "sip:a@b.com", "colour": "red"}, "colour", "Extra inputs are not permitted"),
+        ({"sip_uri": "sip:a@b.com", "fallback_sip_uris": ["sip:ok@b.com", "bad"]},
+         "fallback_sip_uris.1", "must start with sip: or sips:"),
+        ({"sip_uri": "sip:a@b.com", "message_to": "12345"}, "message_to", "E.164"),
+        ({"sip_uri": "sip:a@b.com", "overflow": "ghost"}, "overflow", "'ghost' is not a queue"),
+        ({"sip_uri": "sip:a@b.com", "overflow": "gold"}, "overflow", "overflow cycle"),
+        ({"sip_uri": "sip:a@b.com", "name": "silver"}, "name", "does not match"),
+        (["sip:a@b.com"], "", "must be a JSON object"),
+    ],
+    ids=["scheme", "markup", "missing", "unknown-field", "fallback", "message-to",
+         "overflow-unknown", "overflow-self-cycle", "name-mismatch", "not-an-object"],
+)
+def test_invalid_input_gets_422_naming_the_field_and_stores_nothing(
+    api: httpx.Client, body, field: str, message: str
+) -> None:
+    response = api.put("/queues/gold", json=body)
+    assert response.status_code == 422, response.text
+    errors = response.json()["errors"]
+    assert any(e["field"] == field and message in e["message"] for e in errors), errors
+    assert api.get("/queues/gold").json()["version"] == 1
+    assert api.get("/audit").json()["total"] == 0
+
+
+def test_an_invalid_queue_name_gets_422(api: httpx.Client) -> None:
+    response = api.put("/queues/Bad%20Name", json={"sip_uri": "sip:a@b.com"})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "name"
+
+
+def test_malformed_json_gets_400_and_stores_nothing(api: httpx.Client) -> None:
+    response = api.put("/queues/gold", content=b'{"sip_uri": ', headers={
+        "Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert "not valid JSON" in response.json()["error"]
+    assert api.get("/queues/gold").json()["version"] == 1
+
+
+def test_delete_is_refused_while_a_flow_routes_to_the_queue(api: httpx.Client) -> None:
+    response = api.delete("/queues/gold")
+    assert response.status_code == 409
+    assert "flow loyalty_routing" in response.json()["error"]
+    assert api.get("/queues/gold").status_code == 200
+
+
+def test_delete_removes_an_unused_queue_and_is_audited(api: httpx.Client) -> None:
+    assert api.put("/queues/spare", json={"sip_uri": "sip:s@x.com"}).status_code == 201
+    assert api.put("/queues/night", json={"sip_uri": "sip:n@x.com", "overflow": "spare"}
+                   ).status_code == 201
+    assert api.delete("/queues/spare").status_code == 409  # night overflows to it
+    assert api.delete("/queues/night", headers={"If-Match": '"v9"'}).status_code == 412
+    assert api.delete("/queues/night").status_code == 204
+    assert api.get("/queues/night").status_code == 404
+    assert api.delete("/queues/night").status_code == 404
+    entry = api.get("/audit").json()["entries"][0]
+    assert (entry["action"], entry["queue"], entry["new"]) == ("delete", "night", None)
+    assert entry["old"]["sip_uri"] == "sip:n@x.com"
+
+
+def test_history_lists_every_version_newest_first_with_who_and_when(api: httpx.Client) -> None:
+    api.put("/queues/gold", json={"sip_uri": "sip:g2@x.com"}, headers={"X-IVR-Actor": "bob"})
+    api.put("/queues/gold", json={"sip_uri": "sip:g3@x.com"}, headers={"X-IVR-Actor": "carol"})
+    versions = api.get("/queues/gold/history").json()["versions"]
+    assert [(v["version"], v["sip_uri"], v["updated_by"]) for v in versions] == [
+        (3, "sip:g3@x.com", "carol (admin token)"), (2, "sip:g2@x.com", "bob (admin token)"),
+        (1, "sip:gold@queues.example.com", "seed")]
+    assert all(v["updated_at"] for v in versions)
+    assert api.get("/queues/nope/history").status_code == 404
+
+
+def test_rollback_makes_a_version_current_again_as_a_new_version(api: httpx.Client) -> None:
+    api.put("/queues/gold", json={"sip_uri": "sip:broken@x.com"})
+    response = api.post("/queues/gold/rollback", json={"version": 1},
+                        headers={"If-Match": '"v2"'})
+    assert response.status_code == 200, response.text
+    assert response.headers["etag"] == '"v3"'
+    assert (response.json()["version"], response.json()["sip_uri"]) == (
+        3, "sip:gold@queues.example.com")
+    entry = api.get("/audit").json()["entries"][0]
+    assert (entry["action"], entry["rolled_back_to"]) == ("rollback", 1)
+    assert api.post("/queues/gold/rollback", json={"version": 1},
+                    headers={"If-Match": '"v2"'}).status_code == 412
+    assert api.post("/queues/gold/rollback", json={"version": 42}).status_code == 404
+    assert api.post("/queues/gold/rollback", json={"version": "1"}).status_code == 422
+    assert api.post("/queues/gold/rollback", json={}).status_code == 422
+    assert api.post("/queues/gold/rollback", content=b"{").status_code == 400
+
+
+def test_the_audit_log_pages_newest_first(api: httpx.Client) -> None:
+    for i in range(5):
+        api.put("/queues/gold", json={"sip_uri": f"sip:g{i}@x.com"})
+    page = api.get("/audit", params={"limit": 2, "offset": 1}).json()
+    assert page["total"] == 5 and (page["offset"], page["limit"]) == (1, 2)
+    assert [e["new"]["sip_uri"] for e in page["entries"]] == ["sip:g3@x.com", "sip:g2@x.com"]
+    first = page["entries"][0]
+    assert first["old"]["sip_uri"] == "sip:g2@x.com" and first["who"] == "admin token"
+    assert api.get("/audit", params={"limit": 0}).status_code == 422
+    assert api.get("/audit", params={"offset": "x"}).status_code == 422
+
+
+def test_the_openapi_document_describes_every_route(api: httpx.Client) -> None:
+    document = httpx.get(f"{api.server_url}/admin/api/openapi.json").json()  # type: ignore[attr-defined]
+    assert document["openapi"].startswith("3.")
+    assert set(document["paths"]) == {"/queues", "/queues/{name}", "/queues/{name}/history",
+                                      "/queues/{name}/rollback", "/audit"}
+    assert set(document["paths"]["/queues/{name}"]) >= {"get", "put", "delete"}
+    assert "sip_uri" in document["components"]["schemas"]["QueueInput"]["properties"]
+
+
+def test_a_change_reaches_a_second_instance_on_the_next_call(
+    api: httpx.Client, make_settings, start_server
+) -> None:
+    other = FakeTwilio(start_server(make_settings(admin_token=ADMIN)).url)
+    assert "<Sip>sip:platinum@queues.example.com</Sip>" in other.call(L.PLATINUM).text
+    api.put("/queues/platinum", json={"sip_uri": "sip:platinum@dr-site.example.com"})
+    deadline = time.monotonic() + 2
+    while "<Sip>sip:platinum@dr-site.example.com</Sip>" not in other.call(L.PLATINUM).text:
+        assert time.monotonic() < deadline, "the other instance never saw the change"
