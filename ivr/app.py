@@ -12,8 +12,10 @@ from httpx_aiohttp import AiohttpTransport
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
+from ivr.admin import api as admin_api
+from ivr.admin import pages as admin_pages
 from ivr.channels.webhook import MESSAGING, VOICE, Services, handle_webhook
 from ivr.flows.loader import FlowLoadError, FlowSet, load_flows
 from ivr.logs import configure_logging
@@ -33,10 +35,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/twilio/voice", voice_webhook, methods=["POST"]),
             Route("/twilio/messaging", messaging_webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Mount("/admin/api", routes=admin_api.routes),
+            Mount("/admin", routes=admin_pages.routes),
         ],
         lifespan=lifespan,
     )
     app.state.settings = settings
+    token = settings.admin_token
+    app.state.admin_token = token.get_secret_value() if token else None
+    if token is None:
+        log.warning("IVR_ADMIN_TOKEN is not set: the admin API is disabled")
     return app
 
 

@@ -1,0 +1,493 @@
+"""The admin web page under /admin, for people who are not developers: sign in, see where each
+queue sends calls, edit a queue, roll back to an earlier version, read the audit log.
+
+Plain server-rendered HTML forms, no JavaScript. Sign-in sessions live in Redis (shared by every
+instance); every form posts the session's CSRF token, and the sign-in form a double-submit token.
+Writes go through the store like the admin API's, so they are validated, versioned and audited.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import jinja2
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from ivr.admin.auth import AdminSession, SessionStore, verify_password
+from ivr.admin.changes import InvalidInput, queue_from_input
+from ivr.queues import Queue
+from ivr.store import InvalidChange, QueueNotFound, StaleVersion, Store
+
+log = logging.getLogger("ivr.admin")
+
+HERE = Path(__file__).resolve().parent
+SESSION_COOKIE = "ivr_admin_session"
+LOGIN_COOKIE = "ivr_admin_login"
+TOKEN_USER = "admin token"
+MAX_FORM_BYTES = 16 * 1024
+MAX_FORM_FIELDS = 20
+AUDIT_PAGE_SIZE = 50
+NOT_SAVED = "Nothing was saved: please correct the fields marked below."
+QUEUE_FIELDS = ("sip_uri", "fallback_sip_uris", "overflow", "message_to", "display_name")
+FIELD_LABELS = {"sip_uri": "SIP URI", "fallback_sip_uris": "Fallback SIP URIs",
+                "overflow": "Overflow queue", "message_to": "Messages to",
+                "display_name": "Display name", "name": "Queue name"}
+# The pages load nothing from elsewhere and run no script; forms post only back here.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+SignedInEndpoint = Callable[[Request, AdminSession], Awaitable[Response]]
+
+
+# --- rendering ----------------------------------------------------------------------------------
+
+def _path_for(request: Request, route: str, query: dict[str, Any] | None = None, /,
+              **params: Any) -> str:
+    """A route's path (no scheme or host, so it stays right behind a TLS-terminating proxy)."""
+    path = request.url_for(route, **params).path
+    return f"{path}?{urlencode(query)}" if query else path
+
+
+@jinja2.pass_context
+def _path_for_template(context: Any, route: str, /, **params: Any) -> str:
+    return _path_for(context["request"], route, **params)
+
+
+def _when(value: str | None) -> str:
+    """An ISO timestamp from the store, as people read it."""
+    if not value:
+        return ""
+    try:
+        return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except ValueError:
+        return value
+
+
+def _shown(value: Any) -> str:
+    if value is None or value == "" or value == []:
+        return "(none)"
+    if isinstance(value, list | tuple):
+        return ", ".join(str(item) for item in value)
+    return str(value)
+
+
+def _environment() -> jinja2.Environment:
+    # Autoescape everything, whatever a template is called: no user text is ever markup.
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                             trim_blocks=True, lstrip_blocks=True)
+    env.globals["path_for"] = _path_for_template
+    env.globals["labels"] = FIELD_LABELS
+    env.filters["when"] = _when
+    env.filters["shown"] = _shown
+    return env
+
+
+templates = Jinja2Templates(env=_environment())
+
+
+def page(request: Request, template: str, session: AdminSession | None, status: int = 200,
+         **context: Any) -> Response:
+    response = templates.TemplateResponse(
+        request, template, {"session": session, **context}, status_code=status)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def message_page(request: Request, session: AdminSession | None, status: int, title: str,
+                 message: str) -> Response:
+    return page(request, "message.html", session, status, title=title, message=message)
+
+
+def redirect(request: Request, route: str, query: dict[str, Any] | None = None, /,
+             **params: Any) -> Response:
+    """303 after a POST, so reloading the page does not post again."""
+    return RedirectResponse(_path_for(request, route, query, **params), status_code=303)
+
+
+# --- who is signed in ---------------------------------------------------------------------------
+
+def admin_enabled(request: Request) -> bool:
+    return bool(request.app.state.settings.admin_users or request.app.state.admin_token)
+
+
+def sessions(request: Request) -> SessionStore:
+    settings = request.app.state.settings
+    ttl = max(60, int(settings.admin_session_hours * 3600))
+    return SessionStore(store_of(request).redis, ttl)
+
+
+def store_of(request: Request) -> Store:
+    return request.app.state.services.store
+
+
+def set_cookie(request: Request, response: Response, key: str, value: str, path: str,
+               max_age: int | None = None) -> None:
+    settings = request.app.state.settings
+    secure = bool(settings.public_url and settings.public_url.startswith("https:"))
+    response.set_cookie(key, value, max_age=max_age, path=path, secure=secure, httponly=True,
+                        samesite="strict")
+
+
+def cookie_path(request: Request) -> str:
+    return _path_for(request, "admin_index").rstrip("/") or "/"
+
+
+def tokens_match(presented: object, expected: str | None) -> bool:
+    if not isinstance(presented, str) or not presented or not expected:
+        return False
+    return hmac.compare_digest(presented.encode(), expected.encode())
+
+
+async def read_form(request: Request) -> FormData | None:
+    """The posted form, or None when it is larger than any of ours (or of unknown length)."""
+    length = request.headers.get("content-length", "")
+    if not length.isdigit() or int(length) > MAX_FORM_BYTES:
+        return None
+    return await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
+
+
+def disabled_page(request: Request) -> Response:
+    return page(request, "disabled.html", None, status=404)
+
+
+def signed_in(endpoint: SignedInEndpoint) -> Endpoint:
+    """Run `endpoint` for a signed-in admin; others go to the sign-in page. A POST must carry
+    the session's CSRF token (403 otherwise), so another site cannot post as the admin."""
+
+    async def guarded(request: Request) -> Response:
+        if not admin_enabled(request):
+            return disabled_page(request)
+        session = await sessions(request).get(request.cookies.get(SESSION_COOKIE))
+        if session is None:
+            return redirect(request, "admin_login")
+        if request.method == "POST":
+            form = await read_form(request)
+            if form is None:
+                return message_page(request, session, 413, "Form too large",
+                                    "That form is larger than any this page sends.")
+            if not tokens_match(form.get("csrf"), session.csrf_token):
+                return message_page(request, session, 403, "Form refused",
+                                    "This form's security token is missing or out of date. "
+                                    "Go back, reload the page and try again.")
+        return await endpoint(request, session)
+
+    guarded.__name__ = endpoint.__name__
+    guarded.__doc__ = endpoint.__doc__
+    return guarded
+
+
+async def authenticate(request: Request, name: str, password: str) -> str | None:
+    """The user name to record in the audit log, or None when the credentials are wrong."""
+    if not name:
+        token = request.app.state.admin_token
+        if token and tokens_match(password, token):
+            return TOKEN_USER
+        return None
+    users = request.app.state.settings.admin_users
+    if not users:
+        return None
+    # An unknown name costs the same PBKDF2 as a known one: timing does not tell who exists.
+    encoded = users.get(name) or next(iter(users.values()))
+    ok = await run_in_threadpool(verify_password, password, encoded.get_secret_value())
+    return name if ok and name in users else None
+
+
+# --- sign in and out ----------------------------------------------------------------------------
+
+async def login(request: Request) -> Response:
+    if not admin_enabled(request):
+        return disabled_page(request)
+    if request.method == "GET":
+        if await sessions(request).get(request.cookies.get(SESSION_COOKIE)) is not None:
+            return redirect(request, "admin_index")
+        notice = "You are signed out." if "signed_out" in request.query_params else None
+        return login_page(request, notice=notice)
+    form = await read_form(request)
+    if form is None:
+        return login_page(request, error="That form is too large.", status=413)
+    # Double-submit: another site can post this form but can neither read nor send our cookie
+    # (SameSite=Strict), so it cannot sign a victim in to the attacker's account.
+    if not tokens_match(form.get("csrf"), request.cookies.get(LOGIN_COOKIE)):
+        return login_page(request, error="The sign-in form had expired. Please try again.",
+                          status=403)
+    name = str(form.get("user", "")).strip()
+    user = await authenticate(request, name, str(form.get("password", "")))
+    if user is None:
+        log.warning("admin page: failed sign-in%s", f" as {name!r}" if name else " with a token")
+        return login_page(request, user=name, status=403,
+                          error="Wrong user name or password." if name else "Wrong admin token.")
+    store = sessions(request)
+    previous = request.cookies.get(SESSION_COOKIE)
+    if previous:  # a fresh id at every sign-in: no fixation of an id set before it
+        await store.delete(previous[:100])
+    session = await store.create(user)
+    log.info("admin page: %s signed in", user)
+    response = redirect(request, "admin_index")
+    set_cookie(request, response, SESSION_COOKIE, session.id, cookie_path(request),
+               max_age=store.ttl)
+    response.delete_cookie(LOGIN_COOKIE, path=_path_for(request, "admin_login"))
+    return response
+
+
+def login_page(request: Request, user: str = "", error: str | None = None,
+               notice: str | None = None, status: int = 200) -> Response:
+    # Reuse the token of an open sign-in form, so two tabs do not invalidate each other.
+    token = request.cookies.get(LOGIN_COOKIE, "")
+    if not 20 <= len(token) <= 100:
+        token = secrets.token_urlsafe(32)
+    settings = request.app.state.settings
+    response = page(request, "login.html", None, status, csrf=token, user=user, error=error,
+                    notice=notice, users_enabled=bool(settings.admin_users),
+                    token_enabled=bool(request.app.state.admin_token))
+    set_cookie(request, response, LOGIN_COOKIE, token, _path_for(request, "admin_login"),
+               max_age=3600)
+    return response
+
+
+@signed_in
+async def logout(request: Request, session: AdminSession) -> Response:
+    await sessions(request).delete(session.id)
+    log.info("admin page: %s signed out", session.user)
+    response = redirect(request, "admin_login", {"signed_out": 1})
+    response.delete_cookie(SESSION_COOKIE, path=cookie_path(request))
+    return response
+
+
+# --- queues -------------------------------------------------------------------------------------
+
+@signed_in
+async def queue_list(request: Request, session: AdminSession) -> Response:
+    records = await store_of(request).records()
+    used_by = request.app.state.services.flows.queue_users()
+    return page(request, "queues.html", session, records=records, used_by=used_by,
+                notice=_notice(request))
+
+
+def _notice(request: Request) -> str | None:
+    """The confirmation a redirect after a change asked for (numbers only: no text injected)."""
+    query = request.query_params
+    name = request.path_params.get("name", "")
+    version = query.get("version", "")
+    if not version.isdigit():
+        return None
+    if "created" in query:
+        return f"Created {name}: version {version}."
+    if "saved" in query:
+        return f"Saved {name}: version {version}."
+    restored = query.get("rolled_back", "")
+    if restored.isdigit():
+        return f"Rolled {name} back to version {restored}: it is now version {version}."
+    return None
+
+
+def form_values(queue: Queue | None) -> dict[str, str]:
+    """A queue as the edit form shows it: one string per field."""
+    if queue is None:
+        return dict.fromkeys(QUEUE_FIELDS, "")
+    return {
+        "sip_uri": queue.sip_uri,
+        "fallback_sip_uris": "\n".join(queue.fallback_sip_uris),
+        "overflow": queue.overflow or "",
+        "message_to": queue.message_to or "",
+        "display_name": queue.display_name or "",
+    }
+
+
+def posted_queue(form: FormData) -> tuple[dict[str, str], dict[str, Any]]:
+    """The form as typed (to show again) and as queue input (empty fields left out)."""
+    values = {field: str(form.get(field, "")) for field in QUEUE_FIELDS}
+    data: dict[str, Any] = {k: v.strip() for k, v in values.items() if v.strip()}
+    if "fallback_sip_uris" in data:
+        data["fallback_sip_uris"] = [
+            line.strip() for line in values["fallback_sip_uris"].splitlines() if line.strip()]
+    return values, data
+
+
+def errors_by_field(errors: list[dict[str, str]], data: dict[str, Any]) -> dict[str, list[str]]:
+    """Validation messages keyed by the form field they belong next to ('' for the form)."""
+    by_field: dict[str, list[str]] = {}
+    for error in errors:
+        field, _, index = error["field"].partition(".")
+        message = error["message"]
+        if field == "fallback_sip_uris" and index.isdigit():
+            uris = data.get("fallback_sip_uris", [])
+            uri = uris[int(index)] if int(index) < len(uris) else f"line {int(index) + 1}"
+            message = f"{uri}: {message}"
+        by_field.setdefault(field if field in FIELD_LABELS else "", []).append(message)
+    return by_field
+
+
+async def queue_page(request: Request, session: AdminSession, name: str, *,
+                     values: dict[str, str] | None = None,
+                     errors: dict[str, list[str]] | None = None, version: int | None = None,
+                     notice: str | None = None, alert: str | None = None,
+                     status: int = 200) -> Response:
+    """The queue's page: where it sends calls, its edit form (the admin's input, if given, with
+    the version it was read at), and every version with a button to restore it."""
+    store = store_of(request)
+    record = await store.record(name)
+    if record is None:
+        return message_page(request, session, 404, "No such queue",
+                            f"There is no queue called {name!r}.")
+    return page(
+        request, "queue.html", session, status,
+        name=name, record=record, history=await store.history(name),
+        values=values if values is not None else form_values(record.queue),
+        errors=errors or {}, version=record.version if version is None else version,
+        overflow_choices=sorted(store.queue_names() - {name}),
+        notice=notice, alert=alert, creating=False,
+    )
+
+
+@signed_in
+async def show_queue(request: Request, session: AdminSession) -> Response:
+    return await queue_page(request, session, request.path_params["name"],
+                            notice=_notice(request))
+
+
+@signed_in
+async def save_queue(request: Request, session: AdminSession) -> Response:
+    name = request.path_params["name"]
+    form = await request.form()
+    values, data = posted_queue(form)
+    read_at = str(form.get("version", ""))
+    try:
+        queue = queue_from_input(name, data)
+        record, _ = await store_of(request).put(
+            name, queue, session.user, if_match=read_at if read_at.isdigit() else "-1")
+    except (InvalidInput, InvalidChange) as exc:
+        errors = (errors_by_field(exc.errors, data) if isinstance(exc, InvalidInput)
+                  else {"overflow": [str(exc)]})
+        return await queue_page(request, session, name, values=values, errors=errors,
+                                version=int(read_at) if read_at.isdigit() else None,
+                                alert=NOT_SAVED, status=422)
+    except StaleVersion as exc:
+        # The admin's input stays in the form, now carrying the current version: saving again
+        # replaces the other change knowingly.
+        return await queue_page(
+            request, session, name, values=values, version=exc.current_version, status=409,
+            alert="Someone else changed this queue while you were editing it, so your changes "
+                  "were not saved. Its current value is shown under \"Where calls go now\"; "
+                  "your input is still in the form. Save again to replace the current value.")
+    log.info("admin page: queue %s saved by %s: version %d", name, session.user, record.version)
+    return redirect(request, "admin_queue", {"saved": 1, "version": record.version}, name=name)
+
+
+@signed_in
+async def rollback_queue(request: Request, session: AdminSession) -> Response:
+    name = request.path_params["name"]
+    form = await request.form()
+    target, read_at = str(form.get("version", "")), str(form.get("current", ""))
+    if not target.isdigit() or not read_at.isdigit():
+        return await queue_page(request, session, name, status=422,
+                                alert="That rollback form is incomplete; use the buttons below.")
+    try:
+        record = await store_of(request).rollback(name, int(target), session.user, read_at)
+    except StaleVersion:
+        return await queue_page(
+            request, session, name, status=409,
+            alert="Someone else changed this queue since you opened this page, so nothing was "
+                  "rolled back. Check the current value and the history below, then choose "
+                  "again.")
+    except QueueNotFound:
+        return await queue_page(request, session, name, status=404,
+                                alert=f"This queue has no version {target}.")
+    except InvalidChange as exc:
+        return await queue_page(request, session, name, status=422,
+                                alert=f"Version {target} cannot be restored: {exc}")
+    log.info("admin page: queue %s rolled back to version %s by %s", name, target, session.user)
+    return redirect(request, "admin_queue",
+                    {"rolled_back": target, "version": record.version}, name=name)
+
+
+@signed_in
+async def new_queue(request: Request, session: AdminSession) -> Response:
+    """A form to add a queue (GET), and adding it (POST)."""
+    store = store_of(request)
+    if request.method == "GET":
+        return new_queue_page(request, session, store, "", form_values(None), {})
+    form = await request.form()
+    name = str(form.get("name", "")).strip()
+    values, data = posted_queue(form)
+    try:
+        queue = queue_from_input(name, data)
+        # Version 0: the queue must not exist yet, so this never replaces a queue silently.
+        record, _ = await store.put(name, queue, session.user, if_match="0")
+    except InvalidInput as exc:
+        errors = errors_by_field(exc.errors, data)
+    except InvalidChange as exc:
+        errors = {"overflow": [str(exc)]}
+    except StaleVersion:
+        errors = {"name": ["a queue with this name already exists"]}
+    else:
+        log.info("admin page: queue %s created by %s", name, session.user)
+        return redirect(request, "admin_queue", {"created": 1, "version": record.version},
+                        name=name)
+    return new_queue_page(request, session, store, name, values, errors, alert=NOT_SAVED,
+                          status=422)
+
+
+def new_queue_page(request: Request, session: AdminSession, store: Store, name: str,
+                   values: dict[str, str], errors: dict[str, list[str]],
+                   alert: str | None = None, status: int = 200) -> Response:
+    return page(request, "queue.html", session, status, name=name, record=None, history=[],
+                values=values, errors=errors, version=0, creating=True,
+                overflow_choices=sorted(store.queue_names()), notice=None, alert=alert)
+
+
+# --- audit log ----------------------------------------------------------------------------------
+
+def audit_changes(entry: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(field, old, new) for each field the change touched."""
+    old, new = entry.get("old") or {}, entry.get("new") or {}
+    meta = {"version", "updated_at", "updated_by"}
+    fields = [*QUEUE_FIELDS, *sorted((set(old) | set(new)) - set(QUEUE_FIELDS) - meta)]
+    changes = []
+    for field in fields:
+        before, after = old.get(field), new.get(field)
+        if before != after and (before or after):
+            changes.append((FIELD_LABELS.get(field, field), _shown(before), _shown(after)))
+    return changes
+
+
+@signed_in
+async def audit_log(request: Request, session: AdminSession) -> Response:
+    offset_param = request.query_params.get("offset", "0")
+    offset = int(offset_param) if offset_param.isdigit() else 0
+    entries, total = await store_of(request).audit(offset, AUDIT_PAGE_SIZE)
+    rows = [{**entry, "changes": audit_changes(entry)} for entry in entries]
+    return page(request, "audit.html", session, rows=rows, total=total, offset=offset,
+                page_size=AUDIT_PAGE_SIZE)
+
+
+routes = [
+    Route("/", queue_list, methods=["GET"], name="admin_index"),
+    Route("/login", login, methods=["GET", "POST"], name="admin_login"),
+    Route("/logout", logout, methods=["POST"], name="admin_logout"),
+    Route("/new", new_queue, methods=["GET", "POST"], name="admin_new_queue"),
+    Route("/queues/{name}", show_queue, methods=["GET"], name="admin_queue"),
+    Route("/queues/{name}", save_queue, methods=["POST"], name="admin_save_queue"),
+    Route("/queues/{name}/rollback", rollback_queue, methods=["POST"], name="admin_rollback"),
+    Route("/audit", audit_log, methods=["GET"], name="admin_audit"),
+    Mount("/static", StaticFiles(directory=HERE / "static"), name="admin_static"),
+]

@@ -1,0 +1,316 @@
+"""The admin page at /admin, driven in a real headless Chromium (Debian's, through Playwright)
+against the real app under uvicorn and a real Redis; the security checks use plain HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from ivr.admin.auth import hash_password
+from ivr.settings import Settings
+from ivr.store import QUEUES_KEY
+from tests.loyalty_api import GOLD
+from tests.servers import ServerThread
+from tests.twilio_client import FakeTwilio
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ADMIN_TOKEN = "page-admin-token-0123456789abcdef"
+OLD_GOLD = "sip:gold@queues.example.com"
+NEW_GOLD = "sip:gold@new-pbx.example.com"
+ROUTING_DELAY = 2.0  # other instances learn of a change by pub/sub
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing (apt-get install chromium)"
+        if os.environ.get("IVR_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{reason}, and IVR_REQUIRE_BROWSER=1 requires the browser tests")
+        pytest.skip(reason)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def server(make_settings: Callable[..., Settings],
+           start_server: Callable[[Settings], ServerThread]) -> ServerThread:
+    # Few PBKDF2 iterations: the page verifies the same way, only faster.
+    users = {"alice": hash_password("pw", iterations=1000),
+             "bob": hash_password("bob's pw", iterations=1000)}
+    return start_server(make_settings(admin_token=ADMIN_TOKEN, admin_users=users))
+
+
+@pytest.fixture
+def new_page(browser: Browser, server: ServerThread) -> Iterator[Callable[[], Page]]:
+    """Each call opens a page in a browser context of its own (its own cookies: another admin)."""
+    contexts = []
+
+    def open_page() -> Page:
+        context = browser.new_context(base_url=server.url)
+        context.set_default_timeout(10_000)
+        contexts.append(context)
+        return context.new_page()
+
+    yield open_page
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def page(new_page: Callable[[], Page]) -> Page:
+    return new_page()
+
+
+def sign_in(page: Page, user: str = "alice", password: str = "pw") -> None:
+    page.goto("/admin/")
+    expect(page).to_have_url(re.compile(r"/admin/login$"))
+    page.get_by_label("User name").fill(user)
+    page.locator("#password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def open_queue(page: Page, name: str) -> None:
+    page.goto("/admin/")
+    page.locator(f"#queue-{name}").get_by_role("link", name=name).click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text(f"Queue {name}")
+
+
+def save_sip_uri(page: Page, uri: str) -> int:
+    """Type `uri` into the open queue's form, save, and return the HTTP status of the POST."""
+    page.get_by_label("SIP URI", exact=True).fill(uri)
+    with page.expect_response(lambda response: response.request.method == "POST") as posted:
+        page.get_by_role("button", name="Save").click()
+    page.wait_for_load_state()
+    return posted.value.status
+
+
+def stored(redis_url: str, name: str) -> dict[str, object]:
+    with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+        return json.loads(client.hget(QUEUES_KEY, name))
+
+
+def routed_sip_uri(server: ServerThread, expected: str) -> str:
+    """The <Sip> URI a gold caller is dialled to, once it is `expected` or the delay is over."""
+    deadline = time.monotonic() + ROUTING_DELAY
+    while True:
+        twiml = FakeTwilio(server.url).call(GOLD).text
+        uri = re.search(r"<Sip>([^<]*)</Sip>", twiml)
+        if (uri and uri.group(1) == expected) or time.monotonic() > deadline:
+            return uri.group(1) if uri else twiml
+        time.sleep(0.05)
+
+
+# --- in the browser -------------------------------------------------------------------------------
+
+def test_a_signed_in_admin_sees_every_queue_and_where_it_sends_calls(page: Page) -> None:
+    sign_in(page)
+    expect(page.get_by_role("heading", name="Queues")).to_be_visible()
+    expect(page.locator("header")).to_contain_text("Signed in as alice")
+    for name in ("gold", "platinum", "standard"):
+        expect(page.locator(f"#queue-{name} .sip-uri")).to_have_text(
+            f"sip:{name}@queues.example.com")
+    expect(page.locator("#queue-platinum")).to_contain_text("+15550100102")
+
+
+def test_a_bad_sip_uri_is_explained_next_to_the_field_and_nothing_is_stored(
+        page: Page, redis_url: str) -> None:
+    sign_in(page)
+    open_queue(page, "gold")
+    assert save_sip_uri(page, "http://gold.example.com") == 422
+    field = page.locator(".field", has=page.locator("#sip_uri"))
+    expect(field.locator(".field-error")).to_have_text("must start with sip: or sips:")
+    expect(page.locator("#sip_uri")).to_have_value("http://gold.example.com")
+    expect(page.locator("#current .sip-uri")).to_have_text(OLD_GOLD)
+    record = stored(redis_url, "gold")
+    assert (record["sip_uri"], record["version"]) == (OLD_GOLD, 1)
+
+
+def test_a_saved_sip_uri_is_confirmed_and_routes_the_next_call(
+        page: Page, server: ServerThread) -> None:
+    sign_in(page)
+    open_queue(page, "gold")
+    assert save_sip_uri(page, NEW_GOLD) == 303
+    expect(page.get_by_role("status")).to_have_text("Saved gold: version 2.")
+    expect(page.locator("#current .sip-uri")).to_have_text(NEW_GOLD)
+    assert routed_sip_uri(server, NEW_GOLD) == NEW_GOLD
+
+
+def test_one_click_in_the_history_rolls_back_to_version_1(
+        page: Page, server: ServerThread) -> None:
+    sign_in(page)
+    open_queue(page, "gold")
+    save_sip_uri(page, NEW_GOLD)
+    page.locator("#version-1").get_by_role("button", name="Restore version 1").click()
+    expect(page.get_by_role("status")).to_have_text(
+        "Rolled gold back to version 1: it is now version 3.")
+    expect(page.locator("#current .sip-uri")).to_have_text(OLD_GOLD)
+    expect(page.locator("#version-3")).to_contain_text("current")
+    assert routed_sip_uri(server, OLD_GOLD) == OLD_GOLD
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "admin-page.png"), full_page=True)
+
+
+def test_the_audit_log_shows_who_changed_what_newest_first(page: Page) -> None:
+    sign_in(page)
+    open_queue(page, "gold")
+    save_sip_uri(page, NEW_GOLD)
+    page.locator("#version-1").get_by_role("button", name="Restore version 1").click()
+    page.get_by_role("link", name="Audit log").click()
+    rows = page.locator("table.audit tbody tr")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0)).to_contain_text("alice")
+    expect(rows.nth(0)).to_contain_text("rollback to version 1")
+    expect(rows.nth(0).locator("code.old")).to_have_text(NEW_GOLD)
+    expect(rows.nth(0).locator("code.new")).to_have_text(OLD_GOLD)
+    expect(rows.nth(1)).to_contain_text("update")
+    expect(rows.nth(1).locator(".change")).to_have_text(f"SIP URI: {OLD_GOLD} → {NEW_GOLD}")
+
+
+def test_two_admins_saving_at_once_do_not_silently_overwrite_each_other(
+        new_page: Callable[[], Page], redis_url: str) -> None:
+    alice, token_admin = new_page(), new_page()
+    sign_in(alice)
+    sign_in(token_admin, user="", password=ADMIN_TOKEN)
+    open_queue(alice, "gold")
+    open_queue(token_admin, "gold")
+    assert save_sip_uri(alice, NEW_GOLD) == 303
+    assert save_sip_uri(token_admin, "sip:gold@other-pbx.example.com") == 409
+    expect(token_admin.get_by_role("alert")).to_contain_text("Someone else changed this queue")
+    expect(token_admin.locator("#current .sip-uri")).to_have_text(NEW_GOLD)
+    expect(token_admin.locator("#sip_uri")).to_have_value("sip:gold@other-pbx.example.com")
+    assert stored(redis_url, "gold")["sip_uri"] == NEW_GOLD
+    # Seen the other change, saving again is a deliberate overwrite.
+    token_admin.get_by_role("button", name="Save").click()
+    expect(token_admin.get_by_role("status")).to_have_text("Saved gold: version 3.")
+    assert stored(redis_url, "gold")["updated_by"] == "admin token"
+
+
+def test_an_admin_adds_a_queue(page: Page, redis_url: str) -> None:
+    sign_in(page)
+    page.get_by_role("link", name="Add a queue").click()
+    page.get_by_label("Queue name").fill("night")
+    page.get_by_label("SIP URI", exact=True).fill("sip:night@pbx.example.com")
+    page.get_by_label("Overflow queue").select_option("standard")
+    page.get_by_role("button", name="Add queue").click()
+    expect(page.get_by_role("status")).to_have_text("Created night: version 1.")
+    assert stored(redis_url, "night")["overflow"] == "standard"
+
+
+def test_a_wrong_password_does_not_sign_in(page: Page) -> None:
+    sign_in(page, password="not alice's password")
+    expect(page.get_by_role("alert")).to_have_text("Wrong user name or password.")
+    expect(page.get_by_label("User name")).to_have_value("alice")
+    page.goto("/admin/")
+    expect(page).to_have_url(re.compile(r"/admin/login$"))
+
+
+def test_signing_out_ends_the_session(page: Page) -> None:
+    sign_in(page)
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("status")).to_have_text("You are signed out.")
+    page.goto("/admin/audit")
+    expect(page).to_have_url(re.compile(r"/admin/login$"))
+
+
+# --- over plain HTTP ------------------------------------------------------------------------------
+
+def csrf_in(html: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert match, html
+    return match.group(1)
+
+
+@pytest.fixture
+def alice_http(server: ServerThread) -> Iterator[tuple[httpx.Client, str]]:
+    """An HTTP client signed in as alice, and the session's CSRF token."""
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        login_form = client.get("/admin/login")
+        signed_in = client.post("/admin/login", data={
+            "csrf": csrf_in(login_form.text), "user": "alice", "password": "pw"})
+        assert signed_in.status_code == 303, signed_in.text
+        yield client, csrf_in(client.get("/admin/").text)
+
+
+def test_an_unauthenticated_get_redirects_to_the_sign_in_page(server: ServerThread) -> None:
+    for path in ("/admin/", "/admin/queues/gold", "/admin/audit", "/admin/new"):
+        response = httpx.get(server.url + path)
+        assert response.status_code == 303, path
+        assert response.headers["location"] == "/admin/login"
+
+
+def test_a_post_without_the_csrf_token_is_refused(
+        alice_http: tuple[httpx.Client, str], redis_url: str) -> None:
+    client, csrf = alice_http
+    change = {"sip_uri": NEW_GOLD, "version": "1"}
+    assert client.post("/admin/queues/gold", data=change).status_code == 403
+    assert client.post("/admin/queues/gold", data={**change, "csrf": "x" * 43}).status_code == 403
+    assert client.post("/admin/queues/gold/rollback",
+                       data={"version": "1", "current": "1"}).status_code == 403
+    assert client.post("/admin/logout").status_code == 403
+    assert stored(redis_url, "gold")["version"] == 1
+    assert client.post("/admin/queues/gold", data={**change, "csrf": csrf}).status_code == 303
+
+
+def test_a_sign_in_posted_from_elsewhere_is_refused(server: ServerThread) -> None:
+    # Another site can send the form fields but not our sign-in form's cookie.
+    response = httpx.post(server.url + "/admin/login",
+                          data={"csrf": "a" * 43, "user": "alice", "password": "pw"})
+    assert response.status_code == 403
+    assert "ivr_admin_session" not in response.headers.get("set-cookie", "")
+
+
+def test_the_session_cookie_is_http_only_same_site_strict_and_scoped_to_admin(
+        make_settings: Callable[..., Settings],
+        start_server: Callable[[Settings], ServerThread]) -> None:
+    server = start_server(make_settings(admin_token=ADMIN_TOKEN,
+                                        public_url="https://ivr.example.com"))
+    with httpx.Client(base_url=server.url) as client:
+        login_form = client.get("/admin/login")
+        token = csrf_in(login_form.text)
+        response = client.post(
+            "/admin/login", data={"csrf": token, "user": "", "password": ADMIN_TOKEN},
+            headers={"cookie": f"ivr_admin_login={token}"})
+    assert response.status_code == 303
+    cookie = next(c for c in response.headers.get_list("set-cookie")
+                  if c.startswith("ivr_admin_session="))
+    attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
+    assert {"httponly", "samesite=strict", "path=/admin", "secure"} <= attributes
+
+
+def test_queue_text_is_shown_as_text_never_as_markup(
+        alice_http: tuple[httpx.Client, str]) -> None:
+    client, csrf = alice_http
+    markup = '<img src=x onerror="alert(1)">'
+    saved = client.post("/admin/queues/gold", data={
+        "csrf": csrf, "version": "1", "sip_uri": OLD_GOLD, "display_name": markup})
+    assert saved.status_code == 303
+    for path in ("/admin/", "/admin/queues/gold", "/admin/audit"):
+        html = client.get(path).text
+        assert markup not in html
+        assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in html
+
+
+def test_the_page_says_how_to_enable_it_when_no_admin_is_configured(
+        make_settings: Callable[..., Settings],
+        start_server: Callable[[Settings], ServerThread]) -> None:
+    server = start_server(make_settings())
+    for path in ("/admin/", "/admin/login"):
+        response = httpx.get(server.url + path)
+        assert response.status_code == 404
+        assert "Admin access is disabled" in response.text
+        assert "IVR_ADMIN_USERS" in response.text and "IVR_ADMIN_TOKEN" in response.text
