@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 import httpx
@@ -62,6 +64,8 @@ class Run:
     settings: dict[str, Any]  # only what flows may see
     http: httpx.AsyncClient
     deadline: float  # event-loop time by which the route must be decided
+    # The wall clock, injectable so that tests and the simulator can freeze time.
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     current_step: str = ""
     vars: dict[str, Any] = field(default_factory=dict)
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-step outcomes
