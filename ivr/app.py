@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import timedelta
 
 import httpx
 from redis.exceptions import RedisError
@@ -16,7 +17,9 @@ from starlette.routing import Mount, Route
 
 from ivr.admin import api as admin_api
 from ivr.admin import pages as admin_pages
-from ivr.channels.webhook import MESSAGING, VOICE, Services, handle_webhook
+from ivr.channels.voice import CallbackUrls
+from ivr.channels.webhook import Services, dial_webhook, messaging_webhook, voice_webhook
+from ivr.conversations import Conversations
 from ivr.flows.loader import FlowLoadError, FlowSet, load_flows
 from ivr.logs import configure_logging
 from ivr.queues import QueueConfigError, load_queue_file
@@ -33,6 +36,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=[
             Route("/twilio/voice", voice_webhook, methods=["POST"]),
+            Route("/twilio/voice/dial", dial_webhook, methods=["POST"]),
             Route("/twilio/messaging", messaging_webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Mount("/admin/api", routes=admin_api.routes),
@@ -46,14 +50,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if token is None:
         log.warning("IVR_ADMIN_TOKEN is not set: the admin API is disabled")
     return app
-
-
-async def voice_webhook(request: Request) -> Response:
-    return await handle_webhook(request, VOICE)
-
-
-async def messaging_webhook(request: Request) -> Response:
-    return await handle_webhook(request, MESSAGING)
 
 
 async def healthz(request: Request) -> Response:
@@ -112,8 +108,11 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.services = Services(
             flows=flows,
             store=store,
+            conversations=Conversations(
+                store.redis, timedelta(days=settings.contact_memory_days)),
             http=http,
             verifier=WebhookVerifier(resolve_auth_token(settings), settings.public_url),
+            urls=CallbackUrls(settings.public_url or ""),
             flow_settings=_flow_settings(settings),
             decision_deadline=settings.decision_deadline,
             max_body_bytes=settings.max_body_bytes,

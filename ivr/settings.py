@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     http_max_connections: int = Field(
         default=256, ge=1, description="Connection pool size for flow HTTP requests."
     )
+    contact_memory_days: int = Field(
+        default=365, ge=1, le=3650,
+        description="Days contact memory (first/last seen, saved fields) is kept after a visit.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="debug, info, warning or error."
     )

@@ -112,15 +112,20 @@ def without_credentials(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-def connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(
+def connect(url: str, max_connections: int = 64) -> redis.Redis:
+    """A client whose pool makes a burst of webhooks wait briefly for a connection rather than
+    fail, and never opens more than `max_connections` to Redis."""
+    pool = redis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=2,  # seconds a command waits for a free connection
         decode_responses=True,
         socket_connect_timeout=2,
         socket_timeout=5,
         health_check_interval=30,
         retry_on_timeout=True,
     )
+    return redis.Redis.from_pool(pool)  # the client owns the pool and closes it
 
 
 @dataclass(frozen=True)

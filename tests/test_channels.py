@@ -3,27 +3,43 @@
 from __future__ import annotations
 
 from ivr.channels.messaging import ACKNOWLEDGEMENT, render_messaging
-from ivr.channels.voice import APOLOGY, render_voice, render_voice_apology
-from ivr.flows.actions import Hangup, RouteToQueue, Say
+from ivr.channels.voice import APOLOGY, CallbackUrls, render_voice, render_voice_apology
+from ivr.flows.actions import Ask, Hangup, RouteToQueue, Say
 from ivr.queues import Queue
 
 GOLD = Queue(sip_uri="sip:gold@queues.example.com", message_to="whatsapp:+15550100101")
 HEAD = '<?xml version="1.0" encoding="UTF-8"?>'
+URLS = CallbackUrls("https://ivr.example.com")
 
 
 def test_voice_says_then_dials_the_queues_sip_uri() -> None:
-    twiml = render_voice([Say("Hello <caller> & co"), RouteToQueue("gold", "n")], {"gold": GOLD})
-    assert twiml == (f"{HEAD}<Response><Say>Hello &lt;caller&gt; &amp; co</Say>"
-                     "<Dial><Sip>sip:gold@queues.example.com</Sip></Dial></Response>")
+    twiml = render_voice([Say("Hello <caller> & co"), RouteToQueue("gold", "n")], {"gold": GOLD},
+                         URLS)
+    assert twiml == (
+        f"{HEAD}<Response><Say>Hello &lt;caller&gt; &amp; co</Say>"
+        '<Dial action="https://ivr.example.com/twilio/voice/dial?queue=gold&amp;try=0">'
+        "<Sip>sip:gold@queues.example.com</Sip></Dial></Response>")
+
+
+def test_voice_asks_with_a_gather_that_comes_back_with_its_turn() -> None:
+    twiml = render_voice([Ask("Press 1 for sales", max_digits=1)], {}, URLS, turn=3)
+    assert twiml == (
+        f'{HEAD}<Response><Gather action="https://ivr.example.com/twilio/voice?turn=3" '
+        'actionOnEmptyResult="true" input="dtmf speech" method="POST" numDigits="1" '
+        'speechTimeout="auto" timeout="5"><Say>Press 1 for sales</Say></Gather></Response>')
+
+
+def test_callback_urls_are_relative_without_a_public_url() -> None:
+    assert CallbackUrls("").dial("gold", 2) == "/twilio/voice/dial?queue=gold&try=2"
 
 
 def test_voice_route_to_an_unconfigured_queue_apologises_and_hangs_up() -> None:
-    assert render_voice([RouteToQueue("gone", "n")], {}) == render_voice_apology()
+    assert render_voice([RouteToQueue("gone", "n")], {}, URLS) == render_voice_apology()
     assert APOLOGY in render_voice_apology() and "<Hangup />" in render_voice_apology()
 
 
 def test_voice_end_hangs_up() -> None:
-    assert render_voice([Hangup()], {}) == f"{HEAD}<Response><Hangup /></Response>"
+    assert render_voice([Hangup()], {}, URLS) == f"{HEAD}<Response><Hangup /></Response>"
 
 
 def test_messaging_forwards_to_the_queue_and_never_dials() -> None:
@@ -36,3 +52,14 @@ def test_messaging_forwards_to_the_queue_and_never_dials() -> None:
 def test_messaging_hand_off_without_a_reply_still_acknowledges_the_customer() -> None:
     twiml = render_messaging([RouteToQueue("gold", "note")], {"gold": GOLD})
     assert f"<Message>{ACKNOWLEDGEMENT}</Message>" in twiml
+
+
+def test_messaging_asks_with_a_plain_message() -> None:
+    assert render_messaging([Ask("Reply SALES or SUPPORT")], {}) == (
+        f"{HEAD}<Response><Message>Reply SALES or SUPPORT</Message></Response>")
+
+
+def test_a_sticky_forward_is_not_acknowledged_again() -> None:
+    twiml = render_messaging([RouteToQueue("gold", "more")], {"gold": GOLD}, acknowledge=False)
+    assert twiml == (f'{HEAD}<Response><Message to="whatsapp:+15550100101">more</Message>'
+                     "</Response>")

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from twilio.twiml.messaging_response import MessagingResponse
 
-from ivr.flows.actions import Action, RouteToQueue, Say
+from ivr.flows.actions import Action, Ask, RouteToQueue, Say
 from ivr.queues import Queue
 
 APOLOGY = "Sorry, we cannot answer messages right now. Please try again later."
@@ -15,12 +15,16 @@ APOLOGY = "Sorry, we cannot answer messages right now. Please try again later."
 ACKNOWLEDGEMENT = "Thanks for your message. One of our team will reply shortly."
 
 
-def render_messaging(actions: list[Action], queues: Mapping[str, Queue]) -> str:
+def render_messaging(
+    actions: list[Action], queues: Mapping[str, Queue], acknowledge: bool = True
+) -> str:
+    """TwiML for `actions`; a hand-off the flow did not announce is acknowledged unless
+    `acknowledge` is False (later messages of a conversation already handed over)."""
     response = MessagingResponse()
-    replied = False
+    replied = not acknowledge
     for action in actions:
-        if isinstance(action, Say):
-            response.message(action.text)
+        if isinstance(action, Say | Ask):  # a question is a message; the reply is the answer
+            response.message(action.text if isinstance(action, Say) else action.prompt)
             replied = True
         elif isinstance(action, RouteToQueue):
             queue = queues.get(action.queue)

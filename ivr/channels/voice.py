@@ -1,35 +1,78 @@
-"""Voice: actions as `VoiceResponse` TwiML. A route dials the queue's SIP URI."""
+"""Voice: actions as `VoiceResponse` TwiML. A question is a <Gather> whose answer comes back to
+/twilio/voice; a route dials the queue's SIP URI, and the dial's result comes back to
+/twilio/voice/dial, where failover happens."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlencode
 
 from twilio.twiml.voice_response import VoiceResponse
 
-from ivr.flows.actions import Action, Hangup, RouteToQueue, Say
+from ivr.flows.actions import Action, Ask, Hangup, RouteToQueue, Say
 from ivr.queues import Queue
 
 APOLOGY = "We're sorry, we cannot take your call right now. Please try again later."
 
 
-def render_voice(actions: list[Action], queues: Mapping[str, Queue]) -> str:
-    """TwiML for `actions`; `queues` holds the live configuration of every queue routed to."""
+@dataclass(frozen=True)
+class CallbackUrls:
+    """The URLs the server writes into its TwiML for Twilio to call back."""
+
+    base: str  # IVR_PUBLIC_URL, or "" for URLs relative to the one Twilio requested
+
+    def gather(self, turn: int) -> str:
+        return f"{self.base}/twilio/voice?turn={turn}"
+
+    def dial(self, queue: str, attempt: int) -> str:
+        return f"{self.base}/twilio/voice/dial?{urlencode({'queue': queue, 'try': attempt})}"
+
+
+def render_voice(
+    actions: list[Action], queues: Mapping[str, Queue], urls: CallbackUrls, turn: int = 0
+) -> str:
+    """TwiML for `actions`; `queues` holds the live configuration of every queue routed to, and
+    `turn` numbers a question so that a retried answer is recognised."""
     response = VoiceResponse()
     for action in actions:
         if isinstance(action, Say):
             response.say(action.text)
+        elif isinstance(action, Ask):
+            inputs = " ".join(name for name, on in (("dtmf", action.dtmf),
+                                                    ("speech", action.speech)) if on)
+            gather = response.gather(
+                input=inputs, action=urls.gather(turn), method="POST",
+                action_on_empty_result=True, timeout=action.timeout, speech_timeout="auto",
+                num_digits=action.max_digits)
+            gather.say(action.prompt)
         elif isinstance(action, RouteToQueue):
             queue = queues.get(action.queue)
             if queue is None:
                 response.say(APOLOGY)
                 response.hangup()
             else:
-                response.dial().sip(queue.sip_uri)
+                response.dial(action=urls.dial(action.queue, 0)).sip(queue.sip_uri)
         elif isinstance(action, Hangup):
             response.hangup()
     return str(response)
 
 
+def render_dial(sip_uri: str, action_url: str) -> str:
+    response = VoiceResponse()
+    response.dial(action=action_url).sip(sip_uri)
+    return str(response)
+
+
+def render_hangup() -> str:
+    response = VoiceResponse()
+    response.hangup()
+    return str(response)
+
+
 def render_voice_apology() -> str:
     """For a call no flow serves: never silence, never Twilio's application error."""
-    return render_voice([Say(APOLOGY), Hangup()], {})
+    response = VoiceResponse()
+    response.say(APOLOGY)
+    response.hangup()
+    return str(response)

@@ -1,27 +1,38 @@
-"""The data path of a webhook, top to bottom: read the form -> verify the signature -> pick the
-flow -> run it within the deadline -> look up the queues it routes to -> render TwiML."""
+"""The data path of a webhook, top to bottom: read the form -> verify the signature -> replay a
+retried webhook's answer -> load the session -> run (or resume) the flow within the deadline ->
+look up the queues it routes to -> render TwiML -> save the session and the contact memory."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 import httpx
+from redis.exceptions import RedisError
 from starlette.datastructures import ImmutableMultiDict
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 
 from ivr.channels.messaging import render_messaging, render_messaging_apology
-from ivr.channels.voice import render_voice, render_voice_apology
+from ivr.channels.voice import (
+    CallbackUrls,
+    render_dial,
+    render_hangup,
+    render_voice,
+    render_voice_apology,
+)
+from ivr.conversations import Conversations
 from ivr.flows.actions import Action, RouteToQueue
 from ivr.flows.loader import FlowSet
-from ivr.flows.runner import run_flow
+from ivr.flows.model import Flow
+from ivr.flows.runner import Outcome, run_flow
 from ivr.flows.step import Channel, Contact, Run
+from ivr.flows.steps.route import DEFAULT_MESSAGE, RouteStep
 from ivr.logs import mask_number
 from ivr.queues import Queue
 from ivr.store import Store
@@ -32,18 +43,12 @@ log = logging.getLogger("ivr.webhook")
 MAX_FIELDS = 200
 MAX_ADDRESS_LENGTH = 256
 FORM_TYPE = "application/x-www-form-urlencoded"
-
-
-@dataclass(frozen=True)
-class ChannelSpec:
-    name: Channel
-    sid_param: str  # the parameter that identifies the call or message
-    render: Callable[[list[Action], Mapping[str, Queue]], str]
-    render_apology: Callable[[], str]
-
-
-VOICE = ChannelSpec("voice", "CallSid", render_voice, render_voice_apology)
-MESSAGING = ChannelSpec("messaging", "MessageSid", render_messaging, render_messaging_apology)
+IDEMPOTENCY_HEADER = "i-twilio-idempotency-token"
+# DialCallStatus values after which the caller has been connected: nothing more to do.
+CONNECTED = {"completed", "answered"}
+# How long a call waits for session or contact state before going on without it.
+STATE_TIMEOUT = 1.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -52,77 +57,293 @@ class Services:
 
     flows: FlowSet
     store: Store
+    conversations: Conversations
     http: httpx.AsyncClient
     verifier: WebhookVerifier
+    urls: CallbackUrls
     flow_settings: dict[str, Any]  # the settings flows may read
     decision_deadline: float
     max_body_bytes: int
 
 
 class BadWebhook(Exception):
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, detail: str | None = None) -> None:
         super().__init__(reason)
         self.status = status
-        self.reason = reason
+        self.reason = reason  # for the client
+        self.detail = detail or reason  # for the log
 
 
-async def handle_webhook(request: Request, channel: ChannelSpec) -> Response:
+@dataclass
+class Webhook:
+    """A verified webhook: its parameters, who it is from, and what it is about."""
+
+    channel: Channel
+    params: dict[str, str]
+    contact: Contact
+    sid: str
+    query: dict[str, str]
+    to_number: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.to_number = self.params.get("To", "").removeprefix("whatsapp:")
+
+    @property
+    def session_key(self) -> str:
+        if self.channel == "voice":
+            return f"voice:{self.sid}"
+        return f"messaging:{self.to_number}:{self.contact.address}"
+
+
+# --- the three endpoints ----------------------------------------------------------------------
+
+async def voice_webhook(request: Request) -> Response:
+    return await _handle(request, "voice", "CallSid", _answer_call)
+
+
+async def dial_webhook(request: Request) -> Response:
+    return await _handle(request, "voice", "CallSid", _answer_dial_result)
+
+
+async def messaging_webhook(request: Request) -> Response:
+    return await _handle(request, "messaging", "MessageSid", _answer_message)
+
+
+async def _handle(request: Request, channel: Channel, sid_param: str, answer: Any) -> Response:
     services: Services = request.app.state.services
     started = time.perf_counter()
     try:
-        form = await _read_form(request, services.max_body_bytes)
-        url = services.verifier.signed_url(str(request.url), request.url.path, request.url.query)
-        rejection = services.verifier.rejection(url, form, request.headers)
-        if rejection is not None:
-            log.warning("rejected %s webhook: %s", channel.name, rejection)
-            return PlainTextResponse("Forbidden: invalid Twilio signature", status_code=403)
-        params = {key: form[key] for key in form}  # one value a name (the last, if repeated)
-        contact = _contact(params, channel)
-        sid = _required(params, channel.sid_param)
+        hook = await _verified_webhook(request, services, channel, sid_param)
     except BadWebhook as exc:
-        log.warning("bad %s webhook: %s", channel.name, exc.reason)
+        log.warning("%s webhook refused: %s", channel, exc.detail)
         return PlainTextResponse(exc.reason, status_code=exc.status)
 
+    token = request.headers.get(IDEMPOTENCY_HEADER, "")[:200]
     try:
-        twiml, summary = await _answer(services, channel, contact, params)
-    except Exception:  # every failure still answers the contact
-        log.exception("%s %s: could not answer; sending the apology", channel.name, sid)
-        twiml, summary = channel.render_apology(), "apology (internal error)"
-    log.info(
-        "%s %s from %s: %s (%.1f ms)",
-        channel.name,
-        sid,
-        mask_number(contact.address),
-        summary,
-        (time.perf_counter() - started) * 1000,
-    )
+        replayed = await best_effort(services.conversations.replay(token), None,
+                                     "retry lookup") if token else None
+        if replayed is not None:
+            twiml, summary = replayed, "retry: the earlier answer, replayed"
+        else:
+            twiml, summary = await answer(services, hook)
+            if token:
+                await best_effort(services.conversations.record_reply(token, twiml), None,
+                                  "retry record")
+    except Exception:  # every failure still answers the contact, with a route if there is one
+        log.exception("%s %s: could not answer; routing to the fallback queue", channel,
+                      hook.sid)
+        twiml, summary = _fallback_answer(services, hook)
+    log.info("%s %s from %s: %s (%.1f ms)", channel, hook.sid, mask_number(hook.contact.address),
+             summary, (time.perf_counter() - started) * 1000)
     return Response(twiml, media_type="text/xml")
 
 
-async def _answer(
-    services: Services, channel: ChannelSpec, contact: Contact, params: dict[str, str]
+async def best_effort(operation: Awaitable[T], default: T, what: str) -> T:
+    """Session and contact state make a call better, never possible: without Redis, a call is
+    routed all the same, from the configuration in memory."""
+    try:
+        async with asyncio.timeout(STATE_TIMEOUT):
+            return await operation
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("%s skipped: store unavailable (%s)", what, type(exc).__name__)
+        return default
+
+
+def _fallback_answer(services: Services, hook: Webhook) -> tuple[str, str]:
+    """The flow's fallback queue, straight from memory; an apology only if there is none."""
+    flow = services.flows.select(hook.channel, hook.to_number)
+    queue = services.store.queue(flow.fallback_queue) if flow else None
+    if flow is None or queue is None:
+        render = render_voice_apology if hook.channel == "voice" else render_messaging_apology
+        return render(), "apology (internal error, no fallback queue)"
+    actions: list[Action] = [RouteToQueue(flow.fallback_queue, hook.contact.number)]
+    queues = {flow.fallback_queue: queue}
+    if hook.channel == "voice":
+        twiml = render_voice(actions, queues, services.urls)
+    else:
+        twiml = render_messaging(actions, queues)
+    return twiml, f"fallback queue {flow.fallback_queue} (internal error)"
+
+
+# --- voice ------------------------------------------------------------------------------------
+
+async def _answer_call(services: Services, hook: Webhook) -> tuple[str, str]:
+    session = await _load_session(services, hook)
+    turn = hook.query.get("turn")
+    if session is not None and session.get("turn") != _int(turn):
+        # Twilio asked again for a turn already answered: the same answer, the flow not advanced.
+        return session["twiml"], f"retry of turn {turn or 0}: the earlier answer, replayed"
+    if session is not None and session.get("waiting_at"):
+        answer = hook.params.get("Digits") or hook.params.get("SpeechResult")
+        return await _run(services, hook, session, resume_at=session["waiting_at"], answer=answer)
+    if turn is not None:  # an answer for a session that expired: start over
+        log.info("voice %s: answer to an expired question; starting the flow over", hook.sid)
+    return await _run(services, hook, None)
+
+
+async def _answer_dial_result(services: Services, hook: Webhook) -> tuple[str, str]:
+    """Where <Dial action> comes back: done if the caller was connected; else the next SIP URI
+    of the queue, then of its overflow queues, then the flow's `unanswered` step."""
+    status = hook.params.get("DialCallStatus", "")
+    sip_code = hook.params.get("DialSipResponseCode", "-")
+    queue_name = hook.query.get("queue", "")
+    attempt = _int(hook.query.get("try")) or 0
+    outcome = f"dial {queue_name}#{attempt}: {status or 'no status'} (SIP {sip_code})"
+    if status in CONNECTED:
+        await _end_session(services, hook)
+        return render_hangup(), outcome
+    targets = dial_targets(services.store, queue_name)
+    if attempt + 1 < len(targets):
+        target_queue, uri = targets[attempt + 1]
+        return (render_dial(uri, services.urls.dial(queue_name, attempt + 1)),
+                f"{outcome}; failing over to {target_queue}#{attempt + 1}")
+    session = await _load_session(services, hook)
+    flow = _session_flow(services, session, hook)
+    if flow is None or flow.unanswered is None:
+        await _end_session(services, hook)
+        return render_voice_apology(), f"{outcome}; every target failed: apology"
+    twiml, summary = await _run(services, hook, session, start_at=flow.unanswered, flow=flow)
+    return twiml, f"{outcome}; every target failed: {summary}"
+
+
+def dial_targets(store: Store, queue_name: str) -> list[tuple[str, str]]:
+    """(queue, SIP URI) to try in order: the queue's URI, its fallbacks, then its overflow's."""
+    targets: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    name: str | None = queue_name
+    while name is not None and name not in seen:  # overflow cycles are refused; still, guard
+        seen.add(name)
+        queue = store.queue(name)
+        if queue is None:
+            break
+        targets += [(name, uri) for uri in (queue.sip_uri, *queue.fallback_sip_uris)]
+        name = queue.overflow
+    return targets
+
+
+# --- messaging --------------------------------------------------------------------------------
+
+async def _answer_message(services: Services, hook: Webhook) -> tuple[str, str]:
+    # One message of a contact at a time, in order: two arriving together are both answered.
+    async with services.conversations.lock(hook.session_key):
+        session = await _load_session(services, hook)
+        if session is not None and session.get("routed_to"):
+            return await _forward_to_queue(services, hook, session)
+        if session is not None and session.get("waiting_at"):
+            return await _run(services, hook, session, resume_at=session["waiting_at"],
+                              answer=hook.params.get("Body"))
+        return await _run(services, hook, None)
+
+
+async def _forward_to_queue(
+    services: Services, hook: Webhook, session: dict[str, Any]
 ) -> tuple[str, str]:
-    to_number = params.get("To", "").removeprefix("whatsapp:")
-    flow = services.flows.select(channel.name, to_number)
+    """A contact already handed over keeps talking to the same queue: no new lookup."""
+    queue_name = session["routed_to"]
+    flow = _session_flow(services, session, hook)
+    step = flow.steps.get(session.get("route_step", "")) if flow else None
+    template = step.message if isinstance(step, RouteStep) else DEFAULT_MESSAGE
+    run = _new_run(services, hook, session)
+    note = template.render(run.variables).strip()
+    actions: list[Action] = [RouteToQueue(queue_name, note)]
+    queues = {queue_name: q} if (q := services.store.queue(queue_name)) else {}
+    # Already acknowledged when handed over: forwarding alone, without a new acknowledgement.
+    twiml = render_messaging(actions, queues, acknowledge=False)
+    if flow is not None:  # each message keeps the hand-off alive for another expire_after
+        await best_effort(services.conversations.save_session(
+            hook.session_key, session, flow.expire_after), None, "session save")
+    return twiml, f"sticky hand-off -> {queue_name}"
+
+
+# --- running a flow ---------------------------------------------------------------------------
+
+async def _run(
+    services: Services,
+    hook: Webhook,
+    session: dict[str, Any] | None,
+    *,
+    resume_at: str | None = None,
+    answer: str | None = None,
+    start_at: str | None = None,
+    flow: Flow | None = None,
+) -> tuple[str, str]:
+    """Run the flow (new, resumed at a question, or from a step), answer, and keep the session."""
+    flow = flow or _session_flow(services, session, hook)
     if flow is None:
-        return channel.render_apology(), f"no {channel.name} flow for {mask_number(to_number)}"
-    loop = asyncio.get_running_loop()
+        render = render_voice_apology if hook.channel == "voice" else render_messaging_apology
+        return render(), f"no {hook.channel} flow for {mask_number(hook.to_number)}"
+    if session is None or session.get("flow") != flow.name:
+        memory = await best_effort(
+            services.conversations.contact_memory(hook.contact.number), {}, "contact memory")
+        session = {"flow": flow.name, "memory": memory, "state": {}, "turn": 0}
+        new_visit = True
+    else:
+        new_visit = False
+    run = _new_run(services, hook, session)
+    if start_at is not None:
+        outcome = await run_flow(flow, run, start_at=start_at)
+    else:
+        outcome = await run_flow(flow, run, resume_at=resume_at, answer=answer)
+    actions, queues = _resolve_queues(services.store, outcome.actions, flow.fallback_queue)
+
+    turn = session["turn"] + 1
+    if hook.channel == "voice":
+        twiml = render_voice(actions, queues, services.urls, turn)
+    else:
+        twiml = render_messaging(actions, queues)
+    routed = next((a.queue for a in actions if isinstance(a, RouteToQueue)), None)
+    session.update(state=run.state(), turn=turn, twiml=twiml, waiting_at=outcome.waiting_at,
+                   routed_to=None, route_step=None)
+    if outcome.waiting_at is None and routed is not None and (
+            hook.channel == "messaging" or flow.unanswered is not None):
+        # Kept: messaging for the sticky hand-off; voice for the `unanswered` step's variables.
+        session.update(routed_to=routed, route_step=outcome.trace[-1])
+    keep = outcome.waiting_at is not None or session["routed_to"] is not None
+    await _save(services, hook, session if keep else None, flow, run.saved_fields, new_visit)
+    return twiml, _summary(flow, outcome, routed, queues, hook.channel)
+
+
+async def _save(services: Services, hook: Webhook, session: dict[str, Any] | None, flow: Flow,
+                saved_fields: dict[str, str], new_visit: bool) -> None:
+    conversations = services.conversations
+    writes = [conversations.remember(hook.contact.number, saved_fields, visit=new_visit)]
+    if session is not None:
+        writes.append(conversations.save_session(hook.session_key, session, flow.expire_after))
+    else:
+        writes.append(conversations.end_session(hook.session_key))
+    await best_effort(asyncio.gather(*writes), None, "session and contact save")
+
+
+async def _load_session(services: Services, hook: Webhook) -> dict[str, Any] | None:
+    return await best_effort(services.conversations.session(hook.session_key), None,
+                             "session load")
+
+
+async def _end_session(services: Services, hook: Webhook) -> None:
+    await best_effort(services.conversations.end_session(hook.session_key), None, "session end")
+
+
+def _new_run(services: Services, hook: Webhook, session: dict[str, Any] | None) -> Run:
+    contact = Contact(hook.contact.number, hook.contact.address, hook.channel,
+                      memory=(session or {}).get("memory", {}))
     run = Run(
         contact=contact,
-        params=params,
+        params=hook.params,
         settings=services.flow_settings,
         http=services.http,
-        deadline=loop.time() + services.decision_deadline,
+        deadline=asyncio.get_running_loop().time() + services.decision_deadline,
     )
-    outcome = await run_flow(flow, run)
-    actions, queues = _resolve_queues(services.store, outcome.actions, flow.fallback_queue)
-    routed = [a.queue for a in actions if isinstance(a, RouteToQueue)]
-    summary = f"flow {flow.name} via {'>'.join(outcome.trace)} -> {routed[0] if routed else 'end'}"
-    if channel is MESSAGING and routed and routed[0] in queues and not queues[routed[0]].message_to:
-        summary += " (queue has no message_to: not forwarded)"
-    if outcome.fallback_reason:
-        summary += f" (fallback: {outcome.fallback_reason})"
-    return channel.render(actions, queues), summary
+    if session is not None:
+        run.restore(session.get("state", {}))
+    return run
+
+
+def _session_flow(services: Services, session: dict[str, Any] | None, hook: Webhook
+                  ) -> Flow | None:
+    """The flow a session runs, or for a new one the flow bound to the channel and number."""
+    if session is not None and session.get("flow") in services.flows.flows:
+        return services.flows.flows[session["flow"]]
+    return services.flows.select(hook.channel, hook.to_number)
 
 
 def _resolve_queues(
@@ -144,6 +365,38 @@ def _resolve_queues(
                 log.error("queues %r and %r are not configured", action.queue, fallback_queue)
         resolved.append(action)
     return resolved, queues
+
+
+def _summary(flow: Flow, outcome: Outcome, routed: str | None, queues: dict[str, Queue],
+             channel: Channel) -> str:
+    end = f"waits at {outcome.waiting_at}" if outcome.waiting_at else f"-> {routed or 'end'}"
+    summary = f"flow {flow.name} via {'>'.join(outcome.trace)} {end}"
+    if outcome.fallback_reason:
+        summary += f" (fallback: {outcome.fallback_reason})"
+    if channel == "messaging" and routed in queues and not queues[routed].message_to:
+        summary += " (queue has no message_to: not forwarded)"
+    return summary
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value is not None and value.isdigit() else None
+
+
+# --- reading and checking the request ---------------------------------------------------------
+
+async def _verified_webhook(
+    request: Request, services: Services, channel: Channel, sid_param: str
+) -> Webhook:
+    form = await _read_form(request, services.max_body_bytes)
+    url = services.verifier.signed_url(str(request.url), request.url.path, request.url.query)
+    rejection = services.verifier.rejection(url, form, request.headers)
+    if rejection is not None:
+        raise BadWebhook(403, "Forbidden: invalid Twilio signature", detail=rejection)
+    params = {key: form[key] for key in form}  # one value a name (the last, if repeated)
+    address = _required(params, "From", MAX_ADDRESS_LENGTH)
+    sid = _required(params, sid_param)
+    contact = Contact(address.removeprefix("whatsapp:"), address, channel)
+    return Webhook(channel, params, contact, sid, dict(request.query_params))
 
 
 async def _read_form(request: Request, max_bytes: int) -> ImmutableMultiDict[str, str]:
@@ -184,8 +437,3 @@ def _required(params: dict[str, str], name: str, max_length: int = 64) -> str:
     if len(value) > max_length or not value.isprintable():
         raise BadWebhook(400, f"Bad Request: invalid {name}")
     return value
-
-
-def _contact(params: dict[str, str], channel: ChannelSpec) -> Contact:
-    address = _required(params, "From", MAX_ADDRESS_LENGTH)
-    return Contact(number=address.removeprefix("whatsapp:"), address=address, channel=channel.name)

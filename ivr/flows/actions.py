@@ -21,8 +21,19 @@ class RouteToQueue:
 
 
 @dataclass(frozen=True, slots=True)
+class Ask:
+    """Put a question and wait for the answer: a <Gather> on voice, a message on messaging."""
+
+    prompt: str
+    dtmf: bool = True  # voice: accept keypad digits
+    speech: bool = True  # voice: accept spoken answers
+    max_digits: int | None = None  # voice: stop listening after this many digits
+    timeout: int = 5  # voice: seconds of silence before the answer counts as empty
+
+
+@dataclass(frozen=True, slots=True)
 class Hangup:
     """End the call (voice); end the conversation quietly (messaging)."""
 
 
-Action = Say | RouteToQueue | Hangup
+Action = Say | Ask | RouteToQueue | Hangup

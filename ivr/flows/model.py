@@ -2,16 +2,52 @@
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    model_validator,
+)
 
 import ivr.flows.steps  # noqa: F401  (registers every step kind)
+from ivr.flows.schedules import Schedule, ScheduleName
 from ivr.flows.step import STEP_KINDS, Channel, Step, StepId
+from ivr.flows.steps.hours import HoursStep
 from ivr.queues import QueueName
 
 AnyStep = Annotated[Union[tuple(STEP_KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
 PhoneNumber = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{6,14}$")]
+_DURATION = re.compile(r"(\d+)\s*([smhd]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_duration(value: Any) -> Any:
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value.strip())
+        if match is None:
+            raise ValueError("must be seconds, or a number with s, m, h or d, e.g. '30m'")
+        return timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
+    if isinstance(value, int) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    return value
+
+
+def _check_duration(value: timedelta) -> timedelta:
+    if not timedelta(seconds=30) <= value <= timedelta(days=30):
+        raise ValueError("must be between 30 seconds and 30 days")
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_parse_duration), AfterValidator(_check_duration),
+                     PlainSerializer(lambda v: int(v.total_seconds()), return_type=int)]
 
 MAX_STEPS = 200
 
@@ -38,12 +74,39 @@ class Flow(BaseModel):
         description="Where a contact goes when the flow cannot finish (error, deadline)."
     )
     start: StepId | None = Field(default=None, description="First step; default the first listed.")
+    unanswered: StepId | None = Field(
+        default=None,
+        description="Voice: where the call goes when the queue's SIP URIs, its fallbacks and "
+        "its overflow queues were all busy or failed. Unset: an apology, then hang up.",
+    )
+    expire_after: Duration = Field(
+        default=timedelta(minutes=10),
+        description="How long a call or conversation waiting for an answer, or handed over to a "
+        "queue (messaging), stays in its session: seconds, or e.g. '30m', '2h', '1d'.",
+    )
     steps: dict[StepId, AnyStep] = Field(min_length=1, max_length=MAX_STEPS)
+    schedules: dict[ScheduleName, Schedule] = Field(
+        default_factory=dict, description="Weekly opening hours that `hours` steps name."
+    )
+
+    @model_validator(mode="after")
+    def _schedules_are_defined(self) -> Flow:
+        # Hours steps name their schedule; binding it here lets the step run without the flow.
+        for step_id, step in self.steps.items():
+            if isinstance(step, HoursStep):
+                if step.schedule not in self.schedules:
+                    raise ValueError(
+                        f"step {step_id!r}: schedule {step.schedule!r} is not defined in schedules"
+                    )
+                step.bind_schedule(self.schedules[step.schedule])
+        return self
 
     @model_validator(mode="after")
     def _graph_is_sound(self) -> Flow:
         if self.start is not None and self.start not in self.steps:
             raise ValueError(f"start: no step named {self.start!r}")
+        if self.unanswered is not None and self.unanswered not in self.steps:
+            raise ValueError(f"unanswered: no step named {self.unanswered!r}")
         for step_id, step in self.steps.items():
             for target in step.exits():
                 if target not in self.steps:
@@ -52,11 +115,46 @@ class Flow(BaseModel):
         unreachable = [step_id for step_id in self.steps if step_id not in reachable]
         if unreachable:
             raise ValueError(f"step {unreachable[0]!r}: no step leads to it (unreachable)")
+        loop = self._loop_without_wait()
+        if loop:
+            raise ValueError(f"step {loop[0]!r}: the loop {' -> '.join(loop)} never waits for "
+                             "an answer (it would spin forever)")
         return self
+
+    def _loop_without_wait(self) -> list[str] | None:
+        """A cycle through steps none of which waits, if the graph has one."""
+        done: set[str] = set()
+        for root in self.steps:
+            path: list[str] = []
+            on_path: set[str] = set()
+            stack = [(root, iter(self._moves(root)))]
+            if root in done:
+                continue
+            path.append(root)
+            on_path.add(root)
+            while stack:
+                step_id, moves = stack[-1]
+                target = next(moves, None)
+                if target is None:
+                    stack.pop()
+                    path.pop()
+                    on_path.discard(step_id)
+                    done.add(step_id)
+                elif target in on_path:
+                    return [*path[path.index(target):], target]
+                elif target not in done:
+                    path.append(target)
+                    on_path.add(target)
+                    stack.append((target, iter(self._moves(target))))
+        return None
+
+    def _moves(self, step_id: str) -> list[str]:
+        step = self.steps[step_id]
+        return [] if step.waits else step.exits()
 
     def _reachable(self) -> set[str]:
         seen: set[str] = set()
-        pending = [self.start_step]
+        pending = [self.start_step, *([self.unanswered] if self.unanswered else [])]
         while pending:
             step_id = pending.pop()
             if step_id not in seen:

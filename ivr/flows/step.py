@@ -28,6 +28,17 @@ def register_step(cls: type[Step]) -> type[Step]:
     return cls
 
 
+class Wait:
+    """Returned by a step that waits for the contact's answer (see `Step.resume`)."""
+
+    def __repr__(self) -> str:
+        return "WAIT"
+
+
+WAIT = Wait()
+StepResult = str | None | Wait  # the next step id, None when the flow has finished, or WAIT
+
+
 class Step(BaseModel):
     """A node of a flow. Subclasses declare `kind: Literal[...]` and their exits."""
 
@@ -35,14 +46,26 @@ class Step(BaseModel):
 
     # Fields that name the step to go to next, checked at load time.
     exit_fields: ClassVar[tuple[str, ...]] = ()
+    # A step that waits for input may sit in a loop; a loop without one is refused at load.
+    waits: ClassVar[bool] = False
 
     def exits(self) -> list[str]:
         """The step ids this step may go to."""
         return [value for name in self.exit_fields if (value := getattr(self, name)) is not None]
 
-    async def run(self, run: Run) -> str | None:
-        """Do the step's work; return the next step id, or None when the flow has finished."""
+    async def run(self, run: Run) -> StepResult:
+        """Do the step's work; return the next step id, None when the flow has finished, or WAIT
+        after asking the contact something."""
         raise NotImplementedError
+
+    async def resume(self, run: Run, answer: str | None) -> StepResult:
+        """Continue a step that returned WAIT, with the contact's answer (None: no answer)."""
+        raise NotImplementedError(f"{type(self).__name__} does not wait")
+
+
+# Contact variables the engine sets; a flow cannot save fields under these names.
+RESERVED_CONTACT_FIELDS = frozenset(
+    {"number", "address", "channel", "is_returning", "first_seen", "last_seen"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +73,19 @@ class Contact:
     number: str  # From, with any `whatsapp:` prefix stripped
     address: str  # From, as Twilio sent it
     channel: Channel
+    # What the contact memory holds: first_seen / last_seen (ISO times) and fields flows saved.
+    memory: dict[str, str] = field(default_factory=dict)
 
     def as_variables(self) -> dict[str, Any]:
-        return {"number": self.number, "address": self.address, "channel": self.channel}
+        return {
+            **{k: v for k, v in self.memory.items() if k not in RESERVED_CONTACT_FIELDS},
+            "number": self.number,
+            "address": self.address,
+            "channel": self.channel,
+            "is_returning": "first_seen" in self.memory,
+            "first_seen": self.memory.get("first_seen"),
+            "last_seen": self.memory.get("last_seen"),
+        }
 
 
 @dataclass
@@ -69,6 +102,8 @@ class Run:
     current_step: str = ""
     vars: dict[str, Any] = field(default_factory=dict)
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-step outcomes
+    attempts: dict[str, int] = field(default_factory=dict)  # answers tried, per asking step
+    saved_fields: dict[str, str] = field(default_factory=dict)  # to write to contact memory
     actions: list[Action] = field(default_factory=list)
     trace: list[str] = field(default_factory=list)
     variables: dict[str, Any] = field(init=False)
@@ -82,6 +117,19 @@ class Run:
             "steps": self.steps,
             "settings": self.settings,
         }
+
+    def save_contact_field(self, name: str, value: str) -> None:
+        self.saved_fields[name] = value
+        self.variables["contact"][name] = value
+
+    def state(self) -> dict[str, Any]:
+        """What a session keeps between webhooks (JSON-serialisable)."""
+        return {"vars": self.vars, "steps": self.steps, "attempts": self.attempts}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.vars.update(state.get("vars", {}))
+        self.steps.update(state.get("steps", {}))
+        self.attempts.update(state.get("attempts", {}))
 
     def remaining(self) -> float:
         return self.deadline - asyncio.get_running_loop().time()

@@ -1,0 +1,114 @@
+"""Redis state of calls and conversations in progress: flow sessions (a call waiting at a
+<Gather>, a conversation waiting for a reply or handed over to a queue), contact memory, the
+per-contact lock that keeps a contact's messages in order, and answers to replay when Twilio
+retries a webhook.
+
+Keys (per contact or call, so they spread over a Redis Cluster):
+  ivr:session:<channel key>   JSON session, expiring after the flow's `expire_after`
+  ivr:contact:<number>        hash: first_seen, last_seen and the fields flows saved
+  ivr:lock:<channel key>      the per-contact messaging lock
+  ivr:replay:<token>          the TwiML answered to an I-Twilio-Idempotency-Token
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("ivr.conversations")
+
+REPLAY_TTL = timedelta(minutes=15)  # Twilio retries within seconds; keep well beyond that
+LOCK_TTL = timedelta(seconds=15)  # longer than any webhook may take; a crashed holder expires
+LOCK_WAIT = 10.0  # a second message waits this long for the first to be answered
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class Conversations:
+    def __init__(self, client: redis.Redis, contact_ttl: timedelta) -> None:
+        self.redis = client
+        self.contact_ttl = contact_ttl
+        self._release = client.register_script(_RELEASE)
+
+    # --- sessions ---------------------------------------------------------------------------
+
+    async def session(self, key: str) -> dict[str, Any] | None:
+        raw = await self.redis.get(f"ivr:session:{key}")
+        return json.loads(raw) if raw else None
+
+    async def save_session(self, key: str, session: dict[str, Any], ttl: timedelta) -> None:
+        await self.redis.set(f"ivr:session:{key}", json.dumps(session), ex=ttl)
+
+    async def end_session(self, key: str) -> None:
+        await self.redis.delete(f"ivr:session:{key}")
+
+    # --- contact memory ---------------------------------------------------------------------
+
+    async def contact_memory(self, number: str) -> dict[str, str]:
+        return await self.redis.hgetall(f"ivr:contact:{number}")
+
+    async def remember(self, number: str, fields: dict[str, str], visit: bool) -> None:
+        """Save `fields`; with `visit`, also record that the contact came (first/last seen)."""
+        if not fields and not visit:
+            return
+        key = f"ivr:contact:{number}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if visit:
+                now = datetime.now(UTC).isoformat(timespec="seconds")
+                pipe.hsetnx(key, "first_seen", now).hset(key, "last_seen", now)
+            if fields:
+                pipe.hset(key, mapping=fields)
+            pipe.expire(key, self.contact_ttl)
+            await pipe.execute()
+
+    # --- ordering and retries ---------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lock(self, key: str) -> AsyncIterator[bool]:
+        """Hold the contact's lock while answering one message; yields False if it could not be
+        had in time (the message is answered anyway: late is better than lost)."""
+        token = secrets.token_hex(8)
+        name = f"ivr:lock:{key}"
+        if not await self._acquire(name, token):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            with contextlib.suppress(RedisError, OSError):  # it expires by itself anyway
+                await self._release(keys=[name], args=[token])
+
+    async def _acquire(self, name: str, token: str) -> bool:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + LOCK_WAIT
+        delay = 0.005
+        try:
+            while not await self.redis.set(name, token, nx=True, px=LOCK_TTL):
+                if loop.time() > give_up:
+                    log.warning("a contact's messaging lock was not free after %.0f s; "
+                                "answering anyway", LOCK_WAIT)
+                    return False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        except (RedisError, OSError) as exc:
+            log.warning("messaging lock skipped: store unavailable (%s)", type(exc).__name__)
+            return False
+        return True
+
+    async def replay(self, token: str) -> str | None:
+        return await self.redis.get(f"ivr:replay:{token}")
+
+    async def record_reply(self, token: str, twiml: str) -> None:
+        await self.redis.set(f"ivr:replay:{token}", twiml, ex=REPLAY_TTL, nx=True)

@@ -1,0 +1,166 @@
+"""`ask`: put a question and wait for the answer. Voice: a <Gather> (keypad and speech);
+messaging: a message, and the contact's next message is the answer. An invalid or empty answer
+is asked again, up to `max_attempts`; then the flow goes to `on_exhausted`.
+
+    menu:
+      kind: ask
+      prompt: "For sales, press 1 or say sales. For support, press 2 or say support."
+      messaging: "Reply SALES or SUPPORT."     # optional per-channel overrides (also `voice`)
+      retry_prompt: "Sorry, I did not get that."
+      expect: choice                # choice, email, digits, regex or text
+      options:                      # choice: the saved value, and what the contact may answer
+        sales: ["1", "sales"]
+        support: ["2", "support", "help"]
+      save: team                    # vars.team = "sales"; `save_to_contact: true` remembers it
+      max_attempts: 3
+      next: by_team
+      on_exhausted: to_operator
+
+`expect: digits` takes `min_digits` / `max_digits`; `expect: regex` takes `pattern` (the whole
+answer must match). After the step, `steps.<id>` holds `answer` (as given) and `valid`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ivr.flows.actions import Ask
+from ivr.flows.step import (
+    RESERVED_CONTACT_FIELDS,
+    WAIT,
+    Run,
+    Step,
+    StepId,
+    StepResult,
+    VarName,
+    register_step,
+)
+from ivr.flows.templates import Template
+
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
+_NOT_WORD = re.compile(r"[^\w@.+]+")
+_SPOKEN_EMAIL = ((" at ", "@"), (" dot ", "."))
+
+
+def _words(text: str) -> str:
+    """Lower-case words separated by single spaces: "Sales, please." -> "sales please"."""
+    return " ".join(_NOT_WORD.sub(" ", text.casefold()).replace(".", " ").split())
+
+
+@register_step
+class AskStep(Step):
+    kind: Literal["ask"]
+    prompt: Template
+    voice: Template | None = None
+    messaging: Template | None = None
+    retry_prompt: Template | None = None
+    expect: Literal["choice", "email", "digits", "regex", "text"] = "text"
+    options: dict[str, list[str]] = Field(default_factory=dict, max_length=20)
+    min_digits: int = Field(default=1, ge=1, le=50)
+    max_digits: int = Field(default=20, ge=1, le=50)
+    pattern: str | None = Field(default=None, max_length=500)
+    save: VarName | None = None
+    save_to_contact: bool = False
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    timeout: int = Field(default=5, ge=1, le=60, description="voice: seconds of silence")
+    next: StepId
+    on_exhausted: StepId
+
+    exit_fields = ("next", "on_exhausted")
+    waits = True
+
+    @model_validator(mode="after")
+    def _expectation_is_complete(self) -> AskStep:
+        if self.expect == "choice":
+            if not self.options:
+                raise ValueError("`expect: choice` needs `options`")
+            seen: dict[str, str] = {}
+            for value, answers in self.options.items():
+                for answer in [value, *answers]:
+                    key = _words(answer)
+                    if seen.setdefault(key, value) != value:
+                        raise ValueError(f"answer {answer!r} is given for both "
+                                         f"{seen[key]!r} and {value!r}")
+        elif self.options:
+            raise ValueError("`options` only go with `expect: choice`")
+        if self.expect == "regex":
+            if self.pattern is None:
+                raise ValueError("`expect: regex` needs `pattern`")
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern: invalid regular expression: {exc}") from None
+        if self.min_digits > self.max_digits:
+            raise ValueError("min_digits is larger than max_digits")
+        if self.save_to_contact and (self.save is None or self.save in RESERVED_CONTACT_FIELDS):
+            raise ValueError("save_to_contact needs `save`, not one of "
+                             + ", ".join(sorted(RESERVED_CONTACT_FIELDS)))
+        return self
+
+    async def run(self, run: Run) -> StepResult:
+        run.attempts[run.current_step] = 0
+        self._ask(run, retry=False)
+        return WAIT
+
+    async def resume(self, run: Run, answer: str | None) -> StepResult:
+        step_id = run.current_step
+        value = self.interpret(answer or "", run.contact.channel)
+        run.steps[step_id] = {"answer": answer, "valid": value is not None}
+        if value is not None:
+            if self.save is not None:
+                run.vars[self.save] = value
+                if self.save_to_contact:
+                    run.save_contact_field(self.save, value)
+            return self.next
+        run.attempts[step_id] = run.attempts.get(step_id, 0) + 1
+        if run.attempts[step_id] >= self.max_attempts:
+            return self.on_exhausted
+        self._ask(run, retry=True)
+        return WAIT
+
+    def interpret(self, answer: str, channel: str) -> str | None:
+        """The value an answer stands for, or None when it is not a valid answer."""
+        text = answer.strip()
+        if not text:
+            return None
+        if self.expect == "choice":
+            said = f" {_words(text)} "
+            matches = {value for value, answers in self.options.items()
+                       if any(f" {_words(a)} " in said for a in [value, *answers])}
+            return matches.pop() if len(matches) == 1 else None
+        if self.expect == "email":
+            candidate = text.casefold()
+            if channel == "voice":  # "jane at example dot com"
+                for spoken, written in _SPOKEN_EMAIL:
+                    candidate = candidate.replace(spoken, written)
+                candidate = candidate.replace(" ", "")
+            return candidate if _EMAIL.fullmatch(candidate) else None
+        if self.expect == "digits":
+            digits = re.sub(r"[\s\-]", "", text)
+            ok = digits.isdigit() and self.min_digits <= len(digits) <= self.max_digits
+            return digits if ok else None
+        if self.expect == "regex":
+            return text if re.fullmatch(self.pattern or "", text) else None
+        return text
+
+    def _ask(self, run: Run, retry: bool) -> None:
+        template = getattr(self, run.contact.channel) or self.prompt
+        prompt = template.render(run.variables).strip()
+        if retry and self.retry_prompt is not None:
+            prompt = f"{self.retry_prompt.render(run.variables).strip()} {prompt}".strip()
+        run.emit(Ask(prompt, max_digits=self._max_digits(), timeout=self.timeout))
+
+    def _max_digits(self) -> int | None:
+        """Stop listening as soon as a full answer is keyed, when its length is known."""
+        if self.expect == "digits":
+            return self.max_digits if self.min_digits == self.max_digits else None
+        if self.expect == "choice":
+            keys = [a for answers in self.options.values() for a in answers if a.isdigit()]
+            if keys and all(len(k) == 1 for k in keys):
+                return 1
+        return None
+
+

@@ -1,0 +1,57 @@
+"""`hours`: go to `open` or `closed` by one of the flow's `schedules` (see ivr/flows/schedules.py).
+
+    schedules:
+      support:
+        timezone: Europe/Paris
+        weekly:
+          mon: ["09:00-12:30", "13:30-18:00"]
+          tue: ["09:00-18:00"]
+        holidays: ["2026-12-25"]
+        exceptions:
+          "2026-12-24": ["09:00-13:00"]
+    steps:
+      check:
+        kind: hours
+        schedule: support
+        open: to_day_team
+        closed: after_hours
+
+The time is the run's clock on the schedule's wall clock. After the step, `steps.<id>` holds
+`open` (true or false) and `local_time` (ISO 8601 with the zone's offset).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import PrivateAttr
+
+from ivr.flows.schedules import Schedule, ScheduleName
+from ivr.flows.step import Run, Step, StepId, register_step
+
+
+@register_step
+class HoursStep(Step):
+    kind: Literal["hours"]
+    schedule: ScheduleName
+    open: StepId
+    closed: StepId
+
+    exit_fields = ("open", "closed")
+
+    # The step names its schedule; the flow, which holds the schedules, binds it at load time.
+    _bound: Schedule | None = PrivateAttr(default=None)
+
+    def bind_schedule(self, schedule: Schedule) -> None:
+        self._bound = schedule
+
+    async def run(self, run: Run) -> str | None:
+        if self._bound is None:
+            raise LookupError(f"schedule {self.schedule!r} was never bound to this step")
+        local = self._bound.local_time(run.clock())
+        is_open = self._bound.is_open(local)
+        run.steps[run.current_step] = {
+            "open": is_open,
+            "local_time": local.isoformat(timespec="seconds"),
+        }
+        return self.open if is_open else self.closed
