@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -75,7 +76,8 @@ return 1
 _WRITE_SCRIPT = """
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 local current_version = 0
-if current then current_version = tonumber(cjson.decode(current)['version']) end
+-- The counter, not the record, says the version: a corrupt record can still be replaced.
+if current then current_version = tonumber(redis.call('GET', KEYS[3]) or '0') or 0 end
 if ARGV[3] == '*' then
   if not current then return {'missing', 0} end
 elseif ARGV[3] ~= '' and tonumber(ARGV[3]) ~= current_version then
@@ -84,7 +86,8 @@ end
 if ARGV[4] ~= '' and ARGV[4] ~= (redis.call('GET', KEYS[5]) or '0') then
   return {'retry', current_version}
 end
-local old = current or 'null'
+local old = 'null'
+if current and pcall(cjson.decode, current) then old = current end
 local new = 'null'
 local version = current_version
 if ARGV[2] == '' then
@@ -145,10 +148,14 @@ class QueueRecord:
         if not isinstance(record, dict):
             raise ValueError("a queue record must be a JSON object")
         fields = {k: v for k, v in record.items() if k not in RECORD_META}
+        try:
+            version = int(record.get("version", 0))
+        except (TypeError, ValueError):
+            raise ValueError(f"bad version {record.get('version')!r}") from None
         return cls(
             name=name,
             queue=Queue.model_validate(fields),
-            version=int(record.get("version", 0)),
+            version=version,
             updated_at=str(record.get("updated_at", "")),
             updated_by=str(record.get("updated_by", "")),
         )
@@ -177,6 +184,10 @@ class StaleVersion(Exception):
 
 class QueueInUse(Exception):
     """The queue cannot be deleted; the message says what uses it."""
+
+
+class Busy(Exception):
+    """Other changes kept winning the race; the caller should try again."""
 
 
 class InvalidChange(ValueError):
@@ -274,8 +285,10 @@ class Store:
             except (RedisError, OSError) as exc:
                 log.warning("queue updates: store unreachable (%s); routing from the last "
                             "configuration seen, retrying", type(exc).__name__)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+            except Exception:  # whatever it was, this process must keep following changes
+                log.exception("queue updates: unexpected error; retrying")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
 
     # --- admin reads ------------------------------------------------------------------------
 
@@ -321,25 +334,29 @@ class Store:
         "must exist" (else QueueNotFound), or None. Raises InvalidChange when the change breaks
         an overflow chain.
         """
-        for _ in range(MAX_WRITE_ATTEMPTS):
+        for attempt in range(MAX_WRITE_ATTEMPTS):
             queues, config_version = await self._snapshot()
             created = name not in queues
             check_change({**queues, name: queue})
             at = _now()
             entry = {"at": at, "who": who, "action": action or ("create" if created else "update"),
                      "queue": name, **(extra or {})}
+            # Only an overflow can be broken by concurrent changes to other queues; other writes
+            # need not wait for the rest of the configuration to hold still.
+            guard = config_version if queue.overflow is not None else ""
             status, version = await self._run_write(
-                name, _record_json(queue, who, at), if_match, config_version, entry)
+                name, _record_json(queue, who, at), if_match, guard, entry)
             if status == "ok":
                 record = QueueRecord(name, queue, version, at, who)
                 self._queues[name] = queue  # this process sees its own change at once
                 return record, created
-        raise RuntimeError("the queue configuration is changing too fast to write; try again")
+            await _back_off(attempt)
+        raise Busy("the queue configuration is changing too fast to write; try again")
 
     async def delete(self, name: str, who: str, protected: dict[str, str],
                      if_match: str | None = None) -> None:
         """Delete queue `name`. `protected` maps queue names to what needs them (loaded flows)."""
-        for _ in range(MAX_WRITE_ATTEMPTS):
+        for attempt in range(MAX_WRITE_ATTEMPTS):
             queues, config_version = await self._snapshot()
             if name not in queues:
                 raise QueueNotFound(name)
@@ -353,18 +370,19 @@ class Store:
             if status == "ok":
                 self._queues.pop(name, None)
                 return
-        raise RuntimeError("the queue configuration is changing too fast to write; try again")
+            await _back_off(attempt)
+        raise Busy("the queue configuration is changing too fast to write; try again")
 
     async def rollback(self, name: str, version: int, who: str,
-                       if_match: str | None = None) -> QueueRecord:
-        """Make version `version` of the queue current again, as a new version."""
+                       if_match: str | None = None) -> tuple[QueueRecord, bool]:
+        """Make version `version` of the queue current again, as a new version; returns the
+        record and whether the queue was re-created (it had been deleted)."""
         raw = await self.redis.hget(history_key(name), str(version))
         if raw is None:
             raise QueueNotFound(f"queue {name!r} has no version {version}")
         old = QueueRecord.from_json(name, raw)
-        record, _ = await self.put(name, old.queue, who, if_match, action="rollback",
-                                   extra={"rolled_back_to": version})
-        return record
+        return await self.put(name, old.queue, who, if_match, action="rollback",
+                              extra={"rolled_back_to": version})
 
     async def _snapshot(self) -> tuple[dict[str, Queue], str]:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -387,6 +405,10 @@ class Store:
         if status == "missing":
             raise QueueNotFound(name)
         return status, int(version)
+
+
+async def _back_off(attempt: int) -> None:
+    await asyncio.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
 
 
 def check_change(queues: dict[str, Queue]) -> None:

@@ -52,8 +52,9 @@ def test_without_a_configured_token_the_admin_api_is_disabled(make_settings, sta
 
 def test_list_and_show_queues_with_versions_and_etag(api: httpx.Client) -> None:
     queues = api.get("/queues").json()["queues"]
-    assert [q["name"] for q in queues] == ["gold", "platinum", "standard"]
-    gold = queues[0]
+    names = [q["name"] for q in queues]
+    assert names == sorted(names) and {"gold", "platinum", "standard"} <= set(names)
+    gold = queues[names.index("gold")]
     assert gold["sip_uri"] == "sip:gold@queues.example.com"
     assert (gold["version"], gold["updated_by"]) == (1, "seed")
     assert gold["fallback_sip_uris"] == [] and gold["message_to"] == "+15550100101"
@@ -243,3 +244,29 @@ def test_a_change_reaches_a_second_instance_on_the_next_call(
     deadline = time.monotonic() + 2
     while "<Sip>sip:platinum@dr-site.example.com</Sip>" not in other.call(L.PLATINUM).text:
         assert time.monotonic() < deadline, "the other instance never saw the change"
+
+
+def test_if_none_match_star_only_creates(api: httpx.Client) -> None:
+    create_only = {"If-None-Match": "*"}
+    assert api.put("/queues/fresh", json={"sip_uri": "sip:f@x.com"},
+                   headers=create_only).status_code == 201
+    assert api.put("/queues/fresh", json={"sip_uri": "sip:g@x.com"},
+                   headers=create_only).status_code == 412
+    assert api.get("/queues/fresh").json()["sip_uri"] == "sip:f@x.com"
+
+
+def test_a_weak_etag_never_matches(api: httpx.Client) -> None:
+    response = api.put("/queues/gold", json={"sip_uri": "sip:a@b.com"}, headers={"If-Match": 'W/"v1"'})
+    assert response.status_code == 412
+
+
+def test_rolling_back_a_deleted_queue_recreates_it_with_201(api: httpx.Client) -> None:
+    assert api.put("/queues/spare", json={"sip_uri": "sip:s@x.com"}).status_code == 201
+    assert api.delete("/queues/spare").status_code == 204
+    response = api.post("/queues/spare/rollback", json={"version": 1})
+    assert response.status_code == 201
+    assert (response.json()["version"], response.json()["sip_uri"]) == (2, "sip:s@x.com")
+
+
+def test_an_absurd_audit_offset_is_a_422_not_a_crash(api: httpx.Client) -> None:
+    assert api.get("/audit", params={"offset": 10**30}).status_code == 422

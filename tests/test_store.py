@@ -122,8 +122,9 @@ def test_of_many_writers_with_the_same_version_exactly_one_wins(redis_url: str) 
 def test_rollback_makes_an_old_version_current_as_a_new_version(redis_url: str) -> None:
     async def body(store: Store) -> None:
         await store.put("gold", Queue(sip_uri="sip:gold@bad.example.com"), "bob")
-        record = await store.rollback("gold", 1, "alice")
-        assert (record.version, record.queue.sip_uri) == (3, "sip:gold@queues.example.com")
+        record, created = await store.rollback("gold", 1, "alice")
+        assert (record.version, record.queue.sip_uri, created) == (
+            3, "sip:gold@queues.example.com", False)
         entries, _ = await store.audit()
         assert entries[0]["action"] == "rollback" and entries[0]["rolled_back_to"] == 1
         with pytest.raises(QueueNotFound):
@@ -172,7 +173,7 @@ def test_if_match_star_requires_an_existing_queue(redis_url: str) -> None:
     with_store(redis_url, body)
 
 
-def test_another_instance_sees_a_change_without_asking_redis_per_call(redis_url: str) -> None:
+def test_another_instance_sees_a_change_through_pub_sub(redis_url: str) -> None:
     async def body(writer: Store) -> None:
         reader = Store(connect(redis_url))
         await reader.start()
@@ -239,3 +240,57 @@ def test_a_route_to_a_queue_deleted_from_the_store_goes_to_the_fallback_queue(
     deadline = time.monotonic() + 2
     while "<Sip>sip:standard@queues.example.com</Sip>" not in twilio.call(L.GOLD).text:
         assert time.monotonic() < deadline
+
+
+def test_writers_to_different_queues_at_once_all_succeed(redis_url: str) -> None:
+    async def body(store: Store) -> None:
+        writers = [Store(connect(redis_url)) for _ in range(6)]
+        try:
+            results = await asyncio.gather(*(
+                writers[i % 6].put(f"q{i}", Queue(sip_uri=f"sip:q{i}@x.com"), "w")
+                for i in range(60)))
+        finally:
+            for s in writers:
+                await s.close()
+        assert all(created for _, created in results)
+        assert len(await store.records()) == 63
+
+    with_store(redis_url, body)
+
+
+def test_a_corrupt_record_can_be_replaced_by_a_write(redis_url: str) -> None:
+    async def body(store: Store) -> None:
+        with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+            client.hset(QUEUES_KEY, "gold", "{not json")
+            client.hset(QUEUES_KEY, "platinum", json.dumps({"sip_uri": "sip:p@x.com",
+                                                            "version": None}))
+        record, _ = await store.put("gold", Queue(sip_uri="sip:fixed@x.com"), "a", if_match="1")
+        assert record.version == 2
+        record, _ = await store.put("platinum", Queue(sip_uri="sip:fixed@x.com"), "a")
+        assert record.version == 2
+        assert (await store.audit())[0][1]["old"] is None  # the unreadable record is not copied
+
+    with_store(redis_url, body)
+
+
+def test_a_record_with_a_bad_version_does_not_stop_a_process_following_changes(
+    redis_url: str,
+) -> None:
+    async def body(writer: Store) -> None:
+        reader = Store(connect(redis_url))
+        await reader.start()
+        try:
+            with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+                client.hset(QUEUES_KEY, "platinum", json.dumps({"sip_uri": "sip:p@x.com",
+                                                                "version": None}))
+                client.publish(CHANGED_CHANNEL, client.incr(CONFIG_VERSION_KEY))
+            await writer.put("gold", Queue(sip_uri="sip:gold@later.example.com"), "a")
+            deadline = time.monotonic() + 3
+            while reader.queue("gold").sip_uri != "sip:gold@later.example.com":
+                assert time.monotonic() < deadline, "the reader stopped following changes"
+                await asyncio.sleep(0.01)
+            assert reader.queue("platinum").sip_uri == "sip:platinum@queues.example.com"
+        finally:
+            await reader.close()
+
+    with_store(redis_url, body)

@@ -15,12 +15,21 @@ from starlette.routing import Route
 from ivr.admin.auth import actor_label, bearer_token_matches
 from ivr.admin.changes import InvalidInput, field_errors, queue_from_input
 from ivr.admin.openapi import openapi_document
-from ivr.store import InvalidChange, QueueInUse, QueueNotFound, QueueRecord, StaleVersion, Store
+from ivr.store import (
+    Busy,
+    InvalidChange,
+    QueueInUse,
+    QueueNotFound,
+    QueueRecord,
+    StaleVersion,
+    Store,
+)
 
 log = logging.getLogger("ivr.admin")
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_AUDIT_PAGE = 1000
+MAX_OFFSET = 10**9
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -33,16 +42,24 @@ def etag(version: int) -> str:
     return f'"v{version}"'
 
 
+NEVER_MATCHES = "-1"
+MUST_NOT_EXIST = "0"  # version 0: the queue does not exist
+
+
 def if_match_version(request: Request) -> str | None:
-    """If-Match as the store takes it: None, `*`, or a version number ('' never matches)."""
+    """The precondition as the store takes it: None (none), `*` (must exist), `0` (must not
+    exist: If-None-Match: *), or the version an ETag names (NEVER_MATCHES for any other tag;
+    weak tags never match, as RFC 9110 has it for If-Match)."""
+    if request.headers.get("if-none-match", "").strip() == "*":
+        return MUST_NOT_EXIST
     header = request.headers.get("if-match")
     if header is None:
         return None
     header = header.strip()
     if header == "*":
         return "*"
-    tag = header.removeprefix("W/").strip('"')
-    return tag[1:] if tag.startswith("v") and tag[1:].isdigit() else "-1"
+    tag = header.strip('"')
+    return tag[1:] if tag.startswith("v") and tag[1:].isdigit() else NEVER_MATCHES
 
 
 def record_response(record: QueueRecord, status: int = 200) -> JSONResponse:
@@ -73,6 +90,8 @@ def admin_only(endpoint: Endpoint) -> Endpoint:
             return error(404, f"not found: {exc}")
         except MalformedJson as exc:
             return error(400, f"the body is not valid JSON: {exc}")
+        except Busy as exc:
+            return error(503, str(exc))
 
     guarded.__name__ = endpoint.__name__
     guarded.__doc__ = endpoint.__doc__
@@ -88,6 +107,9 @@ def who(request: Request) -> str:
 
 
 async def json_body(request: Request) -> Any:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise field_errors(f"the body is over {MAX_BODY_BYTES} bytes", "")
     body = await request.body()
     if len(body) > MAX_BODY_BYTES:
         raise field_errors(f"the body is over {MAX_BODY_BYTES} bytes", "")
@@ -163,12 +185,12 @@ async def rollback_queue(request: Request) -> Response:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise field_errors("must be a version number (an integer from 1)", "version")
     try:
-        record = await store_of(request).rollback(name, version, who(request),
-                                                  if_match_version(request))
+        record, created = await store_of(request).rollback(name, version, who(request),
+                                                           if_match_version(request))
     except InvalidChange as exc:
         raise field_errors(f"version {version} no longer fits: {exc}", "version") from None
     log.info("queue %s rolled back to version %d by %s", name, version, record.updated_by)
-    return record_response(record)
+    return record_response(record, 201 if created else 200)
 
 
 @admin_only
@@ -178,8 +200,9 @@ async def audit_log(request: Request) -> Response:
         limit = int(request.query_params.get("limit", 100))
     except ValueError:
         raise field_errors("offset and limit must be integers", "limit") from None
-    if offset < 0 or not 1 <= limit <= MAX_AUDIT_PAGE:
-        raise field_errors(f"offset must be >= 0 and limit 1 to {MAX_AUDIT_PAGE}", "limit")
+    if not 0 <= offset <= MAX_OFFSET or not 1 <= limit <= MAX_AUDIT_PAGE:
+        raise field_errors(f"offset must be 0 to {MAX_OFFSET} and limit 1 to {MAX_AUDIT_PAGE}",
+                           "limit")
     entries, total = await store_of(request).audit(offset, limit)
     return JSONResponse({"entries": entries, "total": total, "offset": offset, "limit": limit})
 

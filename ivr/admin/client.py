@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import getpass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import yaml
@@ -51,7 +52,7 @@ class AdminClient:
         return self._request("GET", "/queues").json()["queues"]
 
     def queue(self, name: str) -> tuple[dict[str, Any], str]:
-        response = self._request("GET", f"/queues/{name}")
+        response = self._request("GET", f"/queues/{quote(name, safe='')}")
         return response.json(), response.headers["etag"]
 
     def set_sip_uri(self, name: str, sip_uri: str, **fields: Any) -> tuple[dict[str, Any], bool]:
@@ -65,16 +66,19 @@ class AdminClient:
             current, tag = {}, None
         body = {**current, **{k: v for k, v in fields.items() if v is not None},
                 "sip_uri": sip_uri}
-        # If-Match: a change made by someone else meanwhile is reported, never overwritten.
-        headers = {"If-Match": tag} if tag else {}
-        response = self._request("PUT", f"/queues/{name}", json=body, headers=headers)
+        # A change made by someone else meanwhile (or a queue created meanwhile) is reported,
+        # never overwritten.
+        headers = {"If-Match": tag} if tag else {"If-None-Match": "*"}
+        response = self._request("PUT", f"/queues/{quote(name, safe='')}", json=body,
+                                 headers=headers)
         return response.json(), response.status_code == 201
 
     def history(self, name: str) -> list[dict[str, Any]]:
-        return self._request("GET", f"/queues/{name}/history").json()["versions"]
+        return self._request("GET", f"/queues/{quote(name, safe='')}/history").json()["versions"]
 
     def rollback(self, name: str, version: int) -> dict[str, Any]:
-        return self._request("POST", f"/queues/{name}/rollback", json={"version": version}).json()
+        path = f"/queues/{quote(name, safe='')}/rollback"
+        return self._request("POST", path, json={"version": version}).json()
 
     def export_yaml(self) -> str:
         """The live configuration in the format of `sip_config/queues.yaml`."""
