@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
+import yaml
 from starlette.datastructures import ImmutableMultiDict
 from twilio.request_validator import RequestValidator
 
@@ -142,14 +143,12 @@ def test_a_message_runs_the_same_flow_is_acknowledged_and_forwarded_to_the_tiers
 def test_a_message_is_forwarded_to_the_queues_message_target_with_number_and_tier(
     config_dir, make_settings, start_server
 ) -> None:
-    (config_dir / "sip_config" / "queues.yaml").write_text(
-        """
-queues:
-  gold: {sip_uri: "sip:gold@queues.example.com", message_to: "+15557770001"}
-  platinum: {sip_uri: "sip:platinum@queues.example.com"}
-  standard: {sip_uri: "sip:standard@queues.example.com", message_to: "+15557770003"}
-"""
-    )
+    path = config_dir / "sip_config" / "queues.yaml"
+    queues = yaml.safe_load(path.read_text())
+    queues["queues"]["gold"]["message_to"] = "+15557770001"
+    del queues["queues"]["platinum"]["message_to"]
+    queues["queues"]["standard"]["message_to"] = "+15557770003"
+    path.write_text(yaml.safe_dump(queues))
     twilio = FakeTwilio(start_server(make_settings()).url)
     replies = messages(twilio.message(L.GOLD, body="My <card> & PIN"))
     assert replies[1] == ("+15557770001", f"{L.GOLD} (gold): My <card> & PIN")

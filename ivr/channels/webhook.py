@@ -272,6 +272,7 @@ async def _run(
     if flow is None:
         render = render_voice_apology if hook.channel == "voice" else render_messaging_apology
         return render(), f"no {hook.channel} flow for {mask_number(hook.to_number)}"
+    stored = session is not None
     if session is None or session.get("flow") != flow.name:
         memory = await best_effort(
             services.conversations.contact_memory(hook.contact.number), {}, "contact memory")
@@ -299,17 +300,19 @@ async def _run(
         # Kept: messaging for the sticky hand-off; voice for the `unanswered` step's variables.
         session.update(routed_to=routed, route_step=outcome.trace[-1])
     keep = outcome.waiting_at is not None or session["routed_to"] is not None
-    await _save(services, hook, session if keep else None, flow, run.saved_fields, new_visit)
+    await _save(services, hook, session if keep else None, flow, run.saved_fields, new_visit,
+                stored)
     return twiml, _summary(flow, outcome, routed, queues, hook.channel)
 
 
 async def _save(services: Services, hook: Webhook, session: dict[str, Any] | None, flow: Flow,
-                saved_fields: dict[str, str], new_visit: bool) -> None:
+                saved_fields: dict[str, str], new_visit: bool, stored: bool) -> None:
+    """Keep `session` (or end the one `stored` in Redis) and update the contact's memory."""
     conversations = services.conversations
     writes = [conversations.remember(hook.contact.number, saved_fields, visit=new_visit)]
     if session is not None:
         writes.append(conversations.save_session(hook.session_key, session, flow.expire_after))
-    else:
+    elif stored:
         writes.append(conversations.end_session(hook.session_key))
     await best_effort(asyncio.gather(*writes), None, "session and contact save")
 
