@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +16,8 @@ import pytest
 import redis
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from ivr.admin.auth import hash_password
+import ivr.admin.pages
+from ivr.admin.auth import hash_password, verify_password
 from ivr.settings import Settings
 from ivr.store import QUEUES_KEY
 from tests.loyalty_api import GOLD
@@ -30,6 +32,10 @@ ADMIN_TOKEN = "page-admin-token-0123456789abcdef"
 OLD_GOLD = "sip:gold@queues.example.com"
 NEW_GOLD = "sip:gold@new-pbx.example.com"
 ROUTING_DELAY = 2.0  # other instances learn of a change by pub/sub
+# Few PBKDF2 iterations: the page verifies the same way, only faster.
+ALICE = hash_password("pw", iterations=1000)
+BOB = hash_password("bob's pw", iterations=1000)
+USERS = {"alice": ALICE, "bob": BOB}
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +55,7 @@ def browser() -> Iterator[Browser]:
 @pytest.fixture
 def server(make_settings: Callable[..., Settings],
            start_server: Callable[[Settings], ServerThread]) -> ServerThread:
-    # Few PBKDF2 iterations: the page verifies the same way, only faster.
-    users = {"alice": hash_password("pw", iterations=1000),
-             "bob": hash_password("bob's pw", iterations=1000)}
-    return start_server(make_settings(admin_token=ADMIN_TOKEN, admin_users=users))
+    return start_server(make_settings(admin_token=ADMIN_TOKEN, admin_users=USERS))
 
 
 @pytest.fixture
@@ -235,15 +238,37 @@ def csrf_in(html: str) -> str:
     return match.group(1)
 
 
+def post_sign_in(client: httpx.Client, user: str, password: str) -> httpx.Response:
+    """Open the sign-in form (for its cookie and token) and post it."""
+    login_form = client.get("/admin/login")
+    return client.post("/admin/login", data={
+        "csrf": csrf_in(login_form.text), "user": user, "password": password})
+
+
 @pytest.fixture
-def alice_http(server: ServerThread) -> Iterator[tuple[httpx.Client, str]]:
+def http_client(server: ServerThread) -> Iterator[Callable[..., httpx.Client]]:
+    """Each call gives an HTTP client of its own (its own cookies: another admin), signed in as
+    `user` (with the admin token when user is ""), or not signed in when user is None."""
+    clients: list[httpx.Client] = []
+
+    def make(user: str | None = None, password: str = "pw") -> httpx.Client:
+        client = httpx.Client(base_url=server.url, timeout=10)
+        clients.append(client)
+        if user is not None:
+            signed_in = post_sign_in(client, user, password)
+            assert signed_in.status_code == 303, signed_in.text
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def alice_http(http_client: Callable[..., httpx.Client]) -> tuple[httpx.Client, str]:
     """An HTTP client signed in as alice, and the session's CSRF token."""
-    with httpx.Client(base_url=server.url, timeout=10) as client:
-        login_form = client.get("/admin/login")
-        signed_in = client.post("/admin/login", data={
-            "csrf": csrf_in(login_form.text), "user": "alice", "password": "pw"})
-        assert signed_in.status_code == 303, signed_in.text
-        yield client, csrf_in(client.get("/admin/").text)
+    client = http_client("alice")
+    return client, csrf_in(client.get("/admin/").text)
 
 
 def test_an_unauthenticated_get_redirects_to_the_sign_in_page(server: ServerThread) -> None:
@@ -314,3 +339,174 @@ def test_the_page_says_how_to_enable_it_when_no_admin_is_configured(
         assert response.status_code == 404
         assert "Admin access is disabled" in response.text
         assert "IVR_ADMIN_USERS" in response.text and "IVR_ADMIN_TOKEN" in response.text
+
+
+# --- sessions end when their credential does ----------------------------------------------------
+
+def session_keys(redis_url: str) -> int:
+    with redis.Redis.from_url(redis_url) as client:
+        return len(client.keys("{ivr}:admin:session:*"))
+
+
+def is_signed_in(client: httpx.Client, url: str) -> bool:
+    response = client.get(url + "/admin/audit")
+    assert response.status_code in (200, 303), response.text
+    return response.status_code == 200
+
+
+@pytest.mark.parametrize("change", ["alice removed", "alice's password changed"])
+def test_a_session_ends_when_its_user_is_removed_or_their_password_changes(
+        change: str, server: ServerThread, http_client: Callable[..., httpx.Client],
+        make_settings: Callable[..., Settings],
+        start_server: Callable[[Settings], ServerThread], redis_url: str) -> None:
+    alice, bob = http_client("alice"), http_client("bob", "bob's pw")
+    assert is_signed_in(alice, server.url) and is_signed_in(bob, server.url)
+    # The operator changes IVR_ADMIN_USERS and restarts: a server sharing the same Redis.
+    users = ({"bob": BOB} if change == "alice removed"
+             else {"alice": hash_password("new pw", iterations=1000), "bob": BOB})
+    restarted = start_server(make_settings(admin_token=ADMIN_TOKEN, admin_users=users))
+    response = alice.get(restarted.url + "/admin/audit")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/admin/login"
+    assert 'ivr_admin_session=""' in response.headers["set-cookie"]
+    # Deleted, not merely refused: the old server's configuration cannot revive it either.
+    assert session_keys(redis_url) == 1
+    assert not is_signed_in(alice, server.url)
+    assert is_signed_in(bob, restarted.url)  # bob's user and password did not change
+
+
+def test_a_session_signed_in_with_the_admin_token_ends_when_the_token_is_rotated(
+        server: ServerThread, http_client: Callable[..., httpx.Client],
+        make_settings: Callable[..., Settings],
+        start_server: Callable[[Settings], ServerThread]) -> None:
+    token_admin, alice = http_client("", ADMIN_TOKEN), http_client("alice")
+    rotated = start_server(make_settings(admin_token="rotated-admin-token-0123456789abcdef",
+                                         admin_users=USERS))
+    assert not is_signed_in(token_admin, rotated.url)
+    assert not is_signed_in(token_admin, server.url)
+    assert is_signed_in(alice, rotated.url)
+
+
+# --- sign-in throttle --------------------------------------------------------------------------
+
+@pytest.fixture
+def password_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The passwords the page hashed (the servers run in this process)."""
+    checked: list[str] = []
+
+    def counting(password: str, encoded: str) -> bool:
+        checked.append(password)
+        return verify_password(password, encoded)
+
+    monkeypatch.setattr(ivr.admin.pages, "verify_password", counting)
+    return checked
+
+
+def test_after_10_failed_sign_ins_a_user_name_is_refused_without_checking_the_password(
+        http_client: Callable[..., httpx.Client], password_checks: list[str],
+        redis_url: str) -> None:
+    client = http_client()
+    for attempt in range(10):
+        assert post_sign_in(client, "alice", f"guess {attempt}").status_code == 403
+    assert len(password_checks) == 10
+    started = time.monotonic()
+    refused = post_sign_in(client, "alice", "guess 10")
+    assert time.monotonic() - started < 1
+    assert refused.status_code == 429
+    assert "Too many failed sign-ins as this user" in refused.text
+    assert "wait 15 minutes" in refused.text
+    assert 890 <= int(refused.headers["retry-after"]) <= 900
+    assert "ivr_admin_session" not in refused.headers.get("set-cookie", "")
+    # Not even the right password is checked now...
+    assert post_sign_in(client, "alice", "pw").status_code == 429
+    assert len(password_checks) == 10
+    # ...but another user signs in from the same address.
+    assert post_sign_in(client, "bob", "bob's pw").status_code == 303
+    assert password_checks[-1] == "bob's pw"
+    # Once the window is over (its key expires), alice signs in again.
+    with redis.Redis.from_url(redis_url) as store:
+        assert 890 <= store.ttl("ivr:admin:throttle:user:alice") <= 900
+        store.delete("ivr:admin:throttle:user:alice")
+    assert post_sign_in(http_client(), "alice", "pw").status_code == 303
+
+
+def test_a_successful_sign_in_clears_the_users_failures(
+        http_client: Callable[..., httpx.Client], password_checks: list[str]) -> None:
+    for _ in range(2):
+        client = http_client()
+        for attempt in range(9):
+            assert post_sign_in(client, "alice", f"guess {attempt}").status_code == 403
+        assert post_sign_in(client, "alice", "pw").status_code == 303
+    assert len(password_checks) == 20
+
+
+def test_one_address_trying_many_user_names_is_throttled_too(
+        http_client: Callable[..., httpx.Client], password_checks: list[str]) -> None:
+    client = http_client()
+    for attempt in range(50):
+        assert post_sign_in(client, f"user{attempt}", "guess").status_code == 403
+    refused = post_sign_in(client, "bob", "bob's pw")
+    assert refused.status_code == 429
+    assert "from your address" in refused.text
+    assert post_sign_in(client, "", "wrong token").status_code == 429
+    assert len(password_checks) == 50
+
+
+def test_at_most_two_passwords_are_hashed_at_once(
+        http_client: Callable[..., httpx.Client], monkeypatch: pytest.MonkeyPatch) -> None:
+    running, most = 0, 0
+    lock = threading.Lock()
+
+    def slow(password: str, encoded: str) -> bool:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.2)
+        with lock:
+            running -= 1
+        return verify_password(password, encoded)
+
+    monkeypatch.setattr(ivr.admin.pages, "verify_password", slow)
+    clients = [http_client() for _ in range(6)]
+    statuses: list[int] = []
+    threads = [threading.Thread(target=lambda c=c: statuses.append(
+        post_sign_in(c, "bob", "bob's pw").status_code)) for c in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [303] * 6
+    assert most == 2
+
+
+# --- odd numbers in queries and forms -------------------------------------------------------------
+
+@pytest.mark.parametrize("offset", [str(10**30), "99999", "-5", "abc", "²", "1e9"])
+def test_any_audit_offset_shows_a_page(
+        offset: str, alice_http: tuple[httpx.Client, str]) -> None:
+    client, csrf = alice_http
+    saved = client.post("/admin/queues/gold",
+                        data={"csrf": csrf, "version": "1", "sip_uri": NEW_GOLD})
+    assert saved.status_code == 303
+    response = client.get("/admin/audit", params={"offset": offset})
+    assert response.status_code == 200
+    # Past the end (or nonsense) shows the newest page: here the one change.
+    assert response.text.count("<tr>") == 2  # the heading row and the change
+    assert NEW_GOLD in response.text
+
+
+@pytest.mark.parametrize("version", [str(10**30), "²"])
+def test_nonsense_version_numbers_in_forms_are_refused_not_a_crash(
+        version: str, alice_http: tuple[httpx.Client, str], redis_url: str) -> None:
+    client, csrf = alice_http
+    rollback = client.post("/admin/queues/gold/rollback",
+                           data={"csrf": csrf, "version": version, "current": "1"})
+    assert rollback.status_code == 422
+    saved = client.post("/admin/queues/gold",
+                        data={"csrf": csrf, "version": version, "sip_uri": "http://bad"})
+    assert saved.status_code == 422
+    saved = client.post("/admin/queues/gold",
+                        data={"csrf": csrf, "version": version, "sip_uri": NEW_GOLD})
+    assert saved.status_code == 409
+    assert stored(redis_url, "gold")["version"] == 1

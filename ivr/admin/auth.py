@@ -1,5 +1,8 @@
 """Who is an admin: the bearer token (API and page) or a named user with a hashed password
-(page), and the sign-in sessions of the page, kept in Redis so every instance shares them."""
+(page), and the sign-in sessions of the page, kept in Redis so every instance shares them.
+
+A session holds a fingerprint of the credential it was opened with (the user's password hash, or
+the admin token), so removing the user, changing the password or rotating the token ends it."""
 
 from __future__ import annotations
 
@@ -68,11 +71,28 @@ def actor_label(header: str | None, default: str) -> str:
     return default
 
 
+def credential_fingerprint(session_id: str, credential: str) -> str:
+    """HMAC-SHA256 of a credential, keyed by the session id: changes when the credential does,
+    and is no help in guessing the credential (nor the same in two sessions)."""
+    message = b"ivr admin session credential\0" + credential.encode()
+    return hmac.new(session_id.encode(), message, hashlib.sha256).hexdigest()
+
+
 @dataclass(frozen=True)
 class AdminSession:
     id: str
     user: str
     csrf_token: str
+    via_token: bool = False  # signed in with the admin token, not as a named user
+    fingerprint: str = ""
+
+    def credential_matches(self, credential: str | None) -> bool:
+        """Whether `credential` (what the configuration now holds for this session's user or
+        token, None if nothing) is still the one the session was opened with."""
+        if not credential or not self.fingerprint:
+            return False
+        return hmac.compare_digest(self.fingerprint,
+                                   credential_fingerprint(self.id, credential))
 
 
 class SessionStore:
@@ -80,9 +100,13 @@ class SessionStore:
         self.redis = client
         self.ttl = ttl_seconds
 
-    async def create(self, user: str) -> AdminSession:
-        session = AdminSession(secrets.token_urlsafe(32), user, secrets.token_urlsafe(32))
-        value = json.dumps({"user": user, "csrf": session.csrf_token})
+    async def create(self, user: str, credential: str, via_token: bool = False) -> AdminSession:
+        """A new session for `user`, bound to `credential` (its password hash, or the token)."""
+        session_id = secrets.token_urlsafe(32)
+        session = AdminSession(session_id, user, secrets.token_urlsafe(32), via_token,
+                               credential_fingerprint(session_id, credential))
+        value = json.dumps({"user": user, "csrf": session.csrf_token, "token": via_token,
+                            "fp": session.fingerprint})
         await self.redis.set(_SESSION_PREFIX + session.id, value, ex=self.ttl)
         return session
 
@@ -93,7 +117,9 @@ class SessionStore:
         if raw is None:
             return None
         data = json.loads(raw)
-        return AdminSession(session_id, data["user"], data["csrf"])
+        # A session stored without a fingerprint (older code) matches no credential: it ends.
+        return AdminSession(session_id, data["user"], data["csrf"], bool(data.get("token")),
+                            str(data.get("fp", "")))
 
     async def delete(self, session_id: str) -> None:
         await self.redis.delete(_SESSION_PREFIX + session_id)

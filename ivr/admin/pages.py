@@ -2,19 +2,24 @@
 queue sends calls, edit a queue, roll back to an earlier version, read the audit log.
 
 Plain server-rendered HTML forms, no JavaScript. Sign-in sessions live in Redis (shared by every
-instance); every form posts the session's CSRF token, and the sign-in form a double-submit token.
+instance) and end as soon as their user or token is no longer configured; every form posts the
+session's CSRF token, and the sign-in form a double-submit token. Sign-in attempts are throttled
+(per user name and per client address, in Redis) and at most PASSWORD_CHECKS_AT_ONCE password
+hashes are computed at once, so guessing cannot starve call handling of CPU.
 Writes go through the store like the admin API's, so they are validated, versioned and audited.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import hmac
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
 import jinja2
@@ -26,10 +31,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from ivr.admin.auth import AdminSession, SessionStore, verify_password
+from ivr.admin.auth import MAX_ACTOR_LENGTH, AdminSession, SessionStore, verify_password
 from ivr.admin.changes import InvalidInput, queue_from_input
 from ivr.queues import Queue
-from ivr.store import InvalidChange, QueueNotFound, StaleVersion, Store
+from ivr.store import Busy, InvalidChange, QueueNotFound, StaleVersion, Store
 
 log = logging.getLogger("ivr.admin")
 
@@ -40,6 +45,12 @@ TOKEN_USER = "admin token"
 MAX_FORM_BYTES = 16 * 1024
 MAX_FORM_FIELDS = 20
 AUDIT_PAGE_SIZE = 50
+MAX_NUMBER_DIGITS = 12  # of a number in a form or query: more is nonsense, not a version
+PASSWORD_CHECKS_AT_ONCE = 2  # PBKDF2 runs per process; more sign-ins wait their turn
+THROTTLE_PREFIX = "ivr:admin:throttle:"
+THROTTLE_WINDOW_SECONDS = 15 * 60
+MAX_ATTEMPTS_PER_USER = 10  # failed sign-ins per user name per window
+MAX_ATTEMPTS_PER_ADDRESS = 50  # per client address: an office may share one
 NOT_SAVED = "Nothing was saved: please correct the fields marked below."
 QUEUE_FIELDS = ("sip_uri", "fallback_sip_uris", "overflow", "message_to", "display_name")
 FIELD_LABELS = {"sip_uri": "SIP URI", "fallback_sip_uris": "Fallback SIP URIs",
@@ -170,6 +181,30 @@ def disabled_page(request: Request) -> Response:
     return page(request, "disabled.html", None, status=404)
 
 
+def configured_credential(request: Request, session: AdminSession) -> str | None:
+    """What the configuration holds now for the session's user (password hash) or token."""
+    if session.via_token:
+        token: str | None = request.app.state.admin_token
+        return token
+    encoded = request.app.state.settings.admin_users.get(session.user)
+    return encoded.get_secret_value() if encoded is not None else None
+
+
+async def current_session(request: Request) -> AdminSession | None:
+    """The session of the request's cookie, if it exists and its credential is still configured;
+    one whose user was removed, or whose password or token changed, is deleted here."""
+    store = sessions(request)
+    session = await store.get(request.cookies.get(SESSION_COOKIE))
+    if session is None:
+        return None
+    if not session.credential_matches(configured_credential(request, session)):
+        await store.delete(session.id)
+        log.info("admin page: session of %s ended: its %s is no longer configured", session.user,
+                 "admin token" if session.via_token else "user or password")
+        return None
+    return session
+
+
 def signed_in(endpoint: SignedInEndpoint) -> Endpoint:
     """Run `endpoint` for a signed-in admin; others go to the sign-in page. A POST must carry
     the session's CSRF token (403 otherwise), so another site cannot post as the admin."""
@@ -177,9 +212,12 @@ def signed_in(endpoint: SignedInEndpoint) -> Endpoint:
     async def guarded(request: Request) -> Response:
         if not admin_enabled(request):
             return disabled_page(request)
-        session = await sessions(request).get(request.cookies.get(SESSION_COOKIE))
+        session = await current_session(request)
         if session is None:
-            return redirect(request, "admin_login")
+            response = redirect(request, "admin_login")
+            if SESSION_COOKIE in request.cookies:
+                response.delete_cookie(SESSION_COOKIE, path=cookie_path(request))
+            return response
         if request.method == "POST":
             form = await read_form(request)
             if form is None:
@@ -189,27 +227,115 @@ def signed_in(endpoint: SignedInEndpoint) -> Endpoint:
                 return message_page(request, session, 403, "Form refused",
                                     "This form's security token is missing or out of date. "
                                     "Go back, reload the page and try again.")
-        return await endpoint(request, session)
+        try:
+            return await endpoint(request, session)
+        except Busy:
+            return message_page(request, session, 503, "Too many changes at once",
+                                "Other changes kept arriving while saving yours, so nothing "
+                                "was saved. Go back and try again.")
 
     guarded.__name__ = endpoint.__name__
     guarded.__doc__ = endpoint.__doc__
     return guarded
 
 
-async def authenticate(request: Request, name: str, password: str) -> str | None:
-    """The user name to record in the audit log, or None when the credentials are wrong."""
+class SignedInAs(NamedTuple):
+    user: str  # as the audit log records it
+    credential: str  # the password hash or token the session is bound to
+    via_token: bool
+
+
+def password_checks(request: Request) -> asyncio.Semaphore:
+    """This process's PBKDF2 slots (made on first use, in the app's event loop)."""
+    state = request.app.state
+    slots: asyncio.Semaphore | None = getattr(state, "admin_password_checks", None)
+    if slots is None:
+        slots = state.admin_password_checks = asyncio.Semaphore(PASSWORD_CHECKS_AT_ONCE)
+    return slots
+
+
+async def authenticate(request: Request, name: str, password: str) -> SignedInAs | None:
+    """Who signed in, or None when the credentials are wrong."""
     if not name:
         token = request.app.state.admin_token
         if token and tokens_match(password, token):
-            return TOKEN_USER
+            return SignedInAs(TOKEN_USER, token, via_token=True)
         return None
     users = request.app.state.settings.admin_users
     if not users:
         return None
     # An unknown name costs the same PBKDF2 as a known one: timing does not tell who exists.
-    encoded = users.get(name) or next(iter(users.values()))
-    ok = await run_in_threadpool(verify_password, password, encoded.get_secret_value())
-    return name if ok and name in users else None
+    encoded = (users.get(name) or next(iter(users.values()))).get_secret_value()
+    async with password_checks(request):  # a flood of sign-ins queues here, calls go on
+        ok = await run_in_threadpool(verify_password, password, encoded)
+    return SignedInAs(name, encoded, via_token=False) if ok and name in users else None
+
+
+# --- sign-in throttle ---------------------------------------------------------------------------
+
+# Count an attempt unless `limit` are already counted in the window: 0, or the seconds to wait.
+_TAKE = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 or redis.call('TTL', KEYS[1]) < 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+if count > tonumber(ARGV[2]) then
+  redis.call('DECR', KEYS[1])
+  return math.max(redis.call('TTL', KEYS[1]), 1)
+end
+return 0
+"""
+# Uncount an attempt that succeeded; never re-creates an expired key (it would not expire).
+_GIVE_BACK = """
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+if count > 0 then return redis.call('DECR', KEYS[1]) end
+return 0
+"""
+
+
+class SignInThrottle:
+    """Failed sign-ins counted in Redis (so across instances) per user name and per client
+    address, in a fixed window from the first one. An attempt is counted before the password is
+    checked (concurrent guesses cannot slip past the limit) and uncounted if it succeeds."""
+
+    def __init__(self, request: Request, name: str) -> None:
+        self.redis = store_of(request).redis
+        host = request.client.host if request.client else "unknown"
+        self.address_key = f"{THROTTLE_PREFIX}address:{host}"
+        # Only a configured user's name is kept readable (an operator may DEL the key to unlock
+        # it); any other name, of any length, becomes a short digest.
+        users = request.app.state.settings.admin_users
+        label = name if name in users else "?" + hashlib.sha256(name.encode()).hexdigest()[:32]
+        self.user_key = f"{THROTTLE_PREFIX}user:{label}" if name else None
+
+    async def take(self) -> int:
+        """0 when the attempt may go on (now counted), else the seconds until it may."""
+        take = self.redis.register_script(_TAKE)
+        wait = int(await take(keys=[self.address_key],
+                              args=[THROTTLE_WINDOW_SECONDS, MAX_ATTEMPTS_PER_ADDRESS]))
+        if wait or self.user_key is None:
+            return wait
+        wait = int(await take(keys=[self.user_key],
+                              args=[THROTTLE_WINDOW_SECONDS, MAX_ATTEMPTS_PER_USER]))
+        if wait:
+            await self.redis.register_script(_GIVE_BACK)(keys=[self.address_key])
+        return wait
+
+    async def succeeded(self) -> None:
+        await self.redis.register_script(_GIVE_BACK)(keys=[self.address_key])
+        if self.user_key is not None:
+            await self.redis.delete(self.user_key)
+
+
+def throttled_page(request: Request, name: str, wait: int) -> Response:
+    minutes = max(1, -(-wait // 60))
+    response = login_page(
+        request, user=name, status=429,
+        error=f"Too many failed sign-ins {'as this user' if name else 'with a token'} or from "
+              f"your address. Nothing was checked: wait {minutes} minute"
+              f"{'s' if minutes > 1 else ''} and try again.")
+    response.headers["Retry-After"] = str(wait)
+    return response
 
 
 # --- sign in and out ----------------------------------------------------------------------------
@@ -218,7 +344,7 @@ async def login(request: Request) -> Response:
     if not admin_enabled(request):
         return disabled_page(request)
     if request.method == "GET":
-        if await sessions(request).get(request.cookies.get(SESSION_COOKIE)) is not None:
+        if await current_session(request) is not None:
             return redirect(request, "admin_index")
         notice = "You are signed out." if "signed_out" in request.query_params else None
         return login_page(request, notice=notice)
@@ -231,17 +357,27 @@ async def login(request: Request) -> Response:
         return login_page(request, error="The sign-in form had expired. Please try again.",
                           status=403)
     name = str(form.get("user", "")).strip()
-    user = await authenticate(request, name, str(form.get("password", "")))
-    if user is None:
-        log.warning("admin page: failed sign-in%s", f" as {name!r}" if name else " with a token")
+    shown_name = repr(name[:MAX_ACTOR_LENGTH])  # for the log; the password never is
+    throttle = SignInThrottle(request, name)
+    wait = await throttle.take()
+    if wait:
+        log.warning("admin page: sign-in%s from %s refused: too many failures",
+                    f" as {shown_name}" if name else " with a token",
+                    request.client.host if request.client else "?")
+        return throttled_page(request, name, wait)
+    signed = await authenticate(request, name, str(form.get("password", "")))
+    if signed is None:
+        log.warning("admin page: failed sign-in%s",
+                    f" as {shown_name}" if name else " with a token")
         return login_page(request, user=name, status=403,
                           error="Wrong user name or password." if name else "Wrong admin token.")
+    await throttle.succeeded()
     store = sessions(request)
     previous = request.cookies.get(SESSION_COOKIE)
     if previous:  # a fresh id at every sign-in: no fixation of an id set before it
         await store.delete(previous[:100])
-    session = await store.create(user)
-    log.info("admin page: %s signed in", user)
+    session = await store.create(signed.user, signed.credential, signed.via_token)
+    log.info("admin page: %s signed in", signed.user)
     response = redirect(request, "admin_index")
     set_cookie(request, response, SESSION_COOKIE, session.id, cookie_path(request),
                max_age=store.ttl)
@@ -283,19 +419,27 @@ async def queue_list(request: Request, session: AdminSession) -> Response:
                 notice=_notice(request))
 
 
+def number(value: object) -> int | None:
+    """A non-negative whole number typed in ASCII digits (not "²", not 10**30), or None."""
+    if (isinstance(value, str) and value.isascii() and value.isdigit()
+            and len(value) <= MAX_NUMBER_DIGITS):
+        return int(value)
+    return None
+
+
 def _notice(request: Request) -> str | None:
     """The confirmation a redirect after a change asked for (numbers only: no text injected)."""
     query = request.query_params
     name = request.path_params.get("name", "")
-    version = query.get("version", "")
-    if not version.isdigit():
+    version = number(query.get("version"))
+    if version is None:
         return None
     if "created" in query:
         return f"Created {name}: version {version}."
     if "saved" in query:
         return f"Saved {name}: version {version}."
-    restored = query.get("rolled_back", "")
-    if restored.isdigit():
+    restored = number(query.get("rolled_back"))
+    if restored is not None:
         return f"Rolled {name} back to version {restored}: it is now version {version}."
     return None
 
@@ -370,16 +514,16 @@ async def save_queue(request: Request, session: AdminSession) -> Response:
     name = request.path_params["name"]
     form = await request.form()
     values, data = posted_queue(form)
-    read_at = str(form.get("version", ""))
+    read_at = number(form.get("version"))
     try:
         queue = queue_from_input(name, data)
         record, _ = await store_of(request).put(
-            name, queue, session.user, if_match=read_at if read_at.isdigit() else "-1")
+            name, queue, session.user, if_match=str(read_at) if read_at is not None else "-1")
     except (InvalidInput, InvalidChange) as exc:
         errors = (errors_by_field(exc.errors, data) if isinstance(exc, InvalidInput)
                   else {"overflow": [str(exc)]})
         return await queue_page(request, session, name, values=values, errors=errors,
-                                version=int(read_at) if read_at.isdigit() else None,
+                                version=read_at,
                                 alert=NOT_SAVED, status=422)
     except StaleVersion as exc:
         # The admin's input stays in the form, now carrying the current version: saving again
@@ -397,12 +541,13 @@ async def save_queue(request: Request, session: AdminSession) -> Response:
 async def rollback_queue(request: Request, session: AdminSession) -> Response:
     name = request.path_params["name"]
     form = await request.form()
-    target, read_at = str(form.get("version", "")), str(form.get("current", ""))
-    if not target.isdigit() or not read_at.isdigit():
+    target, read_at = number(form.get("version")), number(form.get("current"))
+    if target is None or read_at is None:
         return await queue_page(request, session, name, status=422,
                                 alert="That rollback form is incomplete; use the buttons below.")
     try:
-        record = await store_of(request).rollback(name, int(target), session.user, read_at)
+        record, _ = await store_of(request).rollback(name, target, session.user,
+                                                     str(read_at))
     except StaleVersion:
         return await queue_page(
             request, session, name, status=409,
@@ -472,9 +617,12 @@ def audit_changes(entry: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 @signed_in
 async def audit_log(request: Request, session: AdminSession) -> Response:
-    offset_param = request.query_params.get("offset", "0")
-    offset = int(offset_param) if offset_param.isdigit() else 0
+    # Any offset shows a page: not a number is the first page, past the end the last one.
+    offset = number(request.query_params.get("offset")) or 0
     entries, total = await store_of(request).audit(offset, AUDIT_PAGE_SIZE)
+    if offset and offset >= total:
+        offset = max(0, (total - 1) // AUDIT_PAGE_SIZE * AUDIT_PAGE_SIZE)
+        entries, total = await store_of(request).audit(offset, AUDIT_PAGE_SIZE)
     rows = [{**entry, "changes": audit_changes(entry)} for entry in entries]
     return page(request, "audit.html", session, rows=rows, total=total, offset=offset,
                 page_size=AUDIT_PAGE_SIZE)
