@@ -21,6 +21,7 @@ from twilio.request_validator import RequestValidator
 from ivr.admin.auth import hash_password
 from ivr.admin.client import AdminClient, AdminError, table
 from ivr.app import StartupError, open_store
+from ivr.flows_cli import add_commands as add_flow_commands
 from ivr.embedded_redis import EmbeddedRedis
 from ivr.logs import configure_logging
 from ivr.settings import Settings
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     call.set_defaults(handler=_call)
 
     _add_queue_commands(commands)
+    add_flow_commands(commands)
     admin = commands.add_parser("admin", help="admin access")
     admin_commands = admin.add_subparsers(dest="admin_command", required=True)
     hash_password = admin_commands.add_parser(

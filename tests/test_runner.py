@@ -153,3 +153,27 @@ def test_a_step_still_running_at_the_deadline_routes_to_the_fallback_after_what_
     assert outcome.actions == [Say("One moment"), RouteToQueue("standard", "+15551234567: hello")]
     assert outcome.fallback_reason == "deadline"
     assert outcome.trace == ["greet", "slow"]
+
+
+def test_a_contact_field_saved_in_one_turn_is_read_in_the_next() -> None:
+    steps = """
+    note: {kind: set, contact: {language: fr}, next: menu}
+    menu: {kind: ask, prompt: "Name?", save: name, next: greet, on_exhausted: bye}
+    greet: {kind: say, text: "{{ contact.language }} {{ vars.name }}", next: bye}
+    bye: {kind: end}
+    """
+    first = Run(contact=Contact("+1555", "+1555", "voice"), params={}, settings={},
+                http=None, deadline=0)  # type: ignore[arg-type]
+    asyncio.run(_advance(flow(steps), first))
+    state = first.state()
+    second = Run(contact=Contact("+1555", "+1555", "voice"), params={}, settings={},
+                 http=None, deadline=0)  # type: ignore[arg-type]
+    second.restore(state)
+    outcome = asyncio.run(_advance(flow(steps), second, resume_at="menu", answer="Ana"))
+    assert outcome.actions[0] == Say("fr Ana")
+    assert second.saved_fields == {}  # already saved in the first turn
+
+
+async def _advance(flow_: Flow, run_: Run, **resume: str) -> Outcome:
+    run_.deadline = asyncio.get_running_loop().time() + 3
+    return await run_flow(flow_, run_, **resume)

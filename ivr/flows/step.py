@@ -104,6 +104,8 @@ class Run:
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-step outcomes
     attempts: dict[str, int] = field(default_factory=dict)  # answers tried, per asking step
     saved_fields: dict[str, str] = field(default_factory=dict)  # to write to contact memory
+    # Every field saved since the session began, so later turns read them as contact.<field>.
+    contact_fields: dict[str, str] = field(default_factory=dict)
     actions: list[Action] = field(default_factory=list)
     trace: list[str] = field(default_factory=list)
     variables: dict[str, Any] = field(init=False)
@@ -120,16 +122,20 @@ class Run:
 
     def save_contact_field(self, name: str, value: str) -> None:
         self.saved_fields[name] = value
+        self.contact_fields[name] = value
         self.variables["contact"][name] = value
 
     def state(self) -> dict[str, Any]:
         """What a session keeps between webhooks (JSON-serialisable)."""
-        return {"vars": self.vars, "steps": self.steps, "attempts": self.attempts}
+        return {"vars": self.vars, "steps": self.steps, "attempts": self.attempts,
+                "contact": self.contact_fields}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.vars.update(state.get("vars", {}))
         self.steps.update(state.get("steps", {}))
         self.attempts.update(state.get("attempts", {}))
+        self.contact_fields.update(state.get("contact", {}))
+        self.variables["contact"].update(self.contact_fields)
 
     def remaining(self) -> float:
         return self.deadline - asyncio.get_running_loop().time()

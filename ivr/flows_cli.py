@@ -1,0 +1,357 @@
+"""`ivr flows validate | graph | schema` and `ivr simulate`: the tools to trust a flow before it
+takes a call. They read IVR_FLOWS_DIR and IVR_SIP_CONFIG as the server does, and run offline."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from xml.dom import minidom
+
+from ivr.flows.loader import FlowLoadError, load_flow_file, load_flows
+from ivr.flows.model import Flow
+from ivr.flows.step import Step
+from ivr.flows.steps.branch import BranchStep
+from ivr.flows.steps.hours import HoursStep
+from ivr.flows.steps.route import RouteStep
+from ivr.queues import Queue, QueueConfigError, load_queue_file
+from ivr.settings import Settings
+from ivr.simulator import (
+    DEFAULT_TO_NUMBER,
+    REFUSED,
+    TIMEOUT,
+    MockError,
+    Simulation,
+    Turn,
+    simulate,
+)
+
+# Where `--mock` keys point when IVR_LOYALTY_API_URL is unset: a name that never resolves, so a
+# simulation cannot reach a real service by accident.
+UNSET_LOYALTY_API_URL = "http://loyalty.invalid"
+_MOCK = re.compile(r"(?P<key>.+?)=(?:(?P<status>[1-5][0-9]{2}):(?P<content>.*)|(?P<failure>"
+                   rf"{TIMEOUT}|{REFUSED}))", re.DOTALL)
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register `flows` (validate, graph, schema) and `simulate` on the `ivr` command."""
+    flows = commands.add_parser("flows", help="check, draw and describe flows")
+    actions = flows.add_subparsers(dest="flows_command", required=True)
+    validate = actions.add_parser(
+        "validate", help="check every flow in IVR_FLOWS_DIR against the queues in IVR_SIP_CONFIG")
+    validate.set_defaults(handler=validate_command)
+    graph = actions.add_parser("graph", help="print a flow as a Mermaid flowchart")
+    graph.add_argument("flow", metavar="FLOW", help="a flow name in IVR_FLOWS_DIR, or a file")
+    graph.set_defaults(handler=graph_command)
+    schema = actions.add_parser("schema", help="print the JSON Schema of flow files")
+    schema.set_defaults(handler=schema_command)
+
+    sim = commands.add_parser(
+        "simulate", help="run a flow offline, turn by turn, with HTTP answered from mocks",
+        description="Run a flow offline as the server would: each turn's steps, the variables "
+        "they set and the TwiML. Flows see settings.loyalty_api_url as the server does "
+        f"(IVR_LOYALTY_API_URL, or {UNSET_LOYALTY_API_URL} when unset).")
+    sim.add_argument("flow", metavar="FLOW", help="a flow name in IVR_FLOWS_DIR, or a file")
+    sim.add_argument("--channel", choices=["voice", "messaging"], required=True)
+    sim.add_argument("--from", dest="from_number", required=True, metavar="NUMBER",
+                     help="the contact, e.g. +15551234567 or whatsapp:+15551234567")
+    sim.add_argument("--to", dest="to_number", default=DEFAULT_TO_NUMBER, metavar="NUMBER",
+                     help="the number called or written to (default %(default)s)")
+    sim.add_argument("--body", help="messaging: the first message (params.Body)")
+    sim.add_argument("--input", dest="inputs", action="append", default=[], metavar="TEXT",
+                     help="an answer, given while the flow waits (repeatable, in order)")
+    sim.add_argument("--mock", dest="mocks", action="append", default=[],
+                     metavar="URL=STATUS:JSON",
+                     help="answer a request: [METHOD ]URL=STATUS:JSON (a body that is not JSON "
+                     f"is sent as text), or URL={TIMEOUT} / URL={REFUSED} (repeatable); "
+                     "an unmocked request is refused")
+    sim.add_argument("--now", help="freeze the clock, ISO 8601 with a zone, e.g. "
+                     "2026-11-23T10:00:00+01:00")
+    sim.add_argument("--contact", dest="memory", action="append", default=[],
+                     metavar="FIELD=VALUE", help="contact memory, e.g. email=jane@example.com "
+                     "or first_seen=2026-01-01T00:00:00+00:00 (repeatable)")
+    sim.add_argument("--json", action="store_true", help="print one JSON document")
+    sim.set_defaults(handler=simulate_command)
+
+
+# --- validate ---------------------------------------------------------------------------------
+
+def validate_command(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        queues = load_queue_file(settings.sip_config).queues
+    except QueueConfigError as exc:
+        print(f"ivr: cannot check routes, the queues file is unusable:\n{exc}", file=sys.stderr)
+        return 2
+    try:
+        flow_set = load_flows(settings.flows_dir, queue_names=queues)
+    except FlowLoadError as exc:
+        for problem in exc.problems:
+            print(problem)
+        count = len(exc.problems)
+        print(f"ivr: {count} problem{'s' if count != 1 else ''} in {settings.flows_dir}",
+              file=sys.stderr)
+        return 1
+    count = len(flow_set.flows)
+    print(f"{count} flow{'s' if count != 1 else ''} OK")
+    return 0
+
+
+# --- graph ------------------------------------------------------------------------------------
+
+def graph_command(args: argparse.Namespace, settings: Settings) -> int:
+    flow = _flow_or_report(args.flow, settings)
+    if flow is None:
+        return 1
+    print(mermaid(flow))
+    return 0
+
+
+# Words Mermaid reads as syntax: a step named `end` would close the chart.
+_MERMAID_WORDS = {"end", "graph", "flowchart", "subgraph", "style", "class", "classdef", "click",
+                  "linkstyle", "direction", "default"}
+_PLAIN_LABEL = re.compile(r"[A-Za-z0-9_ .,:+@\-]*")
+
+
+def mermaid(flow: Flow) -> str:
+    """The flow as a Mermaid `flowchart TD`: a node per step (id and kind), an edge per exit."""
+    ids = _node_ids(list(flow.steps))
+    entry = _unique_node("start", set(ids.values()))  # the flow's own node, before its first step
+    lines = ["flowchart TD", f"  %% {flow.name}: fallback queue {flow.fallback_queue}",
+             f'  {entry}(["{_escape(flow.name)}"]) --> {ids[flow.start_step]}']
+    edges: list[str] = []
+    for step_id, step in flow.steps.items():
+        node = ids[step_id]
+        kind = _kind(step)
+        label = _escape(f"{step_id} ({kind}{_detail(step)})")
+        if kind in ("branch", "hours"):  # decisions
+            lines.append(f'  {node}{{"{label}"}}')
+        elif kind in ("route", "end"):  # where a contact leaves the flow
+            lines.append(f'  {node}(["{label}"])')
+        else:
+            lines.append(f'  {node}["{label}"]')
+        for exit_label, target in _exits(flow, step_id):
+            edges.append(f"  {node} -->|{_edge_label(exit_label)}| {ids[target]}")
+    return "\n".join(lines + edges)
+
+
+def _exits(flow: Flow, step_id: str) -> list[tuple[str, str]]:
+    step = flow.steps[step_id]
+    if isinstance(step, BranchStep):
+        exits = [(", ".join(case.equals) if case.equals is not None
+                  else case.when.source, case.next)  # type: ignore[union-attr]
+                 for case in step.cases]
+        return [*exits, ("else", step.else_)]
+    exits = [(name, target) for name in step.exit_fields
+             if (target := getattr(step, name)) is not None]
+    if isinstance(step, RouteStep) and flow.unanswered is not None:
+        exits.append(("unanswered", flow.unanswered))  # voice: every SIP target failed
+    return exits
+
+
+def _kind(step: Step) -> str:
+    return step.kind  # type: ignore[attr-defined,no-any-return]  (each kind declares it)
+
+
+def _detail(step: Step) -> str:
+    if isinstance(step, RouteStep):
+        return f" to {step.queue}"
+    if isinstance(step, HoursStep):
+        return f" {step.schedule}"
+    return ""
+
+
+def _node_ids(step_ids: list[str]) -> dict[str, str]:
+    """Mermaid node ids: the step id where Mermaid allows it, else a unique variant."""
+    ids: dict[str, str] = {}
+    for step_id in step_ids:
+        ids[step_id] = _unique_node(step_id, set(ids.values()))
+    return ids
+
+
+def _unique_node(name: str, used: set[str]) -> str:
+    node = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    if node.lower() in _MERMAID_WORDS or node in used:
+        node = f"{node}_step"
+    candidate, suffix = node, 2
+    while candidate in used:
+        candidate, suffix = f"{node}{suffix}", suffix + 1
+    return candidate
+
+
+def _escape(text: str) -> str:
+    return (text.replace("#", "#35;").replace('"', "#quot;").replace("<", "#lt;")
+            .replace(">", "#gt;").replace("|", "#124;"))
+
+
+def _edge_label(text: str) -> str:
+    return text if _PLAIN_LABEL.fullmatch(text) else f'"{_escape(text)}"'
+
+
+# --- schema -----------------------------------------------------------------------------------
+
+def schema_command(args: argparse.Namespace, settings: Settings) -> int:
+    print(json.dumps(Flow.model_json_schema(), indent=2))
+    return 0
+
+
+# --- simulate ---------------------------------------------------------------------------------
+
+def simulate_command(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        mocks = parse_mocks(args.mocks)
+        memory = _pairs(args.memory, "--contact")
+        now = _aware_time(args.now) if args.now else None
+    except ValueError as exc:
+        print(f"ivr: {exc}", file=sys.stderr)
+        return 2
+    try:
+        queues = load_queue_file(settings.sip_config).queues
+    except QueueConfigError as exc:
+        print(f"ivr: the queues file is unusable:\n{exc}", file=sys.stderr)
+        return 2
+    flow = _flow_or_report(args.flow, settings)
+    if flow is None:
+        return 1
+    if args.channel not in flow.trigger.channels:
+        print(f"ivr: note: flow {flow.name} is not triggered on {args.channel}; simulating anyway",
+              file=sys.stderr)
+    try:
+        simulation = asyncio.run(simulate(
+            flow, args.channel, args.from_number, args.to_number, queues=queues, body=args.body,
+            inputs=args.inputs, mocks=mocks, now=now, memory=memory,
+            settings=flow_settings(settings), deadline=settings.decision_deadline))
+    except MockError as exc:
+        print(f"ivr: {exc}", file=sys.stderr)
+        return 2
+    print(simulation.to_json() if args.json else describe(simulation, queues))
+    return 0
+
+
+def flow_settings(settings: Settings) -> dict[str, Any]:
+    """What flows read as `settings.*`, as the server passes it (ivr/app.py)."""
+    token = settings.loyalty_api_token
+    url = settings.loyalty_api_url.rstrip("/") if settings.loyalty_api_url else None
+    return {
+        "loyalty_api_url": url or UNSET_LOYALTY_API_URL,
+        "loyalty_api_token": token.get_secret_value() if token else None,
+    }
+
+
+def parse_mocks(specs: list[str]) -> dict[str, Any]:
+    """`[METHOD ]URL=STATUS:JSON`, `URL=STATUS:text`, `URL=timeout`, `URL=refused` as the
+    simulator's mocks."""
+    mocks: dict[str, Any] = {}
+    for spec in specs:
+        match = _MOCK.fullmatch(spec.strip())
+        if match is None:
+            raise ValueError(f"--mock {spec!r}: expected URL=STATUS:JSON, URL={TIMEOUT} or "
+                             f"URL={REFUSED}, e.g. 'http://loyalty.invalid/customers/"
+                             "%2B15551234567=200:{\"loyaltyStatus\": \"gold\"}'")
+        if match["failure"]:
+            mocks[match["key"]] = match["failure"]
+            continue
+        content = match["content"]
+        try:
+            mocks[match["key"]] = {"status": int(match["status"]), "json": json.loads(content)}
+        except ValueError:  # not JSON: the API answers text, as a misbehaving one might
+            mocks[match["key"]] = {"status": int(match["status"]), "body": content}
+    return mocks
+
+
+def _pairs(specs: list[str], option: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"{option} {spec!r}: expected FIELD=VALUE")
+        pairs[name.strip()] = value
+    return pairs
+
+
+def _aware_time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"--now {text!r}: not an ISO 8601 time") from None
+    if moment.utcoffset() is None:
+        raise ValueError(f"--now {text!r}: give a zone, e.g. {text}+00:00 or {text}Z")
+    return moment
+
+
+def describe(simulation: Simulation, queues: dict[str, Queue]) -> str:
+    """The simulation as a person reads it: each turn's steps, variables and TwiML, then the end."""
+    lines = [f"flow {simulation.flow}: {simulation.channel} from {simulation.from_number} to "
+             f"{simulation.to_number}"]
+    for turn in simulation.turns:
+        lines += ["", _turn_heading(turn, simulation.channel)]
+        lines.append(f"  steps: {' > '.join(turn.steps) or '(none)'}")
+        for request in turn.requests:
+            lines.append(f"  http: {request['method']} {request['url']} -> {request['answer']}")
+        for step_id, result in turn.step_results.items():
+            shown = {k: v for k, v in result.items() if k != "elapsed_ms"}
+            lines.append(f"  steps.{step_id}: {json.dumps(shown, default=str)}")
+        for name, value in turn.vars.items():
+            lines.append(f"  vars.{name} = {json.dumps(value, default=str)}")
+        for name, value in turn.saved.items():
+            lines.append(f"  contact.{name} saved = {json.dumps(value)}")
+        lines += [f"  ! {note}" for note in turn.notes]
+        lines.append("  TwiML:")
+        pretty = minidom.parseString(turn.twiml).toprettyxml(indent="  ").strip()
+        lines += [f"    {line}" for line in pretty.splitlines()]
+    lines.append("")
+    if simulation.route is not None:
+        queue = queues.get(simulation.route)
+        target = f" ({queue.sip_uri if simulation.channel == 'voice' else queue.message_to})" \
+            if queue is not None else ""
+        lines.append(f"route: {simulation.route}{target}")
+    elif simulation.waiting_at is not None:
+        lines.append(f"waiting at {simulation.waiting_at}: give another --input to answer")
+    else:
+        lines.append("route: none (the flow ended)")
+    if simulation.unused_inputs:
+        lines.append(f"inputs not used (the flow had stopped waiting): {simulation.unused_inputs}")
+    return "\n".join(lines)
+
+
+def _turn_heading(turn: Turn, channel: str) -> str:
+    if turn.number == 1:
+        start = "call starts" if channel == "voice" else f"message {json.dumps(turn.input or '')}"
+        return f"turn 1: {start}"
+    return f"turn {turn.number}: answer {json.dumps(turn.input)}"
+
+
+# --- finding a flow ---------------------------------------------------------------------------
+
+def _flow_or_report(name_or_path: str, settings: Settings) -> Flow | None:
+    try:
+        return find_flow(name_or_path, settings.flows_dir)
+    except FlowLoadError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def find_flow(name_or_path: str, flows_dir: Path) -> Flow:
+    """A flow file given by path, or the flow of that name (file stem or `name:`) in
+    `flows_dir`. Only that file is loaded, so a broken neighbour does not hide it."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        return load_flow_file(path)
+    paths = sorted([*flows_dir.glob("*.yaml"), *flows_dir.glob("*.yml")])
+    for candidate in paths:
+        if candidate.stem == name_or_path:
+            return load_flow_file(candidate)
+    for candidate in paths:  # a file may name its flow differently from the file
+        try:
+            flow = load_flow_file(candidate)
+        except FlowLoadError:
+            continue
+        if flow.name == name_or_path:
+            return flow
+    known = ", ".join(p.stem for p in paths) or "none"
+    raise FlowLoadError([f"{flows_dir}: no flow named {name_or_path!r} (flows: {known})"])

@@ -1,0 +1,366 @@
+"""Running a flow offline, turn by turn, as the server would: the same engine, the same renderers,
+the session state round-tripped through JSON as Redis keeps it; HTTP answered from mocks, and the
+clock frozen if asked. Every turn records its steps, the variables it set, its actions and TwiML.
+
+    simulation = await simulate(flow, "voice", "+15550000001", queues=queues,
+                                mocks={"GET http://loyalty.test/customers/%2B15550000001":
+                                       {"status": 200, "json": {"loyaltyStatus": "gold"}}})
+    simulation.route  # "gold"
+
+Mocks map "METHOD URL" (or just "URL", for GET) to `{status, json}`, `{status, body}`, or the
+strings "timeout" / "refused". A request no mock answers is refused, like a server that is down,
+and listed in `Simulation.unmocked` so that a forgotten mock never passes unnoticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from ivr.channels.messaging import render_messaging
+from ivr.channels.voice import CallbackUrls, render_voice
+from ivr.flows.actions import Action, Ask, Hangup, RouteToQueue, Say
+from ivr.flows.model import Flow
+from ivr.flows.runner import run_flow
+from ivr.flows.step import Channel, Contact, Run
+from ivr.queues import Queue
+
+DEFAULT_TO_NUMBER = "+15005550006"  # Twilio's magic test number, as `ivr call` uses
+DEFAULT_DEADLINE = 3.0  # the server's IVR_DECISION_DEADLINE default
+TIMEOUT = "timeout"
+REFUSED = "refused"
+# Fixed SIDs keep simulated TwiML and JSON identical from one run to the next.
+_ACCOUNT_SID = "AC" + "0" * 32
+_CALL_SID = "CA" + "0" * 32
+_DTMF = re.compile(r"[0-9#*]+")
+_ACTION_KINDS: dict[type, str] = {Say: "say", Ask: "ask", RouteToQueue: "route", Hangup: "hangup"}
+
+
+class MockError(ValueError):
+    """A mock is not one of the accepted forms; the message names its key."""
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int = 200
+    content: bytes = b""
+    content_type: str = "application/json"
+    failure: str | None = None  # TIMEOUT or REFUSED
+
+
+class HttpMocks:
+    """Canned answers for the flow's HTTP requests, and a log of every request made."""
+
+    def __init__(self, mocks: Mapping[str, Any]) -> None:
+        self._answers = {_request_key(key): _answer(key, spec) for key, spec in mocks.items()}
+        self.log: list[dict[str, Any]] = []
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self._handle)
+
+    def _handle(self, request: httpx.Request) -> httpx.Response:
+        entry: dict[str, Any] = {"method": request.method, "url": str(request.url)}
+        self.log.append(entry)
+        answer = self._answers.get((request.method, str(request.url)))
+        if answer is None:
+            entry["answer"] = "unmocked"
+            raise httpx.ConnectError("no mock for this request (simulated refusal)",
+                                     request=request)
+        if answer.failure == TIMEOUT:
+            entry["answer"] = TIMEOUT
+            raise httpx.ReadTimeout("simulated timeout", request=request)
+        if answer.failure == REFUSED:
+            entry["answer"] = REFUSED
+            raise httpx.ConnectError("simulated refused connection", request=request)
+        entry["answer"] = answer.status
+        return httpx.Response(answer.status, content=answer.content,
+                              headers={"content-type": answer.content_type})
+
+
+def _request_key(key: str) -> tuple[str, str]:
+    method, _, url = key.strip().partition(" ")
+    if not url:
+        method, url = "GET", method
+    try:
+        return method.upper(), str(httpx.URL(url.strip()))
+    except httpx.InvalidURL as exc:
+        raise MockError(f"mock {key!r}: invalid URL: {exc}") from None
+
+
+def _answer(key: str, spec: Any) -> _Answer:
+    if spec in (TIMEOUT, REFUSED):
+        return _Answer(failure=spec)
+    if not isinstance(spec, Mapping) or set(spec) - {"status", "json", "body"} or (
+            "json" in spec and "body" in spec):
+        raise MockError(f'mock {key!r}: expected {{status, json}}, {{status, body}}, '
+                        f'"{TIMEOUT}" or "{REFUSED}", got {spec!r}')
+    status = spec.get("status", 200)
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        raise MockError(f"mock {key!r}: status must be an HTTP status code, got {status!r}")
+    if "json" in spec:
+        return _Answer(status, json.dumps(spec["json"]).encode())
+    body = spec.get("body", "")
+    if not isinstance(body, str):
+        raise MockError(f"mock {key!r}: body must be text, got {body!r}")
+    return _Answer(status, body.encode(), content_type="text/plain; charset=utf-8")
+
+
+@dataclass
+class Turn:
+    """One webhook: the call starting or the first message, then one per answer."""
+
+    number: int
+    input: str | None  # the answer (or, on messaging's first turn, the message) it carried
+    steps: list[str]  # after the first turn, starting with the waiting step it resumed
+    vars: dict[str, Any]  # variables set or changed in this turn
+    step_results: dict[str, Any]  # `steps.<id>` outcomes recorded in this turn
+    saved: dict[str, str]  # contact fields saved in this turn
+    actions: list[Action]
+    twiml: str
+    route: str | None
+    waiting_at: str | None
+    fallback_reason: str | None
+    requests: list[dict[str, Any]]
+    notes: list[str]  # what a user should notice: unmocked requests, missing queues
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "input": self.input,
+            "steps": self.steps,
+            "vars": self.vars,
+            "step_results": self.step_results,
+            "saved": self.saved,
+            "actions": [{"action": _ACTION_KINDS[type(a)], **dataclasses.asdict(a)}
+                        for a in self.actions],
+            "twiml": self.twiml,
+            "route": self.route,
+            "waiting_at": self.waiting_at,
+            "fallback_reason": self.fallback_reason,
+            "requests": self.requests,
+            "notes": self.notes,
+        }
+
+
+@dataclass
+class Simulation:
+    """A flow's run over every turn, and where the contact ended up."""
+
+    flow: str
+    channel: Channel
+    from_number: str
+    to_number: str
+    turns: list[Turn] = field(default_factory=list)
+    vars: dict[str, Any] = field(default_factory=dict)  # every variable, after the last turn
+    saved_fields: dict[str, str] = field(default_factory=dict)
+    unused_inputs: list[str] = field(default_factory=list)  # left when the flow stopped waiting
+
+    @property
+    def route(self) -> str | None:
+        """The queue the contact was handed to, or None (still waiting, or ended)."""
+        return self.turns[-1].route if self.turns else None
+
+    @property
+    def waiting_at(self) -> str | None:
+        return self.turns[-1].waiting_at if self.turns else None
+
+    @property
+    def trace(self) -> list[str]:
+        """Every step, across turns: a waiting step appears when it asks and again each time it
+        resumes with an answer (every turn's steps, in order)."""
+        return [step for turn in self.turns for step in turn.steps]
+
+    @property
+    def says(self) -> list[str]:
+        """What the flow said and asked, in order (renderer additions such as the messaging
+        acknowledgement are not the flow's words and are left out)."""
+        return [a.text if isinstance(a, Say) else a.prompt
+                for turn in self.turns for a in turn.actions if isinstance(a, Say | Ask)]
+
+    @property
+    def unmocked(self) -> list[str]:
+        return [f"{r['method']} {r['url']}" for turn in self.turns for r in turn.requests
+                if r["answer"] == "unmocked"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "flow": self.flow,
+            "channel": self.channel,
+            "from": self.from_number,
+            "to": self.to_number,
+            "route": self.route,
+            "waiting_at": self.waiting_at,
+            "trace": self.trace,
+            "says": self.says,
+            "vars": self.vars,
+            "saved_fields": self.saved_fields,
+            "unmocked": self.unmocked,
+            "unused_inputs": self.unused_inputs,
+            "turns": [turn.as_dict() for turn in self.turns],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        # Sessions hold JSON only, so everything here is JSON; default=str is a guard, not a rule.
+        return json.dumps(self.as_dict(), indent=indent, default=str)
+
+
+async def simulate(
+    flow: Flow,
+    channel: Channel,
+    from_number: str,
+    to_number: str = DEFAULT_TO_NUMBER,
+    *,
+    queues: Mapping[str, Queue],
+    body: str | None = None,
+    inputs: Sequence[str] = (),
+    mocks: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
+    memory: Mapping[str, str] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    deadline: float = DEFAULT_DEADLINE,
+) -> Simulation:
+    """Run `flow` for a contact `from_number` calling or writing to `to_number`: start it, then
+    resume it with each of `inputs` while it waits.
+
+    `body` is messaging's first message; `memory` is what contact memory holds (first_seen,
+    saved fields); `settings` is what flows read as `settings.*`; `now` freezes the clock
+    (timezone-aware); `deadline` is the seconds each turn may take, as IVR_DECISION_DEADLINE.
+    Raises MockError for a malformed mock and ValueError for a naive `now`.
+    """
+    if now is not None and now.utcoffset() is None:
+        raise ValueError("now must be timezone-aware, e.g. 2026-11-23T10:00:00+00:00")
+    http_mocks = HttpMocks(mocks or {})
+    contact = Contact(from_number.removeprefix("whatsapp:"), from_number, channel,
+                      memory=dict(memory or {}))
+    flow_settings = dict(settings or {})
+    clock = (lambda: now) if now is not None else (lambda: datetime.now(UTC))
+    simulation = Simulation(flow.name, channel, from_number, to_number)
+    pending = list(inputs)
+    state: dict[str, Any] = {}
+    waiting_at: str | None = None
+    loop = asyncio.get_running_loop()
+    async with httpx.AsyncClient(transport=http_mocks.transport()) as http:
+        while not simulation.turns or (waiting_at is not None and pending):
+            if simulation.turns:
+                text: str | None = pending.pop(0)
+            else:  # a call starts with no text; a conversation with its first message
+                text = body if channel == "messaging" else None
+            number = len(simulation.turns) + 1
+            params = _webhook_params(channel, from_number, to_number, text, number)
+            # The server builds a new Run for every webhook and restores the session into it.
+            run = Run(contact=contact, params=params, settings=flow_settings, http=http,
+                      deadline=loop.time() + deadline, clock=clock)
+            run.restore(state)
+            vars_before, steps_before = copy.deepcopy(run.vars), copy.deepcopy(run.steps)
+            requests_before = len(http_mocks.log)
+            answer = _answer_in(channel, params) if waiting_at is not None else None
+            outcome = await run_flow(flow, run, resume_at=waiting_at, answer=answer)
+            turn = _record_turn(
+                flow, run, outcome.actions, queues, number=number, given=text,
+                steps=outcome.trace, waiting_at=outcome.waiting_at,
+                fallback_reason=outcome.fallback_reason,
+                vars_before=vars_before, steps_before=steps_before,
+                requests=http_mocks.log[requests_before:])
+            simulation.turns.append(turn)
+            simulation.saved_fields.update(run.saved_fields)
+            simulation.vars = run.vars
+            # What a session keeps goes through JSON in Redis; so it does here.
+            state = json.loads(json.dumps(run.state()))
+            waiting_at = outcome.waiting_at
+    simulation.unused_inputs = pending
+    return simulation
+
+
+def _webhook_params(channel: Channel, from_number: str, to_number: str, text: str | None,
+                    number: int) -> dict[str, str]:
+    """The parameters Twilio would post for this turn."""
+    if from_number.startswith("whatsapp:") and not to_number.startswith("whatsapp:"):
+        to_number = f"whatsapp:{to_number}"  # WhatsApp webhooks carry both ends prefixed
+    params = {"AccountSid": _ACCOUNT_SID, "From": from_number, "To": to_number}
+    if channel == "messaging":
+        return {**params, "MessageSid": f"SM{number:032d}", "Body": text or "", "NumMedia": "0"}
+    params.update(CallSid=_CALL_SID, CallStatus="ringing" if number == 1 else "in-progress",
+                  Direction="inbound")
+    if number > 1 and text:
+        # Keys pressed come as Digits, words spoken as SpeechResult.
+        params["Digits" if _DTMF.fullmatch(text) else "SpeechResult"] = text
+    return params
+
+
+def _answer_in(channel: Channel, params: dict[str, str]) -> str | None:
+    """The contact's answer, read from the webhook as the server reads it."""
+    if channel == "voice":
+        return params.get("Digits") or params.get("SpeechResult")
+    return params.get("Body")
+
+
+def _record_turn(
+    flow: Flow,
+    run: Run,
+    actions: list[Action],
+    queues: Mapping[str, Queue],
+    *,
+    number: int,
+    given: str | None,
+    steps: list[str],
+    waiting_at: str | None,
+    fallback_reason: str | None,
+    vars_before: dict[str, Any],
+    steps_before: dict[str, Any],
+    requests: list[dict[str, Any]],
+) -> Turn:
+    actions, used = _resolve_queues(actions, queues, flow.fallback_queue)
+    notes = [f"unmocked request {r['method']} {r['url']}: answered as a refused connection"
+             for r in requests if r["answer"] == "unmocked"]
+    route = next((a.queue for a in actions if isinstance(a, RouteToQueue)), None)
+    if route is not None and route not in used:
+        notes.append(f"queue {route!r} and the fallback queue {flow.fallback_queue!r} are not "
+                     "configured: the contact gets an apology")
+    if fallback_reason is not None:
+        notes.append(f"fallback queue {flow.fallback_queue!r} used: {fallback_reason}")
+    if run.contact.channel == "voice":
+        twiml = render_voice(actions, used, CallbackUrls(""), number)
+    else:
+        twiml = render_messaging(actions, used)
+    return Turn(
+        number=number,
+        input=given,
+        steps=list(steps),
+        vars={k: v for k, v in run.vars.items() if k not in vars_before or vars_before[k] != v},
+        step_results={k: v for k, v in run.steps.items() if steps_before.get(k) != v},
+        saved=dict(run.saved_fields),
+        actions=actions,
+        twiml=twiml,
+        route=route,
+        waiting_at=waiting_at,
+        fallback_reason=fallback_reason,
+        requests=[dict(r) for r in requests],
+        notes=notes,
+    )
+
+
+def _resolve_queues(
+    actions: list[Action], queues: Mapping[str, Queue], fallback_queue: str
+) -> tuple[list[Action], dict[str, Queue]]:
+    """As the server does: a route to a queue that is not configured goes to the fallback
+    queue instead (see ivr/channels/webhook.py)."""
+    used: dict[str, Queue] = {}
+    resolved: list[Action] = []
+    for action in actions:
+        if isinstance(action, RouteToQueue):
+            for name in (action.queue, fallback_queue):
+                if name in queues:
+                    used[name] = queues[name]
+                    action = RouteToQueue(name, action.note)
+                    break
+        resolved.append(action)
+    return resolved, used

@@ -1,0 +1,369 @@
+"""`ivr flows validate | graph | schema` and `ivr simulate`, driven through their argparse commands
+with settings read from IVR_* environment variables, as `ivr` reads them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ivr import flows_cli
+from ivr.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT / "flows" / "loyalty_routing.yaml"
+QUEUES = """
+queues:
+  gold: {sip_uri: "sip:gold@queues.example.com"}
+  platinum: {sip_uri: "sip:platinum@queues.example.com", message_to: "+15550100102"}
+  standard: {sip_uri: "sip:standard@queues.example.com", message_to: "+15550100103"}
+  sales: {sip_uri: "sip:sales@queues.example.com"}
+"""
+GOLD_MOCK = 'http://loyalty.invalid/customers/%2B15550000001=200:{"loyaltyStatus": "gold"}'
+
+
+Ivr = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def ivr(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Ivr:
+    """Run `ivr ARGS...` with IVR_* variables; returns (exit status, stdout, stderr)."""
+    for name in ("IVR_FLOWS_DIR", "IVR_SIP_CONFIG", "IVR_LOYALTY_API_URL", "IVR_LOYALTY_API_TOKEN",
+                 "IVR_DECISION_DEADLINE"):
+        monkeypatch.delenv(name, raising=False)
+
+    def run(*argv: str, **env: str) -> tuple[int, str, str]:
+        env.setdefault("IVR_FLOWS_DIR", str(ROOT / "flows"))
+        env.setdefault("IVR_SIP_CONFIG", str(ROOT / "sip_config" / "queues.yaml"))
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        parser = argparse.ArgumentParser(prog="ivr")
+        flows_cli.add_commands(parser.add_subparsers(dest="command", required=True))
+        args = parser.parse_args(argv)
+        status = args.handler(args, Settings(_env_file=None))
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run
+
+
+@pytest.fixture
+def flows_dir(tmp_path: Path) -> Path:
+    """A flows directory holding a copy of the reference flow, and a queues file beside it."""
+    (tmp_path / "flows").mkdir()
+    shutil.copy(REFERENCE, tmp_path / "flows" / REFERENCE.name)
+    (tmp_path / "queues.yaml").write_text(QUEUES)
+    return tmp_path / "flows"
+
+
+# --- validate ---------------------------------------------------------------------------------
+
+def test_validate_passes_on_the_shipped_flows_and_queues(ivr: Ivr) -> None:
+    status, out, _ = ivr("flows", "validate")
+    count = len(list((ROOT / "flows").glob("*.yaml")))
+    assert (status, out) == (0, f"{count} flow{'s' if count != 1 else ''} OK\n")
+
+
+BROKEN = {
+    "unreachable.yaml": """
+trigger: {channels: [voice], numbers: ["+15005550196"]}
+fallback_queue: standard
+steps:
+  greet: {kind: say, text: Hello, next: to_standard}
+  to_standard: {kind: route, queue: standard}
+  orphan: {kind: end}
+""",
+    "unknown_queue.yaml": """
+trigger: {channels: [voice], numbers: ["+15005550197"]}
+fallback_queue: standard
+steps:
+  to_vip: {kind: route, queue: vip}
+""",
+    "no_else.yaml": """
+trigger: {channels: [voice], numbers: ["+15005550198"]}
+fallback_queue: standard
+steps:
+  pick: {kind: branch, value: vars.tier, cases: [{equals: gold, next: to_gold}]}
+  to_gold: {kind: route, queue: gold}
+""",
+    "bad_template.yaml": """
+trigger: {channels: [voice], numbers: ["+15005550199"]}
+fallback_queue: standard
+steps:
+  greet: {kind: say, text: "Hello {{ contact.number ", next: to_standard}
+  to_standard: {kind: route, queue: standard}
+""",
+    "unknown_next.yaml": """
+trigger: {channels: [messaging], numbers: ["+15005550199"]}
+fallback_queue: standard
+steps:
+  greet: {kind: say, text: Hello, next: nowhere}
+""",
+    "spin.yaml": """
+trigger: {channels: [messaging], numbers: ["+15005550198"]}
+fallback_queue: standard
+steps:
+  a: {kind: goto, next: b}
+  b: {kind: goto, next: a}
+""",
+    "no_schedule.yaml": """
+trigger: {channels: [messaging], numbers: ["+15005550197"]}
+fallback_queue: standard
+steps:
+  check: {kind: hours, schedule: office, open: to_sales, closed: to_sales}
+  to_sales: {kind: route, queue: sales}
+""",
+    "second_default.yaml": """
+trigger: {channels: [voice], default: true}
+fallback_queue: standard
+steps:
+  to_standard: {kind: route, queue: standard}
+""",
+}
+
+
+def test_validate_prints_each_problem_with_its_file_and_step_and_exits_1(
+        ivr: Ivr, flows_dir: Path) -> None:
+    for name, text in BROKEN.items():
+        (flows_dir / name).write_text(text)
+    status, out, err = ivr("flows", "validate", IVR_FLOWS_DIR=str(flows_dir),
+                           IVR_SIP_CONFIG=str(flows_dir.parent / "queues.yaml"))
+    assert status == 1
+    assert out.splitlines() == [
+        f"{flows_dir}/bad_template.yaml: step 'greet': text: invalid template "
+        "'Hello {{ contact.number ': unexpected end of template, expected 'end of print "
+        "statement'.",
+        f"{flows_dir}/no_else.yaml: step 'pick': else: Field required",
+        f"{flows_dir}/no_schedule.yaml: step 'check': schedule 'office' is not defined in "
+        "schedules",
+        f"{flows_dir}/second_default.yaml: trigger: both this flow and "
+        f"{flows_dir}/loyalty_routing.yaml are the default voice flow",
+        f"{flows_dir}/spin.yaml: step 'a': the loop a -> b -> a never waits for an answer "
+        "(it would spin forever)",
+        f"{flows_dir}/unknown_next.yaml: step 'greet': goes to 'nowhere', which is not a step",
+        # The queues come from the queues file, as the server seeds them.
+        f"{flows_dir}/unknown_queue.yaml: step 'to_vip': queue 'vip' is not a queue "
+        "(gold, platinum, sales, standard)",
+        f"{flows_dir}/unreachable.yaml: step 'orphan': no step leads to it (unreachable)",
+    ]
+    assert f"8 problems in {flows_dir}" in err
+
+
+def test_validate_exits_2_when_the_queues_file_cannot_be_read(ivr: Ivr, tmp_path: Path) -> None:
+    status, out, err = ivr("flows", "validate", IVR_SIP_CONFIG=str(tmp_path / "missing.yaml"))
+    assert (status, out) == (2, "")
+    assert f"{tmp_path / 'missing.yaml'}: file not found" in err
+
+
+# --- graph and schema -------------------------------------------------------------------------
+
+def test_graph_draws_each_step_and_labels_each_exit(ivr: Ivr) -> None:
+    status, out, _ = ivr("flows", "graph", "loyalty_routing")
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0] == "flowchart TD"
+    for line in [
+        'start(["loyalty_routing"]) --> lookup',
+        'lookup["lookup (fetch)"]',
+        'by_tier{"by_tier (branch)"}',
+        'to_gold(["to_gold (route to gold)"])',
+        "lookup -->|next| by_tier",
+        "lookup -->|on_error| by_tier",
+        "by_tier -->|gold| gold_ack",
+        "by_tier -->|platinum| platinum_ack",
+        "by_tier -->|else| standard_ack",
+        "standard_ack -->|next| to_standard",
+    ]:
+        assert f"  {line}" in lines, line
+
+
+def test_graph_labels_questions_hours_conditions_and_the_unanswered_exit(
+        ivr: Ivr, tmp_path: Path) -> None:
+    path = tmp_path / "menu.yaml"
+    path.write_text("""
+trigger: {channels: [voice]}
+fallback_queue: standard
+unanswered: sorry
+schedules:
+  office: {timezone: Europe/Paris, weekly: {mon: ["09:00-18:00"]}}
+steps:
+  start: {kind: hours, schedule: office, open: menu, closed: end}
+  menu:
+    kind: ask
+    prompt: "Press 1 for sales"
+    expect: choice
+    options: {sales: ["1"]}
+    save: team
+    next: pick
+    on_exhausted: end
+  pick:
+    kind: branch
+    cases: [{when: "vars.team == 'sales' and contact.channel != \\"x\\"", next: to_sales}]
+    else: menu
+  to_sales: {kind: route, queue: sales}
+  sorry: {kind: say, text: Sorry, next: end}
+  end: {kind: end}
+""")
+    status, out, _ = ivr("flows", "graph", str(path))
+    assert status == 0
+    lines = [line.strip() for line in out.splitlines()]
+    # `end` is a Mermaid keyword, and `start` is taken: the nodes get other ids.
+    assert 'start_step(["menu"]) --> start' in lines
+    assert 'end_step(["end (end)"])' in lines
+    assert 'start{"start (hours office)"}' in lines
+    for edge in ["start -->|open| menu", "start -->|closed| end_step",
+                 "menu -->|next| pick", "menu -->|on_exhausted| end_step",
+                 "pick -->|\"vars.team == 'sales' and contact.channel != #quot;x#quot;\"| to_sales",
+                 "pick -->|else| menu", "to_sales -->|unanswered| sorry",
+                 "sorry -->|next| end_step"]:
+        assert edge in lines, edge
+
+
+def test_graph_of_an_unknown_flow_names_the_flows_there(ivr: Ivr) -> None:
+    status, out, err = ivr("flows", "graph", "nope")
+    assert (status, out) == (1, "")
+    assert "no flow named 'nope' (flows: " in err and "loyalty_routing" in err
+
+
+def test_schema_is_the_json_schema_of_a_flow(ivr: Ivr) -> None:
+    status, out, _ = ivr("flows", "schema")
+    schema = json.loads(out)
+    assert status == 0
+    assert {"trigger", "fallback_queue", "steps", "schedules"} <= set(schema["properties"])
+    assert {"FetchStep", "AskStep", "HoursStep"} <= set(schema["$defs"])
+
+
+# --- simulate ---------------------------------------------------------------------------------
+
+def test_simulate_prints_the_steps_variables_twiml_and_route(ivr: Ivr) -> None:
+    status, out, _ = ivr("simulate", "loyalty_routing", "--channel", "voice",
+                         "--from", "+15550000001", "--mock", GOLD_MOCK)
+    assert status == 0
+    assert out == """\
+flow loyalty_routing: voice from +15550000001 to +15005550006
+
+turn 1: call starts
+  steps: lookup > by_tier > gold_ack > to_gold
+  http: GET http://loyalty.invalid/customers/%2B15550000001 -> 200
+  steps.lookup: {"status": 200, "outcome": "ok"}
+  vars.tier = "gold"
+  TwiML:
+    <?xml version="1.0" ?>
+    <Response>
+      <Dial action="/twilio/voice/dial?queue=gold&amp;try=0">
+        <Sip>sip:gold@queues.example.com</Sip>
+      </Dial>
+    </Response>
+
+route: gold (sip:gold@queues.example.com)
+"""
+
+
+def test_simulate_json_is_one_document(ivr: Ivr) -> None:
+    status, out, _ = ivr("simulate", "loyalty_routing", "--channel", "messaging", "--from",
+                         "whatsapp:+15550000001", "--body", "Where is my order?",
+                         "--mock", GOLD_MOCK, "--json")
+    result = json.loads(out)
+    assert status == 0
+    assert result["route"] == "gold" and result["waiting_at"] is None
+    assert result["trace"] == ["lookup", "by_tier", "gold_ack", "to_gold"]
+    assert result["vars"] == {"tier": "gold"} and result["unmocked"] == []
+    [turn] = result["turns"]
+    assert turn["actions"][-1] == {"action": "route", "queue": "gold",
+                                   "note": "+15550000001 (gold): Where is my order?"}
+    assert '<Message to="+15550100101">+15550000001 (gold): Where is my order?</Message>' in \
+        turn["twiml"]
+
+
+def test_simulate_uses_the_loyalty_api_url_setting_and_reports_unmocked_requests(
+        ivr: Ivr) -> None:
+    status, out, _ = ivr("simulate", "loyalty_routing", "--channel", "voice", "--from",
+                         "+15550000001", IVR_LOYALTY_API_URL="https://crm.example.com/api/")
+    assert status == 0
+    assert ("  ! unmocked request GET https://crm.example.com/api/customers/%2B15550000001: "
+            "answered as a refused connection") in out.splitlines()
+    assert '  steps.lookup: {"status": null, "outcome": "connection_error"}' in out.splitlines()
+    assert out.endswith("route: standard (sip:standard@queues.example.com)\n")
+
+
+def test_simulate_mocks_timeouts_and_bodies_that_are_not_json(ivr: Ivr) -> None:
+    url = "http://loyalty.invalid/customers/%2B15550000001"
+    for mock, outcome in [(f"{url}=timeout", "timeout"), (f"GET {url}=200:<html>", "invalid_json"),
+                          (f"{url}=404:", "http_error")]:
+        status, out, _ = ivr("simulate", "loyalty_routing", "--channel", "voice",
+                             "--from", "+15550000001", "--mock", mock, "--json")
+        result = json.loads(out)
+        assert result["turns"][0]["step_results"]["lookup"]["outcome"] == outcome, mock
+        assert result["route"] == "standard"
+
+
+MENU = """
+trigger: {channels: [voice, messaging]}
+fallback_queue: standard
+schedules:
+  office: {timezone: America/New_York, weekly: {mon: ["09:00-17:00"]}}
+steps:
+  check: {kind: hours, schedule: office, open: menu, closed: closed}
+  menu:
+    kind: ask
+    prompt: "{{ 'Welcome back. ' if contact.is_returning }}Press 1 for sales."
+    retry_prompt: Sorry.
+    expect: choice
+    options: {sales: ["1", "sales"]}
+    save: team
+    save_to_contact: true
+    next: to_sales
+    on_exhausted: to_standard
+  to_sales: {kind: route, queue: sales}
+  to_standard: {kind: route, queue: standard}
+  closed: {kind: say, text: "We are closed.", next: bye}
+  bye: {kind: end}
+"""
+
+
+def test_simulate_answers_each_question_with_the_next_input(
+        ivr: Ivr, flows_dir: Path) -> None:
+    (flows_dir / "menu.yaml").write_text(MENU)
+    status, out, _ = ivr(
+        "simulate", "menu", "--channel", "voice", "--from", "+15550000001",
+        "--now", "2026-11-23T15:00:00Z", "--contact", "first_seen=2026-01-01T00:00:00+00:00",
+        "--input", "9", "--input", "sales", "--input", "unused",
+        IVR_FLOWS_DIR=str(flows_dir), IVR_SIP_CONFIG=str(flows_dir.parent / "queues.yaml"))
+    assert status == 0
+    lines = out.splitlines()
+    assert "turn 1: call starts" in lines and "  steps: check > menu" in lines
+    assert '        <Say>Welcome back. Press 1 for sales.</Say>' in lines
+    assert 'turn 2: answer "9"' in lines
+    assert '  steps.menu: {"answer": "9", "valid": false}' in lines
+    assert '        <Say>Sorry. Welcome back. Press 1 for sales.</Say>' in lines
+    assert 'turn 3: answer "sales"' in lines and "  steps: menu > to_sales" in lines
+    assert '  contact.team saved = "sales"' in lines
+    assert lines[-2:] == ["route: sales (sip:sales@queues.example.com)",
+                          "inputs not used (the flow had stopped waiting): ['unused']"]
+
+
+def test_simulate_freezes_the_clock_and_stops_waiting_without_inputs(
+        ivr: Ivr, flows_dir: Path) -> None:
+    (flows_dir / "menu.yaml").write_text(MENU)
+    env = {"IVR_FLOWS_DIR": str(flows_dir), "IVR_SIP_CONFIG": str(flows_dir.parent / "queues.yaml")}
+    base = ("simulate", "menu", "--channel", "messaging", "--from", "+15550000001", "--json")
+    _, out, _ = ivr(*base, "--now", "2026-11-23T23:00:00+00:00", **env)
+    closed = json.loads(out)
+    assert closed["trace"] == ["check", "closed", "bye"] and closed["route"] is None
+    assert closed["turns"][0]["step_results"]["check"]["local_time"] == "2026-11-23T18:00:00-05:00"
+    _, out, _ = ivr(*base, "--now", "2026-11-23T15:00:00Z", **env)
+    waiting = json.loads(out)
+    assert waiting["waiting_at"] == "menu" and waiting["says"] == ["Press 1 for sales."]
+
+
+@pytest.mark.parametrize("option", [["--mock", "http://x.test/a"], ["--mock", "http://x.test=9:{}"],
+                                    ["--now", "2026-11-23T10:00:00"], ["--contact", "email"]])
+def test_simulate_refuses_malformed_options(ivr: Ivr, option: list[str]) -> None:
+    status, out, err = ivr("simulate", "loyalty_routing", "--channel", "voice",
+                           "--from", "+15550000001", *option)
+    assert (status, out) == (2, "")
+    assert err.startswith(f"ivr: {option[0]} ")
