@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from typing import Annotated, Any, Union
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    StringConstraints,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 import ivr.flows.steps  # noqa: F401  (registers every step kind)
+from ivr.flows.durations import duration
 from ivr.flows.schedules import Schedule, ScheduleName
 from ivr.flows.step import STEP_KINDS, Channel, Step, StepId
 from ivr.flows.steps.hours import HoursStep
@@ -25,29 +16,7 @@ from ivr.queues import QueueName
 
 AnyStep = Annotated[Union[tuple(STEP_KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
 PhoneNumber = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{6,14}$")]
-_DURATION = re.compile(r"(\d+)\s*([smhd]?)")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _parse_duration(value: Any) -> Any:
-    if isinstance(value, str):
-        match = _DURATION.fullmatch(value.strip())
-        if match is None:
-            raise ValueError("must be seconds, or a number with s, m, h or d, e.g. '30m'")
-        return timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
-    if isinstance(value, int) and not isinstance(value, bool):
-        return timedelta(seconds=value)
-    return value
-
-
-def _check_duration(value: timedelta) -> timedelta:
-    if not timedelta(seconds=30) <= value <= timedelta(days=30):
-        raise ValueError("must be between 30 seconds and 30 days")
-    return value
-
-
-Duration = Annotated[timedelta, BeforeValidator(_parse_duration), AfterValidator(_check_duration),
-                     PlainSerializer(lambda v: int(v.total_seconds()), return_type=int)]
+Duration = duration(timedelta(seconds=30), timedelta(days=30))
 
 MAX_STEPS = 200
 

@@ -6,12 +6,15 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from ivr.flows.actions import Action
+
+if TYPE_CHECKING:
+    from ivr.flows.upstream import Upstreams
 
 StepId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")]
 VarName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
@@ -99,6 +102,8 @@ class Run:
     deadline: float  # event-loop time by which the route must be decided
     # The wall clock, injectable so that tests and the simulator can freeze time.
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    # Circuit breakers and the fetch cache of the process; None: neither (the simulator).
+    upstreams: Upstreams | None = None
     current_step: str = ""
     vars: dict[str, Any] = field(default_factory=dict)
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-step outcomes

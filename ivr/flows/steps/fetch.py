@@ -6,6 +6,9 @@
       headers:
         Authorization: "{% if settings.loyalty_api_token %}Bearer {{ settings.loyalty_api_token }}{% endif %}"
       timeout: 2            # seconds, never beyond the webhook's routing deadline
+      retries: 1            # after a timeout, refused connection or 5xx, if time allows
+      cache: 5m             # definitive answers shared by all instances; optional
+      stale_while_revalidate: 1h   # serve an old answer while refreshing; optional
       save:
         tier: loyaltyStatus  # variable: dotted path into the JSON answer (missing -> None)
       next: by_tier
@@ -13,38 +16,44 @@
 
 A header whose value renders empty is not sent. After the step, `steps.<id>` holds `status`
 (HTTP status or None), `outcome` (ok, http_error, timeout, connection_error, invalid_json,
-too_large, bad_url, no_time) and `elapsed_ms`.
+too_large, bad_url, no_time, breaker_open), `elapsed_ms` and `cache` (hit, stale, coalesced,
+miss, or None when not cached). An upstream that keeps failing has its circuit opened: its
+requests then fail at once (breaker_open) until a probe finds it back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
+from datetime import timedelta
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, model_validator
 
-from ivr.flows.step import Run, Step, StepId, VarName, register_step
+from ivr.flows.durations import duration
+from ivr.flows.step import Run, Step, StepId, StepResult, VarName, register_step
 from ivr.flows.templates import Template
+from ivr.flows.upstream import Answer
+from ivr.metrics import FETCH_SECONDS, FETCHES
 
 log = logging.getLogger("ivr.flows.fetch")
 
 MAX_RESPONSE_BYTES = 256 * 1024
 # Kept back from the routing deadline so a timed-out fetch still leaves time to route.
 DEADLINE_RESERVE = 0.15
+# An attempt with less time than this is not worth starting.
+MIN_ATTEMPT_SECONDS = 0.02
+# Outcomes that count against an upstream's circuit breaker (with any 5xx) and are retried.
+FAULTS = {"timeout", "connection_error", "invalid_json", "too_large"}
+CacheTtl = duration(timedelta(seconds=1), timedelta(days=7))
 
 HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~\-]{1,64}$")]
 JsonPath = Annotated[str, StringConstraints(pattern=r"^[^.\s]{1,64}(\.[^.\s]{1,64}){0,15}$")]
-
-
-class FetchFailed(Exception):
-    def __init__(self, outcome: str, status: int | None = None) -> None:
-        super().__init__(outcome)
-        self.outcome = outcome
-        self.status = status
 
 
 def _pick(document: Any, path: str) -> Any:
@@ -66,47 +75,94 @@ class FetchStep(Step):
     headers: dict[HeaderName, Template] = Field(default_factory=dict, max_length=20)
     body: Template | None = None
     timeout: float = Field(default=2.0, gt=0, le=10)
+    retries: int = Field(
+        default=0, ge=0, le=3,
+        description="Tries again after a timeout, a refused connection or a 5xx, while the "
+        "routing deadline leaves time for it.")
+    cache: CacheTtl | None = Field(
+        default=None, description="Keep definitive answers (2xx, 4xx) this long, shared by "
+        "every instance; concurrent identical requests make one.")
+    stale_while_revalidate: CacheTtl | None = Field(
+        default=None, description="After `cache`, serve the old answer this much longer while "
+        "a refresh runs in the background.")
     save: dict[VarName, JsonPath] = Field(default_factory=dict, max_length=50)
     next: StepId
     on_error: StepId
 
     exit_fields = ("next", "on_error")
 
-    async def run(self, run: Run) -> str | None:
+    @model_validator(mode="after")
+    def _stale_needs_cache(self) -> FetchStep:
+        if self.stale_while_revalidate is not None and self.cache is None:
+            raise ValueError("stale_while_revalidate needs `cache`")
+        return self
+
+    async def run(self, run: Run) -> StepResult:
         started = time.perf_counter()
-        status: int | None = None
-        try:
-            status, document = await self._request(run)
-            outcome = "ok"
-        except FetchFailed as failure:
-            outcome, status, document = failure.outcome, failure.status, None
+        answer, how = await self._answer(run)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
         run.steps[run.current_step] = {
-            "status": status,
-            "outcome": outcome,
+            "status": answer.status,
+            "outcome": answer.outcome,
             "elapsed_ms": elapsed_ms,
+            "cache": how,
         }
-        log.debug("fetch %s: %s status=%s %.1f ms", run.current_step, outcome, status, elapsed_ms)
-        if outcome != "ok":
+        if answer.outcome != "ok":
             return self.on_error
         for name, path in self.save.items():
-            run.vars[name] = _pick(document, path)
+            run.vars[name] = _pick(answer.document, path)
         return self.next
 
-    async def _request(self, run: Run) -> tuple[int, Any]:
+    async def _answer(self, run: Run) -> tuple[Answer, str | None]:
         variables = run.variables
         url = self.url.render(variables).strip()
         if not url.startswith(("http://", "https://")):
-            raise FetchFailed("bad_url")
+            return Answer("bad_url"), None
         headers = {}
         for name, template in self.headers.items():
             value = template.render(variables).strip()
             if value:
                 headers[name] = value
         content = self.body.render(variables).encode() if self.body is not None else None
-        timeout = min(self.timeout, run.remaining() - DEADLINE_RESERVE)
-        if timeout <= 0:
-            raise FetchFailed("no_time")
+        upstream = urlsplit(url).netloc
+        upstreams = run.upstreams
+
+        async def load() -> Answer:
+            return await self._exchange(run, upstream, url, headers, content)
+
+        if self.cache is None or upstreams is None:
+            return await load(), None
+        key = hashlib.sha256(repr((self.method, url, sorted(headers.items()), content)).encode()
+                             ).hexdigest()
+        stale = self.stale_while_revalidate.total_seconds() if self.stale_while_revalidate else 0
+        return await upstreams.cached(key, upstream, self.cache.total_seconds(), stale, load)
+
+    async def _exchange(self, run: Run, upstream: str, url: str, headers: dict[str, str],
+                        content: bytes | None) -> Answer:
+        """The request, through the upstream's circuit breaker, tried again on a fault while
+        the deadline allows."""
+        breaker = run.upstreams.breaker(upstream) if run.upstreams is not None else None
+        answer = Answer("no_time")
+        for _ in range(self.retries + 1):
+            timeout = min(self.timeout, run.remaining() - DEADLINE_RESERVE)
+            if timeout <= MIN_ATTEMPT_SECONDS:
+                break
+            if breaker is not None and not breaker.allow():
+                answer = Answer("breaker_open")
+                break
+            started = time.perf_counter()
+            answer = await self._attempt(run, url, headers, content, timeout)
+            FETCH_SECONDS.labels(upstream).observe(time.perf_counter() - started)
+            fault = answer.outcome in FAULTS or (answer.status or 0) >= 500
+            if breaker is not None:
+                breaker.failed() if fault else breaker.succeeded()
+            if not fault:
+                break
+        FETCHES.labels(upstream, answer.outcome).inc()
+        return answer
+
+    async def _attempt(self, run: Run, url: str, headers: dict[str, str],
+                       content: bytes | None, timeout: float) -> Answer:
         try:
             # asyncio.timeout bounds the whole exchange, a trickling body included.
             async with asyncio.timeout(timeout):
@@ -115,22 +171,20 @@ class FetchStep(Step):
                 ) as response:
                     status = response.status_code
                     if not 200 <= status < 300:
-                        raise FetchFailed("http_error", status)
+                        return Answer("http_error", status)
                     body = bytearray()
                     async for chunk in response.aiter_bytes():
                         body += chunk
                         if len(body) > MAX_RESPONSE_BYTES:
-                            raise FetchFailed("too_large", status)
+                            return Answer("too_large", status)
         except (TimeoutError, httpx.TimeoutException):
-            raise FetchFailed("timeout") from None
+            return Answer("timeout")
         except (httpx.HTTPError, OSError, ValueError):
-            raise FetchFailed("connection_error") from None
-        except FetchFailed:
-            raise
+            return Answer("connection_error")
         except Exception as exc:  # the transport's own errors; the flow still gets its error exit
             log.warning("fetch %s: %s from the HTTP client", run.current_step, type(exc).__name__)
-            raise FetchFailed("connection_error") from None
+            return Answer("connection_error")
         try:
-            return status, json.loads(body)
+            return Answer("ok", status, json.loads(body))
         except (ValueError, UnicodeDecodeError):
-            raise FetchFailed("invalid_json", status) from None
+            return Answer("invalid_json", status)

@@ -1,0 +1,173 @@
+"""What flows' HTTP requests share in a process: a circuit breaker per upstream, and the cache
+of answers (in Redis, shared by every instance) with single-flight and stale-while-revalidate.
+
+A dead loyalty API must cost callers nothing once detected: after `failure_threshold` failures
+in a row its breaker opens and requests fail at once (the flow takes its error exit) until a
+single probe, `open_seconds` later, finds it back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from ivr.metrics import BREAKER_STATE, FETCH_CACHE
+
+log = logging.getLogger("ivr.flows.upstream")
+
+CACHE_TIMEOUT = 0.25  # a slow Redis must not cost more than going to the upstream
+_STATES = {"closed": 0, "half-open": 1, "open": 2}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a fetch got: `outcome` ok, http_error, timeout, connection_error, invalid_json,
+    too_large, bad_url, no_time or breaker_open; `document` is the JSON answer when ok."""
+
+    outcome: str
+    status: int | None = None
+    document: Any = None
+
+    @property
+    def definitive(self) -> bool:
+        """Worth caching: the upstream said something about this request (not a fault)."""
+        return self.outcome == "ok" or (self.outcome == "http_error" and (self.status or 0) < 500)
+
+
+class Breaker:
+    """Closed -> (threshold failures in a row) open -> (after open_seconds) half-open, where one
+    probe decides: success closes, failure opens again."""
+
+    def __init__(self, name: str, threshold: int, open_seconds: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self.threshold = threshold
+        self.open_seconds = open_seconds
+        self._clock = clock
+        self.state = "closed"
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probing = False
+        BREAKER_STATE.labels(name).set(0)
+
+    def allow(self) -> bool:
+        if self.state == "open" and self._clock() - self._opened_at >= self.open_seconds:
+            self._set("half-open")
+        if self.state == "half-open":
+            if self._probing:
+                return False
+            self._probing = True
+            return True
+        return self.state == "closed"
+
+    def succeeded(self) -> None:
+        self._failures = 0
+        self._probing = False
+        if self.state != "closed":
+            log.info("upstream %s answers again: circuit closed", self.name)
+            self._set("closed")
+
+    def failed(self) -> None:
+        self._failures += 1
+        self._probing = False
+        if self.state == "half-open" or (self.state == "closed" and
+                                         self._failures >= self.threshold):
+            if self.state == "closed":
+                log.warning("upstream %s failed %d times in a row: circuit open for %g s",
+                            self.name, self._failures, self.open_seconds)
+            self._opened_at = self._clock()
+            self._set("open")
+
+    def _set(self, state: str) -> None:
+        self.state = state
+        BREAKER_STATE.labels(self.name).set(_STATES[state])
+
+
+class Upstreams:
+    """Per process: breakers by upstream, requests in flight by cache key."""
+
+    def __init__(self, client: redis.Redis | None, failure_threshold: int = 5,
+                 open_seconds: float = 10.0) -> None:
+        self.redis = client
+        self.failure_threshold = failure_threshold
+        self.open_seconds = open_seconds
+        self._breakers: dict[str, Breaker] = {}
+        self._in_flight: dict[str, asyncio.Task[Answer]] = {}
+
+    def breaker(self, upstream: str) -> Breaker:
+        breaker = self._breakers.get(upstream)
+        if breaker is None:
+            breaker = Breaker(upstream, self.failure_threshold, self.open_seconds)
+            self._breakers[upstream] = breaker
+        return breaker
+
+    async def cached(self, key: str, upstream: str, ttl: float, stale_for: float,
+                     load: Callable[[], Awaitable[Answer]]) -> tuple[Answer, str]:
+        """The answer for `key` and how it came: hit, stale (a refresh was started), coalesced
+        (joined the same request in flight) or miss. Only definitive answers are cached."""
+        record = await self._read(key)
+        if record is not None:
+            age = time.time() - record["at"]
+            answer = Answer(record["outcome"], record["status"], record["document"])
+            if age < ttl:
+                return self._count(upstream, answer, "hit")
+            if age < ttl + stale_for:
+                if key not in self._in_flight:
+                    self._start(key, ttl + stale_for, load)
+                return self._count(upstream, answer, "stale")
+        task = self._in_flight.get(key)
+        how = "coalesced" if task is not None else "miss"
+        if task is None:
+            task = self._start(key, ttl + stale_for, load)
+        # Shielded: a caller cut short by its deadline leaves the request to finish for others.
+        return self._count(upstream, await asyncio.shield(task), how)
+
+    def _start(self, key: str, keep_for: float, load: Callable[[], Awaitable[Answer]]
+               ) -> asyncio.Task[Answer]:
+        async def load_and_store() -> Answer:
+            try:
+                answer = await load()
+                if answer.definitive:
+                    await self._write(key, answer, keep_for)
+                return answer
+            finally:
+                self._in_flight.pop(key, None)
+
+        task = asyncio.ensure_future(load_and_store())
+        self._in_flight[key] = task
+        return task
+
+    @staticmethod
+    def _count(upstream: str, answer: Answer, how: str) -> tuple[Answer, str]:
+        FETCH_CACHE.labels(upstream, how).inc()
+        return answer, how
+
+    async def _read(self, key: str) -> dict[str, Any] | None:
+        if self.redis is None:
+            return None
+        try:
+            async with asyncio.timeout(CACHE_TIMEOUT):
+                raw = await self.redis.get(f"ivr:fetch:{key}")
+        except (RedisError, OSError, TimeoutError):
+            return None  # the cache is an optimisation: go to the upstream
+        return json.loads(raw) if raw else None
+
+    async def _write(self, key: str, answer: Answer, keep_for: float) -> None:
+        if self.redis is None:
+            return
+        record = {"at": time.time(), "outcome": answer.outcome, "status": answer.status,
+                  "document": answer.document}
+        try:
+            async with asyncio.timeout(CACHE_TIMEOUT):
+                await self.redis.set(f"ivr:fetch:{key}", json.dumps(record),
+                                     px=max(1, int(keep_for * 1000)))
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("fetch cache write skipped: %s", type(exc).__name__)

@@ -1,0 +1,173 @@
+"""Fetch steps against a real API and a real Redis: the shared cache, single-flight,
+stale-while-revalidate, retries within the deadline, and the circuit breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from ivr.flows.model import Flow
+from ivr.flows.runner import Outcome, run_flow
+from ivr.flows.step import Contact, Run
+from ivr.flows.upstream import Breaker, Upstreams
+from tests import loyalty_api as L
+
+
+def lookup_flow(**fetch: Any) -> Flow:
+    step = {"kind": "fetch", "url": "{{ settings.api }}/customers/{{ params.Who | urlencode }}",
+            "save": {"tier": "loyaltyStatus"}, "next": "done", "on_error": "done", **fetch}
+    return Flow.from_data({"trigger": {"channels": ["voice"]}, "fallback_queue": "standard",
+                           "steps": {"lookup": step, "done": {"kind": "end"}}}, name="lookup")
+
+
+async def lookups(flow: Flow, api: str, upstreams: Upstreams, callers: list[str],
+                  deadline: float = 3.0) -> list[dict[str, Any]]:
+    """Run `flow` once per caller, all at once; each run's `steps.lookup` and `vars`."""
+    async with httpx.AsyncClient() as http:
+        async def one(who: str) -> dict[str, Any]:
+            run = Run(contact=Contact("+1555", "+1555", "voice"), params={"Who": who},
+                      settings={"api": api}, http=http, upstreams=upstreams,
+                      deadline=asyncio.get_running_loop().time() + deadline)
+            outcome: Outcome = await run_flow(flow, run)
+            assert outcome.fallback_reason is None
+            return {**run.steps["lookup"], "tier": run.vars.get("tier")}
+        return list(await asyncio.gather(*(one(who) for who in callers)))
+
+
+def requests_for(api, number: str) -> int:
+    return sum(1 for path, _ in api.requests if path.endswith(number.replace("+", "%2B")))
+
+
+@pytest.fixture
+def upstreams(redis_url: str):
+    def make(**kwargs: Any) -> Upstreams:
+        return Upstreams(aioredis.Redis.from_url(redis_url, decode_responses=True), **kwargs)
+    return make
+
+
+def test_a_cached_answer_is_served_to_the_next_lookup_without_a_request(loyalty, upstreams):
+    api, url = loyalty
+    flow = lookup_flow(cache="1m")
+
+    async def twice() -> list[dict[str, Any]]:
+        first = await lookups(flow, url, upstreams(), [L.GOLD])
+        # A second process (its own Upstreams) shares the cache through Redis.
+        return first + await lookups(flow, url, upstreams(), [L.GOLD])
+
+    api.requests.clear()
+    first, second = asyncio.run(twice())
+    assert (first["cache"], second["cache"]) == ("miss", "hit")
+    assert second["tier"] == "gold" and second["outcome"] == "ok"
+    assert requests_for(api, L.GOLD) == 1
+
+
+def test_an_unknown_caller_is_cached_but_a_failing_api_is_not(loyalty, upstreams) -> None:
+    api, url = loyalty
+    flow = lookup_flow(cache="1m")
+    api.requests.clear()
+    shared = upstreams()
+    results = asyncio.run(_sequential(flow, url, shared, [L.UNKNOWN, L.UNKNOWN, L.BROKEN,
+                                                          L.BROKEN]))
+    assert [r["cache"] for r in results] == ["miss", "hit", "miss", "miss"]
+    assert requests_for(api, L.UNKNOWN) == 1 and requests_for(api, L.BROKEN) == 2
+
+
+async def _sequential(flow: Flow, url: str, shared: Upstreams, callers: list[str]
+                      ) -> list[dict[str, Any]]:
+    return [(await lookups(flow, url, shared, [who]))[0] for who in callers]
+
+
+def test_concurrent_lookups_of_one_caller_make_one_request(loyalty, upstreams) -> None:
+    api, url = loyalty
+    api.requests.clear()
+    results = asyncio.run(lookups(lookup_flow(cache="1m"), url, upstreams(), [L.SLOW] * 20))
+    assert requests_for(api, L.SLOW) == 1
+    assert sorted(r["cache"] for r in results) == ["coalesced"] * 19 + ["miss"]
+    assert all(r["tier"] == "gold" for r in results)
+
+
+def test_a_stale_answer_is_served_at_once_while_a_refresh_runs(loyalty, upstreams) -> None:
+    api, url = loyalty
+    flow = lookup_flow(cache="1s", stale_while_revalidate="1m")
+
+    async def scenario() -> tuple[dict[str, Any], float, int]:
+        shared = upstreams()
+        await lookups(flow, url, shared, [L.SLOW])
+        await asyncio.sleep(1.1)
+        started = time.monotonic()
+        stale = (await lookups(flow, url, shared, [L.SLOW]))[0]
+        took = time.monotonic() - started
+        await asyncio.sleep(0.5)  # the refresh (200 ms upstream) completes in the background
+        return stale, took, requests_for(api, L.SLOW)
+
+    api.requests.clear()
+    stale, took, requests = asyncio.run(scenario())
+    assert stale["cache"] == "stale" and stale["tier"] == "gold"
+    assert took < 0.15  # not waiting for the 200 ms upstream
+    assert requests == 2
+
+
+def test_a_fault_is_retried_while_the_deadline_allows(loyalty, upstreams) -> None:
+    api, url = loyalty
+    api.requests.clear()
+    result = asyncio.run(lookups(lookup_flow(retries=2), url, upstreams(), [L.BROKEN]))[0]
+    assert result["outcome"] == "http_error" and result["status"] == 500
+    assert requests_for(api, L.BROKEN) == 3
+    api.requests.clear()
+    hung = asyncio.run(lookups(lookup_flow(retries=3, timeout=2), url, upstreams(), [L.HANGS],
+                               deadline=0.6))[0]
+    assert hung["outcome"] in ("timeout", "no_time")
+    assert requests_for(api, L.HANGS) == 1  # no time was left for another try
+
+
+def test_a_dead_upstream_opens_its_breaker_and_costs_nothing_until_a_probe(
+    loyalty, upstreams
+) -> None:
+    api, url = loyalty
+    flow = lookup_flow(timeout=0.2)
+    shared = upstreams(failure_threshold=3, open_seconds=0.5)
+
+    async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any], float, dict[str, Any]]:
+        failures = [(await lookups(flow, url, shared, [L.HANGS]))[0] for _ in range(3)]
+        started = time.monotonic()
+        refused = (await lookups(flow, url, shared, [L.GOLD]))[0]  # same upstream, now open
+        took = time.monotonic() - started
+        await asyncio.sleep(0.6)
+        probe = (await lookups(flow, url, shared, [L.GOLD]))[0]
+        return failures, refused, took, probe
+
+    failures, refused, took, probe = asyncio.run(scenario())
+    assert [f["outcome"] for f in failures] == ["timeout"] * 3
+    assert refused["outcome"] == "breaker_open" and took < 0.15  # no 0.2 s timeout waited
+    assert probe["outcome"] == "ok" and probe["tier"] == "gold"
+    assert shared.breaker(url.removeprefix("http://")).state == "closed"
+
+
+def test_the_breaker_lets_one_probe_through_when_half_open() -> None:
+    now = [0.0]
+    breaker = Breaker("api", threshold=2, open_seconds=10, clock=lambda: now[0])
+    breaker.failed()
+    assert breaker.state == "closed" and breaker.allow()
+    breaker.failed()
+    assert breaker.state == "open" and not breaker.allow()
+    now[0] = 10
+    assert breaker.allow() and breaker.state == "half-open"
+    assert not breaker.allow()  # one probe at a time
+    breaker.failed()
+    assert breaker.state == "open" and not breaker.allow()
+    now[0] = 20
+    assert breaker.allow()
+    breaker.succeeded()
+    assert breaker.state == "closed" and breaker.allow()
+
+
+def test_a_cache_setting_is_checked_at_load() -> None:
+    with pytest.raises(ValueError, match="stale_while_revalidate needs `cache`"):
+        lookup_flow(stale_while_revalidate="1m")
+    with pytest.raises(ValueError, match="between 1 seconds and 7 days"):
+        lookup_flow(cache="30d")
