@@ -31,5 +31,6 @@ def describe_errors(
             if loc and loc[0] in tags:
                 loc = loc[1:]
         field = ".".join(loc)
-        lines.append(": ".join(part for part in (where, field, message) if part))
+        for line in message.splitlines():  # a check that found several problems
+            lines.append(": ".join(part for part in (where, field, line) if part))
     return lines

@@ -101,3 +101,21 @@ def test_two_files_with_one_flow_name_are_refused(tmp_path: Path) -> None:
     (tmp_path / "b.yaml").write_text("name: a\n" + (tmp_path / "a.yaml").read_text())
     with pytest.raises(FlowLoadError, match="flow name 'a' is also used by"):
         load_flows(tmp_path, queue_names=QUEUES)
+
+
+def test_every_graph_problem_of_a_flow_is_reported_at_once(tmp_path: Path) -> None:
+    (tmp_path / "many.yaml").write_text("""
+trigger: {channels: [voice], default: true}
+fallback_queue: standard
+start: begin
+steps:
+  greet: {kind: say, text: Hi, next: nowhere}
+  ask: {kind: ask, prompt: Hi, next: elsewhere, on_exhausted: greet}
+""")
+    with pytest.raises(FlowLoadError) as error:
+        load_flows(tmp_path, queue_names=QUEUES)
+    assert [p.split(": ", 1)[1] for p in error.value.problems] == [
+        "start: no step named 'begin'",
+        "step 'greet': goes to 'nowhere', which is not a step",
+        "step 'ask': goes to 'elsewhere', which is not a step",
+    ]

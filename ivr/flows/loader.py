@@ -112,6 +112,9 @@ def _unknown_queues(path: Path, flow: Flow, queue_names: Collection[str]) -> lis
 
 def _bind(flow_set: FlowSet, flow: Flow, path: Path, sources: dict[str, Path]) -> list[str]:
     problems = []
+    if not flow.trigger.numbers and not flow.trigger.default:
+        problems.append(f"{path}: trigger: the flow serves no call: give it `numbers` or "
+                        "`default: true`")
     for channel in flow.trigger.channels:
         if flow.trigger.default:
             other = flow_set.defaults.setdefault(channel, flow)

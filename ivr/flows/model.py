@@ -72,22 +72,26 @@ class Flow(BaseModel):
 
     @model_validator(mode="after")
     def _graph_is_sound(self) -> Flow:
+        """Every problem of the graph at once, one a line (the loader reports each)."""
+        problems = []
         if self.start is not None and self.start not in self.steps:
-            raise ValueError(f"start: no step named {self.start!r}")
+            problems.append(f"start: no step named {self.start!r}")
         if self.unanswered is not None and self.unanswered not in self.steps:
-            raise ValueError(f"unanswered: no step named {self.unanswered!r}")
+            problems.append(f"unanswered: no step named {self.unanswered!r}")
         for step_id, step in self.steps.items():
             for target in step.exits():
                 if target not in self.steps:
-                    raise ValueError(f"step {step_id!r}: goes to {target!r}, which is not a step")
-        reachable = self._reachable()
-        unreachable = [step_id for step_id in self.steps if step_id not in reachable]
-        if unreachable:
-            raise ValueError(f"step {unreachable[0]!r}: no step leads to it (unreachable)")
-        loop = self._loop_without_wait()
-        if loop:
-            raise ValueError(f"step {loop[0]!r}: the loop {' -> '.join(loop)} never waits for "
-                             "an answer (it would spin forever)")
+                    problems.append(f"step {step_id!r}: goes to {target!r}, which is not a step")
+        if not problems:  # reachability and loops only mean something on a whole graph
+            reachable = self._reachable()
+            problems += [f"step {step_id!r}: no step leads to it (unreachable)"
+                         for step_id in self.steps if step_id not in reachable]
+            loop = self._loop_without_wait()
+            if loop:
+                problems.append(f"step {loop[0]!r}: the loop {' -> '.join(loop)} never waits "
+                                "for an answer (it would spin forever)")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     def _loop_without_wait(self) -> list[str] | None:

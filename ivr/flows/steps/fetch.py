@@ -17,7 +17,7 @@
 A header whose value renders empty is not sent. After the step, `steps.<id>` holds `status`
 (HTTP status or None), `outcome` (ok, http_error, timeout, connection_error, invalid_json,
 too_large, bad_url, no_time, breaker_open), `elapsed_ms` and `cache` (hit, stale, coalesced,
-miss, or None when not cached). An upstream that keeps failing has its circuit opened: its
+miss; absent when the step does not cache). An upstream that keeps failing has its circuit opened: its
 requests then fail at once (breaker_open) until a probe finds it back.
 """
 
@@ -105,7 +105,7 @@ class FetchStep(Step):
             "status": answer.status,
             "outcome": answer.outcome,
             "elapsed_ms": elapsed_ms,
-            "cache": how,
+            **({"cache": how} if how else {}),
         }
         if answer.outcome != "ok":
             return self.on_error
