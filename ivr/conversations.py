@@ -28,7 +28,10 @@ log = logging.getLogger("ivr.conversations")
 
 REPLAY_TTL = timedelta(minutes=15)  # Twilio retries within seconds; keep well beyond that
 LOCK_TTL = timedelta(seconds=15)  # longer than any webhook may take; a crashed holder expires
-LOCK_WAIT = 10.0  # a second message waits this long for the first to be answered
+# A second message waits this long for the first to be answered: with the routing deadline
+# and the state writes, well under Twilio's 15 s, even with Redis hung.
+LOCK_WAIT = 5.0
+LOCK_CALL_TIMEOUT = 0.5  # one lock command; a hung Redis must not hold a message longer
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -87,25 +90,28 @@ class Conversations:
         try:
             yield True
         finally:
-            with contextlib.suppress(RedisError, OSError):  # it expires by itself anyway
-                await self._release(keys=[name], args=[token])
+            with contextlib.suppress(RedisError, OSError, TimeoutError):  # it expires anyway
+                async with asyncio.timeout(LOCK_CALL_TIMEOUT):
+                    await self._release(keys=[name], args=[token])
 
     async def _acquire(self, name: str, token: str) -> bool:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + LOCK_WAIT
         delay = 0.005
         try:
-            while not await self.redis.set(name, token, nx=True, px=LOCK_TTL):
+            while True:
+                async with asyncio.timeout(LOCK_CALL_TIMEOUT):
+                    if await self.redis.set(name, token, nx=True, px=LOCK_TTL):
+                        return True
                 if loop.time() > give_up:
                     log.warning("a contact's messaging lock was not free after %.0f s; "
                                 "answering anyway", LOCK_WAIT)
                     return False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.1)
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, TimeoutError) as exc:
             log.warning("messaging lock skipped: store unavailable (%s)", type(exc).__name__)
             return False
-        return True
 
     async def replay(self, token: str) -> str | None:
         return await self.redis.get(f"ivr:replay:{token}")
