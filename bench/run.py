@@ -1,0 +1,427 @@
+"""Benchmark the webhook path: `ivr serve` against a bare Starlette endpoint, under wrk.
+
+In one run, on 127.0.0.1 and free ports: a fake loyalty API with a fixed latency, `ivr serve`
+(embedded Redis in a temporary directory), and beside it the stack's ceiling (bench/ceiling.py,
+same uvicorn settings); wrk posts Twilio-signed voice webhooks for a few hot callers ("repeated")
+and for many distinct callers ("distinct"), and every answer's route is checked. Prints req/s,
+p50, p99, errors, wrong routes and the ratio to the ceiling. Everything started is stopped.
+
+    python3 bench/run.py [--duration 15] [--connections 64] [--workers 1] [--latency-ms 20]
+                         [--json out.json] [--profile bench/profile.txt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import platform
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bodies import (
+    Callers,
+    distinct_callers,
+    hot_callers,
+    signed_slices,
+    sip_elements,
+    write_slices,
+)
+from procs import (
+    Processes,
+    Started,
+    command_name,
+    cpu_seconds,
+    free_ports,
+    process_tree,
+    system_busy_seconds,
+    wait_http,
+)
+from pyspy import Profile, start_py_spy, summarise, wait_py_spy
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+LUA = BENCH / "webhook.lua"
+WARMUP_SECONDS = 3
+MIN_CALLERS = 50_000
+HOT_CALLERS = 8
+# Issue 5's targets, for one worker each, 64 connections and a 20 ms loyalty API.
+DEFAULTS = {"connections": 64, "workers": 1, "latency_ms": 20.0}
+REPEATED_MIN_RATIO, REPEATED_MAX_P99_MS = 0.5, 25.0
+DISTINCT_MIN_RPS, DISTINCT_MAX_P99_MS = 1600.0, 100.0
+
+
+@dataclass
+class Stack:
+    api: Started
+    ivr: Started
+    ceiling: Started
+    api_url: str
+    ivr_url: str
+    ceiling_url: str
+    token: str
+
+
+@dataclass
+class Result:
+    scenario: str
+    target: str
+    requests: int
+    seconds: float
+    non200: int
+    wrong_routes: int
+    socket_errors: int
+    unchecked: int  # answers that reached no check (should be 0)
+    max_passes: int  # how many times a thread went through its slice (1: no caller came back)
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    cpu_percent: dict[str, float]  # of one core, per process role, over the run
+    api: dict[str, float]  # the loyalty API's own account of the run
+    first_problem: str
+    ratio: float | None = None
+    verdict: str = ""
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def errors(self) -> int:
+        return self.non200 + self.socket_errors + self.unchecked
+
+
+@dataclass
+class Run:
+    machine: dict[str, Any]
+    options: dict[str, Any]
+    results: list[Result] = field(default_factory=list)
+    profile: str | None = None
+
+
+# --- setup ------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=15, help="seconds per scenario")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections")
+    parser.add_argument("--threads", type=int, default=4,
+                        help="wrk threads: at least 3 (one per queue), dividing --connections")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers, both servers")
+    parser.add_argument("--latency-ms", type=float, default=20.0, help="loyalty API latency")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--profile", type=Path, metavar="PATH",
+                        help="then run the distinct scenario again under py-spy (one worker) "
+                        "and write the summary to PATH (raw stacks to PATH.raw)")
+    args = parser.parse_args(argv)
+    if args.threads < 3 or args.connections % args.threads:
+        parser.error("--threads must be at least 3 and divide --connections")
+    return args
+
+
+def require_tools(profile: bool) -> None:
+    missing = []
+    if shutil.which("wrk") is None:
+        missing.append("wrk: install it with `sudo apt-get install -y wrk` (Debian/Ubuntu)")
+    if profile and shutil.which("py-spy") is None:
+        missing.append("py-spy: install it with `python3 -m pip install py-spy`")
+    for module in ("uvloop", "httptools"):  # what `ivr serve`'s uvicorn picks when installed
+        if importlib.util.find_spec(module) is None:
+            missing.append(f"{module}: install it with `python3 -m pip install {module}`")
+    if missing:
+        sys.exit("bench: missing tools:\n  " + "\n  ".join(missing))
+
+
+def machine() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+                  if line.startswith("model name")), platform.processor() or "unknown")
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split(" [")[0]
+    versions = {name: importlib.metadata.version(name)
+                for name in ("uvicorn", "starlette", "uvloop", "httptools", "httpx-aiohttp")}
+    return {"nproc": len(os.sched_getaffinity(0)), "cpu": model,
+            "python": platform.python_version(), "kernel": platform.release(),
+            "wrk": wrk.strip(), "code": code_version(), **versions}
+
+
+def code_version() -> str:
+    """The commit measured, and whether the server's code differed from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True,
+                              text=True).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "ivr", "flows", "sip_config")
+    return commit + (" + uncommitted changes in ivr/" if dirty else "")
+
+
+def server_env(tmp: Path, api_url: str, token: str) -> dict[str, str]:
+    """The parent's environment without any IVR_/TWILIO_ setting, plus the benchmark's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IVR_", "TWILIO_"))}
+    env.update({
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+        "TWILIO_AUTH_TOKEN": token,
+        "IVR_LOYALTY_API_URL": api_url,
+        "IVR_DATA_DIR": str(tmp / "ivr-data"),
+        "IVR_FLOWS_DIR": str(REPO / "flows"),
+        "IVR_SIP_CONFIG": str(REPO / "sip_config" / "queues.yaml"),
+        "IVR_LOG_LEVEL": "warning",
+    })
+    return env
+
+
+def start_stack(procs: Processes, tmp: Path, opts: argparse.Namespace) -> Stack:
+    api_port, ivr_port, ceiling_port = free_ports(3)
+    token = secrets.token_hex(16)
+    api_url = f"http://127.0.0.1:{api_port}"
+    api = procs.start("loyalty-api", [sys.executable, str(BENCH / "loyalty_api.py"),
+                                      "--port", str(api_port),
+                                      "--latency-ms", str(opts.latency_ms)])
+    ivr = procs.start("ivr-serve", [sys.executable, "-m", "ivr", "serve", "--port", str(ivr_port),
+                                    "--workers", str(opts.workers)],
+                      env=server_env(tmp, api_url, token), cwd=tmp)
+    ceiling = procs.start("ceiling", [
+        sys.executable, "-m", "uvicorn", "ceiling:app", "--app-dir", str(BENCH),
+        "--host", "127.0.0.1", "--port", str(ceiling_port), "--workers", str(opts.workers),
+        "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--no-server-header",
+        "--log-level", "warning"])
+    stack = Stack(api, ivr, ceiling, api_url, f"http://127.0.0.1:{ivr_port}",
+                  f"http://127.0.0.1:{ceiling_port}", token)
+    wait_http(api, f"{api_url}/stats")
+    wait_http(ivr, f"{stack.ivr_url}/healthz")
+    wait_http(ceiling, f"{stack.ceiling_url}/healthz")
+    return stack
+
+
+# --- load -------------------------------------------------------------------------------------
+
+@dataclass
+class Load:
+    """wrk runs against the stack, with CPU accounting per process and the API's own stats."""
+
+    procs: Processes
+    stack: Stack
+    tmp: Path
+    threads: int
+    connections: int
+
+    def prepare(self, name: str, callers: Callers, count: int, tag: int) -> Path:
+        """`count` signed webhooks from `callers`, as wrk slices; signed for ivr's URL (the
+        ceiling does not check signatures). `tag` keeps CallSids apart between sets."""
+        sips = sip_elements(REPO / "sip_config" / "queues.yaml")
+        slices = signed_slices(f"{self.stack.ivr_url}/twilio/voice", self.stack.token, callers,
+                               self.threads, math.ceil(count / self.threads), tag, sips)
+        return write_slices(self.tmp / f"bodies-{name}", slices)
+
+    def run(self, scenario: str, target: Started, slices: Path, check: bool,
+            seconds: float) -> Result:
+        print(f"bench: {scenario} on {target.name} ({seconds:g} s) ...", file=sys.stderr)
+        url = self.stack.ceiling_url if target is self.stack.ceiling else self.stack.ivr_url
+        argv = ["wrk", "-t", str(self.threads), "-c", str(self.connections),
+                "-d", f"{seconds:g}s", "--timeout", "10s", "-s", str(LUA), f"{url}/twilio/voice",
+                "--", str(slices), "check" if check else "nocheck"]
+        pids = self._roles(target)
+        before = {role: cpu_seconds(p) for role, p in pids.items()}
+        system_before = system_busy_seconds()
+        self._api_stats(reset=True)
+        wrk = self.procs.start(f"wrk-{scenario.split()[0]}", argv)
+        _, status, usage = os.wait4(wrk.pid, 0)  # wait4: wrk's own CPU time too
+        wrk.process.returncode = os.waitstatus_to_exitcode(status)
+        api = self._api_stats(reset=False)
+        wall = api["seconds"]
+        cpu = {role: 100 * (cpu_seconds(p) - before[role]) / wall for role, p in pids.items()}
+        cpu["wrk"] = 100 * (usage.ru_utime + usage.ru_stime) / wall
+        # Anything else on the machine: other people's work skews a run; this shows it.
+        system = 100 * (system_busy_seconds() - system_before) / wall
+        cpu["other"] = max(0.0, system - sum(cpu.values()))
+        return _result(scenario, target.name, wrk, cpu, api)
+
+    def _api_stats(self, reset: bool) -> dict[str, float]:
+        url = f"{self.stack.api_url}/stats" + ("?reset=1" if reset else "")
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return dict(json.load(answer))
+
+    def _roles(self, target: Started) -> dict[str, list[int]]:
+        tree = process_tree(target.pid)
+        redis = [pid for pid in tree if command_name(pid).startswith("redis")]
+        return {"server": [pid for pid in tree if pid not in redis], "redis": redis,
+                "api": process_tree(self.stack.api.pid)}
+
+
+def _result(scenario: str, target: str, wrk: Started, cpu: dict[str, float],
+            api: dict[str, float]) -> Result:
+    line = next((line for line in wrk.log.read_text().splitlines()
+                 if line.startswith("BENCH_JSON ")), None)
+    if wrk.process.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({wrk.process.returncode}):\n{wrk.tail()}")
+    data = json.loads(line.removeprefix("BENCH_JSON "))
+    latency = {k: v / 1000 for k, v in data["latency_us"].items()}
+    return Result(
+        scenario=scenario, target=target, requests=data["requests"],
+        seconds=data["duration_us"] / 1e6, non200=data["non200"],
+        wrong_routes=data["wrong_routes"], socket_errors=sum(data["socket_errors"].values()),
+        unchecked=max(0, data["requests"] - data["answered"]), max_passes=data["max_passes"],
+        p50_ms=latency["p50"], p90_ms=latency["p90"], p99_ms=latency["p99"],
+        max_ms=latency["max"], cpu_percent={k: round(v, 1) for k, v in cpu.items()},
+        api=api, first_problem=data["first_problem"])
+
+
+def judge(results: dict[str, Result]) -> None:
+    ceiling = results["ceiling"].rps
+    for result in results.values():
+        result.ratio = result.rps / ceiling
+    repeated, distinct = results["repeated"], results["distinct"]
+    repeated.verdict = _verdict(repeated, repeated.rps / ceiling >= REPEATED_MIN_RATIO,
+                                repeated.p99_ms <= REPEATED_MAX_P99_MS)
+    distinct.verdict = _verdict(distinct, distinct.rps >= DISTINCT_MIN_RPS,
+                                distinct.p99_ms <= DISTINCT_MAX_P99_MS)
+
+
+def _verdict(result: Result, fast_enough: bool, p99_ok: bool) -> str:
+    misses = [what for what, ok in (("req/s", fast_enough), ("p99", p99_ok),
+                                    ("errors", result.errors == 0),
+                                    ("routes", result.wrong_routes == 0)) if not ok]
+    return "met" if not misses else "missed: " + ", ".join(misses)
+
+
+def benchmark(procs: Processes, tmp: Path, opts: argparse.Namespace, run: Run) -> None:
+    stack = start_stack(procs, tmp, opts)
+    load = Load(procs, stack, tmp, opts.threads, opts.connections)
+    seconds = opts.duration
+    warm = load.prepare("warm-up", distinct_callers("+1557"), 5_000, 1)
+    load.run("warm-up", stack.ceiling, warm, False, WARMUP_SECONDS)
+    ceiling = load.run("ceiling", stack.ceiling, warm, False, seconds)
+    # Enough distinct callers that none comes back in a run (ivr cannot beat the ceiling).
+    count = max(MIN_CALLERS, math.ceil(ceiling.rps * seconds * 1.2))
+    hot = load.prepare("repeated", hot_callers, count, 2)
+    distinct = load.prepare("distinct", distinct_callers("+1556"), count, 3)
+    _check_warm_up(load.run("warm-up", stack.ivr, warm, True, WARMUP_SECONDS))
+    results = {"ceiling": ceiling,
+               "repeated": load.run("repeated", stack.ivr, hot, True, seconds),
+               "distinct": load.run("distinct", stack.ivr, distinct, True, seconds)}
+    if results["distinct"].max_passes > 1:
+        print("bench: warning: distinct callers came back (a thread went through its slice "
+              "again): cached lookups flatter that run", file=sys.stderr)
+    judge(results)
+    run.results = list(results.values())
+    if opts.profile:
+        fresh = load.prepare("profile", distinct_callers("+1558"), count, 4)
+        run.profile = profile_distinct(load, fresh, opts)
+
+
+def _check_warm_up(result: Result) -> None:
+    if result.errors or result.wrong_routes:
+        print(f"bench: warning: warm-up had {result.errors} errors and {result.wrong_routes} "
+              f"wrong routes; first: {result.first_problem}", file=sys.stderr)
+
+
+def profile_distinct(load: Load, slices: Path, opts: argparse.Namespace) -> str:
+    """The distinct scenario again (fresh callers), with py-spy on one server worker."""
+    ivr = load.stack.ivr
+    workers = [pid for pid in process_tree(ivr.pid)[1:]
+               if command_name(pid).startswith("python")]
+    pid = workers[0] if workers else ivr.pid  # one worker: uvicorn runs in `ivr serve` itself
+    raw = opts.profile.with_name(opts.profile.name + ".raw")
+    spy = start_py_spy(load.procs, pid, opts.duration, raw)
+    result = load.run("distinct (under py-spy)", ivr, slices, True, opts.duration)
+    wait_py_spy(spy, opts.duration + 30)
+    profile: Profile = summarise(raw)
+    text = (f"distinct callers under py-spy (pid {pid}): {result.rps:,.0f} req/s, "
+            f"p99 {result.p99_ms:.1f} ms, server CPU {result.cpu_percent['server']:.0f}%\n\n"
+            + profile.table())
+    opts.profile.write_text(text + "\n", encoding="utf-8")
+    return text
+
+
+# --- report -----------------------------------------------------------------------------------
+
+def table(run: Run) -> str:
+    rows = [["scenario", "req/s", "p50 ms", "p99 ms", "errors", "wrong routes", "x ceiling",
+             "target", "others' CPU"]]
+    for r in run.results:
+        rows.append([r.scenario, f"{r.rps:,.0f}", f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}",
+                     str(r.errors), "-" if r.scenario == "ceiling" else str(r.wrong_routes),
+                     f"{r.ratio:.2f}", r.verdict or "-", f"{r.cpu_percent['other']:.0f}%"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |"
+             for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def details(run: Run) -> str:
+    lines = []
+    for r in run.results:
+        cpu = ", ".join(f"{role} {pct:.0f}%" for role, pct in r.cpu_percent.items()
+                        if role != "redis" or r.scenario != "ceiling")
+        per_answer = 10 * r.cpu_percent["server"] * r.seconds / r.requests  # ms of CPU
+        lines.append(f"{r.scenario}: {r.requests:,} requests in {r.seconds:.1f} s, server CPU "
+                     f"{per_answer:.2f} ms per answer; CPU (% of a "
+                     f"core): {cpu}; loyalty API: {int(r.api['requests']):,} lookups "
+                     f"({r.api['requests'] / r.requests:.2f} per answer), timers late p99 "
+                     f"{r.api['late_p99_ms']:.2f} ms")
+        if r.first_problem:
+            lines.append(f"  first problem: {r.first_problem}")
+    return "\n".join(lines)
+
+
+def report(run: Run) -> str:
+    m = run.machine
+    o = run.options
+    head = (f"{o['workers']} worker(s) each, {o['connections']} connections ({o['threads']} wrk "
+            f"threads), loyalty API "
+            f"{o['latency_ms']:g} ms, {o['duration']:g} s per scenario")
+    if any(o[k] != v for k, v in DEFAULTS.items()):
+        head += " (the targets are set for 1 worker, 64 connections, 20 ms)"
+    return "\n".join([
+        head, "", table(run), "",
+        details(run), "",
+        f"machine: {m['nproc']} CPUs, {m['cpu']}; Python {m['python']}; Linux {m['kernel']}; "
+        f"{m['wrk']}; uvicorn {m['uvicorn']}, starlette {m['starlette']}, uvloop {m['uvloop']}, "
+        f"httptools {m['httptools']}, httpx-aiohttp {m['httpx-aiohttp']}; code {m['code']}",
+    ])
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    require_tools(bool(opts.profile))
+    signal.signal(signal.SIGTERM, _interrupt)  # stop everything, as on Ctrl-C
+    run = Run(machine(), {k: v for k, v in vars(opts).items() if k in
+                          ("duration", "connections", "threads", "workers", "latency_ms")})
+    try:
+        with tempfile.TemporaryDirectory(prefix="ivr-bench-") as tmp, \
+                Processes(Path(tmp)) as procs:
+            benchmark(procs, Path(tmp), opts, run)
+    except KeyboardInterrupt:
+        print("bench: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    print(report(run))
+    if run.profile:
+        print("\n" + run.profile)
+    if opts.json:
+        data = {**asdict(run), "results": [{**asdict(r), "rps": r.rps, "errors": r.errors}
+                                           for r in run.results]}
+        opts.json.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
