@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
@@ -11,17 +12,20 @@ import httpx
 from redis.exceptions import RedisError
 from httpx_aiohttp import AiohttpTransport
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from ivr.admin import api as admin_api
 from ivr.admin import pages as admin_pages
+from ivr.calltrace import CallTraces
 from ivr.channels.voice import CallbackUrls
 from ivr.channels.webhook import Services, dial_webhook, messaging_webhook, voice_webhook
 from ivr.conversations import Conversations
 from ivr.flows.loader import FlowLoadError, FlowSet, load_flows
 from ivr.logs import configure_logging
+from ivr.metrics import CONTENT_TYPE, MULTIPROCESS_DIR, exposition, process_exited
 from ivr.queues import QueueConfigError, load_queue_file
 from ivr.settings import Settings
 from ivr.store import Store, connect, without_credentials
@@ -29,16 +33,21 @@ from ivr.twilio_security import WebhookVerifier, resolve_auth_token
 
 log = logging.getLogger("ivr.app")
 
+# How long /readyz waits for Redis to answer PING: a probe must answer fast, even when Redis hangs.
+READY_PING_TIMEOUT = 0.5
+
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     app = Starlette(
         routes=[
             Route("/twilio/voice", voice_webhook, methods=["POST"]),
             Route("/twilio/voice/dial", dial_webhook, methods=["POST"]),
             Route("/twilio/messaging", messaging_webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
             Mount("/admin/api", routes=admin_api.routes),
             Mount("/admin", routes=admin_pages.routes),
         ],
@@ -54,6 +63,29 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 async def healthz(request: Request) -> Response:
     return PlainTextResponse("ok")
+
+
+async def readyz(request: Request) -> Response:
+    """200 while the store answers and flows are loaded; 503 `degraded` while Redis is unreachable
+    (calls still route, from the configuration in memory)."""
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is None:
+        return JSONResponse({"status": "starting"}, status_code=503)
+    store = services.store
+    # The queue listener knows at no cost when the connection broke; PING catches a hung Redis.
+    reachable = store.following and await store.reachable(READY_PING_TIMEOUT)
+    flows = len(services.flows.flows)
+    ready = reachable and flows > 0
+    body = {"status": "ready" if ready else "degraded",
+            "store": "ok" if reachable else "unreachable",
+            "flows": flows, "queues": len(store.queue_names())}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+async def metrics(request: Request) -> Response:
+    # Summing every worker's files is disk I/O: off the event loop that answers calls.
+    body = await run_in_threadpool(exposition) if MULTIPROCESS_DIR else exposition()
+    return Response(body, media_type=CONTENT_TYPE)
 
 
 class StartupError(Exception):
@@ -103,6 +135,10 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.start()
         http = _http_client(settings)
         stack.push_async_callback(http.aclose)
+        traces = CallTraces(store.redis, settings.trace_max_entries, settings.trace_hours)
+        traces.start()
+        stack.push_async_callback(traces.close)  # before the store closes: a last write
+        stack.callback(process_exited, os.getpid())
         if settings.loyalty_api_url is None:
             log.warning("IVR_LOYALTY_API_URL is not set: loyalty lookups take their error exit")
         app.state.services = Services(
@@ -111,6 +147,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             conversations=Conversations(
                 store.redis, timedelta(days=settings.contact_memory_days)),
             http=http,
+            traces=traces,
             verifier=WebhookVerifier(resolve_auth_token(settings), settings.public_url),
             urls=CallbackUrls(settings.public_url or ""),
             flow_settings=_flow_settings(settings),

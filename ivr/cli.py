@@ -1,15 +1,22 @@
-"""The `ivr` command: run the server, and place signed test calls and messages against it."""
+"""The `ivr` command: run the server, place signed test calls and messages against it, and see
+the queues and the recent calls of a running server."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import getpass
+import json
 import os
 import secrets
+import shutil
 import signal
 import sys
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from xml.dom import minidom
 
 import httpx
@@ -23,13 +30,19 @@ from ivr.admin.client import AdminClient, AdminError, table
 from ivr.app import StartupError, open_store
 from ivr.flows_cli import add_commands as add_flow_commands
 from ivr.embedded_redis import EmbeddedRedis
-from ivr.logs import configure_logging
+from ivr.logs import configure_logging, uvicorn_log_config
+from ivr.metrics import MULTIPROCESS_ENV
 from ivr.settings import Settings
 from ivr.twilio_security import resolve_auth_token
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 TEST_ACCOUNT_SID = "AC" + "0" * 32
 TEST_TO_NUMBER = "+15005550006"
+FOLLOW_INTERVAL = 1.0  # seconds between polls of `ivr calls tail --follow`
+# Traces are scored by when they were answered, and a worker writes its own a moment later: a
+# follow asks again for this many seconds back and skips what it already printed.
+FOLLOW_LOOKBACK = 10.0
+FOLLOW_PAGE = 1000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     call.set_defaults(handler=_call)
 
     _add_queue_commands(commands)
+    _add_call_commands(commands)
     add_flow_commands(commands)
     admin = commands.add_parser("admin", help="admin access")
     admin_commands = admin.add_subparsers(dest="admin_command", required=True)
@@ -145,6 +159,92 @@ def _queue_command(client: AdminClient, args: argparse.Namespace) -> str:
     return text.rstrip()
 
 
+def _add_call_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    calls = commands.add_parser(
+        "calls", help="recent call traces (steps, fetches, route) from a running server")
+    calls.add_argument("--server", help="the server (default: IVR_ADMIN_URL, else "
+                       "http://127.0.0.1:8000)")
+    calls.add_argument("--token", help="the admin token (default: IVR_ADMIN_TOKEN)")
+    actions = calls.add_subparsers(dest="calls_command", required=True)
+    tail = actions.add_parser("tail", help="the latest calls and messages, oldest first")
+    tail.add_argument("-n", "--lines", type=int, default=20, metavar="N",
+                      help="how many (default %(default)s)")
+    tail.add_argument("-f", "--follow", action="store_true",
+                      help="then print new ones as they come (every second) until Ctrl-C")
+    tail.add_argument("--sid", help="only this CallSid or MessageSid")
+    tail.add_argument("--json", action="store_true", help="one JSON object a line")
+    calls.set_defaults(handler=_calls)
+
+
+def _calls(args: argparse.Namespace, settings: Settings) -> int:
+    token = args.token or (settings.admin_token.get_secret_value() if settings.admin_token
+                           else None)
+    show: Callable[[dict[str, Any]], str] = json.dumps if args.json else describe_call
+    try:
+        client = AdminClient(args.server or settings.admin_url, token)
+        try:
+            recent = client.calls(max(1, min(args.lines, FOLLOW_PAGE)), sid=args.sid)
+            for call in reversed(recent[:max(args.lines, 0)]):
+                print(show(call), flush=True)
+            if args.follow:
+                _follow_calls(client, args.sid, recent, show)
+        finally:
+            client.close()
+    except AdminError as exc:
+        print(f"ivr: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _follow_calls(client: AdminClient, sid: str | None, recent: list[dict[str, Any]],
+                  show: Callable[[dict[str, Any]], str]) -> None:
+    """Every second, print the traces not printed yet, until Ctrl-C (a server restarting on the
+    way is waited for)."""
+    seen = {call["id"]: call["answered"] for call in recent}
+    newest = max(seen.values(), default=None)
+    failing = False
+    while True:
+        time.sleep(FOLLOW_INTERVAL)
+        after = None if newest is None else newest - FOLLOW_LOOKBACK
+        try:
+            calls = client.calls(FOLLOW_PAGE, sid=sid, after=after)
+        except AdminError as exc:
+            if not failing:
+                print(f"ivr: {exc}; still trying", file=sys.stderr, flush=True)
+            failing = True
+            continue
+        failing = False
+        for call in reversed(calls):
+            if call["id"] not in seen:
+                print(show(call), flush=True)
+                seen[call["id"]] = call["answered"]
+        newest = max(seen.values(), default=None)
+        if newest is not None:
+            seen = {id_: at for id_, at in seen.items() if at >= newest - 2 * FOLLOW_LOOKBACK}
+
+
+def describe_call(call: dict[str, Any]) -> str:
+    """One trace on one line: when, which webhook, from whom, what happened, fetches, time."""
+    fetches = "".join(f"; fetch {step}: {_describe_fetch(fetch)}"
+                      for step, fetch in call.get("fetches", {}).items())
+    return (f"{call['at']} {call['endpoint']} {call['sid']} from {call['from']}: "
+            f"{call['summary']}{fetches} ({call['duration_ms']} ms)")
+
+
+def _describe_fetch(fetch: dict[str, Any]) -> str:
+    """`ok 200 21.3 ms`, then whatever else the fetch recorded (`cache=hit`)."""
+    words = [str(fetch.get("outcome"))]
+    if fetch.get("status") is not None:
+        words.append(str(fetch["status"]))
+    if fetch.get("elapsed_ms") is not None:
+        words.append(f"{fetch['elapsed_ms']} ms")
+    words += [f"{key}={value}" for key, value in fetch.items()
+              if key not in ("outcome", "status", "elapsed_ms")]
+    return " ".join(words)
+
+
 def _hash_password(args: argparse.Namespace, settings: Settings) -> int:
     if sys.stdin.isatty():
         password = getpass.getpass("Password: ")
@@ -161,7 +261,7 @@ def _hash_password(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     resolve_auth_token(settings)  # creates the local token once, before any worker races to
     embedded = None
     # uvicorn re-raises SIGTERM once it has shut down; exit through `finally` to stop Redis.
@@ -183,6 +283,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     base = settings.public_url or f"http://{args.host}:{args.port}"
     print(f"ivr: voice webhook {base}/twilio/voice, messaging webhook {base}/twilio/messaging",
           file=sys.stderr)
+    metrics_dir = None
+    if args.workers > 1:
+        # Each worker writes its metrics to files here and /metrics sums them all. Workers are
+        # new processes that import prometheus_client with this environment; a fresh directory
+        # per run, so no count from an earlier run is ever added in.
+        metrics_dir = tempfile.mkdtemp(prefix="ivr-metrics-")
+        os.environ[MULTIPROCESS_ENV] = metrics_dir
     try:
         uvicorn.run(
             "ivr.app:create_app",
@@ -191,10 +298,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             port=args.port,
             workers=args.workers,
             log_level=settings.log_level.lower(),
+            log_config=uvicorn_log_config(settings.log_level, settings.log_format),
             access_log=False,
             server_header=False,
         )
     finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         if embedded is not None:
             embedded.stop()
     return 0

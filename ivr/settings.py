@@ -72,6 +72,17 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="debug, info, warning or error."
     )
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto",
+        description="json (one object a line), text, or auto: text at a terminal, else json.",
+    )
+    trace_max_entries: int = Field(
+        default=10_000, ge=0, le=1_000_000,
+        description="Call traces kept in Redis (the newest); 0 keeps none.",
+    )
+    trace_hours: float = Field(
+        default=24.0, gt=0, le=24 * 30, description="Hours a call trace is kept in Redis."
+    )
 
     @field_validator("public_url")
     @classmethod
@@ -93,7 +104,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"user {name!r}: the password {exc}") from None
         return users
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower_case(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from ivr.metrics import STORE_UP
 from ivr.queues import Queue, QueueConfig, check_overflow
 
 log = logging.getLogger("ivr.store")
@@ -213,12 +214,14 @@ class Store:
         self._queues: dict[str, Queue] = {}
         self._config_version: str | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._following = False
 
     # --- life cycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Load the configuration, then keep it fresh in the background."""
         await self.refresh()
+        self._set_following(True)
         self._listener = asyncio.create_task(self._listen(), name="ivr-queue-invalidation")
 
     async def close(self) -> None:
@@ -245,6 +248,26 @@ class Store:
 
     def queue_names(self) -> set[str]:
         return set(self._queues)
+
+    # --- health -----------------------------------------------------------------------------
+
+    @property
+    def following(self) -> bool:
+        """Whether this process is subscribed to queue changes: False from the moment the
+        connection to Redis fails until it is made again (no I/O: the listener knows)."""
+        return self._following
+
+    async def reachable(self, timeout: float) -> bool:
+        """Whether Redis answers PING within `timeout` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                return bool(await self.redis.ping())
+        except (RedisError, OSError, TimeoutError):
+            return False
+
+    def _set_following(self, following: bool) -> None:
+        self._following = following
+        STORE_UP.set(1 if following else 0)
 
     # --- keeping the cache fresh ------------------------------------------------------------
 
@@ -273,6 +296,9 @@ class Store:
                     await pubsub.subscribe(CHANGED_CHANNEL)
                     await self.refresh()  # subscribed first, so no change falls in between
                     backoff = 0.1
+                    if not self._following:
+                        log.info("queue updates: store reachable again")
+                    self._set_following(True)
                     while True:
                         message = await pubsub.get_message(timeout=RECHECK_INTERVAL)
                         if message is not None:
@@ -283,10 +309,12 @@ class Store:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                log.warning("queue updates: store unreachable (%s); routing from the last "
-                            "configuration seen, retrying", type(exc).__name__)
+                if self._following:
+                    log.warning("queue updates: store unreachable (%s); routing from the last "
+                                "configuration seen, retrying", type(exc).__name__)
             except Exception:  # whatever it was, this process must keep following changes
                 log.exception("queue updates: unexpected error; retrying")
+            self._set_following(False)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 

@@ -33,7 +33,7 @@ def api(make_settings, start_server) -> httpx.Client:
     ("method", "path"),
     [("GET", "/queues"), ("GET", "/queues/gold"), ("PUT", "/queues/gold"),
      ("DELETE", "/queues/gold"), ("GET", "/queues/gold/history"),
-     ("POST", "/queues/gold/rollback"), ("GET", "/audit")],
+     ("POST", "/queues/gold/rollback"), ("GET", "/audit"), ("GET", "/calls")],
 )
 def test_every_route_needs_the_admin_token(api: httpx.Client, headers, method, path) -> None:
     response = httpx.request(method, str(api.base_url).rstrip("/") + path,
@@ -230,7 +230,7 @@ def test_the_openapi_document_describes_every_route(api: httpx.Client) -> None:
     document = httpx.get(f"{api.server_url}/admin/api/openapi.json").json()  # type: ignore[attr-defined]
     assert document["openapi"].startswith("3.")
     assert set(document["paths"]) == {"/queues", "/queues/{name}", "/queues/{name}/history",
-                                      "/queues/{name}/rollback", "/audit"}
+                                      "/queues/{name}/rollback", "/audit", "/calls"}
     assert set(document["paths"]["/queues/{name}"]) >= {"get", "put", "delete"}
     assert "sip_uri" in document["components"]["schemas"]["QueueInput"]["properties"]
 

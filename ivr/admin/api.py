@@ -1,5 +1,6 @@
 """The admin API, JSON under /admin/api: queues (read, write, delete), their history and
-rollback, and the audit log. Every route needs `Authorization: Bearer <IVR_ADMIN_TOKEN>`."""
+rollback, the audit log, and recent call traces. Every route needs
+`Authorization: Bearer <IVR_ADMIN_TOKEN>`."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ log = logging.getLogger("ivr.admin")
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_AUDIT_PAGE = 1000
+MAX_CALLS_PAGE = 1000
+MAX_SID_LENGTH = 64
 MAX_OFFSET = 10**9
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -207,6 +210,25 @@ async def audit_log(request: Request) -> Response:
     return JSONResponse({"entries": entries, "total": total, "offset": offset, "limit": limit})
 
 
+@admin_only
+async def recent_calls(request: Request) -> Response:
+    """Call traces, newest first: `limit`, one call's (`sid`), or those answered `after` an epoch
+    time (what `ivr calls tail --follow` asks for)."""
+    query = request.query_params
+    try:
+        limit = int(query.get("limit", 100))
+        after = float(query["after"]) if "after" in query else None
+    except ValueError:
+        raise field_errors("limit must be an integer and after a number", "limit") from None
+    if not 1 <= limit <= MAX_CALLS_PAGE:
+        raise field_errors(f"limit must be 1 to {MAX_CALLS_PAGE}", "limit")
+    sid = query.get("sid") or None
+    if sid is not None and (len(sid) > MAX_SID_LENGTH or not sid.isalnum()):
+        raise field_errors("must be a CallSid or MessageSid", "sid")
+    calls = await request.app.state.services.traces.recent(limit, sid=sid, after=after)
+    return JSONResponse({"calls": calls})
+
+
 async def openapi(request: Request) -> Response:
     return JSONResponse(openapi_document())
 
@@ -219,5 +241,6 @@ routes = [
     Route("/queues/{name}/history", queue_history, methods=["GET"]),
     Route("/queues/{name}/rollback", rollback_queue, methods=["POST"]),
     Route("/audit", audit_log, methods=["GET"]),
+    Route("/calls", recent_calls, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
 ]

@@ -1,5 +1,6 @@
-"""A client of a running server's admin API, for `ivr queues ...`: changes made from the command
-line are validated, versioned and audited exactly like changes made in the web page."""
+"""A client of a running server's admin API, for `ivr queues ...` and `ivr calls ...`: changes
+made from the command line are validated, versioned and audited exactly like changes made in the
+web page."""
 
 from __future__ import annotations
 
@@ -79,6 +80,16 @@ class AdminClient:
     def rollback(self, name: str, version: int) -> dict[str, Any]:
         path = f"/queues/{quote(name, safe='')}/rollback"
         return self._request("POST", path, json={"version": version}).json()
+
+    def calls(self, limit: int = 100, sid: str | None = None,
+              after: float | None = None) -> list[dict[str, Any]]:
+        """Call traces, newest first."""
+        params: dict[str, Any] = {"limit": limit}
+        if sid:
+            params["sid"] = sid
+        if after is not None:
+            params["after"] = repr(after)
+        return self._request("GET", "/calls", params=params).json()["calls"]
 
     def export_yaml(self) -> str:
         """The live configuration in the format of `sip_config/queues.yaml`."""

@@ -95,6 +95,18 @@ def openapi_document() -> dict[str, Any]:
                      "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
                 "responses": {"200": _json("#/components/schemas/Audit", "Audit entries"),
                               "401": unauthorized}}},
+            "/calls": {"get": {
+                "summary": "Recent call traces, newest first", "operationId": "recentCalls",
+                "parameters": [
+                    {"name": "limit", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                    {"name": "sid", "in": "query", "description": "Only this CallSid or MessageSid",
+                     "schema": {"type": "string", "pattern": "^[A-Za-z0-9]{1,64}$"}},
+                    {"name": "after", "in": "query",
+                     "description": "Only traces answered after this time (epoch seconds, as "
+                                    "in `answered`)", "schema": {"type": "number"}}],
+                "responses": {"200": _json("#/components/schemas/Calls", "Call traces"),
+                              "401": unauthorized, "422": _error("Invalid parameter")}}},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -115,6 +127,27 @@ def openapi_document() -> dict[str, Any]:
                         "old": {}, "new": {}, "rolled_back_to": {"type": "integer"}}}},
                     "total": {"type": "integer"}, "offset": {"type": "integer"},
                     "limit": {"type": "integer"}}},
+                "Calls": {"type": "object", "properties": {"calls": {
+                    "type": "array", "items": {"$ref": "#/components/schemas/CallTrace"}}}},
+                "CallTrace": {"type": "object", "properties": {
+                    "id": {"type": "string"},
+                    "at": {"type": "string", "format": "date-time",
+                           "description": "When the webhook arrived"},
+                    "answered": {"type": "number", "description": "When it was answered, epoch "
+                                 "seconds"},
+                    "channel": {"enum": ["voice", "messaging"]},
+                    "endpoint": {"enum": ["voice", "voice_dial", "messaging"]},
+                    "sid": {"type": "string"},
+                    "from": {"type": "string", "description": "The caller's number, masked"},
+                    "flow": {"type": ["string", "null"]},
+                    "steps": {"type": "array", "items": {"type": "string"},
+                              "description": "Step ids, in the order they ran"},
+                    "fetches": {"type": "object", "description": "Per fetch step: status, "
+                                "outcome, elapsed_ms", "additionalProperties": {"type": "object"}},
+                    "route": {"type": ["string", "null"], "description": "The queue"},
+                    "fallback_reason": {"type": ["string", "null"]},
+                    "summary": {"type": "string"},
+                    "duration_ms": {"type": "number"}}},
                 "Error": {"type": "object", "required": ["error"], "properties": {
                     "error": {"type": "string"},
                     "errors": {"type": "array", "items": {"type": "object", "properties": {

@@ -1,5 +1,6 @@
 """The admin web page under /admin, for people who are not developers: sign in, see where each
-queue sends calls, edit a queue, roll back to an earlier version, read the audit log.
+queue sends calls, edit a queue, roll back to an earlier version, read the audit log, see the
+recent calls.
 
 Plain server-rendered HTML forms, no JavaScript. Sign-in sessions live in Redis (shared by every
 instance) and end as soon as their user or token is no longer configured; every form posts the
@@ -45,6 +46,8 @@ TOKEN_USER = "admin token"
 MAX_FORM_BYTES = 16 * 1024
 MAX_FORM_FIELDS = 20
 AUDIT_PAGE_SIZE = 50
+CALLS_PAGE_SIZE = 100
+MAX_SID_LENGTH = 64
 MAX_NUMBER_DIGITS = 12  # of a number in a form or query: more is nonsense, not a version
 PASSWORD_CHECKS_AT_ONCE = 2  # PBKDF2 runs per process; more sign-ins wait their turn
 THROTTLE_PREFIX = "ivr:admin:throttle:"
@@ -628,6 +631,20 @@ async def audit_log(request: Request, session: AdminSession) -> Response:
                 page_size=AUDIT_PAGE_SIZE)
 
 
+# --- recent calls -------------------------------------------------------------------------------
+
+@signed_in
+async def recent_calls(request: Request, session: AdminSession) -> Response:
+    """The newest call traces, or one call's (a CallSid or MessageSid typed in the filter)."""
+    sid = request.query_params.get("sid", "").strip()
+    if len(sid) > MAX_SID_LENGTH or not sid.isalnum():
+        sid = ""
+    traces = request.app.state.services.traces
+    calls = await traces.recent(CALLS_PAGE_SIZE, sid=sid or None)
+    return page(request, "calls.html", session, calls=calls, sid=sid, page_size=CALLS_PAGE_SIZE,
+                hours=request.app.state.settings.trace_hours)
+
+
 routes = [
     Route("/", queue_list, methods=["GET"], name="admin_index"),
     Route("/login", login, methods=["GET", "POST"], name="admin_login"),
@@ -637,5 +654,6 @@ routes = [
     Route("/queues/{name}", save_queue, methods=["POST"], name="admin_save_queue"),
     Route("/queues/{name}/rollback", rollback_queue, methods=["POST"], name="admin_rollback"),
     Route("/audit", audit_log, methods=["GET"], name="admin_audit"),
+    Route("/calls", recent_calls, methods=["GET"], name="admin_calls"),
     Mount("/static", StaticFiles(directory=HERE / "static"), name="admin_static"),
 ]

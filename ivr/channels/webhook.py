@@ -1,6 +1,8 @@
 """The data path of a webhook, top to bottom: read the form -> verify the signature -> replay a
 retried webhook's answer -> load the session -> run (or resume) the flow within the deadline ->
-look up the queues it routes to -> render TwiML -> save the session and the contact memory."""
+look up the queues it routes to -> render TwiML -> save the session and the contact memory.
+Along the way the webhook's CallTrace notes what was done, for its log line, the metrics and the
+call trace kept in Redis."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from starlette.datastructures import ImmutableMultiDict
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 
+from ivr.calltrace import CallTrace, CallTraces
 from ivr.channels.messaging import render_messaging, render_messaging_apology
 from ivr.channels.voice import (
     CallbackUrls,
@@ -33,7 +36,8 @@ from ivr.flows.model import Flow
 from ivr.flows.runner import Outcome, run_flow
 from ivr.flows.step import Channel, Contact, Run
 from ivr.flows.steps.route import DEFAULT_MESSAGE, RouteStep
-from ivr.logs import mask_number
+from ivr.logs import log_context, mask_number
+from ivr.metrics import ROUTES, SIGNATURE_REJECTIONS, WEBHOOK_SECONDS
 from ivr.queues import Queue
 from ivr.store import Store
 from ivr.twilio_security import WebhookVerifier
@@ -59,6 +63,7 @@ class Services:
     store: Store
     conversations: Conversations
     http: httpx.AsyncClient
+    traces: CallTraces
     verifier: WebhookVerifier
     urls: CallbackUrls
     flow_settings: dict[str, Any]  # the settings flows may read
@@ -83,6 +88,7 @@ class Webhook:
     contact: Contact
     sid: str
     query: dict[str, str]
+    trace: CallTrace
     to_number: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -98,26 +104,37 @@ class Webhook:
 # --- the three endpoints ----------------------------------------------------------------------
 
 async def voice_webhook(request: Request) -> Response:
-    return await _handle(request, "voice", "CallSid", _answer_call)
+    return await _handle(request, "voice", "voice", "CallSid", _answer_call)
 
 
 async def dial_webhook(request: Request) -> Response:
-    return await _handle(request, "voice", "CallSid", _answer_dial_result)
+    return await _handle(request, "voice_dial", "voice", "CallSid", _answer_dial_result)
 
 
 async def messaging_webhook(request: Request) -> Response:
-    return await _handle(request, "messaging", "MessageSid", _answer_message)
+    return await _handle(request, "messaging", "messaging", "MessageSid", _answer_message)
 
 
-async def _handle(request: Request, channel: Channel, sid_param: str, answer: Any) -> Response:
+async def _handle(request: Request, endpoint: str, channel: Channel, sid_param: str,
+                  answer: Any) -> Response:
     services: Services = request.app.state.services
     started = time.perf_counter()
     try:
-        hook = await _verified_webhook(request, services, channel, sid_param)
+        hook = await _verified_webhook(request, services, endpoint, channel, sid_param)
     except BadWebhook as exc:
+        if exc.status == 403:
+            SIGNATURE_REJECTIONS.labels(endpoint).inc()
         log.warning("%s webhook refused: %s", channel, exc.detail)
         return PlainTextResponse(exc.reason, status_code=exc.status)
+    with log_context(**hook.trace.sid_field(), channel=channel):
+        twiml, summary = await _answer_once(request, services, hook, answer)
+        _observe(services, hook.trace, summary, time.perf_counter() - started)
+    return Response(twiml, media_type="text/xml")
 
+
+async def _answer_once(request: Request, services: Services, hook: Webhook, answer: Any
+                       ) -> tuple[str, str]:
+    """The TwiML and a summary for the log: the earlier answer if Twilio retries a webhook."""
     token = request.headers.get(IDEMPOTENCY_HEADER, "")[:200]
     try:
         replayed = await best_effort(services.conversations.replay(token), None,
@@ -130,12 +147,21 @@ async def _handle(request: Request, channel: Channel, sid_param: str, answer: An
                 await best_effort(services.conversations.record_reply(token, twiml), None,
                                   "retry record")
     except Exception:  # every failure still answers the contact, with a route if there is one
-        log.exception("%s %s: could not answer; routing to the fallback queue", channel,
+        log.exception("%s %s: could not answer; routing to the fallback queue", hook.channel,
                       hook.sid)
         twiml, summary = _fallback_answer(services, hook)
-    log.info("%s %s from %s: %s (%.1f ms)", channel, hook.sid, mask_number(hook.contact.address),
-             summary, (time.perf_counter() - started) * 1000)
-    return Response(twiml, media_type="text/xml")
+    return twiml, summary
+
+
+def _observe(services: Services, trace: CallTrace, summary: str, seconds: float) -> None:
+    """The webhook's log line, its metrics and its stored trace (written in the background)."""
+    trace.finish(summary, seconds)
+    WEBHOOK_SECONDS.labels(trace.endpoint).observe(seconds)
+    if trace.decided:
+        ROUTES.labels(trace.channel, trace.flow, trace.route).inc()
+    log.info("%s %s from %s: %s (%.1f ms)", trace.channel, trace.sid, trace.caller, summary,
+             trace.duration_ms, extra=trace.log_fields())
+    services.traces.record(trace)
 
 
 async def best_effort(operation: Awaitable[T], default: T, what: str) -> T:
@@ -158,6 +184,7 @@ def _fallback_answer(services: Services, hook: Webhook) -> tuple[str, str]:
         return render(), "apology (internal error, no fallback queue)"
     actions: list[Action] = [RouteToQueue(flow.fallback_queue, hook.contact.number)]
     queues = {flow.fallback_queue: queue}
+    hook.trace.fell_back(flow, "internal error")
     if hook.channel == "voice":
         twiml = render_voice(actions, queues, services.urls)
     else:
@@ -247,6 +274,7 @@ async def _forward_to_queue(
     note = template.render(run.variables).strip()
     actions: list[Action] = [RouteToQueue(queue_name, note)]
     queues = {queue_name: q} if (q := services.store.queue(queue_name)) else {}
+    hook.trace.handed_over(session.get("flow"), queue_name)
     # Already acknowledged when handed over: forwarding alone, without a new acknowledgement.
     twiml = render_messaging(actions, queues, acknowledge=False)
     if flow is not None:  # each message keeps the hand-off alive for another expire_after
@@ -293,6 +321,7 @@ async def _run(
     else:
         twiml = render_messaging(actions, queues)
     routed = next((a.queue for a in actions if isinstance(a, RouteToQueue)), None)
+    hook.trace.ran(flow, outcome, run, routed)
     session.update(state=run.state(), turn=turn, twiml=twiml, waiting_at=outcome.waiting_at,
                    routed_to=None, route_step=None)
     if outcome.waiting_at is None and routed is not None and (
@@ -388,7 +417,7 @@ def _int(value: str | None) -> int | None:
 # --- reading and checking the request ---------------------------------------------------------
 
 async def _verified_webhook(
-    request: Request, services: Services, channel: Channel, sid_param: str
+    request: Request, services: Services, endpoint: str, channel: Channel, sid_param: str
 ) -> Webhook:
     form = await _read_form(request, services.max_body_bytes)
     url = services.verifier.signed_url(str(request.url), request.url.path, request.url.query)
@@ -399,7 +428,8 @@ async def _verified_webhook(
     address = _required(params, "From", MAX_ADDRESS_LENGTH)
     sid = _required(params, sid_param)
     contact = Contact(address.removeprefix("whatsapp:"), address, channel)
-    return Webhook(channel, params, contact, sid, dict(request.query_params))
+    trace = CallTrace(endpoint, channel, sid, mask_number(address))
+    return Webhook(channel, params, contact, sid, dict(request.query_params), trace)
 
 
 async def _read_form(request: Request, max_bytes: int) -> ImmutableMultiDict[str, str]:

@@ -1,0 +1,216 @@
+"""Per-call traces: what answering each webhook did (the steps taken, each fetch's outcome and
+latency, the route, why a fallback was used, how long it took), kept in Redis for a bounded time
+and number, for `ivr calls tail`, `GET /admin/api/calls` and the admin page's Calls.
+
+Writing a trace never slows or breaks a call: `CallTraces.record` only queues the entry in memory;
+one task per process writes what has queued up, at most every WRITE_INTERVAL, in one pipelined
+round trip, and drops it (counted in ivr_call_traces_dropped_total) when Redis is unreachable.
+
+Key:
+  ivr:calls   sorted set: JSON entry scored by the time it was answered (epoch seconds); entries
+              older than IVR_TRACE_HOURS, and beyond the newest IVR_TRACE_MAX_ENTRIES, are removed
+              at each write
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from ivr.flows.model import Flow
+from ivr.flows.runner import Outcome
+from ivr.flows.step import Run
+from ivr.metrics import CALL_TRACES_DROPPED
+
+log = logging.getLogger("ivr.calltrace")
+
+CALLS_KEY = "ivr:calls"
+MAX_PENDING = 2000  # entries waiting for Redis, per process; beyond, the oldest are dropped
+# Traces wait this long to be written together: under load, one round trip carries hundreds.
+WRITE_INTERVAL = 0.1
+WRITE_TIMEOUT = 2.0
+RETRY_PAUSE = 1.0  # after a failed write, so an outage does not spin
+READ_CHUNK = 500
+
+
+@dataclass
+class CallTrace:
+    """What answering one webhook did, filled in along the data path."""
+
+    endpoint: str  # voice, voice_dial, messaging
+    channel: str
+    sid: str
+    caller: str  # masked
+    at: float = field(default_factory=time.time)
+    flow: str | None = None
+    steps: list[str] = field(default_factory=list)
+    fetches: dict[str, dict[str, Any]] = field(default_factory=dict)
+    route: str | None = None
+    fallback_reason: str | None = None
+    decided: bool = False  # a flow (or its fallback) chose `route` for this webhook
+    summary: str = ""
+    duration_ms: float = 0.0
+
+    def ran(self, flow: Flow, outcome: Outcome, run: Run, route: str | None) -> None:
+        """Record a run of `flow`: its steps, its fetches' outcomes and the route it chose."""
+        self.flow = flow.name
+        self.steps = list(outcome.trace)
+        # Only fetch outcomes: other steps' records may hold what the contact typed.
+        self.fetches = {step: dict(run.steps[step]) for step in outcome.trace
+                        if step in run.steps and flow.steps[step].kind == "fetch"}
+        self.route = route
+        self.fallback_reason = outcome.fallback_reason
+        self.decided = route is not None
+
+    def handed_over(self, flow_name: str | None, route: str) -> None:
+        """A message forwarded to the queue its conversation was handed to earlier."""
+        self.flow = flow_name
+        self.route = route
+
+    def fell_back(self, flow: Flow, reason: str) -> None:
+        self.flow = flow.name
+        self.route = flow.fallback_queue
+        self.fallback_reason = reason
+        self.decided = True
+
+    def finish(self, summary: str, seconds: float) -> None:
+        self.summary = summary
+        self.duration_ms = round(seconds * 1000, 1)
+
+    def sid_field(self) -> dict[str, str]:
+        """The SID under the name log lines carry it: call_sid or message_sid."""
+        return {"call_sid" if self.channel == "voice" else "message_sid": self.sid}
+
+    def log_fields(self) -> dict[str, Any]:
+        """The structured fields of the webhook's log line (JSON logs)."""
+        return {"endpoint": self.endpoint, "from": self.caller, "flow": self.flow,
+                "route": self.route, "fallback_reason": self.fallback_reason,
+                "duration_ms": self.duration_ms}
+
+    def entry(self) -> dict[str, Any]:
+        return {
+            "id": secrets.token_hex(8),
+            "at": datetime.fromtimestamp(self.at, UTC).isoformat(timespec="milliseconds"),
+            "channel": self.channel,
+            "endpoint": self.endpoint,
+            "sid": self.sid,
+            "from": self.caller,
+            "flow": self.flow,
+            "steps": self.steps,
+            "fetches": self.fetches,
+            "route": self.route,
+            "fallback_reason": self.fallback_reason,
+            "summary": self.summary,
+            "duration_ms": self.duration_ms,
+        }
+
+
+class CallTraces:
+    """This process's writer of call traces, and the reader of everyone's."""
+
+    def __init__(self, client: redis.Redis, max_entries: int, hours: float) -> None:
+        self.redis = client
+        self.max_entries = max_entries
+        self.ttl = max(1, round(hours * 3600))
+        self._pending: collections.deque[tuple[float, str]] = collections.deque()
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._failing = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_entries > 0
+
+    def start(self) -> None:
+        if self.enabled:
+            self._writer = asyncio.create_task(self._write_loop(), name="ivr-call-traces")
+
+    async def close(self) -> None:
+        """Stop writing, after one last try at what is still queued."""
+        if self._writer is None:
+            return
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+        self._writer = None
+        if self._pending:
+            await self._write_pending()
+
+    def record(self, trace: CallTrace) -> None:
+        """Queue `trace` for writing; never waits, never raises into the call."""
+        if not self.enabled:
+            return
+        if len(self._pending) >= MAX_PENDING:
+            self._pending.popleft()
+            CALL_TRACES_DROPPED.inc()
+        answered = trace.at + trace.duration_ms / 1000
+        self._pending.append((answered, json.dumps(trace.entry(), separators=(",", ":"))))
+        if not self._wake.is_set():
+            self._wake.set()
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(WRITE_INTERVAL)
+            self._wake.clear()
+            if not await self._write_pending():
+                await asyncio.sleep(RETRY_PAUSE)
+
+    async def _write_pending(self) -> bool:
+        batch = dict((entry, score) for score, entry in self._pending)
+        self._pending.clear()
+        now = time.time()
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.zadd(CALLS_KEY, batch)
+                    pipe.zremrangebyscore(CALLS_KEY, "-inf", f"({now - self.ttl}")
+                    pipe.zremrangebyrank(CALLS_KEY, 0, -self.max_entries - 1)
+                    pipe.expire(CALLS_KEY, self.ttl)
+                    await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            CALL_TRACES_DROPPED.inc(len(batch))
+            if not self._failing:
+                log.warning("call traces not stored: store unavailable (%s); retrying",
+                            type(exc).__name__)
+            self._failing = True
+            return False
+        except Exception:  # a trace must never take the writer down with it
+            CALL_TRACES_DROPPED.inc(len(batch))
+            log.exception("call traces not stored")
+            return True
+        if self._failing:
+            log.info("call traces stored again")
+            self._failing = False
+        return True
+
+    async def recent(self, limit: int, sid: str | None = None,
+                     after: float | None = None) -> list[dict[str, Any]]:
+        """Up to `limit` traces, newest first: of one `sid` if given, answered after the epoch
+        time `after` if given, none older than the retention."""
+        oldest = max(time.time() - self.ttl, after or 0)
+        needle = f'"sid":{json.dumps(sid)},' if sid else None
+        found: list[dict[str, Any]] = []
+        offset = 0
+        while len(found) < limit:
+            count = limit if needle is None else READ_CHUNK
+            chunk = await self.redis.zrevrangebyscore(
+                CALLS_KEY, "+inf", f"({oldest}", start=offset, num=count, withscores=True)
+            for raw, score in chunk:
+                if needle is None or needle in raw:
+                    found.append({**json.loads(raw), "answered": score})
+            if len(chunk) < count:
+                break
+            offset += count
+        return found[:limit]

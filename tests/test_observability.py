@@ -1,0 +1,385 @@
+"""Observability over real servers: /readyz through a Redis outage, /metrics (one process and
+`ivr serve --workers 2`), JSON logs, and call traces in the admin API, `ivr calls tail` and the
+admin page."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import queue
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ivr.embedded_redis import EmbeddedRedis
+from ivr.logs import formatter, mask_number
+from ivr.settings import Settings
+from tests import loyalty_api as L
+from tests.servers import ServerThread
+from tests.test_cli import IVR, Served, clean_env
+from tests.twilio_client import FakeTwilio, call_params
+
+ADMIN = "admin-token-for-tests-0123456789"
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+GOLD_DIAL = "<Sip>sip:gold@queues.example.com</Sip>"
+
+
+def eventually(probe: Callable[[], Any], timeout: float = 15.0, every: float = 0.05) -> Any:
+    """`probe()` once it is truthy; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout} s: {probe}")
+        time.sleep(every)
+
+
+def samples(metrics_text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a /metrics page: (name, labels) -> value."""
+    found = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return found
+
+
+def sample(metrics_text: str, name: str, **labels: str) -> float:
+    return samples(metrics_text).get((name, frozenset(labels.items())), 0.0)
+
+
+def traces(server: ServerThread | Served, **params: Any) -> list[dict[str, Any]]:
+    response = httpx.get(server.url + "/admin/api/calls", params=params, headers=AUTH, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()["calls"]
+
+
+def trace_of(server: ServerThread, sid: str) -> dict[str, Any]:
+    """The stored trace of `sid` (written in the background: may take a moment)."""
+    return eventually(lambda: traces(server, sid=sid))[0]
+
+
+@pytest.fixture
+def server(make_settings: Callable[..., Settings],
+           start_server: Callable[[Settings], ServerThread]) -> ServerThread:
+    return start_server(make_settings(admin_token=ADMIN))
+
+
+# --- /readyz ------------------------------------------------------------------------------------
+
+def test_readyz_is_ready_while_the_store_answers_and_flows_are_loaded(server: ServerThread) -> None:
+    response = httpx.get(server.url + "/readyz")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ready"
+    assert response.json()["store"] == "ok" and response.json()["flows"] >= 1
+    assert httpx.get(server.url + "/healthz").text == "ok"
+
+
+def test_readyz_is_degraded_while_redis_is_down_calls_still_route_and_it_recovers(
+    make_settings: Callable[..., Settings], start_server: Callable[[Settings], ServerThread],
+    tmp_path: Path,
+) -> None:
+    own_redis = EmbeddedRedis(tmp_path / "own")
+    server = start_server(make_settings(redis_url=own_redis.start()))
+    try:
+        assert httpx.get(server.url + "/readyz").status_code == 200
+        own_redis.stop()
+
+        degraded = eventually(lambda: (r := httpx.get(server.url + "/readyz")).status_code == 503
+                              and r.json())
+        assert degraded["status"] == "degraded" and degraded["store"] == "unreachable"
+        call = FakeTwilio(server.url).call(L.GOLD)
+        assert call.status_code == 200 and "<Dial" in call.text and "<Sip>sip:" in call.text
+
+        own_redis = EmbeddedRedis(tmp_path / "own")  # the same data dir, so the same socket
+        own_redis.start()
+        eventually(lambda: httpx.get(server.url + "/readyz").status_code == 200)
+        assert GOLD_DIAL in FakeTwilio(server.url).call(L.GOLD).text
+    finally:
+        own_redis.stop()
+
+
+# --- /metrics -----------------------------------------------------------------------------------
+
+def test_metrics_count_webhook_latency_routes_and_signature_rejections(
+    server: ServerThread,
+) -> None:
+    before = httpx.get(server.url + "/metrics").text
+    twilio = FakeTwilio(server.url)
+    assert GOLD_DIAL in twilio.call(L.GOLD).text
+    assert twilio.message(L.PLATINUM).status_code == 200
+    forged = FakeTwilio(server.url, token="someone-elses-token").call(L.GOLD)
+    assert forged.status_code == 403
+
+    response = httpx.get(server.url + "/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    after = response.text
+
+    def grew(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    assert grew("ivr_webhook_seconds_count", endpoint="voice") == 1
+    assert grew("ivr_webhook_seconds_count", endpoint="messaging") == 1
+    assert grew("ivr_webhook_seconds_bucket", endpoint="voice", le="+Inf") == 1
+    assert grew("ivr_routes_total", channel="voice", flow="loyalty_routing", queue="gold") == 1
+    assert grew("ivr_routes_total", channel="messaging", flow="loyalty_routing",
+                queue="platinum") == 1
+    assert grew("ivr_signature_rejections_total", endpoint="voice") == 1
+
+
+def test_metrics_of_two_workers_add_up_to_every_call(newcomer_serve: Callable[..., Served]
+                                                      ) -> None:
+    server = newcomer_serve("--workers", "2", IVR_LOG_FORMAT="json")
+    token = (server.cwd / "var" / "local_twilio_auth_token").read_text().strip()
+    twilio = FakeTwilio(server.url, token=token)
+    calls = 12
+    for _ in range(calls):  # a new connection each: the workers share them out
+        assert GOLD_DIAL in twilio.call(L.GOLD).text
+
+    for _ in range(4):  # whichever worker answers the scrape counts every worker's calls
+        metrics = httpx.get(server.url + "/metrics").text
+        assert sample(metrics, "ivr_routes_total", channel="voice", flow="loyalty_routing",
+                      queue="gold") == calls
+        assert sample(metrics, "ivr_webhook_seconds_count", endpoint="voice") == calls
+
+    server.stop()
+    log_lines = server.log.read_text().splitlines()
+    entries = [json.loads(line) for line in log_lines if not line.startswith("ivr: ")]
+    answered = [entry for entry in entries if entry.get("call_sid")]
+    assert len(answered) == calls
+    assert len({entry["process"] for entry in answered}) == 2, "one worker answered every call"
+
+
+@pytest.fixture
+def newcomer_serve(config_dir: Path, loyalty) -> Iterator[Callable[..., Served]]:
+    """`ivr serve ARGS` on embedded defaults in a copy of the checkout, stopped after the test."""
+    served: list[Served] = []
+
+    def serve(*args: str, **env: str) -> Served:
+        server = Served(config_dir, clean_env(IVR_LOYALTY_API_URL=loyalty[1], **env), *args)
+        served.append(server)
+        return server
+
+    yield serve
+    for server in served:
+        server.stop()
+
+
+# --- logs ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """What the `ivr` loggers write, as IVR_LOG_FORMAT=json formats it."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter("json"))
+    logger = logging.getLogger("ivr")
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.INFO
+    try:
+        yield stream
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_json_logs_carry_the_call_sid_and_never_a_whole_number(
+    server: ServerThread, json_log: io.StringIO
+) -> None:
+    params = call_params(L.GOLD)
+    assert GOLD_DIAL in FakeTwilio(server.url).post("/twilio/voice", params).text
+    message = FakeTwilio(server.url).message(L.PLATINUM)
+    assert message.status_code == 200
+
+    text = json_log.getvalue()
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert L.GOLD not in text and L.PLATINUM not in text and "loyalty-secret" not in text
+    answered = [line for line in lines if line.get("call_sid") == params["CallSid"]
+                and line["logger"] == "ivr.webhook"]
+    assert len(answered) == 1
+    line = answered[0]
+    assert set(line) >= {"time", "level", "logger", "message", "channel", "flow", "route",
+                         "duration_ms", "from"}
+    assert line["level"] == "info" and line["channel"] == "voice"
+    assert line["from"] == mask_number(L.GOLD) and line["route"] == "gold"
+    assert line["flow"] == "loyalty_routing" and line["fallback_reason"] is None
+    assert any(entry.get("message_sid") and entry.get("route") == "platinum" for entry in lines)
+
+
+def test_a_number_in_a_traceback_is_masked_too(json_log: io.StringIO) -> None:
+    try:
+        raise ValueError(f"cannot reach http://crm/customers/%2B{L.GOLD[1:]} for {L.GOLD}")
+    except ValueError:
+        logging.getLogger("ivr.test").exception("lookup of %s failed", L.GOLD)
+    text = json_log.getvalue()
+    assert L.GOLD[1:] not in text
+    entry = json.loads(text)
+    assert mask_number(L.GOLD) in entry["message"] and "%2B1*******001" in entry["exception"]
+
+
+# --- call traces --------------------------------------------------------------------------------
+
+def test_a_call_trace_has_the_steps_the_fetch_and_the_route(server: ServerThread) -> None:
+    params = call_params(L.GOLD)
+    assert GOLD_DIAL in FakeTwilio(server.url).post("/twilio/voice", params).text
+    trace = trace_of(server, params["CallSid"])
+    assert trace["channel"] == "voice" and trace["endpoint"] == "voice"
+    assert trace["from"] == mask_number(L.GOLD)
+    assert trace["flow"] == "loyalty_routing"
+    assert trace["steps"] == ["lookup", "by_tier", "gold_ack", "to_gold"]
+    assert trace["fetches"]["lookup"]["outcome"] == "ok"
+    assert trace["fetches"]["lookup"]["status"] == 200
+    assert trace["fetches"]["lookup"]["elapsed_ms"] > 0
+    assert trace["route"] == "gold" and trace["fallback_reason"] is None
+    assert trace["duration_ms"] > 0 and trace["at"].startswith("20")
+    assert L.GOLD not in json.dumps(trace)
+
+
+def test_a_failed_lookup_is_traced_with_its_outcome(server: ServerThread) -> None:
+    params = call_params(L.BROKEN)
+    FakeTwilio(server.url).post("/twilio/voice", params)
+    trace = trace_of(server, params["CallSid"])
+    assert trace["fetches"]["lookup"]["outcome"] == "http_error"
+    assert trace["fetches"]["lookup"]["status"] == 500
+    assert trace["route"] == "standard"
+
+
+def test_the_calls_api_lists_newest_first_and_filters_by_sid(server: ServerThread) -> None:
+    twilio = FakeTwilio(server.url)
+    sids = []
+    for caller in (L.GOLD, L.PLATINUM, L.UNKNOWN):
+        params = call_params(caller)
+        twilio.post("/twilio/voice", params)
+        sids.append(params["CallSid"])
+    eventually(lambda: len(traces(server)) == 3)
+    assert [trace["sid"] for trace in traces(server)] == sids[::-1]
+    assert [trace["sid"] for trace in traces(server, limit=2)] == sids[:0:-1]
+    assert [trace["route"] for trace in traces(server, sid=sids[1])] == ["platinum"]
+    assert traces(server, sid="CA" + "f" * 32) == []
+    newest = traces(server)[0]["answered"]
+    assert traces(server, after=newest) == []
+    for bad in ({"limit": 0}, {"limit": "x"}, {"sid": "CA<script>"}, {"after": "soon"}):
+        response = httpx.get(server.url + "/admin/api/calls", params=bad, headers=AUTH)
+        assert response.status_code == 422, bad
+    assert httpx.get(server.url + "/admin/api/calls").status_code == 401
+
+
+def test_only_the_newest_traces_are_kept(make_settings: Callable[..., Settings],
+                                         start_server: Callable[[Settings], ServerThread]) -> None:
+    server = start_server(make_settings(admin_token=ADMIN, trace_max_entries=3))
+    twilio = FakeTwilio(server.url)
+    sids = []
+    for _ in range(5):
+        params = call_params(L.GOLD)
+        twilio.post("/twilio/voice", params)
+        sids.append(params["CallSid"])
+    eventually(lambda: traces(server) and traces(server)[0]["sid"] == sids[-1])
+    assert [trace["sid"] for trace in traces(server)] == sids[:1:-1]
+
+
+def test_calls_are_still_answered_while_traces_cannot_be_stored(
+    make_settings: Callable[..., Settings], start_server: Callable[[Settings], ServerThread],
+    tmp_path: Path,
+) -> None:
+    own_redis = EmbeddedRedis(tmp_path / "own")
+    server = start_server(make_settings(redis_url=own_redis.start(), admin_token=ADMIN))
+    own_redis.stop()
+    started = time.perf_counter()
+    for _ in range(3):
+        assert "<Sip>sip:" in FakeTwilio(server.url).call(L.GOLD).text
+    assert time.perf_counter() - started < 10
+    eventually(lambda: sample(httpx.get(server.url + "/metrics").text,
+                              "ivr_call_traces_dropped_total") >= 3)
+
+
+def run_ivr(server: ServerThread, *args: str) -> subprocess.CompletedProcess[str]:
+    env = clean_env(IVR_ADMIN_URL=server.url, IVR_ADMIN_TOKEN=ADMIN)
+    return subprocess.run([*IVR, *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_ivr_calls_tail_prints_the_latest_calls_oldest_first(server: ServerThread) -> None:
+    twilio = FakeTwilio(server.url)
+    sids = []
+    for caller in (L.GOLD, L.BROKEN):
+        params = call_params(caller)
+        twilio.post("/twilio/voice", params)
+        sids.append(params["CallSid"])
+    eventually(lambda: len(traces(server)) == 2)
+
+    result = run_ivr(server, "calls", "tail", "-n", "5")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2
+    assert sids[0] in lines[0] and sids[1] in lines[1]
+    assert "lookup>by_tier>gold_ack>to_gold -> gold" in lines[0]
+    assert "fetch lookup: ok 200" in lines[0] and mask_number(L.GOLD) in lines[0]
+    assert "fetch lookup: http_error 500" in lines[1] and "-> standard" in lines[1]
+
+    one = run_ivr(server, "calls", "tail", "-n", "1", "--json")
+    assert [json.loads(line)["sid"] for line in one.stdout.splitlines()] == [sids[1]]
+
+
+def test_ivr_calls_tail_follow_prints_new_calls_as_they_come(server: ServerThread) -> None:
+    env = clean_env(IVR_ADMIN_URL=server.url, IVR_ADMIN_TOKEN=ADMIN, PYTHONUNBUFFERED="1")
+    follower = subprocess.Popen([*IVR, "calls", "tail", "--follow"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    printed: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [printed.put(line) for line in follower.stdout],
+                              daemon=True)
+    reader.start()
+    try:
+        time.sleep(1.5)  # following, with nothing to print yet
+        assert follower.poll() is None and printed.empty()
+        params = call_params(L.PLATINUM)
+        FakeTwilio(server.url).post("/twilio/voice", params)
+        line = printed.get(timeout=15)
+        assert params["CallSid"] in line and "-> platinum" in line
+        time.sleep(2.5)  # printed once, not again at the next polls
+        assert printed.empty()
+    finally:
+        follower.terminate()
+        follower.wait(10)
+
+
+def test_ivr_calls_tail_without_a_token_explains(server: ServerThread) -> None:
+    env = clean_env(IVR_ADMIN_URL=server.url)
+    result = subprocess.run([*IVR, "calls", "tail"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1 and "IVR_ADMIN_TOKEN" in result.stderr
+
+
+def test_the_admin_page_lists_recent_calls(server: ServerThread) -> None:
+    params = call_params(L.GOLD)
+    FakeTwilio(server.url).post("/twilio/voice", params)
+    trace_of(server, params["CallSid"])
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        form = client.get("/admin/login")
+        csrf = form.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        signed_in = client.post("/admin/login",
+                                data={"csrf": csrf, "user": "", "password": ADMIN})
+        assert signed_in.status_code == 303
+        index = client.get("/admin/")
+        assert 'href="/admin/calls"' in index.text
+        page = client.get("/admin/calls")
+        assert page.status_code == 200
+        assert params["CallSid"] in page.text and mask_number(L.GOLD) in page.text
+        assert "lookup → by_tier → gold_ack → to_gold" in page.text
+        assert L.GOLD not in page.text
+        one = client.get("/admin/calls", params={"sid": "CA" + "f" * 32})
+        assert params["CallSid"] not in one.text and "No trace of" in one.text
+
+
+def test_the_openapi_document_describes_the_calls_route(server: ServerThread) -> None:
+    document = httpx.get(server.url + "/admin/api/openapi.json").json()
+    operation = document["paths"]["/calls"]["get"]
+    assert {p["name"] for p in operation["parameters"]} == {"limit", "sid", "after"}
+    assert "route" in document["components"]["schemas"]["CallTrace"]["properties"]
