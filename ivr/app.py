@@ -24,6 +24,7 @@ from ivr.channels.voice import CallbackUrls
 from ivr.channels.webhook import Services, dial_webhook, messaging_webhook, voice_webhook
 from ivr.conversations import Conversations
 from ivr.flows.loader import FlowLoadError, FlowSet, load_flows
+from ivr.flows.upstream import Upstreams
 from ivr.logs import configure_logging
 from ivr.metrics import CONTENT_TYPE, MULTIPROCESS_DIR, exposition, process_exited
 from ivr.queues import QueueConfigError, load_queue_file
@@ -147,6 +148,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             conversations=Conversations(
                 store.redis, timedelta(days=settings.contact_memory_days)),
             http=http,
+            upstreams=Upstreams(store.redis),
             traces=traces,
             verifier=WebhookVerifier(resolve_auth_token(settings), settings.public_url),
             urls=CallbackUrls(settings.public_url or ""),

@@ -49,6 +49,32 @@ queues:
   standard: {sip_uri: "sip:standard@queues.example.com", message_to: "+15550100103"}
 """
 CALLER = "+15550000077"
+QUICK_NUMBER = "+15005550198"
+# Its unanswered step routes to a "voicemail" queue: a dial that fails from there is the last.
+QUICK_FLOW = f"""
+trigger: {{channels: [voice, messaging], numbers: ["{QUICK_NUMBER}"]}}
+fallback_queue: standard
+unanswered: voicemail
+steps:
+  menu:
+    kind: ask
+    prompt: "Press 1 for gold."
+    expect: choice
+    options: {{gold: ["1"]}}
+    next: to_gold
+    on_exhausted: to_standard
+  to_gold: {{kind: route, queue: gold}}
+  to_standard: {{kind: route, queue: standard}}
+  voicemail: {{kind: route, queue: platinum}}
+"""
+PLAIN_NUMBER = "+15005550197"
+PLAIN_FLOW = f"""
+trigger: {{channels: [voice], numbers: ["{PLAIN_NUMBER}"]}}
+fallback_queue: standard
+steps:
+  menu: {{kind: ask, prompt: "Press 1.", expect: choice, options: {{gold: ["1"]}}, next: to_gold, on_exhausted: to_gold}}
+  to_gold: {{kind: route, queue: gold}}
+"""
 
 
 @pytest.fixture
@@ -57,6 +83,8 @@ def menu(config_dir: Path, make_settings, start_server) -> FakeTwilio:
         if extra.name != "loyalty_routing.yaml":
             extra.unlink()  # only the flows these tests are about
     (config_dir / "flows" / "menu.yaml").write_text(MENU_FLOW)
+    (config_dir / "flows" / "quick.yaml").write_text(QUICK_FLOW)
+    (config_dir / "flows" / "plain.yaml").write_text(PLAIN_FLOW)
     (config_dir / "sip_config" / "queues.yaml").write_text(QUEUES)
     return FakeTwilio(start_server(make_settings()).url)
 
@@ -223,3 +251,64 @@ def test_a_session_expires_and_the_call_starts_over(menu: FakeTwilio, redis_url:
         client.delete(f"ivr:session:voice:{params['CallSid']}")
     late = answer(menu, "/twilio/voice?turn=1", params, Digits="1")
     assert re.search(r"turn=1", gather_url(late.text))  # asked again from the start
+
+
+def test_a_retried_answer_that_routed_is_replayed_in_a_flow_without_unanswered(menu) -> None:
+    params = call_params(CALLER, To=PLAIN_NUMBER)
+    menu.post("/twilio/voice", params)
+    routed = answer(menu, "/twilio/voice?turn=1", params, Digits="1")
+    retried = answer(menu, "/twilio/voice?turn=1", params, Digits="1")
+    assert sip(retried.text)[0] == "sip:gold@queues.example.com"
+    assert retried.text == routed.text
+
+
+def test_a_messaging_retry_racing_its_original_is_answered_once(menu: FakeTwilio) -> None:
+    sender = "+15550000081"
+    menu.post("/twilio/messaging", message_params(sender, "hi", To=MENU_NUMBER))
+    params = message_params(sender, "gold", To=MENU_NUMBER)
+    headers = {"I-Twilio-Idempotency-Token": "retry-42",
+               "X-Twilio-Signature": sign(menu.url("/twilio/messaging"), params)}
+
+    async def twice() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return list(await asyncio.gather(*(client.post(
+                menu.url("/twilio/messaging"), data=params, headers=headers) for _ in range(2))))
+
+    first, second = asyncio.run(twice())
+    assert first.text == second.text  # the same answer: forwarded to the agent once
+    assert first.text.count("+15550100101") == 1
+
+
+def test_the_unanswered_steps_own_route_is_the_last_one_tried(menu: FakeTwilio) -> None:
+    params = call_params(CALLER, To=QUICK_NUMBER)
+    menu.post("/twilio/voice", params)
+    answer(menu, "/twilio/voice?turn=1", params, Digits="1")
+    for attempt in range(3):  # gold, its fallback, its overflow (platinum)
+        failed = dial_result(menu, params, "gold", attempt, "busy")
+    voicemail = sip(failed.text)
+    assert voicemail == ("sip:platinum@queues.example.com",
+                         "/twilio/voice/dial?queue=platinum&try=0&last=1")
+    # Failed again from there: no loop back into the unanswered step.
+    gone = menu.post("/twilio/voice/dial?queue=platinum&try=0&last=1",
+                     {**params, "DialCallStatus": "failed"})
+    root = ET.fromstring(gone.text)
+    assert root.find("Dial") is None and root.find("Hangup") is not None
+
+
+def test_without_redis_a_flow_that_asks_routes_to_its_fallback_at_once(
+    tmp_path: Path, config_dir: Path, make_settings, start_server
+) -> None:
+    from ivr.embedded_redis import EmbeddedRedis
+
+    for extra in (config_dir / "flows").glob("*.yaml"):
+        if extra.name != "loyalty_routing.yaml":
+            extra.unlink()
+    (config_dir / "flows" / "menu.yaml").write_text(MENU_FLOW)
+    (config_dir / "sip_config" / "queues.yaml").write_text(QUEUES)
+    own = EmbeddedRedis(tmp_path / "own-redis")
+    twilio = FakeTwilio(start_server(make_settings(redis_url=own.start())).url)
+    own.stop()
+    response = twilio.post("/twilio/voice", call_params(CALLER, To=MENU_NUMBER))
+    root = ET.fromstring(response.text)
+    assert root.find("Gather") is None  # asking with nowhere to keep the answer would loop
+    assert root.find("Dial/Sip").text == "sip:standard@queues.example.com"

@@ -25,15 +25,18 @@ class CallbackUrls:
     def gather(self, turn: int) -> str:
         return f"{self.base}/twilio/voice?turn={turn}"
 
-    def dial(self, queue: str, attempt: int) -> str:
-        return f"{self.base}/twilio/voice/dial?{urlencode({'queue': queue, 'try': attempt})}"
+    def dial(self, queue: str, attempt: int, last_resort: bool = False) -> str:
+        query = {"queue": queue, "try": attempt, **({"last": 1} if last_resort else {})}
+        return f"{self.base}/twilio/voice/dial?{urlencode(query)}"
 
 
 def render_voice(
-    actions: list[Action], queues: Mapping[str, Queue], urls: CallbackUrls, turn: int = 0
+    actions: list[Action], queues: Mapping[str, Queue], urls: CallbackUrls, turn: int = 0,
+    last_resort: bool = False,
 ) -> str:
-    """TwiML for `actions`; `queues` holds the live configuration of every queue routed to, and
-    `turn` numbers a question so that a retried answer is recognised."""
+    """TwiML for `actions`; `queues` holds the live configuration of every queue routed to,
+    `turn` numbers a question so that a retried answer is recognised, and `last_resort` marks
+    a dial after which nothing else is tried."""
     response = VoiceResponse()
     for action in actions:
         if isinstance(action, Say):
@@ -52,7 +55,7 @@ def render_voice(
                 response.say(APOLOGY)
                 response.hangup()
             else:
-                response.dial(action=urls.dial(action.queue, 0)).sip(queue.sip_uri)
+                response.dial(action=urls.dial(action.queue, 0, last_resort)).sip(queue.sip_uri)
         elif isinstance(action, Hangup):
             response.hangup()
     return str(response)

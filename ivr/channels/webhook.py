@@ -36,6 +36,7 @@ from ivr.flows.model import Flow
 from ivr.flows.runner import Outcome, run_flow
 from ivr.flows.step import Channel, Contact, Run
 from ivr.flows.steps.route import DEFAULT_MESSAGE, RouteStep
+from ivr.flows.upstream import Upstreams
 from ivr.logs import log_context, mask_number
 from ivr.metrics import ROUTES, SIGNATURE_REJECTIONS, WEBHOOK_SECONDS
 from ivr.queues import Queue
@@ -63,6 +64,7 @@ class Services:
     store: Store
     conversations: Conversations
     http: httpx.AsyncClient
+    upstreams: Upstreams
     traces: CallTraces
     verifier: WebhookVerifier
     urls: CallbackUrls
@@ -127,7 +129,13 @@ async def _handle(request: Request, endpoint: str, channel: Channel, sid_param: 
         log.warning("%s webhook refused: %s", channel, exc.detail)
         return PlainTextResponse(exc.reason, status_code=exc.status)
     with log_context(**hook.trace.sid_field(), channel=channel):
-        twiml, summary = await _answer_once(request, services, hook, answer)
+        if channel == "messaging":
+            # One message of a contact at a time, in order, so that two messages arriving
+            # together are both answered, and a retry finds the first answer recorded.
+            async with services.conversations.lock(hook.session_key):
+                twiml, summary = await _answer_once(request, services, hook, answer)
+        else:
+            twiml, summary = await _answer_once(request, services, hook, answer)
         _observe(services, hook.trace, summary, time.perf_counter() - started)
     return Response(twiml, media_type="text/xml")
 
@@ -175,21 +183,22 @@ async def best_effort(operation: Awaitable[T], default: T, what: str) -> T:
         return default
 
 
-def _fallback_answer(services: Services, hook: Webhook) -> tuple[str, str]:
+def _fallback_answer(services: Services, hook: Webhook, flow: Flow | None = None,
+                     reason: str = "internal error") -> tuple[str, str]:
     """The flow's fallback queue, straight from memory; an apology only if there is none."""
-    flow = services.flows.select(hook.channel, hook.to_number)
+    flow = flow or services.flows.select(hook.channel, hook.to_number)
     queue = services.store.queue(flow.fallback_queue) if flow else None
     if flow is None or queue is None:
         render = render_voice_apology if hook.channel == "voice" else render_messaging_apology
-        return render(), "apology (internal error, no fallback queue)"
+        return render(), f"apology ({reason}, no fallback queue)"
     actions: list[Action] = [RouteToQueue(flow.fallback_queue, hook.contact.number)]
     queues = {flow.fallback_queue: queue}
-    hook.trace.fell_back(flow, "internal error")
+    hook.trace.fell_back(flow, reason)
     if hook.channel == "voice":
         twiml = render_voice(actions, queues, services.urls)
     else:
         twiml = render_messaging(actions, queues)
-    return twiml, f"fallback queue {flow.fallback_queue} (internal error)"
+    return twiml, f"fallback queue {flow.fallback_queue} ({reason})"
 
 
 # --- voice ------------------------------------------------------------------------------------
@@ -222,14 +231,17 @@ async def _answer_dial_result(services: Services, hook: Webhook) -> tuple[str, s
     targets = dial_targets(services.store, queue_name)
     if attempt + 1 < len(targets):
         target_queue, uri = targets[attempt + 1]
-        return (render_dial(uri, services.urls.dial(queue_name, attempt + 1)),
+        last_resort = hook.query.get("last") == "1"
+        return (render_dial(uri, services.urls.dial(queue_name, attempt + 1, last_resort)),
                 f"{outcome}; failing over to {target_queue}#{attempt + 1}")
     session = await _load_session(services, hook)
     flow = _session_flow(services, session, hook)
-    if flow is None or flow.unanswered is None:
+    if flow is None or flow.unanswered is None or hook.query.get("last") == "1":
         await _end_session(services, hook)
         return render_voice_apology(), f"{outcome}; every target failed: apology"
-    twiml, summary = await _run(services, hook, session, start_at=flow.unanswered, flow=flow)
+    # A route the unanswered step makes (say, to voicemail) is the last one tried.
+    twiml, summary = await _run(services, hook, session, start_at=flow.unanswered, flow=flow,
+                                last_resort=True)
     return twiml, f"{outcome}; every target failed: {summary}"
 
 
@@ -251,15 +263,13 @@ def dial_targets(store: Store, queue_name: str) -> list[tuple[str, str]]:
 # --- messaging --------------------------------------------------------------------------------
 
 async def _answer_message(services: Services, hook: Webhook) -> tuple[str, str]:
-    # One message of a contact at a time, in order: two arriving together are both answered.
-    async with services.conversations.lock(hook.session_key):
-        session = await _load_session(services, hook)
-        if session is not None and session.get("routed_to"):
-            return await _forward_to_queue(services, hook, session)
-        if session is not None and session.get("waiting_at"):
-            return await _run(services, hook, session, resume_at=session["waiting_at"],
-                              answer=hook.params.get("Body"))
-        return await _run(services, hook, None)
+    session = await _load_session(services, hook)
+    if session is not None and session.get("routed_to"):
+        return await _forward_to_queue(services, hook, session)
+    if session is not None and session.get("waiting_at"):
+        return await _run(services, hook, session, resume_at=session["waiting_at"],
+                          answer=hook.params.get("Body"))
+    return await _run(services, hook, None)
 
 
 async def _forward_to_queue(
@@ -294,6 +304,7 @@ async def _run(
     answer: str | None = None,
     start_at: str | None = None,
     flow: Flow | None = None,
+    last_resort: bool = False,
 ) -> tuple[str, str]:
     """Run the flow (new, resumed at a question, or from a step), answer, and keep the session."""
     flow = flow or _session_flow(services, session, hook)
@@ -317,38 +328,56 @@ async def _run(
 
     turn = session["turn"] + 1
     if hook.channel == "voice":
-        twiml = render_voice(actions, queues, services.urls, turn)
+        twiml = render_voice(actions, queues, services.urls, turn, last_resort)
     else:
         twiml = render_messaging(actions, queues)
     routed = next((a.queue for a in actions if isinstance(a, RouteToQueue)), None)
     hook.trace.ran(flow, outcome, run, routed)
     session.update(state=run.state(), turn=turn, twiml=twiml, waiting_at=outcome.waiting_at,
                    routed_to=None, route_step=None)
-    if outcome.waiting_at is None and routed is not None and (
-            hook.channel == "messaging" or flow.unanswered is not None):
-        # Kept: messaging for the sticky hand-off; voice for the `unanswered` step's variables.
+    if outcome.waiting_at is None and routed is not None and _keep_after_route(
+            hook, flow, queues.get(routed), stored):
         session.update(routed_to=routed, route_step=outcome.trace[-1])
     keep = outcome.waiting_at is not None or session["routed_to"] is not None
-    await _save(services, hook, session if keep else None, flow, run.saved_fields, new_visit,
-                stored)
+    saved = await _save(services, hook, session if keep else None, flow, run.saved_fields,
+                        new_visit, stored)
+    if outcome.waiting_at is not None and not saved:
+        # Without a session the answer could not be taken: route now rather than ask forever.
+        twiml, summary = _fallback_answer(services, hook, flow, "no session store")
+        return twiml, f"{summary} instead of asking at {outcome.waiting_at}"
     return twiml, _summary(flow, outcome, routed, queues, hook.channel)
 
 
+def _keep_after_route(hook: Webhook, flow: Flow, queue: Queue | None, stored: bool) -> bool:
+    """Messaging: the sticky hand-off, if the queue takes messages at all. Voice: so that a
+    retried answer is replayed (a call that was asked something), and for `unanswered`."""
+    if hook.channel == "messaging":
+        return queue is not None and queue.message_to is not None
+    return stored or flow.unanswered is not None
+
+
 async def _save(services: Services, hook: Webhook, session: dict[str, Any] | None, flow: Flow,
-                saved_fields: dict[str, str], new_visit: bool, stored: bool) -> None:
-    """Keep `session` (or end the one `stored` in Redis) and update the contact's memory."""
+                saved_fields: dict[str, str], new_visit: bool, stored: bool) -> bool:
+    """Keep `session` (or end the one `stored` in Redis) and update the contact's memory;
+    False if the store could not take it."""
     conversations = services.conversations
     writes = [conversations.remember(hook.contact.number, saved_fields, visit=new_visit)]
     if session is not None:
         writes.append(conversations.save_session(hook.session_key, session, flow.expire_after))
     elif stored:
         writes.append(conversations.end_session(hook.session_key))
-    await best_effort(asyncio.gather(*writes), None, "session and contact save")
+    return bool(await best_effort(asyncio.gather(*writes), None, "session and contact save"))
 
 
 async def _load_session(services: Services, hook: Webhook) -> dict[str, Any] | None:
-    return await best_effort(services.conversations.session(hook.session_key), None,
-                             "session load")
+    session = await best_effort(services.conversations.session(hook.session_key), None,
+                                "session load")
+    if session is not None and session.get("flow") not in services.flows.flows:
+        # Its flow was removed or renamed by a deploy: its steps mean nothing any more.
+        log.info("%s %s: session of a flow no longer loaded; starting over", hook.channel,
+                 hook.sid)
+        return None
+    return session
 
 
 async def _end_session(services: Services, hook: Webhook) -> None:
@@ -363,6 +392,7 @@ def _new_run(services: Services, hook: Webhook, session: dict[str, Any] | None) 
         params=hook.params,
         settings=services.flow_settings,
         http=services.http,
+        upstreams=services.upstreams,
         deadline=asyncio.get_running_loop().time() + services.decision_deadline,
     )
     if session is not None:
