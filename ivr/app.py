@@ -21,7 +21,13 @@ from ivr.admin import api as admin_api
 from ivr.admin import pages as admin_pages
 from ivr.calltrace import CallTraces
 from ivr.channels.voice import CallbackUrls
-from ivr.channels.webhook import Services, dial_webhook, messaging_webhook, voice_webhook
+from ivr.channels.webhook import (
+    HoldPolicy,
+    Services,
+    dial_webhook,
+    messaging_webhook,
+    voice_webhook,
+)
 from ivr.conversations import Conversations
 from ivr.flows.loader import FlowLoadError, FlowSet, load_flows
 from ivr.flows.upstream import Upstreams
@@ -154,6 +160,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             urls=CallbackUrls(settings.public_url or ""),
             flow_settings=_flow_settings(settings),
             decision_deadline=settings.decision_deadline,
+            hold=HoldPolicy(settings.hold_after, settings.hold_prompt),
             max_body_bytes=settings.max_body_bytes,
         )
         yield

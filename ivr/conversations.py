@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 log = logging.getLogger("ivr.conversations")
 
 REPLAY_TTL = timedelta(minutes=15)  # Twilio retries within seconds; keep well beyond that
+HELD_TTL = timedelta(minutes=2)  # a held call comes back for its decision within seconds
 LOCK_TTL = timedelta(seconds=15)  # longer than any webhook may take; a crashed holder expires
 # A second message waits this long for the first to be answered: with the routing deadline
 # and the state writes, well under Twilio's 15 s, even with Redis hung.
@@ -112,6 +113,19 @@ class Conversations:
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("messaging lock skipped: store unavailable (%s)", type(exc).__name__)
             return False
+
+    async def hold_result(self, sid: str, twiml: str) -> None:
+        await self.redis.set(f"ivr:held:{sid}", twiml, ex=HELD_TTL)
+
+    async def wait_for_hold_result(self, sid: str, timeout: float) -> str | None:
+        """A held call's decision, made by whichever instance took the call, once it is there."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout
+        while True:
+            twiml = await self.redis.getdel(f"ivr:held:{sid}")
+            if twiml is not None or loop.time() > give_up:
+                return twiml
+            await asyncio.sleep(0.05)
 
     async def replay(self, token: str) -> str | None:
         return await self.redis.get(f"ivr:replay:{token}")

@@ -59,6 +59,15 @@ class Settings(BaseSettings):
         description="Seconds a webhook may spend deciding a route before the flow's fallback "
         "queue is used (Twilio gives up at 15 s).",
     )
+    hold_after: float = Field(
+        default=1.5, gt=0, le=10,
+        description="Voice: seconds after which a caller whose route is not decided yet hears "
+        "the hold prompt while the decision finishes (0 < hold_after).",
+    )
+    hold_prompt: str = Field(
+        default="Thank you for calling. Please hold while we connect you.",
+        min_length=1, max_length=300, description="What a caller on hold hears.",
+    )
     max_body_bytes: int = Field(
         default=64 * 1024, ge=1024, description="Largest webhook body accepted."
     )

@@ -17,7 +17,7 @@ from ivr.queues import Queue
 from ivr.store import Store, connect
 from tests import loyalty_api as L
 from tests.servers import free_port
-from tests.twilio_client import FakeTwilio, call_params, sign
+from tests.twilio_client import FakeTwilio, call_params
 
 STANDARD = "sip:standard@queues.example.com"
 
@@ -28,9 +28,7 @@ async def place_calls(twilio: FakeTwilio, callers: list[str], spread: float = 0.
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=300)) as client:
         async def place(i: int, caller: str) -> httpx.Response:
             await asyncio.sleep(i * spread)
-            params = call_params(caller)
-            headers = {"X-Twilio-Signature": sign(twilio.url("/twilio/voice"), params)}
-            return await client.post(twilio.url("/twilio/voice"), data=params, headers=headers)
+            return await twilio.apost(client, "/twilio/voice", call_params(caller))
         return list(await asyncio.gather(*(place(i, c) for i, c in enumerate(callers))))
 
 

@@ -211,3 +211,30 @@ def test_200_concurrent_calls_are_each_routed_by_their_own_tier(twilio: FakeTwil
 
     responses = asyncio.run(place_all())
     assert [dialled(r) for r in responses] == [expected[c] for c in callers]
+
+
+def test_a_slow_decision_puts_the_caller_on_hold_and_finishes_on_the_redirect(
+    make_settings, start_server
+) -> None:
+    twilio = FakeTwilio(start_server(make_settings(hold_after=0.3, decision_deadline=1.5)).url)
+    params = call_params(L.HANGS)
+    held = twilio.post("/twilio/voice", params, follow=False)
+    root = ET.fromstring(held.content)
+    assert root.find("Say").text.startswith("Thank you for calling. Please hold")
+    assert root.find("Redirect").text == "/twilio/voice?held=1"
+    assert held.elapsed.total_seconds() < 1.0  # the caller heard something well before 1.5 s
+    decided = twilio.post("/twilio/voice?held=1", params, follow=False)
+    assert dialled(decided) == STANDARD_SIP
+
+
+def test_the_redirect_after_a_hold_may_reach_another_instance(make_settings, start_server):
+    first = FakeTwilio(start_server(make_settings(hold_after=0.3, decision_deadline=1.5)).url)
+    second = FakeTwilio(start_server(make_settings(hold_after=0.3, decision_deadline=1.5)).url)
+    params = call_params(L.HANGS)
+    assert "<Redirect" in first.post("/twilio/voice", params, follow=False).text
+    assert dialled(second.post("/twilio/voice?held=1", params, follow=False)) == STANDARD_SIP
+
+
+def test_a_quick_decision_never_holds(make_settings, start_server) -> None:
+    twilio = FakeTwilio(start_server(make_settings(hold_after=0.3)).url)
+    assert dialled(twilio.post("/twilio/voice", call_params(L.SLOW), follow=False)) == GOLD_SIP

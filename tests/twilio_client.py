@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import xml.etree.ElementTree as ET
+from urllib.parse import urlsplit
 from dataclasses import dataclass
 
 import httpx
@@ -26,6 +28,15 @@ def message_params(sender: str, body: str = "Where is my order?", **extra: str) 
             "To": to, "Body": body, "NumMedia": "0", **extra}
 
 
+def redirect_path(response: httpx.Response) -> str | None:
+    """The path of a TwiML <Redirect> (relative, as the server writes it), if there is one."""
+    if response.status_code != 200 or b"<Redirect" not in response.content:
+        return None
+    element = ET.fromstring(response.content).find("Redirect")
+    return None if element is None else urlsplit(element.text or "")._replace(
+        scheme="", netloc="").geturl()
+
+
 def sign(url: str, params: dict[str, str], token: str = TOKEN) -> str:
     return RequestValidator(token).compute_signature(url, params)
 
@@ -41,9 +52,27 @@ class FakeTwilio:
     def url(self, path: str) -> str:
         return (self.public_url or self.server) + path
 
-    def post(self, path: str, params: dict[str, str], **kwargs: object) -> httpx.Response:
+    def post(self, path: str, params: dict[str, str], follow: bool = True,
+             **kwargs: object) -> httpx.Response:
+        """Post a signed webhook; like Twilio, follow a <Redirect> (a hold) unless told not to."""
         headers = {"X-Twilio-Signature": sign(self.url(path), params, self.token)}
-        return httpx.post(self.server + path, data=params, headers=headers, timeout=30, **kwargs)
+        response = httpx.post(self.server + path, data=params, headers=headers, timeout=30,
+                              **kwargs)
+        redirect = redirect_path(response)
+        if follow and redirect is not None:
+            return self.post(redirect, params, follow=False, **kwargs)
+        return response
+
+    async def apost(self, client: httpx.AsyncClient, path: str, params: dict[str, str]
+                    ) -> httpx.Response:
+        """`post` on an async client, following a hold's <Redirect> as Twilio does."""
+        response = await client.post(self.server + path, data=params, headers={
+            "X-Twilio-Signature": sign(self.url(path), params, self.token)})
+        redirect = redirect_path(response)
+        if redirect is not None:
+            return await client.post(self.server + redirect, data=params, headers={
+                "X-Twilio-Signature": sign(self.url(redirect), params, self.token)})
+        return response
 
     def call(self, caller: str, **extra: str) -> httpx.Response:
         return self.post("/twilio/voice", call_params(caller, **extra))

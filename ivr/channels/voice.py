@@ -25,6 +25,9 @@ class CallbackUrls:
     def gather(self, turn: int) -> str:
         return f"{self.base}/twilio/voice?turn={turn}"
 
+    def held(self) -> str:
+        return f"{self.base}/twilio/voice?held=1"
+
     def dial(self, queue: str, attempt: int, last_resort: bool = False) -> str:
         query = {"queue": queue, "try": attempt, **({"last": 1} if last_resort else {})}
         return f"{self.base}/twilio/voice/dial?{urlencode(query)}"
@@ -58,6 +61,14 @@ def render_voice(
                 response.dial(action=urls.dial(action.queue, 0, last_resort)).sip(queue.sip_uri)
         elif isinstance(action, Hangup):
             response.hangup()
+    return str(response)
+
+
+def render_hold(prompt: str, redirect_url: str) -> str:
+    """A caller waiting for a slow decision hears something, then comes back for it."""
+    response = VoiceResponse()
+    response.say(prompt)
+    response.redirect(redirect_url, method="POST")
     return str(response)
 
 

@@ -26,6 +26,7 @@ from ivr.channels.voice import (
     CallbackUrls,
     render_dial,
     render_hangup,
+    render_hold,
     render_voice,
     render_voice_apology,
 )
@@ -56,6 +57,12 @@ STATE_TIMEOUT = 1.0
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class HoldPolicy:
+    after: float  # seconds before a caller hears the hold prompt
+    prompt: str
+
+
 @dataclass
 class Services:
     """What webhooks share in one process, built once in the app's lifespan."""
@@ -70,7 +77,17 @@ class Services:
     urls: CallbackUrls
     flow_settings: dict[str, Any]  # the settings flows may read
     decision_deadline: float
+    hold: HoldPolicy
     max_body_bytes: int
+    # Decisions still running after their caller was put on hold, by CallSid.
+    held: dict[str, asyncio.Task[tuple[str, str]]] = field(default_factory=dict)
+    _background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def background(self, operation: Awaitable[Any]) -> None:
+        """Run `operation` after the answer is sent, keeping it alive until it is done."""
+        task = asyncio.ensure_future(best_effort(operation, None, "background write"))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
 
 class BadWebhook(Exception):
@@ -204,6 +221,51 @@ def _fallback_answer(services: Services, hook: Webhook, flow: Flow | None = None
 # --- voice ------------------------------------------------------------------------------------
 
 async def _answer_call(services: Services, hook: Webhook) -> tuple[str, str]:
+    """A call, or an answer to a question: decided at once, or after a hold prompt when the
+    decision (a slow lookup) takes longer than `hold_after`."""
+    if hook.query.get("held") == "1":
+        return await _held_decision(services, hook)
+    decision = asyncio.ensure_future(_decide_call(services, hook))
+    done, _ = await asyncio.wait({decision}, timeout=services.hold.after)
+    if done:
+        return decision.result()
+    services.held[hook.sid] = decision
+    decision.add_done_callback(lambda task: _keep_held_result(services, hook.sid, task))
+    return (render_hold(services.hold.prompt, services.urls.held()),
+            f"on hold after {services.hold.after:g} s while the decision finishes")
+
+
+def _keep_held_result(services: Services, sid: str, task: asyncio.Task[tuple[str, str]]) -> None:
+    """Publish a held call's decision for whichever instance Twilio's redirect reaches."""
+    if task.cancelled() or task.exception() is not None:
+        return
+    twiml, _ = task.result()
+    services.background(services.conversations.hold_result(sid, twiml))
+
+
+async def _held_decision(services: Services, hook: Webhook) -> tuple[str, str]:
+    """The redirect after the hold prompt: the decision, from this process or from Redis."""
+    local = services.held.pop(hook.sid, None)
+    if local is not None:
+        try:
+            async with asyncio.timeout(services.decision_deadline + 1):
+                twiml, summary = await asyncio.shield(local)
+            return twiml, f"after hold: {summary}"
+        except TimeoutError:
+            pass
+    else:
+        try:
+            twiml = await services.conversations.wait_for_hold_result(
+                hook.sid, services.decision_deadline + 1)
+        except (RedisError, OSError) as exc:
+            log.warning("held decision unavailable: %s", type(exc).__name__)
+            twiml = None
+        if twiml is not None:
+            return twiml, "after hold: the decision made by another instance"
+    return _fallback_answer(services, hook, reason="held decision not found")
+
+
+async def _decide_call(services: Services, hook: Webhook) -> tuple[str, str]:
     session = await _load_session(services, hook)
     turn = hook.query.get("turn")
     if session is not None and session.get("turn") != _int(turn):
