@@ -63,17 +63,22 @@ class Conversations:
     async def contact_memory(self, number: str) -> dict[str, str]:
         return await self.redis.hgetall(f"ivr:contact:{number}")
 
-    async def remember(self, number: str, fields: dict[str, str], visit: bool) -> None:
-        """Save `fields`; with `visit`, also record that the contact came (first/last seen)."""
+    async def remember(self, number: str, fields: dict[str, str], visit: bool,
+                       known: bool = False) -> None:
+        """Save `fields`; with `visit`, also record that the contact came (last seen, and first
+        seen unless the contact is `known` to have been seen before)."""
         if not fields and not visit:
             return
         key = f"ivr:contact:{number}"
-        async with self.redis.pipeline(transaction=True) as pipe:
+        # One round trip, no MULTI: each command is idempotent and first_seen is HSETNX.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            mapping = dict(fields)
             if visit:
                 now = datetime.now(UTC).isoformat(timespec="seconds")
-                pipe.hsetnx(key, "first_seen", now).hset(key, "last_seen", now)
-            if fields:
-                pipe.hset(key, mapping=fields)
+                mapping["last_seen"] = now
+                if not known:
+                    pipe.hsetnx(key, "first_seen", now)
+            pipe.hset(key, mapping=mapping)
             pipe.expire(key, self.contact_ttl)
             await pipe.execute()
 

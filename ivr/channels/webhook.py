@@ -266,8 +266,10 @@ async def _held_decision(services: Services, hook: Webhook) -> tuple[str, str]:
 
 
 async def _decide_call(services: Services, hook: Webhook) -> tuple[str, str]:
-    session = await _load_session(services, hook)
     turn = hook.query.get("turn")
+    # A call's first webhook has no session yet (a retry of it is replayed by its idempotency
+    # token): no round trip to look for one.
+    session = await _load_session(services, hook) if turn is not None else None
     if session is not None and session.get("turn") != _int(turn):
         # Twilio asked again for a turn already answered: the same answer, the flow not advanced.
         return session["twiml"], f"retry of turn {turn or 0}: the earlier answer, replayed"
@@ -402,7 +404,7 @@ async def _run(
         session.update(routed_to=routed, route_step=outcome.trace[-1])
     keep = outcome.waiting_at is not None or session["routed_to"] is not None
     saved = await _save(services, hook, session if keep else None, flow, run.saved_fields,
-                        new_visit, stored)
+                        new_visit, stored, known="first_seen" in session["memory"])
     if outcome.waiting_at is not None and not saved:
         # Without a session the answer could not be taken: route now rather than ask forever.
         twiml, summary = _fallback_answer(services, hook, flow, "no session store")
@@ -419,16 +421,21 @@ def _keep_after_route(hook: Webhook, flow: Flow, queue: Queue | None, stored: bo
 
 
 async def _save(services: Services, hook: Webhook, session: dict[str, Any] | None, flow: Flow,
-                saved_fields: dict[str, str], new_visit: bool, stored: bool) -> bool:
+                saved_fields: dict[str, str], new_visit: bool, stored: bool, known: bool
+                ) -> bool:
     """Keep `session` (or end the one `stored` in Redis) and update the contact's memory;
     False if the store could not take it."""
     conversations = services.conversations
-    writes = [conversations.remember(hook.contact.number, saved_fields, visit=new_visit)]
+    # Contact memory is for the contact's next visit: written after the answer is sent.
+    services.background(conversations.remember(hook.contact.number, saved_fields,
+                                               visit=new_visit, known=known))
     if session is not None:
-        writes.append(conversations.save_session(hook.session_key, session, flow.expire_after))
+        write = conversations.save_session(hook.session_key, session, flow.expire_after)
     elif stored:
-        writes.append(conversations.end_session(hook.session_key))
-    return bool(await best_effort(asyncio.gather(*writes), None, "session and contact save"))
+        write = conversations.end_session(hook.session_key)
+    else:
+        return True
+    return await best_effort(write, False, "session save") is not False
 
 
 async def _load_session(services: Services, hook: Webhook) -> dict[str, Any] | None:
