@@ -91,9 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 def _add_queue_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     queues = commands.add_parser(
         "queues", help="see and change the live queues through a running server's admin API")
-    queues.add_argument("--server", help="the server (default: IVR_ADMIN_URL, else "
-                        "http://127.0.0.1:8000)")
-    queues.add_argument("--token", help="the admin token (default: IVR_ADMIN_TOKEN)")
+    _add_admin_options(queues)
     actions = queues.add_subparsers(dest="queue_command", required=True)
     actions.add_parser("list", help="every queue and where it sends calls")
     actions.add_parser("show", help="one queue").add_argument("name")
@@ -114,11 +112,22 @@ def _add_queue_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     queues.set_defaults(handler=_queues)
 
 
-def _queues(args: argparse.Namespace, settings: Settings) -> int:
+def _add_admin_options(parser: argparse.ArgumentParser) -> None:
+    """How a command finds a running server's admin API."""
+    parser.add_argument("--server", help="the server (default: IVR_ADMIN_URL, else "
+                        "http://127.0.0.1:8000)")
+    parser.add_argument("--token", help="the admin token (default: IVR_ADMIN_TOKEN)")
+
+
+def _admin_client(args: argparse.Namespace, settings: Settings) -> AdminClient:
     token = args.token or (settings.admin_token.get_secret_value() if settings.admin_token
                            else None)
+    return AdminClient(args.server or settings.admin_url, token)
+
+
+def _queues(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        client = AdminClient(args.server or settings.admin_url, token)
+        client = _admin_client(args, settings)
         try:
             print(_queue_command(client, args))
         finally:
@@ -162,9 +171,7 @@ def _queue_command(client: AdminClient, args: argparse.Namespace) -> str:
 def _add_call_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     calls = commands.add_parser(
         "calls", help="recent call traces (steps, fetches, route) from a running server")
-    calls.add_argument("--server", help="the server (default: IVR_ADMIN_URL, else "
-                       "http://127.0.0.1:8000)")
-    calls.add_argument("--token", help="the admin token (default: IVR_ADMIN_TOKEN)")
+    _add_admin_options(calls)
     actions = calls.add_subparsers(dest="calls_command", required=True)
     tail = actions.add_parser("tail", help="the latest calls and messages, oldest first")
     tail.add_argument("-n", "--lines", type=int, default=20, metavar="N",
@@ -177,11 +184,9 @@ def _add_call_commands(commands: argparse._SubParsersAction) -> None:  # type: i
 
 
 def _calls(args: argparse.Namespace, settings: Settings) -> int:
-    token = args.token or (settings.admin_token.get_secret_value() if settings.admin_token
-                           else None)
     show: Callable[[dict[str, Any]], str] = json.dumps if args.json else describe_call
     try:
-        client = AdminClient(args.server or settings.admin_url, token)
+        client = _admin_client(args, settings)
         try:
             recent = client.calls(max(1, min(args.lines, FOLLOW_PAGE)), sid=args.sid)
             for call in reversed(recent[:max(args.lines, 0)]):
