@@ -17,8 +17,8 @@
 A header whose value renders empty is not sent. After the step, `steps.<id>` holds `status`
 (HTTP status or None), `outcome` (ok, http_error, timeout, connection_error, invalid_json,
 too_large, bad_url, no_time, breaker_open), `elapsed_ms` and `cache` (hit, stale, coalesced,
-miss; absent when the step does not cache). An upstream that keeps failing has its circuit opened: its
-requests then fail at once (breaker_open) until a probe finds it back.
+miss; absent when the step does not cache). An upstream that keeps failing has its circuit
+opened: its requests then fail at once (breaker_open) until a probe finds it back.
 """
 
 from __future__ import annotations
