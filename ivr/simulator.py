@@ -28,6 +28,7 @@ import httpx
 
 from ivr.channels.messaging import render_messaging
 from ivr.channels.voice import CallbackUrls, render_voice
+from ivr.channels.webhook import resolve_queues
 from ivr.flows.actions import Action, Ask, Hangup, RouteToQueue, Say
 from ivr.flows.model import Flow
 from ivr.flows.runner import run_flow
@@ -318,7 +319,7 @@ def _record_turn(
     steps_before: dict[str, Any],
     requests: list[dict[str, Any]],
 ) -> Turn:
-    actions, used = _resolve_queues(actions, queues, flow.fallback_queue)
+    actions, used = resolve_queues(actions, queues.get, flow.fallback_queue)
     notes = [f"unmocked request {r['method']} {r['url']}: answered as a refused connection"
              for r in requests if r["answer"] == "unmocked"]
     route = next((a.queue for a in actions if isinstance(a, RouteToQueue)), None)
@@ -347,20 +348,3 @@ def _record_turn(
         notes=notes,
     )
 
-
-def _resolve_queues(
-    actions: list[Action], queues: Mapping[str, Queue], fallback_queue: str
-) -> tuple[list[Action], dict[str, Queue]]:
-    """As the server does: a route to a queue that is not configured goes to the fallback
-    queue instead (see ivr/channels/webhook.py)."""
-    used: dict[str, Queue] = {}
-    resolved: list[Action] = []
-    for action in actions:
-        if isinstance(action, RouteToQueue):
-            for name in (action.queue, fallback_queue):
-                if name in queues:
-                    used[name] = queues[name]
-                    action = RouteToQueue(name, action.note)
-                    break
-        resolved.append(action)
-    return resolved, used

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
@@ -388,7 +388,7 @@ async def _run(
         outcome = await run_flow(flow, run, start_at=start_at)
     else:
         outcome = await run_flow(flow, run, resume_at=resume_at, answer=answer)
-    actions, queues = _resolve_queues(services.store, outcome.actions, flow.fallback_queue)
+    actions, queues = resolve_queues(outcome.actions, services.store.queue, flow.fallback_queue)
 
     turn = session["turn"] + 1
     if hook.channel == "voice":
@@ -477,17 +477,17 @@ def _session_flow(services: Services, session: dict[str, Any] | None, hook: Webh
     return services.flows.select(hook.channel, hook.to_number)
 
 
-def _resolve_queues(
-    store: Store, actions: list[Action], fallback_queue: str
+def resolve_queues(
+    actions: list[Action], lookup: Callable[[str], Queue | None], fallback_queue: str
 ) -> tuple[list[Action], dict[str, Queue]]:
-    """The live configuration of each queue routed to. A route to a queue that no longer exists
-    (an admin removed it) goes to the flow's fallback queue instead."""
+    """The configuration of each queue routed to (`lookup`: the live one). A route to a queue
+    that no longer exists (an admin removed it) goes to the flow's fallback queue instead."""
     queues: dict[str, Queue] = {}
     resolved: list[Action] = []
     for action in actions:
         if isinstance(action, RouteToQueue):
             for name in (action.queue, fallback_queue):
-                queue = store.queue(name)
+                queue = lookup(name)
                 if queue is not None:
                     queues[name] = queue
                     action = RouteToQueue(name, action.note)
