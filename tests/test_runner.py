@@ -103,7 +103,7 @@ def test_a_hanging_fetch_is_cut_short_by_the_deadline_and_takes_its_error_exit(l
     """
     started = time.monotonic()
     outcome = run(flow(steps), deadline=0.6, params={"Who": L.HANGS}, api=loyalty[1])
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 5  # not the fetch's own 10 s
     assert outcome.actions[0] == Say("One moment")
     assert outcome.actions[-1].queue == "standard"
     assert outcome.fallback_reason is None  # the fetch timed out in time for the flow to route
