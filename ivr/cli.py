@@ -8,15 +8,18 @@ import asyncio
 import getpass
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from xml.dom import minidom
 
 import httpx
@@ -65,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="message text (messaging)")
     call.add_argument("--whatsapp", action="store_true", help="send as a WhatsApp message")
     call.add_argument("--server", default=DEFAULT_SERVER, help="default %(default)s")
+    call.add_argument("--input", action="append", default=[], metavar="ANSWER",
+                      help="answer the flow's questions, in order: keys (1, 42#) or words on "
+                      "voice, the next message on messaging (repeatable)")
     call.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                       help="an extra webhook parameter (repeatable)")
     call.set_defaults(handler=_call)
@@ -358,25 +364,64 @@ def test_call_params(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _call(args: argparse.Namespace, settings: Settings) -> int:
-    path = f"/twilio/{args.channel}"
+    """Post the webhook, then, as Twilio would, follow a hold's <Redirect> and post each
+    --input as the answer to the flow's question (<Gather>, or the next message)."""
     server = args.server.rstrip("/")
+    validator = RequestValidator(resolve_auth_token(settings))
     params = test_call_params(args)
-    # Sign the URL the server will check: IVR_PUBLIC_URL when set, as Twilio would.
-    signed_url = (settings.public_url or server) + path
-    signature = RequestValidator(resolve_auth_token(settings)).compute_signature(signed_url, params)
-    try:
-        response = httpx.post(
-            server + path, data=params, headers={"X-Twilio-Signature": signature}, timeout=20
-        )
-    except httpx.HTTPError as exc:
-        print(f"ivr: cannot reach {server}: {exc} (is `ivr serve` running?)", file=sys.stderr)
-        return 1
-    print(f"HTTP {response.status_code} from POST {server}{path}", file=sys.stderr)
-    if response.status_code == 403:
-        print("ivr: signature rejected: run `ivr call` with the same TWILIO_AUTH_TOKEN (or the same "
-              "IVR_DATA_DIR, for the local token) and IVR_PUBLIC_URL as the server.", file=sys.stderr)
-    if response.headers.get("content-type", "").startswith("text/xml"):
+    answers = list(args.input)
+    path: str | None = f"/twilio/{args.channel}"
+    while path is not None:
+        # Sign the URL the server will check: IVR_PUBLIC_URL when set, as Twilio would.
+        signature = validator.compute_signature((settings.public_url or server) + path, params)
+        try:
+            response = httpx.post(server + path, data=params, timeout=20,
+                                  headers={"X-Twilio-Signature": signature})
+        except httpx.HTTPError as exc:
+            print(f"ivr: cannot reach {server}: {exc} (is `ivr serve` running?)",
+                  file=sys.stderr)
+            return 1
+        print(f"HTTP {response.status_code} from POST {server}{path}", file=sys.stderr)
+        if response.status_code == 403:
+            print("ivr: signature rejected: run `ivr call` with the same TWILIO_AUTH_TOKEN (or "
+                  "the same IVR_DATA_DIR, for the local token) and IVR_PUBLIC_URL as the "
+                  "server.", file=sys.stderr)
+        if not response.headers.get("content-type", "").startswith("text/xml"):
+            print(response.text)
+            return 1
         print(minidom.parseString(response.content).toprettyxml(indent="  ").strip())
-    else:
-        print(response.text)
-    return 0 if response.status_code == 200 else 1
+        if response.status_code != 200:
+            return 1
+        path, params = _next_webhook(ET.fromstring(response.content), args, params, answers)
+    if answers:
+        print(f"ivr: the flow asked nothing more; unused input: {answers}", file=sys.stderr)
+    return 0
+
+
+def _next_webhook(twiml: ET.Element, args: argparse.Namespace, params: dict[str, str],
+                  answers: list[str]) -> tuple[str | None, dict[str, str]]:
+    """Where Twilio would post next, and with what, after this TwiML; None when it would not."""
+    redirect = twiml.find("Redirect")
+    if redirect is not None:
+        return _local_path(redirect.text or ""), params
+    if not answers:
+        return None, params
+    if args.channel == "messaging":
+        if twiml.find("Message") is None:
+            return None, params
+        sid = "SM" + secrets.token_hex(16)
+        return "/twilio/messaging", {**params, "MessageSid": sid, "SmsSid": sid,
+                                     "Body": answers.pop(0)}
+    gather = twiml.find("Gather")
+    if gather is None:
+        return None, params
+    answer = answers.pop(0)
+    key = "Digits" if re.fullmatch(r"[0-9*#]+", answer) else "SpeechResult"
+    following = {k: v for k, v in params.items() if k not in ("Digits", "SpeechResult")}
+    return _local_path(gather.get("action", "")), {**following, key: answer}
+
+
+def _local_path(url: str) -> str:
+    """An action URL as a path on the server (it may be absolute, with IVR_PUBLIC_URL)."""
+    parts = urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")

@@ -303,3 +303,20 @@ def test_an_acknowledged_change_survives_kill_9_of_the_server_and_its_redis(
         assert "sip:platinum@pbx2.example.com" in history
     finally:
         restarted.stop()
+
+
+def test_call_answers_the_flows_questions_with_input(newcomer) -> None:
+    cwd, env = newcomer
+    server = Served(cwd, env)
+    try:
+        voice = server.call(L.GOLD, "--to", "+15005550102", "--input", "9", "--input", "2")
+        assert voice.returncode == 0, voice.stderr
+        assert voice.stderr.count("HTTP 200 from POST") == 3  # the call, two answers
+        assert "/twilio/voice?turn=2" in voice.stderr
+        assert "<Sip>sip:support@queues.example.com</Sip>" in voice.stdout
+        sms = server.call("--channel", "messaging", L.GOLD, "--to", "+15005550102",
+                          "--input", "sales")
+        assert sms.returncode == 0, sms.stderr
+        assert sms.stdout.count("<Response>") == 2 and "+15550100" in sms.stdout
+    finally:
+        server.stop()
