@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
+
 from ivr.channels.messaging import ACKNOWLEDGEMENT, render_messaging
 from ivr.channels.voice import APOLOGY, CallbackUrls, render_voice, render_voice_apology
 from ivr.flows.actions import Ask, Hangup, RouteToQueue, Say
@@ -63,3 +65,12 @@ def test_a_sticky_forward_is_not_acknowledged_again() -> None:
     twiml = render_messaging([RouteToQueue("gold", "more")], {"gold": GOLD}, acknowledge=False)
     assert twiml == (f'{HEAD}<Response><Message to="whatsapp:+15550100101">more</Message>'
                      "</Response>")
+
+
+def test_voice_speaks_and_listens_in_the_steps_language() -> None:
+    twiml = render_voice([Say("Hola", "es-ES"), Ask("Oprima 1", language="es-ES")], {}, URLS, 1)
+    root = ET.fromstring(twiml)
+    assert root.find("Say").get("language") == "es-ES"
+    assert root.find("Gather").get("language") == "es-ES"
+    assert root.find("Gather/Say").get("language") == "es-ES"
+    assert render_messaging([Say("Hola", "es-ES")], {}).count("language") == 0

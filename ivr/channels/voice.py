@@ -43,15 +43,15 @@ def render_voice(
     response = VoiceResponse()
     for action in actions:
         if isinstance(action, Say):
-            response.say(action.text)
+            response.say(action.text, language=action.language)
         elif isinstance(action, Ask):
             inputs = " ".join(name for name, on in (("dtmf", action.dtmf),
                                                     ("speech", action.speech)) if on)
             gather = response.gather(
                 input=inputs, action=urls.gather(turn), method="POST",
                 action_on_empty_result=True, timeout=action.timeout, speech_timeout="auto",
-                num_digits=action.max_digits)
-            gather.say(action.prompt)
+                num_digits=action.max_digits, language=action.language)
+            gather.say(action.prompt, language=action.language)
         elif isinstance(action, RouteToQueue):
             queue = queues.get(action.queue)
             if queue is None:

@@ -426,16 +426,18 @@ async def _save(services: Services, hook: Webhook, session: dict[str, Any] | Non
     """Keep `session` (or end the one `stored` in Redis) and update the contact's memory;
     False if the store could not take it."""
     conversations = services.conversations
-    # Contact memory is for the contact's next visit: written after the answer is sent.
-    services.background(conversations.remember(hook.contact.number, saved_fields,
-                                               visit=new_visit, known=known))
+    # Written before the answer goes out, so that a contact who comes straight back is known.
+    writes = [best_effort(conversations.remember(hook.contact.number, saved_fields,
+                                                 visit=new_visit, known=known), None,
+                          "contact memory save")]
     if session is not None:
-        write = conversations.save_session(hook.session_key, session, flow.expire_after)
+        writes.append(best_effort(conversations.save_session(
+            hook.session_key, session, flow.expire_after), False, "session save"))
     elif stored:
-        write = conversations.end_session(hook.session_key)
-    else:
-        return True
-    return await best_effort(write, False, "session save") is not False
+        writes.append(best_effort(conversations.end_session(hook.session_key), False,
+                                  "session end"))
+    results = await asyncio.gather(*writes)
+    return len(results) == 1 or results[1] is not False
 
 
 async def _load_session(services: Services, hook: Webhook) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ class Say:
     """Speak `text` to the caller (voice) or send it to the customer (messaging)."""
 
     text: str
+    language: str | None = None  # voice: the language to speak it in, e.g. es-ES
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,7 @@ class Ask:
     speech: bool = True  # voice: accept spoken answers
     max_digits: int | None = None  # voice: stop listening after this many digits
     timeout: int = 5  # voice: seconds of silence before the answer counts as empty
+    language: str | None = None  # voice: the language spoken and recognised, e.g. es-ES
 
 
 @dataclass(frozen=True, slots=True)

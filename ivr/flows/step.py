@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 StepId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")]
 VarName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+# A BCP 47 tag as Twilio's <Say> and <Gather> take it: en-US, es-ES, fr-FR, cmn-CN...
+Language = Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}-[A-Z]{2}$")]
 Channel = Literal["voice", "messaging"]
 
 STEP_KINDS: dict[str, type[Step]] = {}

@@ -7,6 +7,7 @@ is asked again, up to `max_attempts`; then the flow goes to `on_exhausted`.
       prompt: "For sales, press 1 or say sales. For support, press 2 or say support."
       messaging: "Reply SALES or SUPPORT."     # optional per-channel overrides (also `voice`)
       retry_prompt: "Sorry, I did not get that."
+      language: en-US               # optional, voice: spoken and recognised in this language
       expect: choice                # choice, email, digits, regex or text
       options:                      # choice: the saved value, and what the contact may answer
         sales: ["1", "sales"]
@@ -30,6 +31,7 @@ from pydantic import Field, model_validator
 from ivr.flows.actions import Ask
 from ivr.flows.step import (
     RESERVED_CONTACT_FIELDS,
+    Language,
     WAIT,
     Run,
     Step,
@@ -66,6 +68,7 @@ class AskStep(Step):
     save_to_contact: bool = False
     max_attempts: int = Field(default=3, ge=1, le=10)
     timeout: int = Field(default=5, ge=1, le=60, description="voice: seconds of silence")
+    language: Language | None = None
     next: StepId
     on_exhausted: StepId
 
@@ -151,7 +154,8 @@ class AskStep(Step):
         prompt = template.render(run.variables).strip()
         if retry and self.retry_prompt is not None:
             prompt = f"{self.retry_prompt.render(run.variables).strip()} {prompt}".strip()
-        run.emit(Ask(prompt, max_digits=self._max_digits(), timeout=self.timeout))
+        run.emit(Ask(prompt, max_digits=self._max_digits(), timeout=self.timeout,
+                     language=self.language))
 
     def _max_digits(self) -> int | None:
         """Stop listening as soon as a full answer is keyed, when its length is known."""

@@ -4,6 +4,7 @@
       kind: say
       text: "Thanks for calling."          # both channels
       messaging: "Thanks, we got your message."   # optional per-channel override
+      language: en-GB                      # optional, voice: the language it is spoken in
       next: lookup
 """
 
@@ -14,7 +15,7 @@ from typing import Literal
 from pydantic import model_validator
 
 from ivr.flows.actions import Say
-from ivr.flows.step import Run, Step, StepId, register_step
+from ivr.flows.step import Language, Run, Step, StepId, register_step
 from ivr.flows.templates import Template
 
 
@@ -24,6 +25,7 @@ class SayStep(Step):
     text: Template | None = None
     voice: Template | None = None
     messaging: Template | None = None
+    language: Language | None = None
     next: StepId
 
     exit_fields = ("next",)
@@ -39,5 +41,5 @@ class SayStep(Step):
         if template is not None:
             text = template.render(run.variables).strip()
             if text:  # an empty rendering says nothing rather than an empty <Say>
-                run.emit(Say(text))
+                run.emit(Say(text, self.language))
         return self.next
