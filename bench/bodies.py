@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import secrets
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ def distinct_callers(prefix: str) -> Callers:
 @dataclass(frozen=True)
 class Slice:
     expect: str  # the <Sip>...</Sip> element every answer on this thread must carry
-    hooks: list[tuple[str, str]]  # (form body, X-Twilio-Signature)
+    hooks: list[tuple[str, str, str]]  # (form body, X-Twilio-Signature, idempotency token)
 
 
 def thread_queues(callers: Callers, threads: int) -> list[str]:
@@ -98,8 +99,12 @@ def signed_slices(url: str, token: str, callers: Callers, threads: int, per_thre
     for thread, (queue, numbers) in enumerate(caller_slices(callers, threads, per_thread)):
         hooks = []
         for index, caller in enumerate(numbers):
-            params = call_params(caller, f"CA{tag:02x}{thread:06x}{index:024x}")
-            hooks.append((urlencode(params), validator.compute_signature(url, params)))
+            sid = f"CA{tag:02x}{thread:06x}{index:024x}"
+            params = call_params(caller, sid)
+            # Twilio sends an I-Twilio-Idempotency-Token with every webhook: the server looks
+            # each one up, in case the webhook is a retry.
+            hooks.append((urlencode(params), validator.compute_signature(url, params),
+                          f"{sid}-{secrets.token_hex(8)}"))
         slices.append(Slice(sips[queue], hooks))
     return slices
 
@@ -114,8 +119,8 @@ def write_slices(directory: Path, slices: list[Slice]) -> Path:
     """slice_<n>.lua for wrk thread n: `return {expect = "...", hooks = {{body, sig}, ...}}`."""
     directory.mkdir(parents=True, exist_ok=True)
     for n, piece in enumerate(slices):
-        rows = ",\n".join(f"{{{_lua_string(body)}, {_lua_string(sig)}}}"
-                          for body, sig in piece.hooks)
+        rows = ",\n".join(f"{{{_lua_string(body)}, {_lua_string(sig)}, {_lua_string(token)}}}"
+                          for body, sig, token in piece.hooks)
         (directory / f"slice_{n}.lua").write_text(
             f"return {{expect = {_lua_string(piece.expect)}, hooks = {{\n{rows}\n}}}}\n",
             encoding="ascii")

@@ -123,8 +123,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-ms", type=float, default=20.0, help="loyalty API latency")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--profile", type=Path, metavar="PATH",
-                        help="then run the distinct scenario again under py-spy (one worker) "
-                        "and write the summary to PATH (raw stacks to PATH.raw)")
+                        help="then run a scenario again under py-spy (one worker) and write "
+                        "the summary to PATH (raw stacks to PATH.raw)")
+    parser.add_argument("--profile-scenario", choices=("distinct", "repeated"),
+                        default="distinct", help="the scenario --profile runs again")
     args = parser.parse_args(argv)
     if args.threads < 3 or args.connections % args.threads:
         parser.error("--threads must be at least 3 and divide --connections")
@@ -150,7 +152,7 @@ def machine() -> dict[str, Any]:
                   if line.startswith("model name")), platform.processor() or "unknown")
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split(" [")[0]
     versions = {name: importlib.metadata.version(name)
-                for name in ("uvicorn", "starlette", "uvloop", "httptools", "httpx-aiohttp")}
+                for name in ("uvicorn", "starlette", "uvloop", "httptools", "aiohttp", "redis")}
     return {"nproc": len(os.sched_getaffinity(0)), "cpu": model,
             "python": platform.python_version(), "kernel": platform.release(),
             "wrk": wrk.strip(), "code": code_version(), **versions}
@@ -316,8 +318,9 @@ def benchmark(procs: Processes, tmp: Path, opts: argparse.Namespace, run: Run) -
     judge(results)
     run.results = list(results.values())
     if opts.profile:
-        fresh = load.prepare("profile", distinct_callers("+1558"), count, 4)
-        run.profile = profile_distinct(load, fresh, opts)
+        callers = distinct_callers("+1558") if opts.profile_scenario == "distinct" else hot_callers
+        fresh = load.prepare("profile", callers, count, 4)
+        run.profile = profile_scenario(load, fresh, opts)
 
 
 def _check_warm_up(result: Result) -> None:
@@ -326,18 +329,19 @@ def _check_warm_up(result: Result) -> None:
               f"wrong routes; first: {result.first_problem}", file=sys.stderr)
 
 
-def profile_distinct(load: Load, slices: Path, opts: argparse.Namespace) -> str:
-    """The distinct scenario again (fresh callers), with py-spy on one server worker."""
+def profile_scenario(load: Load, slices: Path, opts: argparse.Namespace) -> str:
+    """A scenario again (distinct: with fresh callers), with py-spy on one server worker."""
     ivr = load.stack.ivr
     workers = [pid for pid in process_tree(ivr.pid)[1:]
                if command_name(pid).startswith("python")]
     pid = workers[0] if workers else ivr.pid  # one worker: uvicorn runs in `ivr serve` itself
     raw = opts.profile.with_name(opts.profile.name + ".raw")
     spy = start_py_spy(load.procs, pid, opts.duration, raw)
-    result = load.run("distinct (under py-spy)", ivr, slices, True, opts.duration)
+    scenario = opts.profile_scenario
+    result = load.run(f"{scenario} (under py-spy)", ivr, slices, True, opts.duration)
     wait_py_spy(spy, opts.duration + 30)
     profile: Profile = summarise(raw)
-    text = (f"distinct callers under py-spy (pid {pid}): {result.rps:,.0f} req/s, "
+    text = (f"{scenario} callers under py-spy (pid {pid}): {result.rps:,.0f} req/s, "
             f"p99 {result.p99_ms:.1f} ms, server CPU {result.cpu_percent['server']:.0f}%\n\n"
             + profile.table())
     opts.profile.write_text(text + "\n", encoding="utf-8")
@@ -389,7 +393,8 @@ def report(run: Run) -> str:
         details(run), "",
         f"machine: {m['nproc']} CPUs, {m['cpu']}; Python {m['python']}; Linux {m['kernel']}; "
         f"{m['wrk']}; uvicorn {m['uvicorn']}, starlette {m['starlette']}, uvloop {m['uvloop']}, "
-        f"httptools {m['httptools']}, httpx-aiohttp {m['httpx-aiohttp']}; code {m['code']}",
+        f"httptools {m['httptools']}, aiohttp {m['aiohttp']}, redis {m['redis']}; "
+        f"code {m['code']}",
     ])
 
 

@@ -26,6 +26,7 @@ function init(args)
     prepared[n] = wrk.format("POST", "/twilio/voice", {
       ["Content-Type"] = "application/x-www-form-urlencoded",
       ["X-Twilio-Signature"] = hook[2],
+      ["I-Twilio-Idempotency-Token"] = hook[3],
     }, hook[1])
   end
   count, current, passes = #prepared, 0, 0

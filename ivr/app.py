@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 
-import httpx
 from redis.exceptions import RedisError
-from httpx_aiohttp import AiohttpTransport
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -19,6 +18,7 @@ from starlette.routing import Mount, Route
 
 from ivr.admin import api as admin_api
 from ivr.admin import pages as admin_pages
+from ivr.autopipeline import AutoPipeline
 from ivr.calltrace import CallTraces
 from ivr.channels.voice import CallbackUrls
 from ivr.channels.webhook import (
@@ -29,6 +29,7 @@ from ivr.channels.webhook import (
     voice_webhook,
 )
 from ivr.conversations import Conversations
+from ivr.flows.http import AiohttpClient
 from ivr.flows.loader import FlowLoadError, FlowSet, load_flows
 from ivr.flows.upstream import Upstreams
 from ivr.logs import configure_logging
@@ -145,6 +146,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         traces = CallTraces(store.redis, settings.trace_max_entries, settings.trace_hours)
         traces.start()
         stack.push_async_callback(traces.close)  # before the store closes: a last write
+        pipeline = AutoPipeline(store.redis)
+        stack.push_async_callback(pipeline.close)  # before the store closes: the last writes
         stack.callback(process_exited, os.getpid())
         if settings.loyalty_api_url is None:
             log.warning("IVR_LOYALTY_API_URL is not set: loyalty lookups take their error exit")
@@ -152,9 +155,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             flows=flows,
             store=store,
             conversations=Conversations(
-                store.redis, timedelta(days=settings.contact_memory_days)),
+                store.redis, timedelta(days=settings.contact_memory_days), pipeline),
             http=http,
-            upstreams=Upstreams(store.redis),
+            upstreams=Upstreams(store.redis, pipeline=pipeline),
             traces=traces,
             verifier=WebhookVerifier(resolve_auth_token(settings), settings.public_url),
             urls=CallbackUrls(settings.public_url or ""),
@@ -163,17 +166,16 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             hold=HoldPolicy(settings.hold_after, settings.hold_prompt),
             max_body_bytes=settings.max_body_bytes,
         )
+        # What startup built (modules, flows, clients) lives as long as the process: out of the
+        # cyclic GC's sight, a full collection no longer walks it. It cost 0.1 ms a call.
+        gc.freeze()
+        stack.callback(gc.unfreeze)
         yield
 
 
-def _http_client(settings: Settings) -> httpx.AsyncClient:
-    limits = httpx.Limits(
-        max_connections=settings.http_max_connections,
-        max_keepalive_connections=settings.http_max_connections,
-        keepalive_expiry=30,
-    )
-    # aiohttp's pool under httpx's API: several times the throughput of httpx's own transport.
-    return httpx.AsyncClient(transport=AiohttpTransport(limits=limits), follow_redirects=False)
+def _http_client(settings: Settings) -> AiohttpClient:
+    # aiohttp directly: httpx on top of it cost 2.5x the CPU per lookup, on every call.
+    return AiohttpClient(max_connections=settings.http_max_connections)
 
 
 def _flow_settings(settings: Settings) -> dict[str, str | None]:

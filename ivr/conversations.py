@@ -24,6 +24,8 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from ivr.autopipeline import AutoPipeline, Command
+
 log = logging.getLogger("ivr.conversations")
 
 REPLAY_TTL = timedelta(minutes=15)  # Twilio retries within seconds; keep well beyond that
@@ -41,46 +43,67 @@ return 0
 
 
 class Conversations:
-    def __init__(self, client: redis.Redis, contact_ttl: timedelta) -> None:
+    """Sessions, contact memory, replays and held decisions go through the auto-pipeline: a
+    call's state costs it a share of a round trip, and never more than the pipeline's timeout.
+    The lock, and waiting for a held decision, talk to Redis directly."""
+
+    def __init__(self, client: redis.Redis, contact_ttl: timedelta,
+                 pipeline: AutoPipeline | None = None) -> None:
         self.redis = client
+        self.pipeline = pipeline or AutoPipeline(client)
         self.contact_ttl = contact_ttl
         self._release = client.register_script(_RELEASE)
 
     # --- sessions ---------------------------------------------------------------------------
 
     async def session(self, key: str) -> dict[str, Any] | None:
-        raw = await self.redis.get(f"ivr:session:{key}")
+        [raw] = await self.pipeline.execute(("GET", f"ivr:session:{key}"))
         return json.loads(raw) if raw else None
 
     async def save_session(self, key: str, session: dict[str, Any], ttl: timedelta) -> None:
-        await self.redis.set(f"ivr:session:{key}", json.dumps(session), ex=ttl)
+        await self.pipeline.execute(self.save_session_command(key, session, ttl))
 
     async def end_session(self, key: str) -> None:
-        await self.redis.delete(f"ivr:session:{key}")
+        await self.pipeline.execute(self.end_session_command(key))
+
+    @staticmethod
+    def save_session_command(key: str, session: dict[str, Any], ttl: timedelta) -> Command:
+        return ("SET", f"ivr:session:{key}", json.dumps(session), "EX", _seconds(ttl))
+
+    @staticmethod
+    def end_session_command(key: str) -> Command:
+        return ("DEL", f"ivr:session:{key}")
 
     # --- contact memory ---------------------------------------------------------------------
 
     async def contact_memory(self, number: str) -> dict[str, str]:
-        return await self.redis.hgetall(f"ivr:contact:{number}")
+        [memory] = await self.pipeline.execute(("HGETALL", f"ivr:contact:{number}"))
+        return memory  # type: ignore[no-any-return]
 
     async def remember(self, number: str, fields: dict[str, str], visit: bool,
                        known: bool = False) -> None:
+        commands = self.remember_commands(number, fields, visit, known)
+        if commands:
+            await self.pipeline.execute(*commands)
+
+    def remember_commands(self, number: str, fields: dict[str, str], visit: bool,
+                          known: bool = False) -> list[Command]:
         """Save `fields`; with `visit`, also record that the contact came (last seen, and first
         seen unless the contact is `known` to have been seen before)."""
         if not fields and not visit:
-            return
+            return []
         key = f"ivr:contact:{number}"
-        # One round trip, no MULTI: each command is idempotent and first_seen is HSETNX.
-        async with self.redis.pipeline(transaction=False) as pipe:
-            mapping = dict(fields)
-            if visit:
-                now = datetime.now(UTC).isoformat(timespec="seconds")
-                mapping["last_seen"] = now
-                if not known:
-                    pipe.hsetnx(key, "first_seen", now)
-            pipe.hset(key, mapping=mapping)
-            pipe.expire(key, self.contact_ttl)
-            await pipe.execute()
+        # Each command is idempotent and first_seen is HSETNX: no MULTI needed.
+        commands: list[Command] = []
+        mapping = dict(fields)
+        if visit:
+            now = datetime.now(UTC).isoformat(timespec="seconds")
+            mapping["last_seen"] = now
+            if not known:
+                commands.append(("HSETNX", key, "first_seen", now))
+        commands.append(("HSET", key, *(item for pair in mapping.items() for item in pair)))
+        commands.append(("EXPIRE", key, _seconds(self.contact_ttl)))
+        return commands
 
     # --- ordering and retries ---------------------------------------------------------------
 
@@ -120,7 +143,7 @@ class Conversations:
             return False
 
     async def hold_result(self, sid: str, twiml: str) -> None:
-        await self.redis.set(f"ivr:held:{sid}", twiml, ex=HELD_TTL)
+        await self.pipeline.execute(("SET", f"ivr:held:{sid}", twiml, "EX", _seconds(HELD_TTL)))
 
     async def wait_for_hold_result(self, sid: str, timeout: float) -> str | None:
         """A held call's decision, made by whichever instance took the call, once it is there."""
@@ -133,7 +156,14 @@ class Conversations:
             await asyncio.sleep(0.05)
 
     async def replay(self, token: str) -> str | None:
-        return await self.redis.get(f"ivr:replay:{token}")
+        [twiml] = await self.pipeline.execute(("GET", f"ivr:replay:{token}"))
+        return twiml  # type: ignore[no-any-return]
 
-    async def record_reply(self, token: str, twiml: str) -> None:
-        await self.redis.set(f"ivr:replay:{token}", twiml, ex=REPLAY_TTL, nx=True)
+    def record_reply(self, token: str, twiml: str) -> None:
+        """Keep the answer to replay for a retry of the webhook (not waited for)."""
+        self.pipeline.send(("SET", f"ivr:replay:{token}", twiml, "EX", _seconds(REPLAY_TTL),
+                            "NX"), what="retry record")
+
+
+def _seconds(ttl: timedelta) -> int:
+    return max(1, int(ttl.total_seconds()))

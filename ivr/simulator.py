@@ -30,6 +30,7 @@ from ivr.channels.messaging import render_messaging
 from ivr.channels.voice import CallbackUrls, render_voice
 from ivr.channels.webhook import resolve_queues
 from ivr.flows.actions import Action, Ask, Hangup, RouteToQueue, Say
+from ivr.flows.http import HttpConnectionError, HttpReply, HttpTimeout, check_headers
 from ivr.flows.model import Flow
 from ivr.flows.runner import run_flow
 from ivr.flows.step import Channel, Contact, Run
@@ -54,37 +55,44 @@ class MockError(ValueError):
 class _Answer:
     status: int = 200
     content: bytes = b""
-    content_type: str = "application/json"
     failure: str | None = None  # TIMEOUT or REFUSED
 
 
 class HttpMocks:
-    """Canned answers for the flow's HTTP requests, and a log of every request made."""
+    """Canned answers for the flow's HTTP requests, and a log of every request made: an
+    `HttpClient` that never touches the network."""
 
     def __init__(self, mocks: Mapping[str, Any]) -> None:
         self._answers = {_request_key(key): _answer(key, spec) for key, spec in mocks.items()}
         self.log: list[dict[str, Any]] = []
 
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self._handle)
-
-    def _handle(self, request: httpx.Request) -> httpx.Response:
-        entry: dict[str, Any] = {"method": request.method, "url": str(request.url)}
+    async def send(self, method: str, url: str, headers: Mapping[str, str],
+                   content: bytes | None, timeout: float, max_bytes: int) -> HttpReply:
+        check_headers(headers)  # never a request, as on the server
+        try:
+            url = _normal_url(url)
+        except httpx.InvalidURL as exc:
+            raise HttpConnectionError(f"invalid URL: {exc}") from None
+        entry: dict[str, Any] = {"method": method, "url": url}
         self.log.append(entry)
-        answer = self._answers.get((request.method, str(request.url)))
+        answer = self._answers.get((method, url))
         if answer is None:
             entry["answer"] = "unmocked"
-            raise httpx.ConnectError("no mock for this request (simulated refusal)",
-                                     request=request)
+            raise HttpConnectionError("no mock for this request (simulated refusal)")
         if answer.failure == TIMEOUT:
             entry["answer"] = TIMEOUT
-            raise httpx.ReadTimeout("simulated timeout", request=request)
+            raise HttpTimeout("simulated timeout")
         if answer.failure == REFUSED:
             entry["answer"] = REFUSED
-            raise httpx.ConnectError("simulated refused connection", request=request)
+            raise HttpConnectionError("simulated refused connection")
         entry["answer"] = answer.status
-        return httpx.Response(answer.status, content=answer.content,
-                              headers={"content-type": answer.content_type})
+        ok = 200 <= answer.status < 300 and len(answer.content) <= max_bytes
+        return HttpReply(answer.status, answer.content if ok else None)
+
+
+def _normal_url(url: str) -> str:
+    """One spelling of a URL, for a mock's key and a request's alike."""
+    return str(httpx.URL(url))
 
 
 def _request_key(key: str) -> tuple[str, str]:
@@ -92,7 +100,7 @@ def _request_key(key: str) -> tuple[str, str]:
     if not url:
         method, url = "GET", method
     try:
-        return method.upper(), str(httpx.URL(url.strip()))
+        return method.upper(), _normal_url(url.strip())
     except httpx.InvalidURL as exc:
         raise MockError(f"mock {key!r}: invalid URL: {exc}") from None
 
@@ -112,7 +120,7 @@ def _answer(key: str, spec: Any) -> _Answer:
     body = spec.get("body", "")
     if not isinstance(body, str):
         raise MockError(f"mock {key!r}: body must be text, got {body!r}")
-    return _Answer(status, body.encode(), content_type="text/plain; charset=utf-8")
+    return _Answer(status, body.encode())
 
 
 @dataclass
@@ -249,34 +257,33 @@ async def simulate(
     state: dict[str, Any] = {}
     waiting_at: str | None = None
     loop = asyncio.get_running_loop()
-    async with httpx.AsyncClient(transport=http_mocks.transport()) as http:
-        while not simulation.turns or (waiting_at is not None and pending):
-            if simulation.turns:
-                text: str | None = pending.pop(0)
-            else:  # a call starts with no text; a conversation with its first message
-                text = body if channel == "messaging" else None
-            number = len(simulation.turns) + 1
-            params = _webhook_params(channel, from_number, to_number, text, number)
-            # The server builds a new Run for every webhook and restores the session into it.
-            run = Run(contact=contact, params=params, settings=flow_settings, http=http,
-                      deadline=loop.time() + deadline, clock=clock)
-            run.restore(state)
-            vars_before, steps_before = copy.deepcopy(run.vars), copy.deepcopy(run.steps)
-            requests_before = len(http_mocks.log)
-            answer = _answer_in(channel, params) if waiting_at is not None else None
-            outcome = await run_flow(flow, run, resume_at=waiting_at, answer=answer)
-            turn = _record_turn(
-                flow, run, outcome.actions, queues, number=number, given=text,
-                steps=outcome.trace, waiting_at=outcome.waiting_at,
-                fallback_reason=outcome.fallback_reason,
-                vars_before=vars_before, steps_before=steps_before,
-                requests=http_mocks.log[requests_before:])
-            simulation.turns.append(turn)
-            simulation.saved_fields.update(run.saved_fields)
-            simulation.vars = run.vars
-            # What a session keeps goes through JSON in Redis; so it does here.
-            state = json.loads(json.dumps(run.state()))
-            waiting_at = outcome.waiting_at
+    while not simulation.turns or (waiting_at is not None and pending):
+        if simulation.turns:
+            text: str | None = pending.pop(0)
+        else:  # a call starts with no text; a conversation with its first message
+            text = body if channel == "messaging" else None
+        number = len(simulation.turns) + 1
+        params = _webhook_params(channel, from_number, to_number, text, number)
+        # The server builds a new Run for every webhook and restores the session into it.
+        run = Run(contact=contact, params=params, settings=flow_settings, http=http_mocks,
+                  deadline=loop.time() + deadline, clock=clock)
+        run.restore(state)
+        vars_before, steps_before = copy.deepcopy(run.vars), copy.deepcopy(run.steps)
+        requests_before = len(http_mocks.log)
+        answer = _answer_in(channel, params) if waiting_at is not None else None
+        outcome = await run_flow(flow, run, resume_at=waiting_at, answer=answer)
+        turn = _record_turn(
+            flow, run, outcome.actions, queues, number=number, given=text,
+            steps=outcome.trace, waiting_at=outcome.waiting_at,
+            fallback_reason=outcome.fallback_reason,
+            vars_before=vars_before, steps_before=steps_before,
+            requests=http_mocks.log[requests_before:])
+        simulation.turns.append(turn)
+        simulation.saved_fields.update(run.saved_fields)
+        simulation.vars = run.vars
+        # What a session keeps goes through JSON in Redis; so it does here.
+        state = json.loads(json.dumps(run.state()))
+        waiting_at = outcome.waiting_at
     simulation.unused_inputs = pending
     return simulation
 

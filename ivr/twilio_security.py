@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import functools
+import hmac
 import logging
 import os
 import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from urllib.parse import urlparse
 
 from twilio.request_validator import (
+    HMAC_SHA1,
+    HMAC_SHA256,
     SIGNATURE_HEADER,
     SIGNATURE_SETTINGS_HEADER,
     RequestValidator,
+    add_port,
     get_signature_algorithm,
+    remove_port,
 )
 
 from ivr.settings import Settings
@@ -57,7 +64,12 @@ def read_or_create_local_token(path: Path) -> str:
 
 class WebhookVerifier:
     """Checks X-Twilio-Signature against the URL Twilio requested, as rebuilt from
-    IVR_PUBLIC_URL (the request's own URL when unset)."""
+    IVR_PUBLIC_URL (the request's own URL when unset).
+
+    twilio's `RequestValidator` signs; this only spares the hot path what `validate` does
+    every time: parse the URL twice, and sign a second time (the URL with its default port
+    added or removed) when the first signature already matches. The tests hold the verdicts
+    side by side with `validate`'s."""
 
     def __init__(self, auth_token: str, public_url: str | None) -> None:
         self._validator = RequestValidator(auth_token)
@@ -68,21 +80,44 @@ class WebhookVerifier:
             return request_url
         return self._public_url + path + (f"?{query}" if query else "")
 
-    def rejection(
-        self,
-        url: str,
-        params: Mapping[str, Sequence[str]] | object,
-        headers: Mapping[str, str],
-    ) -> str | None:
-        """None when the request is genuine; otherwise why it is not (safe to log).
-        `headers` must look names up case-insensitively, as Starlette's do."""
+    def rejection(self, url: str, pairs: Sequence[tuple[str, str]],
+                  headers: Mapping[str, str]) -> str | None:
+        """None when the request is genuine; otherwise why it is not (safe to log). `pairs` are
+        the form's (name, value) pairs, repeats included; `headers` must look names up
+        case-insensitively, as Starlette's do."""
         signature = headers.get(SIGNATURE_HEADER)
         if not signature:
             return f"no {SIGNATURE_HEADER} header"
         algorithm = get_signature_algorithm(headers.get(SIGNATURE_SETTINGS_HEADER))
-        if not self._validator.validate(url, params, signature, algorithm=algorithm):
-            return (
-                f"signature does not match {url} (check TWILIO_AUTH_TOKEN and that IVR_PUBLIC_URL "
-                "is the URL configured in Twilio)"
-            )
-        return None
+        if algorithm.upper() not in (HMAC_SHA1, HMAC_SHA256):
+            return f"unsupported signature algorithm {algorithm!r}"
+        params = _FormValues(pairs)
+        expected = signature.encode("utf-8", "replace")
+        for candidate in url_variants(url):
+            computed = self._validator.compute_signature(candidate, params, algorithm)
+            if hmac.compare_digest(computed.encode("ascii"), expected):
+                return None
+        return (
+            f"signature does not match {url} (check TWILIO_AUTH_TOKEN and that IVR_PUBLIC_URL "
+            "is the URL configured in Twilio)"
+        )
+
+
+class _FormValues(dict[str, list[str]]):
+    """A form's values by name, read through `getall` as twilio reads a multidict's."""
+
+    def __init__(self, pairs: Sequence[tuple[str, str]]) -> None:
+        super().__init__()
+        for name, value in pairs:
+            self.setdefault(name, []).append(value)
+
+    def getall(self, name: str) -> list[str]:
+        return self[name]
+
+
+@functools.lru_cache(maxsize=1024)
+def url_variants(url: str) -> tuple[str, str]:
+    """The URL without and with its default port: Twilio signs one or the other. A webhook's
+    URLs are few (a path and a handful of query strings), hence the cache."""
+    parsed = urlparse(url)
+    return remove_port(parsed), add_port(parsed)

@@ -74,3 +74,13 @@ def test_voice_speaks_and_listens_in_the_steps_language() -> None:
     assert root.find("Gather").get("language") == "es-ES"
     assert root.find("Gather/Say").get("language") == "es-ES"
     assert render_messaging([Say("Hola", "es-ES")], {}).count("language") == 0
+
+
+def test_an_answer_built_once_serves_every_caller_routed_alike_and_follows_queue_changes() -> None:
+    first = render_voice([RouteToQueue("gold", "+15550001 (gold)")], {"gold": GOLD}, URLS)
+    second = render_voice([RouteToQueue("gold", "+15550002 (gold)")], {"gold": GOLD}, URLS)
+    assert second is first  # the same answer, built once: the note is for messaging only
+    moved = GOLD.model_copy(update={"sip_uri": "sip:gold@moved.example.com"})
+    after = render_voice([RouteToQueue("gold", "n")], {"gold": moved}, URLS)
+    assert "<Sip>sip:gold@moved.example.com</Sip>" in after and after != first
+    assert render_voice([RouteToQueue("gold", "n")], {}, URLS) == render_voice_apology()

@@ -6,10 +6,10 @@ import asyncio
 import time
 from typing import Any, Literal
 
-import httpx
 import yaml
 
 from ivr.flows.actions import Hangup, RouteToQueue, Say
+from ivr.flows.http import AiohttpClient
 from ivr.flows.model import Flow
 from ivr.flows.runner import Outcome, run_flow
 from ivr.flows.step import Contact, Run, Step
@@ -27,7 +27,7 @@ def flow(steps: str) -> Flow:
 def run(flow_: Flow, channel: str = "voice", deadline: float = 3.0,
         params: dict[str, str] | None = None, **settings: Any) -> Outcome:
     async def go() -> Outcome:
-        async with httpx.AsyncClient() as http:
+        async with AiohttpClient() as http:
             loop = asyncio.get_running_loop()
             the_run = Run(
                 contact=Contact("+15551234567", "+15551234567", channel),  # type: ignore[arg-type]
@@ -70,13 +70,14 @@ def test_branch_matches_ignoring_case_and_space_and_none_never_matches() -> None
     assert routed() == "standard"
 
 
-def test_the_route_message_is_rendered_for_the_queue() -> None:
+def test_the_route_message_is_rendered_for_a_messaging_hand_off_only() -> None:
     steps = """
     to_gold: {kind: route, queue: gold, message: "{{ contact.number }} says {{ params.Body }}"}
     """
-    outcome = run(flow(steps))
+    outcome = run(flow(steps), channel="messaging")
     assert outcome.actions == [RouteToQueue("gold", "+15551234567 says hello")]
     assert outcome.trace == ["to_gold"] and outcome.fallback_reason is None
+    assert run(flow(steps)).actions == [RouteToQueue("gold", "")]  # a call needs no note
 
 
 def test_a_template_the_sandbox_refuses_routes_to_the_fallback_queue() -> None:
@@ -115,7 +116,7 @@ def test_a_fetch_with_no_time_left_takes_its_error_exit_without_a_request() -> N
     to_gold: {kind: route, queue: gold}
     to_standard: {kind: route, queue: standard}
     """
-    outcome = run(flow(steps), deadline=0.05)
+    outcome = run(flow(steps), channel="messaging", deadline=0.05)
     assert outcome.actions == [RouteToQueue("standard", "+15551234567: hello")]
     assert outcome.fallback_reason is None
 

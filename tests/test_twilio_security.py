@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import logging
+import random
+
 import httpx
 import pytest
+from starlette.datastructures import Headers, ImmutableMultiDict
+from twilio.request_validator import HMAC_SHA1, HMAC_SHA256, RequestValidator
 
 from ivr.settings import Settings
-from ivr.twilio_security import read_or_create_local_token, resolve_auth_token
+from ivr.twilio_security import (
+    WebhookVerifier,
+    read_or_create_local_token,
+    resolve_auth_token,
+)
 from tests import loyalty_api as L
 from tests.twilio_client import TOKEN, FakeTwilio, call_params, message_params, sign
 
@@ -111,3 +119,68 @@ def test_a_body_that_is_not_utf8_is_a_400_before_any_signature_check(twilio: Fak
         "Content-Type": "application/x-www-form-urlencoded", "X-Twilio-Signature": "x"})
     assert response.status_code == 400
     assert "UTF-8" in response.text
+
+
+# --- the verdict is twilio's own ------------------------------------------------------------
+
+_URLS = ["https://ivr.example.com/twilio/voice", "https://ivr.example.com:443/twilio/voice",
+         "http://127.0.0.1:8000/twilio/voice?turn=2", "http://ivr.example.com/twilio/voice",
+         "https://ivr.example.com/twilio/voice/dial?queue=gold&try=1&last=1",
+         "https://ivr.example.com:8443/twilio/messaging"]
+_TEXTS = ["", " ", "+15551230000", "whatsapp:+447700900123", "Hé! 你好 🙂", "a&b=c", "%41",
+          "line\nbreak", "tab\there", "x" * 300, "Gold", "gold"]
+
+
+def _random_pairs(rng: random.Random) -> list[tuple[str, str]]:
+    names = ["From", "To", "CallSid", "Body", "Digits", "SpeechResult", "Ä", "a", "A", "_"]
+    return [(rng.choice(names), rng.choice(_TEXTS)) for _ in range(rng.randint(0, 12))]
+
+
+def _twilio_verdict(token: str, url: str, pairs: list[tuple[str, str]], signature: str,
+                    algorithm: str) -> bool:
+    return RequestValidator(token).validate(url, ImmutableMultiDict(pairs), signature,
+                                            algorithm=algorithm)
+
+
+def test_the_verdict_matches_twilios_request_validator_on_random_requests() -> None:
+    rng = random.Random(5)
+    verifier = WebhookVerifier(TOKEN, None)
+    agreed = {True: 0, False: 0}
+    for _ in range(600):
+        pairs = _random_pairs(rng)
+        url = rng.choice(_URLS)
+        algorithm = rng.choice([HMAC_SHA1, HMAC_SHA256])
+        # Signed for this URL, for the same URL with or without its port, for another URL, by
+        # another token, for other parameters, or garbage.
+        signer = RequestValidator(rng.choice([TOKEN, TOKEN, TOKEN, "another-token"]))
+        signed_url = rng.choice([url, url.replace(":443", ""), url.replace(".com/", ".com:443/"),
+                                 rng.choice(_URLS)])
+        signed_pairs = pairs if rng.random() < 0.8 else _random_pairs(rng)
+        signature = signer.compute_signature(signed_url, ImmutableMultiDict(signed_pairs),
+                                             algorithm)
+        if rng.random() < 0.05:
+            signature = rng.choice(["", "garbage", signature[:-2], "é" + signature])
+        headers = Headers({"X-Twilio-Signature": signature,
+                           "X-Twilio-Webhooks-Signature-Settings": f"algorithm={algorithm}"})
+        expected = bool(signature) and _twilio_verdict(TOKEN, url, pairs, signature, algorithm)
+        assert (verifier.rejection(url, pairs, headers) is None) == expected, (url, pairs)
+        agreed[expected] += 1
+    assert agreed[True] > 200 and agreed[False] > 100  # both verdicts were exercised
+
+
+def test_repeated_parameters_are_signed_as_twilio_signs_them() -> None:
+    pairs = [("Media", "b"), ("Media", "a"), ("Media", "b"), ("From", "+15551230000")]
+    url = _URLS[0]
+    signature = RequestValidator(TOKEN).compute_signature(url, ImmutableMultiDict(pairs))
+    headers = Headers({"X-Twilio-Signature": signature})
+    assert WebhookVerifier(TOKEN, None).rejection(url, pairs, headers) is None
+    # Twilio signs each distinct value once: a repeat changes nothing, a missing value does.
+    assert WebhookVerifier(TOKEN, None).rejection(url, pairs[1:], headers) is None
+    assert WebhookVerifier(TOKEN, None).rejection(url, pairs[::2], headers) is not None
+
+
+def test_an_unknown_signature_algorithm_is_refused_and_named() -> None:
+    headers = Headers({"X-Twilio-Signature": "x",
+                       "X-Twilio-Webhooks-Signature-Settings": "algorithm=HMAC_MD5"})
+    rejection = WebhookVerifier(TOKEN, None).rejection(_URLS[0], [], headers)
+    assert rejection is not None and "HMAC_MD5" in rejection

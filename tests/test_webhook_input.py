@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import random
+from urllib.parse import parse_qsl, urlencode
+
 import httpx
 import pytest
 
+from ivr.channels.webhook import MAX_FIELDS, BadWebhook, parse_form
 from tests import loyalty_api as L
 from tests.twilio_client import FakeTwilio, call_params, message_params, sign
 
@@ -82,3 +86,40 @@ def test_a_caller_with_a_withheld_number_is_still_routed(twilio: FakeTwilio) -> 
     response = twilio.call("Anonymous")
     assert response.status_code == 200
     assert "<Sip>sip:standard@queues.example.com</Sip>" in response.text
+
+
+# --- the form parser reads what urllib's parse_qsl reads -------------------------------------
+
+_PIECES = ["From", "To", "Body", "%2B1555", "a+b", "%E2%9C%93", "%C3%A9t%C3%A9", "%", "%4", "%zz",
+           "%FF", "%C3", "=", "==", "&", "&&", "", " ", "+", "%26", "%3D", "é", "\u2603"]
+
+
+def _qsl(body: bytes) -> list[tuple[str, str]] | str:
+    try:
+        return parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False,
+                         encoding="utf-8", errors="strict", max_num_fields=MAX_FIELDS)
+    except UnicodeDecodeError:
+        return "not valid UTF-8"
+    except ValueError:
+        return "more than"
+
+
+def _parsed(body: bytes) -> list[tuple[str, str]] | str:
+    try:
+        return parse_form(body)
+    except BadWebhook as exc:
+        return "not valid UTF-8" if "UTF-8" in exc.reason else "more than"
+
+
+def test_the_form_parser_reads_bodies_as_parse_qsl_does() -> None:
+    rng = random.Random(11)
+    bodies = [b"", b"&", b"a", b"a=", b"=a", b"a=1&a=2", b"\xff=1", b"a=%FF", b"a=%C3%A9",
+              b"&".join([b"k=v"] * MAX_FIELDS), b"&".join([b"k=v"] * (MAX_FIELDS + 1)),
+              urlencode(call_params(L.GOLD)).encode()]
+    bodies += ["".join(rng.choices(_PIECES, k=rng.randint(1, 30))).encode() for _ in range(2000)]
+    outcomes = set()
+    for body in bodies:
+        expected = _qsl(body)
+        assert _parsed(body) == expected, body
+        outcomes.add(expected if isinstance(expected, str) else "pairs")
+    assert outcomes == {"pairs", "not valid UTF-8", "more than"}

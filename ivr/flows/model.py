@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    model_validator,
+)
 
 import ivr.flows.steps  # noqa: F401  (registers every step kind)
 from ivr.flows.durations import duration
 from ivr.flows.schedules import Schedule, ScheduleName
 from ivr.flows.step import STEP_KINDS, Channel, Step, StepId
 from ivr.flows.steps.hours import HoursStep
+from ivr.flows.templates import Compiled
 from ivr.queues import QueueName
 
 AnyStep = Annotated[Union[tuple(STEP_KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
@@ -19,6 +28,8 @@ PhoneNumber = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{6,14}$")]
 Duration = duration(timedelta(seconds=30), timedelta(days=30))
 
 MAX_STEPS = 200
+# What a flow can read of the contact without the contact memory.
+CONTACT_WITHOUT_MEMORY = frozenset({"number", "address", "channel"})
 
 
 class Trigger(BaseModel):
@@ -57,6 +68,7 @@ class Flow(BaseModel):
     schedules: dict[ScheduleName, Schedule] = Field(
         default_factory=dict, description="Weekly opening hours that `hours` steps name."
     )
+    _reads_contact_memory: bool = PrivateAttr(default=True)
 
     @model_validator(mode="after")
     def _schedules_are_defined(self) -> Flow:
@@ -135,6 +147,19 @@ class Flow(BaseModel):
                 pending.extend(self.steps[step_id].exits())
         return seen
 
+    @model_validator(mode="after")
+    def _find_contact_memory_reads(self) -> Flow:
+        self._reads_contact_memory = any(
+            compiled.reads_beyond("contact", CONTACT_WITHOUT_MEMORY)
+            for step in self.steps.values() for compiled in _compiled_in(step))
+        return self
+
+    @property
+    def reads_contact_memory(self) -> bool:
+        """Whether a template or condition reads what the contact memory holds (is_returning,
+        first_seen, a saved field...): only then is the memory loaded for a visit."""
+        return self._reads_contact_memory
+
     @property
     def start_step(self) -> str:
         return self.start or next(iter(self.steps))
@@ -153,3 +178,18 @@ class Flow(BaseModel):
         if isinstance(data, dict) and not data.get("name"):
             data = {**data, "name": name}
         return cls.model_validate(data)
+
+
+def _compiled_in(value: Any) -> Iterator[Compiled]:
+    """Every template, expression and condition in a step, however deep its fields hold them."""
+    if isinstance(value, Compiled):
+        yield value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _compiled_in(getattr(value, name))
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _compiled_in(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _compiled_in(item)

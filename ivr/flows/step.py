@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-import httpx
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from ivr.flows.actions import Action
+from ivr.flows.http import HttpClient
 
 if TYPE_CHECKING:
     from ivr.flows.upstream import Upstreams
@@ -100,7 +100,7 @@ class Run:
     contact: Contact
     params: dict[str, str]
     settings: dict[str, Any]  # only what flows may see
-    http: httpx.AsyncClient
+    http: HttpClient
     deadline: float  # event-loop time by which the route must be decided
     # The wall clock, injectable so that tests and the simulator can freeze time.
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))

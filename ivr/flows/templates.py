@@ -6,10 +6,13 @@ that loads can never fail later on a syntax error, and a run never parses text.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 import jinja2
+from jinja2 import nodes
+from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
@@ -32,9 +35,10 @@ def _urlencode(value: Any) -> str:
 
 _ENV.filters["urlencode"] = _urlencode
 MAX_SOURCE_LENGTH = 4000
+N = TypeVar("N", bound=nodes.Node)
 
 
-class _Compiled:
+class Compiled:
     __slots__ = ("source",)
 
     def __init__(self, source: str) -> None:
@@ -49,8 +53,21 @@ class _Compiled:
     def __hash__(self) -> int:
         return hash(self.source)
 
+    def reads_beyond(self, name: str, attributes: frozenset[str]) -> bool:
+        """Whether the source reads the variable `name` other than as `name.<attribute>` for
+        one of `attributes`: `contact.number` does not read the contact's memory,
+        `contact.is_returning` or `contact` alone does."""
+        tree = self._tree()
+        allowed = {id(node.node) for node in _find_all(tree, nodes.Getattr)
+                   if isinstance(node.node, nodes.Name) and node.attr in attributes}
+        return any(node.name == name and id(node) not in allowed
+                   for node in _find_all(tree, nodes.Name))
+
+    def _tree(self) -> nodes.Node:
+        raise NotImplementedError
+
     @classmethod
-    def _validate(cls, value: Any) -> _Compiled:
+    def _validate(cls, value: Any) -> Compiled:
         if isinstance(value, cls):
             return value
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
@@ -72,30 +89,101 @@ class _Compiled:
         )
 
 
-class Template(_Compiled):
+def _find_all(tree: nodes.Node, kind: type[N]) -> list[N]:
+    """The nodes of `kind` in `tree`, the root included."""
+    return [*([tree] if isinstance(tree, kind) else []), *tree.find_all(kind)]
+
+
+# A variable read by a template: its name, the attributes followed, and a filter applied.
+_Path = tuple[str, tuple[str, ...], Callable[[Any], str]]
+
+
+def _path(node: nodes.Node) -> tuple[str, tuple[str, ...]] | None:
+    """`name.attr.attr` as (name, attrs); None for anything else."""
+    attributes: list[str] = []
+    while isinstance(node, nodes.Getattr):
+        attributes.append(node.attr)
+        node = node.node
+    if not isinstance(node, nodes.Name) or node.ctx != "load":
+        return None
+    return node.name, tuple(reversed(attributes))
+
+
+def _read(variables: dict[str, Any], name: str, attributes: tuple[str, ...]) -> Any:
+    """What Jinja's generated code reads for `name.attr...`: the same sandboxed lookups."""
+    if name in variables:
+        value = variables[name]
+    elif name in _ENV.globals:
+        value = _ENV.globals[name]
+    else:
+        value = _ENV.undefined(name=name)
+    for attribute in attributes:
+        value = _ENV.getattr(value, attribute)
+    return value
+
+
+def _direct_plan(tree: nodes.Template) -> list[str | _Path] | None:
+    """Text and `{{ a.b }}` / `{{ a.b | urlencode }}` only: the pieces to join. Most templates in
+    flows are that (a URL, a header, a note), and joining them costs a tenth of Jinja's render,
+    which sets up a context for every call. None: the template needs Jinja."""
+    if len(tree.body) > 1 or (tree.body and not isinstance(tree.body[0], nodes.Output)):
+        return None
+    plan: list[str | _Path] = []
+    for node in tree.body[0].nodes if tree.body else []:
+        convert: Callable[[Any], str] = str
+        if isinstance(node, nodes.TemplateData):
+            plan.append(node.data)
+            continue
+        if (isinstance(node, nodes.Filter) and node.name == "urlencode" and not node.args
+                and not node.kwargs and node.dyn_args is None and node.dyn_kwargs is None):
+            convert, node = _urlencode, node.node
+        path = _path(node)
+        if path is None:
+            return None
+        plan.append((*path, convert))
+    return plan
+
+
+class Template(Compiled):
     """Text with `{{ ... }}` placeholders, rendered against a run's variables."""
 
-    __slots__ = ("_template",)
+    __slots__ = ("_template", "_plan")
 
     def __init__(self, source: str) -> None:
         super().__init__(source)
         self._template = _ENV.from_string(source)
+        self._plan = _direct_plan(_ENV.parse(source))
 
     def render(self, variables: dict[str, Any]) -> str:
-        return self._template.render(variables)
+        if self._plan is None:
+            return self._template.render(variables)
+        return "".join(piece if isinstance(piece, str)
+                       else piece[2](_read(variables, piece[0], piece[1]))
+                       for piece in self._plan)
+
+    def _tree(self) -> nodes.Node:
+        return _ENV.parse(self.source)
 
 
-class Expression(_Compiled):
+class Expression(Compiled):
     """A Jinja2 expression such as `vars.tier`, evaluated to a value (None when undefined)."""
 
-    __slots__ = ("_expression",)
+    __slots__ = ("_expression", "_path")
 
     def __init__(self, source: str) -> None:
         super().__init__(source)
         self._expression = _ENV.compile_expression(source, undefined_to_none=True)
+        # `vars.tier` and the like, read directly (as Template does): no Jinja context.
+        self._path = _path(self._tree())
 
     def evaluate(self, variables: dict[str, Any]) -> Any:
-        return self._expression(**variables)
+        if self._path is None:
+            return self._expression(**variables)
+        value = _read(variables, *self._path)
+        return None if isinstance(value, jinja2.Undefined) else value
+
+    def _tree(self) -> nodes.Node:
+        return Parser(_ENV, self.source, state="variable").parse_expression()
 
 
 class Condition(Expression):

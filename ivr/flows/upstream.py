@@ -19,6 +19,7 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from ivr.autopipeline import AutoPipeline
 from ivr.metrics import BREAKER_STATE, FETCH_CACHE
 
 log = logging.getLogger("ivr.flows.upstream")
@@ -97,8 +98,10 @@ class Upstreams:
     """Per process: breakers by upstream, requests in flight by cache key."""
 
     def __init__(self, client: redis.Redis | None, failure_threshold: int = 5,
-                 open_seconds: float = 10.0) -> None:
+                 open_seconds: float = 10.0, pipeline: AutoPipeline | None = None) -> None:
         self.redis = client
+        # Cache reads and writes share the round trips of the calls in flight.
+        self.pipeline = pipeline or (AutoPipeline(client) if client is not None else None)
         self.failure_threshold = failure_threshold
         self.open_seconds = open_seconds
         self._breakers: dict[str, Breaker] = {}
@@ -141,7 +144,7 @@ class Upstreams:
             try:
                 answer = await load()
                 if answer.definitive:
-                    await self._write(key, answer, keep_for)
+                    self._write(key, answer, keep_for)
                 return answer
             finally:
                 self._in_flight.pop(key, None)
@@ -161,11 +164,11 @@ class Upstreams:
             if local[1] > time.time():
                 return local[0]
             del self._local[key]
-        if self.redis is None:
+        if self.pipeline is None:
             return None
         try:
             async with asyncio.timeout(CACHE_TIMEOUT):
-                raw = await self.redis.get(f"ivr:fetch:{key}")
+                [raw] = await self.pipeline.execute(("GET", f"ivr:fetch:{key}"))
         except (RedisError, OSError, TimeoutError):
             return None  # the cache is an optimisation: go to the upstream
         return json.loads(raw) if raw else None
@@ -175,15 +178,12 @@ class Upstreams:
             self._local.pop(next(iter(self._local)))  # the oldest entry
         self._local[key] = (record, until)
 
-    async def _write(self, key: str, answer: Answer, keep_for: float) -> None:
+    def _write(self, key: str, answer: Answer, keep_for: float) -> None:
+        """Keep the answer here at once, and in Redis in the background: the caller waiting for
+        it does not wait for the write too."""
         record = {"at": time.time(), "outcome": answer.outcome, "status": answer.status,
                   "document": answer.document}
         self._keep_local(key, record, record["at"] + keep_for)
-        if self.redis is None:
-            return
-        try:
-            async with asyncio.timeout(CACHE_TIMEOUT):
-                await self.redis.set(f"ivr:fetch:{key}", json.dumps(record),
-                                     px=max(1, int(keep_for * 1000)))
-        except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("fetch cache write skipped: %s", type(exc).__name__)
+        if self.pipeline is not None:
+            self.pipeline.send(("SET", f"ivr:fetch:{key}", json.dumps(record),
+                                "PX", max(1, int(keep_for * 1000))), what="fetch cache write")

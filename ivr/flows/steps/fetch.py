@@ -23,7 +23,6 @@ opened: its requests then fail at once (breaker_open) until a probe finds it bac
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -32,10 +31,10 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import httpx
 from pydantic import Field, StringConstraints, model_validator
 
 from ivr.flows.durations import duration
+from ivr.flows.http import HttpConnectionError, HttpTimeout
 from ivr.flows.step import Run, Step, StepId, StepResult, VarName, register_step
 from ivr.flows.templates import Template
 from ivr.flows.upstream import Answer
@@ -164,27 +163,20 @@ class FetchStep(Step):
     async def _attempt(self, run: Run, url: str, headers: dict[str, str],
                        content: bytes | None, timeout: float) -> Answer:
         try:
-            # asyncio.timeout bounds the whole exchange, a trickling body included.
-            async with asyncio.timeout(timeout):
-                async with run.http.stream(
-                    self.method, url, headers=headers, content=content, timeout=timeout
-                ) as response:
-                    status = response.status_code
-                    if not 200 <= status < 300:
-                        return Answer("http_error", status)
-                    body = bytearray()
-                    async for chunk in response.aiter_bytes():
-                        body += chunk
-                        if len(body) > MAX_RESPONSE_BYTES:
-                            return Answer("too_large", status)
-        except (TimeoutError, httpx.TimeoutException):
+            reply = await run.http.send(self.method, url, headers, content, timeout,
+                                        MAX_RESPONSE_BYTES)
+        except HttpTimeout:
             return Answer("timeout")
-        except (httpx.HTTPError, OSError, ValueError):
+        except HttpConnectionError:
             return Answer("connection_error")
-        except Exception as exc:  # the transport's own errors; the flow still gets its error exit
+        except Exception as exc:  # a client's bug; the flow still gets its error exit
             log.warning("fetch %s: %s from the HTTP client", run.current_step, type(exc).__name__)
             return Answer("connection_error")
+        if not 200 <= reply.status < 300:
+            return Answer("http_error", reply.status)
+        if reply.body is None:
+            return Answer("too_large", reply.status)
         try:
-            return Answer("ok", status, json.loads(body))
+            return Answer("ok", reply.status, json.loads(reply.body))
         except (ValueError, UnicodeDecodeError):
-            return Answer("invalid_json", status)
+            return Answer("invalid_json", reply.status)

@@ -26,5 +26,8 @@ class RouteStep(Step):
     message: Template = DEFAULT_MESSAGE
 
     async def run(self, run: Run) -> str | None:
-        run.emit(RouteToQueue(self.queue, self.message.render(run.variables).strip()))
+        # Only a messaging hand-off carries the note: a call needs none.
+        note = (self.message.render(run.variables).strip()
+                if run.contact.channel == "messaging" else "")
+        run.emit(RouteToQueue(self.queue, note))
         return None

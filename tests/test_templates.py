@@ -1,0 +1,110 @@
+"""Templates and expressions: the direct path for plain `{{ a.b }}` text renders exactly what
+Jinja renders, and a flow knows whether it reads the contact's memory."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from ivr.flows.loader import load_flows
+from ivr.flows.model import Flow
+from ivr.flows.templates import Expression, Template
+
+FLOWS = Path(__file__).resolve().parent.parent / "flows"
+
+_PATHS = ["contact.number", "contact.first_seen", "vars.tier", "vars.missing",
+          "vars.missing.deeper", "vars.nested.inner", "vars.items", "vars.__class__",
+          "vars.nested.__init__", "settings.loyalty_api_url", "params.Body", "steps.lookup.status",
+          "nothing", "nothing.at.all", "range", "vars.number", "vars.none", "vars.list"]
+_TEXTS = ["", "/customers/", " (gold): ", "é ✓ ", "{ ", " }", "%", "\n", "a\n"]
+
+
+def _variables(rng: random.Random) -> dict[str, Any]:
+    values: list[Any] = ["Gold", " platinum ", "", "+1 555/0100?a=b&c", "é✓", 7, 2.5, None,
+                         True, {"k": "v w"}, ["x"]]
+    return {
+        "contact": {"number": rng.choice(values), "first_seen": rng.choice(values)},
+        "vars": {"tier": rng.choice(values), "nested": {"inner": rng.choice(values)},
+                 "number": rng.choice(values), "none": None, "list": [1, 2]},
+        "settings": {"loyalty_api_url": "http://127.0.0.1:1/api"},
+        "params": {"Body": rng.choice(values)},
+        "steps": {"lookup": {"status": rng.choice([200, 404, None])}},
+    }
+
+
+def _random_template(rng: random.Random) -> str:
+    pieces = []
+    for _ in range(rng.randint(0, 5)):
+        if rng.random() < 0.4:
+            pieces.append(rng.choice(_TEXTS))
+        else:
+            pipe = " | urlencode" if rng.random() < 0.4 else ""
+            pieces.append(f"{{{{ {rng.choice(_PATHS)}{pipe} }}}}")
+    return "".join(pieces)
+
+
+def test_plain_templates_render_what_jinja_renders() -> None:
+    rng = random.Random(3)
+    direct = 0
+    for _ in range(1500):
+        template = Template(_random_template(rng))
+        variables = _variables(rng)
+        expected = template._template.render(variables)  # Jinja's own rendering
+        assert template.render(variables) == expected, template.source
+        direct += template._plan is not None
+    assert direct == 1500  # every one of them took the direct path
+
+
+def test_plain_expressions_evaluate_to_what_jinja_evaluates() -> None:
+    rng = random.Random(4)
+    for _ in range(1000):
+        expression = Expression(rng.choice(_PATHS))
+        variables = _variables(rng)
+        assert expression._path is not None
+        expected = expression._expression(**variables)
+        actual = expression.evaluate(variables)
+        assert actual == expected or (callable(actual) and callable(expected)), expression
+
+
+def test_other_templates_and_expressions_go_through_jinja() -> None:
+    variables = {"vars": {"tier": "gold", "n": 3}, "contact": {"number": "+15550100"}}
+    cases = {
+        "{% if vars.tier %}Bearer {{ vars.tier }}{% endif %}": "Bearer gold",
+        "{{ vars.tier | upper }}": "GOLD",
+        "{{ vars['tier'] }}": "gold",
+        "{{ vars.n + 1 }}": "4",
+        "{{ 'x' }}{{ vars.tier }}": "xgold",
+    }
+    for source, rendered in cases.items():
+        template = Template(source)
+        assert template._plan is None
+        assert template.render(variables) == rendered
+    assert Expression("vars.tier == 'gold'")._path is None
+    assert Expression("vars.tier == 'gold'").evaluate(variables) is True
+
+
+def test_a_flow_knows_whether_it_reads_the_contacts_memory() -> None:
+    flows = load_flows(FLOWS).flows
+    # The reference flow reads only contact.number: no memory load on its hot path.
+    assert not flows["loyalty_routing"].reads_contact_memory
+    assert flows["new_vs_returning"].reads_contact_memory  # contact.is_returning
+
+    def flow(source: str, **step: Any) -> Flow:
+        steps = {"first": {"kind": "say", "text": source, "next": "done"},
+                 "done": {"kind": "route", "queue": "standard", **step}}
+        return Flow.from_data({"trigger": {"channels": ["voice"]}, "fallback_queue": "standard",
+                               "steps": steps}, "f")
+
+    assert not flow("{{ contact.number }} {{ contact.channel }} {{ contact.address }}"
+                    ).reads_contact_memory
+    assert flow("{{ contact.language }}").reads_contact_memory
+    assert flow("{{ contact }}").reads_contact_memory
+    assert flow("{{ contact['number'] }}").reads_contact_memory  # not worth telling apart
+    assert flow("hi", message="{{ contact.team }}").reads_contact_memory
+    branch = Flow.from_data({
+        "trigger": {"channels": ["voice"]}, "fallback_queue": "standard",
+        "steps": {"b": {"kind": "branch", "cases": [{"when": "contact.is_returning",
+                                                     "next": "r"}], "else": "r"},
+                  "r": {"kind": "route", "queue": "standard"}}}, "b")
+    assert branch.reads_contact_memory  # a condition nested in a case counts too
