@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 
 from ivr.admin import api as admin_api
@@ -21,13 +22,7 @@ from ivr.admin import pages as admin_pages
 from ivr.autopipeline import AutoPipeline
 from ivr.calltrace import CallTraces
 from ivr.channels.voice import CallbackUrls
-from ivr.channels.webhook import (
-    HoldPolicy,
-    Services,
-    dial_webhook,
-    messaging_webhook,
-    voice_webhook,
-)
+from ivr.channels.webhook import ENDPOINTS, HoldPolicy, Services, WebhookRoutes
 from ivr.conversations import Conversations
 from ivr.flows.http import AiohttpClient
 from ivr.flows.loader import FlowLoadError, FlowSet, load_flows
@@ -50,15 +45,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
     configure_logging(settings.log_level, settings.log_format)
     app = Starlette(
         routes=[
-            Route("/twilio/voice", voice_webhook, methods=["POST"]),
-            Route("/twilio/voice/dial", dial_webhook, methods=["POST"]),
-            Route("/twilio/messaging", messaging_webhook, methods=["POST"]),
+            *(Route(path, endpoint, methods=["POST"]) for path, endpoint in ENDPOINTS.items()),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Mount("/admin/api", routes=admin_api.routes),
             Mount("/admin", routes=admin_pages.routes),
         ],
+        middleware=[Middleware(WebhookRoutes)],
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -146,8 +140,10 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         traces = CallTraces(store.redis, settings.trace_max_entries, settings.trace_hours)
         traces.start()
         stack.push_async_callback(traces.close)  # before the store closes: a last write
-        pipeline = AutoPipeline(store.redis)
-        stack.push_async_callback(pipeline.close)  # before the store closes: the last writes
+        # Its own connections: the pipeline bounds each batch, so no timer for each reply.
+        pipeline = AutoPipeline(connect(settings.redis_url, socket_timeout=None))
+        stack.push_async_callback(pipeline.client.aclose)
+        stack.push_async_callback(pipeline.close)  # before its client closes: the last writes
         stack.callback(process_exited, os.getpid())
         if settings.loyalty_api_url is None:
             log.warning("IVR_LOYALTY_API_URL is not set: loyalty lookups take their error exit")

@@ -7,7 +7,7 @@ import hmac
 import logging
 import os
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -75,9 +75,11 @@ class WebhookVerifier:
         self._validator = RequestValidator(auth_token)
         self._public_url = public_url
 
-    def signed_url(self, request_url: str, path: str, query: str) -> str:
+    def signed_url(self, request_url: Callable[[], str], path: str, query: str) -> str:
+        """The URL Twilio signed: IVR_PUBLIC_URL with the request's path and query, or else
+        the request's own URL (`request_url`, built only then)."""
         if self._public_url is None:
-            return request_url
+            return request_url()
         return self._public_url + path + (f"?{query}" if query else "")
 
     def rejection(self, url: str, pairs: Sequence[tuple[str, str]],
@@ -117,7 +119,9 @@ class _FormValues(dict[str, list[str]]):
 
 @functools.lru_cache(maxsize=1024)
 def url_variants(url: str) -> tuple[str, str]:
-    """The URL without and with its default port: Twilio signs one or the other. A webhook's
-    URLs are few (a path and a handful of query strings), hence the cache."""
+    """The URL without and with its default port, as twilio's `validate` tries them, the form
+    requested first: Twilio signs one or the other. A webhook's URLs are few (a path and a
+    handful of query strings), hence the cache."""
     parsed = urlparse(url)
-    return remove_port(parsed), add_port(parsed)
+    without, with_port = remove_port(parsed), add_port(parsed)
+    return (with_port, without) if with_port == url else (without, with_port)

@@ -108,3 +108,19 @@ def test_a_flow_knows_whether_it_reads_the_contacts_memory() -> None:
                                                      "next": "r"}], "else": "r"},
                   "r": {"kind": "route", "queue": "standard"}}}, "b")
     assert branch.reads_contact_memory  # a condition nested in a case counts too
+
+
+def test_a_template_of_settings_only_is_rendered_once_per_settings() -> None:
+    header = Template("{% if settings.token %}Bearer {{ settings.token }}{% endif %}")
+    settings = {"token": "s3cret"}
+    assert header.render({"settings": settings, "vars": {}}) == "Bearer s3cret"
+    assert header._rendered is not None and header._rendered[0] is settings
+    first = header._rendered[1]
+    assert header.render({"settings": settings, "vars": {"x": 1}}) is first  # not rendered again
+    # Other settings (the simulator's, another server's in the same process): rendered anew.
+    assert header.render({"settings": {"token": None}}) == ""
+    assert header.render({"settings": {"token": "other"}}) == "Bearer other"
+    # What reads more than settings, or may answer differently, is rendered every time.
+    for source in ("{{ settings.token }}{{ vars.x }}", "{{ settings.l | random }}",
+                   "{{ lipsum(1) }}", "{% for x in settings.l %}{{ x }}{% endfor %}"):
+        assert not Template(source)._settings_only, source

@@ -109,6 +109,9 @@ def _path(node: nodes.Node) -> tuple[str, tuple[str, ...]] | None:
     return node.name, tuple(reversed(attributes))
 
 
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+
+
 def _read(variables: dict[str, Any], name: str, attributes: tuple[str, ...]) -> Any:
     """What Jinja's generated code reads for `name.attr...`: the same sandboxed lookups."""
     if name in variables:
@@ -118,7 +121,12 @@ def _read(variables: dict[str, Any], name: str, attributes: tuple[str, ...]) -> 
     else:
         value = _ENV.undefined(name=name)
     for attribute in attributes:
-        value = _ENV.getattr(value, attribute)
+        if type(value) is dict and attribute not in _DICT_ATTRIBUTES:
+            # What the sandbox's getattr comes to for a dict, without its AttributeError.
+            value = value[attribute] if attribute in value else _ENV.undefined(
+                obj=value, name=attribute)
+        else:
+            value = _ENV.getattr(value, attribute)
     return value
 
 
@@ -144,17 +152,45 @@ def _direct_plan(tree: nodes.Template) -> list[str | _Path] | None:
     return plan
 
 
+_PURE_FILTERS = frozenset({"urlencode", "lower", "upper", "trim", "title", "capitalize",
+                           "default", "d", "replace", "string", "int", "float", "length"})
+
+
+def _settings_only(tree: nodes.Template) -> bool:
+    """Whether the template reads nothing but `settings`, with no call and no filter that
+    could answer differently twice (`random`): its text is then the same for every call."""
+    names = _find_all(tree, nodes.Name)
+    return (all(name.name == "settings" and name.ctx == "load" for name in names)
+            and not _find_all(tree, nodes.Call)
+            and all(f.name in _PURE_FILTERS for f in _find_all(tree, nodes.Filter)))
+
+
 class Template(Compiled):
     """Text with `{{ ... }}` placeholders, rendered against a run's variables."""
 
-    __slots__ = ("_template", "_plan")
+    __slots__ = ("_template", "_plan", "_settings_only", "_rendered")
 
     def __init__(self, source: str) -> None:
         super().__init__(source)
         self._template = _ENV.from_string(source)
-        self._plan = _direct_plan(_ENV.parse(source))
+        tree = _ENV.parse(source)
+        self._plan = _direct_plan(tree)
+        self._settings_only = _settings_only(tree)
+        # (settings, text): what the template rendered for the settings it last saw. A server's
+        # settings are one dict for its whole life, so a header such as Authorization is
+        # rendered once.
+        self._rendered: tuple[Any, str] | None = None
 
     def render(self, variables: dict[str, Any]) -> str:
+        if not self._settings_only:
+            return self._render(variables)
+        settings = variables.get("settings")
+        rendered = self._rendered
+        if rendered is None or rendered[0] is not settings:
+            rendered = self._rendered = (settings, self._render(variables))
+        return rendered[1]
+
+    def _render(self, variables: dict[str, Any]) -> str:
         if self._plan is None:
             return self._template.render(variables)
         return "".join(piece if isinstance(piece, str)
