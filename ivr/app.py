@@ -140,10 +140,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         traces = CallTraces(store.redis, settings.trace_max_entries, settings.trace_hours)
         traces.start()
         stack.push_async_callback(traces.close)  # before the store closes: a last write
-        # Its own connections: the pipeline bounds each batch, so no timer for each reply.
-        pipeline = AutoPipeline(connect(settings.redis_url, socket_timeout=None))
-        stack.push_async_callback(pipeline.client.aclose)
-        stack.push_async_callback(pipeline.close)  # before its client closes: the last writes
+        assert settings.redis_url is not None  # open_store starts nothing without it
+        pipeline = AutoPipeline(settings.redis_url)
+        stack.push_async_callback(pipeline.close)  # the last writes
         stack.callback(process_exited, os.getpid())
         if settings.loyalty_api_url is None:
             log.warning("IVR_LOYALTY_API_URL is not set: loyalty lookups take their error exit")
@@ -151,9 +150,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             flows=flows,
             store=store,
             conversations=Conversations(
-                store.redis, timedelta(days=settings.contact_memory_days), pipeline),
+                store.redis, pipeline, timedelta(days=settings.contact_memory_days)),
             http=http,
-            upstreams=Upstreams(store.redis, pipeline=pipeline),
+            upstreams=Upstreams(pipeline),
             traces=traces,
             verifier=WebhookVerifier(resolve_auth_token(settings), settings.public_url),
             urls=CallbackUrls(settings.public_url or ""),

@@ -1,43 +1,69 @@
 """Redis commands of concurrent webhooks, sent together: every command issued during one turn of
-the event loop goes out in one pipeline, one round trip, and each caller gets its own reply.
+the event loop goes out in one write on one connection, and each caller gets its own replies.
 
-A redis-py command costs far more CPU in its client layers (connection pool, retry, parsing
-set-up) than on the wire; under load, 64 calls in flight each making their own round trips
-spent a fifth of the server's CPU there. Batched, that cost is paid once per turn of the loop.
-Replies keep their order, so the commands a caller issues one after another without awaiting
-reach Redis together and in that order (but not atomically: this is not MULTI).
+The hot path's state (sessions, contact memory, replays, the fetch cache) goes through here, not
+through redis-py: redis-py's pipeline costs 200-300 us of CPU a batch in its layers (pool,
+retry, command stack, callbacks, a timer per reply), this 50 us, with hiredis (redis-py's own
+C parser) packing the commands and parsing the replies. The connection is multiplexed: batches
+are written one after the other and their replies, which Redis sends in order, are matched in
+order. Nothing here is atomic (no MULTI), but the commands a caller gives together arrive
+together and in order.
+
+Everything else (queue configuration, the admin's writes, pub/sub, locks) uses redis-py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
+import ssl
+from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as redis
+import hiredis
+from redis.asyncio.connection import SSLConnection, parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 log = logging.getLogger("ivr.autopipeline")
 
-# A batch that takes longer fails its callers with TimeoutError: state makes a call better,
-# never possible, and a hung Redis must not hold calls.
+# A batch that takes longer fails its callers with TimeoutError, and the connection is dropped
+# (a new one is made for the next batch): state makes a call better, never possible, and a hung
+# Redis must not hold calls.
 BATCH_TIMEOUT = 1.0
 
+Command = tuple[Any, ...]  # as Redis takes it: ("SET", key, value, "EX", 60)
 
-Command = tuple[Any, ...]  # as `Redis.execute_command` takes it: ("SET", key, value, "EX", 60)
+
+@dataclass
+class _Batch:
+    """Commands written together; `callers` hold each caller's command count and future."""
+
+    callers: list[tuple[int, asyncio.Future[Any]]]
+    expected: int
+    replies: list[Any] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
 
 
 class AutoPipeline:
-    def __init__(self, client: redis.Redis, timeout: float = BATCH_TIMEOUT) -> None:
-        self.client = client
+    def __init__(self, url: str, timeout: float = BATCH_TIMEOUT) -> None:
+        self.url = url
         self.timeout = timeout
+        self.batches = 0  # batches written (tests, and anyone profiling)
         self._pending: list[tuple[tuple[Command, ...], asyncio.Future[Any]]] = []
-        self._sending: set[asyncio.Task[None]] = set()
-        self.batches = 0  # round trips made (tests, and anyone profiling)
+        self._in_flight: collections.deque[_Batch] = collections.deque()
+        self._writer: asyncio.StreamWriter | None = None
+        self._reading: asyncio.Task[None] | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def execute(self, *commands: Command) -> list[Any]:
-        """Send `commands` with this turn's batch; their replies, in order. Raises the first
-        error: an error reply, or RedisError, OSError or TimeoutError for the whole batch,
-        which never takes longer than `timeout`."""
+        """Send `commands` with this turn's batch; their replies, in order, as Redis sends them
+        (HGETALL: a flat list). Raises the first error: ResponseError for an error reply, or
+        RedisConnectionError or TimeoutError for the whole batch, which never takes longer
+        than `timeout`."""
         replies = await self._enqueue(commands)
         if isinstance(replies, Exception):
             raise replies
@@ -51,8 +77,26 @@ class AutoPipeline:
         is logged as `what` skipped."""
         self._enqueue(commands).add_done_callback(lambda done: _log_failure(done, what))
 
+    async def close(self) -> None:
+        """Send what is queued, wait for the replies on their way, and disconnect."""
+        self._flush()
+        if self._connecting is not None:
+            with contextlib.suppress(Exception):
+                await self._connecting
+        waiting = [future for batch in self._in_flight for _, future in batch.callers]
+        if waiting:
+            await asyncio.wait(waiting, timeout=self.timeout)
+        self._disconnect(RedisConnectionError("the auto-pipeline is closed"))
+
+    # --- batching ---------------------------------------------------------------------------
+
     def _enqueue(self, commands: tuple[Command, ...]) -> asyncio.Future[Any]:
+        """Futures get errors as results: a caller that gave up leaves nothing unretrieved."""
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop (tests): nothing of the old one works
+            self._disconnect(RedisConnectionError("event loop changed"))
+            self._pending = []
+            self._loop = loop
         future = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush)
@@ -60,44 +104,136 @@ class AutoPipeline:
         return future
 
     def _flush(self) -> None:
-        if not self._pending:  # close() sent them already
+        if not self._pending:
             return
-        batch, self._pending = self._pending, []
+        if self._writer is None:
+            if self._connecting is None:  # the batch waits for the connection
+                self._connecting = asyncio.ensure_future(self._connect())
+            return
+        pending, self._pending = self._pending, []
+        packed = [hiredis.pack_command(command) for commands, _ in pending
+                  for command in commands]
+        batch = _Batch([(len(commands), future) for commands, future in pending], len(packed))
+        batch.timer = asyncio.get_running_loop().call_later(self.timeout, self._expire, batch)
+        self._in_flight.append(batch)
+        self._writer.write(b"".join(packed))
         self.batches += 1
-        task = asyncio.ensure_future(self._send(batch))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
 
-    async def _send(self, batch: list[tuple[tuple[Command, ...], asyncio.Future[Any]]]
-                    ) -> None:
-        # Futures get errors as results: a caller that gave up leaves nothing unretrieved.
+    def _expire(self, batch: _Batch) -> None:
+        if batch in self._in_flight:
+            log.warning("Redis did not answer within %g s: reconnecting", self.timeout)
+            self._disconnect(TimeoutError(f"Redis did not answer within {self.timeout:g} s"))
+
+    # --- the connection ---------------------------------------------------------------------
+
+    async def _connect(self) -> None:
         try:
-            async with asyncio.timeout(self.timeout):
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for commands, _ in batch:
-                        for command in commands:
-                            pipe.execute_command(*command)
-                    replies = await pipe.execute(raise_on_error=False)
-        except Exception as exc:  # the connection, a timeout: every caller of the batch learns
-            for _, future in batch:
+            async with asyncio.timeout(self.timeout):  # callers wait for it too
+                reader, writer = await _open(self.url)
+        except (OSError, TimeoutError, RedisConnectionError, ResponseError) as exc:
+            error = exc if isinstance(exc, RedisConnectionError | ResponseError) else (
+                RedisConnectionError(f"cannot connect to Redis: {exc or type(exc).__name__}"))
+            pending, self._pending = self._pending, []
+            for _, future in pending:
                 if not future.done():
-                    future.set_result(exc)
+                    future.set_result(error)
             return
-        except asyncio.CancelledError:  # the server is stopping
-            for _, future in batch:
-                future.cancel()
-            raise
-        start = 0
-        for commands, future in batch:
-            if not future.done():  # else its caller gave up waiting
-                future.set_result(replies[start:start + len(commands)])
-            start += len(commands)
-
-    async def close(self) -> None:
-        """Wait for the batches on their way (a last contact-memory write, say)."""
+        finally:
+            self._connecting = None
+        self._writer = writer
+        self._reading = asyncio.ensure_future(self._read(reader, writer))
         self._flush()
-        if self._sending:
-            await asyncio.gather(*self._sending, return_exceptions=True)
+
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        parser = hiredis.Reader(encoding="utf-8")
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    raise RedisConnectionError("Redis closed the connection")
+                parser.feed(data)
+                while (reply := parser.gets()) is not False:
+                    self._deliver(reply)
+        except (OSError, RedisConnectionError, hiredis.ProtocolError) as exc:
+            if self._writer is writer:
+                self._disconnect(exc if isinstance(exc, RedisConnectionError) else
+                                 RedisConnectionError(f"Redis connection lost: {exc}"))
+
+    def _deliver(self, reply: Any) -> None:
+        batch = self._in_flight[0]
+        batch.replies.append(ResponseError(str(reply)) if isinstance(reply, hiredis.ReplyError)
+                             else reply)
+        if len(batch.replies) < batch.expected:
+            return
+        self._in_flight.popleft()
+        if batch.timer is not None:
+            batch.timer.cancel()
+        start = 0
+        for count, future in batch.callers:
+            if not future.done():  # else its caller gave up waiting
+                future.set_result(batch.replies[start:start + count])
+            start += count
+
+    def _disconnect(self, error: Exception) -> None:
+        """Fail every batch in flight with `error`, and drop the connection."""
+        writer, self._writer = self._writer, None
+        reading, self._reading = self._reading, None
+        with contextlib.suppress(RuntimeError):  # a loop already closed (tests) has nothing
+            if reading is not None and reading is not _current_task():
+                reading.cancel()
+            if writer is not None:
+                writer.close()
+        while self._in_flight:
+            batch = self._in_flight.popleft()
+            if batch.timer is not None:
+                batch.timer.cancel()
+            for _, future in batch.callers:
+                if not future.done():
+                    future.set_result(error)
+
+
+async def _open(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the Redis at `url` (redis://, rediss://, unix://), authenticated and on
+    its database."""
+    options = parse_url(url)
+    if "path" in options:
+        reader, writer = await asyncio.open_unix_connection(options["path"])
+    else:
+        context = None
+        if options.get("connection_class") is SSLConnection:
+            context = ssl.create_default_context()
+            if options.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+        reader, writer = await asyncio.open_connection(
+            options.get("host", "localhost"), options.get("port", 6379), ssl=context)
+    handshake = []
+    if options.get("password") is not None:
+        username = options.get("username")
+        handshake.append(("AUTH", *([username] if username else []), options["password"]))
+    if options.get("db"):
+        handshake.append(("SELECT", options["db"]))
+    if handshake:
+        writer.write(b"".join(hiredis.pack_command(command) for command in handshake))
+        parser = hiredis.Reader(encoding="utf-8")
+        for _ in handshake:
+            while (reply := parser.gets()) is False:
+                data = await reader.read(4096)
+                if not data:
+                    writer.close()
+                    raise RedisConnectionError("Redis closed the connection during set-up")
+                parser.feed(data)
+            if isinstance(reply, hiredis.ReplyError):
+                writer.close()
+                raise ResponseError(f"Redis refused the connection's set-up: {reply}")
+    return reader, writer
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
 
 
 def _log_failure(done: asyncio.Future[Any], what: str) -> None:

@@ -47,10 +47,10 @@ class Conversations:
     call's state costs it a share of a round trip, and never more than the pipeline's timeout.
     The lock, and waiting for a held decision, talk to Redis directly."""
 
-    def __init__(self, client: redis.Redis, contact_ttl: timedelta,
-                 pipeline: AutoPipeline | None = None) -> None:
+    def __init__(self, client: redis.Redis, pipeline: AutoPipeline, contact_ttl: timedelta
+                 ) -> None:
         self.redis = client
-        self.pipeline = pipeline or AutoPipeline(client)
+        self.pipeline = pipeline
         self.contact_ttl = contact_ttl
         self._release = client.register_script(_RELEASE)
 
@@ -77,8 +77,8 @@ class Conversations:
     # --- contact memory ---------------------------------------------------------------------
 
     async def contact_memory(self, number: str) -> dict[str, str]:
-        [memory] = await self.pipeline.execute(("HGETALL", f"ivr:contact:{number}"))
-        return memory  # type: ignore[no-any-return]
+        [flat] = await self.pipeline.execute(("HGETALL", f"ivr:contact:{number}"))
+        return dict(zip(flat[::2], flat[1::2], strict=True))
 
     async def remember(self, number: str, fields: dict[str, str], visit: bool,
                        known: bool = False) -> None:
@@ -159,10 +159,9 @@ class Conversations:
         [twiml] = await self.pipeline.execute(("GET", f"ivr:replay:{token}"))
         return twiml  # type: ignore[no-any-return]
 
-    def record_reply(self, token: str, twiml: str) -> None:
-        """Keep the answer to replay for a retry of the webhook (not waited for)."""
-        self.pipeline.send(("SET", f"ivr:replay:{token}", twiml, "EX", _seconds(REPLAY_TTL),
-                            "NX"), what="retry record")
+    async def record_reply(self, token: str, twiml: str) -> None:
+        await self.pipeline.execute(
+            ("SET", f"ivr:replay:{token}", twiml, "EX", _seconds(REPLAY_TTL), "NX"))
 
 
 def _seconds(ttl: timedelta) -> int:

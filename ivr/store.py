@@ -116,18 +116,16 @@ def without_credentials(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-def connect(url: str, max_connections: int = 64, socket_timeout: float | None = 5
-            ) -> redis.Redis:
+def connect(url: str, max_connections: int = 64) -> redis.Redis:
     """A client whose pool makes a burst of webhooks wait briefly for a connection rather than
-    fail, and never opens more than `max_connections` to Redis. `socket_timeout` bounds each
-    reply; None for a caller that bounds its commands itself (a timer per reply costs)."""
+    fail, and never opens more than `max_connections` to Redis."""
     pool = redis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=2,  # seconds a command waits for a free connection
         decode_responses=True,
         socket_connect_timeout=2,
-        socket_timeout=socket_timeout,
+        socket_timeout=5,
         health_check_interval=30,
         retry_on_timeout=True,
     )

@@ -1,6 +1,6 @@
-"""The auto-pipeline against the real Redis: commands of concurrent callers share one round
-trip, each caller gets its own replies or its own error, and a dead or hung Redis fails the
-callers within the timeout instead of holding them."""
+"""The auto-pipeline against the real Redis: commands of concurrent callers share one write,
+each caller gets its own replies or its own error, and a dead or hung Redis fails the callers
+within the timeout instead of holding them; the next batch connects again."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
@@ -19,41 +18,53 @@ from ivr.autopipeline import AutoPipeline
 from tests.servers import free_port
 
 
-def client(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=2)
-
-
-def test_concurrent_callers_share_one_round_trip_and_get_their_own_replies(redis_url) -> None:
+def test_concurrent_callers_share_one_batch_and_get_their_own_replies(redis_url) -> None:
     async def scenario() -> None:
-        pipeline = AutoPipeline(client(redis_url))
+        pipeline = AutoPipeline(redis_url)
 
         async def caller(n: int) -> list[object]:
             key = f"test:autopipeline:{n}"
             return await pipeline.execute(("SET", key, f"v{n}", "EX", 60), ("GET", key),
-                                          ("HSET", f"{key}:h", "a", n), ("HGETALL", f"{key}:h"))
+                                          ("DEL", f"{key}:h"), ("HSET", f"{key}:h", "a", n),
+                                          ("HGETALL", f"{key}:h"))
 
         replies = await asyncio.gather(*(caller(n) for n in range(50)))
-        assert pipeline.batches == 1  # fifty callers, two hundred commands, one round trip
-        for n, (set_ok, value, _, mapping) in enumerate(replies):
-            assert set_ok is True and value == f"v{n}" and mapping == {"a": str(n)}
-        # A caller that comes later goes in the next batch.
+        assert pipeline.batches == 1  # fifty callers, 250 commands, one write
+        for n, (set_ok, value, _, added, flat) in enumerate(replies):
+            assert (set_ok, value, added, flat) == ("OK", f"v{n}", 1, ["a", str(n)])
+        # A caller that comes later goes in the next batch, on the same connection.
         assert await pipeline.execute(("GET", "test:autopipeline:7")) == ["v7"]
         assert pipeline.batches == 2
-        await pipeline.client.aclose()
+        await pipeline.close()
+
+    asyncio.run(scenario())
+
+
+def test_batches_in_flight_together_get_their_replies_in_order(redis_url) -> None:
+    async def scenario() -> None:
+        pipeline = AutoPipeline(redis_url)
+        await pipeline.execute(("PING",))  # connected: no batch waits for the connection
+        results = []
+        for round_ in range(20):  # each round a batch of its own, all on the wire at once
+            results.append(asyncio.ensure_future(pipeline.execute(("ECHO", f"r{round_}"))))
+            await asyncio.sleep(0)
+        assert [r[0] for r in await asyncio.gather(*results)] == [f"r{n}" for n in range(20)]
+        assert pipeline.batches == 21
+        await pipeline.close()
 
     asyncio.run(scenario())
 
 
 def test_an_error_reply_fails_its_caller_only(redis_url) -> None:
     async def scenario() -> None:
-        pipeline = AutoPipeline(client(redis_url))
+        pipeline = AutoPipeline(redis_url)
         await pipeline.execute(("SET", "test:autopipeline:string", "x"))
         wrong, right = await asyncio.gather(
             pipeline.execute(("HGETALL", "test:autopipeline:string")),
             pipeline.execute(("GET", "test:autopipeline:string")), return_exceptions=True)
         assert isinstance(wrong, ResponseError) and "WRONGTYPE" in str(wrong)
         assert right == ["x"]
-        await pipeline.client.aclose()
+        await pipeline.close()
 
     asyncio.run(scenario())
 
@@ -70,34 +81,60 @@ def silent_server() -> Iterator[str]:
 
 def test_a_hung_redis_fails_every_caller_within_the_timeout(silent_server: str) -> None:
     async def scenario() -> list[object]:
-        pipeline = AutoPipeline(client(silent_server), timeout=0.3)
+        pipeline = AutoPipeline(silent_server, timeout=0.3)
         started = time.monotonic()
         results = await asyncio.gather(*(pipeline.execute(("GET", f"k{n}")) for n in range(5)),
                                        return_exceptions=True)
         assert time.monotonic() - started < 5  # bounded by the timeout, not by Redis
-        await pipeline.client.aclose()
+        await pipeline.close()
         return results
 
     assert all(isinstance(result, TimeoutError) for result in asyncio.run(scenario()))
 
 
-def test_an_unreachable_redis_fails_every_caller_with_a_connection_error() -> None:
-    async def scenario() -> list[object]:
-        pipeline = AutoPipeline(client(f"redis://127.0.0.1:{free_port()}"))
+def test_an_unreachable_redis_fails_every_caller_then_a_batch_connects_when_it_is_back(
+    redis_url
+) -> None:
+    async def scenario() -> None:
+        pipeline = AutoPipeline(f"redis://127.0.0.1:{free_port()}")
         results = await asyncio.gather(*(pipeline.execute(("GET", f"k{n}")) for n in range(5)),
                                        return_exceptions=True)
-        await pipeline.client.aclose()
-        return results
+        assert all(isinstance(result, RedisConnectionError) for result in results), results
+        pipeline.url = redis_url  # Redis is back (here: where it always was)
+        assert await pipeline.execute(("ECHO", "back")) == ["back"]
+        await pipeline.close()
 
-    assert all(isinstance(result, RedisConnectionError | OSError)
-               for result in asyncio.run(scenario()))
+    asyncio.run(scenario())
+
+
+def test_a_dropped_connection_fails_the_batch_in_flight_and_the_next_one_reconnects(
+    redis_url
+) -> None:
+    async def scenario() -> None:
+        pipeline = AutoPipeline(redis_url)
+        [me] = await pipeline.execute(("CLIENT", "ID"))
+        # Redis closes the connection after the kill's reply: the ECHO is never answered.
+        with pytest.raises(RedisConnectionError):
+            await pipeline.execute(("CLIENT", "KILL", "ID", me, "SKIPME", "no"), ("ECHO", "x"))
+        [again] = await pipeline.execute(("CLIENT", "ID"))
+        assert again != me  # a new connection
+        # Killed from elsewhere (a restart, a failover) while idle: the drop is noticed, and
+        # the next batch goes out on a new connection.
+        other = AutoPipeline(redis_url)
+        await other.execute(("CLIENT", "KILL", "ID", again))
+        await other.close()
+        await asyncio.sleep(0.2)
+        assert await pipeline.execute(("ECHO", "fine")) == ["fine"]
+        await pipeline.close()
+
+    asyncio.run(scenario())
 
 
 def test_a_caller_that_gives_up_leaves_the_others_served_and_nothing_unretrieved(
-    redis_url, silent_server, caplog
+    silent_server, caplog
 ) -> None:
     async def scenario() -> None:
-        pipeline = AutoPipeline(client(silent_server), timeout=0.3)
+        pipeline = AutoPipeline(silent_server, timeout=0.3)
         impatient = asyncio.ensure_future(pipeline.execute(("GET", "a")))
         patient = asyncio.ensure_future(pipeline.execute(("GET", "b")))
         await asyncio.sleep(0.05)
@@ -105,22 +142,41 @@ def test_a_caller_that_gives_up_leaves_the_others_served_and_nothing_unretrieved
         with pytest.raises(TimeoutError):
             await patient
         await pipeline.close()
-        await pipeline.client.aclose()
 
     asyncio.run(scenario())
     gc.collect()
     assert "never retrieved" not in caplog.text
 
 
-def test_close_sends_what_is_queued(redis_url) -> None:
-    async def scenario() -> str | None:
-        pipeline = AutoPipeline(client(redis_url))
-        write = asyncio.ensure_future(pipeline.execute(("SET", "test:autopipeline:last", "1")))
-        await asyncio.sleep(0)  # queued, not yet sent
-        await pipeline.close()
-        assert write.done()  # close() returned once the write was made
-        value = await pipeline.client.get("test:autopipeline:last")
-        await pipeline.client.aclose()
+def test_close_sends_what_is_queued_and_waits_for_it(redis_url) -> None:
+    async def scenario() -> list[object]:
+        pipeline = AutoPipeline(redis_url)
+        pipeline.send(("SET", "test:autopipeline:last", "1"), what="test write")
+        await pipeline.close()  # returns once the write was made
+        check = AutoPipeline(redis_url)
+        value = await check.execute(("GET", "test:autopipeline:last"))
+        await check.close()
         return value
 
-    assert asyncio.run(scenario()) == "1"
+    assert asyncio.run(scenario()) == ["1"]
+
+
+def test_a_password_and_a_database_in_the_url_are_used(redis_url) -> None:
+    async def scenario() -> None:
+        admin = AutoPipeline(redis_url)
+        await admin.execute(("ACL", "SETUSER", "pipeline-test", "on", ">s3cret", "~*", "+@all"))
+        base = redis_url
+        authenticated = (f"unix://pipeline-test:s3cret@{base.removeprefix('unix://')}?db=3"
+                         if base.startswith("unix://") else
+                         base.replace("redis://", "redis://pipeline-test:s3cret@") + "/3")
+        pipeline = AutoPipeline(authenticated)
+        assert await pipeline.execute(("SET", "test:autopipeline:db", "3")) == ["OK"]
+        assert await admin.execute(("GET", "test:autopipeline:db")) == [None]  # not db 0
+        wrong = AutoPipeline(authenticated.replace("s3cret", "wrong"))
+        with pytest.raises(ResponseError, match="set-up"):
+            await wrong.execute(("PING",))
+        await admin.execute(("ACL", "DELUSER", "pipeline-test"))
+        for each in (pipeline, wrong, admin):
+            await each.close()
+
+    asyncio.run(scenario())

@@ -8,9 +8,9 @@ import time
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from ivr.flows.http import AiohttpClient
+from ivr.autopipeline import AutoPipeline
 from ivr.flows.model import Flow
 from ivr.flows.runner import Outcome, run_flow
 from ivr.flows.step import Contact, Run
@@ -51,7 +51,7 @@ def requests_for(api, number: str) -> int:
 @pytest.fixture
 def upstreams(redis_url: str):
     def make(**kwargs: Any) -> Upstreams:
-        return Upstreams(aioredis.Redis.from_url(redis_url, decode_responses=True), **kwargs)
+        return Upstreams(AutoPipeline(redis_url), **kwargs)
     return make
 
 

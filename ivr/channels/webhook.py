@@ -190,8 +190,9 @@ async def _answer_once(services: Services, hook: Webhook, endpoint: Endpoint, to
             twiml, summary = replayed, "retry: the earlier answer, replayed"
         else:
             twiml, summary = await endpoint.answer(services, hook)
-            if token:  # queued with this turn's writes; a retry comes seconds later
-                services.conversations.record_reply(token, twiml)
+            if token:  # before the answer: a retry of a message waits for it on the lock
+                await best_effort(services.conversations.record_reply(token, twiml), None,
+                                  "retry record")
     except Exception:  # every failure still answers the contact, with a route if there is one
         log.exception("%s %s: could not answer; routing to the fallback queue", hook.channel,
                       hook.sid)

@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from ivr.autopipeline import AutoPipeline
@@ -97,11 +96,10 @@ class Breaker:
 class Upstreams:
     """Per process: breakers by upstream, requests in flight by cache key."""
 
-    def __init__(self, client: redis.Redis | None, failure_threshold: int = 5,
-                 open_seconds: float = 10.0, pipeline: AutoPipeline | None = None) -> None:
-        self.redis = client
-        # Cache reads and writes share the round trips of the calls in flight.
-        self.pipeline = pipeline or (AutoPipeline(client) if client is not None else None)
+    def __init__(self, pipeline: AutoPipeline | None, failure_threshold: int = 5,
+                 open_seconds: float = 10.0) -> None:
+        # The shared cache; its reads and writes share the round trips of the calls in flight.
+        self.pipeline = pipeline
         self.failure_threshold = failure_threshold
         self.open_seconds = open_seconds
         self._breakers: dict[str, Breaker] = {}
