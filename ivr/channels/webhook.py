@@ -7,6 +7,7 @@ call trace kept in Redis."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -203,12 +204,18 @@ async def _answer_once(services: Services, hook: Webhook, endpoint: Endpoint, to
 def _observe(services: Services, trace: CallTrace, summary: str, seconds: float) -> None:
     """The webhook's log line, its metrics and its stored trace (written in the background)."""
     trace.finish(summary, seconds)
-    WEBHOOK_SECONDS.labels(trace.endpoint).observe(seconds)
+    _webhook_seconds(trace.endpoint).observe(seconds)
     if trace.decided:
-        ROUTES.labels(trace.channel, trace.flow, trace.route).inc()
-    log.info("%s %s from %s: %s (%.1f ms)", trace.channel, trace.sid, trace.caller, summary,
-             trace.duration_ms, extra=trace.log_fields())
+        _routes(trace.channel, trace.flow, trace.route).inc()
+    if log.isEnabledFor(logging.INFO):
+        log.info("%s %s from %s: %s (%.1f ms)", trace.channel, trace.sid, trace.caller, summary,
+                 trace.duration_ms, extra=trace.log_fields())
     services.traces.record(trace)
+
+
+# A metric's child for some labels, looked up once: `labels()` costs more than the count.
+_webhook_seconds = functools.lru_cache(maxsize=None)(WEBHOOK_SECONDS.labels)
+_routes = functools.lru_cache(maxsize=4096)(ROUTES.labels)
 
 
 async def best_effort(operation: Awaitable[T], default: T, what: str) -> T:
@@ -544,7 +551,10 @@ async def _verified_webhook(scope: Scope, receive: Receive, headers: Headers,
                             services: Services, endpoint: Endpoint) -> Webhook:
     pairs = parse_form(await _read_body(receive, headers, services.max_body_bytes))
     query = scope["query_string"].decode("latin-1")
-    url = services.verifier.signed_url(lambda: str(URL(scope=scope)), scope["path"], query)
+    url = services.verifier.signed_url(
+        lambda: _request_url(scope.get("scheme", "http"), scope.get("server"), scope["path"],
+                             scope["query_string"], headers.get("host")),
+        scope["path"], query)
     rejection = services.verifier.rejection(url, pairs, headers)
     if rejection is not None:
         raise BadWebhook(403, "Forbidden: invalid Twilio signature", detail=rejection)
@@ -556,6 +566,15 @@ async def _verified_webhook(scope: Scope, receive: Receive, headers: Headers,
     trace = CallTrace(endpoint.name, channel, sid, mask_number(address))
     return Webhook(channel, params, contact, sid, dict(parse_qsl(query, keep_blank_values=True)),
                    trace)
+
+
+@functools.lru_cache(maxsize=1024)
+def _request_url(scheme: str, server: tuple[str, int] | None, path: str, query_string: bytes,
+                 host: str | None) -> str:
+    """The URL the request was made to, as Starlette spells it: a webhook's are few."""
+    headers = [(b"host", host.encode("latin-1"))] if host is not None else []
+    return str(URL(scope={"scheme": scheme, "server": server, "path": path,
+                          "query_string": query_string, "headers": headers}))
 
 
 async def _read_body(receive: Receive, headers: Headers, max_bytes: int) -> bytes:
@@ -580,7 +599,7 @@ async def _read_body(receive: Receive, headers: Headers, max_bytes: int) -> byte
 def parse_form(body: bytes) -> list[tuple[str, str]]:
     """The (name, value) pairs of a form body, as `urllib.parse.parse_qsl` reads them with
     blank values kept and strict UTF-8 (the tests hold the two side by side), at half its
-    cost: a part needs unquoting only if it has a `+` or a `%`."""
+    cost: a part needs unquoting only if it has a `%`."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -589,14 +608,15 @@ def parse_form(body: bytes) -> list[tuple[str, str]]:
         raise BadWebhook(400, f"Bad Request: more than {MAX_FIELDS} parameters")
     pairs = []
     try:
-        for part in text.split("&"):
+        # `+` is a space wherever it is: replaced once, before the split, which it cannot move.
+        for part in text.replace("+", " ").split("&"):
             if not part:
                 continue
             name, _, value = part.partition("=")
-            if "+" in name or "%" in name:
-                name = unquote(name.replace("+", " "), errors="strict")
-            if "+" in value or "%" in value:
-                value = unquote(value.replace("+", " "), errors="strict")
+            if "%" in name:
+                name = unquote(name, errors="strict")
+            if "%" in value:
+                value = unquote(value, errors="strict")
             pairs.append((name, value))
     except UnicodeDecodeError:
         raise BadWebhook(400, "Bad Request: the form is not valid UTF-8") from None
