@@ -64,6 +64,8 @@ class AutoPipeline:
         (HGETALL: a flat list). Raises the first error: ResponseError for an error reply, or
         RedisConnectionError or TimeoutError for the whole batch, which never takes longer
         than `timeout`."""
+        if not commands:
+            return []
         replies = await self._enqueue(commands)
         if isinstance(replies, Exception):
             raise replies
@@ -111,9 +113,18 @@ class AutoPipeline:
                 self._connecting = asyncio.ensure_future(self._connect())
             return
         pending, self._pending = self._pending, []
-        packed = [hiredis.pack_command(command) for commands, _ in pending
-                  for command in commands]
-        batch = _Batch([(len(commands), future) for commands, future in pending], len(packed))
+        packed: list[bytes] = []
+        callers = []
+        for commands, future in pending:
+            try:
+                packed += [hiredis.pack_command(command) for command in commands]
+            except (TypeError, ValueError) as exc:  # an argument Redis cannot take: a bug
+                future.set_result(ResponseError(f"cannot send {commands[0][0]!r}...: {exc}"))
+                continue
+            callers.append((len(commands), future))
+        if not callers:
+            return
+        batch = _Batch(callers, len(packed))
         batch.timer = asyncio.get_running_loop().call_later(self.timeout, self._expire, batch)
         self._in_flight.append(batch)
         self._writer.write(b"".join(packed))
@@ -160,6 +171,8 @@ class AutoPipeline:
                                  RedisConnectionError(f"Redis connection lost: {exc}"))
 
     def _deliver(self, reply: Any) -> None:
+        if not self._in_flight:  # a reply nobody waits for (Redis keeps order): not a crash
+            return
         batch = self._in_flight[0]
         batch.replies.append(ResponseError(str(reply)) if isinstance(reply, hiredis.ReplyError)
                              else reply)

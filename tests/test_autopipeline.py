@@ -180,3 +180,16 @@ def test_a_password_and_a_database_in_the_url_are_used(redis_url) -> None:
             await each.close()
 
     asyncio.run(scenario())
+
+
+def test_a_command_redis_cannot_take_fails_its_caller_only(redis_url) -> None:
+    async def scenario() -> None:
+        pipeline = AutoPipeline(redis_url)
+        bad, good = await asyncio.gather(pipeline.execute(("SET", "k", None)),
+                                         pipeline.execute(("ECHO", "ok")),
+                                         return_exceptions=True)
+        assert isinstance(bad, ResponseError) and good == ["ok"]
+        assert await pipeline.execute() == []
+        await pipeline.close()
+
+    asyncio.run(scenario())
