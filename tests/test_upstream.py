@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ivr.flows.http import AiohttpClient
 from ivr.autopipeline import AutoPipeline
+from ivr.flows import upstream as upstream_module
+from ivr.flows.http import AiohttpClient
+from ivr.flows.loader import load_flows
 from ivr.flows.model import Flow
 from ivr.flows.runner import Outcome, run_flow
 from ivr.flows.step import Contact, Run
+from ivr.flows.steps.fetch import FetchStep
 from ivr.flows.upstream import Breaker, Upstreams
 from tests import loyalty_api as L
 
@@ -181,3 +186,47 @@ def test_a_cache_setting_is_checked_at_load() -> None:
         lookup_flow(stale_while_revalidate="1m")
     with pytest.raises(ValueError, match="between 1 seconds and 7 days"):
         lookup_flow(cache="30d")
+
+
+def test_a_hit_leaves_the_other_answers_kept_in_the_process(loyalty, monkeypatch) -> None:
+    api, url = loyalty
+    monkeypatch.setattr(upstream_module, "LOCAL_ENTRIES", 3)
+    flow = lookup_flow(cache="1m")
+    local_only = Upstreams(None)  # no Redis: what the process keeps is all there is
+    callers = [L.GOLD, L.PLATINUM, L.UNKNOWN]
+    api.requests.clear()
+    results = asyncio.run(_sequential(flow, url, local_only, [*callers, L.UNKNOWN, *callers]))
+    assert [r["cache"] for r in results] == ["miss"] * 3 + ["hit"] * 4
+    assert sum(requests_for(api, number) for number in callers) == 3
+
+
+def test_a_probe_cut_short_lets_the_next_request_probe(loyalty, upstreams) -> None:
+    api, url = loyalty
+    flow = lookup_flow(timeout=5)
+    shared = upstreams(failure_threshold=1, open_seconds=0.1)
+
+    async def scenario() -> dict[str, Any]:
+        await lookups(flow, url, shared, [L.BROKEN])  # one fault: the circuit opens
+        await asyncio.sleep(0.15)
+        probe = asyncio.ensure_future(lookups(flow, url, shared, [L.HANGS]))
+        await asyncio.sleep(0.2)
+        probe.cancel()  # the probe's call is cut short (shutdown, a caller gone)
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+        return (await lookups(flow, url, shared, [L.GOLD]))[0]
+
+    after = asyncio.run(scenario())
+    assert after["outcome"] == "ok" and after["tier"] == "gold"  # not breaker_open for good
+
+
+def test_the_reference_flow_looks_callers_up_as_the_readme_says() -> None:
+    """README, "The reference flow": 2 s timeout, one retry, cached 5 minutes and used up to a
+    day while refreshed; the circuit opens after 5 faults in a row, for 10 s."""
+    flow = load_flows(Path(__file__).resolve().parent.parent / "flows").flows["loyalty_routing"]
+    lookup = flow.steps["lookup"]
+    assert isinstance(lookup, FetchStep)
+    assert (lookup.timeout, lookup.retries) == (2, 1)
+    assert (lookup.cache, lookup.stale_while_revalidate) == (timedelta(minutes=5),
+                                                             timedelta(days=1))
+    defaults = Upstreams(None)
+    assert (defaults.failure_threshold, defaults.open_seconds) == (5, 10)

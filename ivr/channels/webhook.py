@@ -39,7 +39,7 @@ from ivr.flows.step import Channel, Contact, Run
 from ivr.flows.steps.route import DEFAULT_MESSAGE, RouteStep
 from ivr.flows.upstream import Upstreams
 from ivr.logs import log_context, mask_number
-from ivr.metrics import ROUTES, SIGNATURE_REJECTIONS, WEBHOOK_SECONDS
+from ivr.metrics import ROUTES, SIGNATURE_REJECTIONS, WEBHOOK_SECONDS, labelled
 from ivr.queues import Queue
 from ivr.store import Store
 from ivr.twilio_security import WebhookVerifier
@@ -213,9 +213,8 @@ def _observe(services: Services, trace: CallTrace, summary: str, seconds: float)
     services.traces.record(trace)
 
 
-# A metric's child for some labels, looked up once: `labels()` costs more than the count.
-_webhook_seconds = functools.lru_cache(maxsize=None)(WEBHOOK_SECONDS.labels)
-_routes = functools.lru_cache(maxsize=4096)(ROUTES.labels)
+_webhook_seconds = labelled(WEBHOOK_SECONDS)
+_routes = labelled(ROUTES)
 
 
 async def best_effort(operation: Awaitable[T], default: T, what: str) -> T:
@@ -303,7 +302,7 @@ async def _decide_call(services: Services, hook: Webhook) -> tuple[str, str]:
         # Twilio asked again for a turn already answered: the same answer, the flow not advanced.
         return session["twiml"], f"retry of turn {turn or 0}: the earlier answer, replayed"
     if session is not None and session.get("waiting_at"):
-        answer = hook.params.get("Digits") or hook.params.get("SpeechResult")
+        answer = answer_in(hook.channel, hook.params)
         return await _run(services, hook, session, resume_at=session["waiting_at"], answer=answer)
     if turn is not None:  # an answer for a session that expired: start over
         log.info("voice %s: answer to an expired question; starting the flow over", hook.sid)
@@ -361,7 +360,7 @@ async def _answer_message(services: Services, hook: Webhook) -> tuple[str, str]:
         return await _forward_to_queue(services, hook, session)
     if session is not None and session.get("waiting_at"):
         return await _run(services, hook, session, resume_at=session["waiting_at"],
-                          answer=hook.params.get("Body"))
+                          answer=answer_in(hook.channel, hook.params))
     return await _run(services, hook, None)
 
 
@@ -440,6 +439,13 @@ async def _run(
         twiml, summary = _fallback_answer(services, hook, flow, "no session store")
         return twiml, f"{summary} instead of asking at {outcome.waiting_at}"
     return twiml, _summary(flow, outcome, routed, queues, hook.channel)
+
+
+def answer_in(channel: Channel, params: dict[str, str]) -> str | None:
+    """The contact's answer to a question: keys pressed or words spoken, or a message."""
+    if channel == "voice":
+        return params.get("Digits") or params.get("SpeechResult")
+    return params.get("Body")
 
 
 def _keep_after_route(hook: Webhook, flow: Flow, queue: Queue | None, stored: bool) -> bool:

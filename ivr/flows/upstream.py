@@ -19,9 +19,10 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from ivr.autopipeline import AutoPipeline
-from ivr.metrics import BREAKER_STATE, FETCH_CACHE
+from ivr.metrics import BREAKER_STATE, FETCH_CACHE, labelled
 
 log = logging.getLogger("ivr.flows.upstream")
+_cache_counter = labelled(FETCH_CACHE)
 
 CACHE_TIMEOUT = 0.25  # a slow Redis must not cost more than going to the upstream
 # Answers also kept in the process, in front of Redis: a hot caller costs no round trip.
@@ -77,6 +78,11 @@ class Breaker:
             log.info("upstream %s answers again: circuit closed", self.name)
             self._set("closed")
 
+    def abandoned(self) -> None:
+        """A request let through was cut short on our side: if it was the probe, the next
+        request probes instead (else the circuit would stay half-open, refusing all)."""
+        self._probing = False
+
     def failed(self) -> None:
         self._failures += 1
         self._probing = False
@@ -104,8 +110,9 @@ class Upstreams:
         self.open_seconds = open_seconds
         self._breakers: dict[str, Breaker] = {}
         self._in_flight: dict[str, asyncio.Task[Answer]] = {}
-        # key -> (record, wall time until which it may be used): the same bound as in Redis.
-        self._local: dict[str, tuple[dict[str, Any], float]] = {}
+        # key -> (when fetched, answer, wall time until which it may be used): the same bound
+        # as in Redis.
+        self._local: dict[str, tuple[float, Answer, float]] = {}
 
     def breaker(self, upstream: str) -> Breaker:
         breaker = self._breakers.get(upstream)
@@ -118,11 +125,10 @@ class Upstreams:
                      load: Callable[[], Awaitable[Answer]]) -> tuple[Answer, str]:
         """The answer for `key` and how it came: hit, stale (a refresh was started), coalesced
         (joined the same request in flight) or miss. Only definitive answers are cached."""
-        record = await self._read(key)
-        if record is not None:
-            self._keep_local(key, record, record["at"] + ttl + stale_for)
-            age = time.time() - record["at"]
-            answer = Answer(record["outcome"], record["status"], record["document"])
+        cached = await self._read(key, ttl + stale_for)
+        if cached is not None:
+            at, answer = cached
+            age = time.time() - at
             if age < ttl:
                 return self._count(upstream, answer, "hit")
             if age < ttl + stale_for:
@@ -153,14 +159,16 @@ class Upstreams:
 
     @staticmethod
     def _count(upstream: str, answer: Answer, how: str) -> tuple[Answer, str]:
-        FETCH_CACHE.labels(upstream, how).inc()
+        _cache_counter(upstream, how).inc()
         return answer, how
 
-    async def _read(self, key: str) -> dict[str, Any] | None:
+    async def _read(self, key: str, keep_for: float) -> tuple[float, Answer] | None:
+        """(when it was fetched, the answer): from this process, or else from Redis (then kept
+        here too, for `keep_for` after it was fetched)."""
         local = self._local.get(key)
         if local is not None:
-            if local[1] > time.time():
-                return local[0]
+            if local[2] > time.time():
+                return local[0], local[1]
             del self._local[key]
         if self.pipeline is None:
             return None
@@ -169,19 +177,25 @@ class Upstreams:
                 [raw] = await self.pipeline.execute(("GET", f"ivr:fetch:{key}"))
         except (RedisError, OSError, TimeoutError):
             return None  # the cache is an optimisation: go to the upstream
-        return json.loads(raw) if raw else None
+        if not raw:
+            return None
+        record = json.loads(raw)
+        answer = Answer(record["outcome"], record["status"], record["document"])
+        self._keep_local(key, record["at"], answer, record["at"] + keep_for)
+        return record["at"], answer
 
-    def _keep_local(self, key: str, record: dict[str, Any], until: float) -> None:
-        if len(self._local) >= LOCAL_ENTRIES:
+    def _keep_local(self, key: str, at: float, answer: Answer, until: float) -> None:
+        if key not in self._local and len(self._local) >= LOCAL_ENTRIES:
             self._local.pop(next(iter(self._local)))  # the oldest entry
-        self._local[key] = (record, until)
+        self._local[key] = (at, answer, until)
 
     def _write(self, key: str, answer: Answer, keep_for: float) -> None:
         """Keep the answer here at once, and in Redis in the background: the caller waiting for
         it does not wait for the write too."""
-        record = {"at": time.time(), "outcome": answer.outcome, "status": answer.status,
-                  "document": answer.document}
-        self._keep_local(key, record, record["at"] + keep_for)
+        at = time.time()
+        self._keep_local(key, at, answer, at + keep_for)
         if self.pipeline is not None:
+            record = {"at": at, "outcome": answer.outcome, "status": answer.status,
+                      "document": answer.document}
             self.pipeline.send(("SET", f"ivr:fetch:{key}", json.dumps(record),
                                 "PX", max(1, int(keep_for * 1000))), what="fetch cache write")

@@ -23,6 +23,7 @@ opened: its requests then fail at once (breaker_open) until a probe finds it bac
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -38,9 +39,11 @@ from ivr.flows.http import HttpConnectionError, HttpTimeout
 from ivr.flows.step import Run, Step, StepId, StepResult, VarName, register_step
 from ivr.flows.templates import Template
 from ivr.flows.upstream import Answer
-from ivr.metrics import FETCH_SECONDS, FETCHES
+from ivr.metrics import FETCH_SECONDS, FETCHES, labelled
 
 log = logging.getLogger("ivr.flows.fetch")
+_fetch_seconds = labelled(FETCH_SECONDS)
+_fetches = labelled(FETCHES)
 
 MAX_RESPONSE_BYTES = 256 * 1024
 # Kept back from the routing deadline so a timed-out fetch still leaves time to route.
@@ -150,14 +153,19 @@ class FetchStep(Step):
                 answer = Answer("breaker_open")
                 break
             started = time.perf_counter()
-            answer = await self._attempt(run, url, headers, content, timeout)
-            FETCH_SECONDS.labels(upstream).observe(time.perf_counter() - started)
+            try:
+                answer = await self._attempt(run, url, headers, content, timeout)
+            except asyncio.CancelledError:  # cut short (the deadline): it proved nothing
+                if breaker is not None:
+                    breaker.abandoned()
+                raise
+            _fetch_seconds(upstream).observe(time.perf_counter() - started)
             fault = answer.outcome in FAULTS or (answer.status or 0) >= 500
             if breaker is not None:
                 breaker.failed() if fault else breaker.succeeded()
             if not fault:
                 break
-        FETCHES.labels(upstream, answer.outcome).inc()
+        _fetches(upstream, answer.outcome).inc()
         return answer
 
     async def _attempt(self, run: Run, url: str, headers: dict[str, str],
