@@ -8,6 +8,7 @@ Keys (per contact or call, so they spread over a Redis Cluster):
   ivr:contact:<number>        hash: first_seen, last_seen and the fields flows saved
   ivr:lock:<channel key>      the per-contact messaging lock
   ivr:replay:<token>          the TwiML answered to an I-Twilio-Idempotency-Token
+  ivr:held:<CallSid>          a held call's decision, for the redirect after the hold prompt
 """
 
 from __future__ import annotations
@@ -79,12 +80,6 @@ class Conversations:
     async def contact_memory(self, number: str) -> dict[str, str]:
         [flat] = await self.pipeline.execute(("HGETALL", f"ivr:contact:{number}"))
         return dict(zip(flat[::2], flat[1::2], strict=True))
-
-    async def remember(self, number: str, fields: dict[str, str], visit: bool,
-                       known: bool = False) -> None:
-        commands = self.remember_commands(number, fields, visit, known)
-        if commands:
-            await self.pipeline.execute(*commands)
 
     def remember_commands(self, number: str, fields: dict[str, str], visit: bool,
                           known: bool = False) -> list[Command]:

@@ -189,7 +189,8 @@ def test_a_command_redis_cannot_take_fails_its_caller_only(redis_url) -> None:
                                          pipeline.execute(("ECHO", "ok")),
                                          return_exceptions=True)
         assert isinstance(bad, ResponseError) and good == ["ok"]
-        assert await pipeline.execute() == []
+        sent = pipeline.batches
+        assert await pipeline.execute() == [] and pipeline.batches == sent  # nothing to send
         await pipeline.close()
 
     asyncio.run(scenario())

@@ -143,11 +143,17 @@ def test_a_retried_answer_gets_the_same_twiml_and_does_not_advance(menu: FakeTwi
 
 
 def test_an_idempotency_token_replays_the_first_answer(menu: FakeTwilio) -> None:
-    params = call_params(CALLER, To=MENU_NUMBER)
-    headers = {"I-Twilio-Idempotency-Token": "tok-123",
-               "X-Twilio-Signature": sign(menu.url("/twilio/voice"), params)}
-    first = httpx.post(menu.url("/twilio/voice"), data=params, headers=headers)
-    second = httpx.post(menu.url("/twilio/voice"), data=params, headers=headers)
+    def post(to: str, token: str) -> httpx.Response:
+        params = call_params(CALLER, To=to)
+        headers = {"I-Twilio-Idempotency-Token": token,
+                   "X-Twilio-Signature": sign(menu.url("/twilio/voice"), params)}
+        return httpx.post(menu.url("/twilio/voice"), data=params, headers=headers)
+
+    first = post(MENU_NUMBER, "tok-123")
+    # A webhook another flow answers otherwise: with the first one's token, only a replay
+    # gives the first answer (the menu's question), not its own flow's.
+    assert post(PLAIN_NUMBER, "tok-other").text != first.text
+    second = post(PLAIN_NUMBER, "tok-123")
     assert first.status_code == second.status_code == 200
     assert second.text == first.text
     assert "turn=1" in gather_url(second.text)
@@ -222,10 +228,18 @@ def test_a_busy_queue_fails_over_to_its_fallback_then_its_overflow_then_unanswer
     assert root.find("Hangup") is not None
 
 
-def test_a_connected_call_ends_when_the_agent_hangs_up(menu: FakeTwilio) -> None:
+@pytest.mark.parametrize("status", ["completed", "answered"])
+def test_a_connected_call_ends_when_the_agent_hangs_up(menu: FakeTwilio, status: str) -> None:
     params = call_params(CALLER, To=MENU_NUMBER)
-    done = dial_result(menu, params, "gold", 0, "completed", "200")
+    done = dial_result(menu, params, "gold", 0, status, "200")
     assert [child.tag for child in ET.fromstring(done.text)] == ["Hangup"]
+
+
+def test_a_canceled_dial_fails_over_like_a_busy_one(menu: FakeTwilio) -> None:
+    params = call_params(CALLER, To=MENU_NUMBER)
+    canceled = dial_result(menu, params, "gold", 0, "canceled", "487")
+    assert sip(canceled.text) == ("sip:gold-backup@queues.example.com",
+                                  "/twilio/voice/dial?queue=gold&try=1")
 
 
 def test_without_an_unanswered_step_exhausted_failover_apologises(twilio: FakeTwilio) -> None:

@@ -96,14 +96,14 @@ def render_dial(sip_uri: str, action_url: str) -> str:
     return str(response)
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.cache
 def render_hangup() -> str:
     response = VoiceResponse()
     response.hangup()
     return str(response)
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.cache
 def render_voice_apology() -> str:
     """For a call no flow serves: never silence, never Twilio's application error."""
     response = VoiceResponse()
