@@ -156,7 +156,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             traces=traces,
             verifier=WebhookVerifier(resolve_auth_token(settings), settings.public_url),
             urls=CallbackUrls(settings.public_url or ""),
-            flow_settings=_flow_settings(settings),
+            flow_settings=settings.flow_settings(),
             decision_deadline=settings.decision_deadline,
             hold=HoldPolicy(settings.hold_after, settings.hold_prompt),
             max_body_bytes=settings.max_body_bytes,
@@ -171,12 +171,3 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 def _http_client(settings: Settings) -> AiohttpClient:
     # aiohttp directly: httpx on top of it cost 2.5x the CPU per lookup, on every call.
     return AiohttpClient(max_connections=settings.http_max_connections)
-
-
-def _flow_settings(settings: Settings) -> dict[str, str | None]:
-    """The only settings a flow can read: no other secret is ever in a template's reach."""
-    token = settings.loyalty_api_token
-    return {
-        "loyalty_api_url": settings.loyalty_api_url.rstrip("/") if settings.loyalty_api_url else None,
-        "loyalty_api_token": token.get_secret_value() if token else None,
-    }

@@ -36,11 +36,10 @@ from ivr.embedded_redis import EmbeddedRedis
 from ivr.logs import configure_logging, uvicorn_log_config
 from ivr.metrics import MULTIPROCESS_ENV
 from ivr.settings import Settings
+from ivr.simulator import DEFAULT_TO_NUMBER, TEST_ACCOUNT_SID
 from ivr.twilio_security import resolve_auth_token
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
-TEST_ACCOUNT_SID = "AC" + "0" * 32
-TEST_TO_NUMBER = "+15005550006"
 FOLLOW_INTERVAL = 1.0  # seconds between polls of `ivr calls tail --follow`
 # Traces are scored by when they were answered, and a worker writes its own a moment later: a
 # follow asks again for this many seconds back and skips what it already printed.
@@ -63,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     call.add_argument("number", help="the caller's number, E.164, e.g. +15551234567")
     call.add_argument("--channel", choices=["voice", "messaging"], default="voice")
-    call.add_argument("--to", default=TEST_TO_NUMBER, help="the number called (default %(default)s)")
+    call.add_argument("--to", default=DEFAULT_TO_NUMBER,
+                      help="the number called (default %(default)s)")
     call.add_argument("--body", default="Hello, I need help with my booking.",
                       help="message text (messaging)")
     call.add_argument("--whatsapp", action="store_true", help="send as a WhatsApp message")

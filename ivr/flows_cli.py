@@ -233,13 +233,11 @@ def simulate_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def flow_settings(settings: Settings) -> dict[str, Any]:
-    """What flows read as `settings.*`, as the server passes it (ivr/app.py)."""
-    token = settings.loyalty_api_token
-    url = settings.loyalty_api_url.rstrip("/") if settings.loyalty_api_url else None
-    return {
-        "loyalty_api_url": url or UNSET_LOYALTY_API_URL,
-        "loyalty_api_token": token.get_secret_value() if token else None,
-    }
+    """What flows read as `settings.*`, as the server passes it, with UNSET_LOYALTY_API_URL for
+    an unset IVR_LOYALTY_API_URL."""
+    readable = settings.flow_settings()
+    readable["loyalty_api_url"] = readable["loyalty_api_url"] or UNSET_LOYALTY_API_URL
+    return readable
 
 
 def parse_mocks(specs: list[str]) -> dict[str, Any]:

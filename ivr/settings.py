@@ -123,6 +123,15 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
 
+    def flow_settings(self) -> dict[str, str | None]:
+        """The only settings a flow can read (`settings.*`): no other secret is ever in a
+        template's reach."""
+        token = self.loyalty_api_token
+        return {
+            "loyalty_api_url": self.loyalty_api_url.rstrip("/") if self.loyalty_api_url else None,
+            "loyalty_api_token": token.get_secret_value() if token else None,
+        }
+
     @property
     def local_token_path(self) -> Path:
         return self.data_dir / "local_twilio_auth_token"

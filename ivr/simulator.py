@@ -28,20 +28,21 @@ import httpx
 
 from ivr.channels.messaging import render_messaging
 from ivr.channels.voice import CallbackUrls, render_voice
-from ivr.channels.webhook import resolve_queues
+from ivr.channels.webhook import answer_in, resolve_queues
 from ivr.flows.actions import Action, Ask, Hangup, RouteToQueue, Say
 from ivr.flows.http import HttpConnectionError, HttpReply, HttpTimeout, check_headers
 from ivr.flows.model import Flow
 from ivr.flows.runner import run_flow
 from ivr.flows.step import Channel, Contact, Run
 from ivr.queues import Queue
+from ivr.settings import Settings
 
-DEFAULT_TO_NUMBER = "+15005550006"  # Twilio's magic test number, as `ivr call` uses
-DEFAULT_DEADLINE = 3.0  # the server's IVR_DECISION_DEADLINE default
+DEFAULT_TO_NUMBER = "+15005550006"  # Twilio's magic test number; `ivr call` uses it too
+DEFAULT_DEADLINE: float = Settings.model_fields["decision_deadline"].default
 TIMEOUT = "timeout"
 REFUSED = "refused"
 # Fixed SIDs keep simulated TwiML and JSON identical from one run to the next.
-_ACCOUNT_SID = "AC" + "0" * 32
+TEST_ACCOUNT_SID = "AC" + "0" * 32
 _CALL_SID = "CA" + "0" * 32
 _DTMF = re.compile(r"[0-9#*]+")
 _ACTION_KINDS: dict[type, str] = {Say: "say", Ask: "ask", RouteToQueue: "route", Hangup: "hangup"}
@@ -142,22 +143,11 @@ class Turn:
     notes: list[str]  # what a user should notice: unmocked requests, missing queues
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "number": self.number,
-            "input": self.input,
-            "steps": self.steps,
-            "vars": self.vars,
-            "step_results": self.step_results,
-            "saved": self.saved,
-            "actions": [{"action": _ACTION_KINDS[type(a)], **dataclasses.asdict(a)}
-                        for a in self.actions],
-            "twiml": self.twiml,
-            "route": self.route,
-            "waiting_at": self.waiting_at,
-            "fallback_reason": self.fallback_reason,
-            "requests": self.requests,
-            "notes": self.notes,
-        }
+        """Every field, in order; each action tagged with its kind."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields["actions"] = [{"action": _ACTION_KINDS[type(a)], **dataclasses.asdict(a)}
+                             for a in self.actions]
+        return fields
 
 
 @dataclass
@@ -270,7 +260,8 @@ async def simulate(
         run.restore(state)
         vars_before, steps_before = copy.deepcopy(run.vars), copy.deepcopy(run.steps)
         requests_before = len(http_mocks.log)
-        answer = _answer_in(channel, params) if waiting_at is not None else None
+        # The contact's answer, read from the webhook as the server reads it.
+        answer = answer_in(channel, params) if waiting_at is not None else None
         outcome = await run_flow(flow, run, resume_at=waiting_at, answer=answer)
         turn = _record_turn(
             flow, run, outcome.actions, queues, number=number, given=text,
@@ -293,7 +284,7 @@ def _webhook_params(channel: Channel, from_number: str, to_number: str, text: st
     """The parameters Twilio would post for this turn."""
     if from_number.startswith("whatsapp:") and not to_number.startswith("whatsapp:"):
         to_number = f"whatsapp:{to_number}"  # WhatsApp webhooks carry both ends prefixed
-    params = {"AccountSid": _ACCOUNT_SID, "From": from_number, "To": to_number}
+    params = {"AccountSid": TEST_ACCOUNT_SID, "From": from_number, "To": to_number}
     if channel == "messaging":
         return {**params, "MessageSid": f"SM{number:032d}", "Body": text or "", "NumMedia": "0"}
     params.update(CallSid=_CALL_SID, CallStatus="ringing" if number == 1 else "in-progress",
@@ -302,13 +293,6 @@ def _webhook_params(channel: Channel, from_number: str, to_number: str, text: st
         # Keys pressed come as Digits, words spoken as SpeechResult.
         params["Digits" if _DTMF.fullmatch(text) else "SpeechResult"] = text
     return params
-
-
-def _answer_in(channel: Channel, params: dict[str, str]) -> str | None:
-    """The contact's answer, read from the webhook as the server reads it."""
-    if channel == "voice":
-        return params.get("Digits") or params.get("SpeechResult")
-    return params.get("Body")
 
 
 def _record_turn(

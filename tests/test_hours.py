@@ -235,14 +235,23 @@ def test_a_broken_schedule_is_refused_naming_the_field(text: str, expected: str)
     assert found[0].startswith(expected), found[0]
 
 
-# The step, run on its own: the flow binds the schedule at load time, done here by hand.
+# The step, run on its own: the flow that holds it binds its schedule when the flow loads.
 
 
 def hours_step(text: str = SUPPORT) -> HoursStep:
-    step = HoursStep.model_validate(
-        {"kind": "hours", "schedule": "support", "open": "to_day_team", "closed": "after_hours"}
-    )
-    step.bind_schedule(schedule(text))
+    flow = Flow.model_validate({
+        "trigger": {"channels": ["voice"]},
+        "fallback_queue": "standard",
+        "schedules": {"support": yaml.safe_load(text)},
+        "steps": {
+            "check": {"kind": "hours", "schedule": "support", "open": "to_day_team",
+                      "closed": "after_hours"},
+            "to_day_team": {"kind": "end"},
+            "after_hours": {"kind": "end"},
+        },
+    })
+    step = flow.steps["check"]
+    assert isinstance(step, HoursStep)
     return step
 
 
@@ -281,11 +290,7 @@ def test_the_step_refuses_to_guess_when_no_schedule_was_bound() -> None:
         run_at(utc(2026, 1, 5, 8, 0), step.run)
 
 
-# In a flow file: these need `Flow.schedules`, which model.py gains separately.
-
-needs_flow_schedules = pytest.mark.skipif(
-    "schedules" not in Flow.model_fields, reason="Flow has no `schedules` field yet"
-)
+# In a flow file.
 
 FLOW = """
 trigger: {channels: [voice, messaging]}
@@ -305,7 +310,6 @@ def flow_file(tmp_path: Path, hours: str = "'09:00-18:00'", name: str = "support
     return path
 
 
-@needs_flow_schedules
 def test_a_flow_routes_by_its_schedule(tmp_path: Path) -> None:
     flow = load_flow_file(flow_file(tmp_path))
 
@@ -317,7 +321,6 @@ def test_a_flow_routes_by_its_schedule(tmp_path: Path) -> None:
     assert closed.actions[-1].queue == "standard" and closed.fallback_reason is None
 
 
-@needs_flow_schedules
 def test_a_flow_naming_an_undefined_schedule_is_refused(tmp_path: Path) -> None:
     path = flow_file(tmp_path, name="sales")
     with pytest.raises(FlowLoadError) as error:
@@ -327,7 +330,6 @@ def test_a_flow_naming_an_undefined_schedule_is_refused(tmp_path: Path) -> None:
     ]
 
 
-@needs_flow_schedules
 def test_a_broken_schedule_in_a_flow_file_names_the_schedule_and_the_field(tmp_path: Path) -> None:
     path = flow_file(tmp_path, hours="'18:00-09:00'")
     with pytest.raises(FlowLoadError) as error:

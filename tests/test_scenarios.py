@@ -2,15 +2,17 @@
 
 Each flow answers on its own number (flows/*.yaml `trigger.numbers`); a question on voice is a
 <Gather> whose answer is posted back to its action URL with the same CallSid, and on messaging
-the contact's next message is the answer.
+the contact's next message is the answer. The server's clock is real, so where the answer depends
+on the time of day the flow also runs through the simulator, with the clock frozen.
 """
 
 from __future__ import annotations
 
+import asyncio
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -22,7 +24,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ivr.flows.loader import load_flow_file
+from ivr.queues import load_queue_file
 from ivr.settings import Settings
+from ivr.simulator import simulate
 from tests.servers import ServerThread
 from tests.twilio_client import FakeTwilio, call_params, message_params
 
@@ -316,28 +320,41 @@ def test_a_busy_vip_line_overflows_to_the_manager(twilio, store) -> None:
 
 # --- shift routing ----------------------------------------------------------------------------
 
-def test_shift_routing_answers_as_its_schedules_say_for_the_time_of_the_call(twilio) -> None:
-    """The server's clock is real: each branch is pinned by the golden cases; here the answer
-    must be the one the schedules give for now."""
+CLOSED = "Thanks for calling. We're closed right now."
+
+
+def assert_closed(root: ET.Element) -> None:
+    """The after-hours answer: the opening hours, then the call ends without a dial."""
+    assert [say.text for say in root.iter("Say")][0].startswith(CLOSED)
+    assert root.find("Hangup") is not None and root.find("Dial") is None
+
+
+# The server's clock is the real one: the times are fixed through the simulator, on the same flow.
+@pytest.mark.parametrize(("now", "queue"), [
+    ("2026-11-23T15:00:00Z", "day_team"),  # Monday 10:00 in New York
+    ("2026-11-23T23:30:00Z", "night_team"),  # Monday 18:30
+    ("2026-11-24T04:00:00Z", None),  # Monday 23:00: closed
+], ids=["day shift", "evening shift", "closed"])
+def test_shift_routing_routes_by_the_new_york_time_of_the_call(now: str, queue: str | None
+                                                               ) -> None:
     flow = load_flow_file(ROOT / "flows" / "shift_routing.yaml")
+    queues = load_queue_file(ROOT / "sip_config" / "queues.yaml").queues
+    simulation = asyncio.run(simulate(flow, "voice", "+15550001401", SHIFT_ROUTING,
+                                      queues=queues, now=datetime.fromisoformat(now)))
+    [turn] = simulation.turns
+    assert turn.fallback_reason is None
+    assert simulation.route == queue
+    if queue is None:
+        assert_closed(ET.fromstring(turn.twiml))
 
-    def expected() -> str:
-        now = datetime.now(UTC)
-        if flow.schedules["day_shift"].is_open(now):
-            return "day_team"
-        return "night_team" if flow.schedules["evening_shift"].is_open(now) else "closed"
 
-    before = expected()
+def test_a_call_to_the_shift_line_goes_to_a_shift_team_or_hears_the_hours(twilio) -> None:
+    """End to end, at whatever time the test runs: which answer is right when is pinned above."""
     response = Call(twilio, "+15550001401", SHIFT_ROUTING).response
-    if before != expected():  # a shift changed during the request
-        pytest.skip("a shift boundary passed during the call")
-    root = twiml(response)
-    if before == "closed":
-        assert [say.text for say in root.iter("Say")][0].startswith("Thanks for calling. "
-                                                                    "We're closed right now.")
-        assert root.find("Hangup") is not None and root.find("Dial") is None
+    if twiml(response).find("Dial") is None:
+        assert_closed(twiml(response))
     else:
-        assert dialled(response) == SIP[before]
+        assert dialled(response) in (SIP["day_team"], SIP["night_team"])
 
 
 def test_the_example_flows_are_not_served_on_other_numbers(twilio) -> None:

@@ -19,7 +19,6 @@ import ivr.flows.steps  # noqa: F401  (registers every step kind)
 from ivr.flows.durations import duration
 from ivr.flows.schedules import Schedule, ScheduleName
 from ivr.flows.step import STEP_KINDS, Channel, Step, StepId
-from ivr.flows.steps.hours import HoursStep
 from ivr.flows.templates import Compiled
 from ivr.queues import QueueName
 
@@ -71,15 +70,13 @@ class Flow(BaseModel):
     _reads_contact_memory: bool = PrivateAttr(default=True)
 
     @model_validator(mode="after")
-    def _schedules_are_defined(self) -> Flow:
-        # Hours steps name their schedule; binding it here lets the step run without the flow.
-        for step_id, step in self.steps.items():
-            if isinstance(step, HoursStep):
-                if step.schedule not in self.schedules:
-                    raise ValueError(
-                        f"step {step_id!r}: schedule {step.schedule!r} is not defined in schedules"
-                    )
-                step.bind_schedule(self.schedules[step.schedule])
+    def _steps_are_bound(self) -> Flow:
+        # A step that needs part of the flow (an hours step, its schedule) takes it here, so it
+        # runs without the flow.
+        problems = [f"step {step_id!r}: {problem}"
+                    for step_id, step in self.steps.items() for problem in step.bind(self)]
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     @model_validator(mode="after")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
@@ -14,6 +14,7 @@ from ivr.flows.actions import Action
 from ivr.flows.http import HttpClient
 
 if TYPE_CHECKING:
+    from ivr.flows.model import Flow
     from ivr.flows.upstream import Upstreams
 
 StepId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")]
@@ -58,6 +59,11 @@ class Step(BaseModel):
         """The step ids this step may go to."""
         return [value for name in self.exit_fields if (value := getattr(self, name)) is not None]
 
+    def bind(self, flow: Flow) -> list[str]:
+        """Take what the step needs from the flow that holds it, once, when the flow loads;
+        return what is missing, one problem a line (none: the step can run)."""
+        return []
+
     async def run(self, run: Run) -> StepResult:
         """Do the step's work; return the next step id, None when the flow has finished, or WAIT
         after asking the contact something."""
@@ -71,6 +77,13 @@ class Step(BaseModel):
 # Contact variables the engine sets; a flow cannot save fields under these names.
 RESERVED_CONTACT_FIELDS = frozenset(
     {"number", "address", "channel", "is_returning", "first_seen", "last_seen"})
+
+
+def check_contact_fields(names: Iterable[str]) -> None:
+    """Refuse, in a step's validator, contact fields a flow would save under a reserved name."""
+    reserved = sorted(RESERVED_CONTACT_FIELDS.intersection(names))
+    if reserved:
+        raise ValueError(f"{', '.join(reserved)} cannot be saved: the engine sets it")
 
 
 @dataclass(frozen=True, slots=True)

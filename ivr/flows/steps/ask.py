@@ -30,7 +30,6 @@ from pydantic import Field, model_validator
 
 from ivr.flows.actions import Ask
 from ivr.flows.step import (
-    RESERVED_CONTACT_FIELDS,
     Language,
     WAIT,
     Run,
@@ -38,6 +37,7 @@ from ivr.flows.step import (
     StepId,
     StepResult,
     VarName,
+    check_contact_fields,
     register_step,
 )
 from ivr.flows.templates import Template
@@ -98,9 +98,10 @@ class AskStep(Step):
                 raise ValueError(f"pattern: invalid regular expression: {exc}") from None
         if self.min_digits > self.max_digits:
             raise ValueError("min_digits is larger than max_digits")
-        if self.save_to_contact and (self.save is None or self.save in RESERVED_CONTACT_FIELDS):
-            raise ValueError("save_to_contact needs `save`, not one of "
-                             + ", ".join(sorted(RESERVED_CONTACT_FIELDS)))
+        if self.save_to_contact:
+            if self.save is None:
+                raise ValueError("save_to_contact needs `save`")
+            check_contact_fields([self.save])
         return self
 
     async def run(self, run: Run) -> StepResult:

@@ -22,12 +22,15 @@ The time is the run's clock on the schedule's wall clock. After the step, `steps
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import PrivateAttr
 
 from ivr.flows.schedules import Schedule, ScheduleName
 from ivr.flows.step import Run, Step, StepId, register_step
+
+if TYPE_CHECKING:
+    from ivr.flows.model import Flow
 
 
 @register_step
@@ -42,8 +45,11 @@ class HoursStep(Step):
     # The step names its schedule; the flow, which holds the schedules, binds it at load time.
     _bound: Schedule | None = PrivateAttr(default=None)
 
-    def bind_schedule(self, schedule: Schedule) -> None:
-        self._bound = schedule
+    def bind(self, flow: Flow) -> list[str]:
+        if self.schedule not in flow.schedules:
+            return [f"schedule {self.schedule!r} is not defined in schedules"]
+        self._bound = flow.schedules[self.schedule]
+        return []
 
     async def run(self, run: Run) -> str | None:
         if self._bound is None:

@@ -16,12 +16,12 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from ivr.flows.step import (
-    RESERVED_CONTACT_FIELDS,
     Run,
     Step,
     StepId,
     StepResult,
     VarName,
+    check_contact_fields,
     register_step,
 )
 from ivr.flows.templates import Template
@@ -39,9 +39,7 @@ class SetStep(Step):
     @field_validator("contact")
     @classmethod
     def _not_reserved(cls, fields: dict[str, Template]) -> dict[str, Template]:
-        reserved = sorted(set(fields) & RESERVED_CONTACT_FIELDS)
-        if reserved:
-            raise ValueError(f"{', '.join(reserved)} cannot be saved: the engine sets it")
+        check_contact_fields(fields)
         return fields
 
     async def run(self, run: Run) -> StepResult:
