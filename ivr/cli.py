@@ -38,6 +38,7 @@ from ivr.metrics import MULTIPROCESS_ENV
 from ivr.settings import Settings
 from ivr.simulator import DEFAULT_TO_NUMBER, TEST_ACCOUNT_SID
 from ivr.twilio_security import resolve_auth_token
+from ivr.validation import describe_errors
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 FOLLOW_INTERVAL = 1.0  # seconds between polls of `ivr calls tail --follow`
@@ -89,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        print(f"ivr: invalid settings:\n{exc}", file=sys.stderr)
+        # Each problem without the value given: a setting may be a secret (a password, a token).
+        problems = "\n".join(f"  {line}" for line in describe_errors(exc, "", ""))
+        print(f"ivr: invalid settings:\n{problems}", file=sys.stderr)
         return 2
     return args.handler(args, settings)
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import signal
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -16,65 +15,12 @@ import pytest
 import redis
 import yaml
 
+from ivr.admin.auth import verify_password
 from ivr.queues import load_queue_file
 
 from tests import loyalty_api as L
+from tests.conftest import IVR, Served, run_ivr
 from tests.servers import free_port
-
-IVR = [sys.executable, "-m", "ivr"]
-
-
-def run_ivr(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*IVR, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=60)
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("IVR_") and k != "TWILIO_AUTH_TOKEN"}
-    return {**env, **extra}
-
-
-class Served:
-    def __init__(self, cwd: Path, env: dict[str, str], *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.cwd, self.env = cwd, env
-        self.log = cwd / f"serve-{self.port}.log"
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen(
-                [*IVR, "serve", "--port", str(self.port), *args], cwd=cwd, env=env,
-                stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"ivr serve did not start:\n{self.log.read_text()}")
-            time.sleep(0.1)
-
-    def call(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return run_ivr(self.cwd, self.env, "call", "--server", self.url, *args)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-
-@pytest.fixture
-def newcomer(config_dir: Path, loyalty) -> Iterator[tuple[Path, dict[str, str]]]:
-    """A checkout's flows and queues, no Twilio token, no Redis URL: the README's first run."""
-    yield config_dir, clean_env(IVR_LOYALTY_API_URL=loyalty[1])
 
 
 def redis_pid(cwd: Path) -> int:
@@ -101,71 +47,62 @@ def alive(pid: int) -> bool:
     return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
 
 
-def test_serve_on_embedded_defaults_answers_signed_test_calls_and_stops_its_redis(newcomer) -> None:
-    cwd, env = newcomer
-    server = Served(cwd, env)
-    try:
-        assert (cwd / "var" / "local_twilio_auth_token").exists()
-        pid = redis_pid(cwd)
-        voice = server.call(L.GOLD)
-        assert voice.returncode == 0, voice.stderr
-        assert "<Sip>sip:gold@queues.example.com</Sip>" in voice.stdout
-        sms = server.call("--channel", "messaging", L.PLATINUM)
-        assert sms.returncode == 0 and "platinum member" in sms.stdout
-        whatsapp = server.call("--channel", "messaging", "--whatsapp", L.GOLD)
-        assert whatsapp.returncode == 0 and "gold member" in whatsapp.stdout
-        unsigned = httpx.post(server.url + "/twilio/voice", data={"From": L.GOLD, "CallSid": "CA1"})
-        assert unsigned.status_code == 403
-    finally:
-        assert server.stop() == 0
+def test_serve_on_embedded_defaults_answers_signed_test_calls_and_stops_its_redis(
+    newcomer_serve: Callable[..., Served],
+) -> None:
+    server = newcomer_serve()
+    cwd = server.cwd
+    assert (cwd / "var" / "local_twilio_auth_token").exists()
+    pid = redis_pid(cwd)
+    voice = server.call(L.GOLD)
+    assert voice.returncode == 0, voice.stderr
+    assert "<Sip>sip:gold@queues.example.com</Sip>" in voice.stdout
+    sms = server.call("--channel", "messaging", L.PLATINUM)
+    assert sms.returncode == 0 and "platinum member" in sms.stdout
+    whatsapp = server.call("--channel", "messaging", "--whatsapp", L.GOLD)
+    assert whatsapp.returncode == 0 and "gold member" in whatsapp.stdout
+    unsigned = httpx.post(server.url + "/twilio/voice", data={"From": L.GOLD, "CallSid": "CA1"})
+    assert unsigned.status_code == 403
+    assert server.stop() == 0
     assert not alive(pid), "the embedded Redis outlived the server"
     assert (cwd / "var" / "redis" / "appendonly.aof").stat().st_size > 0
     assert "LOCAL token" in server.log.read_text()
     assert "+15550000001" not in server.log.read_text()  # numbers are masked
 
 
-def test_with_several_workers_one_embedded_redis_serves_them_all(newcomer) -> None:
-    cwd, env = newcomer
-    server = Served(cwd, env, "--workers", "2")
-    try:
-        pid = redis_pid(cwd)
-        family = psutil.Process(server.process.pid).children(recursive=True)
-        assert [p.pid for p in family if p.name() == "redis-server"] == [pid]
-        assert len([p for p in family if p.name() != "redis-server"]) >= 2  # the workers
-        for _ in range(6):
-            assert "<Sip>sip:platinum@" in server.call(L.PLATINUM).stdout
-    finally:
-        assert server.stop() == 0
+def test_with_several_workers_one_embedded_redis_serves_them_all(
+    newcomer_serve: Callable[..., Served],
+) -> None:
+    server = newcomer_serve("--workers", "2")
+    pid = redis_pid(server.cwd)
+    family = psutil.Process(server.process.pid).children(recursive=True)
+    assert [p.pid for p in family if p.name() == "redis-server"] == [pid]
+    assert len([p for p in family if p.name() != "redis-server"]) >= 2  # the workers
+    for _ in range(6):
+        assert "<Sip>sip:platinum@" in server.call(L.PLATINUM).stdout
+    assert server.stop() == 0
     assert not alive(pid)
 
 
-def test_the_embedded_store_survives_a_restart(newcomer) -> None:
-    cwd, env = newcomer
-    first = Served(cwd, env)
-    try:
-        with redis.Redis(unix_socket_path=str(cwd / "var" / "redis" / "redis.sock"),
-                         decode_responses=True) as client:
-            record = client.hget("{ivr}:queues", "gold")
-            client.hset("{ivr}:queues", "gold", record.replace("sip:gold@queues", "sip:gold@pbx2"))
-    finally:
-        first.stop()
-    second = Served(cwd, env)
-    try:
-        assert "<Sip>sip:gold@pbx2.example.com</Sip>" in second.call(L.GOLD).stdout
-    finally:
-        second.stop()
+def test_the_embedded_store_survives_a_restart(newcomer_serve: Callable[..., Served]) -> None:
+    first = newcomer_serve()
+    with redis.Redis(unix_socket_path=str(first.cwd / "var" / "redis" / "redis.sock"),
+                     decode_responses=True) as client:
+        record = client.hget("{ivr}:queues", "gold")
+        client.hset("{ivr}:queues", "gold", record.replace("sip:gold@queues", "sip:gold@pbx2"))
+    first.stop()
+    second = newcomer_serve()
+    assert "<Sip>sip:gold@pbx2.example.com</Sip>" in second.call(L.GOLD).stdout
 
 
-def test_a_call_signed_with_the_wrong_token_explains_the_403(newcomer) -> None:
-    cwd, env = newcomer
-    server = Served(cwd, env)
-    try:
-        server.env = {**env, "TWILIO_AUTH_TOKEN": "not-the-servers-token"}
-        result = server.call(L.GOLD)
-        assert result.returncode == 1
-        assert "signature rejected" in result.stderr
-    finally:
-        server.stop()
+def test_a_call_signed_with_the_wrong_token_explains_the_403(
+    newcomer_serve: Callable[..., Served],
+) -> None:
+    server = newcomer_serve()
+    server.env = {**server.env, "TWILIO_AUTH_TOKEN": "not-the-servers-token"}
+    result = server.call(L.GOLD)
+    assert result.returncode == 1
+    assert "signature rejected" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -191,18 +128,17 @@ def test_serve_refuses_a_broken_configuration_saying_where_and_leaves_nothing_ru
     assert redis_servers_in(cwd) == []
 
 
-def test_a_second_serve_on_the_same_data_dir_is_refused(newcomer) -> None:
-    cwd, env = newcomer
-    first = Served(cwd, env)
-    try:
-        pid = redis_pid(cwd)
-        result = run_ivr(cwd, env, "serve", "--port", str(free_port()))
-        assert result.returncode == 2
-        assert "is in use by another `ivr serve`" in result.stderr
-        assert redis_pid(cwd) == pid  # the first server's Redis is untouched
-        assert "<Sip>sip:gold@" in first.call(L.GOLD).stdout
-    finally:
-        first.stop()
+def test_a_second_serve_on_the_same_data_dir_is_refused(
+    newcomer_serve: Callable[..., Served],
+) -> None:
+    first = newcomer_serve()
+    cwd = first.cwd
+    pid = redis_pid(cwd)
+    result = run_ivr(cwd, first.env, "serve", "--port", str(free_port()))
+    assert result.returncode == 2
+    assert "is in use by another `ivr serve`" in result.stderr
+    assert redis_pid(cwd) == pid  # the first server's Redis is untouched
+    assert "<Sip>sip:gold@" in first.call(L.GOLD).stdout
 
 
 def test_call_to_a_server_that_is_not_running_says_so(newcomer) -> None:
@@ -212,16 +148,38 @@ def test_call_to_a_server_that_is_not_running_says_so(newcomer) -> None:
     assert "is `ivr serve` running?" in result.stderr
 
 
+def test_admin_hash_password_hashes_a_piped_password_for_ivr_admin_users(newcomer) -> None:
+    cwd, env = newcomer
+    result = subprocess.run([*IVR, "admin", "hash-password"], input="correct horse\n", cwd=cwd,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    encoded = result.stdout.strip()
+    assert encoded.startswith("pbkdf2_sha256$")
+    assert verify_password("correct horse", encoded)
+    assert not verify_password("correct horse!", encoded)
+
+
+def test_serve_refuses_a_plain_password_in_ivr_admin_users_without_printing_it(
+    newcomer
+) -> None:
+    cwd, env = newcomer
+    result = run_ivr(cwd, {**env, "IVR_ADMIN_USERS": '{"a":"hunter2-in-plain"}'},
+                     "serve", "--port", str(free_port()))
+    assert result.returncode == 2
+    assert ("user 'a': the password is not a password hash: make one with "
+            "`ivr admin hash-password`") in result.stderr
+    assert "hunter2" not in result.stdout + result.stderr  # a secret is never printed
+    assert redis_servers_in(cwd) == []
+
+
 ADMIN = "cli-admin-token-0123456789"
 
 
 @pytest.fixture
-def admin_server(newcomer) -> Iterator[Served]:
-    cwd, env = newcomer
-    server = Served(cwd, {**env, "IVR_ADMIN_TOKEN": ADMIN})
+def admin_server(newcomer_serve: Callable[..., Served]) -> Served:
+    server = newcomer_serve(IVR_ADMIN_TOKEN=ADMIN)
     server.env["IVR_ADMIN_URL"] = server.url
-    yield server
-    server.stop()
+    return server
 
 
 def queues_cli(server: Served, *args: str) -> subprocess.CompletedProcess[str]:
@@ -244,7 +202,7 @@ def test_queues_cli_lists_sets_shows_history_and_rolls_back(admin_server: Served
 
     shown = yaml.safe_load(queues_cli(admin_server, "show", "gold").stdout)
     assert shown["message_to"] == "+15550100101"  # set keeps the queue's other fields
-    assert shown["updated_by"].endswith("(admin token)")
+    assert shown["updated_by"] == f"{getpass.getuser()} (admin token)"  # who ran `ivr queues`
 
     history = queues_cli(admin_server, "history", "gold").stdout.splitlines()
     assert [line.split()[:2] for line in history[1:]] == [
@@ -281,7 +239,7 @@ def test_queues_export_writes_a_queues_file_that_seeds_the_same_configuration(
 
 
 def test_an_acknowledged_change_survives_kill_9_of_the_server_and_its_redis(
-    admin_server: Served,
+    admin_server: Served, newcomer_serve: Callable[..., Served],
 ) -> None:
     changed = queues_cli(admin_server, "set", "platinum", "sip:platinum@pbx2.example.com")
     assert changed.returncode == 0
@@ -295,28 +253,23 @@ def test_an_acknowledged_change_survives_kill_9_of_the_server_and_its_redis(
         os.kill(pid, signal.SIGKILL)
     admin_server.process.wait()
     psutil.wait_procs([psutil.Process(p) for p in family if psutil.pid_exists(p)], timeout=10)
-    restarted = Served(admin_server.cwd, admin_server.env)
-    try:
-        assert "<Sip>sip:platinum@pbx2.example.com</Sip>" in restarted.call(L.PLATINUM).stdout
-        restarted.env["IVR_ADMIN_URL"] = restarted.url
-        history = queues_cli(restarted, "history", "platinum").stdout
-        assert "sip:platinum@pbx2.example.com" in history
-    finally:
-        restarted.stop()
+    restarted = newcomer_serve(IVR_ADMIN_TOKEN=ADMIN, IVR_ADMIN_URL=admin_server.url)
+    assert "<Sip>sip:platinum@pbx2.example.com</Sip>" in restarted.call(L.PLATINUM).stdout
+    restarted.env["IVR_ADMIN_URL"] = restarted.url
+    history = queues_cli(restarted, "history", "platinum").stdout
+    assert "sip:platinum@pbx2.example.com" in history
 
 
-def test_call_answers_the_flows_questions_with_input(newcomer) -> None:
-    cwd, env = newcomer
-    server = Served(cwd, env)
-    try:
-        voice = server.call(L.GOLD, "--to", "+15005550102", "--input", "9", "--input", "2")
-        assert voice.returncode == 0, voice.stderr
-        assert voice.stderr.count("HTTP 200 from POST") == 3  # the call, two answers
-        assert "/twilio/voice?turn=2" in voice.stderr
-        assert "<Sip>sip:support@queues.example.com</Sip>" in voice.stdout
-        sms = server.call("--channel", "messaging", L.GOLD, "--to", "+15005550102",
-                          "--input", "sales")
-        assert sms.returncode == 0, sms.stderr
-        assert sms.stdout.count("<Response>") == 2 and "+15550100" in sms.stdout
-    finally:
-        server.stop()
+def test_call_answers_the_flows_questions_with_input(
+    newcomer_serve: Callable[..., Served],
+) -> None:
+    server = newcomer_serve()
+    voice = server.call(L.GOLD, "--to", "+15005550102", "--input", "9", "--input", "2")
+    assert voice.returncode == 0, voice.stderr
+    assert voice.stderr.count("HTTP 200 from POST") == 3  # the call, two answers
+    assert "/twilio/voice?turn=2" in voice.stderr
+    assert "<Sip>sip:support@queues.example.com</Sip>" in voice.stdout
+    sms = server.call("--channel", "messaging", L.GOLD, "--to", "+15005550102",
+                      "--input", "sales")
+    assert sms.returncode == 0, sms.stderr
+    assert sms.stdout.count("<Response>") == 2 and "+15550100" in sms.stdout
