@@ -42,6 +42,7 @@ WRITE_INTERVAL = 0.1
 WRITE_TIMEOUT = 2.0
 RETRY_PAUSE = 1.0  # after a failed write, so an outage does not spin
 READ_CHUNK = 500
+MAX_SID_LENGTH = 64  # Twilio's are 34 characters
 
 
 @dataclass
@@ -114,6 +115,12 @@ class CallTrace:
             "summary": self.summary,
             "duration_ms": self.duration_ms,
         }
+
+
+def is_sid(value: str) -> bool:
+    """Whether `value` can be a CallSid or MessageSid (what `CallTraces.recent` finds traces
+    by): letters and digits, at most MAX_SID_LENGTH of them."""
+    return 0 < len(value) <= MAX_SID_LENGTH and value.isalnum()
 
 
 class CallTraces:

@@ -38,7 +38,7 @@ _HOSTNAME = re.compile(
 )
 _IPV4 = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
 _MESSAGE_ADDRESS = re.compile(r"(?:whatsapp:)?\+[1-9][0-9]{6,14}")
-_QUEUE_NAME = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")
+QUEUE_NAME = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")
 
 
 def check_sip_uri(uri: str) -> str:
@@ -81,7 +81,7 @@ def check_message_address(address: str) -> str:
 
 
 def check_queue_name(name: str) -> str:
-    if not _QUEUE_NAME.fullmatch(name):
+    if not QUEUE_NAME.fullmatch(name):
         raise ValueError(
             "queue names are 1 to 64 lower-case letters, digits, '_' or '-', starting with a "
             "letter or digit"

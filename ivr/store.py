@@ -37,7 +37,12 @@ SEEDED_KEY = "{ivr}:queues:seeded"
 CONFIG_VERSION_KEY = "{ivr}:queues:version"
 AUDIT_KEY = "{ivr}:audit"
 CHANGED_CHANNEL = "{ivr}:queues:changed"
+# The fields of a queue record that the store sets, besides the queue's own.
 RECORD_META = ("version", "updated_at", "updated_by")
+# If-Match, as the write script takes it: a version number, or one of these.
+MUST_EXIST = "*"
+MUST_NOT_EXIST = "0"  # the version of a queue that does not exist
+NEVER_MATCHES = "-1"  # no version is -1: for a precondition that can never hold
 # How often a process double-checks the config version, in case a pub/sub message was lost.
 RECHECK_INTERVAL = 5.0
 # Optimistic writes retry when another queue changed between validation and write.
@@ -212,6 +217,7 @@ class Store:
         self._seed = client.register_script(_SEED_SCRIPT)
         self._write = client.register_script(_WRITE_SCRIPT)
         self._queues: dict[str, Queue] = {}
+        self._loaded = False
         self._config_version: str | None = None
         self._listener: asyncio.Task[None] | None = None
         self._following = False
@@ -219,8 +225,11 @@ class Store:
     # --- life cycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the configuration, then keep it fresh in the background."""
-        await self.refresh()
+        """Load the configuration (unless already loaded), then keep it fresh in the background."""
+        # The listener reloads once subscribed anyway; this load is only so that `queue()`
+        # answers as soon as start() returns, and start-up has usually done it already.
+        if not self._loaded:
+            await self.refresh()
         self._set_following(True)
         self._listener = asyncio.create_task(self._listen(), name="ivr-queue-invalidation")
 
@@ -273,20 +282,33 @@ class Store:
 
     async def refresh(self) -> dict[str, Queue]:
         """Reload every queue. A corrupt record keeps its last good configuration."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(QUEUES_KEY).get(CONFIG_VERSION_KEY)
-            records, version = await pipe.execute()
-        queues = {}
-        for name, raw in records.items():
-            try:
-                queues[name] = QueueRecord.from_json(name, raw).queue
-            except ValueError as exc:
-                log.error("queue %r in the store is invalid and is ignored: %s", name, exc)
-                if name in self._queues:
-                    queues[name] = self._queues[name]
+        records, corrupt, version = await self._read_records()
+        queues = {name: record.queue for name, record in records.items()}
+        for name, exc in sorted(corrupt.items()):
+            log.error("queue %r in the store is invalid and is ignored: %s", name, exc)
+            if name in self._queues:
+                queues[name] = self._queues[name]
         self._queues = queues
+        self._loaded = True
         self._config_version = version
         return dict(queues)
+
+    async def _read_records(
+        self,
+    ) -> tuple[dict[str, QueueRecord], dict[str, ValueError], str | None]:
+        """Every queue record, with the config version they are at (read in one transaction);
+        the records that do not parse come apart, with why, for each caller's own policy."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(QUEUES_KEY).get(CONFIG_VERSION_KEY)
+            raw, version = await pipe.execute()
+        records: dict[str, QueueRecord] = {}
+        corrupt: dict[str, ValueError] = {}
+        for name, value in raw.items():
+            try:
+                records[name] = QueueRecord.from_json(name, value)
+            except ValueError as exc:
+                corrupt[name] = exc
+        return records, corrupt, version
 
     async def _listen(self) -> None:
         backoff = 0.1
@@ -321,9 +343,10 @@ class Store:
     # --- admin reads ------------------------------------------------------------------------
 
     async def records(self) -> list[QueueRecord]:
-        raw = await self.redis.hgetall(QUEUES_KEY)
-        records = (self._parse(name, value) for name, value in sorted(raw.items()))
-        return [record for record in records if record is not None]
+        records, corrupt, _ = await self._read_records()
+        for name, exc in sorted(corrupt.items()):  # left out; a PUT replaces it
+            log.error("queue %r in the store is invalid: %s", name, exc)
+        return [records[name] for name in sorted(records)]
 
     async def record(self, name: str) -> QueueRecord | None:
         raw = await self.redis.hget(QUEUES_KEY, name)
@@ -358,9 +381,10 @@ class Store:
     ) -> tuple[QueueRecord, bool]:
         """Create or replace queue `name`; returns the new record and whether it was created.
 
-        `if_match`: a version number that must still be current (else StaleVersion), `*` for
-        "must exist" (else QueueNotFound), or None. Raises InvalidChange when the change breaks
-        an overflow chain.
+        `if_match`: None, a version number that must still be current (else StaleVersion;
+        MUST_NOT_EXIST holds only while the queue does not exist, NEVER_MATCHES never), or
+        MUST_EXIST (else QueueNotFound). Raises InvalidChange when the change breaks an overflow
+        chain.
         """
         for attempt in range(MAX_WRITE_ATTEMPTS):
             queues, config_version = await self._snapshot()
@@ -413,14 +437,9 @@ class Store:
                               extra={"rolled_back_to": version})
 
     async def _snapshot(self) -> tuple[dict[str, Queue], str]:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(QUEUES_KEY).get(CONFIG_VERSION_KEY)
-            records, version = await pipe.execute()
-        queues = {}
-        for name, raw in records.items():
-            with contextlib.suppress(ValueError):  # a corrupt record can be overwritten
-                queues[name] = QueueRecord.from_json(name, raw).queue
-        return queues, version or "0"
+        # A corrupt record is left out: a write may replace it.
+        records, _, version = await self._read_records()
+        return {name: record.queue for name, record in records.items()}, version or "0"
 
     async def _run_write(self, name: str, record_json: str, if_match: str | None,
                          config_version: str, entry: dict[str, Any]) -> tuple[str, int]:

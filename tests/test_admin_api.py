@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import httpx
 import pytest
 
+from ivr.queues import check_queue_name
 from tests import loyalty_api as L
 from tests.twilio_client import FakeTwilio
 
@@ -226,6 +228,14 @@ def test_the_audit_log_pages_newest_first(api: httpx.Client) -> None:
     assert api.get("/audit", params={"offset": "x"}).status_code == 422
 
 
+def is_queue_name(name: str) -> bool:
+    try:
+        check_queue_name(name)
+    except ValueError:
+        return False
+    return True
+
+
 def test_the_openapi_document_describes_every_route(api: httpx.Client) -> None:
     document = httpx.get(f"{api.server_url}/admin/api/openapi.json").json()  # type: ignore[attr-defined]
     assert document["openapi"].startswith("3.")
@@ -233,6 +243,10 @@ def test_the_openapi_document_describes_every_route(api: httpx.Client) -> None:
                                       "/queues/{name}/rollback", "/audit", "/calls"}
     assert set(document["paths"]["/queues/{name}"]) >= {"get", "put", "delete"}
     assert "sip_uri" in document["components"]["schemas"]["QueueInput"]["properties"]
+    # The queue names it documents are the ones the API takes.
+    pattern = document["paths"]["/queues/{name}"]["parameters"][0]["schema"]["pattern"]
+    for name in ("gold", "vip-2_b", "9" * 64, "Gold", "-gold", "9" * 65, "gold queue", ""):
+        assert bool(re.search(pattern, name)) == is_queue_name(name), name
 
 
 def test_a_change_reaches_a_second_instance_on_the_next_call(

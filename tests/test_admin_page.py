@@ -341,6 +341,21 @@ def test_the_page_says_how_to_enable_it_when_no_admin_is_configured(
         assert "IVR_ADMIN_USERS" in response.text and "IVR_ADMIN_TOKEN" in response.text
 
 
+def test_a_sign_in_lasts_ivr_admin_session_hours(
+        make_settings: Callable[..., Settings],
+        start_server: Callable[[Settings], ServerThread], redis_url: str) -> None:
+    server = start_server(make_settings(admin_users=USERS, admin_session_hours=0.5))
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        signed_in = post_sign_in(client, "alice", "pw")
+    assert signed_in.status_code == 303
+    cookie = next(c for c in signed_in.headers.get_list("set-cookie")
+                  if c.startswith("ivr_admin_session="))
+    assert "max-age=1800" in cookie.lower()
+    with redis.Redis.from_url(redis_url) as store:
+        [session] = store.keys("{ivr}:admin:session:*")
+        assert 1790 <= store.ttl(session) <= 1800
+
+
 # --- sessions end when their credential does ----------------------------------------------------
 
 def session_keys(redis_url: str) -> int:

@@ -17,14 +17,16 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from ivr.calltrace import CALLS_KEY
 from ivr.embedded_redis import EmbeddedRedis
 from ivr.logs import formatter, mask_number
 from ivr.settings import Settings
 from tests import loyalty_api as L
 from tests.servers import ServerThread
-from tests.test_cli import IVR, Served, clean_env
+from tests.conftest import IVR, Served, clean_env
 from tests.twilio_client import FakeTwilio, call_params
 
 ADMIN = "admin-token-for-tests-0123456789"
@@ -90,19 +92,26 @@ def test_readyz_is_degraded_while_redis_is_down_calls_still_route_and_it_recover
 ) -> None:
     own_redis = EmbeddedRedis(tmp_path / "own")
     server = start_server(make_settings(redis_url=own_redis.start()))
+
+    def store_up() -> float:
+        return sample(httpx.get(server.url + "/metrics").text, "ivr_store_up")
+
     try:
         assert httpx.get(server.url + "/readyz").status_code == 200
+        assert store_up() == 1
         own_redis.stop()
 
         degraded = eventually(lambda: (r := httpx.get(server.url + "/readyz")).status_code == 503
                               and r.json())
         assert degraded["status"] == "degraded" and degraded["store"] == "unreachable"
+        eventually(lambda: store_up() == 0)
         call = FakeTwilio(server.url).call(L.GOLD)
         assert call.status_code == 200 and "<Dial" in call.text and "<Sip>sip:" in call.text
 
         own_redis = EmbeddedRedis(tmp_path / "own")  # the same data dir, so the same socket
         own_redis.start()
         eventually(lambda: httpx.get(server.url + "/readyz").status_code == 200)
+        assert store_up() == 1
         assert GOLD_DIAL in FakeTwilio(server.url).call(L.GOLD).text
     finally:
         own_redis.stop()
@@ -138,7 +147,7 @@ def test_metrics_count_webhook_latency_routes_and_signature_rejections(
 
 def test_metrics_of_two_workers_add_up_to_every_call(newcomer_serve: Callable[..., Served]
                                                       ) -> None:
-    server = newcomer_serve("--workers", "2", IVR_LOG_FORMAT="json")
+    server = newcomer_serve("--workers", "2")  # IVR_LOG_FORMAT is `auto`: JSON to a file
     token = (server.cwd / "var" / "local_twilio_auth_token").read_text().strip()
     twilio = FakeTwilio(server.url, token=token)
     calls = 40  # on a busy machine one worker once took all of 12
@@ -157,21 +166,6 @@ def test_metrics_of_two_workers_add_up_to_every_call(newcomer_serve: Callable[..
     answered = [entry for entry in entries if entry.get("call_sid")]
     assert len(answered) == calls
     assert len({entry["process"] for entry in answered}) == 2, "one worker answered every call"
-
-
-@pytest.fixture
-def newcomer_serve(config_dir: Path, loyalty) -> Iterator[Callable[..., Served]]:
-    """`ivr serve ARGS` on embedded defaults in a copy of the checkout, stopped after the test."""
-    served: list[Served] = []
-
-    def serve(*args: str, **env: str) -> Served:
-        server = Served(config_dir, clean_env(IVR_LOYALTY_API_URL=loyalty[1], **env), *args)
-        served.append(server)
-        return server
-
-    yield serve
-    for server in served:
-        server.stop()
 
 
 # --- logs ---------------------------------------------------------------------------------------
@@ -284,6 +278,18 @@ def test_only_the_newest_traces_are_kept(make_settings: Callable[..., Settings],
         sids.append(params["CallSid"])
     eventually(lambda: traces(server) and traces(server)[0]["sid"] == sids[-1])
     assert [trace["sid"] for trace in traces(server)] == sids[:1:-1]
+
+
+def test_traces_are_kept_for_ivr_trace_hours(
+    make_settings: Callable[..., Settings], start_server: Callable[[Settings], ServerThread],
+    redis_url: str,
+) -> None:
+    server = start_server(make_settings(admin_token=ADMIN, trace_hours=2))
+    params = call_params(L.GOLD)
+    FakeTwilio(server.url).post("/twilio/voice", params)
+    trace_of(server, params["CallSid"])
+    with redis.Redis.from_url(redis_url) as client:
+        assert 2 * 3600 - 60 <= client.ttl(CALLS_KEY) <= 2 * 3600
 
 
 def test_calls_are_still_answered_while_traces_cannot_be_stored(

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import redis
 
+from tests import loyalty_api as L
 from tests.twilio_client import FakeTwilio, call_params, message_params, sign
 
 MENU_NUMBER = "+15005550199"
@@ -326,3 +327,12 @@ def test_without_redis_a_flow_that_asks_routes_to_its_fallback_at_once(
     root = ET.fromstring(response.text)
     assert root.find("Gather") is None  # asking with nowhere to keep the answer would loop
     assert root.find("Dial/Sip").text == "sip:standard@queues.example.com"
+
+
+def test_contact_memory_is_kept_for_ivr_contact_memory_days_after_a_call(
+    redis_url: str, make_settings, start_server
+) -> None:
+    twilio = FakeTwilio(start_server(make_settings(contact_memory_days=3)).url)
+    assert "<Sip>sip:gold@" in twilio.call(L.GOLD).text
+    with redis.Redis.from_url(redis_url) as client:
+        assert 3 * 86400 - 60 <= client.ttl(f"ivr:contact:{L.GOLD}") <= 3 * 86400

@@ -190,6 +190,28 @@ def test_another_instance_sees_a_change_through_pub_sub(redis_url: str) -> None:
     with_store(redis_url, body)
 
 
+def hgetall_calls(client: redis.Redis) -> int:
+    """How many HGETALLs Redis ran since its stats were last reset."""
+    return client.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0)
+
+
+def test_starting_a_store_that_has_loaded_reads_the_queues_once_more_after_subscribing_only(
+    redis_url: str,
+) -> None:
+    async def body(store: Store) -> None:  # loaded already, as start-up does before start()
+        with redis.Redis.from_url(redis_url) as client:
+            client.config_resetstat()
+            await store.start()
+            deadline = time.monotonic() + 2
+            while hgetall_calls(client) == 0:  # the listener's, closing the race with pub/sub
+                assert time.monotonic() < deadline, "the listener never loaded the queues"
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            assert hgetall_calls(client) == 1
+
+    with_store(redis_url, body)
+
+
 def test_a_corrupt_record_keeps_the_last_good_configuration(redis_url: str, caplog) -> None:
     async def body(store: Store) -> None:
         await store.start()

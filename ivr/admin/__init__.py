@@ -1,1 +1,15 @@
 """Administration: the admin API, the admin web page, and how admins are authenticated."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: importing ivr.admin.auth (ivr.settings does) runs this
+    from starlette.requests import Request
+
+    from ivr.store import Store
+
+
+def store_of(request: Request) -> Store:
+    """The store of the app serving `request` (the admin API's and the page's)."""
+    return request.app.state.services.store

@@ -13,17 +13,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ivr.admin import store_of
 from ivr.admin.auth import actor_label, bearer_token_matches
 from ivr.admin.changes import InvalidInput, field_errors, queue_from_input
 from ivr.admin.openapi import openapi_document
+from ivr.calltrace import is_sid
 from ivr.store import (
+    MUST_EXIST,
+    MUST_NOT_EXIST,
+    NEVER_MATCHES,
     Busy,
     InvalidChange,
     QueueInUse,
     QueueNotFound,
     QueueRecord,
     StaleVersion,
-    Store,
 )
 
 log = logging.getLogger("ivr.admin")
@@ -31,7 +35,6 @@ log = logging.getLogger("ivr.admin")
 MAX_BODY_BYTES = 64 * 1024
 MAX_AUDIT_PAGE = 1000
 MAX_CALLS_PAGE = 1000
-MAX_SID_LENGTH = 64
 MAX_OFFSET = 10**9
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -45,14 +48,10 @@ def etag(version: int) -> str:
     return f'"v{version}"'
 
 
-NEVER_MATCHES = "-1"
-MUST_NOT_EXIST = "0"  # version 0: the queue does not exist
-
-
 def if_match_version(request: Request) -> str | None:
-    """The precondition as the store takes it: None (none), `*` (must exist), `0` (must not
-    exist: If-None-Match: *), or the version an ETag names (NEVER_MATCHES for any other tag;
-    weak tags never match, as RFC 9110 has it for If-Match)."""
+    """The precondition as the store takes it: None (none), MUST_EXIST (If-Match: *),
+    MUST_NOT_EXIST (If-None-Match: *), or the version an ETag names (NEVER_MATCHES for any other
+    tag; weak tags never match, as RFC 9110 has it for If-Match)."""
     if request.headers.get("if-none-match", "").strip() == "*":
         return MUST_NOT_EXIST
     header = request.headers.get("if-match")
@@ -60,7 +59,7 @@ def if_match_version(request: Request) -> str | None:
         return None
     header = header.strip()
     if header == "*":
-        return "*"
+        return MUST_EXIST
     tag = header.strip('"')
     return tag[1:] if tag.startswith("v") and tag[1:].isdigit() else NEVER_MATCHES
 
@@ -99,10 +98,6 @@ def admin_only(endpoint: Endpoint) -> Endpoint:
     guarded.__name__ = endpoint.__name__
     guarded.__doc__ = endpoint.__doc__
     return guarded
-
-
-def store_of(request: Request) -> Store:
-    return request.app.state.services.store
 
 
 def who(request: Request) -> str:
@@ -223,7 +218,7 @@ async def recent_calls(request: Request) -> Response:
     if not 1 <= limit <= MAX_CALLS_PAGE:
         raise field_errors(f"limit must be 1 to {MAX_CALLS_PAGE}", "limit")
     sid = query.get("sid") or None
-    if sid is not None and (len(sid) > MAX_SID_LENGTH or not sid.isalnum()):
+    if sid is not None and not is_sid(sid):
         raise field_errors("must be a CallSid or MessageSid", "sid")
     calls = await request.app.state.services.traces.recent(limit, sid=sid, after=after)
     return JSONResponse({"calls": calls})

@@ -52,14 +52,20 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def tokens_match(presented: object, expected: str | None) -> bool:
+    """Constant-time comparison of a secret someone presented (a form field, a header: any type)
+    with the one expected; nothing matches a missing or empty secret."""
+    if not isinstance(presented, str) or not presented or not expected:
+        return False
+    return hmac.compare_digest(presented.encode(), expected.encode())
+
+
 def bearer_token_matches(authorization: str | None, token: str) -> bool:
     """Constant-time check of an `Authorization: Bearer <token>` header."""
     if not authorization:
         return False
     scheme, _, presented = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
-        return False
-    return hmac.compare_digest(presented.strip().encode(), token.encode())
+    return scheme.lower() == "bearer" and tokens_match(presented.strip(), token)
 
 
 def actor_label(header: str | None, default: str) -> str:

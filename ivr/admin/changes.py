@@ -8,9 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ivr.queues import Queue, check_queue_name
-
-# Fields a client may send back unchanged from a GET; they are set by the server.
-READ_ONLY_FIELDS = ("version", "updated_at", "updated_by")
+from ivr.store import RECORD_META
 
 
 class InvalidInput(Exception):
@@ -28,7 +26,8 @@ def queue_from_input(name: str, data: Any) -> Queue:
         errors.append({"field": "name", "message": str(exc)})
     if not isinstance(data, dict):
         raise InvalidInput([*errors, {"field": "", "message": "the body must be a JSON object"}])
-    fields = {k: v for k, v in data.items() if k not in READ_ONLY_FIELDS and k != "name"}
+    # A client may send back a GET's record unchanged: the fields the store sets are ignored.
+    fields = {k: v for k, v in data.items() if k not in RECORD_META and k != "name"}
     if "name" in data and data["name"] != name:
         errors.append({"field": "name", "message": f"does not match the URL's queue {name!r}"})
     try:

@@ -6,7 +6,7 @@ from functools import cache
 from typing import Any
 
 from ivr import __version__
-from ivr.queues import Queue
+from ivr.queues import QUEUE_NAME, Queue
 
 
 def _json(schema_ref: str, description: str) -> dict[str, Any]:
@@ -33,7 +33,7 @@ def openapi_document() -> dict[str, Any]:
         ],
     }
     name_param = {"name": "name", "in": "path", "required": True,
-                  "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"}}
+                  "schema": {"type": "string", "pattern": f"^{QUEUE_NAME.pattern}$"}}
     if_match = {"name": "If-Match", "in": "header", "required": False,
                 "description": 'The ETag of the version you read, e.g. "v3"; `*`: must exist.',
                 "schema": {"type": "string"}}

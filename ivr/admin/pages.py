@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -32,10 +31,27 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from ivr.admin.auth import MAX_ACTOR_LENGTH, AdminSession, SessionStore, verify_password
+from ivr.admin import store_of
+from ivr.admin.auth import (
+    MAX_ACTOR_LENGTH,
+    AdminSession,
+    SessionStore,
+    tokens_match,
+    verify_password,
+)
 from ivr.admin.changes import InvalidInput, queue_from_input
+from ivr.calltrace import is_sid
 from ivr.queues import Queue
-from ivr.store import Busy, InvalidChange, QueueNotFound, StaleVersion, Store
+from ivr.store import (
+    MUST_NOT_EXIST,
+    NEVER_MATCHES,
+    RECORD_META,
+    Busy,
+    InvalidChange,
+    QueueNotFound,
+    StaleVersion,
+    Store,
+)
 
 log = logging.getLogger("ivr.admin")
 
@@ -47,7 +63,6 @@ MAX_FORM_BYTES = 16 * 1024
 MAX_FORM_FIELDS = 20
 AUDIT_PAGE_SIZE = 50
 CALLS_PAGE_SIZE = 100
-MAX_SID_LENGTH = 64
 MAX_NUMBER_DIGITS = 12  # of a number in a form or query: more is nonsense, not a version
 PASSWORD_CHECKS_AT_ONCE = 2  # PBKDF2 runs per process; more sign-ins wait their turn
 THROTTLE_PREFIX = "ivr:admin:throttle:"
@@ -55,7 +70,7 @@ THROTTLE_WINDOW_SECONDS = 15 * 60
 MAX_ATTEMPTS_PER_USER = 10  # failed sign-ins per user name per window
 MAX_ATTEMPTS_PER_ADDRESS = 50  # per client address: an office may share one
 NOT_SAVED = "Nothing was saved: please correct the fields marked below."
-QUEUE_FIELDS = ("sip_uri", "fallback_sip_uris", "overflow", "message_to", "display_name")
+QUEUE_FIELDS = tuple(Queue.model_fields)  # the form's fields, in the model's order
 FIELD_LABELS = {"sip_uri": "SIP URI", "fallback_sip_uris": "Fallback SIP URIs",
                 "overflow": "Overflow queue", "message_to": "Messages to",
                 "display_name": "Display name", "name": "Queue name"}
@@ -150,10 +165,6 @@ def sessions(request: Request) -> SessionStore:
     return SessionStore(store_of(request).redis, ttl)
 
 
-def store_of(request: Request) -> Store:
-    return request.app.state.services.store
-
-
 def set_cookie(request: Request, response: Response, key: str, value: str, path: str,
                max_age: int | None = None) -> None:
     settings = request.app.state.settings
@@ -164,12 +175,6 @@ def set_cookie(request: Request, response: Response, key: str, value: str, path:
 
 def cookie_path(request: Request) -> str:
     return _path_for(request, "admin_index").rstrip("/") or "/"
-
-
-def tokens_match(presented: object, expected: str | None) -> bool:
-    if not isinstance(presented, str) or not presented or not expected:
-        return False
-    return hmac.compare_digest(presented.encode(), expected.encode())
 
 
 async def read_form(request: Request) -> FormData | None:
@@ -521,7 +526,8 @@ async def save_queue(request: Request, session: AdminSession) -> Response:
     try:
         queue = queue_from_input(name, data)
         record, _ = await store_of(request).put(
-            name, queue, session.user, if_match=str(read_at) if read_at is not None else "-1")
+            name, queue, session.user,
+            if_match=str(read_at) if read_at is not None else NEVER_MATCHES)
     except (InvalidInput, InvalidChange) as exc:
         errors = (errors_by_field(exc.errors, data) if isinstance(exc, InvalidInput)
                   else {"overflow": [str(exc)]})
@@ -579,8 +585,8 @@ async def new_queue(request: Request, session: AdminSession) -> Response:
     values, data = posted_queue(form)
     try:
         queue = queue_from_input(name, data)
-        # Version 0: the queue must not exist yet, so this never replaces a queue silently.
-        record, _ = await store.put(name, queue, session.user, if_match="0")
+        # The queue must not exist yet, so this never replaces a queue silently.
+        record, _ = await store.put(name, queue, session.user, if_match=MUST_NOT_EXIST)
     except InvalidInput as exc:
         errors = errors_by_field(exc.errors, data)
     except InvalidChange as exc:
@@ -608,8 +614,7 @@ def new_queue_page(request: Request, session: AdminSession, store: Store, name: 
 def audit_changes(entry: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(field, old, new) for each field the change touched."""
     old, new = entry.get("old") or {}, entry.get("new") or {}
-    meta = {"version", "updated_at", "updated_by"}
-    fields = [*QUEUE_FIELDS, *sorted((set(old) | set(new)) - set(QUEUE_FIELDS) - meta)]
+    fields = [*QUEUE_FIELDS, *sorted((set(old) | set(new)) - {*QUEUE_FIELDS, *RECORD_META})]
     changes = []
     for field in fields:
         before, after = old.get(field), new.get(field)
@@ -637,7 +642,7 @@ async def audit_log(request: Request, session: AdminSession) -> Response:
 async def recent_calls(request: Request, session: AdminSession) -> Response:
     """The newest call traces, or one call's (a CallSid or MessageSid typed in the filter)."""
     sid = request.query_params.get("sid", "").strip()
-    if len(sid) > MAX_SID_LENGTH or not sid.isalnum():
+    if not is_sid(sid):
         sid = ""
     traces = request.app.state.services.traces
     calls = await traces.recent(CALLS_PAGE_SIZE, sid=sid or None)
