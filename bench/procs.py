@@ -63,11 +63,17 @@ class Processes:
             signal.signal(signal.SIGINT, previous)
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None,
-              cwd: Path | None = None) -> Started:
+              cwd: Path | None = None, cpus: set[int] | None = None) -> Started:
+        """`cpus`: the CPUs the process (and every thread and child it starts) may run on."""
         log = self.log_dir / f"{name}.log"
+
+        def confine() -> None:
+            if cpus:
+                os.sched_setaffinity(0, cpus)
+
         with log.open("wb") as out:
             process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                       cwd=cwd, start_new_session=True)
+                                       cwd=cwd, start_new_session=True, preexec_fn=confine)
         started = Started(name, process, log)
         self.started.append(started)
         return started
@@ -100,6 +106,21 @@ def _stop_group(pgid: int) -> None:
             except ProcessLookupError:
                 return
             time.sleep(0.1)
+
+
+def move_to(pids: list[int], cpus: set[int]) -> None:
+    """Every thread of the running processes `pids` onto `cpus` (an affinity set on a process
+    binds only its main thread)."""
+    for pid in pids:
+        try:
+            tasks = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+        except FileNotFoundError:  # gone
+            continue
+        for task in tasks:
+            try:
+                os.sched_setaffinity(task, cpus)
+            except ProcessLookupError:
+                pass
 
 
 def wait_http(started: Started, url: str, timeout: float = 60.0) -> None:

@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ from procs import (
     command_name,
     cpu_seconds,
     free_ports,
+    move_to,
     process_tree,
     system_busy_seconds,
     wait_http,
@@ -54,12 +56,42 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 LUA = BENCH / "webhook.lua"
 WARMUP_SECONDS = 3
+# wrk opens its connections and loads its slices; every connection then starts at one time (see
+# webhook.lua), and the measurement starts there.
+RAMP_SECONDS = 1
 MIN_CALLERS = 50_000
 HOT_CALLERS = 8
 # Issue 5's targets, for one worker each, 64 connections and a 20 ms loyalty API.
 DEFAULTS = {"connections": 64, "workers": 1, "latency_ms": 20.0}
 REPEATED_MIN_RATIO, REPEATED_MAX_P99_MS = 0.5, 25.0
 DISTINCT_MIN_RPS, DISTINCT_MAX_P99_MS = 1600.0, 100.0
+
+
+@dataclass(frozen=True)
+class Cpus:
+    """Where the processes run. Pinned (the default when the machine has a CPU to spare): the
+    servers' workers on CPUs of their own, and wrk, the loyalty API and Redis on the rest, so
+    that the scheduler never puts a wrk thread on a busy worker's CPU. Unpinned: all CPUs."""
+
+    servers: set[int] | None
+    others: set[int] | None
+
+    @classmethod
+    def split(cls, workers: int, pin: bool) -> Cpus:
+        cpus = sorted(os.sched_getaffinity(0))
+        if not pin or workers >= len(cpus):
+            return cls(None, None)
+        return cls(set(cpus[:workers]), set(cpus[workers:]))
+
+    def describe(self) -> str:
+        if self.servers is None or self.others is None:
+            return "not pinned to CPUs"
+        return (f"server workers on CPU {_cpu_list(self.servers)}; wrk, the loyalty API and "
+                f"Redis on CPU {_cpu_list(self.others)}")
+
+
+def _cpu_list(cpus: set[int]) -> str:
+    return ",".join(map(str, sorted(cpus)))
 
 
 @dataclass
@@ -91,6 +123,7 @@ class Result:
     cpu_percent: dict[str, float]  # of one core, per process role, over the run
     api: dict[str, float]  # the loyalty API's own account of the run
     first_problem: str
+    late_connections: int  # connections that were not open by the start time (should be 0)
     ratio: float | None = None
     verdict: str = ""
 
@@ -125,6 +158,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, metavar="PATH",
                         help="then run a scenario again under py-spy (one worker) and write "
                         "the summary to PATH (raw stacks to PATH.raw)")
+    parser.add_argument("--no-pin", dest="pin", action="store_false",
+                        help="let the scheduler place the processes (by default each server "
+                        "worker gets a CPU of its own while --workers is less than the CPUs)")
     parser.add_argument("--profile-scenario", choices=("distinct", "repeated"),
                         default="distinct", help="the scenario --profile runs again")
     args = parser.parse_args(argv)
@@ -183,27 +219,33 @@ def server_env(tmp: Path, api_url: str, token: str) -> dict[str, str]:
     return env
 
 
-def start_stack(procs: Processes, tmp: Path, opts: argparse.Namespace) -> Stack:
+def start_stack(procs: Processes, tmp: Path, opts: argparse.Namespace, cpus: Cpus) -> Stack:
     api_port, ivr_port, ceiling_port = free_ports(3)
     token = secrets.token_hex(16)
     api_url = f"http://127.0.0.1:{api_port}"
     api = procs.start("loyalty-api", [sys.executable, str(BENCH / "loyalty_api.py"),
                                       "--port", str(api_port),
-                                      "--latency-ms", str(opts.latency_ms)])
+                                      "--latency-ms", str(opts.latency_ms)], cpus=cpus.others)
     ivr = procs.start("ivr-serve", [sys.executable, "-m", "ivr", "serve", "--port", str(ivr_port),
                                     "--workers", str(opts.workers)],
-                      env=server_env(tmp, api_url, token), cwd=tmp)
+                      env=server_env(tmp, api_url, token), cwd=tmp, cpus=cpus.servers)
     ceiling = procs.start("ceiling", [
         sys.executable, "-m", "uvicorn", "ceiling:app", "--app-dir", str(BENCH),
         "--host", "127.0.0.1", "--port", str(ceiling_port), "--workers", str(opts.workers),
         "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--no-server-header",
-        "--log-level", "warning"])
+        "--log-level", "warning"], cpus=cpus.servers)
     stack = Stack(api, ivr, ceiling, api_url, f"http://127.0.0.1:{ivr_port}",
                   f"http://127.0.0.1:{ceiling_port}", token)
     wait_http(api, f"{api_url}/stats")
     wait_http(ivr, f"{stack.ivr_url}/healthz")
     wait_http(ceiling, f"{stack.ceiling_url}/healthz")
+    if cpus.others is not None:  # the embedded Redis, started by ivr serve, is not its worker
+        move_to(redis_pids(ivr.pid), cpus.others)
     return stack
+
+
+def redis_pids(server: int) -> list[int]:
+    return [pid for pid in process_tree(server) if command_name(pid).startswith("redis")]
 
 
 # --- load -------------------------------------------------------------------------------------
@@ -217,6 +259,7 @@ class Load:
     tmp: Path
     threads: int
     connections: int
+    cpus: Cpus
 
     def prepare(self, name: str, callers: Callers, count: int, tag: int) -> Path:
         """`count` signed webhooks from `callers`, as wrk slices; signed for ivr's URL (the
@@ -224,20 +267,24 @@ class Load:
         sips = sip_elements(REPO / "sip_config" / "queues.yaml")
         slices = signed_slices(f"{self.stack.ivr_url}/twilio/voice", self.stack.token, callers,
                                self.threads, math.ceil(count / self.threads), tag, sips)
-        return write_slices(self.tmp / f"bodies-{name}", slices)
+        return write_slices(self.tmp / f"bodies-{name}", slices,
+                            self.stack.ivr_url.removeprefix("http://"))
 
     def run(self, scenario: str, target: Started, slices: Path, check: bool,
             seconds: float) -> Result:
         print(f"bench: {scenario} on {target.name} ({seconds:g} s) ...", file=sys.stderr)
         url = self.stack.ceiling_url if target is self.stack.ceiling else self.stack.ivr_url
+        start_at = time.time() + RAMP_SECONDS
         argv = ["wrk", "-t", str(self.threads), "-c", str(self.connections),
-                "-d", f"{seconds:g}s", "--timeout", "10s", "-s", str(LUA), f"{url}/twilio/voice",
-                "--", str(slices), "check" if check else "nocheck"]
+                "-d", f"{seconds + RAMP_SECONDS:g}s", "--timeout", "10s", "-s", str(LUA),
+                f"{url}/twilio/voice", "--", str(slices), "check" if check else "nocheck",
+                f"{start_at:.3f}"]
         pids = self._roles(target)
+        wrk = self.procs.start(f"wrk-{scenario.split()[0]}", argv, cpus=self.cpus.others)
+        time.sleep(max(0.0, start_at - time.time()))
         before = {role: cpu_seconds(p) for role, p in pids.items()}
         system_before = system_busy_seconds()
         self._api_stats(reset=True)
-        wrk = self.procs.start(f"wrk-{scenario.split()[0]}", argv)
         _, status, usage = os.wait4(wrk.pid, 0)  # wait4: wrk's own CPU time too
         wrk.process.returncode = os.waitstatus_to_exitcode(status)
         api = self._api_stats(reset=False)
@@ -247,7 +294,7 @@ class Load:
         # Anything else on the machine: other people's work skews a run; this shows it.
         system = 100 * (system_busy_seconds() - system_before) / wall
         cpu["other"] = max(0.0, system - sum(cpu.values()))
-        return _result(scenario, target.name, wrk, cpu, api)
+        return _result(scenario, target.name, wrk, cpu, api, self.connections)
 
     def _api_stats(self, reset: bool) -> dict[str, float]:
         url = f"{self.stack.api_url}/stats" + ("?reset=1" if reset else "")
@@ -256,13 +303,13 @@ class Load:
 
     def _roles(self, target: Started) -> dict[str, list[int]]:
         tree = process_tree(target.pid)
-        redis = [pid for pid in tree if command_name(pid).startswith("redis")]
+        redis = redis_pids(target.pid)
         return {"server": [pid for pid in tree if pid not in redis], "redis": redis,
                 "api": process_tree(self.stack.api.pid)}
 
 
 def _result(scenario: str, target: str, wrk: Started, cpu: dict[str, float],
-            api: dict[str, float]) -> Result:
+            api: dict[str, float], connections: int) -> Result:
     line = next((line for line in wrk.log.read_text().splitlines()
                  if line.startswith("BENCH_JSON ")), None)
     if wrk.process.returncode != 0 or line is None:
@@ -271,12 +318,13 @@ def _result(scenario: str, target: str, wrk: Started, cpu: dict[str, float],
     latency = {k: v / 1000 for k, v in data["latency_us"].items()}
     return Result(
         scenario=scenario, target=target, requests=data["requests"],
-        seconds=data["duration_us"] / 1e6, non200=data["non200"],
+        seconds=data["loaded_us"] / 1e6, non200=data["non200"],
         wrong_routes=data["wrong_routes"], socket_errors=sum(data["socket_errors"].values()),
         unchecked=max(0, data["requests"] - data["answered"]), max_passes=data["max_passes"],
         p50_ms=latency["p50"], p90_ms=latency["p90"], p99_ms=latency["p99"],
         max_ms=latency["max"], cpu_percent={k: round(v, 1) for k, v in cpu.items()},
-        api=api, first_problem=data["first_problem"])
+        api=api, first_problem=data["first_problem"],
+        late_connections=connections - data["waited"])
 
 
 def judge(results: dict[str, Result]) -> None:
@@ -298,8 +346,10 @@ def _verdict(result: Result, fast_enough: bool, p99_ok: bool) -> str:
 
 
 def benchmark(procs: Processes, tmp: Path, opts: argparse.Namespace, run: Run) -> None:
-    stack = start_stack(procs, tmp, opts)
-    load = Load(procs, stack, tmp, opts.threads, opts.connections)
+    cpus = Cpus.split(opts.workers, opts.pin)
+    run.options["cpus"] = cpus.describe()
+    stack = start_stack(procs, tmp, opts, cpus)
+    load = Load(procs, stack, tmp, opts.threads, opts.connections, cpus)
     seconds = opts.duration
     warm = load.prepare("warm-up", distinct_callers("+1557"), 5_000, 1)
     load.run("warm-up", stack.ceiling, warm, False, WARMUP_SECONDS)
@@ -377,6 +427,9 @@ def details(run: Run) -> str:
                      f"{r.api['late_p99_ms']:.2f} ms")
         if r.first_problem:
             lines.append(f"  first problem: {r.first_problem}")
+        if r.late_connections:
+            lines.append(f"  warning: {r.late_connections} connections opened after the start "
+                         "time; the ramp is in the latencies")
     return "\n".join(lines)
 
 
@@ -385,7 +438,7 @@ def report(run: Run) -> str:
     o = run.options
     head = (f"{o['workers']} worker(s) each, {o['connections']} connections ({o['threads']} wrk "
             f"threads), loyalty API "
-            f"{o['latency_ms']:g} ms, {o['duration']:g} s per scenario")
+            f"{o['latency_ms']:g} ms, {o['duration']:g} s per scenario; {o['cpus']}")
     if any(o[k] != v for k, v in DEFAULTS.items()):
         head += " (the targets are set for 1 worker, 64 connections, 20 ms)"
     return "\n".join([
