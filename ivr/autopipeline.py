@@ -55,7 +55,6 @@ class AutoPipeline:
         self._pending: list[tuple[tuple[Command, ...], asyncio.Future[Any]]] = []
         self._in_flight: collections.deque[_Batch] = collections.deque()
         self._writer: asyncio.StreamWriter | None = None
-        self._reading: asyncio.Task[None] | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -140,7 +139,7 @@ class AutoPipeline:
     async def _connect(self) -> None:
         try:
             async with asyncio.timeout(self.timeout):  # callers wait for it too
-                reader, writer = await _open(self.url)
+                _, writer = await _open(self.url)
         except (OSError, TimeoutError, RedisConnectionError, ResponseError) as exc:
             error = exc if isinstance(exc, RedisConnectionError | ResponseError) else (
                 RedisConnectionError(f"cannot connect to Redis: {exc or type(exc).__name__}"))
@@ -152,23 +151,14 @@ class AutoPipeline:
         finally:
             self._connecting = None
         self._writer = writer
-        self._reading = asyncio.ensure_future(self._read(reader, writer))
+        # From here on replies are parsed in the transport's callback, as they arrive: no task
+        # reading the stream, and each caller resumes one turn of the loop sooner.
+        writer.transport.set_protocol(_Replies(self, writer))
         self._flush()
 
-    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        parser = hiredis.Reader(encoding="utf-8")
-        try:
-            while True:
-                data = await reader.read(65536)
-                if not data:
-                    raise RedisConnectionError("Redis closed the connection")
-                parser.feed(data)
-                while (reply := parser.gets()) is not False:
-                    self._deliver(reply)
-        except (OSError, RedisConnectionError, hiredis.ProtocolError) as exc:
-            if self._writer is writer:
-                self._disconnect(exc if isinstance(exc, RedisConnectionError) else
-                                 RedisConnectionError(f"Redis connection lost: {exc}"))
+    def _lost(self, writer: asyncio.StreamWriter, error: RedisConnectionError) -> None:
+        if self._writer is writer:
+            self._disconnect(error)
 
     def _deliver(self, reply: Any) -> None:
         if not self._in_flight:  # a reply nobody waits for (Redis keeps order): not a crash
@@ -190,10 +180,7 @@ class AutoPipeline:
     def _disconnect(self, error: Exception) -> None:
         """Fail every batch in flight with `error`, and drop the connection."""
         writer, self._writer = self._writer, None
-        reading, self._reading = self._reading, None
         with contextlib.suppress(RuntimeError):  # a loop already closed (tests) has nothing
-            if reading is not None and reading is not _current_task():
-                reading.cancel()
             if writer is not None:
                 writer.close()
         while self._in_flight:
@@ -242,11 +229,29 @@ async def _open(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return reader, writer
 
 
-def _current_task() -> asyncio.Task[Any] | None:
-    try:
-        return asyncio.current_task()
-    except RuntimeError:
-        return None
+class _Replies(asyncio.Protocol):
+    """The connection's protocol once it is set up: every reply to the batch it answers."""
+
+    def __init__(self, pipeline: AutoPipeline, writer: asyncio.StreamWriter) -> None:
+        self.pipeline = pipeline
+        self.writer = writer
+        self.parser = hiredis.Reader(encoding="utf-8")
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed(data)
+        try:
+            while (reply := self.parser.gets()) is not False:
+                self.pipeline._deliver(reply)
+        except hiredis.ProtocolError as exc:
+            self.pipeline._lost(self.writer, RedisConnectionError(f"Redis connection lost: {exc}"))
+
+    def eof_received(self) -> bool:
+        self.pipeline._lost(self.writer, RedisConnectionError("Redis closed the connection"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pipeline._lost(self.writer, RedisConnectionError(
+            f"Redis connection lost: {exc}" if exc else "Redis closed the connection"))
 
 
 def _log_failure(done: asyncio.Future[Any], what: str) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import json
 import logging
 import secrets
@@ -29,6 +30,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from ivr.flows.model import Flow
+from ivr.jsonfast import compact_json
 from ivr.flows.runner import Outcome
 from ivr.flows.step import Run
 from ivr.metrics import CALL_TRACES_DROPPED
@@ -99,9 +101,9 @@ class CallTrace:
                 "route": self.route, "fallback_reason": self.fallback_reason,
                 "duration_ms": self.duration_ms}
 
-    def entry(self) -> dict[str, Any]:
+    def entry(self, entry_id: str) -> dict[str, Any]:
         return {
-            "id": secrets.token_hex(8),
+            "id": entry_id,
             "at": datetime.fromtimestamp(self.at, UTC).isoformat(timespec="milliseconds"),
             "channel": self.channel,
             "endpoint": self.endpoint,
@@ -130,7 +132,11 @@ class CallTraces:
         self.redis = client
         self.max_entries = max_entries
         self.ttl = max(1, round(hours * 3600))
-        self._pending: collections.deque[tuple[float, str]] = collections.deque()
+        self._pending: collections.deque[tuple[float, bytes]] = collections.deque()
+        # Entry ids: this process's random prefix and a count (os.urandom for each cost a
+        # system call a call).
+        self._id_prefix = secrets.token_hex(4)
+        self._ids = itertools.count()
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._failing = False
@@ -162,7 +168,8 @@ class CallTraces:
             self._pending.popleft()
             CALL_TRACES_DROPPED.inc()
         answered = trace.at + trace.duration_ms / 1000
-        self._pending.append((answered, json.dumps(trace.entry(), separators=(",", ":"))))
+        entry_id = f"{self._id_prefix}{next(self._ids) & 0xFFFFFFFF:08x}"
+        self._pending.append((answered, compact_json(trace.entry(entry_id))))
         if not self._wake.is_set():
             self._wake.set()
 

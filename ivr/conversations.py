@@ -26,6 +26,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from ivr.autopipeline import AutoPipeline, Command
+from ivr.jsonfast import compact_json
 
 log = logging.getLogger("ivr.conversations")
 
@@ -69,7 +70,7 @@ class Conversations:
 
     @staticmethod
     def save_session_command(key: str, session: dict[str, Any], ttl: timedelta) -> Command:
-        return ("SET", f"ivr:session:{key}", json.dumps(session), "EX", _seconds(ttl))
+        return ("SET", f"ivr:session:{key}", compact_json(session), "EX", _seconds(ttl))
 
     @staticmethod
     def end_session_command(key: str) -> Command:
@@ -154,9 +155,9 @@ class Conversations:
         [twiml] = await self.pipeline.execute(("GET", f"ivr:replay:{token}"))
         return twiml  # type: ignore[no-any-return]
 
-    async def record_reply(self, token: str, twiml: str) -> None:
-        await self.pipeline.execute(
-            ("SET", f"ivr:replay:{token}", twiml, "EX", _seconds(REPLAY_TTL), "NX"))
+    @staticmethod
+    def record_reply_command(token: str, twiml: str) -> Command:
+        return ("SET", f"ivr:replay:{token}", twiml, "EX", _seconds(REPLAY_TTL), "NX")
 
 
 def _seconds(ttl: timedelta) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import json
 import logging
 import re
@@ -30,6 +31,7 @@ _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
     "ivr_log_context", default={})
 
 
+@functools.lru_cache(maxsize=4096)  # every webhook masks its caller: a caller calls again
 def mask_number(address: str) -> str:
     """`whatsapp:+15551234567` -> `whatsapp:+1*******567`: enough to tell callers apart in a log."""
     prefix, _, number = address.rpartition(":")

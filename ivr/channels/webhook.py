@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote
 
 from redis.exceptions import RedisError
-from starlette.datastructures import URL, Headers
+from starlette.datastructures import URL
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ivr.calltrace import CallTrace, CallTraces
@@ -133,7 +133,11 @@ class Endpoint:
     answer: Callable[[Services, Webhook], Awaitable[tuple[str, str]]]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        status, body, media_type = await _handle(scope, receive, self)
+        try:
+            status, body, media_type = await _handle(scope, receive, self)
+        except Exception:  # a bug before the flow (which answers its own failures): a 500
+            log.exception("%s webhook failed", self.name)
+            status, body, media_type = 500, "Internal Server Error", PLAIN_TEXT
         data = body.encode("utf-8")
         await send({"type": "http.response.start", "status": status, "headers": [
             (b"content-type", media_type), (b"content-length", str(len(data)).encode())]})
@@ -141,8 +145,9 @@ class Endpoint:
 
 
 class WebhookRoutes:
-    """ASGI middleware: a POST to a webhook goes straight to its endpoint, past the router.
-    (The router also has the endpoints, for other methods' 405 and for a root_path.)"""
+    """ASGI middleware: a POST to a webhook goes straight to its endpoint, past the router and
+    Starlette's middleware (the router also has the endpoints, for other methods' 405 and for
+    a root_path)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -156,11 +161,24 @@ class WebhookRoutes:
         await self.app(scope, receive, send)
 
 
+class RequestHeaders(dict[str, str]):
+    """A request's headers by name, looked up in any case, the first of a repeated one wins (as
+    Starlette's `Headers`, which scan the list at every lookup). ASGI servers lower-case the
+    names."""
+
+    def __init__(self, scope: Scope) -> None:
+        super().__init__((name.decode("latin-1"), value.decode("latin-1"))
+                         for name, value in reversed(scope["headers"]))
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return super().get(name.lower(), default)
+
+
 async def _handle(scope: Scope, receive: Receive, endpoint: Endpoint) -> tuple[int, str, bytes]:
     services: Services = scope["app"].state.services
     started = time.perf_counter()
     channel = endpoint.channel
-    headers = Headers(scope=scope)
+    headers = RequestHeaders(scope)
     try:
         hook = await _verified_webhook(scope, receive, headers, services, endpoint)
     except BadWebhook as exc:
@@ -191,14 +209,24 @@ async def _answer_once(services: Services, hook: Webhook, endpoint: Endpoint, to
             twiml, summary = replayed, "retry: the earlier answer, replayed"
         else:
             twiml, summary = await endpoint.answer(services, hook)
-            if token:  # before the answer: a retry of a message waits for it on the lock
-                await best_effort(services.conversations.record_reply(token, twiml), None,
-                                  "retry record")
+            if token:
+                await _record_reply(services, hook, token, twiml)
     except Exception:  # every failure still answers the contact, with a route if there is one
         log.exception("%s %s: could not answer; routing to the fallback queue", hook.channel,
                       hook.sid)
         twiml, summary = _fallback_answer(services, hook)
     return twiml, summary
+
+
+async def _record_reply(services: Services, hook: Webhook, token: str, twiml: str) -> None:
+    """Keep the answer for a retry of this webhook. A message's is written before the lock is
+    released, since a retry may be waiting on the lock. A call's retry comes seconds later and
+    its lookup queues behind this write on the same connection, so the answer does not wait."""
+    command = services.conversations.record_reply_command(token, twiml)
+    if hook.channel == "messaging":
+        await best_effort(services.conversations.pipeline.execute(command), None, "retry record")
+    else:
+        services.conversations.pipeline.send(command, what="retry record")
 
 
 def _observe(services: Services, trace: CallTrace, summary: str, seconds: float) -> None:
@@ -254,13 +282,32 @@ async def _answer_call(services: Services, hook: Webhook) -> tuple[str, str]:
     if hook.query.get("held") == "1":
         return await _held_decision(services, hook)
     decision = asyncio.ensure_future(_decide_call(services, hook))
-    done, _ = await asyncio.wait({decision}, timeout=services.hold.after)
-    if done:
+    if await _done_within(decision, services.hold.after):
         return decision.result()
     services.held[hook.sid] = decision
     decision.add_done_callback(lambda task: _keep_held_result(services, hook.sid, task))
     return (render_hold(services.hold.prompt, services.urls.held()),
             f"on hold after {services.hold.after:g} s while the decision finishes")
+
+
+async def _done_within(task: asyncio.Future[Any], seconds: float) -> bool:
+    """Whether `task` is done within `seconds` (left running if not). asyncio.wait does the
+    same with a set, a second future and two sets of callbacks: twice the CPU, on every call."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    timer = loop.call_later(seconds, wake)
+    task.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        task.remove_done_callback(wake)
+    return task.done()
 
 
 def _keep_held_result(services: Services, sid: str, task: asyncio.Task[tuple[str, str]]) -> None:
@@ -433,7 +480,8 @@ async def _run(
         session.update(routed_to=routed, route_step=outcome.trace[-1])
     keep = outcome.waiting_at is not None or session["routed_to"] is not None
     saved = await _save(services, hook, session if keep else None, flow, run.saved_fields,
-                        new_visit, stored, known="first_seen" in session["memory"])
+                        new_visit, stored, known="first_seen" in session["memory"],
+                        wait=outcome.waiting_at is not None or hook.channel == "messaging")
     if outcome.waiting_at is not None and not saved:
         # Without a session the answer could not be taken: route now rather than ask forever.
         twiml, summary = _fallback_answer(services, hook, flow, "no session store")
@@ -457,12 +505,15 @@ def _keep_after_route(hook: Webhook, flow: Flow, queue: Queue | None, stored: bo
 
 
 async def _save(services: Services, hook: Webhook, session: dict[str, Any] | None, flow: Flow,
-                saved_fields: dict[str, str], new_visit: bool, stored: bool, known: bool
-                ) -> bool:
+                saved_fields: dict[str, str], new_visit: bool, stored: bool, known: bool,
+                wait: bool) -> bool:
     """Keep `session` (or end the one `stored` in Redis) and update the contact's memory, in
-    one round trip; False if the store could not take it."""
+    one round trip; False if the store could not take it. Without `wait` the answer goes out
+    without waiting for the write, and True says only that it was sent: what reads it next
+    (this contact's next call or turn) queues behind it on the auto-pipeline's connection,
+    or comes seconds later. A question (it needs its session) and a message (the next one
+    waits on the lock, perhaps on another instance) wait."""
     conversations = services.conversations
-    # Written before the answer goes out, so that a contact who comes straight back is known.
     commands = conversations.remember_commands(hook.contact.number, saved_fields,
                                                visit=new_visit, known=known)
     if session is not None:
@@ -471,6 +522,9 @@ async def _save(services: Services, hook: Webhook, session: dict[str, Any] | Non
     elif stored:
         commands.append(conversations.end_session_command(hook.session_key))
     if not commands:
+        return True
+    if not wait:
+        conversations.pipeline.send(*commands, what="state save")
         return True
     return await best_effort(conversations.pipeline.execute(*commands), None,
                              "state save") is not None
@@ -553,7 +607,7 @@ def _int(value: str | None) -> int | None:
 
 # --- reading and checking the request ---------------------------------------------------------
 
-async def _verified_webhook(scope: Scope, receive: Receive, headers: Headers,
+async def _verified_webhook(scope: Scope, receive: Receive, headers: RequestHeaders,
                             services: Services, endpoint: Endpoint) -> Webhook:
     pairs = parse_form(await _read_body(receive, headers, services.max_body_bytes))
     query = scope["query_string"].decode("latin-1")
@@ -583,7 +637,7 @@ def _request_url(scheme: str, server: tuple[str, int] | None, path: str, query_s
                           "query_string": query_string, "headers": headers}))
 
 
-async def _read_body(receive: Receive, headers: Headers, max_bytes: int) -> bytes:
+async def _read_body(receive: Receive, headers: RequestHeaders, max_bytes: int) -> bytes:
     content_type = headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != FORM_TYPE:
         raise BadWebhook(415, f"Unsupported Media Type: expected {FORM_TYPE}")
@@ -620,13 +674,18 @@ def parse_form(body: bytes) -> list[tuple[str, str]]:
                 continue
             name, _, value = part.partition("=")
             if "%" in name:
-                name = unquote(name, errors="strict")
+                name = _unquote(name)
             if "%" in value:
-                value = unquote(value, errors="strict")
+                value = _unquote(value)
             pairs.append((name, value))
     except UnicodeDecodeError:
         raise BadWebhook(400, "Bad Request: the form is not valid UTF-8") from None
     return pairs
+
+
+@functools.lru_cache(maxsize=4096)  # To, Called, the caller's number: the same, call after call
+def _unquote(text: str) -> str:
+    return unquote(text, errors="strict")
 
 
 def _required(params: dict[str, str], name: str, max_length: int = 64) -> str:

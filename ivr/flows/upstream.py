@@ -19,6 +19,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from ivr.autopipeline import AutoPipeline
+from ivr.jsonfast import compact_json
 from ivr.metrics import BREAKER_STATE, FETCH_CACHE, labelled
 
 log = logging.getLogger("ivr.flows.upstream")
@@ -197,5 +198,5 @@ class Upstreams:
         if self.pipeline is not None:
             record = {"at": at, "outcome": answer.outcome, "status": answer.status,
                       "document": answer.document}
-            self.pipeline.send(("SET", f"ivr:fetch:{key}", json.dumps(record),
+            self.pipeline.send(("SET", f"ivr:fetch:{key}", compact_json(record),
                                 "PX", max(1, int(keep_for * 1000))), what="fetch cache write")
