@@ -1,21 +1,35 @@
-"""AiohttpClient against a real HTTP server on loopback: what each answer and failure becomes."""
+"""The HTTP clients against a real HTTP server on loopback: what each answer and failure becomes.
+
+Every test runs with each client on each event loop (asyncio's and uvloop, the server's); the
+ones about what only `HttptoolsClient` promises take `httptools_trial`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pytest
+import uvloop
 
-from ivr.flows.http import AiohttpClient, HttpConnectionError, HttpReply, HttpTimeout
+from ivr.flows import http as http_module
+from ivr.flows.http import (
+    AiohttpClient,
+    HttpConnectionError,
+    HttpReply,
+    HttpTimeout,
+    HttptoolsClient,
+)
 from tests.servers import free_port
 
 T = TypeVar("T")
+Client = AiohttpClient | HttptoolsClient
 MAX_BYTES = 1000
 CHUNK = b"x" * 100
+JSON = b'{"tier": "gold"}'
 
 
 @dataclass
@@ -33,22 +47,31 @@ def response(status: int, body: bytes = b"", *headers: str) -> bytes:
 
 class LoopbackServer:
     """HTTP/1.1 on 127.0.0.1, written by hand to misbehave on demand; it records every request
-    and counts the connections it accepted. Paths:
+    and counts the connections it accepted. A HEAD request gets the head of the GET's answer.
+    Paths (the query aside):
 
     /json: 200 and a small JSON body (and a cookie)      /missing: 404
     /redirect: 302 to /json                              /big: a body past MAX_BYTES
     /chunks/N: a chunked body, N chunks of 100 bytes     /hang: never answers
     /trickle: a byte every 50 ms, for 5 s                /cut: closes 10 bytes into 1000
+    /echo/...: 200, empty                                /garbage: not HTTP
+    /drop: closes without answering
+    /until-close: a body that ends when the connection does
+    /early-hints: a 103 answer, then /json's
+    /last: /json's answer; the connection's next request is read, not answered, and the
+           connection closed (as a server closing an idle connection just as a request comes)
     """
 
     def __init__(self) -> None:
         self.connections = 0
         self.requests: list[Request] = []
         self._handlers: set[asyncio.Task[None]] = set()
+        self._last: set[asyncio.StreamWriter] = set()
 
     async def __aenter__(self) -> LoopbackServer:
         self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -79,162 +102,423 @@ class LoopbackServer:
                    for name, _, value in (line.partition(":") for line in lines if line)}
         body = await reader.readexactly(int(headers.get("content-length", 0)))
         self.requests.append(Request(method, path, headers, body))
-        if path == "/json":
-            writer.write(response(200, b'{"tier": "gold"}', "Set-Cookie: session=1"))
-        elif path == "/missing":
+        if writer in self._last:
+            return False
+        route = path.partition("?")[0]
+        if method == "HEAD" and route == "/json":
+            writer.write(response(200, JSON).removesuffix(JSON))
+        elif route in ("/json", "/last"):
+            writer.write(response(200, JSON, "Set-Cookie: session=1"))
+            if route == "/last":
+                self._last.add(writer)
+        elif route == "/missing":
             writer.write(response(404, b'{"error": "unknown"}'))
-        elif path == "/redirect":
+        elif route == "/redirect":
             writer.write(response(302, b"", "Location: /json"))
-        elif path == "/big":
+        elif route == "/big":
             writer.write(response(200, b"x" * (MAX_BYTES + 1)))
-        elif path.startswith("/chunks/"):
+        elif route.startswith("/chunks/"):
             writer.write(b"HTTP/1.1 200 X\r\nTransfer-Encoding: chunked\r\n\r\n")
-            for _ in range(int(path.removeprefix("/chunks/"))):
+            for _ in range(int(route.removeprefix("/chunks/"))):
                 writer.write(b"%x\r\n%s\r\n" % (len(CHUNK), CHUNK))
                 await writer.drain()
                 await asyncio.sleep(0.005)  # so that the client reads them one by one
             writer.write(b"0\r\n\r\n")
-        elif path == "/hang":
+        elif route == "/hang":
             await reader.read()  # until the client gives up
             return False
-        elif path == "/trickle":
+        elif route == "/trickle":
             writer.write(b"HTTP/1.1 200 X\r\nContent-Length: 100\r\n\r\n")
             for _ in range(100):
                 writer.write(b"x")
                 await writer.drain()
                 await asyncio.sleep(0.05)
-        elif path == "/cut":
+        elif route == "/cut":
             writer.write(b"HTTP/1.1 200 X\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
             await writer.drain()
             return False
+        elif route == "/drop":
+            return False
+        elif route.startswith("/echo/"):
+            writer.write(response(200))
+        elif route == "/garbage":
+            writer.write(b"HTTP/1.1 2x0 What\r\n\r\n")
+        elif route == "/until-close":
+            writer.write(b"HTTP/1.1 200 X\r\nConnection: close\r\n\r\n" + CHUNK)
+            await writer.drain()
+            return False
+        elif route == "/early-hints":
+            writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
+            await writer.drain()
+            writer.write(response(200, JSON))
         else:
             raise AssertionError(f"no such path {path}")
         await writer.drain()
         return True
 
 
-def with_server(scenario: Callable[[LoopbackServer, AiohttpClient], Awaitable[T]],
-                **client: Any) -> T:
-    async def go() -> T:
-        async with LoopbackServer() as server, AiohttpClient(**client) as http:
-            return await scenario(server, http)
+@dataclass
+class Trial:
+    """One client on one event loop: `run` a scenario against a fresh server and client."""
 
-    return asyncio.run(go())
+    client: type[Client]
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None
 
+    def run(self, scenario: Callable[[LoopbackServer, Client], Awaitable[T]],
+            **client: Any) -> T:
+        async def go() -> T:
+            async with LoopbackServer() as server, self.client(**client) as http:
+                return await scenario(server, http)
 
-def get(path: str, timeout: float = 2.0) -> HttpReply:
-    return with_server(lambda server, http: http.send(
-        "GET", server.url + path, {}, None, timeout, MAX_BYTES))
+        return self.run_alone(go)
 
+    def run_alone(self, main: Callable[[], Awaitable[T]]) -> T:
+        async def go() -> T:
+            return await main()
 
-def get_url(url: str) -> HttpReply:
-    async def go() -> HttpReply:
-        async with AiohttpClient() as http:
-            return await http.send("GET", url, {}, None, 2.0, MAX_BYTES)
+        with asyncio.Runner(loop_factory=self.loop_factory) as runner:
+            return runner.run(go())
 
-    return asyncio.run(go())
+    def get(self, path: str, timeout: float = 2.0) -> HttpReply:
+        return self.run(lambda server, http: http.send(
+            "GET", server.url + path, {}, None, timeout, MAX_BYTES))
 
+    def get_url(self, url: str) -> HttpReply:
+        async def go() -> HttpReply:
+            async with self.client() as http:
+                return await http.send("GET", url, {}, None, 2.0, MAX_BYTES)
 
-def test_a_2xx_answer_comes_with_its_body() -> None:
-    assert get("/json") == HttpReply(200, b'{"tier": "gold"}')
-
-
-def test_a_chunked_body_is_read_whole() -> None:
-    assert get("/chunks/3") == HttpReply(200, CHUNK * 3)
-
-
-def test_another_status_comes_without_its_body() -> None:
-    assert get("/missing") == HttpReply(404, None)
-
-
-def test_a_redirect_is_not_followed() -> None:
-    assert get("/redirect") == HttpReply(302, None)
+        return self.run_alone(go)
 
 
-def test_a_body_past_max_bytes_comes_as_none_whether_its_length_is_announced_or_not() -> None:
-    assert get("/big") == HttpReply(200, None)
-    assert get(f"/chunks/{MAX_BYTES // len(CHUNK) + 1}") == HttpReply(200, None)
+LOOPS = {"asyncio": None, "uvloop": uvloop.new_event_loop}
 
 
-def test_the_request_goes_out_as_given_without_user_agent_or_kept_cookies() -> None:
-    async def scenario(server: LoopbackServer, http: AiohttpClient) -> list[Request]:
+@pytest.fixture(params=[(client, loop) for client in (AiohttpClient, HttptoolsClient)
+                        for loop in LOOPS],
+                ids=lambda param: f"{param[0].__name__}-{param[1]}")
+def trial(request: pytest.FixtureRequest) -> Trial:
+    client, loop = request.param
+    return Trial(client, LOOPS[loop])
+
+
+@pytest.fixture(params=list(LOOPS), ids=lambda loop: f"HttptoolsClient-{loop}")
+def httptools_trial(request: pytest.FixtureRequest) -> Trial:
+    return Trial(HttptoolsClient, LOOPS[request.param])
+
+
+@pytest.fixture
+def short_keepalive(monkeypatch: pytest.MonkeyPatch) -> Iterator[float]:
+    monkeypatch.setattr(http_module, "KEEPALIVE_SECONDS", 0.2)
+    yield 0.2
+
+
+async def until(condition: Callable[[], object], deadline: float = 5.0) -> None:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < deadline, "the server never got there"
+        await asyncio.sleep(0.005)
+
+
+async def send_get(http: Client, server: LoopbackServer, path: str,
+                   timeout: float = 2.0) -> HttpReply:
+    return await http.send("GET", server.url + path, {}, None, timeout, MAX_BYTES)
+
+
+def test_a_2xx_answer_comes_with_its_body(trial: Trial) -> None:
+    assert trial.get("/json") == HttpReply(200, JSON)
+
+
+def test_a_chunked_body_is_read_whole(trial: Trial) -> None:
+    assert trial.get("/chunks/3") == HttpReply(200, CHUNK * 3)
+
+
+def test_a_body_without_length_ends_with_the_connection(trial: Trial) -> None:
+    assert trial.get("/until-close") == HttpReply(200, CHUNK)
+
+
+def test_an_interim_1xx_answer_is_skipped(trial: Trial) -> None:
+    assert trial.get("/early-hints") == HttpReply(200, JSON)
+
+
+def test_another_status_comes_without_its_body(trial: Trial) -> None:
+    assert trial.get("/missing") == HttpReply(404, None)
+
+
+def test_a_redirect_is_not_followed(trial: Trial) -> None:
+    assert trial.get("/redirect") == HttpReply(302, None)
+
+
+def test_a_body_past_max_bytes_comes_as_none_whether_its_length_is_announced_or_not(
+        trial: Trial) -> None:
+    assert trial.get("/big") == HttpReply(200, None)
+    assert trial.get(f"/chunks/{MAX_BYTES // len(CHUNK) + 1}") == HttpReply(200, None)
+
+
+def test_a_head_request_gets_an_empty_body_and_the_pool_still_serves(trial: Trial) -> None:
+    async def scenario(server: LoopbackServer, http: Client) -> list[HttpReply]:
+        head = await http.send("HEAD", server.url + "/json", {}, None, 2.0, MAX_BYTES)
+        return [head, await send_get(http, server, "/json")]
+
+    assert trial.run(scenario) == [HttpReply(200, b""), HttpReply(200, JSON)]
+
+
+def test_the_request_goes_out_as_given_without_user_agent_or_kept_cookies(trial: Trial) -> None:
+    async def scenario(server: LoopbackServer, http: Client) -> list[Request]:
         for _ in range(2):  # the first answer sets a cookie
             await http.send("POST", server.url + "/json", {"Authorization": "Bearer t"},
                             b'{"number": "+15550000001"}', 2.0, MAX_BYTES)
         return server.requests
 
-    first, second = with_server(scenario)
+    first, second = trial.run(scenario)
     assert (second.method, second.path, second.body) == (
         "POST", "/json", b'{"number": "+15550000001"}')
     assert second.headers["authorization"] == "Bearer t"
+    assert second.headers["content-length"] == "26"
     assert not {"user-agent", "cookie", "content-type"} & (first.headers.keys()
                                                            | second.headers.keys())
 
 
-def test_a_header_value_that_is_not_ascii_is_refused_before_any_request() -> None:
-    async def scenario(server: LoopbackServer, http: AiohttpClient) -> list[Request]:
+def test_a_post_without_content_says_its_length_is_zero(trial: Trial) -> None:
+    async def scenario(server: LoopbackServer, http: Client) -> Request:
+        await http.send("POST", server.url + "/json", {}, None, 2.0, MAX_BYTES)
+        return server.requests[0]
+
+    assert trial.run(scenario).headers["content-length"] == "0"
+
+
+def test_the_host_header_names_the_port(trial: Trial) -> None:
+    async def scenario(server: LoopbackServer, http: Client) -> tuple[str, int]:
+        await send_get(http, server, "/json")
+        return server.requests[0].headers["host"], server.port
+
+    host, port = trial.run(scenario)
+    assert host == f"127.0.0.1:{port}"
+
+
+def test_a_path_with_spaces_or_non_ascii_goes_out_percent_encoded(trial: Trial) -> None:
+    async def scenario(server: LoopbackServer, http: Client) -> list[str]:
+        await send_get(http, server, "/echo/Zoë Smith")
+        await send_get(http, server, "/echo/%2B15550100001#fragment")
+        return [request.path for request in server.requests]
+
+    assert trial.run(scenario) == ["/echo/Zo%C3%AB%20Smith", "/echo/%2B15550100001"]
+
+
+def test_a_header_value_that_is_not_ascii_is_refused_before_any_request(trial: Trial) -> None:
+    async def scenario(server: LoopbackServer, http: Client) -> list[Request]:
         with pytest.raises(HttpConnectionError):
             await http.send("GET", server.url + "/json", {"X-Name": "Zoë"}, None, 2.0, MAX_BYTES)
         return server.requests
 
-    assert with_server(scenario) == []
+    assert trial.run(scenario) == []
 
 
-def test_a_server_that_never_answers_times_out() -> None:
+def test_a_header_value_with_a_line_break_is_refused_before_any_request(trial: Trial) -> None:
+    async def scenario(server: LoopbackServer, http: Client) -> list[Request]:
+        with pytest.raises(HttpConnectionError):
+            await http.send("GET", server.url + "/json", {"X-Name": "a\r\nX-Admin: yes"}, None,
+                            2.0, MAX_BYTES)
+        return server.requests
+
+    assert trial.run(scenario) == []
+
+
+def test_a_server_that_never_answers_times_out(trial: Trial) -> None:
     started = time.monotonic()
     with pytest.raises(HttpTimeout):
-        get("/hang", timeout=0.3)
+        trial.get("/hang", timeout=0.3)
     assert time.monotonic() - started < 1.5
 
 
-def test_the_timeout_bounds_the_whole_exchange_even_while_the_body_trickles_in() -> None:
+def test_the_timeout_bounds_the_whole_exchange_even_while_the_body_trickles_in(
+        trial: Trial) -> None:
     started = time.monotonic()
     with pytest.raises(HttpTimeout):
-        get("/trickle", timeout=0.5)  # every byte comes in time, the body in 5 s
+        trial.get("/trickle", timeout=0.5)  # every byte comes in time, the body in 5 s
     assert time.monotonic() - started < 2.5
 
 
-def test_a_refused_connection_is_a_connection_error() -> None:
+def test_a_timeout_leaves_the_callers_task_as_it_was(trial: Trial) -> None:
+    async def scenario(server: LoopbackServer, http: Client) -> tuple[int, HttpReply]:
+        with pytest.raises(HttpTimeout):
+            await send_get(http, server, "/hang", timeout=0.2)
+        task = asyncio.current_task()
+        assert task is not None
+        async with asyncio.timeout(2.0):  # which counts on the task's cancellations
+            return task.cancelling(), await send_get(http, server, "/json")
+
+    assert trial.run(scenario) == (0, HttpReply(200, JSON))
+
+
+def test_the_wait_for_a_connection_counts_in_the_timeout(trial: Trial) -> None:
+    async def scenario(server: LoopbackServer, http: Client) -> None:
+        hanging = asyncio.create_task(send_get(http, server, "/hang", timeout=10.0))
+        await until(lambda: server.requests)
+        with pytest.raises(HttpTimeout):
+            await send_get(http, server, "/json", timeout=0.3)
+        hanging.cancel()
+        await asyncio.gather(hanging, return_exceptions=True)
+
+    trial.run(scenario, max_connections=1)
+
+
+def test_a_refused_connection_is_a_connection_error(trial: Trial) -> None:
     with pytest.raises(HttpConnectionError):
-        get_url(f"http://127.0.0.1:{free_port()}/customers/1")
+        trial.get_url(f"http://127.0.0.1:{free_port()}/customers/1")
 
 
-@pytest.mark.parametrize("url", ["http://[::1/customers", "http://", "http://127.0.0.1:99999/"])
-def test_an_invalid_url_is_a_connection_error(url: str) -> None:
+@pytest.mark.parametrize("url", ["http://[::1/customers", "http://", "http://127.0.0.1:99999/",
+                                 "ftp://127.0.0.1/customers", "http://127.0.0.1:80x/"])
+def test_an_invalid_url_is_a_connection_error(trial: Trial, url: str) -> None:
     with pytest.raises(HttpConnectionError):
-        get_url(url)
+        trial.get_url(url)
 
 
-def test_a_connection_closed_in_the_middle_of_the_body_is_a_connection_error() -> None:
+def test_https_to_a_plain_http_port_is_a_connection_error(trial: Trial) -> None:
+    async def answer_400(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)  # a TLS handshake, to a server that speaks plain HTTP
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(answer_400, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server, trial.client() as http:
+            with pytest.raises(HttpConnectionError):
+                await http.send("GET", f"https://127.0.0.1:{port}/json", {}, None, 2.0,
+                                MAX_BYTES)
+
+    trial.run_alone(scenario)
+
+
+def test_a_connection_closed_in_the_middle_of_the_body_is_a_connection_error(
+        trial: Trial) -> None:
     with pytest.raises(HttpConnectionError):
-        get("/cut")
+        trial.get("/cut")
 
 
-def test_connections_are_kept_alive_and_never_more_than_the_pool_allows() -> None:
-    async def scenario(server: LoopbackServer, http: AiohttpClient) -> tuple[set[int], int]:
+def test_a_malformed_answer_is_a_connection_error(trial: Trial) -> None:
+    with pytest.raises(HttpConnectionError):
+        trial.get("/garbage")
+
+
+def test_connections_are_kept_alive_and_never_more_than_the_pool_allows(trial: Trial) -> None:
+    async def scenario(server: LoopbackServer, http: Client) -> tuple[set[int], int]:
         statuses = set()
         for _ in range(5):
-            replies = await asyncio.gather(*(
-                http.send("GET", server.url + "/json", {}, None, 2.0, MAX_BYTES)
-                for _ in range(20)))
+            replies = await asyncio.gather(*(send_get(http, server, "/json") for _ in range(20)))
             statuses |= {reply.status for reply in replies}
         return statuses, server.connections
 
-    statuses, connections = with_server(scenario, max_connections=4)
+    statuses, connections = trial.run(scenario, max_connections=4)
     assert statuses == {200}
     assert connections <= 4  # for 100 requests
 
 
-def test_the_pool_still_serves_after_an_answer_it_did_not_read() -> None:
-    async def scenario(server: LoopbackServer, http: AiohttpClient) -> list[int]:
-        paths = ["/missing", "/big", "/json", "/cut", "/json"]
+def test_the_pool_still_serves_after_an_answer_it_did_not_read(trial: Trial) -> None:
+    async def scenario(server: LoopbackServer, http: Client) -> list[int]:
+        paths = ["/missing", "/big", "/json", "/cut", "/json", "/garbage", "/json"]
         statuses = []
         for path in paths:
             try:
-                statuses.append((await http.send(
-                    "GET", server.url + path, {}, None, 2.0, MAX_BYTES)).status)
+                statuses.append((await send_get(http, server, path)).status)
             except HttpConnectionError:
                 statuses.append(0)
         return statuses
 
-    assert with_server(scenario) == [404, 200, 200, 0, 200]
+    assert trial.run(scenario) == [404, 200, 200, 0, 200, 0, 200]
+
+
+def test_a_kept_alive_connection_closed_by_the_server_is_retried_once_on_a_new_one(
+        trial: Trial) -> None:
+    async def scenario(server: LoopbackServer, http: Client) -> tuple[list[HttpReply], int]:
+        replies = [await send_get(http, server, path) for path in ("/last", "/json")]
+        return replies, server.connections
+
+    replies, connections = trial.run(scenario)
+    assert replies == [HttpReply(200, JSON), HttpReply(200, JSON)]
+    assert connections == 2
+
+
+def test_a_post_on_a_kept_alive_connection_closed_by_the_server_is_not_sent_again(
+        trial: Trial) -> None:
+    async def scenario(server: LoopbackServer, http: Client) -> list[str]:
+        await send_get(http, server, "/last")
+        with pytest.raises(HttpConnectionError):
+            await http.send("POST", server.url + "/json", {}, b"{}", 2.0, MAX_BYTES)
+        return [request.method for request in server.requests]
+
+    assert trial.run(scenario) == ["GET", "POST"]
+
+
+def test_a_cancelled_request_gives_its_connection_back(trial: Trial) -> None:
+    async def scenario(server: LoopbackServer, http: Client) -> HttpReply:
+        hanging = asyncio.create_task(send_get(http, server, "/hang", timeout=10.0))
+        await until(lambda: server.requests)
+        hanging.cancel()
+        [outcome] = await asyncio.gather(hanging, return_exceptions=True)
+        assert isinstance(outcome, asyncio.CancelledError)  # not a timeout
+        return await send_get(http, server, "/json")
+
+    assert trial.run(scenario, max_connections=1) == HttpReply(200, JSON)
+
+
+def test_a_request_cancelled_just_as_it_was_given_a_connection_gives_it_back(
+        trial: Trial) -> None:
+    async def scenario(server: LoopbackServer, http: Client) -> HttpReply:
+        hanging = asyncio.create_task(send_get(http, server, "/hang", timeout=10.0))
+        await until(lambda: server.requests)
+        waiting = asyncio.create_task(send_get(http, server, "/json", timeout=10.0))
+        await asyncio.sleep(0.05)  # waiting for the one connection
+        hanging.cancel()  # hands the slot to `waiting`, which is cancelled before it runs
+        asyncio.get_running_loop().call_soon(waiting.cancel)
+        await asyncio.gather(hanging, waiting, return_exceptions=True)
+        return await send_get(http, server, "/json")
+
+    assert trial.run(scenario, max_connections=1) == HttpReply(200, JSON)
+
+
+def test_an_idle_connection_past_its_keepalive_is_not_reused(
+        trial: Trial, short_keepalive: float) -> None:
+    async def scenario(server: LoopbackServer, http: Client) -> int:
+        await send_get(http, server, "/json")
+        await asyncio.sleep(short_keepalive * 3)
+        await send_get(http, server, "/json")
+        return server.connections
+
+    assert trial.run(scenario) == 2
+
+
+def test_an_answer_of_another_status_keeps_its_connection_when_its_body_came_with_it(
+        httptools_trial: Trial) -> None:
+    async def scenario(server: LoopbackServer, http: Client) -> int:
+        for path in ("/missing", "/redirect", "/json"):
+            await send_get(http, server, path)
+        return server.connections
+
+    assert httptools_trial.run(scenario) == 1
+
+
+def test_only_a_kept_alive_connection_closed_before_any_answer_is_retried(
+        httptools_trial: Trial) -> None:
+    async def scenario(server: LoopbackServer, http: Client) -> list[str]:
+        with pytest.raises(HttpConnectionError):
+            await send_get(http, server, "/drop")  # on a new connection
+        await send_get(http, server, "/json")
+        with pytest.raises(HttpConnectionError):
+            await send_get(http, server, "/cut")  # with part of an answer
+        return [request.path for request in server.requests]
+
+    assert httptools_trial.run(scenario) == ["/drop", "/json", "/cut"]
+
+
+def test_a_closed_client_refuses_requests(httptools_trial: Trial) -> None:
+    async def scenario(server: LoopbackServer, http: Client) -> None:
+        await send_get(http, server, "/json")
+        await http.aclose()
+        with pytest.raises(HttpConnectionError):
+            await send_get(http, server, "/json")
+
+    httptools_trial.run(scenario)
