@@ -23,17 +23,17 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from ivr.flows.model import Flow
-from ivr.jsonfast import compact_json
 from ivr.flows.runner import Outcome
 from ivr.flows.step import Run
+from ivr.jsonfast import compact_json
 from ivr.metrics import CALL_TRACES_DROPPED
+from ivr.timestamps import utc_iso
 
 log = logging.getLogger("ivr.calltrace")
 
@@ -104,7 +104,7 @@ class CallTrace:
     def entry(self, entry_id: str) -> dict[str, Any]:
         return {
             "id": entry_id,
-            "at": datetime.fromtimestamp(self.at, UTC).isoformat(timespec="milliseconds"),
+            "at": utc_iso(self.at, milliseconds=True),
             "channel": self.channel,
             "endpoint": self.endpoint,
             "sid": self.sid,

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import redis.asyncio as redis
@@ -27,6 +29,7 @@ from redis.exceptions import RedisError
 
 from ivr.autopipeline import AutoPipeline, Command
 from ivr.jsonfast import compact_json
+from ivr.timestamps import utc_iso
 
 log = logging.getLogger("ivr.conversations")
 
@@ -93,7 +96,7 @@ class Conversations:
         commands: list[Command] = []
         mapping = dict(fields)
         if visit:
-            now = datetime.now(UTC).isoformat(timespec="seconds")
+            now = utc_iso(time.time())
             mapping["last_seen"] = now
             if not known:
                 commands.append(("HSETNX", key, "first_seen", now))
@@ -160,5 +163,6 @@ class Conversations:
         return ("SET", f"ivr:replay:{token}", twiml, "EX", _seconds(REPLAY_TTL), "NX")
 
 
+@functools.lru_cache(maxsize=64)  # a few TTLs, on every call
 def _seconds(ttl: timedelta) -> int:
     return max(1, int(ttl.total_seconds()))
