@@ -9,6 +9,7 @@ single probe, `open_seconds` later, finds it back.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import time
@@ -113,7 +114,10 @@ class Upstreams:
         self._in_flight: dict[str, asyncio.Task[Answer]] = {}
         # key -> (when fetched, answer, wall time until which it may be used): the same bound
         # as in Redis.
-        self._local: dict[str, tuple[float, Answer, float]] = {}
+        # An OrderedDict: popping a plain dict's first key scans the slots its earlier pops left
+        # (10 us an eviction at 10,000 entries, on every lookup once the cache is full).
+        self._local: collections.OrderedDict[str, tuple[float, Answer, float]] = (
+            collections.OrderedDict())
 
     def breaker(self, upstream: str) -> Breaker:
         breaker = self._breakers.get(upstream)
@@ -187,7 +191,7 @@ class Upstreams:
 
     def _keep_local(self, key: str, at: float, answer: Answer, until: float) -> None:
         if key not in self._local and len(self._local) >= LOCAL_ENTRIES:
-            self._local.pop(next(iter(self._local)))  # the oldest entry
+            self._local.popitem(last=False)  # the oldest entry
         self._local[key] = (at, answer, until)
 
     def _write(self, key: str, answer: Answer, keep_for: float) -> None:
