@@ -401,10 +401,11 @@ def profile_scenario(load: Load, slices: Path, opts: argparse.Namespace) -> str:
 # --- report -----------------------------------------------------------------------------------
 
 def table(run: Run) -> str:
-    rows = [["scenario", "req/s", "p50 ms", "p99 ms", "errors", "wrong routes", "x ceiling",
-             "target", "others' CPU"]]
+    rows = [["scenario", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors", "wrong routes",
+             "x ceiling", "target", "others' CPU"]]
     for r in run.results:
-        rows.append([r.scenario, f"{r.rps:,.0f}", f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}",
+        rows.append([r.scenario, f"{r.rps:,.0f}", f"{r.p50_ms:.1f}", f"{r.p90_ms:.1f}",
+                     f"{r.p99_ms:.1f}",
                      str(r.errors), "-" if r.scenario == "ceiling" else str(r.wrong_routes),
                      f"{r.ratio:.2f}", r.verdict or "-", f"{r.cpu_percent['other']:.0f}%"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
