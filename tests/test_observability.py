@@ -145,6 +145,38 @@ def test_metrics_count_webhook_latency_routes_and_signature_rejections(
     assert grew("ivr_signature_rejections_total", endpoint="voice") == 1
 
 
+def test_metrics_count_fetches_cache_hits_and_the_breaker_opening(server: ServerThread) -> None:
+    def total(text: str, name: str, **labels: str) -> float:  # over every upstream
+        return sum(value for (found, got), value in samples(text).items()
+                   if found == name and set(labels.items()) <= got)
+
+    twilio = FakeTwilio(server.url)
+    before = httpx.get(server.url + "/metrics").text
+    assert GOLD_DIAL in twilio.call(L.GOLD).text  # a lookup
+    assert GOLD_DIAL in twilio.call(L.GOLD).text  # the cached answer (`cache: 5m`)
+    after = httpx.get(server.url + "/metrics").text
+
+    def grew(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert grew("ivr_fetches_total", outcome="ok") == 1
+    assert grew("ivr_fetch_seconds_count") == 1
+    assert grew("ivr_fetch_cache_total", result="miss") == 1
+    assert grew("ivr_fetch_cache_total", result="hit") == 1
+    assert total(after, "ivr_breaker_state") == 0  # closed
+
+    # 500s are faults (and not cached): after 5 in a row the circuit opens, and the next
+    # lookup is not even tried.
+    for _ in range(5):
+        twilio.call(L.BROKEN)
+    opened = httpx.get(server.url + "/metrics").text
+    assert total(opened, "ivr_breaker_state") == 2  # open
+    twilio.call(L.BROKEN)
+    last = httpx.get(server.url + "/metrics").text
+    assert total(last, "ivr_fetches_total", outcome="breaker_open") - total(
+        opened, "ivr_fetches_total", outcome="breaker_open") == 1
+
+
 def test_metrics_of_two_workers_add_up_to_every_call(newcomer_serve: Callable[..., Served]
                                                       ) -> None:
     server = newcomer_serve("--workers", "2")  # IVR_LOG_FORMAT is `auto`: JSON to a file
