@@ -7,7 +7,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import queue
+import signal
 import subprocess
 import threading
 import time
@@ -113,6 +115,31 @@ def test_readyz_is_degraded_while_redis_is_down_calls_still_route_and_it_recover
         eventually(lambda: httpx.get(server.url + "/readyz").status_code == 200)
         assert store_up() == 1
         assert GOLD_DIAL in FakeTwilio(server.url).call(L.GOLD).text
+    finally:
+        own_redis.stop()
+
+
+def test_readyz_answers_degraded_within_a_second_while_redis_hangs(
+    make_settings: Callable[..., Settings], start_server: Callable[[Settings], ServerThread],
+    tmp_path: Path,
+) -> None:
+    """A hung Redis (stopped, its connections open) is found by /readyz's PING, bounded by
+    READY_PING_TIMEOUT, and a probe gets its answer in time."""
+    own_redis = EmbeddedRedis(tmp_path / "own")
+    server = start_server(make_settings(redis_url=own_redis.start()))
+    assert own_redis.pid is not None
+    try:
+        assert httpx.get(server.url + "/readyz").status_code == 200
+        os.kill(own_redis.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            response = httpx.get(server.url + "/readyz", timeout=10)
+            took = time.monotonic() - started
+        finally:
+            os.kill(own_redis.pid, signal.SIGCONT)
+        assert response.status_code == 503 and response.json()["store"] == "unreachable"
+        assert took < 5  # READY_PING_TIMEOUT is 0.5 s; wide, for a loaded machine
+        eventually(lambda: httpx.get(server.url + "/readyz").status_code == 200)
     finally:
         own_redis.stop()
 
