@@ -133,8 +133,8 @@ class CallTraces:
         self.max_entries = max_entries
         self.ttl = max(1, round(hours * 3600))
         self._pending: collections.deque[tuple[float, bytes]] = collections.deque()
-        # Entry ids: this process's random prefix and a count (os.urandom for each cost a
-        # system call a call).
+        # Entry ids: this process's random prefix and a count (a random id for each entry was a
+        # system call on every call).
         self._id_prefix = secrets.token_hex(4)
         self._ids = itertools.count()
         self._wake = asyncio.Event()
