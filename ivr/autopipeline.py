@@ -139,7 +139,7 @@ class AutoPipeline:
     async def _connect(self) -> None:
         try:
             async with asyncio.timeout(self.timeout):  # callers wait for it too
-                _, writer = await _open(self.url)
+                writer = await _open(self.url)
         except (OSError, TimeoutError, RedisConnectionError, ResponseError) as exc:
             error = exc if isinstance(exc, RedisConnectionError | ResponseError) else (
                 RedisConnectionError(f"cannot connect to Redis: {exc or type(exc).__name__}"))
@@ -192,9 +192,9 @@ class AutoPipeline:
                     future.set_result(error)
 
 
-async def _open(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _open(url: str) -> asyncio.StreamWriter:
     """A connection to the Redis at `url` (redis://, rediss://, unix://), authenticated and on
-    its database."""
+    its database. Its stream reader serves the set-up only: the caller then sets its protocol."""
     options = parse_url(url)
     if "path" in options:
         reader, writer = await asyncio.open_unix_connection(options["path"])
@@ -226,7 +226,7 @@ async def _open(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
             if isinstance(reply, hiredis.ReplyError):
                 writer.close()
                 raise ResponseError(f"Redis refused the connection's set-up: {reply}")
-    return reader, writer
+    return writer
 
 
 class _Replies(asyncio.Protocol):

@@ -180,38 +180,35 @@ def test_metrics_count_fetches_cache_hits_and_the_breaker_opening(
     with ServerThread(L.LoyaltyApi().app()) as api:
         server = start_server(make_settings(loyalty_api_url=api.url))
         upstream = api.url.removeprefix("http://")
-        check_fetch_metrics(server, upstream)
 
+        def total(text: str, name: str, **labels: str) -> float:
+            return sample(text, name, upstream=upstream, **labels)
 
-def check_fetch_metrics(server: ServerThread, upstream: str) -> None:
-    def total(text: str, name: str, **labels: str) -> float:
-        return sample(text, name, upstream=upstream, **labels)
+        twilio = FakeTwilio(server.url)
+        before = httpx.get(server.url + "/metrics").text
+        assert GOLD_DIAL in twilio.call(L.GOLD).text  # a lookup
+        assert GOLD_DIAL in twilio.call(L.GOLD).text  # the cached answer (`cache: 5m`)
+        after = httpx.get(server.url + "/metrics").text
 
-    twilio = FakeTwilio(server.url)
-    before = httpx.get(server.url + "/metrics").text
-    assert GOLD_DIAL in twilio.call(L.GOLD).text  # a lookup
-    assert GOLD_DIAL in twilio.call(L.GOLD).text  # the cached answer (`cache: 5m`)
-    after = httpx.get(server.url + "/metrics").text
+        def grew(name: str, **labels: str) -> float:
+            return total(after, name, **labels) - total(before, name, **labels)
 
-    def grew(name: str, **labels: str) -> float:
-        return total(after, name, **labels) - total(before, name, **labels)
+        assert grew("ivr_fetches_total", outcome="ok") == 1
+        assert grew("ivr_fetch_seconds_count") == 1
+        assert grew("ivr_fetch_cache_total", result="miss") == 1
+        assert grew("ivr_fetch_cache_total", result="hit") == 1
+        assert total(after, "ivr_breaker_state") == 0  # closed
 
-    assert grew("ivr_fetches_total", outcome="ok") == 1
-    assert grew("ivr_fetch_seconds_count") == 1
-    assert grew("ivr_fetch_cache_total", result="miss") == 1
-    assert grew("ivr_fetch_cache_total", result="hit") == 1
-    assert total(after, "ivr_breaker_state") == 0  # closed
-
-    # 500s are faults (and not cached): after 5 in a row the circuit opens, and the next
-    # lookup is not even tried.
-    for _ in range(5):
+        # 500s are faults (and not cached): after 5 in a row the circuit opens, and the next
+        # lookup is not even tried.
+        for _ in range(5):
+            twilio.call(L.BROKEN)
+        opened = httpx.get(server.url + "/metrics").text
+        assert total(opened, "ivr_breaker_state") == 2  # open
         twilio.call(L.BROKEN)
-    opened = httpx.get(server.url + "/metrics").text
-    assert total(opened, "ivr_breaker_state") == 2  # open
-    twilio.call(L.BROKEN)
-    last = httpx.get(server.url + "/metrics").text
-    assert total(last, "ivr_fetches_total", outcome="breaker_open") - total(
-        opened, "ivr_fetches_total", outcome="breaker_open") == 1
+        last = httpx.get(server.url + "/metrics").text
+        assert total(last, "ivr_fetches_total", outcome="breaker_open") - total(
+            opened, "ivr_fetches_total", outcome="breaker_open") == 1
 
 
 def test_metrics_of_two_workers_add_up_to_every_call(newcomer_serve: Callable[..., Served]
