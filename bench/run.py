@@ -240,12 +240,12 @@ def start_stack(procs: Processes, tmp: Path, opts: argparse.Namespace, cpus: Cpu
     wait_http(ivr, f"{stack.ivr_url}/healthz")
     wait_http(ceiling, f"{stack.ceiling_url}/healthz")
     if cpus.others is not None:  # the embedded Redis, started by ivr serve, is not its worker
-        move_to(redis_pids(ivr.pid), cpus.others)
+        move_to(redis_pids(process_tree(ivr.pid)), cpus.others)
     return stack
 
 
-def redis_pids(server: int) -> list[int]:
-    return [pid for pid in process_tree(server) if command_name(pid).startswith("redis")]
+def redis_pids(pids: list[int]) -> list[int]:
+    return [pid for pid in pids if command_name(pid).startswith("redis")]
 
 
 # --- load -------------------------------------------------------------------------------------
@@ -303,7 +303,7 @@ class Load:
 
     def _roles(self, target: Started) -> dict[str, list[int]]:
         tree = process_tree(target.pid)
-        redis = redis_pids(target.pid)
+        redis = redis_pids(tree)
         return {"server": [pid for pid in tree if pid not in redis], "redis": redis,
                 "api": process_tree(self.stack.api.pid)}
 
