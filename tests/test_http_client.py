@@ -514,6 +514,30 @@ def test_only_a_kept_alive_connection_closed_before_any_answer_is_retried(
     assert httptools_trial.run(scenario) == ["/drop", "/json", "/cut"]
 
 
+def test_a_connection_lost_while_it_was_handed_to_a_waiter_is_not_pooled_again(
+        httptools_trial: Trial) -> None:
+    """The server closes a connection just as it goes to a waiting request, which is then
+    cancelled and gives it back: a POST after that must go out on a live connection (a dead
+    pooled one is retried only for idempotent methods)."""
+    async def scenario(server: LoopbackServer, http: Client) -> list[str]:
+        assert isinstance(http, HttptoolsClient)
+        await send_get(http, server, "/json")
+        origin, _ = http_module._target(server.url + "/json")
+        busy = http._take_idle(origin.key)  # as in an exchange: the one slot is taken
+        assert busy is not None and busy.transport is not None
+        waiting = asyncio.create_task(http._connection(origin))
+        await until(lambda: http._waiters)
+        busy.transport.abort()  # the server's close, in the turn the exchange hands it over
+        http._release(busy)
+        waiting.cancel()  # before the waiter runs: it gives the connection back
+        await asyncio.gather(waiting, return_exceptions=True)
+        reply = await http.send("POST", server.url + "/json", {}, b"{}", 2.0, MAX_BYTES)
+        assert reply.status == 200
+        return [request.method for request in server.requests]
+
+    assert httptools_trial.run(scenario, max_connections=1) == ["GET", "POST"]
+
+
 def test_a_closed_client_refuses_requests(httptools_trial: Trial) -> None:
     async def scenario(server: LoopbackServer, http: Client) -> None:
         await send_get(http, server, "/json")

@@ -309,7 +309,7 @@ class HttptoolsClient:
 
     def _release(self, connection: _Connection) -> None:
         """Hand a connection that can serve again to the first waiter, or keep it idle."""
-        if self._closed:
+        if self._closed or connection.lost:  # lost: given back by a waiter cancelled meanwhile
             self._close(connection)
             return
         connection.idle_since = time.monotonic()
