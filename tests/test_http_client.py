@@ -7,10 +7,13 @@ ones about what only `HttptoolsClient` promises take `httptools_trial`.
 from __future__ import annotations
 
 import asyncio
+import random
+import string
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
 
 import pytest
 import uvloop
@@ -546,3 +549,20 @@ def test_a_closed_client_refuses_requests(httptools_trial: Trial) -> None:
             await send_get(http, server, "/json")
 
     httptools_trial.run(scenario)
+
+
+def test_a_url_is_split_into_origin_and_target_as_urlsplit_does() -> None:
+    rng = random.Random(1)
+    alphabet = "ab/?#:=&%+ é" + string.digits
+    for _ in range(5000):
+        path = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        url = rng.choice(["http://host:8080", "HTTPS://h.example", "http://u:p@h"]) + path
+        parts = urlsplit(url)
+        expected = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        try:
+            origin = http_module._origin(parts.scheme, parts.netloc)
+        except ValueError:
+            with pytest.raises(HttpConnectionError):
+                http_module._target(url)
+            continue
+        assert http_module._target(url) == (origin, quote(expected, safe=http_module._TARGET_SAFE))

@@ -388,17 +388,24 @@ class _Origin:
     authorization: str | None  # from credentials in the URL
 
 
-@functools.lru_cache(maxsize=1024)
 def _target(url: str) -> tuple[_Origin, str]:
-    """The origin of `url` and its request target (path and query, percent-encoded)."""
+    """The origin of `url` and its request target (path and query, percent-encoded; the
+    fragment dropped), split as `urlsplit` does. Only the origin is cached: a lookup's URL
+    carries the caller, so is new on almost every call."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        raise HttpConnectionError(f"invalid URL {url!r}: no scheme")
+    end = len(rest)
+    for delimiter in "/?#":
+        found = rest.find(delimiter, 0, end)
+        if found >= 0:
+            end = found
     try:
-        parts = urlsplit(url)
-        origin = _origin(parts.scheme, parts.netloc)
+        origin = _origin(scheme.lower(), rest[:end])
     except ValueError as exc:  # UnicodeError too
         raise HttpConnectionError(f"invalid URL {url!r}: {exc}") from None
-    target = parts.path or "/"
-    if parts.query:
-        target += "?" + parts.query
+    path, _, query = rest[end:].partition("#")[0].partition("?")
+    target = (path or "/") + (f"?{query}" if query else "")
     return origin, quote(target, safe=_TARGET_SAFE)
 
 
