@@ -49,11 +49,21 @@ class HttpClient(Protocol):
         ...
 
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# In a header value: a control character but tab (a line break would end the header), or not
+# ASCII (aiohttp would send UTF-8).
+_NOT_IN_VALUE = re.compile(r"[^\t\x20-\x7e]")
+
+
 def check_headers(headers: Mapping[str, str]) -> None:
-    """Refuse a header value that is not ASCII, as HTTP expects (aiohttp would send UTF-8)."""
+    """Refuse, before anything is sent, a header HTTP cannot carry: every client does, and the
+    simulator, so that a flow's headers fail alike everywhere."""
     for name, value in headers.items():
-        if not value.isascii():
-            raise HttpConnectionError(f"header {name}: the value is not ASCII")
+        if not _TOKEN.fullmatch(name):
+            raise HttpConnectionError(f"header {name!r}: not a valid name")
+        if _NOT_IN_VALUE.search(value):
+            raise HttpConnectionError(
+                f"header {name}: the value holds a line break, a control character or non-ASCII")
 
 
 class AiohttpClient:
@@ -121,8 +131,6 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # Without content, the other methods say `Content-Length: 0` (as aiohttp).
 _WITHOUT_BODY = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # in a header value (a tab is allowed)
 _NOT_IN_HOST = re.compile(r"[\x00-\x20\x7f]")
 # What a request target keeps as it is; anything else (a space, non-ASCII) is percent-encoded.
 _TARGET_SAFE = "".join(map(chr, range(0x21, 0x7F)))
@@ -439,9 +447,7 @@ def _request(method: str, origin: _Origin, target: str, headers: Mapping[str, st
     host: str | None = origin.host_header
     authorization = origin.authorization
     lines = []
-    for name, value in headers.items():
-        if not _TOKEN.fullmatch(name) or _CONTROL.search(value):
-            raise HttpConnectionError(f"header {name!r}: not a valid header")
+    for name, value in headers.items():  # checked by send (check_headers)
         lowered = name.lower()
         if lowered == "host":
             host = None
