@@ -317,7 +317,8 @@ class HttptoolsClient:
 
     def _release(self, connection: _Connection) -> None:
         """Hand a connection that can serve again to the first waiter, or keep it idle."""
-        if self._closed or connection.lost:  # lost: given back by a waiter cancelled meanwhile
+        # A lost one may come back from a waiter that was cancelled as it was handed over.
+        if self._closed or connection.closed.done():
             self._close(connection)
             return
         connection.idle_since = time.monotonic()
@@ -339,7 +340,7 @@ class HttptoolsClient:
 
     def _close(self, connection: _Connection, keep_slot: bool = False) -> None:
         """Close a connection that is not idle; its slot is freed unless the caller keeps it."""
-        if not connection.lost and connection.transport is not None:
+        if not connection.closed.done() and connection.transport is not None:
             connection.transport.abort()
         if connection.transport is None:
             self._connections.discard(connection)
@@ -476,8 +477,8 @@ class _Connection(asyncio.Protocol):
     """One connection, and the exchange in flight on it: `ask` sends a request, and its future
     is done when the answer is known (`status`, `chunks`, `reusable`) or failed."""
 
-    __slots__ = ("answered", "asked", "chunks", "closed", "complete", "delimited", "has_slot",
-                 "head", "idle", "idle_since", "interim", "length", "loop", "lost", "max_bytes",
+    __slots__ = ("answered", "chunks", "closed", "complete", "delimited", "has_slot",
+                 "head", "idle", "idle_since", "interim", "length", "loop", "max_bytes",
                  "origin", "parser", "pool", "reusable", "reused", "size", "started", "status",
                  "transport")
 
@@ -488,12 +489,10 @@ class _Connection(asyncio.Protocol):
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.closed: asyncio.Future[None] = loop.create_future()
-        self.lost = False
+        self.closed: asyncio.Future[None] = loop.create_future()  # done once it is lost
         self.has_slot = True
         self.idle = False
         self.idle_since = 0.0
-        self.asked = False
         self.answered: asyncio.Future[None] | None = None
         # The exchange in flight.
         self.reused = False
@@ -510,9 +509,8 @@ class _Connection(asyncio.Protocol):
         self.reusable = False
 
     def ask(self, request: bytes, max_bytes: int, head: bool) -> asyncio.Future[None]:
-        self.reused = self.asked
-        self.asked = True
-        if self.lost or self.transport is None:
+        self.reused = self.answered is not None  # asked before
+        if self.closed.done() or self.transport is None:
             raise (_StaleConnection if self.reused else HttpConnectionError)(
                 "the connection is closed")
         self.answered = answered = self.loop.create_future()
@@ -547,7 +545,6 @@ class _Connection(asyncio.Protocol):
             answered.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
         self.reusable = False
         if not self.closed.done():
             self.closed.set_result(None)
