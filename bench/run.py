@@ -188,7 +188,7 @@ def machine() -> dict[str, Any]:
                   if line.startswith("model name")), platform.processor() or "unknown")
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split(" [")[0]
     versions = {name: importlib.metadata.version(name)
-                for name in ("uvicorn", "starlette", "uvloop", "httptools", "aiohttp", "redis")}
+                for name in ("uvicorn", "starlette", "uvloop", "httptools", "orjson", "redis")}
     return {"nproc": len(os.sched_getaffinity(0)), "cpu": model,
             "python": platform.python_version(), "kernel": platform.release(),
             "wrk": wrk.strip(), "code": code_version(), **versions}
@@ -447,7 +447,7 @@ def report(run: Run) -> str:
         details(run), "",
         f"machine: {m['nproc']} CPUs, {m['cpu']}; Python {m['python']}; Linux {m['kernel']}; "
         f"{m['wrk']}; uvicorn {m['uvicorn']}, starlette {m['starlette']}, uvloop {m['uvloop']}, "
-        f"httptools {m['httptools']}, aiohttp {m['aiohttp']}, redis {m['redis']}; "
+        f"httptools {m['httptools']}, orjson {m['orjson']}, redis {m['redis']}; "
         f"code {m['code']}",
     ])
 

@@ -19,13 +19,8 @@ import pytest
 import uvloop
 
 from ivr.flows import http as http_module
-from ivr.flows.http import (
-    AiohttpClient,
-    HttpConnectionError,
-    HttpReply,
-    HttpTimeout,
-    HttptoolsClient,
-)
+from ivr.flows.http import HttpConnectionError, HttpReply, HttpTimeout, HttptoolsClient
+from tests.aiohttp_client import AiohttpClient
 from tests.servers import free_port
 
 T = TypeVar("T")

@@ -1,8 +1,8 @@
 """HTTP as flows see it: one request, its status and a bounded body, or one of two failures.
 
 `HttpClient` is all a step needs. `HttptoolsClient`, the server's, is HTTP/1.1 written for that
-one job, at a sixth of the CPU per request of `AiohttpClient` (kept as the reference the tests
-hold it against); the simulator answers from mocks through the same interface.
+one job, at a sixth of aiohttp's CPU per request (the tests hold the two side by side:
+tests/aiohttp_client.py); the simulator answers from mocks through the same interface.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Protocol, cast
 from urllib.parse import quote, unquote, urlsplit
 
-import aiohttp
 import httptools
 
 # An idle pooled connection is closed after this many seconds (read when a client is built).
@@ -66,65 +65,6 @@ def check_headers(headers: Mapping[str, str]) -> None:
                 f"header {name}: the value holds a line break, a control character or non-ASCII")
 
 
-class AiohttpClient:
-    """A pool of keep-alive connections over one `aiohttp.ClientSession`; build it inside the
-    event loop that uses it, and `aclose()` it there.
-
-    max_connections: connections open at once, across hosts; further requests wait for one.
-    """
-
-    def __init__(self, max_connections: int = 100) -> None:
-        connector = aiohttp.TCPConnector(limit=max_connections,
-                                         keepalive_timeout=KEEPALIVE_SECONDS)
-        # No aiohttp timeouts: send() bounds the whole exchange itself, with one timer.
-        no_timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=None,
-                                           sock_read=None)
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=no_timeout, cookie_jar=aiohttp.DummyCookieJar(),
-            # A flow's body goes out with the Content-Type its headers give, or none (as httpx).
-            skip_auto_headers=("User-Agent", "Content-Type"))
-
-    async def send(self, method: str, url: str, headers: Mapping[str, str],
-                   content: bytes | None, timeout: float, max_bytes: int) -> HttpReply:
-        check_headers(headers)
-        try:
-            async with asyncio.timeout(timeout):
-                async with self._session.request(method, url, headers=headers, data=content,
-                                                  allow_redirects=False) as response:
-                    status = response.status
-                    if not 200 <= status < 300:
-                        return HttpReply(status, None)
-                    length = response.content_length
-                    if length is not None and length > max_bytes:
-                        return HttpReply(status, None)
-                    return HttpReply(status, await _read(response.content, max_bytes))
-        except TimeoutError:  # aiohttp's ServerTimeoutError is one too
-            raise HttpTimeout(f"no complete answer within {timeout:g}s") from None
-        except (aiohttp.ClientError, OSError, ValueError) as exc:  # InvalidURL is a ValueError
-            raise HttpConnectionError(f"{type(exc).__name__}: {exc}") from exc
-
-    async def aclose(self) -> None:
-        await self._session.close()
-
-    async def __aenter__(self) -> AiohttpClient:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-
-async def _read(stream: aiohttp.StreamReader, max_bytes: int) -> bytes | None:
-    """The body, or None as soon as it runs past `max_bytes`."""
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await stream.readany():
-        size += len(chunk)
-        if size > max_bytes:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 # A kept-alive connection the server closed as the request went out is tried again, once, on a
 # new one, for these methods only: the others may have been applied (RFC 9112, 9.3.1.1; as aiohttp).
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -142,8 +82,8 @@ _FRAMING = frozenset({"content-length", "transfer-encoding"})
 class HttptoolsClient:
     """HTTP/1.1 on asyncio transports with httptools' parser, and a pool of keep-alive
     connections per origin (the latest idle one is reused first; one past `KEEPALIVE_SECONDS`
-    idle is closed). `send` has the same semantics as `AiohttpClient`'s; `aclose()` it in the
-    event loop that used it.
+    idle is closed). `send` has the same semantics as aiohttp's (tests/aiohttp_client.py);
+    `aclose()` it in the event loop that used it.
 
     max_connections: connections open at once, across origins; further requests wait for one,
     first come first served, and the wait counts in their timeout.
