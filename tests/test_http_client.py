@@ -349,16 +349,18 @@ def test_a_timeout_leaves_the_callers_task_as_it_was(trial: Trial) -> None:
     assert trial.run(scenario) == (0, HttpReply(200, JSON))
 
 
-def test_the_wait_for_a_connection_counts_in_the_timeout(trial: Trial) -> None:
-    async def scenario(server: LoopbackServer, http: Client) -> None:
+def test_the_wait_for_a_connection_counts_in_the_timeout_and_the_slot_comes_back(
+        trial: Trial) -> None:
+    async def scenario(server: LoopbackServer, http: Client) -> HttpReply:
         hanging = asyncio.create_task(send_get(http, server, "/hang", timeout=10.0))
         await until(lambda: server.requests)
         with pytest.raises(HttpTimeout):
             await send_get(http, server, "/json", timeout=0.3)
         hanging.cancel()
         await asyncio.gather(hanging, return_exceptions=True)
+        return await send_get(http, server, "/json")  # the one slot is free again
 
-    trial.run(scenario, max_connections=1)
+    assert trial.run(scenario, max_connections=1).status == 200
 
 
 def test_a_refused_connection_is_a_connection_error(trial: Trial) -> None:
