@@ -239,6 +239,73 @@ def test_the_redirect_after_a_hold_may_reach_another_instance(make_settings, sta
     assert dialled(second.post("/twilio/voice?held=1", params, follow=False)) == STANDARD_SIP
 
 
+@pytest.mark.parametrize("hold_after", [0.01, 0.02, 0.04])
+def test_holds_racing_their_decisions_each_still_answer_once_and_route(
+    make_settings, start_server, hold_after: float
+) -> None:
+    """With hold_after about as long as the decisions of 120 calls at once, the hold timer and
+    the end of a decision race: a decision may finish just after its caller was put on hold,
+    before the prompt went out."""
+    import asyncio
+
+    twilio = FakeTwilio(start_server(make_settings(hold_after=hold_after)).url)
+    expected = {L.GOLD: GOLD_SIP, L.PLATINUM: PLATINUM_SIP, L.UNKNOWN: STANDARD_SIP,
+                L.SLOW: GOLD_SIP}
+    callers = [list(expected)[i % len(expected)] for i in range(120)]
+
+    async def place_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            async def place(index: int, caller: str) -> httpx.Response:
+                params = call_params(caller, CallSid=f"CA{index:032d}")
+                return await client.post(twilio.server + "/twilio/voice", data=params, headers={
+                    "X-Twilio-Signature": sign(twilio.url("/twilio/voice"), params)})
+
+            return await asyncio.gather(*(place(i, c) for i, c in enumerate(callers)))
+
+    answers = asyncio.run(place_all())
+    assert [a.status_code for a in answers] == [200] * len(callers), \
+        [a.text for a in answers if a.status_code != 200][:1]
+    assert any("<Redirect" in a.text for a in answers)  # the race was run
+    routed = asyncio.run(_follow_all(twilio, list(zip(answers, callers))))
+    assert [dialled(r) for r in routed] == [expected[c] for c in callers]
+
+
+async def _follow_all(twilio: FakeTwilio, answers: list[tuple[httpx.Response, str]]
+                      ) -> list[httpx.Response]:
+    """Each answer, or for a hold prompt the answer to its redirect, as Twilio would ask."""
+    import asyncio
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        async def follow(index: int, first: httpx.Response, caller: str) -> httpx.Response:
+            if "<Redirect" not in first.text:
+                return first
+            params = call_params(caller, CallSid=f"CA{index:032d}")
+            path = "/twilio/voice?held=1"
+            return await client.post(twilio.server + path, data=params, headers={
+                "X-Twilio-Signature": sign(twilio.url(path), params)})
+
+        return await asyncio.gather(*(follow(i, first, caller)
+                                      for i, (first, caller) in enumerate(answers)))
+
+
+def test_a_held_decision_does_not_hold_up_the_next_call_on_the_same_connection(
+    make_settings, start_server
+) -> None:
+    """The held decision goes on in its webhook's request after the prompt was sent; the
+    connection Twilio keeps alive serves the next webhook meanwhile."""
+    twilio = FakeTwilio(start_server(make_settings(hold_after=0.3, decision_deadline=3)).url)
+    with httpx.Client(timeout=30, limits=httpx.Limits(max_connections=1)) as client:
+        def post(params: dict[str, str]) -> httpx.Response:
+            return client.post(twilio.server + "/twilio/voice", data=params, headers={
+                "X-Twilio-Signature": sign(twilio.url("/twilio/voice"), params)})
+
+        assert "<Redirect" in post(call_params(L.HANGS)).text
+        started = time.monotonic()
+        assert dialled(post(call_params(L.GOLD))) == GOLD_SIP
+        # Well before the held decision's deadline (3 s) ends it.
+        assert time.monotonic() - started < 2
+
+
 def test_a_quick_decision_never_holds(make_settings, start_server) -> None:
     twilio = FakeTwilio(start_server(make_settings(hold_after=0.3)).url)
     assert dialled(twilio.post("/twilio/voice", call_params(L.SLOW), follow=False)) == GOLD_SIP
