@@ -79,8 +79,8 @@ class Services:
     decision_deadline: float
     hold: HoldPolicy
     max_body_bytes: int
-    # The decisions of calls put on hold (done, or still running), by CallSid, for the redirect.
-    held: dict[str, asyncio.Future[tuple[str, str]]] = field(default_factory=dict)
+    # Decisions still running after their caller was put on hold, by CallSid.
+    held: dict[str, asyncio.Task[tuple[str, str]]] = field(default_factory=dict)
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def background(self, operation: Awaitable[Any]) -> None:
@@ -100,8 +100,7 @@ class BadWebhook(Exception):
 
 @dataclass
 class Webhook:
-    """A verified webhook: its parameters, who it is from, and what it is about; and how it is
-    answered."""
+    """A verified webhook: its parameters, who it is from, and what it is about."""
 
     channel: Channel
     params: dict[str, str]
@@ -109,13 +108,6 @@ class Webhook:
     sid: str
     query: dict[str, str]
     trace: CallTrace
-    reply: Reply
-    started: float  # perf_counter() when it arrived
-    token: str = ""  # I-Twilio-Idempotency-Token: the same on Twilio's retries of this webhook
-    # Set when the caller was put on hold: the decision, still being made, is for the redirect,
-    # and the hold prompt is sent by `hold_reply`.
-    held: asyncio.Future[tuple[str, str]] | None = None
-    hold_reply: asyncio.Task[None] | None = None
     to_number: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -141,32 +133,15 @@ class Endpoint:
     answer: Callable[[Services, Webhook], Awaitable[tuple[str, str]]]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        reply = Reply(send)
         try:
-            await _handle(scope, receive, self, reply)
+            status, body, media_type = await _handle(scope, receive, self)
         except Exception:  # a bug before the flow (which answers its own failures): a 500
             log.exception("%s webhook failed", self.name)
-            await reply(500, "Internal Server Error", PLAIN_TEXT)
-
-
-class Reply:
-    """A webhook's one answer. Usually sent when the webhook is done; a call's hold prompt is
-    sent earlier, while the decision goes on in the webhook's task for Twilio's redirect."""
-
-    __slots__ = ("_send", "sent")
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
-        self.sent = False
-
-    async def __call__(self, status: int, body: str, media_type: bytes) -> None:
-        if self.sent:
-            return
-        self.sent = True
+            status, body, media_type = 500, "Internal Server Error", PLAIN_TEXT
         data = body.encode("utf-8")
-        await self._send({"type": "http.response.start", "status": status, "headers": [
+        await send({"type": "http.response.start", "status": status, "headers": [
             (b"content-type", media_type), (b"content-length", str(len(data)).encode())]})
-        await self._send({"type": "http.response.body", "body": data})
+        await send({"type": "http.response.body", "body": data})
 
 
 class WebhookRoutes:
@@ -199,70 +174,55 @@ class RequestHeaders(dict[str, str]):
         return super().get(name.lower(), default)
 
 
-async def _handle(scope: Scope, receive: Receive, endpoint: Endpoint, reply: Reply) -> None:
+async def _handle(scope: Scope, receive: Receive, endpoint: Endpoint) -> tuple[int, str, bytes]:
     services: Services = scope["app"].state.services
     started = time.perf_counter()
     channel = endpoint.channel
     headers = RequestHeaders(scope)
     try:
-        hook = await _verified_webhook(scope, receive, headers, services, endpoint, reply,
-                                       started)
+        hook = await _verified_webhook(scope, receive, headers, services, endpoint)
     except BadWebhook as exc:
         if exc.status == 403:
             SIGNATURE_REJECTIONS.labels(endpoint.name).inc()
         log.warning("%s webhook refused: %s", channel, exc.detail)
-        await reply(exc.status, exc.reason, PLAIN_TEXT)
-        return
+        return exc.status, exc.reason, PLAIN_TEXT
     with log_context(**hook.trace.sid_field(), channel=channel):
-        hook.token = headers.get(IDEMPOTENCY_HEADER, "")[:200]
+        token = headers.get(IDEMPOTENCY_HEADER, "")[:200]
         if channel == "messaging":
             # One message of a contact at a time, in order, so that two messages arriving
             # together are both answered, and a retry finds the first answer recorded.
             async with services.conversations.lock(hook.session_key):
-                await _answer_once(services, hook, endpoint)
+                twiml, summary = await _answer_once(services, hook, endpoint, token)
         else:
-            await _answer_once(services, hook, endpoint)
+            twiml, summary = await _answer_once(services, hook, endpoint, token)
+        _observe(services, hook.trace, summary, time.perf_counter() - started)
+    return 200, twiml, TWIML
 
 
-async def _answer_once(services: Services, hook: Webhook, endpoint: Endpoint) -> None:
-    """Answer with the TwiML, or with the earlier answer if Twilio retries a webhook."""
-    replayed = None
+async def _answer_once(services: Services, hook: Webhook, endpoint: Endpoint, token: str
+                       ) -> tuple[str, str]:
+    """The TwiML and a summary for the log: the earlier answer if Twilio retries a webhook."""
     try:
-        if hook.token:
-            replayed = await best_effort(services.conversations.replay(hook.token), None,
-                                         "retry lookup")
+        replayed = await best_effort(services.conversations.replay(token), None,
+                                     "retry lookup") if token else None
         if replayed is not None:
             twiml, summary = replayed, "retry: the earlier answer, replayed"
         else:
             twiml, summary = await endpoint.answer(services, hook)
+            if token:
+                await _record_reply(services, hook, token, twiml)
     except Exception:  # every failure still answers the contact, with a route if there is one
         log.exception("%s %s: could not answer; routing to the fallback queue", hook.channel,
                       hook.sid)
         twiml, summary = _fallback_answer(services, hook)
-    if hook.hold_reply is not None:
-        # The caller is on hold: this is for the redirect. The webhook ends (for the server)
-        # once its hold prompt is out, whichever came first.
-        _keep_held_result(services, hook, twiml, summary)
-        await hook.hold_reply
-    else:
-        await _respond(services, hook, twiml, summary, record=replayed is None)
+    return twiml, summary
 
 
-async def _respond(services: Services, hook: Webhook, twiml: str, summary: str,
-                   record: bool = True) -> None:
-    """Send the answer, after keeping it for a retry (`record`), with its log line, metrics
-    and trace."""
-    if record and hook.token:
-        await _record_reply(services, hook, twiml)
-    _observe(services, hook.trace, summary, time.perf_counter() - hook.started)
-    await hook.reply(200, twiml, TWIML)
-
-
-async def _record_reply(services: Services, hook: Webhook, twiml: str) -> None:
+async def _record_reply(services: Services, hook: Webhook, token: str, twiml: str) -> None:
     """Keep the answer for a retry of this webhook. A message's is written before the lock is
     released, since a retry may be waiting on the lock. A call's retry comes seconds later and
     its lookup queues behind this write on the same connection, so the answer does not wait."""
-    command = services.conversations.record_reply_command(hook.token, twiml)
+    command = services.conversations.record_reply_command(token, twiml)
     if hook.channel == "messaging":
         await best_effort(services.conversations.pipeline.execute(command), None, "retry record")
     else:
@@ -318,41 +278,51 @@ def _fallback_answer(services: Services, hook: Webhook, flow: Flow | None = None
 
 async def _answer_call(services: Services, hook: Webhook) -> tuple[str, str]:
     """A call, or an answer to a question: decided at once, or after a hold prompt when the
-    decision (a slow lookup) takes longer than `hold_after`. The decision runs here, in the
-    webhook's task (a task of its own, with its waiting, costs a cache-hit call a twentieth
-    of its CPU); a timer puts the caller on hold."""
+    decision (a slow lookup) takes longer than `hold_after`."""
     if hook.query.get("held") == "1":
         return await _held_decision(services, hook)
-    timer = asyncio.get_running_loop().call_later(services.hold.after, _put_on_hold, services,
-                                                  hook)
+    decision = asyncio.ensure_future(_decide_call(services, hook))
+    if await _done_within(decision, services.hold.after):
+        return decision.result()
+    services.held[hook.sid] = decision
+    decision.add_done_callback(lambda task: _keep_held_result(services, hook.sid, task))
+    return (render_hold(services.hold.prompt, services.urls.held()),
+            f"on hold after {services.hold.after:g} s while the decision finishes")
+
+
+async def _done_within(task: asyncio.Future[Any], seconds: float) -> bool:
+    """Whether `task` is done within `seconds` (left running if not). asyncio.wait does the
+    same with a set, a second future and two sets of callbacks: twice the CPU, on every call."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    timer = loop.call_later(seconds, wake)
+    task.add_done_callback(wake)
     try:
-        return await _decide_call(services, hook)
+        await waiter
     finally:
         timer.cancel()
+        task.remove_done_callback(wake)
+    return task.done()
 
 
-def _put_on_hold(services: Services, hook: Webhook) -> None:
-    """The decision takes longer than `hold_after`: answer with the hold prompt now, and keep
-    the decision, when it comes, for Twilio's redirect."""
-    hook.held = asyncio.get_running_loop().create_future()
-    services.held[hook.sid] = hook.held
-    hook.hold_reply = asyncio.ensure_future(_respond(
-        services, hook, render_hold(services.hold.prompt, services.urls.held()),
-        f"on hold after {services.hold.after:g} s while the decision finishes"))
-
-
-def _keep_held_result(services: Services, hook: Webhook, twiml: str, summary: str) -> None:
-    """A held call's decision: for the redirect, on this instance or (through Redis) another."""
-    assert hook.held is not None
-    hook.held.set_result((twiml, summary))
+def _keep_held_result(services: Services, sid: str, task: asyncio.Task[tuple[str, str]]) -> None:
+    """Publish a held call's decision for whichever instance Twilio's redirect reaches."""
     # The redirect takes it within seconds; a call hung up on hold never comes for it.
-    asyncio.get_running_loop().call_later(
-        HELD_TTL.total_seconds(), _forget_held, services, hook.sid, hook.held)
-    services.background(services.conversations.hold_result(hook.sid, twiml))
+    asyncio.get_running_loop().call_later(HELD_TTL.total_seconds(), _forget_held, services, sid,
+                                          task)
+    if task.cancelled() or task.exception() is not None:
+        return
+    twiml, _ = task.result()
+    services.background(services.conversations.hold_result(sid, twiml))
 
 
-def _forget_held(services: Services, sid: str, held: asyncio.Future[tuple[str, str]]) -> None:
-    if services.held.get(sid) is held:
+def _forget_held(services: Services, sid: str, task: asyncio.Task[tuple[str, str]]) -> None:
+    if services.held.get(sid) is task:
         del services.held[sid]
 
 
@@ -646,8 +616,7 @@ def _int(value: str | None) -> int | None:
 # --- reading and checking the request ---------------------------------------------------------
 
 async def _verified_webhook(scope: Scope, receive: Receive, headers: RequestHeaders,
-                            services: Services, endpoint: Endpoint, reply: Reply,
-                            started: float) -> Webhook:
+                            services: Services, endpoint: Endpoint) -> Webhook:
     pairs = parse_form(await _read_body(receive, headers, services.max_body_bytes))
     query = scope["query_string"].decode("latin-1")
     url = services.verifier.signed_url(
@@ -664,7 +633,7 @@ async def _verified_webhook(scope: Scope, receive: Receive, headers: RequestHead
     contact = Contact(address.removeprefix("whatsapp:"), address, channel)
     trace = CallTrace(endpoint.name, channel, sid, mask_number(address))
     return Webhook(channel, params, contact, sid, dict(parse_qsl(query, keep_blank_values=True)),
-                   trace, reply, started)
+                   trace)
 
 
 @functools.lru_cache(maxsize=1024)
