@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import xml.etree.ElementTree as ET
 
@@ -14,7 +15,7 @@ from starlette.datastructures import ImmutableMultiDict
 from twilio.request_validator import RequestValidator
 
 from tests import loyalty_api as L
-from tests.twilio_client import FakeTwilio, call_params, sign
+from tests.twilio_client import FakeTwilio, call_params, redirect_path
 
 GOLD_SIP = "sip:gold@queues.example.com"
 PLATINUM_SIP = "sip:platinum@queues.example.com"
@@ -198,8 +199,6 @@ def test_a_repeated_parameter_is_signed_and_accepted(twilio: FakeTwilio) -> None
 
 
 def test_200_concurrent_calls_are_each_routed_by_their_own_tier(twilio: FakeTwilio) -> None:
-    import asyncio
-
     expected = {L.GOLD: GOLD_SIP, L.PLATINUM: PLATINUM_SIP, L.UNKNOWN: STANDARD_SIP,
                 L.SLOW: GOLD_SIP, L.SILVER: STANDARD_SIP}
     callers = [list(expected)[i % len(expected)] for i in range(200)]
@@ -244,66 +243,53 @@ def test_holds_racing_their_decisions_each_still_answer_once_and_route(
     make_settings, start_server, hold_after: float
 ) -> None:
     """With hold_after about as long as the decisions of 120 calls at once, the hold timer and
-    the end of a decision race: a decision may finish just after its caller was put on hold,
-    before the prompt went out."""
-    import asyncio
-
+    the end of a decision race: a decision may finish in the same turn of the event loop as
+    its caller's hold timer."""
     twilio = FakeTwilio(start_server(make_settings(hold_after=hold_after)).url)
     expected = {L.GOLD: GOLD_SIP, L.PLATINUM: PLATINUM_SIP, L.UNKNOWN: STANDARD_SIP,
                 L.SLOW: GOLD_SIP}
-    callers = [list(expected)[i % len(expected)] for i in range(120)]
+    calls = [(caller, call_params(caller)) for caller in
+             (list(expected)[i % len(expected)] for i in range(120))]
 
-    async def place_all() -> list[httpx.Response]:
+    async def place_all() -> tuple[list[httpx.Response], list[httpx.Response]]:
         async with httpx.AsyncClient(timeout=30) as client:
-            async def place(index: int, caller: str) -> httpx.Response:
-                params = call_params(caller, CallSid=f"CA{index:032d}")
-                return await client.post(twilio.server + "/twilio/voice", data=params, headers={
-                    "X-Twilio-Signature": sign(twilio.url("/twilio/voice"), params)})
+            first = await asyncio.gather(*(
+                twilio.apost(client, "/twilio/voice", params, follow=False)
+                for _, params in calls))
+            # Twilio's redirect after the hold prompt, once every call has had its first answer.
+            routed = await asyncio.gather(*(
+                twilio.apost(client, redirect, params, follow=False)
+                if (redirect := redirect_path(answer)) is not None else asyncio.sleep(0, answer)
+                for answer, (_, params) in zip(first, calls)))
+        return first, routed
 
-            return await asyncio.gather(*(place(i, c) for i, c in enumerate(callers)))
-
-    answers = asyncio.run(place_all())
-    assert [a.status_code for a in answers] == [200] * len(callers), \
-        [a.text for a in answers if a.status_code != 200][:1]
-    assert any("<Redirect" in a.text for a in answers)  # the race was run
-    routed = asyncio.run(_follow_all(twilio, list(zip(answers, callers))))
-    assert [dialled(r) for r in routed] == [expected[c] for c in callers]
-
-
-async def _follow_all(twilio: FakeTwilio, answers: list[tuple[httpx.Response, str]]
-                      ) -> list[httpx.Response]:
-    """Each answer, or for a hold prompt the answer to its redirect, as Twilio would ask."""
-    import asyncio
-
-    async with httpx.AsyncClient(timeout=30) as client:
-        async def follow(index: int, first: httpx.Response, caller: str) -> httpx.Response:
-            if "<Redirect" not in first.text:
-                return first
-            params = call_params(caller, CallSid=f"CA{index:032d}")
-            path = "/twilio/voice?held=1"
-            return await client.post(twilio.server + path, data=params, headers={
-                "X-Twilio-Signature": sign(twilio.url(path), params)})
-
-        return await asyncio.gather(*(follow(i, first, caller)
-                                      for i, (first, caller) in enumerate(answers)))
+    first, routed = asyncio.run(place_all())
+    assert [a.status_code for a in first] == [200] * len(calls), \
+        [a.text for a in first if a.status_code != 200][:1]
+    assert any(redirect_path(a) for a in first)  # the race was run
+    assert [dialled(r) for r in routed] == [expected[caller] for caller, _ in calls]
 
 
 def test_a_held_decision_does_not_hold_up_the_next_call_on_the_same_connection(
     make_settings, start_server
 ) -> None:
-    """The held decision goes on in its webhook's request after the prompt was sent; the
-    connection Twilio keeps alive serves the next webhook meanwhile."""
+    """The held decision goes on after the prompt was sent; the connection Twilio keeps alive
+    serves the next webhook meanwhile."""
     twilio = FakeTwilio(start_server(make_settings(hold_after=0.3, decision_deadline=3)).url)
-    with httpx.Client(timeout=30, limits=httpx.Limits(max_connections=1)) as client:
-        def post(params: dict[str, str]) -> httpx.Response:
-            return client.post(twilio.server + "/twilio/voice", data=params, headers={
-                "X-Twilio-Signature": sign(twilio.url("/twilio/voice"), params)})
 
-        assert "<Redirect" in post(call_params(L.HANGS)).text
-        started = time.monotonic()
-        assert dialled(post(call_params(L.GOLD))) == GOLD_SIP
-        # Well before the held decision's deadline (3 s) ends it.
-        assert time.monotonic() - started < 2
+    async def two_calls() -> float:
+        limits = httpx.Limits(max_connections=1)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+            held = await twilio.apost(client, "/twilio/voice", call_params(L.HANGS),
+                                      follow=False)
+            assert redirect_path(held) is not None
+            started = time.monotonic()
+            assert dialled(await twilio.apost(client, "/twilio/voice",
+                                              call_params(L.GOLD))) == GOLD_SIP
+            return time.monotonic() - started
+
+    # Well before the held decision's deadline (3 s) ends it.
+    assert asyncio.run(two_calls()) < 2
 
 
 def test_a_quick_decision_never_holds(make_settings, start_server) -> None:

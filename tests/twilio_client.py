@@ -63,15 +63,14 @@ class FakeTwilio:
             return self.post(redirect, params, follow=False, **kwargs)
         return response
 
-    async def apost(self, client: httpx.AsyncClient, path: str, params: dict[str, str]
-                    ) -> httpx.Response:
-        """`post` on an async client, following a hold's <Redirect> as Twilio does."""
+    async def apost(self, client: httpx.AsyncClient, path: str, params: dict[str, str],
+                    follow: bool = True) -> httpx.Response:
+        """`post` on an async client (its connections kept alive)."""
         response = await client.post(self.server + path, data=params, headers={
             "X-Twilio-Signature": sign(self.url(path), params, self.token)})
         redirect = redirect_path(response)
-        if redirect is not None:
-            return await client.post(self.server + redirect, data=params, headers={
-                "X-Twilio-Signature": sign(self.url(redirect), params, self.token)})
+        if follow and redirect is not None:
+            return await self.apost(client, redirect, params, follow=False)
         return response
 
     def call(self, caller: str, **extra: str) -> httpx.Response:
