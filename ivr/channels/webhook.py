@@ -632,8 +632,9 @@ async def _verified_webhook(scope: Scope, receive: Receive, headers: RequestHead
     channel = endpoint.channel
     contact = Contact(address.removeprefix("whatsapp:"), address, channel)
     trace = CallTrace(endpoint.name, channel, sid, mask_number(address))
-    return Webhook(channel, params, contact, sid, dict(parse_qsl(query, keep_blank_values=True)),
-                   trace)
+    # A call's first webhook has no query: only redirects and answers carry one.
+    query_params = dict(parse_qsl(query, keep_blank_values=True)) if query else {}
+    return Webhook(channel, params, contact, sid, query_params, trace)
 
 
 @functools.lru_cache(maxsize=1024)

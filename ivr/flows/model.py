@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Annotated, Any, Union
@@ -151,10 +152,11 @@ class Flow(BaseModel):
             for step in self.steps.values() for compiled in _compiled_in(step))
         return self
 
-    @property
+    @functools.cached_property
     def reads_contact_memory(self) -> bool:
         """Whether a template or condition reads what the contact memory holds (is_returning,
-        first_seen, a saved field...): only then is the memory loaded for a visit."""
+        first_seen, a saved field...): only then is the memory loaded for a visit. Cached: a
+        private attribute is read through pydantic's `__getattr__` on every call."""
         return self._reads_contact_memory
 
     @property

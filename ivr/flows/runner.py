@@ -3,10 +3,10 @@ always with an outcome."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
+from ivr.deadline import until
 from ivr.flows.actions import Action, RouteToQueue
 from ivr.flows.model import Flow
 from ivr.flows.step import WAIT, Run, StepResult
@@ -44,14 +44,7 @@ async def run_flow(
     reason = None
     waiting_at = None
     try:
-        async with asyncio.timeout_at(run.deadline):
-            if resume_at is None:
-                waiting_at = await _walk(flow, run, start_at or flow.start_step)
-            else:
-                run.current_step = resume_at
-                run.trace.append(resume_at)
-                result = await flow.step(resume_at).resume(run, answer)
-                waiting_at = await _walk(flow, run, result)
+        waiting_at = await until(run.deadline, _advance(flow, run, resume_at, answer, start_at))
     except TimeoutError:
         reason = "deadline"
     except Exception as exc:  # a flow must never leave a contact without a route
@@ -63,6 +56,16 @@ async def run_flow(
         waiting_at = None
         run.emit(RouteToQueue(flow.fallback_queue, _fallback_note(run)))
     return Outcome(run.actions, run.trace, reason, waiting_at)
+
+
+async def _advance(flow: Flow, run: Run, resume_at: str | None, answer: str | None,
+                   start_at: str | None) -> str | None:
+    if resume_at is None:
+        return await _walk(flow, run, start_at or flow.start_step)
+    run.current_step = resume_at
+    run.trace.append(resume_at)
+    result = await flow.step(resume_at).resume(run, answer)
+    return await _walk(flow, run, result)
 
 
 async def _walk(flow: Flow, run: Run, result: StepResult) -> str | None:

@@ -20,6 +20,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from ivr.autopipeline import AutoPipeline
+from ivr.deadline import within
 from ivr.jsonfast import compact_json
 from ivr.metrics import BREAKER_STATE, FETCH_CACHE, labelled
 
@@ -178,8 +179,7 @@ class Upstreams:
         if self.pipeline is None:
             return None
         try:
-            async with asyncio.timeout(CACHE_TIMEOUT):
-                [raw] = await self.pipeline.execute(("GET", f"ivr:fetch:{key}"))
+            [raw] = await within(CACHE_TIMEOUT, self.pipeline.execute(("GET", f"ivr:fetch:{key}")))
         except (RedisError, OSError, TimeoutError):
             return None  # the cache is an optimisation: go to the upstream
         if not raw:
