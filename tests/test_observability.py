@@ -172,6 +172,39 @@ def test_metrics_count_webhook_latency_routes_and_signature_rejections(
     assert grew("ivr_signature_rejections_total", endpoint="voice") == 1
 
 
+def test_a_route_decided_after_the_hold_prompt_is_counted_once_and_traced(
+    make_settings: Callable[..., Settings], start_server: Callable[[Settings], ServerThread],
+) -> None:
+    server = start_server(make_settings(admin_token=ADMIN, hold_after=0.3, decision_deadline=1.5))
+    twilio = FakeTwilio(server.url)
+    params = call_params(L.HANGS)
+    sid = params["CallSid"]
+    before = httpx.get(server.url + "/metrics").text
+    held = twilio.post("/twilio/voice", params, follow=False)
+    assert "<Redirect" in held.text
+    # The decision goes on: the API hangs, the deadline routes to the fallback queue.
+    assert "sip:standard@" in twilio.post("/twilio/voice?held=1", params, follow=False).text
+
+    def routed() -> float:
+        after = httpx.get(server.url + "/metrics").text
+        return (sample(after, "ivr_routes_total", channel="voice", flow="loyalty_routing",
+                       queue="standard")
+                - sample(before, "ivr_routes_total", channel="voice", flow="loyalty_routing",
+                         queue="standard"))
+
+    assert routed() == 1
+    entries = eventually(lambda: (found := traces(server, sid=sid)) and len(found) >= 3 and found)
+    decided = [entry for entry in entries if entry["summary"].startswith("decided after")]
+    assert len(decided) == 1, [entry["summary"] for entry in entries]
+    assert decided[0]["route"] == "standard" and decided[0]["flow"] == "loyalty_routing"
+    assert decided[0]["steps"][0] == "lookup"
+    assert decided[0]["fetches"]["lookup"]["outcome"] == "timeout"
+    assert decided[0]["duration_ms"] >= 1000  # from the call's arrival to the decision
+    assert any(entry["summary"].startswith("on hold") for entry in entries)
+    time.sleep(0.3)
+    assert routed() == 1  # the redirect that took the decision did not count it again
+
+
 def test_metrics_count_fetches_cache_hits_and_the_breaker_opening(
     make_settings: Callable[..., Settings], start_server: Callable[[Settings], ServerThread],
 ) -> None:

@@ -231,8 +231,13 @@ async def _record_reply(services: Services, hook: Webhook, token: str, twiml: st
 
 def _observe(services: Services, trace: CallTrace, summary: str, seconds: float) -> None:
     """The webhook's log line, its metrics and its stored trace (written in the background)."""
-    trace.finish(summary, seconds)
     _webhook_seconds(trace.endpoint).observe(seconds)
+    _record(services, trace, summary, seconds)
+
+
+def _record(services: Services, trace: CallTrace, summary: str, seconds: float) -> None:
+    """What was decided: the log line, the route counted, the stored trace."""
+    trace.finish(summary, seconds)
     if trace.decided:
         _routes(trace.channel, trace.flow, trace.route).inc()
     if log.isEnabledFor(logging.INFO):
@@ -285,7 +290,7 @@ async def _answer_call(services: Services, hook: Webhook) -> tuple[str, str]:
     if await _done_within(decision, services.hold.after):
         return decision.result()
     services.held[hook.sid] = decision
-    decision.add_done_callback(lambda task: _keep_held_result(services, hook.sid, task))
+    decision.add_done_callback(lambda task: _keep_held_result(services, hook, task))
     return (render_hold(services.hold.prompt, services.urls.held()),
             f"on hold after {services.hold.after:g} s while the decision finishes")
 
@@ -310,15 +315,19 @@ async def _done_within(task: asyncio.Future[Any], seconds: float) -> bool:
     return task.done()
 
 
-def _keep_held_result(services: Services, sid: str, task: asyncio.Task[tuple[str, str]]) -> None:
-    """Publish a held call's decision for whichever instance Twilio's redirect reaches."""
+def _keep_held_result(services: Services, hook: Webhook,
+                      task: asyncio.Task[tuple[str, str]]) -> None:
+    """Publish a held call's decision for whichever instance Twilio's redirect reaches, and
+    record it here, where it was made: the webhook's own record was of the hold prompt."""
     # The redirect takes it within seconds; a call hung up on hold never comes for it.
-    asyncio.get_running_loop().call_later(HELD_TTL.total_seconds(), _forget_held, services, sid,
-                                          task)
+    asyncio.get_running_loop().call_later(HELD_TTL.total_seconds(), _forget_held, services,
+                                          hook.sid, task)
     if task.cancelled() or task.exception() is not None:
         return
-    twiml, _ = task.result()
-    services.background(services.conversations.hold_result(sid, twiml))
+    twiml, summary = task.result()
+    services.background(services.conversations.hold_result(hook.sid, twiml))
+    _record(services, hook.trace, f"decided after the hold prompt: {summary}",
+            time.time() - hook.trace.at)
 
 
 def _forget_held(services: Services, sid: str, task: asyncio.Task[tuple[str, str]]) -> None:
