@@ -7,6 +7,7 @@ ones about what only `HttptoolsClient` promises take `httptools_trial`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
 import string
 import time
@@ -34,8 +35,9 @@ JSON = b'{"tier": "gold"}'
 class Request:
     method: str
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # the last value of a repeated header
     body: bytes
+    names: list[str]  # every header's name, lower-cased, repeats included
 
 
 def response(status: int, body: bytes = b"", *headers: str) -> bytes:
@@ -96,10 +98,11 @@ class LoopbackServer:
         """Answer one request; False when the connection is to be closed."""
         request_line, *lines = (await reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
         method, path, _ = request_line.split(" ")
-        headers = {name.lower(): value.strip()
-                   for name, _, value in (line.partition(":") for line in lines if line)}
+        fields = [(name.lower(), value.strip())
+                  for name, _, value in (line.partition(":") for line in lines if line)]
+        headers = dict(fields)
         body = await reader.readexactly(int(headers.get("content-length", 0)))
-        self.requests.append(Request(method, path, headers, body))
+        self.requests.append(Request(method, path, headers, body, [name for name, _ in fields]))
         if writer in self._last:
             return False
         route = path.partition("?")[0]
@@ -292,6 +295,55 @@ def test_the_host_header_names_the_port(trial: Trial) -> None:
 
     host, port = trial.run(scenario)
     assert host == f"127.0.0.1:{port}"
+
+
+def sent_get(trial: Trial, headers: dict[str, str], credentials: str = "") -> Request:
+    """The GET /json that `trial`'s client sends with `headers` (and `credentials` in its URL),
+    as the server read it."""
+    async def scenario(server: LoopbackServer, http: Client) -> Request:
+        url = f"http://{credentials}127.0.0.1:{server.port}/json"
+        assert await http.send("GET", url, headers, None, 2.0, MAX_BYTES) == HttpReply(200, JSON)
+        return server.requests[0]
+
+    return trial.run(scenario)
+
+
+def test_credentials_in_the_url_go_out_as_basic_authorization(trial: Trial) -> None:
+    request = sent_get(trial, {}, credentials="api%20user:p%40ss:w@")
+    assert request.headers["authorization"] == "Basic " + base64.b64encode(
+        b"api user:p@ss:w").decode()
+    assert request.headers["host"].startswith("127.0.0.1:")  # no credentials in it
+
+
+def test_a_flows_host_header_replaces_the_clients(trial: Trial) -> None:
+    request = sent_get(trial, {"Host": "loyalty.internal"})
+    assert request.headers["host"] == "loyalty.internal"
+    assert request.names.count("host") == 1
+
+
+def test_a_flows_authorization_header_wins_over_credentials_in_the_url(
+        httptools_trial: Trial) -> None:
+    """aiohttp refuses the two together; a flow that sets the header means it."""
+    request = sent_get(httptools_trial, {"Authorization": "Bearer t"}, credentials="user:secret@")
+    assert request.headers["authorization"] == "Bearer t"
+    assert request.names.count("authorization") == 1
+
+
+def test_a_flows_framing_headers_are_dropped_and_the_body_framed_right(
+        httptools_trial: Trial) -> None:
+    """A wrong Content-Length, or a Transfer-Encoding the body does not follow, would put the
+    kept-alive connection out of step: the next request would be read as this one's rest."""
+    async def scenario(server: LoopbackServer, http: Client) -> list[Request]:
+        framing = {"Content-Length": "999", "Transfer-Encoding": "chunked"}
+        for body in (b'{"a": 1}', b'{"b": 22}'):
+            reply = await http.send("POST", server.url + "/json", framing, body, 2.0, MAX_BYTES)
+            assert reply == HttpReply(200, JSON)
+        return server.requests
+
+    first, second = httptools_trial.run(scenario)
+    assert (first.body, second.body) == (b'{"a": 1}', b'{"b": 22}')
+    assert first.headers["content-length"] == "8" and "transfer-encoding" not in first.headers
+    assert first.names.count("content-length") == 1
 
 
 def test_a_path_with_spaces_or_non_ascii_goes_out_percent_encoded(trial: Trial) -> None:
