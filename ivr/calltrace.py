@@ -139,6 +139,7 @@ class CallTraces:
         self._ids = itertools.count()
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._closing = False
         self._failing = False
 
     @property
@@ -150,10 +151,17 @@ class CallTraces:
             self._writer = asyncio.create_task(self._write_loop(), name="ivr-call-traces")
 
     async def close(self) -> None:
-        """Stop writing, after one last try at what is still queued."""
+        """Stop writing, after one last try at what is still queued (a write cut short
+        included)."""
         if self._writer is None:
             return
+        self._closing = True
         self._writer.cancel()
+        # A cancellation that lands while redis-py runs the write can be swallowed there (the
+        # write then completes): the writer, back in its loop, sees `_closing` and returns.
+        # Without this, shutdown waited for it forever, in about half of the closes that came
+        # during a write.
+        self._wake.set()
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
         self._writer = None
@@ -174,15 +182,16 @@ class CallTraces:
             self._wake.set()
 
     async def _write_loop(self) -> None:
-        while True:
+        while not self._closing:
             await self._wake.wait()
             await asyncio.sleep(WRITE_INTERVAL)
             self._wake.clear()
-            if not await self._write_pending():
+            if not await self._write_pending() and not self._closing:
                 await asyncio.sleep(RETRY_PAUSE)
 
     async def _write_pending(self) -> bool:
-        batch = dict((entry, score) for score, entry in self._pending)
+        queued = list(self._pending)
+        batch = dict((entry, score) for score, entry in queued)
         self._pending.clear()
         now = time.time()
         try:
@@ -193,6 +202,9 @@ class CallTraces:
                     pipe.zremrangebyrank(CALLS_KEY, 0, -self.max_entries - 1)
                     pipe.expire(CALLS_KEY, self.ttl)
                     await pipe.execute()
+        except asyncio.CancelledError:  # closing: close()'s last try writes them (ZADD again
+            self._pending.extendleft(reversed(queued))  # is harmless if they got there)
+            raise
         except (RedisError, OSError, TimeoutError) as exc:
             CALL_TRACES_DROPPED.inc(len(batch))
             if not self._failing:
