@@ -220,6 +220,7 @@ class Store:
         self._loaded = False
         self._config_version: str | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._closing = False
         self._following = False
 
     # --- life cycle -------------------------------------------------------------------------
@@ -234,6 +235,10 @@ class Store:
         self._listener = asyncio.create_task(self._listen(), name="ivr-queue-invalidation")
 
     async def close(self) -> None:
+        # redis-py can swallow a cancellation that lands during one of its commands (the
+        # listener's refresh, say): the listener also stops on `_closing`. Without it, close(),
+        # and a server's shutdown with it, waited forever when it came during a refresh.
+        self._closing = True
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -312,7 +317,7 @@ class Store:
 
     async def _listen(self) -> None:
         backoff = 0.1
-        while True:
+        while not self._closing:
             try:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(CHANGED_CHANNEL)
@@ -321,7 +326,7 @@ class Store:
                     if not self._following:
                         log.info("queue updates: store reachable again")
                     self._set_following(True)
-                    while True:
+                    while not self._closing:
                         message = await pubsub.get_message(timeout=RECHECK_INTERVAL)
                         if message is not None:
                             if message["data"] != self._config_version:
@@ -336,6 +341,8 @@ class Store:
                                 "configuration seen, retrying", type(exc).__name__)
             except Exception:  # whatever it was, this process must keep following changes
                 log.exception("queue updates: unexpected error; retrying")
+            if self._closing:
+                break
             self._set_following(False)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import TypeVar
 
 import pytest
 import redis
+import redis.asyncio
 
 from ivr.queues import Queue, QueueConfig
 from ivr.store import (
@@ -316,3 +318,42 @@ def test_a_record_with_a_bad_version_does_not_stop_a_process_following_changes(
             await reader.close()
 
     with_store(redis_url, body)
+
+
+def test_closing_a_store_while_it_follows_a_stream_of_changes_never_hangs(redis_url: str) -> None:
+    """The listener refreshes on every change; a close that lands in a refresh (redis-py can
+    swallow the cancellation there) must still end it. Before the fix 24 closes in 30 waited
+    forever, and a server's shutdown with them."""
+
+    async def change(publisher: redis.asyncio.Redis, stop: asyncio.Event) -> None:
+        version = 0
+        while not stop.is_set():
+            version += 1
+            await publisher.publish(CHANGED_CHANNEL, f"v{version}")
+            await asyncio.sleep(0)
+
+    async def close_while_changing(rounds: int) -> int:
+        hung = 0
+        publisher = connect(redis_url)
+        for i in range(rounds):
+            store = Store(connect(redis_url))
+            if i == 0:
+                await store.seed_queues(config(gold="sip:gold@example.com"))
+            await store.start()
+            stop = asyncio.Event()
+            changes = asyncio.ensure_future(change(publisher, stop))
+            await asyncio.sleep(0.05 + (i % 5) * 0.02)
+            done, _ = await asyncio.wait({asyncio.ensure_future(store.close())}, timeout=5)
+            hung += not done
+            stop.set()
+            await changes
+        await publisher.aclose()
+        return hung
+
+    # In a thread of its own: before the fix, the hung listeners kept asyncio.run from ending.
+    hung: list[int] = []
+    runner = threading.Thread(target=lambda: hung.append(asyncio.run(close_while_changing(15))),
+                              daemon=True)
+    runner.start()
+    runner.join(120)
+    assert hung == [0]
