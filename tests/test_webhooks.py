@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import xml.etree.ElementTree as ET
-
+from datetime import timedelta
 from urllib.parse import urlencode
 
 import httpx
@@ -228,6 +228,27 @@ def test_a_slow_decision_puts_the_caller_on_hold_and_finishes_on_the_redirect(
     # The hold prompt itself is the proof that the caller heard something before the decision.
     decided = twilio.post("/twilio/voice?held=1", params, follow=False)
     assert dialled(decided) == STANDARD_SIP
+
+
+def test_a_held_decision_never_fetched_is_forgotten_and_a_late_redirect_still_gets_it(
+    make_settings, start_server, monkeypatch
+) -> None:
+    """A caller who hangs up on hold never comes for the decision: the process lets go of it
+    after HELD_TTL (it would otherwise keep every such call's task for its whole life), and a
+    redirect that comes after all is answered from the decision kept in Redis."""
+    monkeypatch.setattr("ivr.channels.webhook.HELD_TTL", timedelta(seconds=0.5))
+    server = start_server(make_settings(hold_after=0.3, decision_deadline=1.0))
+    twilio = FakeTwilio(server.url)
+    held: dict[str, object] = server.server.config.app.state.services.held
+    params = call_params(L.HANGS)
+    assert "<Redirect" in twilio.post("/twilio/voice", params, follow=False).text
+    assert params["CallSid"] in held  # the decision goes on, in this process
+    give_up = time.monotonic() + 15
+    while params["CallSid"] in held and time.monotonic() < give_up:
+        time.sleep(0.05)
+    # Decided at the deadline (1 s), then forgotten 0.5 s later.
+    assert params["CallSid"] not in held
+    assert dialled(twilio.post("/twilio/voice?held=1", params, follow=False)) == STANDARD_SIP
 
 
 def test_the_redirect_after_a_hold_may_reach_another_instance(make_settings, start_server):
