@@ -34,7 +34,7 @@ def api(make_settings, start_server) -> httpx.Client:
 @pytest.mark.parametrize(
     ("method", "path"),
     [("GET", "/queues"), ("GET", "/queues/gold"), ("PUT", "/queues/gold"),
-     ("DELETE", "/queues/gold"), ("GET", "/queues/gold/history"),
+     ("PATCH", "/queues/gold"), ("DELETE", "/queues/gold"), ("GET", "/queues/gold/history"),
      ("POST", "/queues/gold/rollback"), ("GET", "/audit"), ("GET", "/calls")],
 )
 def test_every_route_needs_the_admin_token(api: httpx.Client, headers, method, path) -> None:
@@ -93,6 +93,78 @@ def test_a_get_body_can_be_put_back_unchanged(api: httpx.Client) -> None:
     gold = api.get("/queues/gold").json()
     response = api.put("/queues/gold", json=gold, headers={"If-Match": '"v1"'})
     assert response.status_code == 200 and response.json()["version"] == 2
+
+
+def test_patch_changes_the_fields_given_keeps_the_others_and_the_next_call_uses_it(
+    api: httpx.Client,
+) -> None:
+    before = api.get("/queues/gold").json()
+    response = api.patch("/queues/gold", json={"sip_uri": "sip:gold@pbx2.example.com"},
+                         headers={"X-IVR-Actor": "alice"})
+    assert response.status_code == 200, response.text
+    assert response.headers["etag"] == '"v2"'
+    after = response.json()
+    assert after == {**before, "sip_uri": "sip:gold@pbx2.example.com", "version": 2,
+                     "updated_at": after["updated_at"], "updated_by": "alice (admin token)"}
+    assert after["message_to"] == "+15550100101"  # kept, where a PUT would have cleared it
+    twiml = FakeTwilio(api.server_url).call(L.GOLD).text  # type: ignore[attr-defined]
+    assert "<Sip>sip:gold@pbx2.example.com</Sip>" in twiml
+    entry = api.get("/audit").json()["entries"][0]
+    assert (entry["action"], entry["queue"], entry["version"]) == ("update", "gold", 2)
+    assert entry["old"]["message_to"] == entry["new"]["message_to"] == "+15550100101"
+    # null: back to the default; If-Match as with PUT.
+    cleared = api.patch("/queues/gold", json={"message_to": None, "fallback_sip_uris": [
+        "sip:gold2@pbx2.example.com"]}, headers={"If-Match": '"v2"'})
+    assert cleared.status_code == 200, cleared.text
+    assert cleared.json()["message_to"] is None
+    assert cleared.json()["sip_uri"] == "sip:gold@pbx2.example.com"
+    assert cleared.json()["fallback_sip_uris"] == ["sip:gold2@pbx2.example.com"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "status"),
+    [("/queues/nope", {"sip_uri": "sip:a@b.com"}, {}, 404),
+     ("/queues/gold", {"sip_uri": "http://not-sip"}, {}, 422),
+     ("/queues/gold", {"sip_uri": None}, {}, 422),
+     ("/queues/gold", {"colour": "red"}, {}, 422),
+     ("/queues/gold", {"name": "platinum"}, {}, 422),
+     ("/queues/gold", {"overflow": "nope"}, {}, 422),
+     ("/queues/gold", ["sip:a@b.com"], {}, 422),
+     ("/queues/gold", {"sip_uri": "sip:a@b.com"}, {"If-Match": '"v7"'}, 412),
+     ("/queues/gold", {"sip_uri": "sip:a@b.com"}, {"If-None-Match": "*"}, 412)],
+    ids=["unknown", "bad-uri", "no-uri", "unknown-field", "other-name", "bad-overflow",
+         "not-an-object", "stale", "must-not-exist"],
+)
+def test_a_refused_patch_changes_nothing(api: httpx.Client, path, body, headers,
+                                         status) -> None:
+    response = api.patch(path, json=body, headers=headers)
+    assert response.status_code == status, response.text
+    assert api.get("/queues/gold").json()["version"] == 1
+    assert api.get("/queues/nope").status_code == 404
+    assert api.get("/audit").json()["total"] == 0
+    malformed = api.patch("/queues/gold", content=b'{"sip_uri": ',
+                          headers={"Content-Type": "application/json"})
+    assert malformed.status_code == 400
+
+
+def test_patches_racing_without_if_match_all_land_none_overwritten(api: httpx.Client) -> None:
+    """Each patch changes one field; made together, every one is applied on top of the others
+    (a patch that lost the race for a version is applied again), none undoes another."""
+    patches = [{"display_name": "Gold members (24/7)"}, {"message_to": "+15550100199"},
+               {"fallback_sip_uris": ["sip:gold2@queues.example.com"]},
+               {"sip_uri": "sip:gold@pbx2.example.com"}, {"overflow": "standard"}]
+
+    async def send_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=str(api.base_url), headers=AUTH,
+                                     timeout=30) as client:
+            return await asyncio.gather(*(client.patch("/queues/gold", json=patch)
+                                          for patch in patches))
+
+    assert [r.status_code for r in asyncio.run(send_all())] == [200] * len(patches)
+    gold = api.get("/queues/gold").json()
+    for patch in patches:
+        assert {k: gold[k] for k in patch} == patch
+    assert gold["version"] == 1 + len(patches)
 
 
 def test_a_stale_if_match_gets_412_and_changes_nothing(api: httpx.Client) -> None:
@@ -241,7 +313,7 @@ def test_the_openapi_document_describes_every_route(api: httpx.Client) -> None:
     assert document["openapi"].startswith("3.")
     assert set(document["paths"]) == {"/queues", "/queues/{name}", "/queues/{name}/history",
                                       "/queues/{name}/rollback", "/audit", "/calls"}
-    assert set(document["paths"]["/queues/{name}"]) >= {"get", "put", "delete"}
+    assert set(document["paths"]["/queues/{name}"]) >= {"get", "put", "patch", "delete"}
     assert "sip_uri" in document["components"]["schemas"]["QueueInput"]["properties"]
     # The queue names it documents are the ones the API takes.
     pattern = document["paths"]["/queues/{name}"]["parameters"][0]["schema"]["pattern"]

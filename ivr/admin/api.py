@@ -36,6 +36,8 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_AUDIT_PAGE = 1000
 MAX_CALLS_PAGE = 1000
 MAX_OFFSET = 10**9
+# A patch without If-Match is applied again on top of a change made meanwhile, this many times.
+PATCH_ATTEMPTS = 10
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -154,6 +156,37 @@ async def put_queue(request: Request) -> Response:
 
 
 @admin_only
+async def patch_queue(request: Request) -> Response:
+    """Change some of an existing queue's fields, keeping the others (a JSON merge patch, RFC
+    7396: a field set to null goes back to its default). Without If-Match, a change made by
+    someone else meanwhile is merged with, never overwritten: the patch is applied again on top."""
+    name = request.path_params["name"]
+    patch = await json_body(request)
+    if not isinstance(patch, dict):
+        raise field_errors("the body must be a JSON object", "")
+    precondition = if_match_version(request)
+    store = store_of(request)
+    for _ in range(PATCH_ATTEMPTS):
+        current = await store.record(name)
+        if current is None:
+            raise QueueNotFound(f"queue {name!r}")
+        fields = {**current.queue.model_dump(mode="json"), **patch}
+        queue = queue_from_input(name, {k: v for k, v in fields.items() if v is not None})
+        try:
+            record, _ = await store.put(name, queue, who(request),
+                                        precondition or str(current.version))
+        except InvalidChange as exc:
+            raise field_errors(str(exc), "overflow") from None
+        except StaleVersion:
+            if precondition is not None:
+                raise
+            continue
+        log.info("queue %s patched by %s: version %d", name, record.updated_by, record.version)
+        return record_response(record)
+    raise Busy(f"queue {name!r} is changing too fast to patch; try again")
+
+
+@admin_only
 async def delete_queue(request: Request) -> Response:
     name = request.path_params["name"]
     services = request.app.state.services
@@ -232,6 +265,7 @@ routes = [
     Route("/queues", list_queues, methods=["GET"]),
     Route("/queues/{name}", get_queue, methods=["GET"]),
     Route("/queues/{name}", put_queue, methods=["PUT"]),
+    Route("/queues/{name}", patch_queue, methods=["PATCH"]),
     Route("/queues/{name}", delete_queue, methods=["DELETE"]),
     Route("/queues/{name}/history", queue_history, methods=["GET"]),
     Route("/queues/{name}/rollback", rollback_queue, methods=["POST"]),

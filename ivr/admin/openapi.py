@@ -65,6 +65,20 @@ def openapi_document() -> dict[str, Any]:
                                       "400": _error("The body is not JSON"), "401": unauthorized,
                                       "412": _error("If-Match is not the current version"),
                                       "422": _error("A field is invalid")}},
+                "patch": {"summary": "Change some of a queue's fields, keeping the others",
+                          "description": "A JSON merge patch (RFC 7396): the fields given "
+                                         "replace the queue's, a field set to null goes back "
+                                         "to its default. Without If-Match, a change made "
+                                         "meanwhile is kept and the patch applied on top.",
+                          "operationId": "patchQueue", "parameters": [if_match],
+                          "requestBody": {"required": True, "content": {
+                              "application/merge-patch+json": {"schema": {"type": "object"}},
+                              "application/json": {"schema": {"type": "object"}}}},
+                          "responses": {"200": one_record,
+                                        "400": _error("The body is not JSON"),
+                                        "401": unauthorized, "404": _error("No such queue"),
+                                        "412": _error("If-Match is not the current version"),
+                                        "422": _error("A field is invalid")}},
                 "delete": {"summary": "Delete a queue", "operationId": "deleteQueue",
                            "parameters": [if_match],
                            "responses": {"204": {"description": "Deleted"}, "401": unauthorized,
