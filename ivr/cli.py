@@ -100,7 +100,6 @@ def main(argv: list[str] | None = None) -> int:
 def _add_queue_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     queues = commands.add_parser(
         "queues", help="see and change the live queues through a running server's admin API")
-    _add_admin_options(queues)
     actions = queues.add_subparsers(dest="queue_command", required=True)
     actions.add_parser("list", help="every queue and where it sends calls")
     actions.add_parser("show", help="one queue").add_argument("name")
@@ -118,14 +117,21 @@ def _add_queue_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     rollback.add_argument("version", type=int)
     export = actions.add_parser("export", help="print the live configuration as queues.yaml")
     export.add_argument("--output", "-o", help="write to this file instead of stdout")
+    _add_admin_options(queues, actions)
     queues.set_defaults(handler=_queues)
 
 
-def _add_admin_options(parser: argparse.ArgumentParser) -> None:
-    """How a command finds a running server's admin API."""
-    parser.add_argument("--server", help="the server (default: IVR_ADMIN_URL, else "
-                        "http://127.0.0.1:8000)")
-    parser.add_argument("--token", help="the admin token (default: IVR_ADMIN_TOKEN)")
+def _add_admin_options(parser: argparse.ArgumentParser,
+                       actions: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """How a command finds a running server's admin API: before its action or after it
+    (`ivr queues --server URL list` and `ivr queues list --server URL`)."""
+    for where, default in ((parser, None), *((a, argparse.SUPPRESS)
+                                             for a in actions.choices.values())):
+        # SUPPRESS: an action that is not given the option leaves the command's value alone.
+        where.add_argument("--server", default=default, help="the server (default: "
+                           "IVR_ADMIN_URL, else http://127.0.0.1:8000)")
+        where.add_argument("--token", default=default,
+                           help="the admin token (default: IVR_ADMIN_TOKEN)")
 
 
 def _admin_client(args: argparse.Namespace, settings: Settings) -> AdminClient:
@@ -180,7 +186,6 @@ def _queue_command(client: AdminClient, args: argparse.Namespace) -> str:
 def _add_call_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     calls = commands.add_parser(
         "calls", help="recent call traces (steps, fetches, route) from a running server")
-    _add_admin_options(calls)
     actions = calls.add_subparsers(dest="calls_command", required=True)
     tail = actions.add_parser("tail", help="the latest calls and messages, oldest first")
     tail.add_argument("-n", "--lines", type=int, default=20, metavar="N",
@@ -189,6 +194,7 @@ def _add_call_commands(commands: argparse._SubParsersAction) -> None:  # type: i
                       help="then print new ones as they come (every second) until Ctrl-C")
     tail.add_argument("--sid", help="only this CallSid or MessageSid")
     tail.add_argument("--json", action="store_true", help="one JSON object a line")
+    _add_admin_options(calls, actions)
     calls.set_defaults(handler=_calls)
 
 

@@ -60,8 +60,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     sim.add_argument("--channel", choices=["voice", "messaging"], required=True)
     sim.add_argument("--from", dest="from_number", required=True, metavar="NUMBER",
                      help="the contact, e.g. +15551234567 or whatsapp:+15551234567")
-    sim.add_argument("--to", dest="to_number", default=DEFAULT_TO_NUMBER, metavar="NUMBER",
-                     help="the number called or written to (default %(default)s)")
+    sim.add_argument("--to", dest="to_number", metavar="NUMBER",
+                     help="the number called or written to (default: the flow's first trigger "
+                     f"number, else {DEFAULT_TO_NUMBER})")
     sim.add_argument("--body", help="messaging: the first message (params.Body)")
     sim.add_argument("--input", dest="inputs", action="append", default=[], metavar="TEXT",
                      help="an answer, given while the flow waits (repeatable, in order)")
@@ -220,9 +221,10 @@ def simulate_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.channel not in flow.trigger.channels:
         print(f"ivr: note: flow {flow.name} is not triggered on {args.channel}; simulating anyway",
               file=sys.stderr)
+    to_number = args.to_number or next(iter(flow.trigger.numbers), DEFAULT_TO_NUMBER)
     try:
         simulation = asyncio.run(simulate(
-            flow, args.channel, args.from_number, args.to_number, queues=queues, body=args.body,
+            flow, args.channel, args.from_number, to_number, queues=queues, body=args.body,
             inputs=args.inputs, mocks=mocks, now=now, memory=memory,
             settings=flow_settings(settings), deadline=settings.decision_deadline))
     except MockError as exc:
@@ -313,6 +315,9 @@ def describe(simulation: Simulation, queues: dict[str, Queue]) -> str:
         lines.append("route: none (the flow ended)")
     if simulation.unused_inputs:
         lines.append(f"inputs not used (the flow had stopped waiting): {simulation.unused_inputs}")
+    for mock in simulation.unused_mocks:
+        lines.append(f"! --mock {mock} was never requested: the flow's requests are the `http:` "
+                     "lines above (the base URL is IVR_LOYALTY_API_URL's)")
     return "\n".join(lines)
 
 

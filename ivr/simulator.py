@@ -66,6 +66,12 @@ class HttpMocks:
     def __init__(self, mocks: Mapping[str, Any]) -> None:
         self._answers = {_request_key(key): _answer(key, spec) for key, spec in mocks.items()}
         self.log: list[dict[str, Any]] = []
+        self.requested: set[tuple[str, str]] = set()
+
+    def unused(self) -> list[str]:
+        """The mocks no request asked for (a mistyped URL, or another base URL)."""
+        return [f"{method} {url}" for method, url in self._answers
+                if (method, url) not in self.requested]
 
     async def send(self, method: str, url: str, headers: Mapping[str, str],
                    content: bytes | None, timeout: float, max_bytes: int) -> HttpReply:
@@ -76,6 +82,7 @@ class HttpMocks:
             raise HttpConnectionError(f"invalid URL: {exc}") from None
         entry: dict[str, Any] = {"method": method, "url": url}
         self.log.append(entry)
+        self.requested.add((method, url))
         answer = self._answers.get((method, url))
         if answer is None:
             entry["answer"] = "unmocked"
@@ -162,6 +169,7 @@ class Simulation:
     vars: dict[str, Any] = field(default_factory=dict)  # every variable, after the last turn
     saved_fields: dict[str, str] = field(default_factory=dict)
     unused_inputs: list[str] = field(default_factory=list)  # left when the flow stopped waiting
+    unused_mocks: list[str] = field(default_factory=list)  # mocks no request asked for
 
     @property
     def route(self) -> str | None:
@@ -204,6 +212,7 @@ class Simulation:
             "saved_fields": self.saved_fields,
             "unmocked": self.unmocked,
             "unused_inputs": self.unused_inputs,
+            "unused_mocks": self.unused_mocks,
             "turns": [turn.as_dict() for turn in self.turns],
         }
 
@@ -276,6 +285,7 @@ async def simulate(
         state = json.loads(json.dumps(run.state()))
         waiting_at = outcome.waiting_at
     simulation.unused_inputs = pending
+    simulation.unused_mocks = http_mocks.unused()
     return simulation
 
 

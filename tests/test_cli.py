@@ -222,6 +222,20 @@ def test_queues_cli_reports_a_bad_uri_and_a_wrong_token_clearly(admin_server: Se
     assert wrong.returncode == 1 and "401" in wrong.stderr and "IVR_ADMIN_TOKEN" in wrong.stderr
 
 
+def test_the_server_and_token_options_go_before_or_after_the_action(admin_server: Served) -> None:
+    env = {k: v for k, v in admin_server.env.items()
+           if k not in ("IVR_ADMIN_URL", "IVR_ADMIN_TOKEN")}
+    options = ("--server", admin_server.url, "--token", ADMIN)
+    for args in (("queues", *options, "show", "gold"), ("queues", "show", "gold", *options),
+                 ("calls", "tail", *options), ("calls", *options, "tail")):
+        result = run_ivr(admin_server.cwd, env, *args)
+        assert result.returncode == 0, (args, result.stderr)
+    # Given in both places, the action's wins.
+    both = run_ivr(admin_server.cwd, env, "queues", "--server", "http://127.0.0.1:1", "--token",
+                   ADMIN, "list", "--server", admin_server.url)
+    assert both.returncode == 0, both.stderr
+
+
 def test_queues_export_writes_a_queues_file_that_seeds_the_same_configuration(
     admin_server: Served, tmp_path: Path
 ) -> None:

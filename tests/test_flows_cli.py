@@ -290,6 +290,30 @@ def test_simulate_uses_the_loyalty_api_url_setting_and_reports_unmocked_requests
     assert out.endswith("route: standard (sip:standard@queues.example.com)\n")
 
 
+def test_simulate_names_a_mock_no_request_asked_for(ivr: Ivr) -> None:
+    """A mock written for the default base URL while IVR_LOYALTY_API_URL points elsewhere
+    would otherwise go unused without a word."""
+    status, out, _ = ivr("simulate", "loyalty_routing", "--channel", "voice", "--from",
+                         "+15550000001", "--mock", GOLD_MOCK, "--json")
+    assert json.loads(out)["unused_mocks"] == []
+    assert json.loads(out)["route"] == "gold"
+    status, out, _ = ivr("simulate", "loyalty_routing", "--channel", "voice", "--from",
+                         "+15550000001", "--mock", GOLD_MOCK,
+                         IVR_LOYALTY_API_URL="https://crm.example.com/api/")
+    assert status == 0
+    assert out.splitlines()[-1].startswith(
+        "! --mock GET http://loyalty.invalid/customers/%2B15550000001 was never requested")
+
+
+def test_simulate_calls_the_flows_own_number_unless_told_otherwise(ivr: Ivr) -> None:
+    status, out, _ = ivr("simulate", "team_choice", "--channel", "voice", "--from",
+                         "+15551234567", "--json")
+    assert status == 0 and json.loads(out)["to"] == "+15005550102"
+    status, out, _ = ivr("simulate", "team_choice", "--channel", "voice", "--from",
+                         "+15551234567", "--to", "+15005550199", "--json")
+    assert json.loads(out)["to"] == "+15005550199"
+
+
 def test_simulate_mocks_timeouts_and_bodies_that_are_not_json(ivr: Ivr) -> None:
     url = "http://loyalty.invalid/customers/%2B15550000001"
     for mock, outcome in [(f"{url}=timeout", "timeout"), (f"GET {url}=200:<html>", "invalid_json"),
