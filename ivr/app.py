@@ -129,7 +129,6 @@ async def open_store(settings: Settings) -> tuple[Store, FlowSet]:
     except BaseException:
         await store.close()
         raise
-    log.info("ready: %d flows, %d queues", len(flows.flows), len(queues))
     return store, flows
 
 
@@ -143,6 +142,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             log.error("cannot start: %s", exc)
             raise
         stack.push_async_callback(store.close)
+        log.info("ready: %d flows, %d queues", len(flows.flows), len(store.queue_names()))
         await store.start()
         http = _http_client(settings)
         stack.push_async_callback(http.aclose)

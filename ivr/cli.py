@@ -94,7 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         problems = "\n".join(f"  {line}" for line in describe_errors(exc, "", ""))
         print(f"ivr: invalid settings:\n{problems}", file=sys.stderr)
         return 2
-    return args.handler(args, settings)
+    try:
+        status: int = args.handler(args, settings)
+        sys.stdout.flush()  # here, where a closed pipe can be caught, rather than at exit
+        return status
+    except BrokenPipeError:  # `ivr queues show gold | head -2`: the reader has what it wanted
+        # Python flushes stdout again at exit: point it at /dev/null so that flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _add_queue_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

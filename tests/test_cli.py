@@ -19,7 +19,7 @@ from ivr.admin.auth import verify_password
 from ivr.queues import load_queue_file
 
 from tests import loyalty_api as L
-from tests.conftest import IVR, Served, run_ivr
+from tests.conftest import IVR, ROOT, Served, run_ivr
 from tests.servers import free_port
 
 
@@ -287,3 +287,15 @@ def test_call_answers_the_flows_questions_with_input(
                       "--input", "sales")
     assert sms.returncode == 0, sms.stderr
     assert sms.stdout.count("<Response>") == 2 and "+15550100" in sms.stdout
+
+
+def test_output_piped_to_a_reader_that_stopped_is_not_an_error() -> None:
+    """`ivr queues show gold | head -2`: the reader leaves before the output is written. That
+    ended in a BrokenPipeError traceback and status 1."""
+    process = subprocess.Popen([*IVR, "flows", "schema"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, cwd=ROOT)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # before the command has started up, let alone written
+    errors = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 0, errors
+    assert "Traceback" not in errors
