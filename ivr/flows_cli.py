@@ -317,7 +317,8 @@ def describe(simulation: Simulation, queues: dict[str, Queue]) -> str:
         lines.append(f"inputs not used (the flow had stopped waiting): {simulation.unused_inputs}")
     for mock in simulation.unused_mocks:
         lines.append(f"! --mock {mock} was never requested: the flow's requests are the `http:` "
-                     "lines above (the base URL is IVR_LOYALTY_API_URL's)")
+                     "lines above (settings.loyalty_api_url is IVR_LOYALTY_API_URL, or "
+                     f"{UNSET_LOYALTY_API_URL} when unset)")
     return "\n".join(lines)
 
 
