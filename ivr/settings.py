@@ -10,6 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ivr.admin.auth import check_password_hash_format
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -122,6 +124,17 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.lower().startswith(REDIS_SCHEMES):
+            # Not the URL itself: it may carry a password.
+            got = f"{value.partition('://')[0]}://" if "://" in value else "no scheme"
+            raise ValueError(
+                f"must start with {', '.join(REDIS_SCHEMES)}, not {got}. Sentinel and Cluster "
+                "URLs are not supported yet: give one Redis server's address (the master's)")
+        return value
 
     def flow_settings(self) -> dict[str, str | None]:
         """The only settings a flow can read (`settings.*`): no other secret is ever in a

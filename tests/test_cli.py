@@ -172,6 +172,18 @@ def test_serve_refuses_a_plain_password_in_ivr_admin_users_without_printing_it(
     assert redis_servers_in(cwd) == []
 
 
+@pytest.mark.parametrize("url", ["redis+sentinel://:s3cret@127.0.0.1:26379/mymaster",
+                                 "s3cret@127.0.0.1:6379"])
+def test_serve_refuses_a_redis_url_it_cannot_use_without_printing_it(newcomer, url) -> None:
+    cwd, env = newcomer
+    result = run_ivr(cwd, {**env, "IVR_REDIS_URL": url}, "serve", "--port", str(free_port()))
+    assert result.returncode == 2
+    assert "redis_url: must start with redis://, rediss://, unix://" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
+    assert redis_servers_in(cwd) == []
+
+
 ADMIN = "cli-admin-token-0123456789"
 
 
