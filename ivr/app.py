@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 
+from redis.asyncio.sentinel import MasterNotFoundError
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -122,6 +123,12 @@ async def open_store(settings: Settings) -> tuple[Store, FlowSet]:
     except FlowLoadError as exc:
         await store.close()
         raise StartupError(f"the flows are broken:\n{exc}") from None
+    except MasterNotFoundError:
+        await store.close()
+        where = without_credentials(settings.redis_url)
+        raise StartupError(f"cannot use the Redis at {where}: no sentinel there answered with "
+                           "that master (check the sentinels' addresses and the service "
+                           "name)") from None
     except (RedisError, OSError) as exc:
         await store.close()
         where = without_credentials(settings.redis_url)

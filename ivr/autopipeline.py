@@ -27,6 +27,9 @@ from redis.asyncio.connection import SSLConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from ivr import sentinel
+from ivr.sentinel import is_sentinel_url
+
 log = logging.getLogger("ivr.autopipeline")
 
 # A batch that takes longer fails its callers with TimeoutError, and the connection is dropped
@@ -164,8 +167,13 @@ class AutoPipeline:
         if not self._in_flight:  # a reply nobody waits for (Redis keeps order): not a crash
             return
         batch = self._in_flight[0]
-        batch.replies.append(ResponseError(str(reply)) if isinstance(reply, hiredis.ReplyError)
-                             else reply)
+        if isinstance(reply, hiredis.ReplyError):
+            if str(reply).startswith("READONLY"):
+                # A master demoted by a failover: the next batch goes to the new one.
+                asyncio.get_running_loop().call_soon(self._lost, self._writer, RedisConnectionError(
+                    "Redis is a replica now (READONLY): reconnecting"))
+            reply = ResponseError(str(reply))
+        batch.replies.append(reply)
         if len(batch.replies) < batch.expected:
             return
         self._in_flight.popleft()
@@ -193,9 +201,15 @@ class AutoPipeline:
 
 
 async def _open(url: str) -> asyncio.StreamWriter:
-    """A connection to the Redis at `url` (redis://, rediss://, unix://), authenticated and on
-    its database. Its stream reader serves the set-up only: the caller then sets its protocol."""
-    options = parse_url(url)
+    """A connection to the Redis at `url` (redis://, rediss://, unix://, or the master that
+    redis+sentinel:// sentinels name now), authenticated and on its database. Its stream reader
+    serves the set-up only: the caller then sets its protocol."""
+    if is_sentinel_url(url):
+        target = sentinel.parse(url)
+        host, port = await sentinel.master_address(target)
+        options: dict[str, Any] = {"host": host, "port": port, **target.master_options()}
+    else:
+        options = parse_url(url)
     if "path" in options:
         reader, writer = await asyncio.open_unix_connection(options["path"])
     else:

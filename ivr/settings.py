@@ -8,9 +8,11 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ivr import sentinel
 from ivr.admin.auth import check_password_hash_format
+from ivr.sentinel import SCHEME, is_sentinel_url
 
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", SCHEME)
 
 
 class Settings(BaseSettings):
@@ -29,7 +31,8 @@ class Settings(BaseSettings):
         "checked against it.",
     )
     redis_url: str | None = Field(
-        default=None, description="External Redis. Unset: an embedded Redis under data_dir."
+        default=None, description="External Redis (redis://, rediss://, unix://) or its sentinels "
+        "(redis+sentinel://). Unset: an embedded Redis under data_dir."
     )
     data_dir: Path = Field(default=Path("./var"), description="Embedded Redis data, local token.")
     flows_dir: Path = Field(default=Path("./flows"), description="Flow definitions (YAML).")
@@ -128,12 +131,17 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.lower().startswith(REDIS_SCHEMES):
-            # Not the URL itself: it may carry a password.
+        # The messages never hold the URL itself: it may carry a password.
+        if value is None:
+            return value
+        if is_sentinel_url(value):
+            sentinel.parse(value)  # ValueError says what is missing
+        elif not value.lower().startswith(REDIS_SCHEMES):
             got = f"{value.partition('://')[0]}://" if "://" in value else "no scheme"
             raise ValueError(
-                f"must start with {', '.join(REDIS_SCHEMES)}, not {got}. Sentinel and Cluster "
-                "URLs are not supported yet: give one Redis server's address (the master's)")
+                f"must start with {', '.join(REDIS_SCHEMES)}, not {got}. Cluster URLs are not "
+                "supported yet: give one Redis server's address, or the sentinels' "
+                "(redis+sentinel://host:26379/mymaster)")
         return value
 
     def flow_settings(self) -> dict[str, str | None]:

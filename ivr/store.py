@@ -27,8 +27,10 @@ from urllib.parse import urlsplit
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from ivr import sentinel
 from ivr.metrics import STORE_UP
 from ivr.queues import Queue, QueueConfig, check_overflow
+from ivr.sentinel import is_sentinel_url
 
 log = logging.getLogger("ivr.store")
 
@@ -115,6 +117,11 @@ return {'ok', version}
 
 def without_credentials(url: str) -> str:
     """A Redis URL fit for a log line."""
+    if is_sentinel_url(url):
+        try:
+            return sentinel.parse(url).display()
+        except ValueError:
+            return sentinel.SCHEME + "(invalid)"
     parts = urlsplit(url)
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
@@ -123,17 +130,24 @@ def without_credentials(url: str) -> str:
 
 def connect(url: str, max_connections: int = 64) -> redis.Redis:
     """A client whose pool makes a burst of webhooks wait briefly for a connection rather than
-    fail, and never opens more than `max_connections` to Redis."""
-    pool = redis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=2,  # seconds a command waits for a free connection
-        decode_responses=True,
-        socket_connect_timeout=2,
-        socket_timeout=5,
-        health_check_interval=30,
-        retry_on_timeout=True,
-    )
+    fail, and never opens more than `max_connections` to Redis. Behind Sentinel, to the master
+    the sentinels name, whichever it is now."""
+    options: dict[str, Any] = {
+        "max_connections": max_connections,
+        "timeout": 2,  # seconds a command waits for a free connection
+        "decode_responses": True,
+        "socket_connect_timeout": 2,
+        "socket_timeout": 5,
+        "health_check_interval": 30,
+        "retry_on_timeout": True,
+    }
+    if is_sentinel_url(url):
+        target = sentinel.parse(url)
+        return target.manager().master_for(  # type: ignore[no-any-return]
+            target.service, redis_class=redis.Redis,
+            connection_pool_class=sentinel.BlockingSentinelPool,
+            **options, **target.master_options())
+    pool = redis.BlockingConnectionPool.from_url(url, **options)
     return redis.Redis.from_pool(pool)  # the client owns the pool and closes it
 
 
@@ -244,6 +258,10 @@ class Store:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
         await self.redis.aclose()
+        # Behind Sentinel, the clients that ask the sentinels are the pool's, not the client's.
+        manager = getattr(self.redis.connection_pool, "sentinel_manager", None)
+        for client in getattr(manager, "sentinels", ()):
+            await client.aclose()
 
     async def seed_queues(self, config: QueueConfig) -> bool:
         """Write `config` into an empty store; return False (and write nothing) if it was seeded."""

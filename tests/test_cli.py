@@ -172,7 +172,7 @@ def test_serve_refuses_a_plain_password_in_ivr_admin_users_without_printing_it(
     assert redis_servers_in(cwd) == []
 
 
-@pytest.mark.parametrize("url", ["redis+sentinel://:s3cret@127.0.0.1:26379/mymaster",
+@pytest.mark.parametrize("url", ["redis+cluster://:s3cret@127.0.0.1:7000",
                                  "s3cret@127.0.0.1:6379"])
 def test_serve_refuses_a_redis_url_it_cannot_use_without_printing_it(newcomer, url) -> None:
     cwd, env = newcomer
@@ -182,6 +182,15 @@ def test_serve_refuses_a_redis_url_it_cannot_use_without_printing_it(newcomer, u
     assert "Traceback" not in result.stderr
     assert "s3cret" not in result.stdout + result.stderr
     assert redis_servers_in(cwd) == []
+
+
+def test_serve_says_when_no_sentinel_knows_the_master(newcomer) -> None:
+    cwd, env = newcomer
+    url = f"redis+sentinel://:s3cret@127.0.0.1:{free_port()}/mymaster"
+    result = run_ivr(cwd, {**env, "IVR_REDIS_URL": url}, "serve", "--port", str(free_port()))
+    assert result.returncode == 2
+    assert "no sentinel there answered with that master" in result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
 
 
 ADMIN = "cli-admin-token-0123456789"
