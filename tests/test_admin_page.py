@@ -524,3 +524,13 @@ def test_nonsense_version_numbers_in_forms_are_refused_not_a_crash(
                         data={"csrf": csrf, "version": version, "sip_uri": NEW_GOLD})
     assert saved.status_code == 409
     assert stored(redis_url, "gold")["version"] == 1
+
+
+def test_the_queue_page_explains_failover_as_it_works(
+    alice_http: tuple[httpx.Client, str],
+) -> None:
+    """The hints once said failover was "not active yet", long after it was."""
+    client, _ = alice_http
+    html = client.get("/admin/queues/gold").text
+    assert "dialled in order" in html and "dialled next" in html
+    assert "not active" not in html and "not yet" not in html
