@@ -17,6 +17,7 @@ from ivr.queues import Queue
 from ivr.store import Store, connect
 from tests import loyalty_api as L
 from tests.servers import free_port
+from tests.test_admin_page import post_sign_in
 from tests.twilio_client import FakeTwilio, call_params
 
 STANDARD = "sip:standard@queues.example.com"
@@ -97,5 +98,49 @@ def test_redis_killed_mid_load_and_restarted_loses_no_call_and_recovers(
         while dialled(twilio.call(L.GOLD)) != "sip:gold@after.example.com":
             assert time.monotonic() < deadline, "the server never recovered its Redis"
             time.sleep(0.2)
+    finally:
+        redis_server.stop()
+
+
+def test_admin_requests_answer_503_at_once_while_redis_hangs_or_is_down(
+    tmp_path: Path, make_settings, start_server, monkeypatch
+) -> None:
+    """The admin API and page wait a bounded time for Redis and say what happened; they hung
+    for minutes (a hung Redis) or answered a bare 500 (a dead one). Calls route all along."""
+    monkeypatch.setattr("ivr.admin.outage.STORE_TIMEOUT", 1.0)
+    token = "faults-admin-token-0123456789"
+    redis_server = EmbeddedRedis(tmp_path / "own-redis")
+    url = redis_server.start()
+    process = redis_server._process  # the test owns it
+    assert process is not None
+    try:
+        server = start_server(make_settings(redis_url=url, admin_token=token))
+        twilio = FakeTwilio(server.url)
+        api = httpx.Client(base_url=f"{server.url}/admin/api", timeout=30,
+                           headers={"Authorization": f"Bearer {token}"})
+        page = httpx.Client(base_url=server.url, timeout=30)
+        assert post_sign_in(page, "", token).status_code in (200, 303)  # signed in, by token
+        assert api.get("/queues/gold").status_code == 200
+
+        process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            answer = api.patch("/queues/gold", json={"sip_uri": "sip:gold@hung.example.com"})
+            assert answer.status_code == 503, answer.text
+            assert "did not answer within 1 s" in answer.json()["error"]
+            assert "history" in answer.json()["error"]
+            assert time.monotonic() - started < 10  # the bound, not redis-py's retries
+            shown = page.get("/admin/queues/gold")
+            assert shown.status_code == 503 and "Redis is not answering" in shown.text
+            assert dialled(twilio.call(L.UNKNOWN)) == STANDARD
+        finally:
+            process.send_signal(signal.SIGCONT)
+
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        answer = api.get("/queues/gold")
+        assert answer.status_code == 503, answer.text
+        assert "Redis is unreachable" in answer.json()["error"]
+        assert dialled(twilio.call(L.UNKNOWN)) == STANDARD
     finally:
         redis_server.stop()

@@ -17,6 +17,7 @@ from ivr.admin import store_of
 from ivr.admin.auth import actor_label, bearer_token_matches
 from ivr.admin.changes import InvalidInput, field_errors, queue_from_input
 from ivr.admin.openapi import openapi_document
+from ivr.admin.outage import StoreUnavailable, store_bounded
 from ivr.calltrace import is_sid
 from ivr.store import (
     MUST_EXIST,
@@ -84,7 +85,11 @@ def admin_only(endpoint: Endpoint) -> Endpoint:
                 headers={"WWW-Authenticate": 'Bearer realm="ivr-admin"'},
             )
         try:
-            return await endpoint(request)
+            async with store_bounded():
+                return await endpoint(request)
+        except StoreUnavailable as exc:
+            log.warning("admin API %s %s: %s", request.method, request.url.path, exc)
+            return error(503, str(exc))
         except InvalidInput as exc:
             return error(422, "invalid input", errors=exc.errors)
         except StaleVersion as exc:

@@ -40,6 +40,7 @@ from ivr.admin.auth import (
     verify_password,
 )
 from ivr.admin.changes import InvalidInput, queue_from_input
+from ivr.admin.outage import StoreUnavailable, store_bounded
 from ivr.calltrace import is_sid
 from ivr.queues import Queue
 from ivr.store import (
@@ -220,31 +221,45 @@ def signed_in(endpoint: SignedInEndpoint) -> Endpoint:
     async def guarded(request: Request) -> Response:
         if not admin_enabled(request):
             return disabled_page(request)
-        session = await current_session(request)
-        if session is None:
-            response = redirect(request, "admin_login")
-            if SESSION_COOKIE in request.cookies:
-                response.delete_cookie(SESSION_COOKIE, path=cookie_path(request))
-            return response
-        if request.method == "POST":
-            form = await read_form(request)
-            if form is None:
-                return message_page(request, session, 413, "Form too large",
-                                    "That form is larger than any this page sends.")
-            if not tokens_match(form.get("csrf"), session.csrf_token):
-                return message_page(request, session, 403, "Form refused",
-                                    "This form's security token is missing or out of date. "
-                                    "Go back, reload the page and try again.")
         try:
-            return await endpoint(request, session)
-        except Busy:
-            return message_page(request, session, 503, "Too many changes at once",
-                                "Other changes kept arriving while saving yours, so nothing "
-                                "was saved. Go back and try again.")
+            async with store_bounded():
+                return await _signed_in(request, endpoint)
+        except StoreUnavailable as exc:
+            return store_unavailable_page(request, exc)
 
     guarded.__name__ = endpoint.__name__
     guarded.__doc__ = endpoint.__doc__
     return guarded
+
+
+def store_unavailable_page(request: Request, exc: StoreUnavailable) -> Response:
+    log.warning("admin page %s %s: %s", request.method, request.url.path, exc)
+    return message_page(request, None, 503, "Redis is not answering", str(exc))
+
+
+async def _signed_in(request: Request, endpoint: SignedInEndpoint) -> Response:
+    """The request of a signed-in admin, whose POST carries the session's CSRF token."""
+    session = await current_session(request)
+    if session is None:
+        response = redirect(request, "admin_login")
+        if SESSION_COOKIE in request.cookies:
+            response.delete_cookie(SESSION_COOKIE, path=cookie_path(request))
+        return response
+    if request.method == "POST":
+        form = await read_form(request)
+        if form is None:
+            return message_page(request, session, 413, "Form too large",
+                                "That form is larger than any this page sends.")
+        if not tokens_match(form.get("csrf"), session.csrf_token):
+            return message_page(request, session, 403, "Form refused",
+                                "This form's security token is missing or out of date. "
+                                "Go back, reload the page and try again.")
+    try:
+        return await endpoint(request, session)
+    except Busy:
+        return message_page(request, session, 503, "Too many changes at once",
+                            "Other changes kept arriving while saving yours, so nothing "
+                            "was saved. Go back and try again.")
 
 
 class SignedInAs(NamedTuple):
@@ -351,6 +366,14 @@ def throttled_page(request: Request, name: str, wait: int) -> Response:
 async def login(request: Request) -> Response:
     if not admin_enabled(request):
         return disabled_page(request)
+    try:
+        async with store_bounded():
+            return await _login(request)
+    except StoreUnavailable as exc:
+        return store_unavailable_page(request, exc)
+
+
+async def _login(request: Request) -> Response:
     if request.method == "GET":
         if await current_session(request) is not None:
             return redirect(request, "admin_index")

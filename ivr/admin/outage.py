@@ -1,0 +1,36 @@
+"""The admin API and page while Redis is down or hung: a bounded wait and a plain answer (503),
+never a request that hangs for minutes or a bare 500. Calls are routed all the while, from the
+configuration each instance holds in memory; only admin work needs Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# An admin request waits this long for Redis, then is told it did not answer.
+STORE_TIMEOUT = 5.0
+CALLS_STILL_ROUTE = ("Calls are still routed, from the configuration every instance holds. "
+                     "Try again once /readyz reports ready.")
+
+
+class StoreUnavailable(Exception):
+    """Redis could not serve an admin request; the message says what that means for it."""
+
+
+@asynccontextmanager
+async def store_bounded() -> AsyncIterator[None]:
+    try:
+        async with asyncio.timeout(STORE_TIMEOUT):
+            yield
+    except (TimeoutError, RedisTimeoutError):  # our deadline, or redis-py's socket timeout
+        raise StoreUnavailable(
+            f"Redis did not answer within {STORE_TIMEOUT:g} s, so nothing was confirmed. A change "
+            "sent may still be applied when Redis answers: look at the queue's history before "
+            f"trying it again. {CALLS_STILL_ROUTE}") from None
+    except (RedisError, OSError) as exc:
+        raise StoreUnavailable(f"Redis is unreachable ({type(exc).__name__}): nothing could be "
+                               f"read or saved. {CALLS_STILL_ROUTE}") from None
