@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import getpass
 import json
+import logging
 import os
 import re
 import secrets
@@ -14,6 +15,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -40,7 +42,11 @@ from ivr.simulator import DEFAULT_TO_NUMBER, TEST_ACCOUNT_SID
 from ivr.twilio_security import resolve_auth_token
 from ivr.validation import describe_errors
 
+log = logging.getLogger("ivr.cli")
+
 DEFAULT_SERVER = "http://127.0.0.1:8000"
+# How often `ivr serve` checks that its embedded Redis still runs (and starts it again if not).
+SUPERVISE_INTERVAL = 1.0
 FOLLOW_INTERVAL = 1.0  # seconds between polls of `ivr calls tail --follow`
 # Traces are scored by when they were answered, and a worker writes its own a moment later: a
 # follow asks again for this many seconds back and skips what it already printed.
@@ -317,6 +323,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         # per run, so no count from an earlier run is ever added in.
         metrics_dir = tempfile.mkdtemp(prefix="ivr-metrics-")
         os.environ[MULTIPROCESS_ENV] = metrics_dir
+    supervisor = _supervise(embedded) if embedded is not None else None
     try:
         uvicorn.run(
             "ivr.app:create_app",
@@ -332,9 +339,35 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+        if supervisor is not None:
+            supervisor.set()  # before the stop, which it must not take for a crash
         if embedded is not None:
-            embedded.stop()
+            with EMBEDDED_LOCK:
+                embedded.stop()
     return 0
+
+
+# The supervisor's restart and serve's stop never run at once.
+EMBEDDED_LOCK = threading.Lock()
+
+
+def _supervise(embedded: EmbeddedRedis) -> threading.Event:
+    """Start the embedded Redis again whenever it exits while `ivr serve` runs; set the event
+    returned to stop watching."""
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(SUPERVISE_INTERVAL):
+            with EMBEDDED_LOCK:
+                if stop.is_set():
+                    return
+                try:
+                    embedded.restart_if_exited()
+                except Exception:  # keep watching; the log says why
+                    log.exception("the embedded Redis could not be started again")
+
+    threading.Thread(target=watch, name="ivr-redis-supervisor", daemon=True).start()
+    return stop
 
 
 async def _check_startup(settings: Settings) -> None:

@@ -24,12 +24,16 @@ _MAX_SOCKET_PATH = 100
 _PR_SET_PDEATHSIG = 1
 
 
+try:  # looked up here, not in the child: a child forked by a thread must not load libraries
+    _prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+except OSError:
+    _prctl = None
+
+
 def _die_with_parent() -> None:
     """Runs in the child: if the server dies, even by kill -9, Redis gets SIGTERM and saves."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class EmbeddedRedis:
@@ -120,7 +124,9 @@ class EmbeddedRedis:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 (no threads exist yet at this point)
+            # Safe from the supervising thread too: the child calls a function looked up
+            # beforehand, and glibc's malloc is safe after fork.
+            preexec_fn=_die_with_parent,  # noqa: PLW1509
         )
         self._wait_ready()
         log.info("embedded Redis (pid %s) on %s, data in %s", self.pid, self.socket_path,
@@ -150,6 +156,18 @@ class EmbeddedRedis:
                 time.sleep(0.02)
         finally:
             client.close()
+
+    def restart_if_exited(self) -> bool:
+        """Start Redis again, on the same data, if it exited (a kill, a crash, the OOM killer):
+        the server's connections find it back by themselves. True if it was restarted."""
+        process = self._process
+        if process is None or process.poll() is None:
+            return False
+        log.error("the embedded Redis (pid %s) exited with code %s: starting it again",
+                  process.pid, process.returncode)
+        self.socket_path.unlink(missing_ok=True)
+        self._start_process()
+        return True
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self._process = self._process, None

@@ -6,6 +6,7 @@ import getpass
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -320,3 +321,24 @@ def test_output_piped_to_a_reader_that_stopped_is_not_an_error() -> None:
     errors = process.stderr.read().decode()
     assert process.wait(timeout=60) == 0, errors
     assert "Traceback" not in errors
+
+
+def test_serve_starts_its_embedded_redis_again_when_it_dies(
+    newcomer_serve: Callable[..., Served],
+) -> None:
+    """A kill -9 (or the OOM killer) of the embedded Redis: `ivr serve` owns it, so it starts it
+    again on the same data; calls route all along and the server is ready again by itself."""
+    server = newcomer_serve()
+    first = redis_pid(server.cwd)
+    os.kill(first, signal.SIGKILL)
+    assert "<Sip>" in server.call(L.GOLD).stdout  # from memory, meanwhile
+    deadline = time.monotonic() + 30
+    while httpx.get(server.url + "/readyz", timeout=5).status_code != 200:
+        assert time.monotonic() < deadline, "the server never got its Redis back"
+        time.sleep(0.2)
+    second = redis_pid(server.cwd)
+    assert second != first
+    assert "<Sip>sip:gold@queues.example.com</Sip>" in server.call(L.GOLD).stdout
+    assert server.stop() == 0
+    assert not alive(second), "the restarted Redis outlived the server"
+    assert "the embedded Redis (pid" in server.log.read_text()
