@@ -216,9 +216,15 @@ def _calls(args: argparse.Namespace, settings: Settings) -> int:
     try:
         client = _admin_client(args, settings)
         try:
-            recent = client.calls(max(1, min(args.lines, FOLLOW_PAGE)), sid=args.sid)
+            # Following, every recent trace counts as seen, not only the N printed: else the
+            # first poll's look back printed older ones after them.
+            wanted = FOLLOW_PAGE if args.follow else max(1, min(args.lines, FOLLOW_PAGE))
+            recent = client.calls(wanted, sid=args.sid)
             for call in reversed(recent[:max(args.lines, 0)]):
                 print(show(call), flush=True)
+            if not recent and not args.follow:
+                print("ivr: no calls" + (f" for {args.sid}" if args.sid else "") + " yet "
+                      "(traces are kept for IVR_TRACE_HOURS)", file=sys.stderr)
             if args.follow:
                 _follow_calls(client, args.sid, recent, show)
         finally:

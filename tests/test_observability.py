@@ -347,7 +347,8 @@ def test_a_failed_lookup_is_traced_with_its_outcome(server: ServerThread) -> Non
     assert trace["route"] == "standard"
 
 
-def test_the_calls_api_lists_newest_first_and_filters_by_sid(server: ServerThread) -> None:
+def three_calls(server: ServerThread) -> list[str]:
+    """A gold, a platinum and an unknown caller's calls, once their traces are stored: the SIDs."""
     twilio = FakeTwilio(server.url)
     sids = []
     for caller in (L.GOLD, L.PLATINUM, L.UNKNOWN):
@@ -355,6 +356,11 @@ def test_the_calls_api_lists_newest_first_and_filters_by_sid(server: ServerThrea
         twilio.post("/twilio/voice", params)
         sids.append(params["CallSid"])
     eventually(lambda: len(traces(server)) == 3)
+    return sids
+
+
+def test_the_calls_api_lists_newest_first_and_filters_by_sid(server: ServerThread) -> None:
+    sids = three_calls(server)
     assert [trace["sid"] for trace in traces(server)] == sids[::-1]
     assert [trace["sid"] for trace in traces(server, limit=2)] == sids[:0:-1]
     assert [trace["route"] for trace in traces(server, sid=sids[1])] == ["platinum"]
@@ -454,6 +460,34 @@ def test_ivr_calls_tail_follow_prints_new_calls_as_they_come(server: ServerThrea
     finally:
         follower.terminate()
         follower.wait(10)
+
+
+def test_ivr_calls_tail_n_follow_prints_only_the_newest_then_new_ones(
+    server: ServerThread,
+) -> None:
+    """`-n 1 --follow` printed the newest call, then at the first poll older ones of the last
+    seconds, out of order."""
+    sids = three_calls(server)
+    twilio = FakeTwilio(server.url)
+    env = clean_env(IVR_ADMIN_URL=server.url, IVR_ADMIN_TOKEN=ADMIN, PYTHONUNBUFFERED="1")
+    follower = subprocess.Popen([*IVR, "calls", "tail", "-n", "1", "--follow"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    printed: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [printed.put(line) for line in follower.stdout],
+                     daemon=True).start()
+    try:
+        assert sids[2] in printed.get(timeout=15)
+        time.sleep(2.5)  # two polls, each looking back over the three calls
+        assert printed.empty()
+        params = call_params(L.GOLD)
+        twilio.post("/twilio/voice", params)
+        assert params["CallSid"] in printed.get(timeout=15)
+    finally:
+        follower.terminate()
+        follower.wait(10)
+    none = run_ivr(server, "calls", "tail", "--sid", "CAnothing")
+    assert none.returncode == 0 and none.stdout == ""
+    assert "no calls for CAnothing yet" in none.stderr
 
 
 def test_ivr_calls_tail_without_a_token_explains(server: ServerThread) -> None:
