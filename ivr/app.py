@@ -160,6 +160,11 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pipeline = AutoPipeline(settings.redis_url)
         stack.push_async_callback(pipeline.close)  # the last writes
         stack.callback(process_exited, os.getpid())
+        if settings.twilio_auth_token is None:  # at every start: real webhooks are refused
+            log.warning("TWILIO_AUTH_TOKEN is not set: webhooks are checked against the LOCAL "
+                        "token in %s. Only `ivr call` test calls will be accepted; set "
+                        "TWILIO_AUTH_TOKEN before pointing Twilio here.",
+                        settings.local_token_path)
         if settings.loyalty_api_url is None:
             log.warning("IVR_LOYALTY_API_URL is not set: loyalty lookups take their error exit")
         app.state.services = Services(

@@ -52,11 +52,7 @@ def read_or_create_local_token(path: Path) -> str:
         file.write(secrets.token_hex(32))
     try:
         os.link(staging, path)  # atomic: of workers racing here, exactly one token wins
-        log.warning(
-            "TWILIO_AUTH_TOKEN is not set: generated a LOCAL token in %s. Only `ivr call` test "
-            "calls will be accepted; set TWILIO_AUTH_TOKEN before pointing Twilio here.",
-            path,
-        )
+        log.info("generated a local token in %s (TWILIO_AUTH_TOKEN is not set)", path)
     except FileExistsError:
         pass
     finally:

@@ -342,3 +342,18 @@ def test_serve_starts_its_embedded_redis_again_when_it_dies(
     assert server.stop() == 0
     assert not alive(second), "the restarted Redis outlived the server"
     assert "the embedded Redis (pid" in server.log.read_text()
+
+
+def test_every_start_on_the_local_token_says_so_loudly(
+    newcomer_serve: Callable[..., Served],
+) -> None:
+    """The first start warned that Twilio's webhooks would be refused; later starts, on the
+    same local token, were silent about it."""
+    first = newcomer_serve()
+    assert first.stop() == 0
+    second = newcomer_serve()
+    assert second.call(L.GOLD).returncode == 0
+    assert second.stop() == 0
+    log = second.log.read_text()
+    assert "TWILIO_AUTH_TOKEN is not set" in log and "LOCAL token" in log
+    assert "generated a local token" not in log  # the same token as the first start's
