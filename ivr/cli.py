@@ -116,7 +116,7 @@ def _add_queue_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     actions = queues.add_subparsers(dest="queue_command", required=True)
     actions.add_parser("list", help="every queue and where it sends calls")
     actions.add_parser("show", help="one queue").add_argument("name")
-    set_ = actions.add_parser("set", help="change a queue's SIP URI (creates the queue if new)")
+    set_ = actions.add_parser("set", help="change a queue's SIP URI (--create: a new queue)")
     set_.add_argument("name")
     set_.add_argument("sip_uri")
     set_.add_argument("--message-to", help="E.164 number (or whatsapp:+...) for messages")
@@ -124,6 +124,8 @@ def _add_queue_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     set_.add_argument("--fallback", action="append", dest="fallback_sip_uris", metavar="SIP_URI",
                       help="a fallback SIP URI (repeatable; replaces the list)")
     set_.add_argument("--overflow", help="the queue to overflow to")
+    set_.add_argument("--create", action="store_true",
+                      help="create the queue if there is none of that name (else refused)")
     actions.add_parser("history", help="every version of a queue").add_argument("name")
     rollback = actions.add_parser("rollback", help="make an old version current again")
     rollback.add_argument("name")
@@ -177,7 +179,8 @@ def _queue_command(client: AdminClient, args: argparse.Namespace) -> str:
         return yaml.safe_dump(record, sort_keys=False).rstrip()
     if command == "set":
         record, created = client.set_sip_uri(
-            args.name, args.sip_uri, message_to=args.message_to, display_name=args.display_name,
+            args.name, args.sip_uri, args.create, message_to=args.message_to,
+            display_name=args.display_name,
             fallback_sip_uris=args.fallback_sip_uris, overflow=args.overflow)
         verb = "created" if created else "updated"
         return f"{record['name']} {verb}: version {record['version']}, {record['sip_uri']}"

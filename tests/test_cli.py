@@ -235,6 +235,17 @@ def test_queues_cli_lists_sets_shows_history_and_rolls_back(admin_server: Served
     assert "now version 3, sip:gold@queues.example.com" in back.stdout
 
 
+def test_queues_cli_set_creates_a_queue_only_when_told(admin_server: Served) -> None:
+    """A mistyped name at 3 a.m. made a new queue and left the real one unchanged."""
+    typo = queues_cli(admin_server, "set", "golld", "sip:gold@pbx2.example.com")
+    assert typo.returncode == 1
+    assert "no queue 'golld'" in typo.stderr and "gold" in typo.stderr
+    assert "--create" in typo.stderr
+    assert "golld" not in queues_cli(admin_server, "list").stdout
+    made = queues_cli(admin_server, "set", "golld", "sip:gold@pbx2.example.com", "--create")
+    assert made.returncode == 0 and "golld created" in made.stdout
+
+
 def test_queues_cli_reports_a_bad_uri_and_a_wrong_token_clearly(admin_server: Served) -> None:
     bad = queues_cli(admin_server, "set", "gold", "http://gold")
     assert bad.returncode == 1
@@ -261,7 +272,7 @@ def test_the_server_and_token_options_go_before_or_after_the_action(admin_server
 def test_queues_export_writes_a_queues_file_that_seeds_the_same_configuration(
     admin_server: Served, tmp_path: Path
 ) -> None:
-    queues_cli(admin_server, "set", "night", "sips:night@pbx.example.com:5061",
+    queues_cli(admin_server, "set", "night", "sips:night@pbx.example.com:5061", "--create",
                "--overflow", "standard", "--fallback", "sip:night2@pbx.example.com")
     out = tmp_path / "exported.yaml"
     assert queues_cli(admin_server, "export", "-o", str(out)).returncode == 0

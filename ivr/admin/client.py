@@ -56,14 +56,20 @@ class AdminClient:
         response = self._request("GET", f"/queues/{quote(name, safe='')}")
         return response.json(), response.headers["etag"]
 
-    def set_sip_uri(self, name: str, sip_uri: str, **fields: Any) -> tuple[dict[str, Any], bool]:
-        """Change a queue's SIP URI (and any `fields` given), keeping its other fields; create the
-        queue if it does not exist. Returns the new record and whether it was created."""
+    def set_sip_uri(self, name: str, sip_uri: str, create: bool = False,
+                    **fields: Any) -> tuple[dict[str, Any], bool]:
+        """Change a queue's SIP URI (and any `fields` given), keeping its other fields; with
+        `create`, create the queue if it does not exist (a mistyped name must not make a new
+        queue). Returns the new record and whether it was created."""
         try:
             current, tag = self.queue(name)
         except AdminError as exc:
             if not str(exc).startswith("404"):
                 raise
+            if not create:
+                known = ", ".join(queue["name"] for queue in self.queues())
+                raise AdminError(f"no queue {name!r} (queues: {known}); to create it, add "
+                                 "--create") from None
             current, tag = {}, None
         body = {**current, **{k: v for k, v in fields.items() if v is not None},
                 "sip_uri": sip_uri}
