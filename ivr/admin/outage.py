@@ -31,6 +31,6 @@ async def store_bounded() -> AsyncIterator[None]:
             f"Redis did not answer within {STORE_TIMEOUT:g} s, so nothing was confirmed. A change "
             "sent may still be applied when Redis answers: look at the queue's history before "
             f"trying it again. {CALLS_STILL_ROUTE}") from None
-    except (RedisError, OSError) as exc:
+    except (RedisError, ConnectionError) as exc:  # not any OSError: it would blame Redis
         raise StoreUnavailable(f"Redis is unreachable ({type(exc).__name__}): nothing could be "
                                f"read or saved. {CALLS_STILL_ROUTE}") from None
