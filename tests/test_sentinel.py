@@ -203,7 +203,7 @@ def test_calls_route_and_admin_changes_land_through_a_failover(
             time.sleep(0.2)
 
     answers = calls.stop()
-    assert len(answers) > 10
+    assert len(answers) >= 3  # placed from before the kill until the new master took writes
     assert all(answer.startswith("200 ") and GOLD_SIP in answer for answer in answers), [
         a for a in answers if not (a.startswith("200 ") and GOLD_SIP in a)][:3]
 
