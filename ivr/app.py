@@ -123,16 +123,14 @@ async def open_store(settings: Settings) -> tuple[Store, FlowSet]:
     except FlowLoadError as exc:
         await store.close()
         raise StartupError(f"the flows are broken:\n{exc}") from None
-    except MasterNotFoundError:
-        await store.close()
-        where = without_credentials(settings.redis_url)
-        raise StartupError(f"cannot use the Redis at {where}: no sentinel there answered with "
-                           "that master (check the sentinels' addresses and the service "
-                           "name)") from None
     except (RedisError, OSError) as exc:
         await store.close()
         where = without_credentials(settings.redis_url)
-        raise StartupError(f"cannot use the Redis at {where}: {exc}") from None
+        # redis-py's MasterNotFoundError message is a page of the sentinels' client reprs.
+        problem = ("no sentinel there answered with that master (check the sentinels' "
+                   "addresses and the service name)") if isinstance(exc, MasterNotFoundError) \
+            else exc
+        raise StartupError(f"cannot use the Redis at {where}: {problem}") from None
     except BaseException:
         await store.close()
         raise
