@@ -151,10 +151,11 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.start()
         http = _http_client(settings)
         stack.push_async_callback(http.aclose)
-        traces = CallTraces(store.redis, settings.trace_max_entries, settings.trace_hours)
+        assert settings.redis_url is not None  # open_store starts nothing without it
+        traces = CallTraces(store.redis, settings.redis_url, settings.trace_max_entries,
+                            settings.trace_hours)
         traces.start()
         stack.push_async_callback(traces.close)  # before the store closes: a last write
-        assert settings.redis_url is not None  # open_store starts nothing without it
         pipeline = AutoPipeline(settings.redis_url)
         stack.push_async_callback(pipeline.close)  # the last writes
         stack.callback(process_exited, os.getpid())

@@ -532,10 +532,10 @@ def test_a_trace_write_cut_short_by_shutdown_is_made_by_the_last_try(redis_url: 
     async def scenario() -> tuple[bool, int]:
         client = aioredis.Redis.from_url(redis_url, decode_responses=True)
         admin = aioredis.Redis.from_url(redis_url)
-        writer = CallTraces(client, max_entries=100, hours=1)
+        writer = CallTraces(client, redis_url, max_entries=100, hours=1)
         writer.start()
         try:
-            # Redis holds write commands for 0.5 s: the writer's ZADD waits in redis-py.
+            # Redis holds write commands for 0.5 s: the writer's ZADD waits for its reply.
             await admin.execute_command("CLIENT", "PAUSE", 500, "WRITE")
             trace = CallTrace("voice", "voice", "CA" + "1" * 32, "+1*******567")
             trace.finish("test", 0.001)
@@ -554,15 +554,15 @@ def test_a_trace_write_cut_short_by_shutdown_is_made_by_the_last_try(redis_url: 
 
 
 def test_closing_the_trace_writer_during_its_writes_never_hangs(redis_url: str) -> None:
-    """Closes timed to land while the writer's pipeline runs (without Redis held up): redis-py
-    can swallow the cancellation there, and before the fix about half of these closes waited
-    forever (a server's shutdown with them)."""
+    """Closes timed to land while the writer's write runs (without Redis held up): when redis-py
+    made the writes, it could swallow the cancellation there, and before the fix about half of
+    these closes waited forever (a server's shutdown with them)."""
 
     async def close_during_a_write(rounds: int) -> int:
         hung = 0
         for i in range(rounds):
             client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-            writer = CallTraces(client, max_entries=1000, hours=1)
+            writer = CallTraces(client, redis_url, max_entries=1000, hours=1)
             writer.start()
             for n in range(50):
                 trace = CallTrace("voice", "voice", f"CA{i:016d}{n:016d}", "+1*******567")
