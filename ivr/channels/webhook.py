@@ -161,24 +161,18 @@ class WebhookRoutes:
         await self.app(scope, receive, send)
 
 
-class RequestHeaders(dict[str, str]):
-    """A request's headers by name, looked up in any case, the first of a repeated one wins (as
-    Starlette's `Headers`, which scan the list at every lookup). ASGI servers lower-case the
-    names."""
-
-    def __init__(self, scope: Scope) -> None:
-        super().__init__((name.decode("latin-1"), value.decode("latin-1"))
-                         for name, value in reversed(scope["headers"]))
-
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
-        return super().get(name.lower(), default)
+def request_headers(scope: Scope) -> dict[str, str]:
+    """A request's headers by name, lower-cased as ASGI servers give them; the first of a
+    repeated one wins, as with Starlette's `Headers` (which scan the list at every lookup)."""
+    return {name.decode("latin-1"): value.decode("latin-1")
+            for name, value in reversed(scope["headers"])}
 
 
 async def _handle(scope: Scope, receive: Receive, endpoint: Endpoint) -> tuple[int, str, bytes]:
     services: Services = scope["app"].state.services
     started = time.perf_counter()
     channel = endpoint.channel
-    headers = RequestHeaders(scope)
+    headers = request_headers(scope)
     try:
         hook = await _verified_webhook(scope, receive, headers, services, endpoint)
     except BadWebhook as exc:
@@ -624,7 +618,7 @@ def _int(value: str | None) -> int | None:
 
 # --- reading and checking the request ---------------------------------------------------------
 
-async def _verified_webhook(scope: Scope, receive: Receive, headers: RequestHeaders,
+async def _verified_webhook(scope: Scope, receive: Receive, headers: dict[str, str],
                             services: Services, endpoint: Endpoint) -> Webhook:
     pairs = parse_form(await _read_body(receive, headers, services.max_body_bytes))
     query = scope["query_string"].decode("latin-1")
@@ -632,10 +626,11 @@ async def _verified_webhook(scope: Scope, receive: Receive, headers: RequestHead
         lambda: _request_url(scope.get("scheme", "http"), scope.get("server"), scope["path"],
                              scope["query_string"], headers.get("host")),
         scope["path"], query)
-    rejection = services.verifier.rejection(url, pairs, headers)
+    params = dict(pairs)  # one value a name (the last, if repeated)
+    rejection = services.verifier.rejection(url, pairs, headers,
+                                            repeats=len(params) != len(pairs))
     if rejection is not None:
         raise BadWebhook(403, "Forbidden: invalid Twilio signature", detail=rejection)
-    params = dict(pairs)  # one value a name (the last, if repeated)
     address = _required(params, "From", MAX_ADDRESS_LENGTH)
     sid = _required(params, endpoint.sid_param)
     channel = endpoint.channel
@@ -655,7 +650,7 @@ def _request_url(scheme: str, server: tuple[str, int] | None, path: str, query_s
                           "query_string": query_string, "headers": headers}))
 
 
-async def _read_body(receive: Receive, headers: RequestHeaders, max_bytes: int) -> bytes:
+async def _read_body(receive: Receive, headers: dict[str, str], max_bytes: int) -> bytes:
     content_type = headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != FORM_TYPE:
         raise BadWebhook(415, f"Unsupported Media Type: expected {FORM_TYPE}")
