@@ -40,11 +40,16 @@ BATCH_TIMEOUT = 1.0
 Command = tuple[Any, ...]  # as Redis takes it: ("SET", key, value, "EX", 60)
 
 
+# Who gets a caller's replies: its future, or for a command sent without waiting (`send`) what
+# to call it in the log should it fail (no future, no callback: two are sent on every call).
+_Waiter = asyncio.Future[Any] | str
+
+
 @dataclass
 class _Batch:
-    """Commands written together; `callers` hold each caller's command count and future."""
+    """Commands written together; `callers` hold each caller's command count and waiter."""
 
-    callers: list[tuple[int, asyncio.Future[Any]]]
+    callers: list[tuple[int, _Waiter]]
     expected: int
     replies: list[Any] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
@@ -55,7 +60,7 @@ class AutoPipeline:
         self.url = url
         self.timeout = timeout
         self.batches = 0  # batches written (tests, and anyone profiling)
-        self._pending: list[tuple[tuple[Command, ...], asyncio.Future[Any]]] = []
+        self._pending: list[tuple[tuple[Command, ...], _Waiter]] = []
         self._in_flight: collections.deque[_Batch] = collections.deque()
         self._writer: asyncio.StreamWriter | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -68,7 +73,9 @@ class AutoPipeline:
         than `timeout`."""
         if not commands:
             return []
-        replies = await self._enqueue(commands)
+        future = asyncio.get_running_loop().create_future()
+        self._enqueue(commands, future)
+        replies = await future
         if isinstance(replies, Exception):
             raise replies
         for reply in replies:
@@ -79,33 +86,28 @@ class AutoPipeline:
     def send(self, *commands: Command, what: str) -> None:
         """Queue `commands` without waiting for their replies (a cache write, say); a failure
         is logged as `what` skipped."""
-        self._enqueue(commands).add_done_callback(lambda done: _log_failure(done, what))
+        self._enqueue(commands, what)
 
     async def close(self) -> None:
         """Send what is queued, wait for the replies on their way, and disconnect."""
-        self._flush()
-        if self._connecting is not None:
+        if self._pending or self._in_flight or self._connecting is not None:
+            # Redis answers in order: its reply to this comes after every earlier one's.
             with contextlib.suppress(Exception):
-                await self._connecting
-        waiting = [future for batch in self._in_flight for _, future in batch.callers]
-        if waiting:
-            await asyncio.wait(waiting, timeout=self.timeout)
+                await self.execute(("PING",))
         self._disconnect(RedisConnectionError("the auto-pipeline is closed"))
 
     # --- batching ---------------------------------------------------------------------------
 
-    def _enqueue(self, commands: tuple[Command, ...]) -> asyncio.Future[Any]:
+    def _enqueue(self, commands: tuple[Command, ...], waiter: _Waiter) -> None:
         """Futures get errors as results: a caller that gave up leaves nothing unretrieved."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a new event loop (tests): nothing of the old one works
             self._disconnect(RedisConnectionError("event loop changed"))
             self._pending = []
             self._loop = loop
-        future = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush)
-        self._pending.append((commands, future))
-        return future
+        self._pending.append((commands, waiter))
 
     def _flush(self) -> None:
         if not self._pending:
@@ -117,13 +119,13 @@ class AutoPipeline:
         pending, self._pending = self._pending, []
         packed: list[bytes] = []
         callers = []
-        for commands, future in pending:
+        for commands, waiter in pending:
             try:
                 packed += [hiredis.pack_command(command) for command in commands]
             except (TypeError, ValueError) as exc:  # an argument Redis cannot take: a bug
-                future.set_result(ResponseError(f"cannot send {commands[0][0]!r}...: {exc}"))
+                _answer(waiter, ResponseError(f"cannot send {commands[0][0]!r}...: {exc}"))
                 continue
-            callers.append((len(commands), future))
+            callers.append((len(commands), waiter))
         if not callers:
             return
         batch = _Batch(callers, len(packed))
@@ -147,9 +149,8 @@ class AutoPipeline:
             error = exc if isinstance(exc, RedisConnectionError | ResponseError) else (
                 RedisConnectionError(f"cannot connect to Redis: {exc or type(exc).__name__}"))
             pending, self._pending = self._pending, []
-            for _, future in pending:
-                if not future.done():
-                    future.set_result(error)
+            for _, waiter in pending:
+                _answer(waiter, error)
             return
         finally:
             self._connecting = None
@@ -180,9 +181,8 @@ class AutoPipeline:
         if batch.timer is not None:
             batch.timer.cancel()
         start = 0
-        for count, future in batch.callers:
-            if not future.done():  # else its caller gave up waiting
-                future.set_result(batch.replies[start:start + count])
+        for count, waiter in batch.callers:
+            _answer(waiter, batch.replies[start:start + count])
             start += count
 
     def _disconnect(self, error: Exception) -> None:
@@ -195,9 +195,8 @@ class AutoPipeline:
             batch = self._in_flight.popleft()
             if batch.timer is not None:
                 batch.timer.cancel()
-            for _, future in batch.callers:
-                if not future.done():
-                    future.set_result(error)
+            for _, waiter in batch.callers:
+                _answer(waiter, error)
 
 
 async def _open(url: str) -> asyncio.StreamWriter:
@@ -268,11 +267,12 @@ class _Replies(asyncio.Protocol):
             f"Redis connection lost: {exc}" if exc else "Redis closed the connection"))
 
 
-def _log_failure(done: asyncio.Future[Any], what: str) -> None:
-    if done.cancelled():
-        return
-    replies = done.result()
-    errors = [replies] if isinstance(replies, Exception) else [
-        reply for reply in replies if isinstance(reply, Exception)]
-    if errors:
-        log.warning("%s skipped: %s", what, type(errors[0]).__name__)
+def _answer(waiter: _Waiter, replies: list[Any] | Exception) -> None:
+    """Give a caller its replies (or the error that lost them)."""
+    if isinstance(waiter, str):  # sent without waiting: only a failure is worth a word
+        error = replies if isinstance(replies, Exception) else next(
+            (reply for reply in replies if isinstance(reply, Exception)), None)
+        if error is not None:
+            log.warning("%s skipped: %s", waiter, type(error).__name__)
+    elif not waiter.done():  # else its caller gave up waiting
+        waiter.set_result(replies)

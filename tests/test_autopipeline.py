@@ -161,6 +161,35 @@ def test_close_sends_what_is_queued_and_waits_for_it(redis_url) -> None:
     assert asyncio.run(scenario()) == ["1"]
 
 
+def test_a_write_sent_without_waiting_is_logged_only_when_it_fails(
+    redis_url, silent_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`send` has no caller to tell: its failures (an error reply, a value Redis cannot take,
+    an unreachable or hung Redis) are logged under its name, and a write that lands says
+    nothing."""
+
+    async def scenario() -> None:
+        pipeline = AutoPipeline(redis_url)
+        await pipeline.execute(("SET", "test:autopipeline:text", "x"))
+        pipeline.send(("SET", "test:autopipeline:sent", "1"), what="landed write")
+        pipeline.send(("HSET", "test:autopipeline:text", "a", "1"), what="wrong-type write")
+        pipeline.send(("SET", "test:autopipeline:none", None), what="unsendable write")
+        await pipeline.close()
+        for url, what in ((f"redis://127.0.0.1:{free_port()}", "refused write"),
+                          (silent_server, "hung write")):
+            failing = AutoPipeline(url, timeout=0.3)
+            failing.send(("SET", "test:autopipeline:lost", "1"), what=what)
+            await failing.close()
+
+    with caplog.at_level("WARNING", logger="ivr.autopipeline"):
+        asyncio.run(scenario())
+    skipped = {r.getMessage() for r in caplog.records if "skipped" in r.getMessage()}
+    assert skipped == {"wrong-type write skipped: ResponseError",
+                       "unsendable write skipped: ResponseError",
+                       "refused write skipped: ConnectionError",
+                       "hung write skipped: TimeoutError"}
+
+
 def test_a_password_and_a_database_in_the_url_are_used(redis_url) -> None:
     async def scenario() -> None:
         admin = AutoPipeline(redis_url)
