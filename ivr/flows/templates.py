@@ -6,6 +6,7 @@ that loads can never fail later on a syntax error, and a run never parses text.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
@@ -30,7 +31,12 @@ def _urlencode(value: Any) -> str:
     a value placed in a URL is quoted whole."""
     if isinstance(value, dict):
         return urlencode(value)
-    return quote(str(value), safe="")
+    return _quote(str(value))
+
+
+@functools.lru_cache(maxsize=4096)  # the caller's number in a lookup's URL, call after call
+def _quote(text: str) -> str:
+    return quote(text, safe="")
 
 
 _ENV.filters["urlencode"] = _urlencode
