@@ -79,9 +79,8 @@ class Services:
     decision_deadline: float
     hold: HoldPolicy
     max_body_bytes: int
-    # Decisions still running (or just made) after their caller was put on hold, by CallSid:
-    # the redirect after the hold prompt takes them from here when it comes to this process.
-    held: dict[str, asyncio.Future[tuple[str, str]]] = field(default_factory=dict)
+    # Decisions still running after their caller was put on hold, by CallSid.
+    held: dict[str, asyncio.Task[tuple[str, str]]] = field(default_factory=dict)
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def background(self, operation: Awaitable[Any]) -> None:
@@ -123,32 +122,6 @@ class Webhook:
 
 # --- the three endpoints ----------------------------------------------------------------------
 
-@dataclass
-class Reply:
-    """The HTTP answer to a webhook: sent when the webhook is answered, or, while a slow
-    decision goes on, a hold prompt sent before that (`held`; see `_answer_call`)."""
-
-    send: Send
-    token: str = ""  # the webhook's idempotency token ("" without one)
-    started: float = 0.0  # perf_counter() when the webhook came in
-    hold_prompt: asyncio.Task[None] | None = None  # sending it: the webhook's answer
-
-    @property
-    def held(self) -> bool:
-        return self.hold_prompt is not None
-
-    async def __call__(self, status: int, body: str, media_type: bytes) -> None:
-        data = body.encode("utf-8")
-        await self.send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", media_type), (b"content-length", str(len(data)).encode())]})
-        await self.send({"type": "http.response.body", "body": data})
-
-
-# What an endpoint answers a verified webhook: TwiML and a summary for the log, or None when it
-# has sent its answer already through the Reply.
-Answer = tuple[str, str] | None
-
-
 @dataclass(frozen=True)
 class Endpoint:
     """A webhook endpoint, as a plain ASGI app: Starlette's Request and Response layers cost a
@@ -157,21 +130,18 @@ class Endpoint:
     name: str  # for metrics and traces: voice, voice_dial, messaging
     channel: Channel
     sid_param: str
-    answer: Callable[[Services, Webhook, Reply], Awaitable[Answer]]
+    answer: Callable[[Services, Webhook], Awaitable[tuple[str, str]]]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        reply = Reply(send)
         try:
-            response = await _handle(scope, receive, self, reply)
+            status, body, media_type = await _handle(scope, receive, self)
         except Exception:  # a bug before the flow (which answers its own failures): a 500
             log.exception("%s webhook failed", self.name)
-            response = 500, "Internal Server Error", PLAIN_TEXT
-        if reply.hold_prompt is not None:
-            # The hold prompt answered the webhook. It may still be on its way: an app that
-            # returns before its response started gets a 500 from uvicorn.
-            await reply.hold_prompt
-        elif response is not None:
-            await reply(*response)
+            status, body, media_type = 500, "Internal Server Error", PLAIN_TEXT
+        data = body.encode("utf-8")
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", media_type), (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
 
 
 class WebhookRoutes:
@@ -198,11 +168,9 @@ def request_headers(scope: Scope) -> dict[str, str]:
             for name, value in reversed(scope["headers"])}
 
 
-async def _handle(scope: Scope, receive: Receive, endpoint: Endpoint, reply: Reply
-                  ) -> tuple[int, str, bytes] | None:
-    """The response to send; None when a hold prompt was sent instead."""
+async def _handle(scope: Scope, receive: Receive, endpoint: Endpoint) -> tuple[int, str, bytes]:
     services: Services = scope["app"].state.services
-    reply.started = time.perf_counter()
+    started = time.perf_counter()
     channel = endpoint.channel
     headers = request_headers(scope)
     try:
@@ -213,57 +181,46 @@ async def _handle(scope: Scope, receive: Receive, endpoint: Endpoint, reply: Rep
         log.warning("%s webhook refused: %s", channel, exc.detail)
         return exc.status, exc.reason, PLAIN_TEXT
     with log_context(**hook.trace.sid_field(), channel=channel):
-        reply.token = headers.get(IDEMPOTENCY_HEADER, "")[:200]
+        token = headers.get(IDEMPOTENCY_HEADER, "")[:200]
         if channel == "messaging":
             # One message of a contact at a time, in order, so that two messages arriving
             # together are both answered, and a retry finds the first answer recorded.
             async with services.conversations.lock(hook.session_key):
-                answer = await _answer_once(services, hook, endpoint, reply)
+                twiml, summary = await _answer_once(services, hook, endpoint, token)
         else:
-            answer = await _answer_once(services, hook, endpoint, reply)
-        if answer is None:  # the hold prompt, recorded and observed as it went out
-            return None
-        twiml, summary = answer
-        _observe(services, hook.trace, summary, time.perf_counter() - reply.started)
+            twiml, summary = await _answer_once(services, hook, endpoint, token)
+        _observe(services, hook.trace, summary, time.perf_counter() - started)
     return 200, twiml, TWIML
 
 
-async def _answer_once(services: Services, hook: Webhook, endpoint: Endpoint, reply: Reply
-                       ) -> Answer:
-    """The TwiML and a summary for the log: the earlier answer if Twilio retries a webhook.
-    None: a hold prompt was the answer."""
-    token = reply.token
+async def _answer_once(services: Services, hook: Webhook, endpoint: Endpoint, token: str
+                       ) -> tuple[str, str]:
+    """The TwiML and a summary for the log: the earlier answer if Twilio retries a webhook."""
     try:
         replayed = await best_effort(services.conversations.replay(token), None,
                                      "retry lookup") if token else None
         if replayed is not None:
-            return replayed, "retry: the earlier answer, replayed"
-        answer = await endpoint.answer(services, hook, reply)
-        if answer is None:
-            return None
-        if token:
-            await _record_reply(services, hook, token, answer[0])
-        return answer
+            twiml, summary = replayed, "retry: the earlier answer, replayed"
+        else:
+            twiml, summary = await endpoint.answer(services, hook)
+            if token:
+                await _record_reply(services, hook, token, twiml)
     except Exception:  # every failure still answers the contact, with a route if there is one
         log.exception("%s %s: could not answer; routing to the fallback queue", hook.channel,
                       hook.sid)
-        return _fallback_answer(services, hook)
+        twiml, summary = _fallback_answer(services, hook)
+    return twiml, summary
 
 
 async def _record_reply(services: Services, hook: Webhook, token: str, twiml: str) -> None:
     """Keep the answer for a retry of this webhook. A message's is written before the lock is
     released, since a retry may be waiting on the lock. A call's retry comes seconds later and
     its lookup queues behind this write on the same connection, so the answer does not wait."""
+    command = services.conversations.record_reply_command(token, twiml)
     if hook.channel == "messaging":
-        command = services.conversations.record_reply_command(token, twiml)
         await best_effort(services.conversations.pipeline.execute(command), None, "retry record")
     else:
-        _send_reply_record(services, token, twiml)
-
-
-def _send_reply_record(services: Services, token: str, twiml: str) -> None:
-    services.conversations.pipeline.send(
-        services.conversations.record_reply_command(token, twiml), what="retry record")
+        services.conversations.pipeline.send(command, what="retry record")
 
 
 def _observe(services: Services, trace: CallTrace, summary: str, seconds: float) -> None:
@@ -318,63 +275,57 @@ def _fallback_answer(services: Services, hook: Webhook, flow: Flow | None = None
 
 # --- voice ------------------------------------------------------------------------------------
 
-async def _answer_call(services: Services, hook: Webhook, reply: Reply) -> Answer:
-    """A call, or an answer to a question: decided at once, or, when the decision (a slow
-    lookup) takes longer than `hold_after`, after a hold prompt sent meanwhile. The decision
-    runs here, in the webhook's own task: a task of its own for every call cost 5% of a cache
-    hit's CPU, and only a slow decision needs the answer to go out before it ends."""
+async def _answer_call(services: Services, hook: Webhook) -> tuple[str, str]:
+    """A call, or an answer to a question: decided at once, or after a hold prompt when the
+    decision (a slow lookup) takes longer than `hold_after`."""
     if hook.query.get("held") == "1":
         return await _held_decision(services, hook)
+    decision = asyncio.ensure_future(_decide_call(services, hook))
+    if await _done_within(decision, services.hold.after):
+        return decision.result()
+    services.held[hook.sid] = decision
+    decision.add_done_callback(lambda task: _keep_held_result(services, hook, task))
+    return (render_hold(services.hold.prompt, services.urls.held()),
+            f"on hold after {services.hold.after:g} s while the decision finishes")
+
+
+async def _done_within(task: asyncio.Future[Any], seconds: float) -> bool:
+    """Whether `task` is done within `seconds` (left running if not). asyncio.wait does the
+    same with a set, a second future and two sets of callbacks: twice the CPU, on every call."""
     loop = asyncio.get_running_loop()
-    held: asyncio.Future[tuple[str, str]] = loop.create_future()
-    timer = loop.call_later(services.hold.after, _hold, services, hook, reply, held)
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    timer = loop.call_later(seconds, wake)
+    task.add_done_callback(wake)
     try:
-        decision = await _decide_call(services, hook)
-    except Exception:
-        if not reply.held:
-            raise  # answered as any failure is
-        log.exception("voice %s: the held decision failed; routing to the fallback queue",
-                      hook.sid)
-        decision = _fallback_answer(services, hook)
+        await waiter
     finally:
         timer.cancel()
-    if not reply.held:
-        return decision
-    _keep_held_result(services, hook, held, decision)
-    return None
+        task.remove_done_callback(wake)
+    return task.done()
 
 
-def _hold(services: Services, hook: Webhook, reply: Reply,
-          held: asyncio.Future[tuple[str, str]]) -> None:
-    """The decision is not made after `hold_after`: the caller hears the hold prompt, whose
-    redirect comes back for the decision (to `held` in this process, or from Redis)."""
-    twiml = render_hold(services.hold.prompt, services.urls.held())
-    # From now on the decision is kept for the redirect, not sent.
-    reply.hold_prompt = asyncio.ensure_future(reply(200, twiml, TWIML))
-    services.held[hook.sid] = held
-    if reply.token:
-        _send_reply_record(services, reply.token, twiml)
-    _observe(services, hook.trace,
-             f"on hold after {services.hold.after:g} s while the decision finishes",
-             time.perf_counter() - reply.started)
-
-
-def _keep_held_result(services: Services, hook: Webhook, held: asyncio.Future[tuple[str, str]],
-                      decision: tuple[str, str]) -> None:
+def _keep_held_result(services: Services, hook: Webhook,
+                      task: asyncio.Task[tuple[str, str]]) -> None:
     """Publish a held call's decision for whichever instance Twilio's redirect reaches, and
     record it here, where it was made: the webhook's own record was of the hold prompt."""
-    held.set_result(decision)
     # The redirect takes it within seconds; a call hung up on hold never comes for it.
     asyncio.get_running_loop().call_later(HELD_TTL.total_seconds(), _forget_held, services,
-                                          hook.sid, held)
-    twiml, summary = decision
+                                          hook.sid, task)
+    if task.cancelled() or task.exception() is not None:
+        return
+    twiml, summary = task.result()
     services.background(services.conversations.hold_result(hook.sid, twiml))
     _record(services, hook.trace, f"decided after the hold prompt: {summary}",
             time.time() - hook.trace.at)
 
 
-def _forget_held(services: Services, sid: str, held: asyncio.Future[tuple[str, str]]) -> None:
-    if services.held.get(sid) is held:
+def _forget_held(services: Services, sid: str, task: asyncio.Task[tuple[str, str]]) -> None:
+    if services.held.get(sid) is task:
         del services.held[sid]
 
 
@@ -416,7 +367,7 @@ async def _decide_call(services: Services, hook: Webhook) -> tuple[str, str]:
     return await _run(services, hook, None)
 
 
-async def _answer_dial_result(services: Services, hook: Webhook, _: Reply) -> Answer:
+async def _answer_dial_result(services: Services, hook: Webhook) -> tuple[str, str]:
     """Where <Dial action> comes back: done if the caller was connected; else the next SIP URI
     of the queue, then of its overflow queues, then the flow's `unanswered` step."""
     status = hook.params.get("DialCallStatus", "")
@@ -461,7 +412,7 @@ def dial_targets(store: Store, queue_name: str) -> list[tuple[str, str]]:
 
 # --- messaging --------------------------------------------------------------------------------
 
-async def _answer_message(services: Services, hook: Webhook, _: Reply) -> Answer:
+async def _answer_message(services: Services, hook: Webhook) -> tuple[str, str]:
     session = await _load_session(services, hook)
     if session is not None and session.get("routed_to"):
         return await _forward_to_queue(services, hook, session)
