@@ -251,6 +251,22 @@ def test_a_held_decision_never_fetched_is_forgotten_and_a_late_redirect_still_ge
     assert dialled(twilio.post("/twilio/voice?held=1", params, follow=False)) == STANDARD_SIP
 
 
+def test_a_held_decision_that_fails_still_routes_the_redirect_to_the_fallback_queue(
+    make_settings, start_server, monkeypatch
+) -> None:
+    """A decision that fails after its caller heard the hold prompt (a bug: the flow itself
+    answers its own failures) leaves the redirect a route, the flow's fallback queue."""
+    async def failing_decision(services: object, hook: object) -> tuple[str, str]:
+        await asyncio.sleep(0.5)
+        raise RuntimeError("a bug after the hold prompt")
+
+    monkeypatch.setattr("ivr.channels.webhook._decide_call", failing_decision)
+    twilio = FakeTwilio(start_server(make_settings(hold_after=0.2, decision_deadline=2)).url)
+    params = call_params(L.GOLD)
+    assert "<Redirect" in twilio.post("/twilio/voice", params, follow=False).text
+    assert dialled(twilio.post("/twilio/voice?held=1", params, follow=False)) == STANDARD_SIP
+
+
 def test_the_redirect_after_a_hold_may_reach_another_instance(make_settings, start_server):
     first = FakeTwilio(start_server(make_settings(hold_after=0.3, decision_deadline=1.5)).url)
     second = FakeTwilio(start_server(make_settings(hold_after=0.3, decision_deadline=1.5)).url)
