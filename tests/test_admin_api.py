@@ -224,6 +224,22 @@ def test_invalid_input_gets_422_naming_the_field_and_stores_nothing(
     assert api.get("/audit").json()["total"] == 0
 
 
+@pytest.mark.parametrize("method", ["PUT", "PATCH"])
+def test_a_refusal_names_a_missing_overflow_along_with_the_other_bad_fields(
+    api: httpx.Client, method: str
+) -> None:
+    """One answer names every mistake it can: a missing overflow queue too, not only once the
+    other fields are fixed (found in an admin walk-through)."""
+    both = api.request(method, "/queues/gold", json={"sip_uri": "http://gold", "overflow": "ghost"})
+    assert both.status_code == 422
+    assert {e["field"]: e["message"] for e in both.json()["errors"]} == {
+        "sip_uri": "must start with sip: or sips:", "overflow": "'ghost' is not a queue"}
+    fine = api.request(method, "/queues/gold", json={"sip_uri": "http://gold",
+                                                     "overflow": "standard"})
+    assert [e["field"] for e in fine.json()["errors"]] == ["sip_uri"]
+    assert api.get("/queues/gold").json()["version"] == 1
+
+
 def test_an_invalid_queue_name_gets_422(api: httpx.Client) -> None:
     response = api.put("/queues/Bad%20Name", json={"sip_uri": "sip:a@b.com"})
     assert response.status_code == 422

@@ -146,7 +146,7 @@ async def get_queue(request: Request) -> Response:
 @admin_only
 async def put_queue(request: Request) -> Response:
     name = request.path_params["name"]
-    queue = queue_from_input(name, await json_body(request))
+    queue = queue_from_input(name, await json_body(request), store_of(request).queue_names())
     try:
         record, created = await store_of(request).put(
             name, queue, who(request), if_match_version(request))
@@ -176,7 +176,8 @@ async def patch_queue(request: Request) -> Response:
         if current is None:
             raise QueueNotFound(f"queue {name!r}")
         fields = {**current.queue.model_dump(mode="json"), **patch}
-        queue = queue_from_input(name, {k: v for k, v in fields.items() if v is not None})
+        queue = queue_from_input(name, {k: v for k, v in fields.items() if v is not None},
+                                 store.queue_names())
         try:
             record, _ = await store.put(name, queue, who(request),
                                         precondition or str(current.version))

@@ -3,6 +3,7 @@ web page both go through here, and through the same checks as the queues file at
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,8 +18,11 @@ class InvalidInput(Exception):
         self.errors = errors
 
 
-def queue_from_input(name: str, data: Any) -> Queue:
-    """The queue described by `data` (a JSON object) for the queue called `name`."""
+def queue_from_input(name: str, data: Any, queues: AbstractSet[str] | None = None) -> Queue:
+    """The queue described by `data` (a JSON object) for the queue called `name`. `queues`, the
+    queues this process knows, lets a refusal for other fields name a missing overflow too (the
+    store, which checks overflows against Redis itself, would only say so once they are
+    fixed)."""
     errors = []
     try:
         check_queue_name(name)
@@ -39,6 +43,10 @@ def queue_from_input(name: str, data: Any) -> Queue:
             for e in exc.errors()
         ]
     if errors:
+        overflow = fields.get("overflow")
+        if (queues is not None and isinstance(overflow, str) and overflow not in queues
+                and overflow != name and not any(e["field"] == "overflow" for e in errors)):
+            errors.append({"field": "overflow", "message": f"{overflow!r} is not a queue"})
         raise InvalidInput(errors)
     return queue
 

@@ -547,7 +547,7 @@ async def save_queue(request: Request, session: AdminSession) -> Response:
     values, data = posted_queue(form)
     read_at = number(form.get("version"))
     try:
-        queue = queue_from_input(name, data)
+        queue = queue_from_input(name, data, store_of(request).queue_names())
         record, _ = await store_of(request).put(
             name, queue, session.user,
             if_match=str(read_at) if read_at is not None else NEVER_MATCHES)
@@ -607,7 +607,7 @@ async def new_queue(request: Request, session: AdminSession) -> Response:
     name = str(form.get("name", "")).strip()
     values, data = posted_queue(form)
     try:
-        queue = queue_from_input(name, data)
+        queue = queue_from_input(name, data, store.queue_names())
         # The queue must not exist yet, so this never replaces a queue silently.
         record, _ = await store.put(name, queue, session.user, if_match=MUST_NOT_EXIST)
     except InvalidInput as exc:
