@@ -382,8 +382,10 @@ def test_a_session_ends_when_its_user_is_removed_or_their_password_changes(
     restarted = start_server(make_settings(admin_token=ADMIN_TOKEN, admin_users=users))
     response = alice.get(restarted.url + "/admin/audit")
     assert response.status_code == 303
-    assert response.headers["location"] == "/admin/login"
+    assert response.headers["location"] == "/admin/login?ended=1"
     assert 'ivr_admin_session=""' in response.headers["set-cookie"]
+    # The sign-in page says why she is asked again.
+    assert "Your session has ended" in alice.get(restarted.url + "/admin/login?ended=1").text
     # Deleted, not merely refused: the old server's configuration cannot revive it either.
     assert session_keys(redis_url) == 1
     assert not is_signed_in(alice, server.url)
@@ -397,6 +399,10 @@ def test_a_session_signed_in_with_the_admin_token_ends_when_the_token_is_rotated
     token_admin, alice = http_client("", ADMIN_TOKEN), http_client("alice")
     rotated = start_server(make_settings(admin_token="rotated-admin-token-0123456789abcdef",
                                          admin_users=USERS))
+    # Followed as a browser would: the sign-in page, saying why (it said nothing before).
+    ended = token_admin.get(rotated.url + "/admin/", follow_redirects=True)
+    assert ended.url.path == "/admin/login"
+    assert "Your session has ended" in ended.text
     assert not is_signed_in(token_admin, rotated.url)
     assert not is_signed_in(token_admin, server.url)
     assert is_signed_in(alice, rotated.url)

@@ -59,6 +59,8 @@ log = logging.getLogger("ivr.admin")
 HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "ivr_admin_session"
 LOGIN_COOKIE = "ivr_admin_login"
+SESSION_ENDED = ("Your session has ended: it expired, or the operator changed the admin token, "
+                 "your user or your password. Please sign in again.")
 TOKEN_USER = "admin token"
 MAX_FORM_BYTES = 16 * 1024
 MAX_FORM_FIELDS = 20
@@ -241,9 +243,11 @@ async def _signed_in(request: Request, endpoint: SignedInEndpoint) -> Response:
     """The request of a signed-in admin, whose POST carries the session's CSRF token."""
     session = await current_session(request)
     if session is None:
-        response = redirect(request, "admin_login")
-        if SESSION_COOKIE in request.cookies:
-            response.delete_cookie(SESSION_COOKIE, path=cookie_path(request))
+        if SESSION_COOKIE not in request.cookies:
+            return redirect(request, "admin_login")
+        # A session that was there and is not any more: say why the admin is asked again.
+        response = redirect(request, "admin_login", {"ended": 1})
+        response.delete_cookie(SESSION_COOKIE, path=cookie_path(request))
         return response
     if request.method == "POST":
         form = await read_form(request)
@@ -377,7 +381,8 @@ async def _login(request: Request) -> Response:
     if request.method == "GET":
         if await current_session(request) is not None:
             return redirect(request, "admin_index")
-        notice = "You are signed out." if "signed_out" in request.query_params else None
+        notice = ("You are signed out." if "signed_out" in request.query_params
+                  else SESSION_ENDED if "ended" in request.query_params else None)
         return login_page(request, notice=notice)
     form = await read_form(request)
     if form is None:
