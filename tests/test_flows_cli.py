@@ -263,6 +263,29 @@ route: gold (sip:gold@queues.example.com)
 """
 
 
+def test_a_null_from_the_api_is_said_as_nothing_not_as_none(ivr: Ivr, flows_dir: Path) -> None:
+    """A fetch that saves a null (or a field the answer lacks) leaves the variable empty in
+    what the caller hears, as a variable never set is (found in a flow author's walk-through:
+    the caller heard "Your tier is None.")."""
+    (flows_dir / "tell_tier.yaml").write_text("""\
+name: tell_tier
+trigger: {channels: [voice], numbers: ["+15005550199"]}
+fallback_queue: standard
+steps:
+  lookup: {kind: fetch, url: "http://api.invalid/c/{{ contact.number | urlencode }}",
+           save: {tier: loyaltyStatus, points: points}, next: tell, on_error: tell}
+  tell: {kind: say, voice: "Your tier is {{ vars.tier }}, {{ vars.points }} points.", next: done}
+  done: {kind: route, queue: standard}
+""")
+    status, out, _ = ivr("simulate", "tell_tier", "--channel", "voice", "--from", "+15550000001",
+                         "--mock", 'http://api.invalid/c/%2B15550000001=200:{"loyaltyStatus": null}',
+                         "--json", IVR_FLOWS_DIR=str(flows_dir),
+                         IVR_SIP_CONFIG=str(flows_dir.parent / "queues.yaml"))
+    assert status == 0
+    [turn] = json.loads(out)["turns"]
+    assert "<Say>Your tier is ,  points.</Say>" in turn["twiml"], turn["twiml"]
+
+
 def test_simulate_json_is_one_document(ivr: Ivr) -> None:
     status, out, _ = ivr("simulate", "loyalty_routing", "--channel", "messaging", "--from",
                          "whatsapp:+15550000001", "--body", "Where is my order?",

@@ -18,11 +18,18 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
 
+def _text(value: Any) -> Any:
+    """What a placeholder writes: nothing for None (a fetch's null or missing field, a status
+    that never came), as for a variable never set; a caller must not hear "None"."""
+    return "" if value is None else value
+
+
 _ENV = ImmutableSandboxedEnvironment(
     undefined=jinja2.ChainableUndefined,  # `vars.tier` on a caller with no tier is just empty
     autoescape=False,  # output goes through twilio's TwiML builders, which escape it
     trim_blocks=True,
     lstrip_blocks=True,
+    finalize=_text,
 )
 
 
@@ -31,7 +38,11 @@ def _urlencode(value: Any) -> str:
     a value placed in a URL is quoted whole."""
     if isinstance(value, dict):
         return urlencode(value)
-    return _quote(str(value))
+    return _quote(str(_text(value)))
+
+
+def _str(value: Any) -> str:
+    return str(_text(value))
 
 
 @functools.lru_cache(maxsize=4096)  # the caller's number in a lookup's URL, call after call
@@ -144,7 +155,7 @@ def _direct_plan(tree: nodes.Template) -> list[str | _Path] | None:
         return None
     plan: list[str | _Path] = []
     for node in tree.body[0].nodes if tree.body else []:
-        convert: Callable[[Any], str] = str
+        convert: Callable[[Any], str] = _str
         if isinstance(node, nodes.TemplateData):
             plan.append(node.data)
             continue
