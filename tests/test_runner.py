@@ -178,3 +178,23 @@ def test_a_contact_field_saved_in_one_turn_is_read_in_the_next() -> None:
 async def _advance(flow_: Flow, run_: Run, **resume: str) -> Outcome:
     run_.deadline = asyncio.get_running_loop().time() + 3
     return await run_flow(flow_, run_, **resume)
+
+
+def test_a_spoken_answer_is_read_without_the_full_stop_speech_recognition_adds() -> None:
+    """Twilio's SpeechResult ends with a full stop the caller never said: emails, digits and
+    patterns were refused for it (a flow author's walk-through). Typed answers keep theirs."""
+    steps = flow("""
+    email: {kind: ask, prompt: "Email?", expect: email, save: email, next: digits,
+            on_exhausted: done}
+    digits: {kind: ask, prompt: "Number?", expect: digits, min_digits: 8, max_digits: 8,
+             save: number, next: code, on_exhausted: done}
+    code: {kind: ask, prompt: "Code?", expect: regex, pattern: "[A-Z]{2}-[0-9]{3}", save: code,
+           next: done, on_exhausted: done}
+    done: {kind: end}
+    """).steps
+    assert steps["email"].interpret("Jane at example dot com.", "voice") == "jane@example.com"
+    assert steps["email"].interpret("jane@example.com?", "voice") == "jane@example.com"
+    assert steps["digits"].interpret("1234 5678.", "voice") == "12345678"
+    assert steps["code"].interpret("AB-123.", "voice") == "AB-123"
+    assert steps["code"].interpret("AB-123.", "messaging") is None
+    assert steps["email"].interpret(".", "voice") is None

@@ -128,6 +128,10 @@ class AskStep(Step):
     def interpret(self, answer: str, channel: str) -> str | None:
         """The value an answer stands for, or None when it is not a valid answer."""
         text = answer.strip()
+        if channel == "voice":
+            # Speech recognition ends what it heard with a full stop (or ? or !) the caller
+            # never said: "jane at example dot com." is an email, "1234." four digits.
+            text = text.rstrip(".?!").rstrip()
         if not text:
             return None
         if self.expect == "choice":
