@@ -51,6 +51,17 @@ def test_messaging_forwards_to_the_queue_and_never_dials() -> None:
                      '<Message to="whatsapp:+15550100101">+1555 (gold): hi</Message></Response>')
 
 
+def test_a_message_longer_than_twilio_sends_is_cut_to_fit() -> None:
+    """Twilio refuses a body over 1,600 characters, and then sends nothing: a customer's long
+    message behind the flow's note made the forward too long (a walk-through found it)."""
+    long = "x" * 1600
+    root = ET.fromstring(render_messaging(
+        [Say("y" * 2000), RouteToQueue("gold", f"+1555 (gold): {long}")], {"gold": GOLD}))
+    said, forwarded = root.findall("Message")
+    assert len(said.text) == len(forwarded.text) == 1600
+    assert forwarded.text.startswith("+1555 (gold): xxx") and forwarded.text.endswith("x…")
+
+
 def test_messaging_hand_off_without_a_reply_still_acknowledges_the_customer() -> None:
     twiml = render_messaging([RouteToQueue("gold", "note")], {"gold": GOLD})
     assert f"<Message>{ACKNOWLEDGEMENT}</Message>" in twiml

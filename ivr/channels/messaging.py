@@ -11,6 +11,8 @@ from ivr.flows.actions import Action, Ask, RouteToQueue, Say
 from ivr.queues import Queue
 
 APOLOGY = "Sorry, we cannot answer messages right now. Please try again later."
+# Twilio refuses a longer message body (error 21617), and then nothing at all is sent.
+MAX_MESSAGE_LENGTH = 1600
 # Sent when a flow hands a conversation over without having said anything (e.g. its fallback).
 ACKNOWLEDGEMENT = "Thanks for your message. One of our team will reply shortly."
 
@@ -24,7 +26,7 @@ def render_messaging(
     replied = not acknowledge
     for action in actions:
         if isinstance(action, Say | Ask):  # a question is a message; the reply is the answer
-            response.message(action.text if isinstance(action, Say) else action.prompt)
+            response.message(_fit(action.text if isinstance(action, Say) else action.prompt))
             replied = True
         elif isinstance(action, RouteToQueue):
             queue = queues.get(action.queue)
@@ -34,9 +36,17 @@ def render_messaging(
             if not replied:  # a customer handed over is always told so
                 response.message(ACKNOWLEDGEMENT)
             if queue.message_to is not None and action.note:
-                response.message(action.note, to=queue.message_to)
+                response.message(_fit(action.note), to=queue.message_to)
         # Hangup: a conversation just ends; nothing to send.
     return str(response)
+
+
+def _fit(text: str) -> str:
+    """`text`, cut to what Twilio sends (a forwarded message is the customer's own, up to the
+    limit, behind the flow's note)."""
+    if len(text) <= MAX_MESSAGE_LENGTH:
+        return text
+    return text[:MAX_MESSAGE_LENGTH - 1] + "…"
 
 
 def render_messaging_apology() -> str:

@@ -608,6 +608,9 @@ def _summary(flow: Flow, outcome: Outcome, routed: str | None, queues: dict[str,
     if outcome.fallback_reason:
         summary += f" (fallback: {outcome.fallback_reason})"
     if channel == "messaging" and routed in queues and not queues[routed].message_to:
+        # Nobody will read it: an operator must hear of it, not find it in an info line.
+        log.warning("queue %s has no message_to: a conversation handed to it was not forwarded "
+                    "to anyone", routed)
         summary += " (queue has no message_to: not forwarded)"
     return summary
 
