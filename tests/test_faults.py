@@ -132,6 +132,11 @@ def test_admin_requests_answer_503_at_once_while_redis_hangs_or_is_down(
             assert time.monotonic() - started < 10  # the bound, not redis-py's retries
             shown = page.get("/admin/queues/gold")
             assert shown.status_code == 503 and "Redis is not answering" in shown.text
+            # A read is told that nothing could be read, not that a change may still land.
+            read = api.get("/queues")
+            assert read.status_code == 503
+            assert "nothing could be read" in read.json()["error"]
+            assert "history" not in read.json()["error"]
             assert dialled(twilio.call(L.UNKNOWN)) == STANDARD
         finally:
             process.send_signal(signal.SIGCONT)

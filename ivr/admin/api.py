@@ -85,7 +85,7 @@ def admin_only(endpoint: Endpoint) -> Endpoint:
                 headers={"WWW-Authenticate": 'Bearer realm="ivr-admin"'},
             )
         try:
-            async with store_bounded():
+            async with store_bounded(request.method):
                 return await endpoint(request)
         except StoreUnavailable as exc:
             log.warning("admin API %s %s: %s", request.method, request.url.path, exc)

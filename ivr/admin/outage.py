@@ -22,11 +22,15 @@ class StoreUnavailable(Exception):
 
 
 @asynccontextmanager
-async def store_bounded() -> AsyncIterator[None]:
+async def store_bounded(method: str = "POST") -> AsyncIterator[None]:
+    """Bound an admin request of HTTP `method` (a GET or HEAD reads, and is told so)."""
     try:
         async with asyncio.timeout(STORE_TIMEOUT):
             yield
     except (TimeoutError, RedisTimeoutError):  # our deadline, or redis-py's socket timeout
+        if method in ("GET", "HEAD"):
+            raise StoreUnavailable(f"Redis did not answer within {STORE_TIMEOUT:g} s: nothing "
+                                   f"could be read. {CALLS_STILL_ROUTE}") from None
         raise StoreUnavailable(
             f"Redis did not answer within {STORE_TIMEOUT:g} s, so nothing was confirmed. A change "
             "sent may still be applied when Redis answers: look at the queue's history before "

@@ -224,7 +224,7 @@ def signed_in(endpoint: SignedInEndpoint) -> Endpoint:
         if not admin_enabled(request):
             return disabled_page(request)
         try:
-            async with store_bounded():
+            async with store_bounded(request.method):
                 return await _signed_in(request, endpoint)
         except StoreUnavailable as exc:
             return store_unavailable_page(request, exc)
@@ -371,7 +371,7 @@ async def login(request: Request) -> Response:
     if not admin_enabled(request):
         return disabled_page(request)
     try:
-        async with store_bounded():
+        async with store_bounded(request.method):
             return await _login(request)
     except StoreUnavailable as exc:
         return store_unavailable_page(request, exc)
