@@ -6,7 +6,8 @@
       headers:
         Authorization: "{% if settings.loyalty_api_token %}Bearer {{ settings.loyalty_api_token }}{% endif %}"
       timeout: 2            # seconds, never beyond the webhook's routing deadline
-      retries: 1            # after a timeout, refused connection or 5xx, if time allows
+      retries: 1            # after a fault (timeout, refused connection, 5xx, a 2xx that is
+                            # not JSON or too large), if time allows
       cache: 5m             # definitive answers shared by all instances; optional
       stale_while_revalidate: 1h   # serve an old answer while refreshing; optional
       save:
@@ -93,8 +94,8 @@ class FetchStep(Step):
     timeout: float = Field(default=2.0, gt=0, le=10)
     retries: int = Field(
         default=0, ge=0, le=3,
-        description="Tries again after a timeout, a refused connection or a 5xx, while the "
-        "routing deadline leaves time for it.")
+        description="Tries again after a fault (a timeout, a refused connection, a 5xx, or a 2xx "
+        "whose body is not JSON or is too large), while the routing deadline leaves time for it.")
     cache: CacheTtl | None = Field(
         default=None, description="Keep definitive answers (2xx, 4xx) this long, shared by "
         "every instance; concurrent identical requests make one.")
