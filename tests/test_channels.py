@@ -62,6 +62,24 @@ def test_a_message_longer_than_twilio_sends_is_cut_to_fit() -> None:
     assert forwarded.text.startswith("+1555 (gold): xxx") and forwarded.text.endswith("x…")
 
 
+def test_a_forward_to_the_other_channel_is_sent_from_our_number_on_that_channel() -> None:
+    """A WhatsApp conversation forwarded to an SMS number (and the other way round) left the
+    WhatsApp sender (or the SMS number), which Twilio refuses: the forward was lost (an
+    operator walk-through). It now names our number on the target's channel."""
+    sms_agent = Queue(sip_uri="sip:gold@queues.example.com", message_to="+15550100101")
+    forward = [RouteToQueue("gold", "note")]
+
+    def sender(queue: Queue, our_address: str) -> str | None:
+        root = ET.fromstring(render_messaging(forward, {"gold": queue}, our_address=our_address))
+        return root.findall("Message")[-1].get("from")
+
+    assert sender(sms_agent, "whatsapp:+15005550006") == "+15005550006"
+    assert sender(GOLD, "+15005550006") == "whatsapp:+15005550006"
+    # The same channel: Twilio's default sender, the number written to.
+    assert sender(sms_agent, "+15005550006") is None
+    assert sender(GOLD, "whatsapp:+15005550006") is None
+
+
 def test_messaging_hand_off_without_a_reply_still_acknowledges_the_customer() -> None:
     twiml = render_messaging([RouteToQueue("gold", "note")], {"gold": GOLD})
     assert f"<Message>{ACKNOWLEDGEMENT}</Message>" in twiml

@@ -298,8 +298,9 @@ def test_simulate_json_is_one_document(ivr: Ivr) -> None:
     [turn] = result["turns"]
     assert turn["actions"][-1] == {"action": "route", "queue": "gold",
                                    "note": "+15550000001 (gold): Where is my order?"}
-    assert '<Message to="+15550100101">+15550000001 (gold): Where is my order?</Message>' in \
-        turn["twiml"]
+    # A WhatsApp conversation, an SMS agent: forwarded from our number as an SMS number.
+    assert ('<Message from="+15005550006" to="+15550100101">+15550000001 (gold): Where is my '
+            'order?</Message>') in turn["twiml"]
 
 
 def test_simulate_uses_the_loyalty_api_url_setting_and_reports_unmocked_requests(

@@ -18,10 +18,13 @@ ACKNOWLEDGEMENT = "Thanks for your message. One of our team will reply shortly."
 
 
 def render_messaging(
-    actions: list[Action], queues: Mapping[str, Queue], acknowledge: bool = True
+    actions: list[Action], queues: Mapping[str, Queue], acknowledge: bool = True,
+    our_address: str = "",
 ) -> str:
     """TwiML for `actions`; a hand-off the flow did not announce is acknowledged unless
-    `acknowledge` is False (later messages of a conversation already handed over)."""
+    `acknowledge` is False (later messages of a conversation already handed over).
+    `our_address` is the number the contact wrote to (`To`, `whatsapp:` and all): a forward to
+    a target on the other channel is sent from our number on that channel."""
     response = MessagingResponse()
     replied = not acknowledge
     for action in actions:
@@ -36,9 +39,20 @@ def render_messaging(
             if not replied:  # a customer handed over is always told so
                 response.message(ACKNOWLEDGEMENT)
             if queue.message_to is not None and action.note:
-                response.message(_fit(action.note), to=queue.message_to)
+                response.message(_fit(action.note), to=queue.message_to,
+                                 from_=_sender(queue.message_to, our_address))
         # Hangup: a conversation just ends; nothing to send.
     return str(response)
+
+
+def _sender(target: str, our_address: str) -> str | None:
+    """Where a forward to `target` comes from: None (Twilio's default, the number written to)
+    when the target is on the conversation's own channel. Otherwise our number on the target's
+    channel: Twilio does not send a WhatsApp conversation's forward to an SMS number from the
+    WhatsApp sender, nor the other way round (the number must be enabled on both)."""
+    ours = our_address.removeprefix("whatsapp:")
+    wanted = f"whatsapp:{ours}" if target.startswith("whatsapp:") else ours
+    return None if not ours or wanted == our_address else wanted
 
 
 def _fit(text: str) -> str:
