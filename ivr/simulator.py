@@ -332,7 +332,7 @@ def _record_turn(
     if run.contact.channel == "voice":
         twiml = render_voice(actions, used, CallbackUrls(""), number)
     else:
-        twiml = render_messaging(actions, used, our_address=run.params.get("To", ""))
+        twiml = render_messaging(actions, used, inbound=run.params)
     return Turn(
         number=number,
         input=given,

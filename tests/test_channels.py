@@ -70,7 +70,8 @@ def test_a_forward_to_the_other_channel_is_sent_from_our_number_on_that_channel(
     forward = [RouteToQueue("gold", "note")]
 
     def sender(queue: Queue, our_address: str) -> str | None:
-        root = ET.fromstring(render_messaging(forward, {"gold": queue}, our_address=our_address))
+        root = ET.fromstring(render_messaging(forward, {"gold": queue},
+                                              inbound={"To": our_address}))
         return root.findall("Message")[-1].get("from")
 
     assert sender(sms_agent, "whatsapp:+15005550006") == "+15005550006"
@@ -78,6 +79,21 @@ def test_a_forward_to_the_other_channel_is_sent_from_our_number_on_that_channel(
     # The same channel: Twilio's default sender, the number written to.
     assert sender(sms_agent, "+15005550006") is None
     assert sender(GOLD, "whatsapp:+15005550006") is None
+
+
+def test_a_forward_carries_the_customers_pictures() -> None:
+    """A picture sent with (or without) text reached the agent as an empty line (an operator
+    walk-through): the forward now carries the message's media."""
+    inbound = {"To": "+15005550006", "NumMedia": "2", "Body": "",
+               "MediaUrl0": "https://api.twilio.com/2010-04-01/Accounts/AC1/Messages/MM1/Media/ME1",
+               "MediaUrl1": "https://api.twilio.com/2010-04-01/Accounts/AC1/Messages/MM1/Media/ME2"}
+    root = ET.fromstring(render_messaging([Say("Thanks"), RouteToQueue("gold", "+1555 (gold): ")],
+                                          {"gold": GOLD}, inbound=inbound))
+    forward = root.findall("Message")[-1]
+    assert forward.get("to") == GOLD.message_to
+    assert forward.findtext("Body") == "+1555 (gold): "
+    assert [m.text for m in forward.findall("Media")] == [inbound["MediaUrl0"],
+                                                          inbound["MediaUrl1"]]
 
 
 def test_messaging_hand_off_without_a_reply_still_acknowledges_the_customer() -> None:

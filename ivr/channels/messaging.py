@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from twilio.twiml.messaging_response import MessagingResponse
+from twilio.twiml.messaging_response import Message, MessagingResponse
 
 from ivr.flows.actions import Action, Ask, RouteToQueue, Say
 from ivr.queues import Queue
@@ -13,18 +13,22 @@ from ivr.queues import Queue
 APOLOGY = "Sorry, we cannot answer messages right now. Please try again later."
 # Twilio refuses a longer message body (error 21617), and then nothing at all is sent.
 MAX_MESSAGE_LENGTH = 1600
+MAX_MEDIA = 10  # pictures and files a message carries, at most
 # Sent when a flow hands a conversation over without having said anything (e.g. its fallback).
 ACKNOWLEDGEMENT = "Thanks for your message. One of our team will reply shortly."
 
 
 def render_messaging(
     actions: list[Action], queues: Mapping[str, Queue], acknowledge: bool = True,
-    our_address: str = "",
+    inbound: Mapping[str, str] | None = None,
 ) -> str:
     """TwiML for `actions`; a hand-off the flow did not announce is acknowledged unless
     `acknowledge` is False (later messages of a conversation already handed over).
-    `our_address` is the number the contact wrote to (`To`, `whatsapp:` and all): a forward to
-    a target on the other channel is sent from our number on that channel."""
+    `inbound` is the webhook's parameters: a forward carries the customer's pictures and files
+    (MediaUrl0...), and a forward to a target on the other channel is sent from our number
+    (`To`) on that channel."""
+    inbound = inbound or {}
+    media = media_urls(inbound)
     response = MessagingResponse()
     replied = not acknowledge
     for action in actions:
@@ -39,10 +43,24 @@ def render_messaging(
             if not replied:  # a customer handed over is always told so
                 response.message(ACKNOWLEDGEMENT)
             if queue.message_to is not None and action.note:
-                response.message(_fit(action.note), to=queue.message_to,
-                                 from_=_sender(queue.message_to, our_address))
+                sender = _sender(queue.message_to, inbound.get("To", ""))
+                if not media:
+                    response.message(_fit(action.note), to=queue.message_to, from_=sender)
+                    continue
+                forward = Message(to=queue.message_to, from_=sender)  # text and media nouns
+                forward.body(_fit(action.note))
+                for url in media:
+                    forward.media(url)
+                response.append(forward)
         # Hangup: a conversation just ends; nothing to send.
     return str(response)
+
+
+def media_urls(params: Mapping[str, str]) -> list[str]:
+    """The pictures and files of an inbound message (Twilio's URLs), in order."""
+    count = params.get("NumMedia", "0")
+    return [url for i in range(min(int(count) if count.isdigit() else 0, MAX_MEDIA))
+            if (url := params.get(f"MediaUrl{i}", "")).startswith(("https://", "http://"))]
 
 
 def _sender(target: str, our_address: str) -> str | None:

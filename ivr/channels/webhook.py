@@ -269,7 +269,7 @@ def _fallback_answer(services: Services, hook: Webhook, flow: Flow | None = None
     if hook.channel == "voice":
         twiml = render_voice(actions, queues, services.urls)
     else:
-        twiml = render_messaging(actions, queues, our_address=hook.params.get("To", ""))
+        twiml = render_messaging(actions, queues, inbound=hook.params)
     return twiml, f"fallback queue {flow.fallback_queue} ({reason})"
 
 
@@ -436,8 +436,7 @@ async def _forward_to_queue(
     queues = {queue_name: q} if (q := services.store.queue(queue_name)) else {}
     hook.trace.handed_over(session.get("flow"), queue_name)
     # Already acknowledged when handed over: forwarding alone, without a new acknowledgement.
-    twiml = render_messaging(actions, queues, acknowledge=False,
-                             our_address=hook.params.get("To", ""))
+    twiml = render_messaging(actions, queues, acknowledge=False, inbound=hook.params)
     if flow is not None:  # each message keeps the hand-off alive for another expire_after
         await best_effort(services.conversations.save_session(
             hook.session_key, session, flow.expire_after), None, "session save")
@@ -482,7 +481,7 @@ async def _run(
     if hook.channel == "voice":
         twiml = render_voice(actions, queues, services.urls, turn, last_resort)
     else:
-        twiml = render_messaging(actions, queues, our_address=hook.params.get("To", ""))
+        twiml = render_messaging(actions, queues, inbound=hook.params)
     routed = next((a.queue for a in actions if isinstance(a, RouteToQueue)), None)
     hook.trace.ran(flow, outcome, run, routed)
     session.update(state=run.state(), turn=turn, twiml=twiml, waiting_at=outcome.waiting_at,
