@@ -74,8 +74,8 @@ def _sender(target: str, our_address: str) -> str | None:
 
 
 def _fit(text: str) -> str:
-    """`text`, cut to what Twilio sends (a forwarded message is the customer's own, up to the
-    limit, behind the flow's note)."""
+    """`text`, cut to the length Twilio sends: a flow's note and a long message from the
+    customer together can pass it."""
     if len(text) <= MAX_MESSAGE_LENGTH:
         return text
     return text[:MAX_MESSAGE_LENGTH - 1] + "…"
