@@ -18,6 +18,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
 
+
 def _text(value: Any) -> Any:
     """What a placeholder writes: nothing for None (a fetch's null or missing field, a status
     that never came), as for a variable never set; a caller must not hear "None"."""
