@@ -25,8 +25,17 @@ class YamlFileError(Exception):
     """The file cannot be read or parsed; the message names the file (and line)."""
 
 
+# A flow or the queues file is kilobytes: a file this large is a mistake (a log pasted in), and
+# parsing it would take seconds at every start.
+MAX_YAML_BYTES = 1024 * 1024
+
+
 def read_yaml(path: Path) -> Any:
     try:
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise YamlFileError(f"{path}: {size:,} bytes, over the {MAX_YAML_BYTES:,} a config "
+                                "file may have")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise YamlFileError(f"{path}: file not found") from None
@@ -35,4 +44,6 @@ def read_yaml(path: Path) -> Any:
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
-        raise YamlFileError(f"{path}: invalid YAML: {exc}") from None
+        # PyYAML calls text it was given "<unicode string>": the file's name says more.
+        message = str(exc).replace('"<unicode string>"', f'"{path.name}"')
+        raise YamlFileError(f"{path}: invalid YAML: {message}") from None

@@ -101,6 +101,20 @@ def test_queue_file_problems_are_reported_clearly(tmp_path: Path, text: str, mes
         load_queue_file(write(tmp_path, text))
 
 
+def test_a_yaml_error_names_the_file_at_its_line_and_a_huge_file_is_refused(
+    tmp_path: Path
+) -> None:
+    """PyYAML's message said `in "<unicode string>", line 2` (a flow author's walk-through);
+    a file of megabytes (a log pasted in) took seconds to parse at every start."""
+    with pytest.raises(QueueConfigError) as broken:
+        load_queue_file(write(tmp_path, "queues:\n  gold: [\n"))
+    assert "<unicode string>" not in str(broken.value)
+    assert '"queues.yaml", line 3' in str(broken.value)
+    huge = write(tmp_path, "queues:\n  gold: {sip_uri: 'sip:a@b.com'}\n" + "#" * 2_000_000)
+    with pytest.raises(QueueConfigError, match="over the 1,048,576 a config file may have"):
+        load_queue_file(huge)
+
+
 def test_a_missing_queue_file_says_which_setting_to_fix(tmp_path: Path) -> None:
     with pytest.raises(QueueConfigError, match="file not found.*IVR_SIP_CONFIG"):
         load_queue_file(tmp_path / "nope.yaml")
