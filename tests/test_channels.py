@@ -31,6 +31,12 @@ def test_voice_asks_with_a_gather_that_comes_back_with_its_turn() -> None:
         'speechTimeout="auto" timeout="5"><Say>Press 1 for sales</Say></Gather></Response>')
 
 
+def test_a_question_whose_prompt_renders_empty_has_no_empty_say() -> None:
+    root = ET.fromstring(render_voice([Ask("")], {}, CallbackUrls(""), 1))
+    gather = root.find("Gather")
+    assert gather is not None and gather.find("Say") is None
+
+
 def test_callback_urls_are_relative_without_a_public_url() -> None:
     assert CallbackUrls("").dial("gold", 2) == "/twilio/voice/dial?queue=gold&try=2"
 

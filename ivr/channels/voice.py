@@ -67,7 +67,8 @@ def _render_voice(actions: tuple[Action, ...], routed: tuple[tuple[str, Queue | 
                 input=inputs, action=urls.gather(turn), method="POST",
                 action_on_empty_result=True, timeout=action.timeout, speech_timeout="auto",
                 num_digits=action.max_digits, language=action.language)
-            gather.say(action.prompt, language=action.language)
+            if action.prompt:  # a prompt that renders empty: no empty <Say> (Twilio's 13520)
+                gather.say(action.prompt, language=action.language)
         elif isinstance(action, RouteToQueue):
             queue = queues.get(action.queue)
             if queue is None:
