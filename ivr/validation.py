@@ -31,6 +31,11 @@ def describe_errors(
             if loc and loc[0] in tags:
                 loc = loc[1:]
         field = ".".join(loc)
+        if isinstance(error.get("input"), bool):  # `no:` or `equals: yes`, meant as words
+            if len(loc) >= 2 and loc[-1] == "[key]":  # the key's place in the mapping says little
+                field = ".".join(loc[:-2])
+                message = f"a key that YAML read as {str(error['input']).lower()}"
+            message += ": YAML reads yes, no, on and off unquoted as true or false; quote them"
         for line in message.splitlines():  # a check that found several problems
             lines.append(": ".join(part for part in (where, field, line) if part))
     return lines

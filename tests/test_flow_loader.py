@@ -119,3 +119,26 @@ steps:
         "step 'greet': goes to 'nowhere', which is not a step",
         "step 'ask': goes to 'elsewhere', which is not a step",
     ]
+
+
+def test_yes_and_no_read_as_booleans_are_named_with_the_fix(tmp_path: Path) -> None:
+    """`options: {yes: ..., no: ...}` and `equals: yes` were refused as "options.1.[key]: Input
+    should be a valid string" (a flow author's walk-through): YAML 1.1 reads yes and no
+    unquoted as booleans, and the message now says so."""
+    (tmp_path / "yesno.yaml").write_text("""\
+name: yesno
+trigger: {channels: [voice], numbers: ["+15005550177"]}
+fallback_queue: standard
+steps:
+  q: {kind: ask, prompt: "Yes or no?", expect: choice, options: {yes: ["1"], no: ["2"]},
+      save: answer, next: b, on_exhausted: done}
+  b: {kind: branch, value: vars.answer, cases: [{equals: yes, next: done}], else: done}
+  done: {kind: route, queue: standard}
+""")
+    with pytest.raises(FlowLoadError) as refused:
+        load_flows(tmp_path, queue_names=QUEUES)
+    problems = [p.removeprefix(f"{tmp_path / 'yesno.yaml'}: ") for p in refused.value.problems]
+    hint = "YAML reads yes, no, on and off unquoted as true or false; quote them"
+    assert f"step 'q': options: a key that YAML read as true: {hint}" in problems
+    assert f"step 'q': options: a key that YAML read as false: {hint}" in problems
+    assert any(p.startswith("step 'b': cases.0.equals: ") and p.endswith(hint) for p in problems)
