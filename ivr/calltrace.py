@@ -23,7 +23,9 @@ import contextlib
 import itertools
 import json
 import logging
+import os
 import secrets
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,9 +107,10 @@ class CallTrace:
                 "route": self.route, "fallback_reason": self.fallback_reason,
                 "duration_ms": self.duration_ms}
 
-    def entry(self, entry_id: str) -> dict[str, Any]:
+    def entry(self, entry_id: str, instance: str) -> dict[str, Any]:
         return {
             "id": entry_id,
+            "instance": instance,
             "at": utc_iso(self.at, milliseconds=True),
             "channel": self.channel,
             "endpoint": self.endpoint,
@@ -142,6 +145,8 @@ class CallTraces:
         # Entry ids: this process's random prefix and a count (a random id for each entry was a
         # system call on every call).
         self._id_prefix = secrets.token_hex(4)
+        # Which process answered, among several instances and workers: host and process id.
+        self.instance = f"{socket.gethostname()}:{os.getpid()}"
         self._ids = itertools.count()
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -182,7 +187,7 @@ class CallTraces:
             CALL_TRACES_DROPPED.inc()
         answered = trace.at + trace.duration_ms / 1000
         entry_id = f"{self._id_prefix}{next(self._ids) & 0xFFFFFFFF:08x}"
-        self._pending.append((answered, compact_json(trace.entry(entry_id))))
+        self._pending.append((answered, compact_json(trace.entry(entry_id, self.instance))))
         if not self._wake.is_set():
             self._wake.set()
 

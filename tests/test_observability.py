@@ -11,6 +11,7 @@ import logging
 import os
 import queue
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -336,6 +337,8 @@ def test_a_call_trace_has_the_steps_the_fetch_and_the_route(server: ServerThread
     assert trace["route"] == "gold" and trace["fallback_reason"] is None
     assert trace["duration_ms"] > 0 and trace["at"].startswith("20")
     assert L.GOLD not in json.dumps(trace)
+    # Which process answered (the server runs in this test's process here).
+    assert trace["instance"] == f"{socket.gethostname()}:{os.getpid()}"
 
 
 def test_a_failed_lookup_is_traced_with_its_outcome(server: ServerThread) -> None:

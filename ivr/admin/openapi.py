@@ -145,6 +145,8 @@ def openapi_document() -> dict[str, Any]:
                     "type": "array", "items": {"$ref": "#/components/schemas/CallTrace"}}}},
                 "CallTrace": {"type": "object", "properties": {
                     "id": {"type": "string"},
+                    "instance": {"type": "string", "description": "The process that answered: "
+                                 "host name and process id"},
                     "at": {"type": "string", "format": "date-time",
                            "description": "When the webhook arrived"},
                     "answered": {"type": "number", "description": "When it was answered, epoch "
