@@ -39,10 +39,11 @@ def _urlencode(value: Any) -> str:
     a value placed in a URL is quoted whole."""
     if isinstance(value, dict):
         return urlencode(value)
-    return _quote(str(_text(value)))
+    return _quote(_str(value))
 
 
 def _str(value: Any) -> str:
+    """A placeholder's text on the direct path, as Jinja's finalize writes it."""
     return str(_text(value))
 
 
