@@ -140,8 +140,9 @@ def test_validate_prints_each_problem_with_its_file_and_step_and_exits_1(
         f"{flows_dir}/no_else.yaml: steps.pick.else: missing: a branch step needs it",
         f"{flows_dir}/no_schedule.yaml: steps.check.schedule: 'office' is not defined: add it "
         "under the flow's `schedules`",
-        f"{flows_dir}/second_default.yaml: trigger.default: both this flow and "
-        f"{flows_dir}/loyalty_routing.yaml are the default voice flow",
+        # Told at the file changed last, the newcomer.
+        f"{flows_dir}/second_default.yaml: trigger.default: {flows_dir}/loyalty_routing.yaml "
+        "is also the default voice flow: keep `default: true` on one",
         f"{flows_dir}/spin.yaml: steps.a: the loop a -> b -> a never waits for an answer "
         "(it would spin forever): put a step that waits (ask) in it",
         f"{flows_dir}/unknown_next.yaml: steps.greet.next: 'nowhere' is not a step: the steps "

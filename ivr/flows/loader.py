@@ -86,7 +86,7 @@ def load_flows(directory: Path, queue_names: Collection[str] | None = None) -> F
         raise FlowLoadError([f"{directory}: no flow files (*.yaml); set IVR_FLOWS_DIR"])
     problems: list[tuple[Path, Problem]] = []
     flow_set = FlowSet()
-    sources: dict[str, Path] = {}
+    claims = _Claims()
     for path in paths:
         flow, outline, found = _read_flow(path)
         problems += [(path, problem) for problem in found]
@@ -94,15 +94,11 @@ def load_flows(directory: Path, queue_names: Collection[str] | None = None) -> F
             continue
         if queue_names is not None:
             problems += [(path, problem) for problem in _unknown_queues(outline, queue_names)]
-        if flow is None:
-            continue
-        if flow.name in sources:
-            problems.append((path, Problem(("name",), f"the flow name {flow.name!r} is also used "
-                                           f"by {sources[flow.name]}")))
-            continue
-        sources[flow.name] = path
-        flow_set.flows[flow.name] = flow
-        problems += [(path, problem) for problem in _bind(flow_set, flow, sources)]
+        problems += [(path, problem) for problem in claims.add(path, outline)]
+        if flow is not None:
+            flow_set.flows.setdefault(flow.name, flow)
+            _bind(flow_set, flow)
+    problems += claims.conflicts()
     if problems:
         problems.sort(key=lambda found: str(found[0]))  # stable: each file's in its order
         raise FlowLoadError([f"{path}: {problem}" for path, problem in problems])
@@ -131,20 +127,64 @@ def _unknown_queues(outline: FlowOutline, queue_names: Collection[str]) -> list[
     return problems
 
 
-def _bind(flow_set: FlowSet, flow: Flow, sources: dict[str, Path]) -> list[Problem]:
-    problems = []
-    if not flow.trigger.numbers and not flow.trigger.default:
-        problems.append(Problem(("trigger",), "the flow serves no call: give it `numbers` or "
-                                "`default: true`"))
+def _bind(flow_set: FlowSet, flow: Flow) -> None:
     for channel in flow.trigger.channels:
         if flow.trigger.default:
-            other = flow_set.defaults.setdefault(channel, flow)
-            if other is not flow:
-                problems.append(Problem(("trigger", "default"), f"both this flow and "
-                                        f"{sources[other.name]} are the default {channel} flow"))
+            flow_set.defaults.setdefault(channel, flow)
         for number in flow.trigger.numbers:
-            other = flow_set.by_number.setdefault((channel, number), flow)
-            if other is not flow:
-                problems.append(Problem(("trigger", "numbers"), f"{channel} {number} is already "
-                                        f"bound to {sources[other.name]}"))
-    return problems
+            flow_set.by_number.setdefault((channel, number), flow)
+
+
+class _Claims:
+    """What each flow file claims that only one may have: its flow's name, a number on a channel,
+    a channel's default. A conflict is told once, at the file changed last (the likely newcomer,
+    or the edit that made the conflict), naming every other file that claims the same."""
+
+    def __init__(self) -> None:
+        self._claims: dict[tuple[str, ...], list[Path]] = {}
+
+    def add(self, path: Path, outline: FlowOutline) -> list[Problem]:
+        """Record what the flow in `path` claims; return what is wrong with its trigger alone."""
+        self._claims.setdefault(("name", outline.name), []).append(path)
+        trigger = outline.trigger
+        if trigger is None:
+            return []
+        for channel in trigger.channels:
+            if trigger.default:
+                self._claims.setdefault(("default", channel), []).append(path)
+            for number in dict.fromkeys(trigger.numbers):
+                self._claims.setdefault(("number", channel, number), []).append(path)
+        if not trigger.numbers and not trigger.default:
+            return [Problem(("trigger",), "the flow serves no call: give it `numbers` or "
+                            "`default: true`")]
+        return []
+
+    def conflicts(self) -> list[tuple[Path, Problem]]:
+        problems = []
+        for claim, paths in self._claims.items():
+            if len(paths) < 2:
+                continue
+            newest = max(paths, key=lambda path: (_changed_at(path), str(path)))
+            problems.append((newest, _conflict(claim, [p for p in paths if p != newest])))
+        return problems
+
+
+def _conflict(claim: tuple[str, ...], others: list[Path]) -> Problem:
+    named = " and ".join(str(path) for path in others)
+    if claim[0] == "name":
+        return Problem(("name",), f"the flow name {claim[1]!r} is also used by {named}: "
+                       "give one of them another `name` (or file name)")
+    if claim[0] == "default":
+        verb = "is" if len(others) == 1 else "are"
+        return Problem(("trigger", "default"), f"{named} {verb} also the default {claim[1]} "
+                       "flow: keep `default: true` on one")
+    _, channel, number = claim
+    return Problem(("trigger", "numbers"), f"{channel} {number} is also served by {named}: "
+                   "a number belongs to one flow per channel; remove it from one")
+
+
+def _changed_at(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:  # gone since it was read: it changed last
+        return 2**63
