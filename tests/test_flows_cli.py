@@ -249,10 +249,13 @@ steps:
         assert edge in lines, edge
 
 
-def test_graph_of_an_unknown_flow_names_the_flows_there(ivr: Ivr) -> None:
+def test_graph_of_an_unknown_flow_names_the_flows_there_or_the_one_meant(ivr: Ivr) -> None:
     status, out, err = ivr("flows", "graph", "nope")
     assert (status, out) == (1, "")
-    assert "no flow named 'nope' (flows: " in err and "loyalty_routing" in err
+    assert "'nope' is not a flow: the flows are " in err and "loyalty_routing" in err
+    status, out, err = ivr("flows", "graph", "loyalty_routng")
+    assert (status, out) == (1, "")
+    assert err.endswith(": 'loyalty_routng' is not a flow: did you mean 'loyalty_routing'?\n")
 
 
 def test_schema_is_the_json_schema_of_a_flow(ivr: Ivr) -> None:

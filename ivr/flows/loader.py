@@ -62,6 +62,9 @@ def _read_flow(path: Path) -> tuple[Flow | None, FlowOutline | None, list[Proble
         data = read_yaml(path)
     except YamlFileError as exc:
         return None, None, [Problem((), exc.problem)]
+    if data is None:  # nothing but comments, or nothing at all
+        return None, None, [Problem((), "the file is empty: a flow needs `trigger`, "
+                                    "`fallback_queue` and `steps`")]
     try:
         flow = Flow.from_data(data, name=path.stem)
     except ValidationError as exc:
