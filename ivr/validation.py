@@ -141,9 +141,15 @@ class _Error:
     def name(self) -> str:
         return str(self.where[-1]) if self.where else ""
 
+    @property
+    def other_fields(self) -> list[str]:
+        """The fields of the model holding this one, but this one: what an unknown field may
+        have been meant as."""
+        return [name for name in self.fields if name != self.name]
+
     def problems(self, show_input: bool) -> Iterator[Problem]:
         if self.type in ("value_error", "assertion_error"):
-            yield from self._raised()
+            yield from self._raised_problems()
         elif isinstance(self.input, bool) and self.type != "extra_forbidden":
             # `no:` or `equals: yes`, meant as words
             read_as = str(self.input).lower()
@@ -152,13 +158,13 @@ class _Error:
                               f"{YAML_BOOLEANS_HINT}")
             else:
                 what = (f"expected text, got {read_as}" if self.type in _TEXTUAL
-                        else self._what(show_input))
+                        else self._message(show_input))
                 yield Problem(self.where, f"{what}: {YAML_BOOLEANS_HINT}")
         else:  # an unknown field is a problem of the model that has it
             where = self.parent if self.type == "extra_forbidden" else self.where
-            yield Problem(where, self._what(show_input))
+            yield Problem(where, self._message(show_input))
 
-    def _raised(self) -> Iterator[Problem]:
+    def _raised_problems(self) -> Iterator[Problem]:
         """What a validator raised: several problems at their places, or a message here."""
         raised = self.ctx.get("error")
         if isinstance(raised, Problems):
@@ -169,18 +175,18 @@ class _Error:
         for line in text.splitlines():  # a check that found several problems
             yield Problem(self.where, line)
 
-    def _what(self, show_input: bool) -> str:
+    def _message(self, show_input: bool) -> str:
         kind, ctx, given = self.type, self.ctx, self.input
         if kind == "extra_forbidden":
-            fields = [name for name in self.fields if name != self.name]
+            fields = self.other_fields
             fix = suggestion(self.name, fields, "fields", listed=MAX_LISTED) if fields else ""
             return f"unknown field {self.name!r}" + (f": {fix}" if fix else "")
         if kind == "missing":
             return f"missing: {self.noun} needs it" if self.noun else "missing: it is required"
         if kind in ("union_tag_invalid", "union_tag_not_found"):
-            return self._kind()
+            return self._tag_message()
         if kind == "string_pattern_mismatch":
-            return self._pattern(show_input)
+            return self._pattern_message(show_input)
         if kind in ("literal_error", "enum"):
             expected = ctx.get("expected", "")
             if not show_input or not isinstance(given, str):
@@ -208,11 +214,10 @@ class _Error:
             return f"expected {_EXPECTED[kind]}, got {_described(given, show_input)}"
         return self.msg  # a kind of error no flow, queue or setting has yet: pydantic's words
 
-    def _kind(self) -> str:
+    def _tag_message(self) -> str:
         """A tagged union's tag (a step's `kind`) that is missing or names no member."""
         tags = _quoted(self.ctx.get("expected_tags", "")) or self._union_tags()
         field = self.ctx.get("discriminator", "'kind'").strip("'")
-        listed = ", ".join(sorted(tags))
         if self.type == "union_tag_invalid":
             tag = str(self.ctx.get("tag"))
             return f"unknown {field} {tag!r}: {suggestion(tag, tags, f'{field}s', MAX_LISTED)}"
@@ -220,13 +225,13 @@ class _Error:
             for key in self.input:
                 if isinstance(key, str) and closest(key, [field]) == field:
                     return f"unknown field {key!r}: did you mean {field!r}?"
-        return f"`{field}` is missing: one of {listed}"
+        return f"`{field}` is missing: one of {', '.join(sorted(tags))}"
 
     def _union_tags(self) -> list[str]:
         return [tag for member in _members(self.annotation)
                 for tag in _discriminator_values(member)]
 
-    def _pattern(self, show_input: bool) -> str:
+    def _pattern_message(self, show_input: bool) -> str:
         explained = next((m for m in self.metadata if isinstance(m, Explained)), None)
         if explained is None:
             return f"does not have the expected form ({self.ctx.get('pattern')})"
@@ -241,8 +246,7 @@ def _misspelt_required_fields(errors: list[_Error]) -> set[tuple[Where, str]]:
     misspelt = set()
     for error in errors:
         if error.type == "extra_forbidden":
-            fields = [name for name in error.fields if name != error.name]
-            match = closest(error.name, fields)
+            match = closest(error.name, error.other_fields)
             if match is not None and (error.parent, match) in missing:
                 misspelt.add((error.parent, match))
     return misspelt

@@ -211,8 +211,8 @@ class FlowOutline:
 
     @classmethod
     def of_broken(cls, data: Any, name: str) -> FlowOutline | None:
-        """The valid parts of `data`, a flow whose fields did not all validate; None when it is
-        not even a mapping."""
+        """The parts of `data`, a flow that did not validate as a whole, that are valid on their
+        own; None when it is not even a mapping."""
         if not isinstance(data, dict):
             return None
         raw_steps = data.get("steps") if isinstance(data.get("steps"), dict) else {}
