@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings()
     except ValidationError as exc:
         # Each problem without the value given: a setting may be a secret (a password, a token).
-        problems = "\n".join(f"  {line}" for line in describe_errors(exc, "", ""))
+        problems = "\n".join(f"  {line}" for line in describe_errors(exc, Settings, show_input=False))
         print(f"ivr: invalid settings:\n{problems}", file=sys.stderr)
         return 2
     try:

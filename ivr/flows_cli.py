@@ -21,6 +21,7 @@ from ivr.flows.steps.hours import HoursStep
 from ivr.flows.steps.route import RouteStep
 from ivr.queues import Queue, QueueConfigError, load_queue_file
 from ivr.settings import Settings
+from ivr.validation import unknown
 from ivr.simulator import (
     DEFAULT_TO_NUMBER,
     REFUSED,
@@ -357,5 +358,5 @@ def find_flow(name_or_path: str, flows_dir: Path) -> Flow:
             continue
         if flow.name == name_or_path:
             return flow
-    known = ", ".join(p.stem for p in paths) or "none"
-    raise FlowLoadError([f"{flows_dir}: no flow named {name_or_path!r} (flows: {known})"])
+    known = [path.stem for path in paths]
+    raise FlowLoadError([f"{flows_dir}: {unknown('a flow', name_or_path, known, 'flows')}"])

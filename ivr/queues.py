@@ -146,5 +146,5 @@ def load_queue_file(path: Path) -> QueueConfig:
     try:
         return QueueConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = describe_errors(exc, collection="queues", item="queue")
+        problems = describe_errors(exc, QueueConfig)
         raise QueueConfigError("\n".join(f"{path}: {problem}" for problem in problems)) from None

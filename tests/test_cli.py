@@ -110,11 +110,13 @@ def test_a_call_signed_with_the_wrong_token_explains_the_403(
     ("path", "old", "new", "workers", "message"),
     [
         ("flows/loyalty_routing.yaml", "on_error: by_tier", "on_error: by_teir", "1",
-         "loyalty_routing.yaml: step 'lookup': goes to 'by_teir', which is not a step"),
+         "loyalty_routing.yaml: steps.lookup.on_error: 'by_teir' is not a step: did you mean "
+         "'by_tier'?"),
         ("flows/loyalty_routing.yaml", "queue: platinum", "queue: platnum", "2",
-         "loyalty_routing.yaml: step 'to_platinum': queue 'platnum' is not a queue"),
+         "loyalty_routing.yaml: steps.to_platinum.queue: 'platnum' is not a queue: did you "
+         "mean 'platinum'?"),
         ("sip_config/queues.yaml", "sip:gold@queues.example.com", "gold queue", "1",
-         "queues.yaml: queue 'gold': sip_uri: must not contain whitespace"),
+         "queues.yaml: queues.gold.sip_uri: must not contain whitespace"),
     ],
     ids=["broken-flow", "unknown-queue-with-workers", "bad-sip-uri"],
 )

@@ -1,10 +1,12 @@
 """Loading flows: the shipped flows load; every broken flow is refused with a precise message.
 
-Each file in tests/broken_flows/ pins one message in its first line: `# error: <text>`.
+Each file in tests/broken_flows/ pins the start of its one message in its first line:
+`# error: <text>`, the message after the file's name.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -38,7 +40,7 @@ def test_a_broken_flow_is_refused_naming_the_file_the_step_and_the_problem(
     assert len(error.value.problems) == 1, error.value.problems
     problem = error.value.problems[0]
     assert problem.startswith(f"{tmp_path / path.name}: ")
-    assert expected in problem
+    assert problem.removeprefix(f"{tmp_path / path.name}: ").startswith(expected), problem
 
 
 def test_every_broken_file_is_reported_at_once(tmp_path: Path) -> None:
@@ -46,7 +48,10 @@ def test_every_broken_file_is_reported_at_once(tmp_path: Path) -> None:
         shutil.copy(path, tmp_path / path.name)
     with pytest.raises(FlowLoadError) as error:
         load_flows(tmp_path, queue_names=QUEUES)
-    assert len(error.value.problems) == 3
+    for path in BROKEN[:3]:
+        expected = path.read_text().splitlines()[0].removeprefix("# error: ")
+        assert any(problem.startswith(f"{tmp_path / path.name}: {expected}")
+                   for problem in error.value.problems), (path.name, error.value.problems)
 
 
 FLOW = """
@@ -63,18 +68,43 @@ def write_flow(directory: Path, name: str, channels: str = "voice", numbers: str
     (directory / f"{name}.yaml").write_text(text)
 
 
-def test_two_default_flows_for_one_channel_are_refused(tmp_path: Path) -> None:
+def changed(directory: Path, *names_oldest_first: str) -> None:
+    """Give the files mtimes in this order, an hour apart."""
+    for hours_ago, name in zip(range(len(names_oldest_first), 0, -1), names_oldest_first,
+                               strict=True):
+        moment = 1_800_000_000 - hours_ago * 3600
+        os.utime(directory / f"{name}.yaml", (moment, moment))
+
+
+def test_two_default_flows_for_one_channel_are_refused_at_the_file_changed_last(
+        tmp_path: Path) -> None:
+    """The conflict was told at the file that sorts last, naming the other: a new `a.yaml`
+    beside the shipped `b.yaml` blamed `b.yaml`, the file that was there first."""
     write_flow(tmp_path, "a", channels="voice, messaging", default="true")
     write_flow(tmp_path, "b", channels="messaging", default="true")
-    with pytest.raises(FlowLoadError, match="both this flow and .*a.yaml are the default messaging"):
-        load_flows(tmp_path, queue_names=QUEUES)
+    for oldest, newest in (("b", "a"), ("a", "b")):
+        changed(tmp_path, oldest, newest)
+        with pytest.raises(FlowLoadError) as refused:
+            load_flows(tmp_path, queue_names=QUEUES)
+        assert refused.value.problems == [
+            f"{tmp_path / f'{newest}.yaml'}: trigger.default: {tmp_path / f'{oldest}.yaml'} is "
+            "also the default messaging flow: keep `default: true` on one"]
 
 
-def test_one_number_bound_twice_on_a_channel_is_refused(tmp_path: Path) -> None:
-    write_flow(tmp_path, "a", numbers="'+15550100001'")
-    write_flow(tmp_path, "b", numbers="'+15550100002', '+15550100001'")
-    with pytest.raises(FlowLoadError, match=r"voice \+15550100001 is already bound to .*a.yaml"):
-        load_flows(tmp_path, queue_names=QUEUES)
+def test_one_number_bound_twice_on_a_channel_is_refused_at_the_file_changed_last(
+        tmp_path: Path) -> None:
+    write_flow(tmp_path, "a", numbers="'+15550100002', '+15550100001'")
+    write_flow(tmp_path, "b", numbers="'+15550100001'")
+    write_flow(tmp_path, "c", numbers="'+15550100001'")
+    for oldest, middle, newest in (("b", "c", "a"), ("a", "b", "c")):
+        changed(tmp_path, oldest, middle, newest)
+        with pytest.raises(FlowLoadError) as refused:
+            load_flows(tmp_path, queue_names=QUEUES)
+        others = sorted([oldest, middle])
+        assert refused.value.problems == [
+            f"{tmp_path / f'{newest}.yaml'}: trigger.numbers: voice +15550100001 is also served "
+            f"by {tmp_path / f'{others[0]}.yaml'} and {tmp_path / f'{others[1]}.yaml'}: a number "
+            "belongs to one flow per channel; remove it from one"]
 
 
 def test_a_number_bound_flow_wins_over_the_default(tmp_path: Path) -> None:
@@ -97,10 +127,15 @@ def test_an_empty_flows_directory_is_refused(tmp_path: Path) -> None:
 
 
 def test_two_files_with_one_flow_name_are_refused(tmp_path: Path) -> None:
-    write_flow(tmp_path, "a")
-    (tmp_path / "b.yaml").write_text("name: a\n" + (tmp_path / "a.yaml").read_text())
-    with pytest.raises(FlowLoadError, match="flow name 'a' is also used by"):
+    write_flow(tmp_path, "a", numbers="'+15550100001'")
+    write_flow(tmp_path, "b", numbers="'+15550100002'")
+    (tmp_path / "b.yaml").write_text("name: a\n" + (tmp_path / "b.yaml").read_text())
+    changed(tmp_path, "a", "b")
+    with pytest.raises(FlowLoadError) as refused:
         load_flows(tmp_path, queue_names=QUEUES)
+    assert refused.value.problems == [
+        f"{tmp_path / 'b.yaml'}: name: the flow name 'a' is also used by {tmp_path / 'a.yaml'}: "
+        "give one of them another `name` (or file name)"]
 
 
 def test_every_graph_problem_of_a_flow_is_reported_at_once(tmp_path: Path) -> None:
@@ -115,9 +150,9 @@ steps:
     with pytest.raises(FlowLoadError) as error:
         load_flows(tmp_path, queue_names=QUEUES)
     assert [p.split(": ", 1)[1] for p in error.value.problems] == [
-        "start: no step named 'begin'",
-        "step 'greet': goes to 'nowhere', which is not a step",
-        "step 'ask': goes to 'elsewhere', which is not a step",
+        "start: 'begin' is not a step: the steps are ask, greet",
+        "steps.greet.next: 'nowhere' is not a step: the steps are ask, greet",
+        "steps.ask.next: 'elsewhere' is not a step: the steps are ask, greet",
     ]
 
 
@@ -139,6 +174,6 @@ steps:
         load_flows(tmp_path, queue_names=QUEUES)
     problems = [p.removeprefix(f"{tmp_path / 'yesno.yaml'}: ") for p in refused.value.problems]
     hint = "YAML reads yes, no, on and off unquoted as true or false; quote them"
-    assert f"step 'q': options: a key that YAML read as true: {hint}" in problems
-    assert f"step 'q': options: a key that YAML read as false: {hint}" in problems
-    assert any(p.startswith("step 'b': cases.0.equals: ") and p.endswith(hint) for p in problems)
+    assert f"steps.q.options: a key that YAML read as true: {hint}" in problems
+    assert f"steps.q.options: a key that YAML read as false: {hint}" in problems
+    assert f"steps.b.cases.0.equals: expected text, got true: {hint}" in problems

@@ -134,21 +134,23 @@ def test_validate_prints_each_problem_with_its_file_and_step_and_exits_1(
                            IVR_SIP_CONFIG=str(flows_dir.parent / "queues.yaml"))
     assert status == 1
     assert out.splitlines() == [
-        f"{flows_dir}/bad_template.yaml: step 'greet': text: invalid template "
+        f"{flows_dir}/bad_template.yaml: steps.greet.text: invalid template "
         "'Hello {{ contact.number ': unexpected end of template, expected 'end of print "
         "statement'.",
-        f"{flows_dir}/no_else.yaml: step 'pick': else: Field required",
-        f"{flows_dir}/no_schedule.yaml: step 'check': schedule 'office' is not defined in "
-        "schedules",
-        f"{flows_dir}/second_default.yaml: trigger: both this flow and "
-        f"{flows_dir}/loyalty_routing.yaml are the default voice flow",
-        f"{flows_dir}/spin.yaml: step 'a': the loop a -> b -> a never waits for an answer "
-        "(it would spin forever)",
-        f"{flows_dir}/unknown_next.yaml: step 'greet': goes to 'nowhere', which is not a step",
+        f"{flows_dir}/no_else.yaml: steps.pick.else: missing: a branch step needs it",
+        f"{flows_dir}/no_schedule.yaml: steps.check.schedule: 'office' is not defined: add it "
+        "under the flow's `schedules`",
+        # Told at the file changed last, the newcomer.
+        f"{flows_dir}/second_default.yaml: trigger.default: {flows_dir}/loyalty_routing.yaml "
+        "is also the default voice flow: keep `default: true` on one",
+        f"{flows_dir}/spin.yaml: steps.a: the loop a -> b -> a never waits for an answer "
+        "(it would spin forever): put a step that waits (ask) in it",
+        f"{flows_dir}/unknown_next.yaml: steps.greet.next: 'nowhere' is not a step: the steps "
+        "are greet",
         # The queues come from the queues file, as the server seeds them.
-        f"{flows_dir}/unknown_queue.yaml: step 'to_vip': queue 'vip' is not a queue "
-        "(gold, platinum, sales, standard)",
-        f"{flows_dir}/unreachable.yaml: step 'orphan': no step leads to it (unreachable)",
+        f"{flows_dir}/unknown_queue.yaml: steps.to_vip.queue: 'vip' is not a queue: the queues "
+        "are gold, platinum, sales, standard",
+        f"{flows_dir}/unreachable.yaml: steps.orphan: no step leads to it (unreachable)",
     ]
     assert f"8 problems in {flows_dir}" in err
 
@@ -157,6 +159,30 @@ def test_validate_exits_2_when_the_queues_file_cannot_be_read(ivr: Ivr, tmp_path
     status, out, err = ivr("flows", "validate", IVR_SIP_CONFIG=str(tmp_path / "missing.yaml"))
     assert (status, out) == (2, "")
     assert f"{tmp_path / 'missing.yaml'}: file not found" in err
+
+
+def test_validate_reports_a_typo_and_the_problems_behind_it_at_once(
+        ivr: Ivr, flows_dir: Path) -> None:
+    """A misspelt field hid every later check of its file (where the other steps go, which
+    queues they name): each fix revealed the next problem."""
+    (flows_dir / "typos.yaml").write_text("""
+trigger: {channels: [voice], numbers: ["+15005550196"]}
+fallback_queue: standard
+steps:
+  greet: {kind: say, text: Hello, nxt: lookup}
+  lookup: {kind: fetch, url: "http://x", next: by_teir, on_error: to_vip}
+  to_vip: {kind: route, queue: vip}
+""")
+    status, out, _ = ivr("flows", "validate", IVR_FLOWS_DIR=str(flows_dir),
+                         IVR_SIP_CONFIG=str(flows_dir.parent / "queues.yaml"))
+    assert status == 1
+    assert out.splitlines() == [
+        f"{flows_dir}/typos.yaml: steps.greet: unknown field 'nxt': did you mean 'next'?",
+        f"{flows_dir}/typos.yaml: steps.lookup.next: 'by_teir' is not a step: the steps are "
+        "greet, lookup, to_vip",
+        f"{flows_dir}/typos.yaml: steps.to_vip.queue: 'vip' is not a queue: the queues are "
+        "gold, platinum, sales, standard",
+    ]
 
 
 # --- graph and schema -------------------------------------------------------------------------
@@ -223,10 +249,13 @@ steps:
         assert edge in lines, edge
 
 
-def test_graph_of_an_unknown_flow_names_the_flows_there(ivr: Ivr) -> None:
+def test_graph_of_an_unknown_flow_names_the_flows_there_or_the_one_meant(ivr: Ivr) -> None:
     status, out, err = ivr("flows", "graph", "nope")
     assert (status, out) == (1, "")
-    assert "no flow named 'nope' (flows: " in err and "loyalty_routing" in err
+    assert "'nope' is not a flow: the flows are " in err and "loyalty_routing" in err
+    status, out, err = ivr("flows", "graph", "loyalty_routng")
+    assert (status, out) == (1, "")
+    assert err.endswith(": 'loyalty_routng' is not a flow: did you mean 'loyalty_routing'?\n")
 
 
 def test_schema_is_the_json_schema_of_a_flow(ivr: Ivr) -> None:

@@ -52,7 +52,7 @@ def problems(text: str) -> list[str]:
     """The schedule's validation errors, as the loader prints them after `schedules.<name>.`"""
     with pytest.raises(ValidationError) as error:
         schedule(text)
-    return describe_errors(error.value, collection="steps", item="step")
+    return describe_errors(error.value, Schedule)
 
 
 # Paris is UTC+1 in January and December.
@@ -198,7 +198,7 @@ def test_intervals_that_touch_are_accepted_and_kept_in_order() -> None:
         ),
         pytest.param(
             "timezone: UTC\nweekly: {monday: []}",
-            "weekly.monday.[key]: Input should be 'mon', 'tue', 'wed', 'thu', 'fri', 'sat' or 'sun'",
+            "weekly.monday: 'monday' is not allowed: did you mean 'mon'?",
             id="weekday",
         ),
         pytest.param(
@@ -213,7 +213,7 @@ def test_intervals_that_touch_are_accepted_and_kept_in_order() -> None:
         ),
         pytest.param(
             "timezone: UTC\nweekly: {}\nexceptions: {'2026-13-01': ['09:00-12:00']}",
-            "exceptions.2026-13-01.[key]: '2026-13-01' is not a date: month must be in 1..12",
+            "exceptions.2026-13-01: '2026-13-01' is not a date: month must be in 1..12",
             id="exception-date",
         ),
         pytest.param(
@@ -226,7 +226,7 @@ def test_intervals_that_touch_are_accepted_and_kept_in_order() -> None:
             "2026-12-24 is both a holiday and an exception; keep one",
             id="holiday-and-exception",
         ),
-        pytest.param("timezone: UTC", "weekly: Field required", id="no-weekly"),
+        pytest.param("timezone: UTC", "weekly: missing: it is required", id="no-weekly"),
     ],
 )
 def test_a_broken_schedule_is_refused_naming_the_field(text: str, expected: str) -> None:
@@ -326,7 +326,8 @@ def test_a_flow_naming_an_undefined_schedule_is_refused(tmp_path: Path) -> None:
     with pytest.raises(FlowLoadError) as error:
         load_flow_file(path)
     assert error.value.problems == [
-        f"{path}: step 'check': schedule 'sales' is not defined in schedules"
+        f"{path}: steps.check.schedule: 'sales' is not one of the flow's schedules: the "
+        "schedules are support"
     ]
 
 

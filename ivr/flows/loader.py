@@ -10,9 +10,9 @@ from typing import get_args
 
 from pydantic import ValidationError
 
-from ivr.flows.model import Flow
-from ivr.flows.step import STEP_KINDS, Channel
-from ivr.validation import describe_errors
+from ivr.flows.model import Flow, FlowOutline
+from ivr.flows.step import Channel
+from ivr.validation import Problem, describe_errors, unknown
 from ivr.yamlfile import YamlFileError, read_yaml
 
 log = logging.getLogger("ivr.flows")
@@ -49,44 +49,62 @@ class FlowSet:
 
 
 def load_flow_file(path: Path) -> Flow:
+    flow, _, problems = _read_flow(path)
+    if flow is None:
+        raise FlowLoadError([f"{path}: {problem}" for problem in problems])
+    return flow
+
+
+def _read_flow(path: Path) -> tuple[Flow | None, FlowOutline | None, list[Problem]]:
+    """The flow in `path`, or None; its outline for the later checks (None when even that cannot
+    be read); and its problems."""
     try:
         data = read_yaml(path)
     except YamlFileError as exc:
-        raise FlowLoadError([str(exc)]) from None
+        return None, None, [Problem((), exc.problem)]
+    if data is None:  # nothing but comments, or nothing at all
+        return None, None, [Problem((), "the file is empty: a flow needs `trigger`, "
+                                    "`fallback_queue` and `steps`")]
     try:
-        return Flow.from_data(data, name=path.stem)
+        flow = Flow.from_data(data, name=path.stem)
     except ValidationError as exc:
-        problems = describe_errors(exc, collection="steps", item="step", tags=STEP_KINDS)
-        raise FlowLoadError([f"{path}: {problem}" for problem in problems]) from None
+        problems = [Problem((), line) for line in describe_errors(exc, Flow)]
+        # The flow's own checks (where steps go) never ran when a field failed: run them on
+        # the steps that are valid, so that fixing a typo does not reveal the next problem.
+        outline = FlowOutline.of_broken(data, path.stem)
+        fields_failed = all(error["loc"] for error in exc.errors())
+        if outline is not None and fields_failed:
+            problems += outline.problems
+        return None, outline, problems
+    return flow, FlowOutline.of(flow), []
 
 
 def load_flows(directory: Path, queue_names: Collection[str] | None = None) -> FlowSet:
     """Load and check every flow in `directory`; with `queue_names`, routes must name those queues.
 
-    Raises FlowLoadError listing every problem found, in every file.
+    Raises FlowLoadError listing every problem found, in every file, grouped by file.
     """
     paths = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
     if not paths:
         raise FlowLoadError([f"{directory}: no flow files (*.yaml); set IVR_FLOWS_DIR"])
-    problems: list[str] = []
+    problems: list[tuple[Path, Problem]] = []
     flow_set = FlowSet()
-    sources: dict[str, Path] = {}
+    claims = _Claims()
     for path in paths:
-        try:
-            flow = load_flow_file(path)
-        except FlowLoadError as exc:
-            problems.extend(exc.problems)
+        flow, outline, found = _read_flow(path)
+        problems += [(path, problem) for problem in found]
+        if outline is None:
             continue
-        if flow.name in sources:
-            problems.append(f"{path}: flow name {flow.name!r} is also used by {sources[flow.name]}")
-            continue
-        sources[flow.name] = path
-        flow_set.flows[flow.name] = flow
         if queue_names is not None:
-            problems.extend(_unknown_queues(path, flow, queue_names))
-        problems.extend(_bind(flow_set, flow, path, sources))
+            problems += [(path, problem) for problem in _unknown_queues(outline, queue_names)]
+        problems += [(path, problem) for problem in claims.add(path, outline)]
+        if flow is not None:
+            flow_set.flows.setdefault(flow.name, flow)
+            _bind(flow_set, flow)
+    problems += claims.conflicts()
     if problems:
-        raise FlowLoadError(problems)
+        problems.sort(key=lambda found: str(found[0]))  # stable: each file's in its order
+        raise FlowLoadError([f"{path}: {problem}" for path, problem in problems])
     for channel in CHANNELS:
         if channel not in flow_set.defaults:
             log.warning(
@@ -98,36 +116,78 @@ def load_flows(directory: Path, queue_names: Collection[str] | None = None) -> F
     return flow_set
 
 
-def _unknown_queues(path: Path, flow: Flow, queue_names: Collection[str]) -> list[str]:
+def _unknown_queues(outline: FlowOutline, queue_names: Collection[str]) -> list[Problem]:
+    def missing(queue: str) -> str:
+        return unknown("a queue", queue, queue_names, "queues")
+
     problems = []
-    if flow.fallback_queue not in queue_names:
-        problems.append(f"{path}: fallback_queue: {flow.fallback_queue!r} is not a queue")
-    for step_id, step in flow.steps.items():
+    if outline.fallback_queue is not None and outline.fallback_queue not in queue_names:
+        problems.append(Problem(("fallback_queue",), missing(outline.fallback_queue)))
+    for step_id, step in outline.steps.items():
         queue = getattr(step, "queue", None)
         if queue is not None and queue not in queue_names:
-            known = ", ".join(sorted(queue_names))
-            problems.append(f"{path}: step {step_id!r}: queue {queue!r} is not a queue ({known})")
+            problems.append(Problem(("steps", step_id, "queue"), missing(queue)))
     return problems
 
 
-def _bind(flow_set: FlowSet, flow: Flow, path: Path, sources: dict[str, Path]) -> list[str]:
-    problems = []
-    if not flow.trigger.numbers and not flow.trigger.default:
-        problems.append(f"{path}: trigger: the flow serves no call: give it `numbers` or "
-                        "`default: true`")
+def _bind(flow_set: FlowSet, flow: Flow) -> None:
     for channel in flow.trigger.channels:
         if flow.trigger.default:
-            other = flow_set.defaults.setdefault(channel, flow)
-            if other is not flow:
-                problems.append(
-                    f"{path}: trigger: both this flow and {sources[other.name]} are the "
-                    f"default {channel} flow"
-                )
+            flow_set.defaults.setdefault(channel, flow)
         for number in flow.trigger.numbers:
-            other = flow_set.by_number.setdefault((channel, number), flow)
-            if other is not flow:
-                problems.append(
-                    f"{path}: trigger: {channel} {number} is already bound to "
-                    f"{sources[other.name]}"
-                )
-    return problems
+            flow_set.by_number.setdefault((channel, number), flow)
+
+
+class _Claims:
+    """What each flow file claims that only one may have: its flow's name, a number on a channel,
+    a channel's default. A conflict is told once, at the file changed last (the likely newcomer,
+    or the edit that made the conflict), naming every other file that claims the same."""
+
+    def __init__(self) -> None:
+        self._claims: dict[tuple[str, ...], list[Path]] = {}
+
+    def add(self, path: Path, outline: FlowOutline) -> list[Problem]:
+        """Record what the flow in `path` claims; return what is wrong with its trigger alone."""
+        self._claims.setdefault(("name", outline.name), []).append(path)
+        trigger = outline.trigger
+        if trigger is None:
+            return []
+        for channel in trigger.channels:
+            if trigger.default:
+                self._claims.setdefault(("default", channel), []).append(path)
+            for number in dict.fromkeys(trigger.numbers):
+                self._claims.setdefault(("number", channel, number), []).append(path)
+        if not trigger.numbers and not trigger.default:
+            return [Problem(("trigger",), "the flow serves no call: give it `numbers` or "
+                            "`default: true`")]
+        return []
+
+    def conflicts(self) -> list[tuple[Path, Problem]]:
+        problems = []
+        for claim, paths in self._claims.items():
+            if len(paths) < 2:
+                continue
+            newest = max(paths, key=lambda path: (_changed_at(path), str(path)))
+            problems.append((newest, _conflict(claim, [p for p in paths if p != newest])))
+        return problems
+
+
+def _conflict(claim: tuple[str, ...], others: list[Path]) -> Problem:
+    named = " and ".join(str(path) for path in others)
+    if claim[0] == "name":
+        return Problem(("name",), f"the flow name {claim[1]!r} is also used by {named}: "
+                       "give one of them another `name` (or file name)")
+    if claim[0] == "default":
+        verb = "is" if len(others) == 1 else "are"
+        return Problem(("trigger", "default"), f"{named} {verb} also the default {claim[1]} "
+                       "flow: keep `default: true` on one")
+    _, channel, number = claim
+    return Problem(("trigger", "numbers"), f"{channel} {number} is also served by {named}: "
+                   "a number belongs to one flow per channel; remove it from one")
+
+
+def _changed_at(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:  # gone since it was read: it changed last
+        return 2**63

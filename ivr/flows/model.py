@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any, Union
 
@@ -12,7 +13,8 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
-    StringConstraints,
+    TypeAdapter,
+    ValidationError,
     model_validator,
 )
 
@@ -22,9 +24,11 @@ from ivr.flows.schedules import Schedule, ScheduleName
 from ivr.flows.step import STEP_KINDS, Channel, Step, StepId
 from ivr.flows.templates import Compiled
 from ivr.queues import QueueName
+from ivr.validation import Problem, Problems, explained_pattern, unknown
 
 AnyStep = Annotated[Union[tuple(STEP_KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
-PhoneNumber = Annotated[str, StringConstraints(pattern=r"^\+[1-9][0-9]{6,14}$")]
+PhoneNumber = explained_pattern(r"^\+[1-9][0-9]{6,14}$", "an E.164 number",
+                                "write it as +15551234567 (plus sign, country code, number)")
 Duration = duration(timedelta(seconds=30), timedelta(days=30))
 
 MAX_STEPS = 200
@@ -71,37 +75,25 @@ class Flow(BaseModel):
     _reads_contact_memory: bool = PrivateAttr(default=True)
 
     @model_validator(mode="after")
-    def _steps_are_bound(self) -> Flow:
+    def _graph_is_sound(self) -> Flow:
+        """Every problem of the graph at once, each at its field (the loader reports each)."""
         # A step that needs part of the flow (an hours step, its schedule) takes it here, so it
         # runs without the flow.
-        problems = [f"step {step_id!r}: {problem}"
+        problems = [Problem(("steps", step_id, *problem.where), problem.what)
                     for step_id, step in self.steps.items() for problem in step.bind(self)]
-        if problems:
-            raise ValueError("\n".join(problems))
-        return self
-
-    @model_validator(mode="after")
-    def _graph_is_sound(self) -> Flow:
-        """Every problem of the graph at once, one a line (the loader reports each)."""
-        problems = []
-        if self.start is not None and self.start not in self.steps:
-            problems.append(f"start: no step named {self.start!r}")
-        if self.unanswered is not None and self.unanswered not in self.steps:
-            problems.append(f"unanswered: no step named {self.unanswered!r}")
-        for step_id, step in self.steps.items():
-            for target in step.exits():
-                if target not in self.steps:
-                    problems.append(f"step {step_id!r}: goes to {target!r}, which is not a step")
-        if not problems:  # reachability and loops only mean something on a whole graph
+        dangling = unknown_targets(self.steps, self.steps, self.start, self.unanswered)
+        problems += dangling
+        if not dangling:  # reachability and loops only mean something on a whole graph
             reachable = self._reachable()
-            problems += [f"step {step_id!r}: no step leads to it (unreachable)"
+            problems += [Problem(("steps", step_id), "no step leads to it (unreachable)")
                          for step_id in self.steps if step_id not in reachable]
             loop = self._loop_without_wait()
             if loop:
-                problems.append(f"step {loop[0]!r}: the loop {' -> '.join(loop)} never waits "
-                                "for an answer (it would spin forever)")
+                problems.append(Problem(
+                    ("steps", loop[0]), f"the loop {' -> '.join(loop)} never waits for an "
+                    "answer (it would spin forever): put a step that waits (ask) in it"))
         if problems:
-            raise ValueError("\n".join(problems))
+            raise Problems(problems)
         return self
 
     def _loop_without_wait(self) -> list[str] | None:
@@ -177,6 +169,69 @@ class Flow(BaseModel):
         if isinstance(data, dict) and not data.get("name"):
             data = {**data, "name": name}
         return cls.model_validate(data)
+
+
+def unknown_targets(steps: Mapping[str, Step], step_ids: Collection[str], start: str | None,
+                    unanswered: str | None) -> list[Problem]:
+    """Where `start`, `unanswered` and each step's exits name no step of `step_ids`."""
+    def missing(target: str) -> str:
+        return unknown("a step", target, step_ids, "steps")
+
+    problems = [Problem((name,), missing(target))
+                for name, target in (("start", start), ("unanswered", unanswered))
+                if target is not None and target not in step_ids]
+    for step_id, step in steps.items():
+        problems += [Problem(("steps", step_id, *where), missing(target))
+                     for where, target in step.exit_targets() if target not in step_ids]
+    return problems
+
+
+_STEP: TypeAdapter[Step] = TypeAdapter(AnyStep)
+_TRIGGER = TypeAdapter(Trigger)
+_QUEUE_NAME: TypeAdapter[str] = TypeAdapter(QueueName)
+_STEP_ID: TypeAdapter[str] = TypeAdapter(StepId)
+
+
+@dataclass
+class FlowOutline:
+    """What later checks read of a flow (its trigger, fallback queue and steps), taken from a
+    valid flow, or from the parts of a broken one that are valid on their own: a misspelt field
+    in one step does not hide where the other steps go, which queues they name, or a number
+    bound twice."""
+
+    name: str
+    trigger: Trigger | None
+    fallback_queue: str | None
+    steps: Mapping[str, Step]
+    problems: list[Problem] = field(default_factory=list)  # of where the valid steps go
+
+    @classmethod
+    def of(cls, flow: Flow) -> FlowOutline:
+        return cls(flow.name, flow.trigger, flow.fallback_queue, flow.steps)
+
+    @classmethod
+    def of_broken(cls, data: Any, name: str) -> FlowOutline | None:
+        """The parts of `data`, a flow that did not validate as a whole, that are valid on their
+        own; None when it is not even a mapping."""
+        if not isinstance(data, dict):
+            return None
+        raw_steps = data.get("steps") if isinstance(data.get("steps"), dict) else {}
+        steps = {step_id: step for step_id, raw in raw_steps.items()
+                 if (step := _valid(_STEP, raw)) is not None}
+        step_ids = [step_id for step_id in raw_steps if isinstance(step_id, str)]
+        start, unanswered = (_valid(_STEP_ID, data.get(key)) for key in ("start", "unanswered"))
+        return cls(str(data.get("name") or name), _valid(_TRIGGER, data.get("trigger")),
+                   _valid(_QUEUE_NAME, data.get("fallback_queue")), steps,
+                   unknown_targets(steps, step_ids, start, unanswered))
+
+
+def _valid(adapter: TypeAdapter[Any], value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        return adapter.validate_python(value)
+    except ValidationError:
+        return None
 
 
 def _compiled_in(value: Any) -> Iterator[Compiled]:

@@ -31,13 +31,15 @@ from pydantic import (
     Field,
     PlainSerializer,
     PlainValidator,
-    StringConstraints,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-ScheduleName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")]
+from ivr.flows.step import NAME_RULE
+from ivr.validation import explained_pattern
+
+ScheduleName = explained_pattern(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$", "a schedule name", NAME_RULE)
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 

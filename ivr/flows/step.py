@@ -8,19 +8,24 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, ConfigDict
 
 from ivr.flows.actions import Action
 from ivr.flows.http import HttpClient
+from ivr.validation import Problem, Where, explained_pattern
 
 if TYPE_CHECKING:
     from ivr.flows.model import Flow
     from ivr.flows.upstream import Upstreams
 
-StepId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")]
-VarName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+NAME_RULE = "a letter, then up to 63 letters, digits, '_' or '-'"
+StepId = explained_pattern(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$", "a step id", NAME_RULE)
+VarName = explained_pattern(
+    r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", "a variable name",
+    "a letter or '_', then up to 63 letters, digits or '_' (no '-' or '.')")
 # A BCP 47 tag as Twilio's <Say> and <Gather> take it: en-US, es-ES, fr-FR, cmn-CN...
-Language = Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}-[A-Z]{2}$")]
+Language = explained_pattern(r"^[a-z]{2,3}-[A-Z]{2}$", "a language tag",
+                             "write it as en-US (language, '-', country in capitals)")
 Channel = Literal["voice", "messaging"]
 
 STEP_KINDS: dict[str, type[Step]] = {}
@@ -57,11 +62,16 @@ class Step(BaseModel):
 
     def exits(self) -> list[str]:
         """The step ids this step may go to."""
-        return [value for name in self.exit_fields if (value := getattr(self, name)) is not None]
+        return [target for _, target in self.exit_targets()]
 
-    def bind(self, flow: Flow) -> list[str]:
+    def exit_targets(self) -> list[tuple[Where, str]]:
+        """Each step id this step may go to, with the field that names it (`next`)."""
+        return [((name,), value) for name in self.exit_fields
+                if (value := getattr(self, name)) is not None]
+
+    def bind(self, flow: Flow) -> list[Problem]:
         """Take what the step needs from the flow that holds it, once, when the flow loads;
-        return what is missing, one problem a line (none: the step can run)."""
+        return what is missing, at the step's fields (none: the step can run)."""
         return []
 
     async def run(self, run: Run) -> StepResult:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ivr.flows.step import Run, Step, StepId, register_step
 from ivr.flows.templates import Condition, Expression
+from ivr.validation import Where
 
 
 def _normalize(value: Any) -> str:
@@ -68,8 +69,9 @@ class BranchStep(Step):
             raise ValueError("cases with `equals` need the step's `value`")
         return self
 
-    def exits(self) -> list[str]:
-        return [case.next for case in self.cases] + [self.else_]
+    def exit_targets(self) -> list[tuple[Where, str]]:
+        return [*((("cases", index, "next"), case.next) for index, case in enumerate(self.cases)),
+                (("else",), self.else_)]
 
     async def run(self, run: Run) -> str | None:
         value = None

@@ -31,10 +31,10 @@ import json
 import logging
 import time
 from datetime import timedelta
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, model_validator
 
 from ivr.flows.durations import duration
 from ivr.flows.http import HttpConnectionError, HttpTimeout
@@ -42,6 +42,7 @@ from ivr.flows.step import Run, Step, StepId, StepResult, VarName, register_step
 from ivr.flows.templates import Template
 from ivr.flows.upstream import Answer
 from ivr.metrics import FETCH_SECONDS, FETCHES, labelled
+from ivr.validation import explained_pattern
 
 log = logging.getLogger("ivr.flows.fetch")
 _fetch_seconds = labelled(FETCH_SECONDS)
@@ -56,8 +57,12 @@ MIN_ATTEMPT_SECONDS = 0.02
 FAULTS = {"timeout", "connection_error", "invalid_json", "too_large"}
 CacheTtl = duration(timedelta(seconds=1), timedelta(days=7))
 
-HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~\-]{1,64}$")]
-JsonPath = Annotated[str, StringConstraints(pattern=r"^[^.\s]{1,64}(\.[^.\s]{1,64}){0,15}$")]
+HeaderName = explained_pattern(
+    r"^[A-Za-z0-9!#$%&'*+.^_`|~\-]{1,64}$", "an HTTP header name",
+    "up to 64 letters, digits or !#$%&'*+.^_`|~- (no spaces or ':'), e.g. X-Api-Key")
+JsonPath = explained_pattern(
+    r"^[^.\s]{1,64}(\.[^.\s]{1,64}){0,15}$", "a path into the JSON answer",
+    "names (or list indexes) joined by dots, without spaces, e.g. customer.tier")
 
 
 def _pick(document: Any, path: str) -> Any:

@@ -28,6 +28,7 @@ from pydantic import PrivateAttr
 
 from ivr.flows.schedules import Schedule, ScheduleName
 from ivr.flows.step import Run, Step, StepId, register_step
+from ivr.validation import Problem, unknown
 
 if TYPE_CHECKING:
     from ivr.flows.model import Flow
@@ -45,9 +46,13 @@ class HoursStep(Step):
     # The step names its schedule; the flow, which holds the schedules, binds it at load time.
     _bound: Schedule | None = PrivateAttr(default=None)
 
-    def bind(self, flow: Flow) -> list[str]:
+    def bind(self, flow: Flow) -> list[Problem]:
+        if not flow.schedules:
+            return [Problem(("schedule",), f"{self.schedule!r} is not defined: add it under the "
+                            "flow's `schedules`")]
         if self.schedule not in flow.schedules:
-            return [f"schedule {self.schedule!r} is not defined in schedules"]
+            return [Problem(("schedule",), unknown("one of the flow's schedules", self.schedule,
+                                                   flow.schedules, "schedules"))]
         self._bound = flow.schedules[self.schedule]
         return []
 
