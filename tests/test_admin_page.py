@@ -9,7 +9,10 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -228,6 +231,75 @@ def test_signing_out_ends_the_session(page: Page) -> None:
     expect(page.get_by_role("status")).to_have_text("You are signed out.")
     page.goto("/admin/audit")
     expect(page).to_have_url(re.compile(r"/admin/login$"))
+
+
+# --- times, in the browser ------------------------------------------------------------------------
+
+# Chromium's name (locale en-US) of a zone that has no abbreviation there; others are Python's.
+CHROMIUM_ZONE_NAMES = {"IST": "GMT+5:30"}
+
+
+def admin_api(server: ServerThread) -> httpx.Client:
+    return httpx.Client(base_url=server.url, timeout=10,
+                        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+
+
+def stored_traces(server: ServerThread, count: int, **params: str) -> list[dict[str, Any]]:
+    """The call traces (newest first), once `count` are stored (they are written in batches)."""
+    deadline = time.monotonic() + 15
+    with admin_api(server) as client:
+        while True:
+            calls = client.get("/admin/api/calls", params=params).json()["calls"]
+            if len(calls) >= count or time.monotonic() > deadline:
+                return calls
+            time.sleep(0.05)
+
+
+def utc_text(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "Asia/Kolkata"])
+def test_every_time_shows_in_the_browsers_zone_named_with_utc_on_hover(
+        zone: str, browser: Browser, server: ServerThread) -> None:
+    with admin_api(server) as client:
+        assert client.patch("/admin/api/queues/gold", json={"sip_uri": NEW_GOLD}).is_success
+    FakeTwilio(server.url).call(GOLD)
+    stored_traces(server, 1)
+    context = browser.new_context(base_url=server.url, timezone_id=zone, locale="en-US")
+    context.set_default_timeout(10_000)
+    try:
+        page = context.new_page()
+        sign_in(page)
+        for path in ("/admin/", "/admin/queues/gold", "/admin/audit", "/admin/calls"):
+            page.goto(path)
+            times = page.locator("main time")
+            assert times.count() >= 1, path
+            for element in times.all():
+                moment = datetime.fromisoformat(element.get_attribute("datetime") or "")
+                local = moment.astimezone(ZoneInfo(zone))
+                name = CHROMIUM_ZONE_NAMES.get(local.tzname() or "", local.tzname())
+                expect(element).to_have_text(f"{local:%Y-%m-%d %H:%M:%S} {name}")
+                expect(element).to_have_attribute("title", utc_text(moment))
+    finally:
+        context.close()
+
+
+def test_without_javascript_every_time_reads_in_utc(browser: Browser, server: ServerThread
+                                                     ) -> None:
+    context = browser.new_context(base_url=server.url, timezone_id="Asia/Kolkata",
+                                  java_script_enabled=False)
+    context.set_default_timeout(10_000)
+    try:
+        page = context.new_page()
+        sign_in(page)
+        page.goto("/admin/queues/gold")
+        element = page.locator("#current time")
+        moment = datetime.fromisoformat(element.get_attribute("datetime") or "")
+        assert moment.utcoffset() is not None
+        expect(element).to_have_text(utc_text(moment))
+    finally:
+        context.close()
 
 
 # --- over plain HTTP ------------------------------------------------------------------------------
