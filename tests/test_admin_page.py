@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 import redis
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 import ivr.admin.pages
 from ivr.admin.auth import hash_password, verify_password
@@ -233,8 +233,11 @@ def test_signing_out_ends_the_session(page: Page) -> None:
     expect(page).to_have_url(re.compile(r"/admin/login$"))
 
 
-# --- times, in the browser ------------------------------------------------------------------------
+# --- times and phones, in the browser -------------------------------------------------------------
 
+PHONE = {"width": 375, "height": 740}
+# Under Twilio's 255 characters, with no place to break but the `@` and the dots.
+LONG_URI = "sip:" + "x" * (250 - len("sip:@pbx.example.com")) + "@pbx.example.com"
 # Chromium's name (locale en-US) of a zone that has no abbreviation there; others are Python's.
 CHROMIUM_ZONE_NAMES = {"IST": "GMT+5:30"}
 
@@ -298,6 +301,54 @@ def test_without_javascript_every_time_reads_in_utc(browser: Browser, server: Se
         moment = datetime.fromisoformat(element.get_attribute("datetime") or "")
         assert moment.utcoffset() is not None
         expect(element).to_have_text(utc_text(moment))
+    finally:
+        context.close()
+
+
+def lies_inside(inner: Locator, outer: Locator) -> bool:
+    box, frame = inner.bounding_box(), outer.bounding_box()
+    assert box is not None and frame is not None
+    return (box["x"] >= frame["x"] - 0.5 and box["y"] >= frame["y"] - 0.5
+            and box["x"] + box["width"] <= frame["x"] + frame["width"] + 0.5
+            and box["y"] + box["height"] <= frame["y"] + frame["height"] + 0.5)
+
+
+def test_on_a_phone_no_page_scrolls_sideways_and_a_long_sip_uri_stays_in_its_card(
+        browser: Browser, server: ServerThread) -> None:
+    with admin_api(server) as client:
+        changed = client.patch("/admin/api/queues/gold", json={
+            "sip_uri": LONG_URI, "fallback_sip_uris": [LONG_URI.replace("x", "y")],
+            "display_name": "Gold members of the loyalty programme, all regions"})
+        assert changed.is_success, changed.text
+    assert len(LONG_URI) == 250
+    FakeTwilio(server.url).call(GOLD)
+    stored_traces(server, 1)
+    context = browser.new_context(base_url=server.url, viewport=PHONE)
+    context.set_default_timeout(10_000)
+    try:
+        page = context.new_page()
+        page.goto("/admin/login")
+        widths = {"/admin/login": page.evaluate("document.documentElement.scrollWidth")}
+        sign_in(page)
+        for path in ("/admin/", "/admin/queues/gold", "/admin/audit", "/admin/calls",
+                     "/admin/new"):
+            page.goto(path)
+            widths[path] = page.evaluate("document.documentElement.scrollWidth")
+        assert widths == dict.fromkeys(widths, PHONE["width"])
+
+        page.goto("/admin/queues/gold")
+        expect(page.locator("#current .sip-uri")).to_have_text(LONG_URI)
+        assert lies_inside(page.locator("#current .sip-uri"), page.locator("#current"))
+        uri_cell = page.locator("#version-2 td", has=page.locator("code")).first
+        assert lies_inside(uri_cell.locator("code"), uri_cell)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "admin-page-phone.png"), full_page=True)
+        page.goto("/admin/")
+        uri_cell = page.locator("#queue-gold td", has=page.locator(".sip-uri"))
+        assert lies_inside(uri_cell.locator(".sip-uri"), uri_cell)
+        page.goto("/admin/audit")
+        change = page.locator("table.audit .change").first
+        assert lies_inside(change.locator("code.new"), change)
     finally:
         context.close()
 
