@@ -25,7 +25,7 @@ from ivr.settings import Settings
 from ivr.store import QUEUES_KEY
 from tests.loyalty_api import GOLD
 from tests.servers import ServerThread
-from tests.twilio_client import FakeTwilio
+from tests.twilio_client import FakeTwilio, call_params, message_params
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -233,11 +233,13 @@ def test_signing_out_ends_the_session(page: Page) -> None:
     expect(page).to_have_url(re.compile(r"/admin/login$"))
 
 
-# --- times and phones, in the browser -------------------------------------------------------------
+# --- times, phones and the Calls page, in the browser ---------------------------------------------
 
 PHONE = {"width": 375, "height": 740}
 # Under Twilio's 255 characters, with no place to break but the `@` and the dots.
 LONG_URI = "sip:" + "x" * (250 - len("sip:@pbx.example.com")) + "@pbx.example.com"
+TEAM_CHOICE = "+15005550102"  # flows/team_choice.yaml: "sales or support?", then a route
+CUSTOMER = "+15550000077"
 # Chromium's name (locale en-US) of a zone that has no abbreviation there; others are Python's.
 CHROMIUM_ZONE_NAMES = {"IST": "GMT+5:30"}
 
@@ -351,6 +353,32 @@ def test_on_a_phone_no_page_scrolls_sideways_and_a_long_sip_uri_stays_in_its_car
         assert lies_inside(change.locator("code.new"), change)
     finally:
         context.close()
+
+
+def test_the_calls_page_shows_the_question_waiting_the_answer_and_a_sticky_hand_off(
+        page: Page, server: ServerThread) -> None:
+    twilio = FakeTwilio(server.url)
+    call = call_params(CUSTOMER, To=TEAM_CHOICE)
+    assert "<Gather" in twilio.post("/twilio/voice", call).text
+    assert "sip:support@" in twilio.post("/twilio/voice?turn=1", {**call, "Digits": "2"}).text
+    for body in ("Hello", "sales please"):
+        twilio.post("/twilio/messaging", message_params(CUSTOMER, body, To=TEAM_CHOICE))
+    later = message_params(CUSTOMER, "and one more thing", To=TEAM_CHOICE)
+    twilio.post("/twilio/messaging", later)
+    stored_traces(server, 5)
+
+    sign_in(page)
+    page.goto(f"/admin/calls?sid={call['CallSid']}")
+    answered, asked = page.locator("table.calls tbody tr").all()
+    expect(asked.locator("td.outcome")).to_have_text("waits at menu")
+    expect(answered).to_contain_text('answer at menu: "2" (support)')
+    expect(answered.locator("td.outcome")).to_have_text("support")
+    page.goto(f"/admin/calls?sid={later['MessageSid']}")
+    forwarded = page.locator("table.calls tbody tr")
+    expect(forwarded).to_have_count(1)
+    expect(forwarded).to_contain_text(
+        "forwarded to queue sales (conversation already handed off)")
+    expect(forwarded.locator("td.outcome")).to_have_text("sales")
 
 
 # --- over plain HTTP ------------------------------------------------------------------------------

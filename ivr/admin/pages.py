@@ -44,7 +44,7 @@ from ivr.admin.auth import (
 )
 from ivr.admin.changes import InvalidInput, queue_from_input
 from ivr.admin.outage import StoreUnavailable, store_bounded
-from ivr.calltrace import is_sid
+from ivr.calltrace import describe_answer, is_sid
 from ivr.queues import Queue
 from ivr.store import (
     MUST_NOT_EXIST,
@@ -143,6 +143,7 @@ def _environment() -> jinja2.Environment:
     env.globals["labels"] = FIELD_LABELS
     env.filters["when"] = _when
     env.filters["shown"] = _shown
+    env.filters["in_words"] = describe_answer
     return env
 
 
