@@ -641,6 +641,15 @@ def test_a_message_in_a_conversation_already_handed_off_says_where_it_was_forwar
     tail = run_ivr(server, "calls", "tail", "--sid", later["MessageSid"])
     assert "forwarded to queue sales (conversation already handed off)" in tail.stdout
 
+    # An admin stops the queue taking messages: the next one is not forwarded, and says so.
+    cleared = httpx.patch(server.url + "/admin/api/queues/sales", headers=AUTH,
+                          json={"message_to": None})
+    assert cleared.status_code == 200, cleared.text
+    unread = message_params(sender, "anyone there?", To=TEAM_CHOICE)
+    assert "<Message to=" not in twilio.post("/twilio/messaging", unread).text
+    assert trace_of(server, unread["MessageSid"])["summary"] == (
+        "not forwarded: queue sales has no message_to (conversation already handed off)")
+
 
 def test_a_trace_write_cut_short_by_shutdown_is_made_by_the_last_try(redis_url: str) -> None:
     """Shutdown cancels the trace writer, here while Redis holds its write: the traces of that
