@@ -24,6 +24,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 import time
@@ -36,8 +37,10 @@ from redis.exceptions import RedisError
 from ivr.autopipeline import AutoPipeline
 from ivr.flows.model import Flow
 from ivr.flows.runner import Outcome
-from ivr.flows.step import Run
+from ivr.flows.step import Run, Step
+from ivr.flows.steps.ask import AskStep
 from ivr.jsonfast import compact_json
+from ivr.logs import mask_number
 from ivr.metrics import CALL_TRACES_DROPPED
 from ivr.timestamps import utc_iso
 
@@ -51,6 +54,9 @@ WRITE_TIMEOUT = 2.0
 RETRY_PAUSE = 1.0  # after a failed write, so an outage does not spin
 READ_CHUNK = 500
 MAX_SID_LENGTH = 64  # Twilio's are 34 characters
+MAX_ANSWER_LENGTH = 40  # of an answer as a trace shows it; longer ones end in "…"
+# An account or phone number, or an email, inside a menu choice's answer
+_PERSONAL = re.compile(r"\d{5,}|\S+@\S+")
 
 
 @dataclass
@@ -66,19 +72,28 @@ class CallTrace:
     steps: list[str] = field(default_factory=list)
     fetches: dict[str, dict[str, Any]] = field(default_factory=dict)
     route: str | None = None
+    waiting_at: str | None = None  # the question the contact was asked, waiting for the answer
+    answer: dict[str, Any] | None = None  # the answer this webhook brought (see shown_answer)
     fallback_reason: str | None = None
     decided: bool = False  # a flow (or its fallback) chose `route` for this webhook
     summary: str = ""
     duration_ms: float = 0.0
 
-    def ran(self, flow: Flow, outcome: Outcome, run: Run, route: str | None) -> None:
-        """Record a run of `flow`: its steps, its fetches' outcomes and the route it chose."""
+    def ran(self, flow: Flow, outcome: Outcome, run: Run, route: str | None,
+            answered_at: str | None = None, answer: str | None = None) -> None:
+        """Record a run of `flow`: its steps, its fetches' outcomes, the route it chose or the
+        question it waits at, and the `answer` it was resumed with at `answered_at`."""
         self.flow = flow.name
         self.steps = list(outcome.trace)
         # Only fetch outcomes: other steps' records may hold what the contact typed.
         self.fetches = {step: dict(run.steps[step]) for step in outcome.trace
                         if step in run.steps and flow.steps[step].kind == "fetch"}
         self.route = route
+        self.waiting_at = outcome.waiting_at
+        if answered_at is not None:
+            valid = run.steps.get(answered_at, {}).get("valid")
+            self.answer = shown_answer(answered_at, flow.steps.get(answered_at), answer,
+                                       valid, self.channel)
         self.fallback_reason = outcome.fallback_reason
         self.decided = route is not None
 
@@ -120,10 +135,63 @@ class CallTrace:
             "steps": self.steps,
             "fetches": self.fetches,
             "route": self.route,
+            "waiting_at": self.waiting_at,
+            "answer": self.answer,
             "fallback_reason": self.fallback_reason,
             "summary": self.summary,
             "duration_ms": self.duration_ms,
         }
+
+
+def shown_answer(step_id: str, step: Step | None, answer: str | None, valid: bool | None,
+                 channel: str) -> dict[str, Any]:
+    """An answer as a trace keeps it, for the people who read traces, in at most
+    MAX_ANSWER_LENGTH characters. An answer to a choice (keys pressed, words said or sent) is
+    kept as given, with the option it chose: it says why the contact went where they did (a
+    number of five or more digits, or an email, in it is masked). Any other answer (an email,
+    an account number, a name) is personal data: masked like a phone number, its first
+    character and last three kept."""
+    given = (answer or "").strip()
+    shown: dict[str, Any] = {"step": step_id, "given": None, "valid": bool(valid)}
+    if not given:
+        return shown
+    if isinstance(step, AskStep) and step.expect == "choice":
+        if len(given) > MAX_ANSWER_LENGTH:
+            given = given[:MAX_ANSWER_LENGTH - 1] + "…"
+        shown["given"] = _PERSONAL.sub(_masked_personal, given)
+        if valid:
+            shown["choice"] = step.interpret(answer or "", channel)
+    else:
+        shown["given"] = _masked(given)
+        shown["masked"] = True
+    return shown
+
+
+def _masked_personal(found: re.Match[str]) -> str:
+    text = found.group()
+    return _masked(text) if "@" in text else mask_number(text)
+
+
+def _masked(text: str) -> str:
+    """`jane@example.com` -> `j************com`; four characters or fewer, all masked; a
+    longer text in at most MAX_ANSWER_LENGTH characters."""
+    if len(text) <= 4:
+        return "*" * len(text)
+    return text[0] + "*" * min(len(text) - 4, MAX_ANSWER_LENGTH - 4) + text[-3:]
+
+
+def describe_answer(answer: dict[str, Any]) -> str:
+    """An answer of a trace in words: `menu: "2" (support)`, `menu: "7" (not valid)`,
+    `ask_email: "j************com" (masked, valid)`, `menu: no answer`."""
+    if answer.get("given") is None:
+        return f"{answer['step']}: no answer"
+    notes = ["masked"] if answer.get("masked") else []
+    if answer.get("choice") is not None:
+        notes.append(str(answer["choice"]))
+    else:
+        notes.append("valid" if answer.get("valid") else "not valid")
+    given = json.dumps(answer["given"], ensure_ascii=False)
+    return f"{answer['step']}: {given} ({', '.join(notes)})"
 
 
 def is_sid(value: str) -> bool:

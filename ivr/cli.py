@@ -33,6 +33,7 @@ from twilio.request_validator import RequestValidator
 from ivr.admin.auth import hash_password
 from ivr.admin.client import AdminClient, AdminError, table
 from ivr.app import StartupError, open_store
+from ivr.calltrace import describe_answer
 from ivr.flows_cli import add_commands as add_flow_commands
 from ivr.embedded_redis import EmbeddedRedis
 from ivr.logs import configure_logging, uvicorn_log_config
@@ -268,11 +269,13 @@ def _follow_calls(client: AdminClient, sid: str | None, recent: list[dict[str, A
 
 
 def describe_call(call: dict[str, Any]) -> str:
-    """One trace on one line: when, which webhook, from whom, what happened, fetches, time."""
+    """One trace on one line: when, which webhook, from whom, what happened, the answer it
+    brought, fetches, time."""
+    answer = f"; answer at {describe_answer(call['answer'])}" if call.get("answer") else ""
     fetches = "".join(f"; fetch {step}: {_describe_fetch(fetch)}"
                       for step, fetch in call.get("fetches", {}).items())
     return (f"{call['at']} {call['endpoint']} {call['sid']} from {call['from']}: "
-            f"{call['summary']}{fetches} ({call['duration_ms']} ms)")
+            f"{call['summary']}{answer}{fetches} ({call['duration_ms']} ms)")
 
 
 def _describe_fetch(fetch: dict[str, Any]) -> str:

@@ -9,12 +9,15 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 import redis
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 import ivr.admin.pages
 from ivr.admin.auth import hash_password, verify_password
@@ -22,7 +25,7 @@ from ivr.settings import Settings
 from ivr.store import QUEUES_KEY
 from tests.loyalty_api import GOLD
 from tests.servers import ServerThread
-from tests.twilio_client import FakeTwilio
+from tests.twilio_client import FakeTwilio, call_params, message_params
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -228,6 +231,154 @@ def test_signing_out_ends_the_session(page: Page) -> None:
     expect(page.get_by_role("status")).to_have_text("You are signed out.")
     page.goto("/admin/audit")
     expect(page).to_have_url(re.compile(r"/admin/login$"))
+
+
+# --- times, phones and the Calls page, in the browser ---------------------------------------------
+
+PHONE = {"width": 375, "height": 740}
+# Under Twilio's 255 characters, with no place to break but the `@` and the dots.
+LONG_URI = "sip:" + "x" * (250 - len("sip:@pbx.example.com")) + "@pbx.example.com"
+TEAM_CHOICE = "+15005550102"  # flows/team_choice.yaml: "sales or support?", then a route
+CUSTOMER = "+15550000077"
+# Chromium's name (locale en-US) of a zone that has no abbreviation there; others are Python's.
+CHROMIUM_ZONE_NAMES = {"IST": "GMT+5:30"}
+
+
+def admin_api(server: ServerThread) -> httpx.Client:
+    return httpx.Client(base_url=server.url, timeout=10,
+                        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+
+
+def stored_traces(server: ServerThread, count: int, **params: str) -> list[dict[str, Any]]:
+    """The call traces (newest first), once `count` are stored (they are written in batches)."""
+    deadline = time.monotonic() + 15
+    with admin_api(server) as client:
+        while True:
+            calls = client.get("/admin/api/calls", params=params).json()["calls"]
+            if len(calls) >= count or time.monotonic() > deadline:
+                return calls
+            time.sleep(0.05)
+
+
+def utc_text(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "Asia/Kolkata"])
+def test_every_time_shows_in_the_browsers_zone_named_with_utc_on_hover(
+        zone: str, browser: Browser, server: ServerThread) -> None:
+    with admin_api(server) as client:
+        assert client.patch("/admin/api/queues/gold", json={"sip_uri": NEW_GOLD}).is_success
+    FakeTwilio(server.url).call(GOLD)
+    stored_traces(server, 1)
+    context = browser.new_context(base_url=server.url, timezone_id=zone, locale="en-US")
+    context.set_default_timeout(10_000)
+    try:
+        page = context.new_page()
+        sign_in(page)
+        for path in ("/admin/", "/admin/queues/gold", "/admin/audit", "/admin/calls"):
+            page.goto(path)
+            times = page.locator("main time")
+            assert times.count() >= 1, path
+            for element in times.all():
+                moment = datetime.fromisoformat(element.get_attribute("datetime") or "")
+                local = moment.astimezone(ZoneInfo(zone))
+                name = CHROMIUM_ZONE_NAMES.get(local.tzname() or "", local.tzname())
+                expect(element).to_have_text(f"{local:%Y-%m-%d %H:%M:%S} {name}")
+                expect(element).to_have_attribute("title", utc_text(moment))
+    finally:
+        context.close()
+
+
+def test_without_javascript_every_time_reads_in_utc(browser: Browser, server: ServerThread
+                                                     ) -> None:
+    context = browser.new_context(base_url=server.url, timezone_id="Asia/Kolkata",
+                                  java_script_enabled=False)
+    context.set_default_timeout(10_000)
+    try:
+        page = context.new_page()
+        sign_in(page)
+        page.goto("/admin/queues/gold")
+        element = page.locator("#current time")
+        moment = datetime.fromisoformat(element.get_attribute("datetime") or "")
+        assert moment.utcoffset() is not None
+        expect(element).to_have_text(utc_text(moment))
+    finally:
+        context.close()
+
+
+def lies_inside(inner: Locator, outer: Locator) -> bool:
+    box, frame = inner.bounding_box(), outer.bounding_box()
+    assert box is not None and frame is not None
+    return (box["x"] >= frame["x"] - 0.5 and box["y"] >= frame["y"] - 0.5
+            and box["x"] + box["width"] <= frame["x"] + frame["width"] + 0.5
+            and box["y"] + box["height"] <= frame["y"] + frame["height"] + 0.5)
+
+
+def test_on_a_phone_no_page_scrolls_sideways_and_a_long_sip_uri_stays_in_its_card(
+        browser: Browser, server: ServerThread) -> None:
+    with admin_api(server) as client:
+        changed = client.patch("/admin/api/queues/gold", json={
+            "sip_uri": LONG_URI, "fallback_sip_uris": [LONG_URI.replace("x", "y")],
+            "display_name": "Gold members of the loyalty programme, all regions"})
+        assert changed.is_success, changed.text
+    assert len(LONG_URI) == 250
+    FakeTwilio(server.url).call(GOLD)
+    stored_traces(server, 1)
+    context = browser.new_context(base_url=server.url, viewport=PHONE)
+    context.set_default_timeout(10_000)
+    try:
+        page = context.new_page()
+        page.goto("/admin/login")
+        widths = {"/admin/login": page.evaluate("document.documentElement.scrollWidth")}
+        sign_in(page)
+        for path in ("/admin/", "/admin/queues/gold", "/admin/audit", "/admin/calls",
+                     "/admin/new"):
+            page.goto(path)
+            widths[path] = page.evaluate("document.documentElement.scrollWidth")
+        assert widths == dict.fromkeys(widths, PHONE["width"])
+
+        page.goto("/admin/queues/gold")
+        expect(page.locator("#current .sip-uri")).to_have_text(LONG_URI)
+        assert lies_inside(page.locator("#current .sip-uri"), page.locator("#current"))
+        uri_cell = page.locator("#version-2 td", has=page.locator("code")).first
+        assert lies_inside(uri_cell.locator("code"), uri_cell)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "admin-page-phone.png"), full_page=True)
+        page.goto("/admin/")
+        uri_cell = page.locator("#queue-gold td", has=page.locator(".sip-uri"))
+        assert lies_inside(uri_cell.locator(".sip-uri"), uri_cell)
+        page.goto("/admin/audit")
+        change = page.locator("table.audit .change").first
+        assert lies_inside(change.locator("code.new"), change)
+    finally:
+        context.close()
+
+
+def test_the_calls_page_shows_the_question_waiting_the_answer_and_a_sticky_hand_off(
+        page: Page, server: ServerThread) -> None:
+    twilio = FakeTwilio(server.url)
+    call = call_params(CUSTOMER, To=TEAM_CHOICE)
+    assert "<Gather" in twilio.post("/twilio/voice", call).text
+    assert "sip:support@" in twilio.post("/twilio/voice?turn=1", {**call, "Digits": "2"}).text
+    for body in ("Hello", "sales please"):
+        twilio.post("/twilio/messaging", message_params(CUSTOMER, body, To=TEAM_CHOICE))
+    later = message_params(CUSTOMER, "and one more thing", To=TEAM_CHOICE)
+    twilio.post("/twilio/messaging", later)
+    stored_traces(server, 5)
+
+    sign_in(page)
+    page.goto(f"/admin/calls?sid={call['CallSid']}")
+    answered, asked = page.locator("table.calls tbody tr").all()
+    expect(asked.locator("td.outcome")).to_have_text("waits at menu")
+    expect(answered).to_contain_text('answer at menu: "2" (support)')
+    expect(answered.locator("td.outcome")).to_have_text("support")
+    page.goto(f"/admin/calls?sid={later['MessageSid']}")
+    forwarded = page.locator("table.calls tbody tr")
+    expect(forwarded).to_have_count(1)
+    expect(forwarded).to_contain_text(
+        "forwarded to queue sales (conversation already handed off)")
+    expect(forwarded.locator("td.outcome")).to_have_text("sales")
 
 
 # --- over plain HTTP ------------------------------------------------------------------------------

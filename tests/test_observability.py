@@ -25,18 +25,29 @@ import redis
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
-from ivr.calltrace import CALLS_KEY, WRITE_INTERVAL, CallTrace, CallTraces
+from ivr.calltrace import (
+    CALLS_KEY,
+    MAX_ANSWER_LENGTH,
+    WRITE_INTERVAL,
+    CallTrace,
+    CallTraces,
+    shown_answer,
+)
+from ivr.flows.steps.ask import AskStep
 from ivr.embedded_redis import EmbeddedRedis
 from ivr.logs import formatter, mask_number
 from ivr.settings import Settings
 from tests import loyalty_api as L
 from tests.servers import ServerThread
 from tests.conftest import IVR, Served, clean_env
-from tests.twilio_client import FakeTwilio, call_params
+from tests.twilio_client import FakeTwilio, call_params, message_params
 
 ADMIN = "admin-token-for-tests-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 GOLD_DIAL = "<Sip>sip:gold@queues.example.com</Sip>"
+TEAM_CHOICE = "+15005550102"  # flows/team_choice.yaml: "sales or support?", then a route
+VIP_BY_EMAIL = "+15005550101"  # flows/vip_by_email.yaml (messaging): asks for an email
+CUSTOMER = "+15550000077"
 
 
 def eventually(probe: Callable[[], Any], timeout: float = 15.0, every: float = 0.05) -> Any:
@@ -525,7 +536,119 @@ def test_the_openapi_document_describes_the_calls_route(server: ServerThread) ->
     document = httpx.get(server.url + "/admin/api/openapi.json").json()
     operation = document["paths"]["/calls"]["get"]
     assert {p["name"] for p in operation["parameters"]} == {"limit", "sid", "after"}
-    assert "route" in document["components"]["schemas"]["CallTrace"]["properties"]
+    properties = document["components"]["schemas"]["CallTrace"]["properties"]
+    assert {"route", "waiting_at", "answer"} <= set(properties)
+    # Every field a trace has is described.
+    params = call_params(L.GOLD)
+    FakeTwilio(server.url).post("/twilio/voice", params)
+    assert set(trace_of(server, params["CallSid"])) <= set(properties)
+
+
+# --- questions, answers and conversations handed off, in traces ---------------------------------
+
+def answer_call(twilio: FakeTwilio, params: dict[str, str], turn: int, **given: str) -> str:
+    """Answer the question of `turn` (Digits=..., SpeechResult=..., or nothing: silence)."""
+    return twilio.post(f"/twilio/voice?turn={turn}", {**params, **given}).text
+
+
+def test_a_turn_waiting_at_a_question_and_each_answer_it_got_are_traced(
+    server: ServerThread,
+) -> None:
+    twilio = FakeTwilio(server.url)
+    params = call_params(CUSTOMER, To=TEAM_CHOICE)
+    assert "<Gather" in twilio.post("/twilio/voice", params).text
+    assert "<Gather" in answer_call(twilio, params, 1, Digits="7")
+    assert "<Gather" in answer_call(twilio, params, 2)  # silence
+    assert "sip:support@" in answer_call(twilio, params, 3, SpeechResult="Support, please.")
+    asked, wrong, silent, routed = eventually(
+        lambda: len(found := traces(server, sid=params["CallSid"])) == 4 and found[::-1])
+
+    assert asked["steps"] == ["start", "menu"] and asked["waiting_at"] == "menu"
+    assert asked["route"] is None and asked["answer"] is None
+    assert asked["summary"].endswith("waits at menu")
+    assert wrong["answer"] == {"step": "menu", "given": "7", "valid": False}
+    assert wrong["waiting_at"] == "menu"  # asked again
+    assert silent["answer"] == {"step": "menu", "given": None, "valid": False}
+    assert routed["answer"] == {"step": "menu", "given": "Support, please.", "valid": True,
+                                "choice": "support"}
+    assert routed["waiting_at"] is None and routed["route"] == "support"
+
+    result = run_ivr(server, "calls", "tail", "--sid", params["CallSid"])
+    lines = result.stdout.splitlines()
+    assert "waits at menu" in lines[0]
+    assert 'answer at menu: "7" (not valid)' in lines[1]
+    assert "answer at menu: no answer" in lines[2]
+    assert 'answer at menu: "Support, please." (support)' in lines[3]
+
+
+def test_a_message_answering_a_question_is_traced_and_an_email_is_masked(
+    server: ServerThread,
+) -> None:
+    twilio = FakeTwilio(server.url)
+    sender = "whatsapp:" + CUSTOMER
+    email = "jane.doe@example.com"
+    twilio.post("/twilio/messaging", message_params(sender, "Hello", To=VIP_BY_EMAIL))
+    reply = message_params(sender, email, To=VIP_BY_EMAIL)
+    assert "reply shortly" in twilio.post("/twilio/messaging", reply).text
+    trace = trace_of(server, reply["MessageSid"])
+    assert trace["answer"] == {"step": "ask_email", "given": "j" + "*" * 16 + "com",
+                               "valid": True, "masked": True}
+    assert trace["route"] == "regular"
+    eventually(lambda: len(traces(server)) == 2)
+    assert email not in json.dumps(traces(server))
+    tail = run_ivr(server, "calls", "tail")
+    assert f'answer at ask_email: "j{"*" * 16}com" (masked, valid)' in tail.stdout
+    assert email not in tail.stdout
+
+
+def test_a_number_or_email_in_a_menu_answer_is_masked_and_a_long_answer_cut(
+    server: ServerThread,
+) -> None:
+    twilio = FakeTwilio(server.url)
+    params = call_params(CUSTOMER, To=TEAM_CHOICE)
+    twilio.post("/twilio/voice", params)
+    answer_call(twilio, params, 1, SpeechResult="support my account is 123456789")
+    answered = eventually(lambda: len(found := traces(server, sid=params["CallSid"])) == 2
+                          and found[0])
+    assert answered["answer"]["given"] == "support my account is 1*****789"
+    assert answered["answer"]["choice"] == "support"
+
+    menu = AskStep(kind="ask", prompt="Sales or support?", expect="choice",
+                   options={"sales": ["1"], "support": ["2"]}, next="a", on_exhausted="b")
+    spoken_email = shown_answer("menu", menu, "support for jane@example.com", True, "voice")
+    assert spoken_email["given"] == "support for j" + "*" * 12 + "com"
+    said = "I would like to talk to someone about support " * 3
+    cut = shown_answer("menu", menu, said, True, "voice")
+    assert len(cut["given"]) == MAX_ANSWER_LENGTH and cut["given"].endswith("…")
+    text = AskStep(kind="ask", prompt="Why?", next="a", on_exhausted="b")
+    masked = shown_answer("why", text, said, True, "messaging")["given"]
+    assert masked == "I" + "*" * (MAX_ANSWER_LENGTH - 4) + "ort"
+    assert shown_answer("why", text, "1234", True, "voice")["given"] == "****"
+
+
+def test_a_message_in_a_conversation_already_handed_off_says_where_it_was_forwarded(
+    server: ServerThread,
+) -> None:
+    twilio = FakeTwilio(server.url)
+    sender = CUSTOMER
+    twilio.post("/twilio/messaging", message_params(sender, "Hello", To=TEAM_CHOICE))
+    twilio.post("/twilio/messaging", message_params(sender, "sales please", To=TEAM_CHOICE))
+    later = message_params(sender, "and one more thing", To=TEAM_CHOICE)
+    assert 'to="+15550100107"' in twilio.post("/twilio/messaging", later).text
+    trace = trace_of(server, later["MessageSid"])
+    assert trace["summary"] == "forwarded to queue sales (conversation already handed off)"
+    assert trace["route"] == "sales" and trace["flow"] == "team_choice"
+    tail = run_ivr(server, "calls", "tail", "--sid", later["MessageSid"])
+    assert "forwarded to queue sales (conversation already handed off)" in tail.stdout
+
+    # An admin stops the queue taking messages: the next one is not forwarded, and says so.
+    cleared = httpx.patch(server.url + "/admin/api/queues/sales", headers=AUTH,
+                          json={"message_to": None})
+    assert cleared.status_code == 200, cleared.text
+    unread = message_params(sender, "anyone there?", To=TEAM_CHOICE)
+    assert "<Message to=" not in twilio.post("/twilio/messaging", unread).text
+    assert trace_of(server, unread["MessageSid"])["summary"] == (
+        "not forwarded: queue sales has no message_to (conversation already handed off)")
 
 
 def test_a_trace_write_cut_short_by_shutdown_is_made_by_the_last_try(redis_url: str) -> None:

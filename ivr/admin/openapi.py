@@ -161,8 +161,28 @@ def openapi_document() -> dict[str, Any]:
                     "fetches": {"type": "object", "description": "Per fetch step: status, "
                                 "outcome, elapsed_ms", "additionalProperties": {"type": "object"}},
                     "route": {"type": ["string", "null"], "description": "The queue"},
+                    "waiting_at": {"type": ["string", "null"], "description": "The question "
+                                   "(an `ask` step) the contact was asked, waiting for the "
+                                   "answer"},
+                    "answer": {"oneOf": [{"type": "null"}, {
+                        "type": "object", "required": ["step", "given", "valid"],
+                        "description": "The answer this webhook brought to a question: keys "
+                                       "pressed, words said, or a message",
+                        "properties": {
+                            "step": {"type": "string", "description": "The question"},
+                            "given": {"type": ["string", "null"], "description": "As given (at "
+                                      "most 40 characters; null: no answer). Only a choice's "
+                                      "answer is shown as given; any other is masked like a "
+                                      "phone number, its first and last three characters kept"},
+                            "valid": {"type": "boolean"},
+                            "choice": {"type": "string", "description": "The option a valid "
+                                       "answer to a choice chose"},
+                            "masked": {"type": "boolean"}}}]},
                     "fallback_reason": {"type": ["string", "null"]},
-                    "summary": {"type": "string"},
+                    "summary": {"type": "string", "description": "What happened, in words: "
+                                "the flow's steps and route (`-> gold`) or the question it "
+                                "waits at (`waits at menu`), a message forwarded in a "
+                                "conversation already handed off, a dial's result..."},
                     "duration_ms": {"type": "number"}}},
                 "Error": {"type": "object", "required": ["error"], "properties": {
                     "error": {"type": "string"},

@@ -2,11 +2,13 @@
 queue sends calls, edit a queue, roll back to an earlier version, read the audit log, see the
 recent calls.
 
-Plain server-rendered HTML forms, no JavaScript. Sign-in sessions live in Redis (shared by every
-instance) and end as soon as their user or token is no longer configured; every form posts the
-session's CSRF token, and the sign-in form a double-submit token. Sign-in attempts are throttled
-(per user name and per client address, in Redis) and at most PASSWORD_CHECKS_AT_ONCE password
-hashes are computed at once, so guessing cannot starve call handling of CPU.
+Plain server-rendered HTML forms, and one small script of our own (static/local-time.js) that
+shows times in the browser's time zone: every page works without it. Sign-in sessions live in
+Redis (shared by every instance) and end as soon as their user or token is no longer configured;
+every form posts the session's CSRF token, and the sign-in form a double-submit token. Sign-in
+attempts are throttled (per user name and per client address, in Redis) and at most
+PASSWORD_CHECKS_AT_ONCE password hashes are computed at once, so guessing cannot starve call
+handling of CPU.
 Writes go through the store like the admin API's, so they are validated, versioned and audited.
 """
 
@@ -17,12 +19,13 @@ import hashlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
 import jinja2
+from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -41,7 +44,7 @@ from ivr.admin.auth import (
 )
 from ivr.admin.changes import InvalidInput, queue_from_input
 from ivr.admin.outage import StoreUnavailable, store_bounded
-from ivr.calltrace import is_sid
+from ivr.calltrace import describe_answer, is_sid
 from ivr.queues import Queue
 from ivr.store import (
     MUST_NOT_EXIST,
@@ -77,9 +80,10 @@ QUEUE_FIELDS = tuple(Queue.model_fields)  # the form's fields, in the model's or
 FIELD_LABELS = {"sip_uri": "SIP URI", "fallback_sip_uris": "Fallback SIP URIs",
                 "overflow": "Overflow queue", "message_to": "Messages to",
                 "display_name": "Display name", "name": "Queue name"}
-# The pages load nothing from elsewhere and run no script; forms post only back here.
+# The pages load nothing from elsewhere and run only our own script; forms post only back here.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
+                               "script-src 'self'; "
                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -105,14 +109,22 @@ def _path_for_template(context: Any, route: str, /, **params: Any) -> str:
     return _path_for(context["request"], route, **params)
 
 
-def _when(value: str | None) -> str:
-    """An ISO timestamp from the store, as people read it."""
+def _when(value: str | None) -> Markup | str:
+    """An ISO timestamp from the store as a <time> element whose text is the UTC time (right
+    without JavaScript); static/local-time.js shows it in the browser's own time zone, with the
+    UTC time as its title."""
     if not value:
         return ""
     try:
-        return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M:%S UTC")
+        moment = datetime.fromisoformat(value)
     except ValueError:
         return value
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    machine = moment.isoformat(timespec="milliseconds" if moment.microsecond else "seconds")
+    date, clock = f"{moment:%Y-%m-%d}", f"{moment:%H:%M:%S} UTC"
+    # Date and time in spans of their own: on a phone the time wraps between them, not at a "-".
+    return Markup('<time datetime="{}" title="{} {}"><span>{}</span> <span>{}</span></time>'
+                  ).format(machine, date, clock, date, clock)
 
 
 def _shown(value: Any) -> str:
@@ -131,6 +143,7 @@ def _environment() -> jinja2.Environment:
     env.globals["labels"] = FIELD_LABELS
     env.filters["when"] = _when
     env.filters["shown"] = _shown
+    env.filters["in_words"] = describe_answer
     return env
 
 

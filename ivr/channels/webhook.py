@@ -433,14 +433,21 @@ async def _forward_to_queue(
     run = _new_run(services, hook, session)
     note = template.render(run.variables).strip()
     actions: list[Action] = [RouteToQueue(queue_name, note)]
-    queues = {queue_name: q} if (q := services.store.queue(queue_name)) else {}
+    queue = services.store.queue(queue_name)
+    queues = {queue_name: queue} if queue is not None else {}
     hook.trace.handed_over(session.get("flow"), queue_name)
     # Already acknowledged when handed over: forwarding alone, without a new acknowledgement.
     twiml = render_messaging(actions, queues, acknowledge=False, inbound=hook.params)
     if flow is not None:  # each message keeps the hand-off alive for another expire_after
         await best_effort(services.conversations.save_session(
             hook.session_key, session, flow.expire_after), None, "session save")
-    return twiml, f"sticky hand-off -> {queue_name}"
+    if queue is None:
+        done = f"not forwarded: queue {queue_name} no longer exists (apology sent)"
+    elif queue.message_to is None:
+        done = f"not forwarded: queue {queue_name} has no message_to"
+    else:
+        done = f"forwarded to queue {queue_name}"
+    return twiml, f"{done} (conversation already handed off)"
 
 
 # --- running a flow ---------------------------------------------------------------------------
@@ -483,7 +490,7 @@ async def _run(
     else:
         twiml = render_messaging(actions, queues, inbound=hook.params)
     routed = next((a.queue for a in actions if isinstance(a, RouteToQueue)), None)
-    hook.trace.ran(flow, outcome, run, routed)
+    hook.trace.ran(flow, outcome, run, routed, answered_at=resume_at, answer=answer)
     session.update(state=run.state(), turn=turn, twiml=twiml, waiting_at=outcome.waiting_at,
                    routed_to=None, route_step=None)
     if outcome.waiting_at is None and routed is not None and _keep_after_route(
