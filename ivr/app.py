@@ -31,7 +31,7 @@ from ivr.flows.upstream import Upstreams
 from ivr.logs import configure_logging
 from ivr.metrics import CONTENT_TYPE, MULTIPROCESS_DIR, exposition, process_exited
 from ivr.queues import QueueConfigError, load_queue_file
-from ivr.settings import Settings
+from ivr.settings import InvalidSettings, Settings, load_settings
 from ivr.store import Store, connect, without_credentials
 from ivr.twilio_security import WebhookVerifier, resolve_auth_token
 
@@ -52,7 +52,11 @@ class IvrApp(Starlette):
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
-    settings = settings or Settings()
+    if settings is None:  # under an ASGI server's --factory: from the environment
+        try:
+            settings = load_settings()
+        except InvalidSettings as exc:
+            raise SystemExit(f"ivr: {exc}") from None
     configure_logging(settings.log_level, settings.log_format)
     app = IvrApp(
         routes=[

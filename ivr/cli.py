@@ -27,7 +27,6 @@ from xml.dom import minidom
 import httpx
 import uvicorn
 import yaml
-from pydantic import ValidationError
 from twilio.request_validator import RequestValidator
 
 from ivr.admin.auth import hash_password
@@ -37,10 +36,9 @@ from ivr.flows_cli import add_commands as add_flow_commands
 from ivr.embedded_redis import EmbeddedRedis
 from ivr.logs import configure_logging, uvicorn_log_config
 from ivr.metrics import MULTIPROCESS_ENV
-from ivr.settings import Settings
+from ivr.settings import InvalidSettings, Settings, load_settings
 from ivr.simulator import DEFAULT_TO_NUMBER, TEST_ACCOUNT_SID
 from ivr.twilio_security import resolve_auth_token
-from ivr.validation import describe_errors
 
 log = logging.getLogger("ivr.cli")
 
@@ -94,11 +92,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        settings = Settings()
-    except ValidationError as exc:
-        # Each problem without the value given: a setting may be a secret (a password, a token).
-        problems = "\n".join(f"  {line}" for line in describe_errors(exc, "", ""))
-        print(f"ivr: invalid settings:\n{problems}", file=sys.stderr)
+        settings = load_settings()
+    except InvalidSettings as exc:
+        print(f"ivr: {exc}", file=sys.stderr)
         return 2
     try:
         status: int = args.handler(args, settings)

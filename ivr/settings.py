@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from ivr import sentinel
 from ivr.admin.auth import check_password_hash_format
@@ -49,6 +50,7 @@ class Settings(BaseSettings):
     admin_users: dict[str, SecretStr] = Field(
         default_factory=dict,
         description='Admin page users: JSON {"name": "<hash from `ivr admin hash-password`>"}.',
+        examples=['{"alice": "<hash from `ivr admin hash-password`>"}'],
     )
     admin_session_hours: float = Field(
         default=8.0, gt=0, le=24 * 30, description="How long an admin page sign-in lasts."
@@ -156,3 +158,65 @@ class Settings(BaseSettings):
     @property
     def local_token_path(self) -> Path:
         return self.data_dir / "local_twilio_auth_token"
+
+
+class InvalidSettings(Exception):
+    """The settings cannot be used: a line for each problem, naming its variable and never its
+    value (a setting may be a secret, or hold password hashes)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid settings:\n" + "\n".join(f"  {line}" for line in problems))
+
+
+def load_settings() -> Settings:
+    """The settings from the environment and `.env`, or InvalidSettings saying what is wrong:
+    a value that fails its field's rules, or one that cannot even be read (a JSON setting that is
+    not JSON, which pydantic-settings reports before any rule runs)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = [f"{variable_name(str(error['loc'][0]))}: {line}"
+                    for error in exc.errors()
+                    for line in _error_message(error).splitlines()]
+    except SettingsError as exc:
+        problems = [_unreadable(exc)]
+    raise InvalidSettings(problems)
+
+
+def variable_name(field: str) -> str:
+    """The environment variable that sets `field` (`IVR_REDIS_URL` for redis_url)."""
+    info = Settings.model_fields.get(field)
+    if info is not None and isinstance(info.validation_alias, AliasChoices):
+        return str(info.validation_alias.choices[0])
+    if info is None:  # an alias already (pydantic reports a field by the name it was given)
+        return field.upper()
+    return f"{Settings.model_config.get('env_prefix', '')}{field}".upper()
+
+
+def _error_message(error: Any) -> str:
+    rest = ".".join(str(part) for part in error["loc"][1:])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if str(error["type"]).endswith("_type"):  # JSON, but not the shape the setting takes
+        message += _shape(str(error["loc"][0]))
+    return f"{rest}: {message}" if rest else message
+
+
+def _shape(field: str) -> str:
+    """How a setting is written, when its field gives an example."""
+    info = Settings.model_fields.get(field)
+    return f": write it like {info.examples[0]}" if info is not None and info.examples else ""
+
+
+# pydantic-settings has no field in its error, only this message.
+_UNREADABLE = re.compile(r'error parsing value for field "(?P<field>\w+)" from source '
+                         r'"(?P<source>\w+)"')
+
+
+def _unreadable(exc: SettingsError) -> str:
+    """A setting pydantic-settings could not read, as one line without its value."""
+    found = _UNREADABLE.search(str(exc))
+    if found is None:
+        return str(exc)
+    field = found["field"]
+    where = " (in .env)" if found["source"].startswith("DotEnv") else ""
+    return f"{variable_name(field)}{where}: is not valid JSON{_shape(field)}"

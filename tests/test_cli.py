@@ -6,6 +6,7 @@ import getpass
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -179,7 +180,7 @@ def test_serve_refuses_a_redis_url_it_cannot_use_without_printing_it(newcomer, u
     cwd, env = newcomer
     result = run_ivr(cwd, {**env, "IVR_REDIS_URL": url}, "serve", "--port", str(free_port()))
     assert result.returncode == 2
-    assert "redis_url: must start with redis://, rediss://, unix://" in result.stderr
+    assert "IVR_REDIS_URL: must start with redis://, rediss://, unix://" in result.stderr
     assert "Traceback" not in result.stderr
     assert "s3cret" not in result.stdout + result.stderr
     assert redis_servers_in(cwd) == []
@@ -368,3 +369,42 @@ def test_every_start_on_the_local_token_says_so_loudly(
     log = second.log.read_text()
     assert "TWILIO_AUTH_TOKEN is not set" in log and "LOCAL token" in log
     assert "generated a local token" not in log  # the same token as the first start's
+
+
+# --- settings that cannot be read ------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "command", [["flows", "validate"], ["serve", "--port", "0"], ["call", "+15551234567"],
+                ["queues", "list"], ["calls", "tail"]])
+def test_an_admin_users_value_that_is_not_json_is_a_clean_settings_error_for_every_command(
+    newcomer, command: list[str]
+) -> None:
+    """pydantic-settings decodes JSON settings before validating them, and its error was a
+    traceback from every command."""
+    cwd, env = newcomer
+    secret = "pbkdf2_sha256$600000$c2FsdA==$aGFzaA=="
+    result = run_ivr(cwd, {**env, "IVR_ADMIN_USERS": f"{{alice: {secret}}}"}, *command)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "ivr: invalid settings:\n  IVR_ADMIN_USERS: is not valid JSON: write it like "
+        '{"alice": "<hash from `ivr admin hash-password`>"}\n')
+    assert secret not in result.stdout + result.stderr
+    assert not (cwd / "var").exists()
+
+
+def test_a_settings_error_in_env_names_the_file_and_stops_an_asgi_server_cleanly(
+    newcomer,
+) -> None:
+    cwd, env = newcomer
+    (cwd / ".env").write_text('IVR_ADMIN_USERS={"alice": "pbkdf2_sha256$1$c2FsdA==$aA=="\n')
+    validate = run_ivr(cwd, env, "flows", "validate")
+    assert validate.returncode == 2
+    assert "IVR_ADMIN_USERS (in .env): is not valid JSON" in validate.stderr
+    # Under another ASGI server the app factory reads the settings: the same words, no traceback.
+    uvicorn = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "--factory", "ivr.app:create_app", "--port",
+         str(free_port())], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    assert uvicorn.returncode == 1
+    assert "ivr: invalid settings:\n  IVR_ADMIN_USERS (in .env): is not valid JSON" \
+        in uvicorn.stderr
+    assert "Traceback" not in uvicorn.stderr and "c2FsdA" not in uvicorn.stderr
