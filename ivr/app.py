@@ -20,6 +20,7 @@ from starlette.types import ASGIApp
 
 from ivr.admin import api as admin_api
 from ivr.admin import pages as admin_pages
+from ivr.admin.auth import resolve_admin_token
 from ivr.autopipeline import AutoPipeline
 from ivr.calltrace import CallTraces
 from ivr.channels.voice import CallbackUrls
@@ -70,9 +71,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    token = settings.admin_token
-    app.state.admin_token = token.get_secret_value() if token else None
-    if token is None:
+    app.state.admin_token, app.state.admin_token_name = resolve_admin_token(settings)
+    if settings.is_local_trial:  # at every start, as for the local Twilio token
+        log.warning("IVR_ADMIN_TOKEN and IVR_ADMIN_USERS are not set: the admin API and page "
+                    "accept the LOCAL admin token in %s (`ivr queues` and `ivr calls`, run "
+                    "from this directory, use it). Set IVR_ADMIN_TOKEN or IVR_ADMIN_USERS "
+                    "before anyone else can reach this server.", settings.local_admin_token_path)
+    elif app.state.admin_token is None:
         log.warning("IVR_ADMIN_TOKEN is not set: the admin API is disabled")
     return app
 

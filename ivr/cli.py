@@ -29,11 +29,12 @@ import uvicorn
 import yaml
 from twilio.request_validator import RequestValidator
 
-from ivr.admin.auth import hash_password
+from ivr.admin.auth import hash_password, resolve_admin_token
 from ivr.admin.client import AdminClient, AdminError, table
 from ivr.app import StartupError, open_store
 from ivr.flows_cli import add_commands as add_flow_commands
 from ivr.embedded_redis import EmbeddedRedis
+from ivr.local_tokens import read_local_token
 from ivr.logs import configure_logging, uvicorn_log_config
 from ivr.metrics import MULTIPROCESS_ENV
 from ivr.settings import InvalidSettings, Settings, load_settings
@@ -142,12 +143,21 @@ def _add_admin_options(parser: argparse.ArgumentParser,
         where.add_argument("--server", default=default, help="the server (default: "
                            "IVR_ADMIN_URL, else http://127.0.0.1:8000)")
         where.add_argument("--token", default=default,
-                           help="the admin token (default: IVR_ADMIN_TOKEN)")
+                           help="the admin token (default: IVR_ADMIN_TOKEN, else a local "
+                           "server's local admin token in IVR_DATA_DIR)")
 
 
 def _admin_client(args: argparse.Namespace, settings: Settings) -> AdminClient:
+    """A client with the admin token: --token, else IVR_ADMIN_TOKEN, else the local admin token
+    that a server in a local trial made in IVR_DATA_DIR (read, never made here)."""
     token = args.token or (settings.admin_token.get_secret_value() if settings.admin_token
-                           else None)
+                           else read_local_token(settings.local_admin_token_path))
+    if not token:
+        raise AdminError(
+            "no admin token: neither --token nor IVR_ADMIN_TOKEN is given, and there is no "
+            f"local admin token in {settings.local_admin_token_path}. Run this from the "
+            "directory where `ivr serve` runs (or set IVR_DATA_DIR to its data directory), "
+            "or give the server's IVR_ADMIN_TOKEN.")
     return AdminClient(args.server or settings.admin_url, token)
 
 
@@ -300,7 +310,9 @@ def _hash_password(args: argparse.Namespace, settings: Settings) -> int:
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format)
-    resolve_auth_token(settings)  # creates the local token once, before any worker races to
+    # The local tokens a trial needs are made here, once, before any worker races to.
+    resolve_auth_token(settings)
+    resolve_admin_token(settings)
     embedded = None
     # uvicorn re-raises SIGTERM once it has shut down; exit through `finally` to stop Redis.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -321,6 +333,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     base = settings.public_url or f"http://{args.host}:{args.port}"
     print(f"ivr: voice webhook {base}/twilio/voice, messaging webhook {base}/twilio/messaging",
           file=sys.stderr)
+    if settings.is_local_trial:
+        print(f"ivr: admin page {base}/admin: sign in with the local admin token in "
+              f"{settings.local_admin_token_path}", file=sys.stderr)
     metrics_dir = None
     if args.workers > 1:
         # Each worker writes its metrics to files here and /metrics sums them all. Workers are
@@ -380,9 +395,35 @@ async def _check_startup(settings: Settings) -> None:
     await store.close()
 
 
+# How Twilio writes a phone number in From and To: E.164, + and the country code.
+E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+# A call may also come from, or go to, a Voice SDK client or a SIP endpoint.
+VOICE_ADDRESS = re.compile(r"client:[^\s:]+|sips?:[^\s@]+@\S+")
+
+
+def twilio_address(value: str, role: str, channel: str) -> str:
+    """`value` as Twilio would send it as the caller or the number called (`role`), or
+    SystemExit saying how to write it."""
+    if E164.fullmatch(value) or (channel == "voice" and VOICE_ADDRESS.fullmatch(value)):
+        return value
+    if value.lower().startswith("whatsapp:"):
+        raise SystemExit(f"ivr: the {role} {value!r}: give the number alone, with --channel "
+                         "messaging --whatsapp")
+    compact = re.sub(r"[\s().\-]", "", value)
+    if E164.fullmatch(compact):
+        how = f"without spaces or punctuation: {compact}"
+    elif re.fullmatch(r"1?[2-9][0-9]{9}", compact):
+        how = f"in E.164, + and the country code: +1{compact[-10:]} for a US or Canadian number"
+    else:
+        how = "in E.164, + and the country code, e.g. +15551234567"
+    raise SystemExit(f"ivr: the {role} {value!r} is not a number as Twilio sends it: write it "
+                     f"{how}")
+
+
 def test_call_params(args: argparse.Namespace) -> dict[str, str]:
     """The parameters Twilio sends for an inbound call or message, with fresh SIDs."""
-    caller, called = args.number, args.to
+    caller = twilio_address(args.number, "caller", args.channel)
+    called = twilio_address(args.to, "number called (--to)", args.channel)
     if args.channel == "voice":
         params = {
             "CallSid": "CA" + secrets.token_hex(16),
@@ -421,8 +462,8 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
     """Post the webhook, then, as Twilio would, follow a hold's <Redirect> and post each
     --input as the answer to the flow's question (<Gather>, or the next message)."""
     server = args.server.rstrip("/")
-    validator = RequestValidator(resolve_auth_token(settings))
     params = test_call_params(args)
+    validator = RequestValidator(_signing_token(settings))
     answers = list(args.input)
     path: str | None = f"/twilio/{args.channel}"
     while path is not None:
@@ -450,6 +491,21 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
     if answers:
         print(f"ivr: the flow asked nothing more; unused input: {answers}", file=sys.stderr)
     return 0
+
+
+def _signing_token(settings: Settings) -> str:
+    """TWILIO_AUTH_TOKEN, else the local token a server without it made in IVR_DATA_DIR (read,
+    never made here: a token made here is one no server knows); SystemExit when neither is."""
+    if settings.twilio_auth_token is not None:
+        return settings.twilio_auth_token.get_secret_value()
+    token = read_local_token(settings.local_token_path)
+    if token is None:
+        raise SystemExit(
+            f"ivr: nothing to sign with: TWILIO_AUTH_TOKEN is not set and there is no local "
+            f"token in {settings.local_token_path}, which `ivr serve` makes as it starts. "
+            "Start `ivr serve` here, or run `ivr call` from the directory where it runs (or set "
+            "IVR_DATA_DIR to its data directory), or set TWILIO_AUTH_TOKEN to the server's.")
+    return token
 
 
 def _next_webhook(twiml: ET.Element, args: argparse.Namespace, params: dict[str, str],

@@ -157,7 +157,21 @@ class Settings(BaseSettings):
 
     @property
     def local_token_path(self) -> Path:
+        """The local Twilio token, made by the server when TWILIO_AUTH_TOKEN is not set."""
         return self.data_dir / "local_twilio_auth_token"
+
+    @property
+    def local_admin_token_path(self) -> Path:
+        """The local admin token, made by the server in a local trial."""
+        return self.data_dir / "local_admin_token"
+
+    @property
+    def is_local_trial(self) -> bool:
+        """Neither a Twilio account nor any admin is configured: the server runs on local
+        tokens, the admin API and page on the local admin token. Setting any of the three ends
+        it (production never gets an admin credential nobody configured)."""
+        return (self.twilio_auth_token is None and self.admin_token is None
+                and not self.admin_users)
 
 
 class InvalidSettings(Exception):

@@ -145,9 +145,15 @@ def test_a_second_serve_on_the_same_data_dir_is_refused(
 
 def test_call_to_a_server_that_is_not_running_says_so(newcomer) -> None:
     cwd, env = newcomer
-    result = run_ivr(cwd, env, "call", "--server", f"http://127.0.0.1:{free_port()}", L.GOLD)
+    server = f"http://127.0.0.1:{free_port()}"
+    result = run_ivr(cwd, {**env, "TWILIO_AUTH_TOKEN": "a-token"}, "call", "--server", server,
+                     L.GOLD)
     assert result.returncode == 1
     assert "is `ivr serve` running?" in result.stderr
+    # Before the first `ivr serve`, there is no local token yet either.
+    first = run_ivr(cwd, env, "call", "--server", server, L.GOLD)
+    assert first.returncode == 1
+    assert "which `ivr serve` makes as it starts. Start `ivr serve` here" in first.stderr
 
 
 def test_admin_hash_password_hashes_a_piped_password_for_ivr_admin_users(newcomer) -> None:
@@ -369,6 +375,114 @@ def test_every_start_on_the_local_token_says_so_loudly(
     log = second.log.read_text()
     assert "TWILIO_AUTH_TOKEN is not set" in log and "LOCAL token" in log
     assert "generated a local token" not in log  # the same token as the first start's
+
+
+# --- the quick start, with nothing set up ---------------------------------------------------------
+
+def test_the_quick_start_changes_a_queue_and_tails_the_calls_with_no_setup(
+    newcomer_serve: Callable[..., Served],
+) -> None:
+    """The README sent a newcomer to `ivr queues` and `ivr calls tail`, which said "no admin
+    token", and with one on the client only "404: the admin API is disabled"."""
+    server = newcomer_serve()
+    token_file = server.cwd / "var" / "local_admin_token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert server.call(L.GOLD).returncode == 0
+    changed = run_ivr(server.cwd, server.env, "queues", "set", "standard",
+                      "sip:standard@pbx2.example.com", "--server", server.url)
+    assert changed.returncode == 0, changed.stderr
+    assert "standard updated" in changed.stdout
+    shown = yaml.safe_load(run_ivr(server.cwd, server.env, "queues", "show", "standard",
+                                   "--server", server.url).stdout)
+    assert shown["updated_by"] == f"{getpass.getuser()} (local admin token)"
+    tail = run_ivr(server.cwd, server.env, "calls", "tail", "--server", server.url)
+    assert tail.returncode == 0, tail.stderr
+    assert " -> gold" in tail.stdout
+    assert server.stop() == 0
+    log = server.log.read_text()
+    assert "LOCAL admin token in var/local_admin_token" in log
+    assert "sign in with the local admin token in var/local_admin_token" in log
+    assert token_file.read_text() not in log  # where it is, never what it is
+    # The next start keeps the token, and says so again.
+    token = token_file.read_text()
+    again = newcomer_serve()
+    assert token_file.read_text() == token
+    assert again.stop() == 0
+    assert "LOCAL admin token" in again.log.read_text()
+
+
+def test_with_twilio_auth_token_set_no_local_admin_token_works_and_the_cli_says_why(
+    newcomer_serve: Callable[..., Served],
+) -> None:
+    """Production: the admin API stays disabled until IVR_ADMIN_TOKEN or users are set, even
+    where a local trial left its token behind."""
+    trial = newcomer_serve()
+    assert trial.stop() == 0
+    production = newcomer_serve(TWILIO_AUTH_TOKEN="the-accounts-auth-token")
+    listing = run_ivr(production.cwd, production.env, "queues", "list",
+                      "--server", production.url)
+    assert listing.returncode == 1
+    assert "404: the admin API is disabled: set IVR_ADMIN_TOKEN on the server" in listing.stderr
+    assert "with TWILIO_AUTH_TOKEN set, it makes no local admin token" in listing.stderr
+    assert "LOCAL admin token" not in production.log.read_text()
+
+
+def test_commands_run_from_another_directory_make_no_token_and_say_what_is_missing(
+    newcomer_serve: Callable[..., Served], tmp_path: Path,
+) -> None:
+    """`ivr call` from another directory made ./var/local_twilio_auth_token there, signed
+    with it, and got a 403."""
+    server = newcomer_serve()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    call = run_ivr(elsewhere, server.env, "call", "--server", server.url, L.GOLD)
+    assert call.returncode == 1
+    assert "nothing to sign with: TWILIO_AUTH_TOKEN is not set and there is no local token " \
+        "in var/local_twilio_auth_token" in call.stderr
+    assert "run `ivr call` from the directory where it runs" in call.stderr
+    assert "HTTP" not in call.stderr  # nothing was sent
+    for command in (("queues", "list"), ("calls", "tail")):
+        result = run_ivr(elsewhere, server.env, *command, "--server", server.url)
+        assert result.returncode == 1
+        assert "no admin token" in result.stderr and "var/local_admin_token" in result.stderr
+    assert list(elsewhere.iterdir()) == []
+    # Pointed at the server's data directory, they find its tokens.
+    env = {**server.env, "IVR_DATA_DIR": str(server.cwd / "var")}
+    assert "<Sip>" in run_ivr(elsewhere, env, "call", "--server", server.url, L.GOLD).stdout
+    tail = run_ivr(elsewhere, env, "calls", "tail", "--server", server.url)
+    assert tail.returncode == 0, tail.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["5551234567"], "write it in E.164, + and the country code: +15551234567 for a US or "
+      "Canadian number"),
+     (["+1 (555) 123-4567"], "without spaces or punctuation: +15551234567"),
+     (["555-0100"], "e.g. +15551234567"),
+     (["whatsapp:+15551234567", "--channel", "messaging"], "with --channel messaging --whatsapp"),
+     (["client:alice", "--channel", "messaging"], "the caller 'client:alice'"),
+     (["+15551234567", "--to", "15005550006"], "the number called (--to) '15005550006'")],
+    ids=["national", "punctuated", "short", "whatsapp-prefix", "client-on-messaging", "to"])
+def test_call_refuses_a_number_twilio_would_never_send_saying_how_to_write_it(
+    newcomer, args: list[str], message: str
+) -> None:
+    cwd, env = newcomer
+    result = run_ivr(cwd, env, "call", "--server", f"http://127.0.0.1:{free_port()}", *args)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1  # one line
+    assert message in result.stderr
+    assert "is `ivr serve` running?" not in result.stderr  # refused before it was sent
+
+
+def test_call_sends_what_twilio_sends_as_from_a_client_or_a_sip_endpoint(
+    newcomer_serve: Callable[..., Served],
+) -> None:
+    server = newcomer_serve()
+    for caller in ("client:alice", "sip:alice@example.sip.twilio.com"):
+        result = server.call(caller)
+        assert result.returncode == 0, result.stderr
+        assert "<Sip>sip:standard@queues.example.com</Sip>" in result.stdout
 
 
 # --- settings that cannot be read ------------------------------------------------------------------
