@@ -39,6 +39,7 @@ from ivr.logs import configure_logging, uvicorn_log_config
 from ivr.metrics import MULTIPROCESS_ENV
 from ivr.settings import InvalidSettings, Settings, load_settings
 from ivr.simulator import DEFAULT_TO_NUMBER, TEST_ACCOUNT_SID
+from ivr.store import describe_redis
 from ivr.twilio_security import resolve_auth_token
 
 log = logging.getLogger("ivr.cli")
@@ -319,9 +320,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if settings.redis_url is None:
             # Started here, once, so that every worker shares it; stopped when serve exits.
-            embedded = EmbeddedRedis(settings.data_dir)
+            embedded = EmbeddedRedis(settings.data_dir)  # it logs where it runs
             os.environ["IVR_REDIS_URL"] = embedded.start()
             settings = settings.model_copy(update={"redis_url": os.environ["IVR_REDIS_URL"]})
+        else:
+            log.info("Redis: %s (IVR_REDIS_URL)", describe_redis(settings.redis_url))
         # Check everything workers will load before starting them, so a broken configuration
         # stops `ivr serve` itself with every problem listed, whatever the number of workers.
         asyncio.run(_check_startup(settings))

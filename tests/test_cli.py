@@ -23,6 +23,7 @@ from ivr.queues import load_queue_file
 from tests import loyalty_api as L
 from tests.conftest import IVR, ROOT, Served, run_ivr
 from tests.servers import free_port
+from tests.test_sentinel import PASSWORD, RedisProcess
 
 
 def redis_pid(cwd: Path) -> int:
@@ -194,11 +195,37 @@ def test_serve_refuses_a_redis_url_it_cannot_use_without_printing_it(newcomer, u
 
 def test_serve_says_when_no_sentinel_knows_the_master(newcomer) -> None:
     cwd, env = newcomer
-    url = f"redis+sentinel://:s3cret@127.0.0.1:{free_port()}/mymaster"
+    port = free_port()
+    url = f"redis+sentinel://:s3cret@127.0.0.1:{port}/mymaster"
     result = run_ivr(cwd, {**env, "IVR_REDIS_URL": url}, "serve", "--port", str(free_port()))
     assert result.returncode == 2
     assert "no sentinel there answered with that master" in result.stderr
+    # Which Redis it tried, said before it tried.
+    assert f"Redis: the master mymaster (db 0) as named by the sentinels at 127.0.0.1:{port}" \
+        in result.stderr
     assert "s3cret" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("credentials", ["in-address", "in-query"])
+def test_serve_logs_which_redis_it_uses_without_its_password(
+    newcomer_serve: Callable[..., Served], tmp_path: Path, credentials: str
+) -> None:
+    """With IVR_REDIS_URL, nothing said which Redis the server used; redis-py also takes the
+    password as ?password=..., which the log line kept."""
+    shared = RedisProcess(tmp_path, "shared", config=f"requirepass {PASSWORD}\n")
+    try:
+        address = f"127.0.0.1:{shared.port}/0"
+        url = (f"redis://:{PASSWORD}@{address}" if credentials == "in-address"
+               else f"redis://{address}?password={PASSWORD}&socket_timeout=5")
+        server = newcomer_serve(IVR_REDIS_URL=url)
+        assert "<Sip>sip:gold@" in server.call(L.GOLD).stdout
+        assert server.stop() == 0
+    finally:
+        shared.stop()
+    log = server.log.read_text()
+    assert f"Redis: redis://{address}" in log
+    assert PASSWORD not in log
+    assert "embedded Redis" not in log
 
 
 ADMIN = "cli-admin-token-0123456789"
