@@ -32,6 +32,7 @@ from twilio.request_validator import RequestValidator
 from ivr.admin.auth import hash_password, resolve_admin_token
 from ivr.admin.client import AdminClient, AdminError, table
 from ivr.app import StartupError, open_store
+from ivr.channels.voice import DEFAULT_FINISH_ON_KEY, keyed_answer
 from ivr.flows_cli import add_commands as add_flow_commands
 from ivr.embedded_redis import EmbeddedRedis
 from ivr.local_tokens import read_local_token
@@ -76,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("--whatsapp", action="store_true", help="send as a WhatsApp message")
     call.add_argument("--server", default=DEFAULT_SERVER, help="default %(default)s")
     call.add_argument("--input", action="append", default=[], metavar="ANSWER",
-                      help="answer the flow's questions, in order: keys (1, 42#) or words on "
-                      "voice, the next message on messaging (repeatable)")
+                      help="answer the flow's questions, in order: on voice, keys as pressed "
+                      "(2, or 12345678# ended by the finish key, sent as Twilio sends them: "
+                      "Digits=12345678) or words; on messaging, the next message (repeatable)")
     call.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                       help="an extra webhook parameter (repeatable)")
     call.set_defaults(handler=_call)
@@ -529,9 +531,19 @@ def _next_webhook(twiml: ET.Element, args: argparse.Namespace, params: dict[str,
     if gather is None:
         return None, params
     answer = answers.pop(0)
-    key = "Digits" if re.fullmatch(r"[0-9*#]+", answer) else "SpeechResult"
     following = {k: v for k, v in params.items() if k not in ("Digits", "SpeechResult")}
-    return _local_path(gather.get("action", "")), {**following, key: answer}
+    if re.fullmatch(r"[0-9*#]+", answer):
+        num_digits = gather.get("numDigits")
+        finish_on_key = gather.get("finishOnKey", DEFAULT_FINISH_ON_KEY)
+        digits, unread = keyed_answer(answer, finish_on_key,
+                                      int(num_digits) if num_digits else None)
+        if unread and unread != finish_on_key:  # a full answer ended by habit is no news
+            print(f"ivr: Twilio stops reading keys at the finish key or numDigits: {unread} "
+                  "not sent", file=sys.stderr)
+        following["Digits"] = digits
+    else:
+        following["SpeechResult"] = answer
+    return _local_path(gather.get("action", "")), following
 
 
 def _local_path(url: str) -> str:

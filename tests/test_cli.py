@@ -512,6 +512,65 @@ def test_call_sends_what_twilio_sends_as_from_a_client_or_a_sip_endpoint(
         assert "<Sip>sip:standard@queues.example.com</Sip>" in result.stdout
 
 
+ACCOUNT_FLOW = """\
+name: account_check
+description: An account number ended by the finish key, then a PIN of exactly four digits.
+trigger:
+  channels: [voice]
+  numbers: ["+15005550199"]
+fallback_queue: standard
+steps:
+  account:
+    kind: ask
+    prompt: "Your account number, then the hash key."
+    retry_prompt: "Sorry."
+    expect: digits
+    min_digits: 6
+    max_digits: 10
+    save: account
+    next: pin
+    on_exhausted: to_standard
+  pin:
+    kind: ask
+    prompt: "Your PIN."
+    expect: digits
+    min_digits: 4
+    max_digits: 4
+    save: pin
+    next: done
+    on_exhausted: to_standard
+  done:
+    kind: say
+    text: "Account {{ vars.account }}, PIN {{ vars.pin }}."
+    next: to_standard
+  to_standard:
+    kind: route
+    queue: standard
+"""
+
+
+def test_keys_are_sent_as_twilio_sends_them_without_the_finish_key(
+    newcomer, newcomer_serve: Callable[..., Served],
+) -> None:
+    """`ivr call --input 12345678#` sent Digits=12345678#, which a digits question refused:
+    Twilio never sends the finish key, stops at numDigits, and sends Digits empty for the
+    finish key alone."""
+    cwd, _ = newcomer
+    (cwd / "flows" / "account_check.yaml").write_text(ACCOUNT_FLOW)
+    server = newcomer_serve()
+    result = server.call(L.GOLD, "--to", "+15005550199",
+                         "--input", "#", "--input", "12345678#", "--input", "12345")
+    assert result.returncode == 0, result.stderr
+    assert "Sorry. Your account number" in result.stdout  # "#" alone: an empty answer
+    assert "Account 12345678, PIN 1234." in result.stdout
+    assert "<Sip>sip:standard@queues.example.com</Sip>" in result.stdout
+    assert "5 not sent" in result.stderr  # past numDigits="4"
+    simulated = run_ivr(server.cwd, server.env, "simulate", "account_check", "--channel",
+                        "voice", "--from", L.GOLD, "--input", "12345678#", "--input", "12345")
+    assert simulated.returncode == 0, simulated.stderr
+    assert "Account 12345678, PIN 1234." in simulated.stdout
+
+
 # --- settings that cannot be read ------------------------------------------------------------------
 
 @pytest.mark.parametrize(
