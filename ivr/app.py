@@ -20,6 +20,7 @@ from starlette.types import ASGIApp
 
 from ivr.admin import api as admin_api
 from ivr.admin import pages as admin_pages
+from ivr.admin.auth import resolve_admin_token
 from ivr.autopipeline import AutoPipeline
 from ivr.calltrace import CallTraces
 from ivr.channels.voice import CallbackUrls
@@ -31,7 +32,7 @@ from ivr.flows.upstream import Upstreams
 from ivr.logs import configure_logging
 from ivr.metrics import CONTENT_TYPE, MULTIPROCESS_DIR, exposition, process_exited
 from ivr.queues import QueueConfigError, load_queue_file
-from ivr.settings import Settings
+from ivr.settings import InvalidSettings, Settings, load_settings
 from ivr.store import Store, connect, without_credentials
 from ivr.twilio_security import WebhookVerifier, resolve_auth_token
 
@@ -52,7 +53,11 @@ class IvrApp(Starlette):
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
-    settings = settings or Settings()
+    if settings is None:  # under an ASGI server's --factory: from the environment
+        try:
+            settings = load_settings()
+        except InvalidSettings as exc:
+            raise SystemExit(f"ivr: {exc}") from None
     configure_logging(settings.log_level, settings.log_format)
     app = IvrApp(
         routes=[
@@ -66,9 +71,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    token = settings.admin_token
-    app.state.admin_token = token.get_secret_value() if token else None
-    if token is None:
+    app.state.admin_token, app.state.admin_token_name = resolve_admin_token(settings)
+    if settings.is_local_trial:  # at every start, as for the local Twilio token
+        log.warning("IVR_ADMIN_TOKEN and IVR_ADMIN_USERS are not set: the admin API and page "
+                    "accept the LOCAL admin token in %s (`ivr queues` and `ivr calls`, run "
+                    "from this directory, use it). Set IVR_ADMIN_TOKEN or IVR_ADMIN_USERS "
+                    "before anyone else can reach this server.", settings.local_admin_token_path)
+    elif app.state.admin_token is None:
         log.warning("IVR_ADMIN_TOKEN is not set: the admin API is disabled")
     return app
 

@@ -27,21 +27,22 @@ from xml.dom import minidom
 import httpx
 import uvicorn
 import yaml
-from pydantic import ValidationError
 from twilio.request_validator import RequestValidator
 
-from ivr.admin.auth import hash_password
+from ivr.admin.auth import hash_password, resolve_admin_token
 from ivr.admin.client import AdminClient, AdminError, table
 from ivr.app import StartupError, open_store
 from ivr.calltrace import describe_answer
+from ivr.channels.voice import DEFAULT_FINISH_ON_KEY, keyed_answer
 from ivr.flows_cli import add_commands as add_flow_commands
 from ivr.embedded_redis import EmbeddedRedis
+from ivr.local_tokens import read_local_token
 from ivr.logs import configure_logging, uvicorn_log_config
 from ivr.metrics import MULTIPROCESS_ENV
-from ivr.settings import Settings
+from ivr.settings import InvalidSettings, Settings, load_settings
 from ivr.simulator import DEFAULT_TO_NUMBER, TEST_ACCOUNT_SID
+from ivr.store import describe_redis
 from ivr.twilio_security import resolve_auth_token
-from ivr.validation import describe_errors
 
 log = logging.getLogger("ivr.cli")
 
@@ -77,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("--whatsapp", action="store_true", help="send as a WhatsApp message")
     call.add_argument("--server", default=DEFAULT_SERVER, help="default %(default)s")
     call.add_argument("--input", action="append", default=[], metavar="ANSWER",
-                      help="answer the flow's questions, in order: keys (1, 42#) or words on "
-                      "voice, the next message on messaging (repeatable)")
+                      help="answer the flow's questions, in order: on voice, keys as pressed "
+                      "(2, or 12345678# ended by the finish key, sent as Twilio sends them: "
+                      "Digits=12345678) or words; on messaging, the next message (repeatable)")
     call.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                       help="an extra webhook parameter (repeatable)")
     call.set_defaults(handler=_call)
@@ -95,11 +97,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        settings = Settings()
-    except ValidationError as exc:
-        # Each problem without the value given: a setting may be a secret (a password, a token).
-        problems = "\n".join(f"  {line}" for line in describe_errors(exc, Settings, show_input=False))
-        print(f"ivr: invalid settings:\n{problems}", file=sys.stderr)
+        settings = load_settings()
+    except InvalidSettings as exc:
+        print(f"ivr: {exc}", file=sys.stderr)
         return 2
     try:
         status: int = args.handler(args, settings)
@@ -147,12 +147,21 @@ def _add_admin_options(parser: argparse.ArgumentParser,
         where.add_argument("--server", default=default, help="the server (default: "
                            "IVR_ADMIN_URL, else http://127.0.0.1:8000)")
         where.add_argument("--token", default=default,
-                           help="the admin token (default: IVR_ADMIN_TOKEN)")
+                           help="the admin token (default: IVR_ADMIN_TOKEN, else a local "
+                           "server's local admin token in IVR_DATA_DIR)")
 
 
 def _admin_client(args: argparse.Namespace, settings: Settings) -> AdminClient:
+    """A client with the admin token: --token, else IVR_ADMIN_TOKEN, else the local admin token
+    that a server in a local trial made in IVR_DATA_DIR (read, never made here)."""
     token = args.token or (settings.admin_token.get_secret_value() if settings.admin_token
-                           else None)
+                           else read_local_token(settings.local_admin_token_path))
+    if not token:
+        raise AdminError(
+            "no admin token: neither --token nor IVR_ADMIN_TOKEN is given, and there is no "
+            f"local admin token in {settings.local_admin_token_path}. Run this from the "
+            "directory where `ivr serve` runs (or set IVR_DATA_DIR to its data directory), "
+            "or give the server's IVR_ADMIN_TOKEN.")
     return AdminClient(args.server or settings.admin_url, token)
 
 
@@ -307,16 +316,20 @@ def _hash_password(args: argparse.Namespace, settings: Settings) -> int:
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format)
-    resolve_auth_token(settings)  # creates the local token once, before any worker races to
+    # The local tokens a trial needs are made here, once, before any worker races to.
+    resolve_auth_token(settings)
+    resolve_admin_token(settings)
     embedded = None
     # uvicorn re-raises SIGTERM once it has shut down; exit through `finally` to stop Redis.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         if settings.redis_url is None:
             # Started here, once, so that every worker shares it; stopped when serve exits.
-            embedded = EmbeddedRedis(settings.data_dir)
+            embedded = EmbeddedRedis(settings.data_dir)  # it logs where it runs
             os.environ["IVR_REDIS_URL"] = embedded.start()
             settings = settings.model_copy(update={"redis_url": os.environ["IVR_REDIS_URL"]})
+        else:
+            log.info("Redis: %s (IVR_REDIS_URL)", describe_redis(settings.redis_url))
         # Check everything workers will load before starting them, so a broken configuration
         # stops `ivr serve` itself with every problem listed, whatever the number of workers.
         asyncio.run(_check_startup(settings))
@@ -328,6 +341,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     base = settings.public_url or f"http://{args.host}:{args.port}"
     print(f"ivr: voice webhook {base}/twilio/voice, messaging webhook {base}/twilio/messaging",
           file=sys.stderr)
+    if settings.is_local_trial:
+        print(f"ivr: admin page {base}/admin: sign in with the local admin token in "
+              f"{settings.local_admin_token_path}", file=sys.stderr)
     metrics_dir = None
     if args.workers > 1:
         # Each worker writes its metrics to files here and /metrics sums them all. Workers are
@@ -387,9 +403,35 @@ async def _check_startup(settings: Settings) -> None:
     await store.close()
 
 
+# How Twilio writes a phone number in From and To: E.164, + and the country code.
+E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+# A call may also come from, or go to, a Voice SDK client or a SIP endpoint.
+VOICE_ADDRESS = re.compile(r"client:[^\s:]+|sips?:[^\s@]+@\S+")
+
+
+def twilio_address(value: str, role: str, channel: str) -> str:
+    """`value` as Twilio would send it as the caller or the number called (`role`), or
+    SystemExit saying how to write it."""
+    if E164.fullmatch(value) or (channel == "voice" and VOICE_ADDRESS.fullmatch(value)):
+        return value
+    if value.lower().startswith("whatsapp:"):
+        raise SystemExit(f"ivr: the {role} {value!r}: give the number alone, with --channel "
+                         "messaging --whatsapp")
+    compact = re.sub(r"[\s().\-]", "", value)
+    if E164.fullmatch(compact):
+        how = f"without spaces or punctuation: {compact}"
+    elif re.fullmatch(r"1?[2-9][0-9]{9}", compact):
+        how = f"in E.164, + and the country code: +1{compact[-10:]} for a US or Canadian number"
+    else:
+        how = "in E.164, + and the country code, e.g. +15551234567"
+    raise SystemExit(f"ivr: the {role} {value!r} is not a number as Twilio sends it: write it "
+                     f"{how}")
+
+
 def test_call_params(args: argparse.Namespace) -> dict[str, str]:
     """The parameters Twilio sends for an inbound call or message, with fresh SIDs."""
-    caller, called = args.number, args.to
+    caller = twilio_address(args.number, "caller", args.channel)
+    called = twilio_address(args.to, "number called (--to)", args.channel)
     if args.channel == "voice":
         params = {
             "CallSid": "CA" + secrets.token_hex(16),
@@ -428,8 +470,8 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
     """Post the webhook, then, as Twilio would, follow a hold's <Redirect> and post each
     --input as the answer to the flow's question (<Gather>, or the next message)."""
     server = args.server.rstrip("/")
-    validator = RequestValidator(resolve_auth_token(settings))
     params = test_call_params(args)
+    validator = RequestValidator(_signing_token(settings))
     answers = list(args.input)
     path: str | None = f"/twilio/{args.channel}"
     while path is not None:
@@ -459,6 +501,21 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _signing_token(settings: Settings) -> str:
+    """TWILIO_AUTH_TOKEN, else the local token a server without it made in IVR_DATA_DIR (read,
+    never made here: a token made here is one no server knows); SystemExit when neither is."""
+    if settings.twilio_auth_token is not None:
+        return settings.twilio_auth_token.get_secret_value()
+    token = read_local_token(settings.local_token_path)
+    if token is None:
+        raise SystemExit(
+            f"ivr: nothing to sign with: TWILIO_AUTH_TOKEN is not set and there is no local "
+            f"token in {settings.local_token_path}, which `ivr serve` makes as it starts. "
+            "Start `ivr serve` here, or run `ivr call` from the directory where it runs (or set "
+            "IVR_DATA_DIR to its data directory), or set TWILIO_AUTH_TOKEN to the server's.")
+    return token
+
+
 def _next_webhook(twiml: ET.Element, args: argparse.Namespace, params: dict[str, str],
                   answers: list[str]) -> tuple[str | None, dict[str, str]]:
     """Where Twilio would post next, and with what, after this TwiML; None when it would not."""
@@ -477,9 +534,19 @@ def _next_webhook(twiml: ET.Element, args: argparse.Namespace, params: dict[str,
     if gather is None:
         return None, params
     answer = answers.pop(0)
-    key = "Digits" if re.fullmatch(r"[0-9*#]+", answer) else "SpeechResult"
     following = {k: v for k, v in params.items() if k not in ("Digits", "SpeechResult")}
-    return _local_path(gather.get("action", "")), {**following, key: answer}
+    if re.fullmatch(r"[0-9*#]+", answer):
+        num_digits = gather.get("numDigits")
+        finish_on_key = gather.get("finishOnKey", DEFAULT_FINISH_ON_KEY)
+        digits, unread = keyed_answer(answer, finish_on_key,
+                                      int(num_digits) if num_digits else None)
+        if unread and unread != finish_on_key:  # a full answer ended by habit is no news
+            print(f"ivr: Twilio stops reading keys at the finish key or numDigits: {unread} "
+                  "not sent", file=sys.stderr)
+        following["Digits"] = digits
+    else:
+        following["SpeechResult"] = answer
+    return _local_path(gather.get("action", "")), following
 
 
 def _local_path(url: str) -> str:

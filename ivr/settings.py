@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from ivr import sentinel
 from ivr.admin.auth import check_password_hash_format
 from ivr.sentinel import SCHEME, is_sentinel_url
+from ivr.validation import Problem, describe_problems
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", SCHEME)
 
@@ -49,6 +51,7 @@ class Settings(BaseSettings):
     admin_users: dict[str, SecretStr] = Field(
         default_factory=dict,
         description='Admin page users: JSON {"name": "<hash from `ivr admin hash-password`>"}.',
+        examples=['{"alice": "<hash from `ivr admin hash-password`>"}'],
     )
     admin_session_hours: float = Field(
         default=8.0, gt=0, le=24 * 30, description="How long an admin page sign-in lasts."
@@ -155,4 +158,84 @@ class Settings(BaseSettings):
 
     @property
     def local_token_path(self) -> Path:
+        """The local Twilio token, made by the server when TWILIO_AUTH_TOKEN is not set."""
         return self.data_dir / "local_twilio_auth_token"
+
+    @property
+    def local_admin_token_path(self) -> Path:
+        """The local admin token, made by the server in a local trial."""
+        return self.data_dir / "local_admin_token"
+
+    @property
+    def is_local_trial(self) -> bool:
+        """Neither a Twilio account nor any admin is configured: the server runs on local
+        tokens, the admin API and page on the local admin token. Setting any of the three ends
+        it (production never gets an admin credential nobody configured)."""
+        return (self.twilio_auth_token is None and self.admin_token is None
+                and not self.admin_users)
+
+
+class InvalidSettings(Exception):
+    """The settings cannot be used: a line for each problem, naming its variable and never its
+    value (a setting may be a secret, or hold password hashes)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid settings:\n" + "\n".join(f"  {line}" for line in problems))
+
+
+def load_settings() -> Settings:
+    """The settings from the environment and `.env`, or InvalidSettings saying what is wrong:
+    a value that fails its field's rules, or one that cannot even be read (a JSON setting that is
+    not JSON, which pydantic-settings reports before any rule runs)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        # In the flows' words (ivr.validation), without the values: a setting may be a secret.
+        problems = [_named_by_variable(problem)
+                    for problem in describe_problems(exc, Settings, show_input=False)]
+    except SettingsError as exc:
+        problems = [_unreadable(exc)]
+    raise InvalidSettings(problems)
+
+
+def variable_name(field: str) -> str:
+    """The environment variable that sets `field` (`IVR_REDIS_URL` for redis_url)."""
+    info = Settings.model_fields.get(field)
+    if info is not None and isinstance(info.validation_alias, AliasChoices):
+        return str(info.validation_alias.choices[0])
+    if info is None:  # an alias already (pydantic reports a field by the name it was given)
+        return field.upper()
+    return f"{Settings.model_config.get('env_prefix', '')}{field}".upper()
+
+
+def _named_by_variable(problem: Problem) -> str:
+    """`IVR_REDIS_URL: must start with ...`: the field's environment variable, then the rest."""
+    if not problem.where:
+        return problem.what
+    field = str(problem.where[0])
+    what = problem.what
+    if what.startswith("expected "):  # JSON, but not the shape the setting takes
+        what += _shape(field)
+    return ": ".join(part for part in (variable_name(field), str(Problem(problem.where[1:], what)))
+                     if part)
+
+
+def _shape(field: str) -> str:
+    """How a setting is written, when its field gives an example."""
+    info = Settings.model_fields.get(field)
+    return f": write it like {info.examples[0]}" if info is not None and info.examples else ""
+
+
+# pydantic-settings has no field in its error, only this message.
+_UNREADABLE = re.compile(r'error parsing value for field "(?P<field>\w+)" from source '
+                         r'"(?P<source>\w+)"')
+
+
+def _unreadable(exc: SettingsError) -> str:
+    """A setting pydantic-settings could not read, as one line without its value."""
+    found = _UNREADABLE.search(str(exc))
+    if found is None:
+        return str(exc)
+    field = found["field"]
+    where = " (in .env)" if found["source"].startswith("DotEnv") else ""
+    return f"{variable_name(field)}{where}: is not valid JSON{_shape(field)}"

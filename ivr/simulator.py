@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from ivr.channels.messaging import render_messaging
-from ivr.channels.voice import CallbackUrls, render_voice
+from ivr.channels.voice import CallbackUrls, keyed_answer, render_voice
 from ivr.channels.webhook import answer_in, resolve_queues
 from ivr.flows.actions import Action, Ask, Hangup, RouteToQueue, Say
 from ivr.flows.http import HttpConnectionError, HttpReply, HttpTimeout, check_headers
@@ -262,7 +262,9 @@ async def simulate(
         else:  # a call starts with no text; a conversation with its first message
             text = body if channel == "messaging" else None
         number = len(simulation.turns) + 1
-        params = _webhook_params(channel, from_number, to_number, text, number)
+        asked = next((a for a in simulation.turns[-1].actions if isinstance(a, Ask)),
+                     None) if simulation.turns else None
+        params = _webhook_params(channel, from_number, to_number, text, number, asked)
         # The server builds a new Run for every webhook and restores the session into it.
         run = Run(contact=contact, params=params, settings=flow_settings, http=http_mocks,
                   deadline=loop.time() + deadline, clock=clock)
@@ -290,8 +292,9 @@ async def simulate(
 
 
 def _webhook_params(channel: Channel, from_number: str, to_number: str, text: str | None,
-                    number: int) -> dict[str, str]:
-    """The parameters Twilio would post for this turn."""
+                    number: int, asked: Ask | None = None) -> dict[str, str]:
+    """The parameters Twilio would post for this turn, the answer to `asked` (the question of
+    the turn before) included."""
     if from_number.startswith("whatsapp:") and not to_number.startswith("whatsapp:"):
         to_number = f"whatsapp:{to_number}"  # WhatsApp webhooks carry both ends prefixed
     params = {"AccountSid": TEST_ACCOUNT_SID, "From": from_number, "To": to_number}
@@ -300,8 +303,12 @@ def _webhook_params(channel: Channel, from_number: str, to_number: str, text: st
     params.update(CallSid=_CALL_SID, CallStatus="ringing" if number == 1 else "in-progress",
                   Direction="inbound")
     if number > 1 and text:
-        # Keys pressed come as Digits, words spoken as SpeechResult.
-        params["Digits" if _DTMF.fullmatch(text) else "SpeechResult"] = text
+        # Keys pressed come as Digits (as far as the <Gather> reads them), words spoken as
+        # SpeechResult.
+        if _DTMF.fullmatch(text):
+            params["Digits"] = keyed_answer(text, num_digits=asked.max_digits if asked else None)[0]
+        else:
+            params["SpeechResult"] = text
     return params
 
 

@@ -19,10 +19,11 @@ import contextlib
 import json
 import logging
 import random
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
@@ -116,7 +117,8 @@ return {'ok', version}
 
 
 def without_credentials(url: str) -> str:
-    """A Redis URL fit for a log line."""
+    """A Redis URL fit for a log line: no user or password, in the address or in the query
+    (redis-py takes `?password=...` too)."""
     if is_sentinel_url(url):
         try:
             return sentinel.parse(url).display()
@@ -125,7 +127,24 @@ def without_credentials(url: str) -> str:
     parts = urlsplit(url)
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
-    return parts._replace(netloc=netloc).geturl()
+    query = urlencode([(name, value) for name, value in parse_qsl(parts.query)
+                       if not _CREDENTIAL_PARAMETER.search(name)])
+    # Not geturl(): it writes unix:///path (no host) as unix:/path.
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
+_CREDENTIAL_PARAMETER = re.compile("pass|user", re.IGNORECASE)
+
+
+def describe_redis(url: str) -> str:
+    """Which Redis `url` names, without credentials, for the log line at start: behind
+    Sentinel, the master's service name and the sentinels asked for it."""
+    if not is_sentinel_url(url):
+        return without_credentials(url)
+    target = sentinel.parse(url)
+    sentinels = ", ".join(f"{host}:{port}" for host, port in target.sentinels)
+    return (f"the master {target.service} (db {target.db}) as named by the sentinels at "
+            f"{sentinels}")
 
 
 def connect(url: str, max_connections: int = 64) -> redis.Redis:

@@ -5,12 +5,8 @@ from __future__ import annotations
 import base64
 import functools
 import hmac
-import logging
-import os
-import secrets
 from collections.abc import Callable, Mapping, Sequence
 from itertools import chain
-from pathlib import Path
 from urllib.parse import urlparse
 
 from twilio.request_validator import (
@@ -23,9 +19,8 @@ from twilio.request_validator import (
     remove_port,
 )
 
+from ivr.local_tokens import read_or_create_local_token
 from ivr.settings import Settings
-
-log = logging.getLogger("ivr.security")
 
 _DIGESTS = {HMAC_SHA1: "sha1", HMAC_SHA256: "sha256"}
 # As ASGI servers give header names: lower-cased.
@@ -34,34 +29,14 @@ _SETTINGS_HEADER = SIGNATURE_SETTINGS_HEADER.lower()
 
 
 def resolve_auth_token(settings: Settings) -> str:
-    """TWILIO_AUTH_TOKEN, or else a local token kept in the data dir (created on first use).
+    """TWILIO_AUTH_TOKEN, or else the local token kept in the data dir (made on first use).
 
     Webhooks are never accepted unsigned: without a Twilio account, `ivr call` signs its test
     calls with the local token, and Twilio's real webhooks are rejected until the token is set.
     """
     if settings.twilio_auth_token is not None:
         return settings.twilio_auth_token.get_secret_value()
-    return read_or_create_local_token(settings.local_token_path)
-
-
-def read_or_create_local_token(path: Path) -> str:
-    try:
-        return path.read_text(encoding="ascii").strip()
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as file:
-        file.write(secrets.token_hex(32))
-    try:
-        os.link(staging, path)  # atomic: of workers racing here, exactly one token wins
-        log.info("generated a local token in %s (TWILIO_AUTH_TOKEN is not set)", path)
-    except FileExistsError:
-        pass
-    finally:
-        staging.unlink()
-    return path.read_text(encoding="ascii").strip()
+    return read_or_create_local_token(settings.local_token_path, "TWILIO_AUTH_TOKEN is not set")
 
 
 class WebhookVerifier:

@@ -92,17 +92,24 @@ def describe_errors(
     Locations are dotted (`steps.lookup.timeout`), without the discriminator tags pydantic puts in
     them. `show_input=False` keeps the values given out of the lines (settings may be secrets).
     """
+    return [str(problem) for problem in describe_problems(exc, model, show_input)]
+
+
+def describe_problems(
+    exc: ValidationError, model: type[BaseModel], show_input: bool = True
+) -> list[Problem]:
+    """`describe_errors`' problems, each with its place, for a caller that names places its
+    own way (settings by their environment variable)."""
     errors = [_Error.located(error, model) for error in exc.errors()]
     misspelt = _misspelt_required_fields(errors)
-    lines: list[str] = []
+    problems: list[Problem] = []
     for error in errors:
         if error.type == "missing" and (error.parent, error.name) in misspelt:
             continue  # said once, as the unknown field that was meant to be this one
         for problem in error.problems(show_input):
-            line = str(problem)
-            if line not in lines:
-                lines.append(line)
-    return lines
+            if problem not in problems:
+                problems.append(problem)
+    return problems
 
 
 @dataclass

@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 
+from ivr.admin.auth import hash_password
 from ivr.queues import check_queue_name
 from tests import loyalty_api as L
 from tests.twilio_client import FakeTwilio
@@ -50,6 +51,43 @@ def test_without_a_configured_token_the_admin_api_is_disabled(make_settings, sta
     response = httpx.get(server.url + "/admin/api/queues", headers=AUTH)
     assert response.status_code == 404
     assert "IVR_ADMIN_TOKEN" in response.json()["error"]
+
+
+def test_in_a_local_trial_the_api_takes_the_local_admin_token_and_the_audit_log_names_it(
+    make_settings, start_server, config_dir
+) -> None:
+    """No TWILIO_AUTH_TOKEN and no admin configured: the quick start's `ivr queues` and
+    `ivr calls` found the admin API disabled."""
+    server = start_server(make_settings(twilio_auth_token=None))
+    token_file = config_dir / "var" / "local_admin_token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    local = {"Authorization": f"Bearer {token_file.read_text()}"}
+    with httpx.Client(base_url=server.url + "/admin/api", headers=local, timeout=30) as api:
+        assert api.get("/queues", headers=AUTH).status_code == 401  # no other token
+        changed = api.put("/queues/gold", json={"sip_uri": "sip:gold@pbx2.example.com"},
+                          headers={"X-IVR-Actor": "alice"})
+        assert changed.status_code == 200, changed.text
+        assert changed.json()["updated_by"] == "alice (local admin token)"
+        api.put("/queues/gold", json={"sip_uri": "sip:gold@pbx3.example.com"})
+        whos = [entry["who"] for entry in api.get("/audit").json()["entries"]]
+        assert whos == ["local admin token", "alice (local admin token)"]
+
+
+@pytest.mark.parametrize(
+    ("configured", "reason"),
+    [({}, "with TWILIO_AUTH_TOKEN set, it makes no local admin token"),
+     ({"twilio_auth_token": None, "admin_users": {"alice": hash_password("pw", 1000)}},
+      "IVR_ADMIN_USERS sign in to the admin page only")],
+    ids=["twilio-token", "admin-users"])
+def test_outside_a_local_trial_no_local_admin_token_is_made_and_the_404_says_why(
+    make_settings, start_server, config_dir, configured, reason
+) -> None:
+    server = start_server(make_settings(**configured))
+    response = httpx.get(server.url + "/admin/api/queues", headers=AUTH)
+    assert response.status_code == 404
+    assert "set IVR_ADMIN_TOKEN" in response.json()["error"]
+    assert reason in response.json()["error"]
+    assert not (config_dir / "var" / "local_admin_token").exists()
 
 
 def test_list_and_show_queues_with_versions_and_etag(api: httpx.Client) -> None:

@@ -691,3 +691,19 @@ def test_the_queue_page_explains_failover_as_it_works(
     html = client.get("/admin/queues/gold").text
     assert "dialled in order" in html and "dialled next" in html
     assert "not active" not in html and "not yet" not in html
+
+
+def test_in_a_local_trial_the_page_signs_in_with_the_local_admin_token_and_says_where_it_is(
+        make_settings: Callable[..., Settings], config_dir: Path,
+        start_server: Callable[[Settings], ServerThread], redis_url: str) -> None:
+    server = start_server(make_settings(twilio_auth_token=None))
+    token_file = config_dir / "var" / "local_admin_token"
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        assert str(token_file) in client.get("/admin/login").text
+        assert post_sign_in(client, "", "not-the-token").status_code == 403
+        signed_in = post_sign_in(client, "", token_file.read_text())
+        assert signed_in.status_code == 303, signed_in.text
+        saved = client.post("/admin/queues/gold", data={
+            "csrf": csrf_in(client.get("/admin/").text), "version": "1", "sip_uri": NEW_GOLD})
+        assert saved.status_code == 303
+    assert stored(redis_url, "gold")["updated_by"] == "local admin token"

@@ -6,6 +6,7 @@ import getpass
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from ivr.queues import load_queue_file
 from tests import loyalty_api as L
 from tests.conftest import IVR, ROOT, Served, run_ivr
 from tests.servers import free_port
+from tests.test_sentinel import PASSWORD, RedisProcess
 
 
 def redis_pid(cwd: Path) -> int:
@@ -146,9 +148,15 @@ def test_a_second_serve_on_the_same_data_dir_is_refused(
 
 def test_call_to_a_server_that_is_not_running_says_so(newcomer) -> None:
     cwd, env = newcomer
-    result = run_ivr(cwd, env, "call", "--server", f"http://127.0.0.1:{free_port()}", L.GOLD)
+    server = f"http://127.0.0.1:{free_port()}"
+    result = run_ivr(cwd, {**env, "TWILIO_AUTH_TOKEN": "a-token"}, "call", "--server", server,
+                     L.GOLD)
     assert result.returncode == 1
     assert "is `ivr serve` running?" in result.stderr
+    # Before the first `ivr serve`, there is no local token yet either.
+    first = run_ivr(cwd, env, "call", "--server", server, L.GOLD)
+    assert first.returncode == 1
+    assert "which `ivr serve` makes as it starts. Start `ivr serve` here" in first.stderr
 
 
 def test_admin_hash_password_hashes_a_piped_password_for_ivr_admin_users(newcomer) -> None:
@@ -181,7 +189,7 @@ def test_serve_refuses_a_redis_url_it_cannot_use_without_printing_it(newcomer, u
     cwd, env = newcomer
     result = run_ivr(cwd, {**env, "IVR_REDIS_URL": url}, "serve", "--port", str(free_port()))
     assert result.returncode == 2
-    assert "redis_url: must start with redis://, rediss://, unix://" in result.stderr
+    assert "IVR_REDIS_URL: must start with redis://, rediss://, unix://" in result.stderr
     assert "Traceback" not in result.stderr
     assert "s3cret" not in result.stdout + result.stderr
     assert redis_servers_in(cwd) == []
@@ -189,11 +197,37 @@ def test_serve_refuses_a_redis_url_it_cannot_use_without_printing_it(newcomer, u
 
 def test_serve_says_when_no_sentinel_knows_the_master(newcomer) -> None:
     cwd, env = newcomer
-    url = f"redis+sentinel://:s3cret@127.0.0.1:{free_port()}/mymaster"
+    port = free_port()
+    url = f"redis+sentinel://:s3cret@127.0.0.1:{port}/mymaster"
     result = run_ivr(cwd, {**env, "IVR_REDIS_URL": url}, "serve", "--port", str(free_port()))
     assert result.returncode == 2
     assert "no sentinel there answered with that master" in result.stderr
+    # Which Redis it tried, said before it tried.
+    assert f"Redis: the master mymaster (db 0) as named by the sentinels at 127.0.0.1:{port}" \
+        in result.stderr
     assert "s3cret" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("credentials", ["in-address", "in-query"])
+def test_serve_logs_which_redis_it_uses_without_its_password(
+    newcomer_serve: Callable[..., Served], tmp_path: Path, credentials: str
+) -> None:
+    """With IVR_REDIS_URL, nothing said which Redis the server used; redis-py also takes the
+    password as ?password=..., which the log line kept."""
+    shared = RedisProcess(tmp_path, "shared", config=f"requirepass {PASSWORD}\n")
+    try:
+        address = f"127.0.0.1:{shared.port}/0"
+        url = (f"redis://:{PASSWORD}@{address}" if credentials == "in-address"
+               else f"redis://{address}?password={PASSWORD}&socket_timeout=5")
+        server = newcomer_serve(IVR_REDIS_URL=url)
+        assert "<Sip>sip:gold@" in server.call(L.GOLD).stdout
+        assert server.stop() == 0
+    finally:
+        shared.stop()
+    log = server.log.read_text()
+    assert f"Redis: redis://{address}" in log
+    assert PASSWORD not in log
+    assert "embedded Redis" not in log
 
 
 ADMIN = "cli-admin-token-0123456789"
@@ -370,3 +404,209 @@ def test_every_start_on_the_local_token_says_so_loudly(
     log = second.log.read_text()
     assert "TWILIO_AUTH_TOKEN is not set" in log and "LOCAL token" in log
     assert "generated a local token" not in log  # the same token as the first start's
+
+
+# --- the quick start, with nothing set up ---------------------------------------------------------
+
+def test_the_quick_start_changes_a_queue_and_tails_the_calls_with_no_setup(
+    newcomer_serve: Callable[..., Served],
+) -> None:
+    """The README sent a newcomer to `ivr queues` and `ivr calls tail`, which said "no admin
+    token", and with one on the client only "404: the admin API is disabled"."""
+    server = newcomer_serve()
+    token_file = server.cwd / "var" / "local_admin_token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert server.call(L.GOLD).returncode == 0
+    changed = run_ivr(server.cwd, server.env, "queues", "set", "standard",
+                      "sip:standard@pbx2.example.com", "--server", server.url)
+    assert changed.returncode == 0, changed.stderr
+    assert "standard updated" in changed.stdout
+    shown = yaml.safe_load(run_ivr(server.cwd, server.env, "queues", "show", "standard",
+                                   "--server", server.url).stdout)
+    assert shown["updated_by"] == f"{getpass.getuser()} (local admin token)"
+    tail = run_ivr(server.cwd, server.env, "calls", "tail", "--server", server.url)
+    assert tail.returncode == 0, tail.stderr
+    assert " -> gold" in tail.stdout
+    assert server.stop() == 0
+    log = server.log.read_text()
+    assert "LOCAL admin token in var/local_admin_token" in log
+    assert "sign in with the local admin token in var/local_admin_token" in log
+    assert token_file.read_text() not in log  # where it is, never what it is
+    # The next start keeps the token, and says so again.
+    token = token_file.read_text()
+    again = newcomer_serve()
+    assert token_file.read_text() == token
+    assert again.stop() == 0
+    assert "LOCAL admin token" in again.log.read_text()
+
+
+def test_with_twilio_auth_token_set_no_local_admin_token_works_and_the_cli_says_why(
+    newcomer_serve: Callable[..., Served],
+) -> None:
+    """Production: the admin API stays disabled until IVR_ADMIN_TOKEN or users are set, even
+    where a local trial left its token behind."""
+    trial = newcomer_serve()
+    assert trial.stop() == 0
+    production = newcomer_serve(TWILIO_AUTH_TOKEN="the-accounts-auth-token")
+    listing = run_ivr(production.cwd, production.env, "queues", "list",
+                      "--server", production.url)
+    assert listing.returncode == 1
+    assert "404: the admin API is disabled: set IVR_ADMIN_TOKEN on the server" in listing.stderr
+    assert "with TWILIO_AUTH_TOKEN set, it makes no local admin token" in listing.stderr
+    assert "LOCAL admin token" not in production.log.read_text()
+
+
+def test_commands_run_from_another_directory_make_no_token_and_say_what_is_missing(
+    newcomer_serve: Callable[..., Served], tmp_path: Path,
+) -> None:
+    """`ivr call` from another directory made ./var/local_twilio_auth_token there, signed
+    with it, and got a 403."""
+    server = newcomer_serve()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    call = run_ivr(elsewhere, server.env, "call", "--server", server.url, L.GOLD)
+    assert call.returncode == 1
+    assert "nothing to sign with: TWILIO_AUTH_TOKEN is not set and there is no local token " \
+        "in var/local_twilio_auth_token" in call.stderr
+    assert "run `ivr call` from the directory where it runs" in call.stderr
+    assert "HTTP" not in call.stderr  # nothing was sent
+    for command in (("queues", "list"), ("calls", "tail")):
+        result = run_ivr(elsewhere, server.env, *command, "--server", server.url)
+        assert result.returncode == 1
+        assert "no admin token" in result.stderr and "var/local_admin_token" in result.stderr
+    assert list(elsewhere.iterdir()) == []
+    # Pointed at the server's data directory, they find its tokens.
+    env = {**server.env, "IVR_DATA_DIR": str(server.cwd / "var")}
+    assert "<Sip>" in run_ivr(elsewhere, env, "call", "--server", server.url, L.GOLD).stdout
+    tail = run_ivr(elsewhere, env, "calls", "tail", "--server", server.url)
+    assert tail.returncode == 0, tail.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["5551234567"], "write it in E.164, + and the country code: +15551234567 for a US or "
+      "Canadian number"),
+     (["+1 (555) 123-4567"], "without spaces or punctuation: +15551234567"),
+     (["555-0100"], "e.g. +15551234567"),
+     (["whatsapp:+15551234567", "--channel", "messaging"], "with --channel messaging --whatsapp"),
+     (["client:alice", "--channel", "messaging"], "the caller 'client:alice'"),
+     (["+15551234567", "--to", "15005550006"], "the number called (--to) '15005550006'")],
+    ids=["national", "punctuated", "short", "whatsapp-prefix", "client-on-messaging", "to"])
+def test_call_refuses_a_number_twilio_would_never_send_saying_how_to_write_it(
+    newcomer, args: list[str], message: str
+) -> None:
+    cwd, env = newcomer
+    result = run_ivr(cwd, env, "call", "--server", f"http://127.0.0.1:{free_port()}", *args)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1  # one line
+    assert message in result.stderr
+    assert "is `ivr serve` running?" not in result.stderr  # refused before it was sent
+
+
+def test_call_sends_what_twilio_sends_as_from_a_client_or_a_sip_endpoint(
+    newcomer_serve: Callable[..., Served],
+) -> None:
+    server = newcomer_serve()
+    for caller in ("client:alice", "sip:alice@example.sip.twilio.com"):
+        result = server.call(caller)
+        assert result.returncode == 0, result.stderr
+        assert "<Sip>sip:standard@queues.example.com</Sip>" in result.stdout
+
+
+ACCOUNT_FLOW = """\
+name: account_check
+description: An account number ended by the finish key, then a PIN of exactly four digits.
+trigger:
+  channels: [voice]
+  numbers: ["+15005550199"]
+fallback_queue: standard
+steps:
+  account:
+    kind: ask
+    prompt: "Your account number, then the hash key."
+    retry_prompt: "Sorry."
+    expect: digits
+    min_digits: 6
+    max_digits: 10
+    save: account
+    next: pin
+    on_exhausted: to_standard
+  pin:
+    kind: ask
+    prompt: "Your PIN."
+    expect: digits
+    min_digits: 4
+    max_digits: 4
+    save: pin
+    next: done
+    on_exhausted: to_standard
+  done:
+    kind: say
+    text: "Account {{ vars.account }}, PIN {{ vars.pin }}."
+    next: to_standard
+  to_standard:
+    kind: route
+    queue: standard
+"""
+
+
+def test_keys_are_sent_as_twilio_sends_them_without_the_finish_key(
+    newcomer, newcomer_serve: Callable[..., Served],
+) -> None:
+    """`ivr call --input 12345678#` sent Digits=12345678#, which a digits question refused:
+    Twilio never sends the finish key, stops at numDigits, and sends Digits empty for the
+    finish key alone."""
+    cwd, _ = newcomer
+    (cwd / "flows" / "account_check.yaml").write_text(ACCOUNT_FLOW)
+    server = newcomer_serve()
+    result = server.call(L.GOLD, "--to", "+15005550199",
+                         "--input", "#", "--input", "12345678#", "--input", "12345")
+    assert result.returncode == 0, result.stderr
+    assert "Sorry. Your account number" in result.stdout  # "#" alone: an empty answer
+    assert "Account 12345678, PIN 1234." in result.stdout
+    assert "<Sip>sip:standard@queues.example.com</Sip>" in result.stdout
+    assert "5 not sent" in result.stderr  # past numDigits="4"
+    simulated = run_ivr(server.cwd, server.env, "simulate", "account_check", "--channel",
+                        "voice", "--from", L.GOLD, "--input", "12345678#", "--input", "12345")
+    assert simulated.returncode == 0, simulated.stderr
+    assert "Account 12345678, PIN 1234." in simulated.stdout
+
+
+# --- settings that cannot be read ------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "command", [["flows", "validate"], ["serve", "--port", "0"], ["call", "+15551234567"],
+                ["queues", "list"], ["calls", "tail"]])
+def test_an_admin_users_value_that_is_not_json_is_a_clean_settings_error_for_every_command(
+    newcomer, command: list[str]
+) -> None:
+    """pydantic-settings decodes JSON settings before validating them, and its error was a
+    traceback from every command."""
+    cwd, env = newcomer
+    secret = "pbkdf2_sha256$600000$c2FsdA==$aGFzaA=="
+    result = run_ivr(cwd, {**env, "IVR_ADMIN_USERS": f"{{alice: {secret}}}"}, *command)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "ivr: invalid settings:\n  IVR_ADMIN_USERS: is not valid JSON: write it like "
+        '{"alice": "<hash from `ivr admin hash-password`>"}\n')
+    assert secret not in result.stdout + result.stderr
+    assert not (cwd / "var").exists()
+
+
+def test_a_settings_error_in_env_names_the_file_and_stops_an_asgi_server_cleanly(
+    newcomer,
+) -> None:
+    cwd, env = newcomer
+    (cwd / ".env").write_text('IVR_ADMIN_USERS={"alice": "pbkdf2_sha256$1$c2FsdA==$aA=="\n')
+    validate = run_ivr(cwd, env, "flows", "validate")
+    assert validate.returncode == 2
+    assert "IVR_ADMIN_USERS (in .env): is not valid JSON" in validate.stderr
+    # Under another ASGI server the app factory reads the settings: the same words, no traceback.
+    uvicorn = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "--factory", "ivr.app:create_app", "--port",
+         str(free_port())], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    assert uvicorn.returncode == 1
+    assert "ivr: invalid settings:\n  IVR_ADMIN_USERS (in .env): is not valid JSON" \
+        in uvicorn.stderr
+    assert "Traceback" not in uvicorn.stderr and "c2FsdA" not in uvicorn.stderr

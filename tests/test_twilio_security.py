@@ -10,12 +10,9 @@ import pytest
 from starlette.datastructures import Headers, ImmutableMultiDict
 from twilio.request_validator import HMAC_SHA1, HMAC_SHA256, RequestValidator
 
+from ivr.local_tokens import read_local_token, read_or_create_local_token
 from ivr.settings import Settings
-from ivr.twilio_security import (
-    WebhookVerifier,
-    read_or_create_local_token,
-    resolve_auth_token,
-)
+from ivr.twilio_security import WebhookVerifier, resolve_auth_token
 from tests import loyalty_api as L
 from tests.twilio_client import TOKEN, FakeTwilio, call_params, message_params, sign
 
@@ -107,10 +104,16 @@ def test_without_twilio_auth_token_a_local_token_is_generated_and_required(
 
 
 def test_the_local_token_is_stable_and_the_real_token_wins(tmp_path) -> None:
-    first = read_or_create_local_token(tmp_path / "token")
-    assert read_or_create_local_token(tmp_path / "token") == first
+    first = read_or_create_local_token(tmp_path / "token", "a test")
+    assert read_or_create_local_token(tmp_path / "token", "a test") == first
+    assert read_local_token(tmp_path / "token") == first
     settings = Settings(_env_file=None, data_dir=tmp_path, twilio_auth_token="real")
     assert resolve_auth_token(settings) == "real"
+
+
+def test_reading_a_local_token_that_is_not_there_makes_none(tmp_path) -> None:
+    assert read_local_token(tmp_path / "var" / "token") is None
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_body_that_is_not_utf8_is_a_400_before_any_signature_check(twilio: FakeTwilio) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -30,6 +30,9 @@ from ivr.store import (
     QueueRecord,
     StaleVersion,
 )
+
+if TYPE_CHECKING:
+    from ivr.settings import Settings
 
 log = logging.getLogger("ivr.admin")
 
@@ -77,7 +80,7 @@ def admin_only(endpoint: Endpoint) -> Endpoint:
     async def guarded(request: Request) -> Response:
         token = request.app.state.admin_token
         if token is None:
-            return error(404, "the admin API is disabled: set IVR_ADMIN_TOKEN")
+            return error(404, disabled_reason(request.app.state.settings))
         if not bearer_token_matches(request.headers.get("authorization"), token):
             return JSONResponse(
                 {"error": "a valid `Authorization: Bearer <admin token>` header is required"},
@@ -107,8 +110,18 @@ def admin_only(endpoint: Endpoint) -> Endpoint:
     return guarded
 
 
+def disabled_reason(settings: Settings) -> str:
+    """Why the admin API is disabled, and what turns it on (the server makes a local admin token
+    only in a local trial: never once TWILIO_AUTH_TOKEN or admin users are set)."""
+    if settings.admin_users:
+        return ("the admin API is disabled: IVR_ADMIN_USERS sign in to the admin page only; set "
+                "IVR_ADMIN_TOKEN on the server for the API")
+    return ("the admin API is disabled: set IVR_ADMIN_TOKEN on the server (with "
+            "TWILIO_AUTH_TOKEN set, it makes no local admin token)")
+
+
 def who(request: Request) -> str:
-    return actor_label(request.headers.get("x-ivr-actor"), default="admin token")
+    return actor_label(request.headers.get("x-ivr-actor"), request.app.state.admin_token_name)
 
 
 async def json_body(request: Request) -> Any:

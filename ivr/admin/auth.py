@@ -12,13 +12,41 @@ import hmac
 import json
 import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 import redis.asyncio as redis
+
+from ivr.local_tokens import read_or_create_local_token
+
+if TYPE_CHECKING:  # ivr.settings imports this module
+    from ivr.settings import Settings
 
 PBKDF2_ITERATIONS = 600_000  # OWASP's 2023 figure for PBKDF2-HMAC-SHA256
 _SCHEME = "pbkdf2_sha256"
 _SESSION_PREFIX = "{ivr}:admin:session:"
 MAX_ACTOR_LENGTH = 64
+# Who holds an admin token, as the audit log names them.
+ADMIN_TOKEN_NAME = "admin token"
+LOCAL_ADMIN_TOKEN_NAME = "local admin token"
+
+
+class AdminToken(NamedTuple):
+    value: str | None  # None: the admin API is disabled
+    name: str  # ADMIN_TOKEN_NAME or LOCAL_ADMIN_TOKEN_NAME
+
+
+def resolve_admin_token(settings: Settings) -> AdminToken:
+    """The bearer token the admin API and page accept: IVR_ADMIN_TOKEN; in a local trial (see
+    `Settings.is_local_trial`), the local admin token kept in the data dir (made on first use);
+    else none."""
+    if settings.admin_token is not None:
+        return AdminToken(settings.admin_token.get_secret_value(), ADMIN_TOKEN_NAME)
+    if settings.is_local_trial:
+        token = read_or_create_local_token(
+            settings.local_admin_token_path,
+            "IVR_ADMIN_TOKEN, IVR_ADMIN_USERS and TWILIO_AUTH_TOKEN are not set")
+        return AdminToken(token, LOCAL_ADMIN_TOKEN_NAME)
+    return AdminToken(None, ADMIN_TOKEN_NAME)
 
 
 def hash_password(password: str, iterations: int = PBKDF2_ITERATIONS) -> str:
@@ -68,13 +96,14 @@ def bearer_token_matches(authorization: str | None, token: str) -> bool:
     return scheme.lower() == "bearer" and tokens_match(presented.strip(), token)
 
 
-def actor_label(header: str | None, default: str) -> str:
-    """Who made an API change: the X-IVR-Actor header if sane (CLI sends $USER), else default."""
+def actor_label(header: str | None, token_name: str) -> str:
+    """Who made an API change with the token called `token_name`: the X-IVR-Actor header if sane
+    (the CLI sends $USER), with the token's name, else the token's name alone."""
     if header:
         header = header.strip()
         if header and len(header) <= MAX_ACTOR_LENGTH and header.isprintable():
-            return f"{header} (admin token)"
-    return default
+            return f"{header} ({token_name})"
+    return token_name
 
 
 def credential_fingerprint(session_id: str, credential: str) -> str:

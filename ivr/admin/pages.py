@@ -64,7 +64,6 @@ SESSION_COOKIE = "ivr_admin_session"
 LOGIN_COOKIE = "ivr_admin_login"
 SESSION_ENDED = ("Your session has ended: it expired, or the operator changed the admin token, "
                  "your user or your password. Please sign in again.")
-TOKEN_USER = "admin token"
 MAX_FORM_BYTES = 16 * 1024
 MAX_FORM_FIELDS = 20
 AUDIT_PAGE_SIZE = 50
@@ -299,7 +298,7 @@ async def authenticate(request: Request, name: str, password: str) -> SignedInAs
     if not name:
         token = request.app.state.admin_token
         if token and tokens_match(password, token):
-            return SignedInAs(TOKEN_USER, token, via_token=True)
+            return SignedInAs(request.app.state.admin_token_name, token, via_token=True)
         return None
     users = request.app.state.settings.admin_users
     if not users:
@@ -443,7 +442,9 @@ def login_page(request: Request, user: str = "", error: str | None = None,
     settings = request.app.state.settings
     response = page(request, "login.html", None, status, csrf=token, user=user, error=error,
                     notice=notice, users_enabled=bool(settings.admin_users),
-                    token_enabled=bool(request.app.state.admin_token))
+                    token_enabled=bool(request.app.state.admin_token),
+                    local_token=settings.local_admin_token_path if settings.is_local_trial
+                    else None)
     set_cookie(request, response, LOGIN_COOKIE, token, _path_for(request, "admin_login"),
                max_age=3600)
     return response

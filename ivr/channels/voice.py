@@ -15,6 +15,8 @@ from ivr.flows.actions import Action, Ask, Hangup, RouteToQueue, Say
 from ivr.queues import Queue
 
 APOLOGY = "We're sorry, we cannot take your call right now. Please try again later."
+# <Gather>'s finishOnKey when the TwiML sets none, as ours never does.
+DEFAULT_FINISH_ON_KEY = "#"
 
 
 @dataclass(frozen=True)
@@ -111,3 +113,16 @@ def render_voice_apology() -> str:
     response.say(APOLOGY)
     response.hangup()
     return str(response)
+
+
+def keyed_answer(keys: str, finish_on_key: str = DEFAULT_FINISH_ON_KEY,
+                 num_digits: int | None = None) -> tuple[str, str]:
+    """What Twilio posts as `Digits` when a caller presses `keys` at a <Gather>, and the keys
+    after it stopped reading: it stops at the finish key, which it leaves out (pressed first,
+    Digits is empty), or once it has `num_digits` keys. With no finish key ("") none finishes."""
+    for pressed, key in enumerate(keys):
+        if key == finish_on_key:
+            return keys[:pressed], keys[pressed + 1:]
+        if num_digits is not None and pressed + 1 >= num_digits:
+            return keys[:pressed + 1], keys[pressed + 1:]
+    return keys, ""
