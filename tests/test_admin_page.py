@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -59,12 +60,13 @@ def server(make_settings: Callable[..., Settings],
 
 
 @pytest.fixture
-def new_page(browser: Browser, server: ServerThread) -> Iterator[Callable[[], Page]]:
-    """Each call opens a page in a browser context of its own (its own cookies: another admin)."""
+def new_page(browser: Browser, server: ServerThread) -> Iterator[Callable[..., Page]]:
+    """Each call opens a page in a browser context of its own (its own cookies: another admin),
+    with the context options given (java_script_enabled=False, say)."""
     contexts = []
 
-    def open_page() -> Page:
-        context = browser.new_context(base_url=server.url)
+    def open_page(**options: Any) -> Page:
+        context = browser.new_context(base_url=server.url, **options)
         context.set_default_timeout(10_000)
         contexts.append(context)
         return context.new_page()
@@ -75,7 +77,7 @@ def new_page(browser: Browser, server: ServerThread) -> Iterator[Callable[[], Pa
 
 
 @pytest.fixture
-def page(new_page: Callable[[], Page]) -> Page:
+def page(new_page: Callable[..., Page]) -> Page:
     return new_page()
 
 
@@ -185,7 +187,7 @@ def test_the_audit_log_shows_who_changed_what_newest_first(page: Page) -> None:
 
 
 def test_two_admins_saving_at_once_do_not_silently_overwrite_each_other(
-        new_page: Callable[[], Page], redis_url: str) -> None:
+        new_page: Callable[..., Page], redis_url: str) -> None:
     alice, token_admin = new_page(), new_page()
     sign_in(alice)
     sign_in(token_admin, user="", password=ADMIN_TOKEN)
@@ -195,12 +197,60 @@ def test_two_admins_saving_at_once_do_not_silently_overwrite_each_other(
     assert save_sip_uri(token_admin, "sip:gold@other-pbx.example.com") == 409
     expect(token_admin.get_by_role("alert")).to_contain_text("Someone else changed this queue")
     expect(token_admin.locator("#current .sip-uri")).to_have_text(NEW_GOLD)
+    # Both changed the SIP URI: the field says so, with both values; the admin's is in the input.
+    expect(token_admin.locator("#sip_uri-changed")).to_contain_text(
+        f"Changed meanwhile by alice: was {OLD_GOLD}, now {NEW_GOLD}.")
+    expect(token_admin.locator("#sip_uri-changed")).to_contain_text(
+        "You changed it too: your value, sip:gold@other-pbx.example.com, is kept in the field")
     expect(token_admin.locator("#sip_uri")).to_have_value("sip:gold@other-pbx.example.com")
     assert stored(redis_url, "gold")["sip_uri"] == NEW_GOLD
     # Seen the other change, saving again is a deliberate overwrite.
     token_admin.get_by_role("button", name="Save").click()
     expect(token_admin.get_by_role("status")).to_have_text("Saved gold: version 3.")
-    assert stored(redis_url, "gold")["updated_by"] == "admin token"
+    record = stored(redis_url, "gold")
+    assert (record["sip_uri"], record["updated_by"]) == (
+        "sip:gold@other-pbx.example.com", "admin token")
+
+
+def test_after_a_conflict_saving_again_keeps_the_other_admins_change(
+        new_page: Callable[..., Page], redis_url: str) -> None:
+    """Issue 15: A saves a new SIP URI; B, whose form was opened before and who only edited
+    "Messages to", was refused, but B's form still held the old SIP URI, unmarked, and saving
+    again put it back. B's browser runs no script: the page works without one."""
+    alice, bob = new_page(), new_page(java_script_enabled=False)
+    sign_in(alice)
+    sign_in(bob, user="bob", password="bob's pw")
+    open_queue(alice, "platinum")
+    open_queue(bob, "platinum")
+    new_platinum = "sip:platinum@new-pbx.example.com"
+    assert save_sip_uri(alice, new_platinum) == 303
+
+    bob.get_by_label("Messages to").fill("+15550100199")
+    with bob.expect_response(lambda response: response.request.method == "POST") as posted:
+        bob.get_by_role("button", name="Save").click()
+    assert posted.value.status == 409
+    expect(bob.get_by_role("alert")).to_contain_text("Someone else changed this queue")
+    # The form shows the current SIP URI, marked in words (old → new, who), tied to the input.
+    expect(bob.locator("#sip_uri")).to_have_value(new_platinum)
+    sip_uri_field = bob.locator(".field", has=bob.locator("#sip_uri"))
+    expect(sip_uri_field).to_have_class(re.compile(r"\bchanged\b"))
+    expect(sip_uri_field.locator(".changed-meanwhile")).to_contain_text(
+        f"Changed meanwhile by alice: was sip:platinum@queues.example.com, now {new_platinum}.")
+    expect(bob.locator("#sip_uri")).to_have_attribute("aria-describedby", "sip_uri-changed")
+    # Bob's own edit is kept, and only there; fields no one changed carry no mark.
+    expect(bob.locator("#message_to")).to_have_value("+15550100199")
+    expect(bob.locator(".changed-meanwhile")).to_have_count(1)
+    ARTIFACTS.mkdir(exist_ok=True)
+    bob.screenshot(path=str(ARTIFACTS / "admin-page-conflict.png"), full_page=True)
+    record = stored(redis_url, "platinum")
+    assert (record["sip_uri"], record["message_to"], record["version"]) == (
+        new_platinum, "+15550100102", 2)
+
+    bob.get_by_role("button", name="Save").click()
+    expect(bob.get_by_role("status")).to_have_text("Saved platinum: version 3.")
+    record = stored(redis_url, "platinum")
+    assert (record["sip_uri"], record["message_to"], record["updated_by"]) == (
+        new_platinum, "+15550100199", "bob")
 
 
 def test_an_admin_adds_a_queue(page: Page, redis_url: str) -> None:
@@ -540,3 +590,36 @@ def test_the_queue_page_explains_failover_as_it_works(
     html = client.get("/admin/queues/gold").text
     assert "dialled in order" in html and "dialled next" in html
     assert "not active" not in html and "not yet" not in html
+
+
+def test_saving_an_unchanged_form_writes_nothing(
+        alice_http: tuple[httpx.Client, str], redis_url: str) -> None:
+    client, csrf = alice_http
+    form = {"csrf": csrf, "version": "1", "sip_uri": f" {OLD_GOLD} ", "fallback_sip_uris": "",
+            "overflow": "", "message_to": "+15550100101", "display_name": "Gold members"}
+    response = client.post("/admin/queues/gold", data=form, follow_redirects=True)
+    assert "Nothing to save: you changed no field. gold is still version 1." in response.text
+    assert stored(redis_url, "gold")["version"] == 1
+
+
+def test_a_save_writes_only_the_fields_the_admin_changed(
+        alice_http: tuple[httpx.Client, str], redis_url: str) -> None:
+    """What the form was opened with is version 1; only the fields that differ from it are the
+    admin's, so a change made since to another field is never written back."""
+    client, csrf = alice_http
+    version_1 = {"csrf": csrf, "version": "1", "sip_uri": OLD_GOLD, "fallback_sip_uris": "",
+                 "overflow": "", "message_to": "+15550100101", "display_name": "Gold members"}
+    # Version 2, by someone else: a new SIP URI.
+    assert client.post("/admin/queues/gold", data={**version_1, "sip_uri": NEW_GOLD}
+                       ).status_code == 303
+    # A form opened at version 1, only "Display name" edited: refused, then saved on top.
+    refused = client.post("/admin/queues/gold", data={**version_1, "display_name": "Gold"})
+    assert refused.status_code == 409
+    assert f'value="{NEW_GOLD}"' in refused.text and 'value="Gold"' in refused.text
+    again = client.post("/admin/queues/gold",
+                        data={**version_1, "version": "2", "sip_uri": NEW_GOLD,
+                              "display_name": "Gold"})
+    assert again.status_code == 303
+    record = stored(redis_url, "gold")
+    assert (record["sip_uri"], record["display_name"], record["version"]) == (
+        NEW_GOLD, "Gold", 3)
