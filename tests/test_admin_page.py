@@ -155,12 +155,31 @@ def test_a_saved_sip_uri_is_confirmed_and_routes_the_next_call(
     assert routed_sip_uri(server, NEW_GOLD) == NEW_GOLD
 
 
-def test_one_click_in_the_history_rolls_back_to_version_1(
-        page: Page, server: ServerThread) -> None:
+def restore_version(page: Page, version: int) -> None:
+    """Restore `version` from the open queue's history, confirming what it changes."""
+    page.locator(f"#version-{version}").get_by_role(
+        "link", name=f"Restore version {version}").click()
+    page.get_by_role("button", name=f"Restore version {version}").click()
+
+
+def test_restoring_a_version_first_shows_what_it_changes_and_writes_nothing_until_confirmed(
+        page: Page, server: ServerThread, redis_url: str) -> None:
+    """Restore version N acted in one click, with no confirmation."""
     sign_in(page)
     open_queue(page, "gold")
     save_sip_uri(page, NEW_GOLD)
-    page.locator("#version-1").get_by_role("button", name="Restore version 1").click()
+    page.locator("#version-1").get_by_role("link", name="Restore version 1").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Restore version 1 of gold?")
+    expect(page.locator("#restore-summary")).to_contain_text("Restoring it changes SIP URI;")
+    expect(page.locator("#restore-sip_uri")).to_contain_text(f"{NEW_GOLD} changes to {OLD_GOLD}")
+    expect(page.locator("#restore-message_to")).to_contain_text("+15550100101 unchanged")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "admin-page-restore.png"), full_page=True)
+    assert stored(redis_url, "gold")["version"] == 2  # nothing written by showing it
+    page.get_by_role("link", name="Cancel").click()
+    expect(page.locator("#current .sip-uri")).to_have_text(NEW_GOLD)
+    assert stored(redis_url, "gold")["version"] == 2
+    restore_version(page, 1)
     expect(page.get_by_role("status")).to_have_text(
         "Rolled gold back to version 1: it is now version 3.")
     expect(page.locator("#current .sip-uri")).to_have_text(OLD_GOLD)
@@ -174,7 +193,7 @@ def test_the_audit_log_shows_who_changed_what_newest_first(page: Page) -> None:
     sign_in(page)
     open_queue(page, "gold")
     save_sip_uri(page, NEW_GOLD)
-    page.locator("#version-1").get_by_role("button", name="Restore version 1").click()
+    restore_version(page, 1)
     page.get_by_role("link", name="Audit log").click()
     rows = page.locator("table.audit tbody tr")
     expect(rows).to_have_count(2)
@@ -590,6 +609,50 @@ def test_the_queue_page_explains_failover_as_it_works(
     html = client.get("/admin/queues/gold").text
     assert "dialled in order" in html and "dialled next" in html
     assert "not active" not in html and "not yet" not in html
+
+
+def test_a_restore_confirmed_after_another_change_asks_again_with_the_new_difference(
+        http_client: Callable[..., httpx.Client], redis_url: str) -> None:
+    alice, bob = http_client("alice"), http_client("bob", "bob's pw")
+    csrf = csrf_in(alice.get("/admin/").text)
+    assert alice.post("/admin/queues/gold", data={
+        "csrf": csrf, "version": "1", "sip_uri": NEW_GOLD}).status_code == 303
+    confirmation = bob.get("/admin/queues/gold/rollback", params={"version": "1"})
+    assert confirmation.status_code == 200
+    assert 'name="current" value="2"' in confirmation.text
+    # Alice changes another field after Bob was shown what restoring changes.
+    assert alice.post("/admin/queues/gold", data={
+        "csrf": csrf, "version": "2", "message_to": "+15550100199"}).status_code == 303
+    confirmed = bob.post("/admin/queues/gold/rollback", data={
+        "csrf": csrf_in(confirmation.text), "version": "1", "current": "2", "confirmed": "1"})
+    assert confirmed.status_code == 409
+    assert "nothing was restored" in confirmed.text
+    assert "Restoring it changes <strong>SIP URI, Messages to</strong>" in confirmed.text
+    assert 'name="current" value="3"' in confirmed.text
+    assert stored(redis_url, "gold")["version"] == 3
+
+
+def test_a_restore_posted_without_confirming_only_shows_the_confirmation(
+        alice_http: tuple[httpx.Client, str], redis_url: str) -> None:
+    """A history form from before the confirmation existed (a tab left open) posts without it."""
+    client, csrf = alice_http
+    assert client.post("/admin/queues/gold", data={
+        "csrf": csrf, "version": "1", "sip_uri": NEW_GOLD}).status_code == 303
+    shown = client.post("/admin/queues/gold/rollback",
+                        data={"csrf": csrf, "version": "1", "current": "2"})
+    assert shown.status_code == 200
+    assert "Restore version 1 of" in shown.text and 'name="confirmed" value="1"' in shown.text
+    assert stored(redis_url, "gold")["version"] == 2
+
+
+@pytest.mark.parametrize("query", [{"version": "9"}, {"version": "x"}, {}])
+def test_a_restore_link_to_no_version_says_so(
+        query: dict[str, str], alice_http: tuple[httpx.Client, str]) -> None:
+    client, _ = alice_http
+    response = client.get("/admin/queues/gold/rollback", params=query)
+    assert response.status_code in (404, 422)
+    assert "no version 9" in response.text if query.get("version") == "9" else (
+        "incomplete" in response.text)
 
 
 def test_saving_an_unchanged_form_writes_nothing(

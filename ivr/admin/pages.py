@@ -538,7 +538,7 @@ async def queue_page(request: Request, session: AdminSession, name: str, *,
                      status: int = 200) -> Response:
     """The queue's page: where it sends calls (`record`, else read now), its edit form (the
     admin's input, if given, with the version it was read at, and the fields someone else
-    changed meanwhile), and every version with a button to restore it."""
+    changed meanwhile), and every version with a link to restore it."""
     store = store_of(request)
     record = record or await store.record(name)
     if record is None:
@@ -673,22 +673,53 @@ async def changed_by(store: Store, name: str, base: QueueRecord,
 
 
 @signed_in
+async def confirm_rollback(request: Request, session: AdminSession) -> Response:
+    """What restoring a version would change, with the button that does it: nothing is written
+    until the admin has seen it."""
+    name = request.path_params["name"]
+    target = number(request.query_params.get("version"))
+    if target is None:
+        return await queue_page(request, session, name, status=422,
+                                alert="That restore link is incomplete; use the links below.")
+    return await restore_page(request, session, name, target)
+
+
+async def restore_page(request: Request, session: AdminSession, name: str, target: int, *,
+                       alert: str | None = None, status: int = 200) -> Response:
+    """The confirmation of a restore: each field now and as version `target` has it."""
+    store = store_of(request)
+    current, old = await store.record(name), await store.version(name, target)
+    if current is None or old is None:
+        return await queue_page(request, session, name, record=current, status=404,
+                                alert=f"This queue has no version {target}.")
+    now, then = queue_inputs(current.queue), queue_inputs(old.queue)
+    rows = [{"field": field, "label": FIELD_LABELS[field], "now": _shown(now[field]),
+             "then": _shown(then[field]), "differs": now[field] != then[field]}
+            for field in QUEUE_FIELDS]
+    return page(request, "restore.html", session, status, name=name, record=current,
+                target=old, rows=rows, changes=[row["label"] for row in rows if row["differs"]],
+                alert=alert)
+
+
+@signed_in
 async def rollback_queue(request: Request, session: AdminSession) -> Response:
     name = request.path_params["name"]
     form = await request.form()
     target, read_at = number(form.get("version")), number(form.get("current"))
     if target is None or read_at is None:
         return await queue_page(request, session, name, status=422,
-                                alert="That rollback form is incomplete; use the buttons below.")
+                                alert="That rollback form is incomplete; use the links below.")
+    if form.get("confirmed") != "1":  # a form from before restoring asked first
+        return await restore_page(request, session, name, target)
     try:
         record, _ = await store_of(request).rollback(name, target, session.user,
                                                      str(read_at))
     except StaleVersion:
-        return await queue_page(
-            request, session, name, status=409,
-            alert="Someone else changed this queue since you opened this page, so nothing was "
-                  "rolled back. Check the current value and the history below, then choose "
-                  "again.")
+        return await restore_page(
+            request, session, name, target, status=409,
+            alert="Someone else changed this queue since this page was shown, so nothing was "
+                  "restored. Below is what restoring would change now: confirm again, or "
+                  "cancel.")
     except QueueNotFound:
         return await queue_page(request, session, name, status=404,
                                 alert=f"This queue has no version {target}.")
@@ -783,6 +814,8 @@ routes = [
     Route("/new", new_queue, methods=["GET", "POST"], name="admin_new_queue"),
     Route("/queues/{name}", show_queue, methods=["GET"], name="admin_queue"),
     Route("/queues/{name}", save_queue, methods=["POST"], name="admin_save_queue"),
+    Route("/queues/{name}/rollback", confirm_rollback, methods=["GET"],
+          name="admin_confirm_rollback"),
     Route("/queues/{name}/rollback", rollback_queue, methods=["POST"], name="admin_rollback"),
     Route("/audit", audit_log, methods=["GET"], name="admin_audit"),
     Route("/calls", recent_calls, methods=["GET"], name="admin_calls"),
