@@ -47,6 +47,16 @@ from ivr.twilio_security import resolve_auth_token
 log = logging.getLogger("ivr.cli")
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
+# `ivr queues set`'s options for a queue's optional fields (each with --no-... to clear it).
+SET_OPTIONS = (  # option, field, metavar, what it sets, what --no-... does
+    ("--message-to", "message_to", "NUMBER",
+     "E.164 number (or whatsapp:+...) that receives messages", "remove the messaging target"),
+    ("--display-name", "display_name", "TEXT", "the queue's name for people",
+     "remove the display name"),
+    ("--overflow", "overflow", "QUEUE", "the queue whose SIP URIs are dialled after this one's",
+     "overflow to no queue"),
+)
+SET_FIELDS = ("sip_uri", "fallback_sip_uris", *(option[1] for option in SET_OPTIONS))
 # How often `ivr serve` checks that its embedded Redis still runs (and starts it again if not).
 SUPERVISE_INTERVAL = 1.0
 FOLLOW_INTERVAL = 1.0  # seconds between polls of `ivr calls tail --follow`
@@ -117,16 +127,32 @@ def _add_queue_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     actions = queues.add_subparsers(dest="queue_command", required=True)
     actions.add_parser("list", help="every queue and where it sends calls")
     actions.add_parser("show", help="one queue").add_argument("name")
-    set_ = actions.add_parser("set", help="change a queue's SIP URI (--create: a new queue)")
+    set_ = actions.add_parser(
+        "set", help="change some of a queue's fields, keeping the others (--create: a new queue)",
+        description="Change only the fields given; every other field keeps the value it has "
+        "when the change arrives, even one someone else changed a moment ago.")
     set_.add_argument("name")
-    set_.add_argument("sip_uri")
-    set_.add_argument("--message-to", help="E.164 number (or whatsapp:+...) for messages")
-    set_.add_argument("--display-name")
-    set_.add_argument("--fallback", action="append", dest="fallback_sip_uris", metavar="SIP_URI",
-                      help="a fallback SIP URI (repeatable; replaces the list)")
-    set_.add_argument("--overflow", help="the queue to overflow to")
+    set_.add_argument("sip_uri", nargs="?", metavar="SIP_URI", default=argparse.SUPPRESS,
+                      help="the new SIP URI (optional, except to create a queue)")
+    fallback = set_.add_mutually_exclusive_group()
+    fallback.add_argument("--fallback", action="append", dest="fallback_sip_uris",
+                          metavar="SIP_URI", default=argparse.SUPPRESS,
+                          help="a fallback SIP URI (repeatable; replaces the list)")
+    fallback.add_argument("--no-fallback", action="store_const", const=[],
+                          dest="fallback_sip_uris", default=argparse.SUPPRESS,
+                          help="remove every fallback SIP URI")
+    for option, field, metavar, value_help, clear_help in SET_OPTIONS:
+        choice = set_.add_mutually_exclusive_group()
+        choice.add_argument(option, dest=field, metavar=metavar, default=argparse.SUPPRESS,
+                            help=value_help)
+        choice.add_argument(option.replace("--", "--no-", 1), dest=field, action="store_const",
+                            const=None, default=argparse.SUPPRESS, help=clear_help)
     set_.add_argument("--create", action="store_true",
                       help="create the queue if there is none of that name (else refused)")
+    delete = actions.add_parser("delete", help="delete a queue (asks first)")
+    delete.add_argument("name")
+    delete.add_argument("--yes", "-y", action="store_true",
+                        help="do not ask (required when not at a terminal)")
     actions.add_parser("history", help="every version of a queue").add_argument("name")
     rollback = actions.add_parser("rollback", help="make an old version current again")
     rollback.add_argument("name")
@@ -185,15 +211,18 @@ def _queue_command(client: AdminClient, args: argparse.Namespace) -> str:
                 for q in client.queues()]
         return table(rows, ["QUEUE", "SIP URI", "VERSION", "UPDATED BY", "UPDATED AT"])
     if command == "show":
-        record, _ = client.queue(args.name)
-        return yaml.safe_dump(record, sort_keys=False).rstrip()
+        return yaml.safe_dump(client.queue(args.name), sort_keys=False).rstrip()
     if command == "set":
-        record, created = client.set_sip_uri(
-            args.name, args.sip_uri, args.create, message_to=args.message_to,
-            display_name=args.display_name,
-            fallback_sip_uris=args.fallback_sip_uris, overflow=args.overflow)
+        # Only the fields given: an option not given leaves no attribute (SUPPRESS).
+        fields = {field: getattr(args, field) for field in SET_FIELDS if hasattr(args, field)}
+        if not fields:
+            raise AdminError("nothing to change: give a SIP URI or an option such as "
+                             "--message-to or --no-overflow (see `ivr queues set --help`)")
+        record, created = client.change_queue(args.name, fields, args.create)
         verb = "created" if created else "updated"
         return f"{record['name']} {verb}: version {record['version']}, {record['sip_uri']}"
+    if command == "delete":
+        return _delete_queue(client, args.name, args.yes)
     if command == "history":
         rows = [[str(v["version"]), v["sip_uri"], v["updated_by"], v["updated_at"]]
                 for v in client.history(args.name)]
@@ -207,6 +236,29 @@ def _queue_command(client: AdminClient, args: argparse.Namespace) -> str:
         Path(args.output).write_text(text, encoding="utf-8")
         return f"wrote {args.output}"
     return text.rstrip()
+
+
+def _delete_queue(client: AdminClient, name: str, yes: bool) -> str:
+    """Delete a queue once the person at the terminal said yes to what it is (or gave --yes)."""
+    record = client.queue(name)
+    version = record["version"]
+    if not yes:
+        if not sys.stdin.isatty():
+            raise AdminError(f"not deleted: deleting queue {name!r} asks for a yes at a "
+                             "terminal; to delete it from a script, add --yes")
+        print(f"Delete queue {name} (calls go to {record['sip_uri']}; version {version}, "
+              f"by {record['updated_by']})? [y/N] ", end="", file=sys.stderr, flush=True)
+        try:
+            answer = sys.stdin.readline().strip().lower()
+        except KeyboardInterrupt:
+            answer = ""
+            print(file=sys.stderr)  # the next line starts under the question, not after it
+        if answer not in ("y", "yes"):
+            raise AdminError("not deleted")
+    # Asked, the yes is for the version shown: a change made meanwhile stops the delete.
+    client.delete(name, None if yes else version)
+    return (f"{name} deleted; its history is kept: `ivr queues rollback {name} {version}` "
+            "brings it back")
 
 
 def _add_call_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -402,6 +402,11 @@ class Store:
         records = [r for value in raw.values() if (r := self._parse(name, value)) is not None]
         return sorted(records, key=lambda record: record.version, reverse=True)
 
+    async def version(self, name: str, version: int) -> QueueRecord | None:
+        """Version `version` of the queue, or None if it never had one (or it is corrupt)."""
+        raw = await self.redis.hget(history_key(name), str(version))
+        return None if raw is None else self._parse(name, raw)
+
     async def audit(self, offset: int = 0, limit: int = 100) -> tuple[list[dict[str, Any]], int]:
         """Audit entries, newest first, and how many there are in all."""
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -473,10 +478,9 @@ class Store:
                        if_match: str | None = None) -> tuple[QueueRecord, bool]:
         """Make version `version` of the queue current again, as a new version; returns the
         record and whether the queue was re-created (it had been deleted)."""
-        raw = await self.redis.hget(history_key(name), str(version))
-        if raw is None:
+        old = await self.version(name, version)
+        if old is None:
             raise QueueNotFound(f"queue {name!r} has no version {version}")
-        old = QueueRecord.from_json(name, raw)
         return await self.put(name, old.queue, who, if_match, action="rollback",
                               extra={"rolled_back_to": version})
 

@@ -62,12 +62,13 @@ def server(make_settings: Callable[..., Settings],
 
 
 @pytest.fixture
-def new_page(browser: Browser, server: ServerThread) -> Iterator[Callable[[], Page]]:
-    """Each call opens a page in a browser context of its own (its own cookies: another admin)."""
+def new_page(browser: Browser, server: ServerThread) -> Iterator[Callable[..., Page]]:
+    """Each call opens a page in a browser context of its own (its own cookies: another admin),
+    with the context options given (java_script_enabled=False, say)."""
     contexts = []
 
-    def open_page() -> Page:
-        context = browser.new_context(base_url=server.url)
+    def open_page(**options: Any) -> Page:
+        context = browser.new_context(base_url=server.url, **options)
         context.set_default_timeout(10_000)
         contexts.append(context)
         return context.new_page()
@@ -78,7 +79,7 @@ def new_page(browser: Browser, server: ServerThread) -> Iterator[Callable[[], Pa
 
 
 @pytest.fixture
-def page(new_page: Callable[[], Page]) -> Page:
+def page(new_page: Callable[..., Page]) -> Page:
     return new_page()
 
 
@@ -156,12 +157,31 @@ def test_a_saved_sip_uri_is_confirmed_and_routes_the_next_call(
     assert routed_sip_uri(server, NEW_GOLD) == NEW_GOLD
 
 
-def test_one_click_in_the_history_rolls_back_to_version_1(
-        page: Page, server: ServerThread) -> None:
+def restore_version(page: Page, version: int) -> None:
+    """Restore `version` from the open queue's history, confirming what it changes."""
+    page.locator(f"#version-{version}").get_by_role(
+        "link", name=f"Restore version {version}").click()
+    page.get_by_role("button", name=f"Restore version {version}").click()
+
+
+def test_restoring_a_version_first_shows_what_it_changes_and_writes_nothing_until_confirmed(
+        page: Page, server: ServerThread, redis_url: str) -> None:
+    """Restore version N acted in one click, with no confirmation."""
     sign_in(page)
     open_queue(page, "gold")
     save_sip_uri(page, NEW_GOLD)
-    page.locator("#version-1").get_by_role("button", name="Restore version 1").click()
+    page.locator("#version-1").get_by_role("link", name="Restore version 1").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Restore version 1 of gold?")
+    expect(page.locator("#restore-summary")).to_contain_text("Restoring it changes SIP URI;")
+    expect(page.locator("#restore-sip_uri")).to_contain_text(f"{NEW_GOLD} changes to {OLD_GOLD}")
+    expect(page.locator("#restore-message_to")).to_contain_text("+15550100101 unchanged")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "admin-page-restore.png"), full_page=True)
+    assert stored(redis_url, "gold")["version"] == 2  # nothing written by showing it
+    page.get_by_role("link", name="Cancel").click()
+    expect(page.locator("#current .sip-uri")).to_have_text(NEW_GOLD)
+    assert stored(redis_url, "gold")["version"] == 2
+    restore_version(page, 1)
     expect(page.get_by_role("status")).to_have_text(
         "Rolled gold back to version 1: it is now version 3.")
     expect(page.locator("#current .sip-uri")).to_have_text(OLD_GOLD)
@@ -175,7 +195,7 @@ def test_the_audit_log_shows_who_changed_what_newest_first(page: Page) -> None:
     sign_in(page)
     open_queue(page, "gold")
     save_sip_uri(page, NEW_GOLD)
-    page.locator("#version-1").get_by_role("button", name="Restore version 1").click()
+    restore_version(page, 1)
     page.get_by_role("link", name="Audit log").click()
     rows = page.locator("table.audit tbody tr")
     expect(rows).to_have_count(2)
@@ -188,7 +208,7 @@ def test_the_audit_log_shows_who_changed_what_newest_first(page: Page) -> None:
 
 
 def test_two_admins_saving_at_once_do_not_silently_overwrite_each_other(
-        new_page: Callable[[], Page], redis_url: str) -> None:
+        new_page: Callable[..., Page], redis_url: str) -> None:
     alice, token_admin = new_page(), new_page()
     sign_in(alice)
     sign_in(token_admin, user="", password=ADMIN_TOKEN)
@@ -198,12 +218,60 @@ def test_two_admins_saving_at_once_do_not_silently_overwrite_each_other(
     assert save_sip_uri(token_admin, "sip:gold@other-pbx.example.com") == 409
     expect(token_admin.get_by_role("alert")).to_contain_text("Someone else changed this queue")
     expect(token_admin.locator("#current .sip-uri")).to_have_text(NEW_GOLD)
+    # Both changed the SIP URI: the field says so, with both values; the admin's is in the input.
+    expect(token_admin.locator("#sip_uri-changed")).to_contain_text(
+        f"Changed meanwhile by alice: was {OLD_GOLD}, now {NEW_GOLD}.")
+    expect(token_admin.locator("#sip_uri-changed")).to_contain_text(
+        "You changed it too: your value, sip:gold@other-pbx.example.com, is kept in the field")
     expect(token_admin.locator("#sip_uri")).to_have_value("sip:gold@other-pbx.example.com")
     assert stored(redis_url, "gold")["sip_uri"] == NEW_GOLD
     # Seen the other change, saving again is a deliberate overwrite.
     token_admin.get_by_role("button", name="Save").click()
     expect(token_admin.get_by_role("status")).to_have_text("Saved gold: version 3.")
-    assert stored(redis_url, "gold")["updated_by"] == "admin token"
+    record = stored(redis_url, "gold")
+    assert (record["sip_uri"], record["updated_by"]) == (
+        "sip:gold@other-pbx.example.com", "admin token")
+
+
+def test_after_a_conflict_saving_again_keeps_the_other_admins_change(
+        new_page: Callable[..., Page], redis_url: str) -> None:
+    """Issue 15: A saves a new SIP URI; B, whose form was opened before and who only edited
+    "Messages to", was refused, but B's form still held the old SIP URI, unmarked, and saving
+    again put it back. B's browser runs no script: the page works without one."""
+    alice, bob = new_page(), new_page(java_script_enabled=False)
+    sign_in(alice)
+    sign_in(bob, user="bob", password="bob's pw")
+    open_queue(alice, "platinum")
+    open_queue(bob, "platinum")
+    new_platinum = "sip:platinum@new-pbx.example.com"
+    assert save_sip_uri(alice, new_platinum) == 303
+
+    bob.get_by_label("Messages to").fill("+15550100199")
+    with bob.expect_response(lambda response: response.request.method == "POST") as posted:
+        bob.get_by_role("button", name="Save").click()
+    assert posted.value.status == 409
+    expect(bob.get_by_role("alert")).to_contain_text("Someone else changed this queue")
+    # The form shows the current SIP URI, marked in words (old → new, who), tied to the input.
+    expect(bob.locator("#sip_uri")).to_have_value(new_platinum)
+    sip_uri_field = bob.locator(".field", has=bob.locator("#sip_uri"))
+    expect(sip_uri_field).to_have_class(re.compile(r"\bchanged\b"))
+    expect(sip_uri_field.locator(".changed-meanwhile")).to_contain_text(
+        f"Changed meanwhile by alice: was sip:platinum@queues.example.com, now {new_platinum}.")
+    expect(bob.locator("#sip_uri")).to_have_attribute("aria-describedby", "sip_uri-changed")
+    # Bob's own edit is kept, and only there; fields no one changed carry no mark.
+    expect(bob.locator("#message_to")).to_have_value("+15550100199")
+    expect(bob.locator(".changed-meanwhile")).to_have_count(1)
+    ARTIFACTS.mkdir(exist_ok=True)
+    bob.screenshot(path=str(ARTIFACTS / "admin-page-conflict.png"), full_page=True)
+    record = stored(redis_url, "platinum")
+    assert (record["sip_uri"], record["message_to"], record["version"]) == (
+        new_platinum, "+15550100102", 2)
+
+    bob.get_by_role("button", name="Save").click()
+    expect(bob.get_by_role("status")).to_have_text("Saved platinum: version 3.")
+    record = stored(redis_url, "platinum")
+    assert (record["sip_uri"], record["message_to"], record["updated_by"]) == (
+        new_platinum, "+15550100199", "bob")
 
 
 def test_an_admin_adds_a_queue(page: Page, redis_url: str) -> None:
@@ -707,3 +775,80 @@ def test_in_a_local_trial_the_page_signs_in_with_the_local_admin_token_and_says_
             "csrf": csrf_in(client.get("/admin/").text), "version": "1", "sip_uri": NEW_GOLD})
         assert saved.status_code == 303
     assert stored(redis_url, "gold")["updated_by"] == "local admin token"
+
+
+def test_a_restore_confirmed_after_another_change_asks_again_with_the_new_difference(
+        http_client: Callable[..., httpx.Client], redis_url: str) -> None:
+    alice, bob = http_client("alice"), http_client("bob", "bob's pw")
+    csrf = csrf_in(alice.get("/admin/").text)
+    assert alice.post("/admin/queues/gold", data={
+        "csrf": csrf, "version": "1", "sip_uri": NEW_GOLD}).status_code == 303
+    confirmation = bob.get("/admin/queues/gold/rollback", params={"version": "1"})
+    assert confirmation.status_code == 200
+    assert 'name="current" value="2"' in confirmation.text
+    # Alice changes another field after Bob was shown what restoring changes.
+    assert alice.post("/admin/queues/gold", data={
+        "csrf": csrf, "version": "2", "message_to": "+15550100199"}).status_code == 303
+    confirmed = bob.post("/admin/queues/gold/rollback", data={
+        "csrf": csrf_in(confirmation.text), "version": "1", "current": "2", "confirmed": "1"})
+    assert confirmed.status_code == 409
+    assert "nothing was restored" in confirmed.text
+    assert "Restoring it changes <strong>SIP URI, Messages to</strong>" in confirmed.text
+    assert 'name="current" value="3"' in confirmed.text
+    assert stored(redis_url, "gold")["version"] == 3
+
+
+def test_a_restore_posted_without_confirming_only_shows_the_confirmation(
+        alice_http: tuple[httpx.Client, str], redis_url: str) -> None:
+    """A history form from before the confirmation existed (a tab left open) posts without it."""
+    client, csrf = alice_http
+    assert client.post("/admin/queues/gold", data={
+        "csrf": csrf, "version": "1", "sip_uri": NEW_GOLD}).status_code == 303
+    shown = client.post("/admin/queues/gold/rollback",
+                        data={"csrf": csrf, "version": "1", "current": "2"})
+    assert shown.status_code == 200
+    assert "Restore version 1 of" in shown.text and 'name="confirmed" value="1"' in shown.text
+    assert stored(redis_url, "gold")["version"] == 2
+
+
+@pytest.mark.parametrize("query", [{"version": "9"}, {"version": "x"}, {}])
+def test_a_restore_link_to_no_version_says_so(
+        query: dict[str, str], alice_http: tuple[httpx.Client, str]) -> None:
+    client, _ = alice_http
+    response = client.get("/admin/queues/gold/rollback", params=query)
+    assert response.status_code in (404, 422)
+    assert "no version 9" in response.text if query.get("version") == "9" else (
+        "incomplete" in response.text)
+
+
+def test_saving_an_unchanged_form_writes_nothing(
+        alice_http: tuple[httpx.Client, str], redis_url: str) -> None:
+    client, csrf = alice_http
+    form = {"csrf": csrf, "version": "1", "sip_uri": f" {OLD_GOLD} ", "fallback_sip_uris": "",
+            "overflow": "", "message_to": "+15550100101", "display_name": "Gold members"}
+    response = client.post("/admin/queues/gold", data=form, follow_redirects=True)
+    assert "Nothing to save: you changed no field. gold is still version 1." in response.text
+    assert stored(redis_url, "gold")["version"] == 1
+
+
+def test_a_save_writes_only_the_fields_the_admin_changed(
+        alice_http: tuple[httpx.Client, str], redis_url: str) -> None:
+    """What the form was opened with is version 1; only the fields that differ from it are the
+    admin's, so a change made since to another field is never written back."""
+    client, csrf = alice_http
+    version_1 = {"csrf": csrf, "version": "1", "sip_uri": OLD_GOLD, "fallback_sip_uris": "",
+                 "overflow": "", "message_to": "+15550100101", "display_name": "Gold members"}
+    # Version 2, by someone else: a new SIP URI.
+    assert client.post("/admin/queues/gold", data={**version_1, "sip_uri": NEW_GOLD}
+                       ).status_code == 303
+    # A form opened at version 1, only "Display name" edited: refused, then saved on top.
+    refused = client.post("/admin/queues/gold", data={**version_1, "display_name": "Gold"})
+    assert refused.status_code == 409
+    assert f'value="{NEW_GOLD}"' in refused.text and 'value="Gold"' in refused.text
+    again = client.post("/admin/queues/gold",
+                        data={**version_1, "version": "2", "sip_uri": NEW_GOLD,
+                              "display_name": "Gold"})
+    assert again.status_code == 303
+    record = stored(redis_url, "gold")
+    assert (record["sip_uri"], record["display_name"], record["version"]) == (
+        NEW_GOLD, "Gold", 3)

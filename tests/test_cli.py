@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import signal
 import subprocess
@@ -10,19 +11,26 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 import pytest
 import redis
 import yaml
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from ivr.admin.auth import verify_password
 from ivr.queues import load_queue_file
+from ivr.settings import Settings
 
 from tests import loyalty_api as L
-from tests.conftest import IVR, ROOT, Served, run_ivr
-from tests.servers import free_port
+from tests.conftest import IVR, ROOT, Served, clean_env, run_ivr
+from tests.servers import ServerThread, free_port
 from tests.test_sentinel import PASSWORD, RedisProcess
 
 
@@ -610,3 +618,206 @@ def test_a_settings_error_in_env_names_the_file_and_stops_an_asgi_server_cleanly
     assert "ivr: invalid settings:\n  IVR_ADMIN_USERS (in .env): is not valid JSON" \
         in uvicorn.stderr
     assert "Traceback" not in uvicorn.stderr and "c2FsdA" not in uvicorn.stderr
+
+# --- `ivr queues set` field by field, `ivr queues delete` -----------------------------------------
+# Against the app under uvicorn in this process (real Redis): only the command runs on its own.
+
+
+@pytest.fixture
+def admin_api(make_settings: Callable[..., Settings],
+              start_server: Callable[[Settings], ServerThread]) -> ServerThread:
+    return start_server(make_settings(admin_token=ADMIN))
+
+
+def api_client(server: ServerThread) -> httpx.Client:
+    return httpx.Client(base_url=server.url + "/admin/api", timeout=10,
+                        headers={"Authorization": f"Bearer {ADMIN}", "X-IVR-Actor": "alice"})
+
+
+def queue_in(server: ServerThread, name: str) -> dict[str, Any] | None:
+    with api_client(server) as api:
+        response = api.get(f"/queues/{name}")
+    return response.json() if response.status_code == 200 else None
+
+
+def queues_at(url: str, *args: str, stdin: int | None = subprocess.DEVNULL,
+              ) -> subprocess.CompletedProcess[str]:
+    """`ivr queues ARGS` against the server at `url`; stdin is not a terminal unless given."""
+    return subprocess.run([*IVR, "queues", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=clean_env(IVR_ADMIN_URL=url, IVR_ADMIN_TOKEN=ADMIN), stdin=stdin,
+                          timeout=60)
+
+
+class RecordingProxy:
+    """An HTTP proxy to `upstream` that records each request (method, path, JSON body) and,
+    just before forwarding the first write, runs `meanwhile`: another admin's change landing
+    while the command works."""
+
+    def __init__(self, upstream: str, meanwhile: Callable[[], None]) -> None:
+        self.upstream, self.meanwhile = upstream, meanwhile
+        self.requests: list[tuple[str, str, Any]] = []
+        self.app = Starlette(routes=[Route("/{path:path}", self.forward,
+                                           methods=["GET", "PUT", "PATCH", "DELETE", "POST"])])
+
+    async def forward(self, request: Request) -> Response:
+        body = await request.body()
+        self.requests.append((request.method, request.url.path, json.loads(body or "null")))
+        if request.method != "GET" and len(self.requests) == 1 + sum(
+                method == "GET" for method, _, _ in self.requests):
+            await run_in_threadpool(self.meanwhile)
+        headers = {k: v for k, v in request.headers.items()
+                   if k in ("authorization", "content-type", "x-ivr-actor", "if-match",
+                            "if-none-match")}
+        async with httpx.AsyncClient(base_url=self.upstream, timeout=10) as client:
+            answer = await client.request(request.method, request.url.path, content=body,
+                                          headers=headers, params=request.query_params)
+        return Response(answer.content, answer.status_code, media_type="application/json",
+                        headers={k: v for k, v in answer.headers.items() if k == "etag"})
+
+
+def test_queues_set_sends_only_the_fields_given_so_a_change_made_meanwhile_is_kept(
+        admin_api: ServerThread) -> None:
+    """Issue 15: `ivr queues set` needed the SIP URI even to change message_to, and wrote back
+    the whole record it had read; only the fields given may be written."""
+    new_platinum = "sip:platinum@new-pbx.example.com"
+
+    def alice_changes_the_sip_uri() -> None:
+        with api_client(admin_api) as api:
+            assert api.patch("/queues/platinum",
+                             json={"sip_uri": new_platinum}).status_code == 200
+
+    proxy = RecordingProxy(admin_api.url, alice_changes_the_sip_uri)
+    with ServerThread(proxy.app) as proxied:
+        changed = queues_at(proxied.url, "set", "platinum", "--message-to", "+15550100199")
+    assert changed.returncode == 0, changed.stderr
+    assert changed.stdout.strip() == f"platinum updated: version 3, {new_platinum}"
+    assert proxy.requests == [
+        ("PATCH", "/admin/api/queues/platinum", {"message_to": "+15550100199"})]
+    platinum = queue_in(admin_api, "platinum")
+    assert platinum is not None
+    assert (platinum["sip_uri"], platinum["message_to"], platinum["display_name"]) == (
+        new_platinum, "+15550100199", "Platinum members")
+
+
+def test_queues_set_clears_optional_fields_with_their_no_options(
+        admin_api: ServerThread) -> None:
+    made = queues_at(admin_api.url, "set", "night", "sip:night@pbx.example.com", "--create",
+                     "--overflow", "standard", "--fallback", "sip:night2@pbx.example.com",
+                     "--message-to", "+15550100104", "--display-name", "Night shift")
+    assert made.returncode == 0, made.stderr
+    cleared = queues_at(admin_api.url, "set", "night", "--no-overflow", "--no-fallback",
+                        "--no-message-to", "--no-display-name")
+    assert cleared.returncode == 0, cleared.stderr
+    night = queue_in(admin_api, "night")
+    assert night is not None
+    assert {k: night[k] for k in ("sip_uri", "fallback_sip_uris", "overflow", "message_to",
+                                  "display_name")} == {
+        "sip_uri": "sip:night@pbx.example.com", "fallback_sip_uris": [], "overflow": None,
+        "message_to": None, "display_name": None}
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "message"),
+    [(("set", "gold"), 1, "nothing to change: give a SIP URI or an option"),
+     (("set", "night", "--create", "--message-to", "+15550100104"), 1,
+      "there is no queue 'night' yet: to create it, give its SIP URI"),
+     (("set", "golld", "--message-to", "+15550100104"), 1,
+      "no queue 'golld' (queues: "),
+     (("set", "gold", "--overflow", "standard", "--no-overflow"), 2,
+      "argument --no-overflow: not allowed with argument --overflow"),
+     (("set", "gold", "--message-to", "555-0199"), 1,
+      "message_to: must be an E.164 number")],
+    ids=["nothing-given", "create-without-sip-uri", "unknown", "set-and-clear", "bad-number"],
+)
+def test_queues_set_refuses_what_it_cannot_do_saying_what_to_do_and_changes_nothing(
+        admin_api: ServerThread, args: tuple[str, ...], status: int, message: str) -> None:
+    result = queues_at(admin_api.url, *args)
+    assert result.returncode == status, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    with api_client(admin_api) as api:
+        assert api.get("/audit").json()["total"] == 0
+
+
+def answered(url: str, answer: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`ivr queues ARGS` at a terminal (a pseudo-terminal), typing `answer`."""
+    terminal, command_side = os.openpty()
+    try:
+        os.write(terminal, answer.encode() + b"\n")
+        return queues_at(url, *args, stdin=command_side)
+    finally:
+        os.close(terminal)
+        os.close(command_side)
+
+
+def test_queues_delete_asks_at_a_terminal_and_deletes_only_on_yes(
+        admin_api: ServerThread) -> None:
+    assert queues_at(admin_api.url, "set", "night", "sip:night@pbx.example.com",
+                     "--create").returncode == 0
+    kept = answered(admin_api.url, "n", "delete", "night")
+    assert "Delete queue night (calls go to sip:night@pbx.example.com; version 1" in kept.stderr
+    assert kept.returncode == 1 and kept.stderr.endswith("? [y/N] ivr: not deleted\n")
+    assert queue_in(admin_api, "night") is not None
+    deleted = answered(admin_api.url, "y", "delete", "night")
+    assert deleted.returncode == 0, deleted.stderr
+    assert deleted.stdout.strip() == (
+        "night deleted; its history is kept: `ivr queues rollback night 1` brings it back")
+    assert queue_in(admin_api, "night") is None
+    back = queues_at(admin_api.url, "rollback", "night", "1")
+    assert back.returncode == 0 and queue_in(admin_api, "night") is not None
+
+
+def test_queues_delete_without_a_terminal_needs_yes(admin_api: ServerThread) -> None:
+    assert queues_at(admin_api.url, "set", "night", "sip:night@pbx.example.com",
+                     "--create").returncode == 0
+    refused = queues_at(admin_api.url, "delete", "night")
+    assert refused.returncode == 1
+    assert "to delete it from a script, add --yes" in refused.stderr
+    assert queue_in(admin_api, "night") is not None
+    deleted = queues_at(admin_api.url, "delete", "night", "--yes")
+    assert deleted.returncode == 0, deleted.stderr
+    assert queue_in(admin_api, "night") is None
+
+
+def test_queues_delete_says_plainly_what_still_uses_a_queue(admin_api: ServerThread) -> None:
+    assert queues_at(admin_api.url, "set", "spare", "sip:s@pbx.example.com", "--create",
+                     "--overflow", "standard").returncode == 0
+    assert queues_at(admin_api.url, "set", "night", "sip:n@pbx.example.com", "--create",
+                     "--overflow", "spare").returncode == 0
+    for name, reason in (("gold", "queue 'gold' is routed to by flow loyalty_routing"),
+                         ("spare", "queue 'spare' is the overflow of night")):
+        refused = queues_at(admin_api.url, "delete", name, "--yes")
+        assert refused.returncode == 1
+        assert refused.stderr.strip() == f"ivr: not deleted: {reason}; change that first"
+        assert queue_in(admin_api, name) is not None
+    unknown = queues_at(admin_api.url, "delete", "nope", "--yes")
+    assert unknown.returncode == 1 and "no queue 'nope' (queues: " in unknown.stderr
+
+
+def test_queues_delete_refuses_when_the_queue_changed_while_asking(
+        admin_api: ServerThread) -> None:
+    """The yes is for what was shown: a change made before it was typed stops the delete."""
+    assert queues_at(admin_api.url, "set", "night", "sip:n@pbx.example.com",
+                     "--create").returncode == 0
+    terminal, command_side = os.openpty()
+    try:
+        process = subprocess.Popen(
+            [*IVR, "queues", "delete", "night"], cwd=ROOT, stdin=command_side,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=clean_env(IVR_ADMIN_URL=admin_api.url, IVR_ADMIN_TOKEN=ADMIN))
+        assert process.stderr is not None
+        prompt = b""
+        while b"[y/N]" not in prompt:  # the question is on the screen
+            chunk = process.stderr.read1(1024)
+            assert chunk, prompt
+            prompt += chunk
+        with api_client(admin_api) as api:
+            assert api.patch("/queues/night", json={"sip_uri": "sip:n2@pbx.example.com"}
+                             ).status_code == 200
+        os.write(terminal, b"y\n")
+        _, errors = process.communicate(timeout=60)
+    finally:
+        os.close(terminal)
+        os.close(command_side)
+    assert process.returncode == 1
+    assert "not deleted: queue 'night' changed while you were asked" in errors.decode()
+    assert queue_in(admin_api, "night") is not None

@@ -15,7 +15,12 @@ from starlette.routing import Route
 
 from ivr.admin import store_of
 from ivr.admin.auth import actor_label, bearer_token_matches
-from ivr.admin.changes import InvalidInput, field_errors, queue_from_input
+from ivr.admin.changes import (
+    InvalidInput,
+    field_errors,
+    patched_queue,
+    queue_from_input,
+)
 from ivr.admin.openapi import openapi_document
 from ivr.admin.outage import StoreUnavailable, store_bounded
 from ivr.calltrace import is_sid
@@ -188,9 +193,7 @@ async def patch_queue(request: Request) -> Response:
         current = await store.record(name)
         if current is None:
             raise QueueNotFound(f"queue {name!r}")
-        fields = {**current.queue.model_dump(mode="json"), **patch}
-        queue = queue_from_input(name, {k: v for k, v in fields.items() if v is not None},
-                                 store.queue_names())
+        queue = patched_queue(name, current.queue, patch, store.queue_names())
         try:
             record, _ = await store.put(name, queue, who(request),
                                         precondition or str(current.version))

@@ -51,5 +51,14 @@ def queue_from_input(name: str, data: Any, queues: AbstractSet[str] | None = Non
     return queue
 
 
+def patched_queue(name: str, queue: Queue, patch: dict[str, Any],
+                  queues: AbstractSet[str] | None = None) -> Queue:
+    """`queue` with the fields of `patch` replaced (a JSON merge patch, RFC 7396: None sends a
+    field back to its default), every other field as it was: a change writes only the fields
+    its author chose."""
+    fields = {**queue.model_dump(mode="json"), **patch}
+    return queue_from_input(name, {k: v for k, v in fields.items() if v is not None}, queues)
+
+
 def field_errors(message: str, field: str) -> InvalidInput:
     return InvalidInput([{"field": field, "message": message}])

@@ -15,7 +15,13 @@ from ivr.queues import Queue
 
 
 class AdminError(Exception):
-    """What went wrong, in words for the person at the terminal."""
+    """What went wrong, in words for the person at the terminal; from the API, its HTTP status
+    and its own words (`reason`)."""
+
+    def __init__(self, message: str, status: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
 
 
 class AdminClient:
@@ -42,43 +48,73 @@ class AdminClient:
             body = response.json()
         except ValueError:
             body = {"error": response.text.strip()}
-        message = body.get("error", "")
+        reason = message = body.get("error", "")
         for problem in body.get("errors", []):
             message += f"\n  {problem['field'] or 'body'}: {problem['message']}"
         if response.status_code == 401:
             message += " (check IVR_ADMIN_TOKEN)"
-        raise AdminError(f"{response.status_code}: {message}")
+        raise AdminError(f"{response.status_code}: {message}", response.status_code, reason)
 
     def queues(self) -> list[dict[str, Any]]:
         return self._request("GET", "/queues").json()["queues"]
 
-    def queue(self, name: str) -> tuple[dict[str, Any], str]:
-        response = self._request("GET", f"/queues/{quote(name, safe='')}")
-        return response.json(), response.headers["etag"]
-
-    def set_sip_uri(self, name: str, sip_uri: str, create: bool = False,
-                    **fields: Any) -> tuple[dict[str, Any], bool]:
-        """Change a queue's SIP URI (and any `fields` given), keeping its other fields; with
-        `create`, create the queue if it does not exist (a mistyped name must not make a new
-        queue). Returns the new record and whether it was created."""
+    def queue(self, name: str) -> dict[str, Any]:
         try:
-            current, tag = self.queue(name)
+            return self._request("GET", f"/queues/{quote(name, safe='')}").json()
         except AdminError as exc:
-            if not str(exc).startswith("404"):
+            if exc.status != 404:
                 raise
-            if not create:
-                known = ", ".join(queue["name"] for queue in self.queues())
-                raise AdminError(f"no queue {name!r} (queues: {known}); to create it, add "
-                                 "--create") from None
-            current, tag = {}, None
-        body = {**current, **{k: v for k, v in fields.items() if v is not None},
-                "sip_uri": sip_uri}
-        # A change made by someone else meanwhile (or a queue created meanwhile) is reported,
-        # never overwritten.
-        headers = {"If-Match": tag} if tag else {"If-None-Match": "*"}
-        response = self._request("PUT", f"/queues/{quote(name, safe='')}", json=body,
-                                 headers=headers)
-        return response.json(), response.status_code == 201
+            raise self._no_queue(name) from None
+
+    def change_queue(self, name: str, fields: dict[str, Any],
+                     create: bool = False) -> tuple[dict[str, Any], bool]:
+        """Change only `fields` of queue `name` (None clears one): every other field stays as
+        the store has it at that moment, whoever changed it last. A merge patch, never a record
+        read and written back whole, which would put back values read before someone else's
+        change. With `create`, a queue of that name that does not exist is made from `fields`
+        (without it, a mistyped name is refused rather than made). Returns the record and
+        whether it was created."""
+        path = f"/queues/{quote(name, safe='')}"
+        try:
+            return self._request("PATCH", path, json=fields).json(), False
+        except AdminError as exc:
+            if exc.status != 404:
+                raise
+        if not create:
+            raise self._no_queue(name, "to create it, add --create")
+        if not fields.get("sip_uri"):
+            raise AdminError(f"there is no queue {name!r} yet: to create it, give its SIP URI "
+                             f"(ivr queues set {name} sip:{name}@pbx.example.com --create)")
+        try:
+            # If-None-Match: a queue made meanwhile by someone else is reported, not replaced.
+            response = self._request("PUT", path, headers={"If-None-Match": "*"},
+                                     json={k: v for k, v in fields.items() if v is not None})
+        except AdminError as exc:
+            if exc.status != 412:
+                raise
+            raise AdminError(f"someone else created queue {name!r} meanwhile, so nothing was "
+                             f"changed: see it with `ivr queues show {name}`") from None
+        return response.json(), True
+
+    def delete(self, name: str, version: int | None = None) -> None:
+        """Delete queue `name`; with `version`, only while it is still that version."""
+        headers = {"If-Match": f'"v{version}"'} if version is not None else {}
+        try:
+            self._request("DELETE", f"/queues/{quote(name, safe='')}", headers=headers)
+        except AdminError as exc:
+            if exc.status == 404:
+                raise self._no_queue(name) from None
+            if exc.status == 409:
+                raise AdminError(f"not deleted: {exc.reason}; change that first") from None
+            if exc.status == 412:
+                raise AdminError(f"not deleted: queue {name!r} changed while you were asked; "
+                                 "run the command again to see it as it is now") from None
+            raise
+
+    def _no_queue(self, name: str, hint: str = "") -> AdminError:
+        known = ", ".join(queue["name"] for queue in self.queues())
+        return AdminError(f"no queue {name!r} (queues: {known})" + (f"; {hint}" if hint else ""),
+                          404)
 
     def history(self, name: str) -> list[dict[str, Any]]:
         return self._request("GET", f"/queues/{quote(name, safe='')}/history").json()["versions"]

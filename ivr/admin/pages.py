@@ -42,7 +42,7 @@ from ivr.admin.auth import (
     tokens_match,
     verify_password,
 )
-from ivr.admin.changes import InvalidInput, queue_from_input
+from ivr.admin.changes import InvalidInput, patched_queue, queue_from_input
 from ivr.admin.outage import StoreUnavailable, store_bounded
 from ivr.calltrace import describe_answer, is_sid
 from ivr.queues import Queue
@@ -53,6 +53,7 @@ from ivr.store import (
     Busy,
     InvalidChange,
     QueueNotFound,
+    QueueRecord,
     StaleVersion,
     Store,
 )
@@ -488,6 +489,8 @@ def _notice(request: Request) -> str | None:
         return f"Created {name}: version {version}."
     if "saved" in query:
         return f"Saved {name}: version {version}."
+    if "unchanged" in query:
+        return f"Nothing to save: you changed no field. {name} is still version {version}."
     restored = number(query.get("rolled_back"))
     if restored is not None:
         return f"Rolled {name} back to version {restored}: it is now version {version}."
@@ -507,13 +510,23 @@ def form_values(queue: Queue | None) -> dict[str, str]:
     }
 
 
+def input_value(field: str, text: str) -> Any:
+    """A form field's text as queue input: None when empty, a list of lines for the fallbacks."""
+    if field == "fallback_sip_uris":
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    return text.strip() or None
+
+
+def queue_inputs(queue: Queue) -> dict[str, Any]:
+    """A queue's fields as the form's input would give them, to compare with what was typed."""
+    return {field: input_value(field, text) for field, text in form_values(queue).items()}
+
+
 def posted_queue(form: FormData) -> tuple[dict[str, str], dict[str, Any]]:
     """The form as typed (to show again) and as queue input (empty fields left out)."""
     values = {field: str(form.get(field, "")) for field in QUEUE_FIELDS}
-    data: dict[str, Any] = {k: v.strip() for k, v in values.items() if v.strip()}
-    if "fallback_sip_uris" in data:
-        data["fallback_sip_uris"] = [
-            line.strip() for line in values["fallback_sip_uris"].splitlines() if line.strip()]
+    data = {field: value for field, text in values.items()
+            if (value := input_value(field, text))}
     return values, data
 
 
@@ -532,14 +545,16 @@ def errors_by_field(errors: list[dict[str, str]], data: dict[str, Any]) -> dict[
 
 
 async def queue_page(request: Request, session: AdminSession, name: str, *,
-                     values: dict[str, str] | None = None,
+                     record: QueueRecord | None = None, values: dict[str, str] | None = None,
                      errors: dict[str, list[str]] | None = None, version: int | None = None,
+                     changed: dict[str, ChangedMeanwhile] | None = None,
                      notice: str | None = None, alert: str | None = None,
                      status: int = 200) -> Response:
-    """The queue's page: where it sends calls, its edit form (the admin's input, if given, with
-    the version it was read at), and every version with a button to restore it."""
+    """The queue's page: where it sends calls (`record`, else read now), its edit form (the
+    admin's input, if given, with the version it was read at, and the fields someone else
+    changed meanwhile), and every version with a link to restore it."""
     store = store_of(request)
-    record = await store.record(name)
+    record = record or await store.record(name)
     if record is None:
         return message_page(request, session, 404, "No such queue",
                             f"There is no queue called {name!r}.")
@@ -548,7 +563,7 @@ async def queue_page(request: Request, session: AdminSession, name: str, *,
         name=name, record=record, history=await store.history(name),
         values=values if values is not None else form_values(record.queue),
         errors=errors or {}, version=record.version if version is None else version,
-        overflow_choices=sorted(store.queue_names() - {name}),
+        changed=changed or {}, overflow_choices=sorted(store.queue_names() - {name}),
         notice=notice, alert=alert, creating=False,
     )
 
@@ -561,31 +576,143 @@ async def show_queue(request: Request, session: AdminSession) -> Response:
 
 @signed_in
 async def save_queue(request: Request, session: AdminSession) -> Response:
+    """Write the fields the admin changed in the form, and only those, on the version the form
+    was opened at; if someone else changed the queue meanwhile, nothing is written and the form
+    comes back with the current values and the admin's changes (see conflict_page)."""
     name = request.path_params["name"]
     form = await request.form()
-    values, data = posted_queue(form)
+    store = store_of(request)
+    current = await store.record(name)
+    if current is None:
+        return await queue_page(request, session, name)
+    # The version the form was opened at says what the admin started from: every version is
+    # kept, so the form need not carry a copy of its values. Without one, the current values
+    # stand in, and the save is refused as a conflict (the admin then sees what is current).
     read_at = number(form.get("version"))
+    base = await store.version(name, read_at) if read_at is not None else None
+    start = base or current
+    typed = {field: str(form[field]) for field in QUEUE_FIELDS if field in form}
+    mine = edits(start.queue, typed)
+    if not mine:
+        return redirect(request, "admin_queue", {"unchanged": 1, "version": current.version},
+                        name=name)
     try:
-        queue = queue_from_input(name, data, store_of(request).queue_names())
-        record, _ = await store_of(request).put(
+        queue = patched_queue(name, start.queue, mine, store.queue_names())
+        record, _ = await store.put(
             name, queue, session.user,
-            if_match=str(read_at) if read_at is not None else NEVER_MATCHES)
+            if_match=str(base.version) if base is not None else NEVER_MATCHES)
     except (InvalidInput, InvalidChange) as exc:
-        errors = (errors_by_field(exc.errors, data) if isinstance(exc, InvalidInput)
-                  else {"overflow": [str(exc)]})
-        return await queue_page(request, session, name, values=values, errors=errors,
-                                version=read_at,
-                                alert=NOT_SAVED, status=422)
-    except StaleVersion as exc:
-        # The admin's input stays in the form, now carrying the current version: saving again
-        # replaces the other change knowingly.
-        return await queue_page(
-            request, session, name, values=values, version=exc.current_version, status=409,
-            alert="Someone else changed this queue while you were editing it, so your changes "
-                  "were not saved. Its current value is shown under \"Where calls go now\"; "
-                  "your input is still in the form. Save again to replace the current value.")
-    log.info("admin page: queue %s saved by %s: version %d", name, session.user, record.version)
+        errors = (errors_by_field(exc.errors, {**queue_inputs(start.queue), **mine})
+                  if isinstance(exc, InvalidInput) else {"overflow": [str(exc)]})
+        return await queue_page(request, session, name,
+                                values={**form_values(start.queue), **typed}, errors=errors,
+                                version=start.version, alert=NOT_SAVED, status=422)
+    except StaleVersion:
+        return await conflict_page(request, session, name, base, typed, mine)
+    log.info("admin page: queue %s saved by %s: version %d (%s)", name, session.user,
+             record.version, ", ".join(mine))
     return redirect(request, "admin_queue", {"saved": 1, "version": record.version}, name=name)
+
+
+def edits(start: Queue, typed: dict[str, str]) -> dict[str, Any]:
+    """The fields the admin changed from `start`, as queue input (a field not posted is not
+    changed)."""
+    before = queue_inputs(start)
+    return {field: value for field, text in typed.items()
+            if (value := input_value(field, text)) != before[field]}
+
+
+class ChangedMeanwhile(NamedTuple):
+    """A field someone else changed while the admin was editing, as the form marks it."""
+
+    old: str
+    new: str
+    by: str  # who, in the order they changed it
+    yours: str | None  # the admin's own, different value of the field, kept in the form
+
+
+async def conflict_page(request: Request, session: AdminSession, name: str,
+                        base: QueueRecord | None, typed: dict[str, str],
+                        mine: dict[str, Any]) -> Response:
+    """The form again after someone else's change won: the current values, each field they
+    changed marked (old → new, and who), the admin's own changes kept only in the fields the
+    admin changed, and the current version as the new starting point, so that saving again
+    writes those fields on top of the other change, knowingly."""
+    store = store_of(request)
+    current = await store.record(name)
+    if current is None:  # deleted meanwhile
+        return await queue_page(request, session, name)
+    now = queue_inputs(current.queue)
+    changed: dict[str, ChangedMeanwhile] = {}
+    if base is not None:
+        before = queue_inputs(base.queue)
+        authors = await changed_by(store, name, base, current)
+        for field in QUEUE_FIELDS:
+            if before[field] != now[field]:
+                yours = mine.get(field, now[field])
+                changed[field] = ChangedMeanwhile(
+                    _shown(before[field]), _shown(now[field]),
+                    ", ".join(authors.get(field, [current.updated_by])),
+                    _shown(yours) if yours != now[field] else None)
+    values = {**form_values(current.queue), **{field: typed[field] for field in mine}}
+    marked = (" The fields they changed are marked, with their old and new values."
+              if changed else "")
+    log.info("admin page: queue %s not saved by %s: changed meanwhile (now version %d)", name,
+             session.user, current.version)
+    return await queue_page(
+        request, session, name, record=current, values=values, version=current.version,
+        changed=changed, status=409,
+        alert=f"Someone else changed this queue while you were editing it, so nothing was "
+              f"saved. The form now shows its current values (version {current.version}), "
+              f"with your own changes still in the fields you edited.{marked} Check them, "
+              f"then Save again to apply your changes.")
+
+
+async def changed_by(store: Store, name: str, base: QueueRecord,
+                     current: QueueRecord) -> dict[str, list[str]]:
+    """Who changed each field after version `base`, up to `current`, in the order they did."""
+    versions = sorted((record for record in await store.history(name)
+                       if base.version < record.version <= current.version),
+                      key=lambda record: record.version)
+    authors: dict[str, list[str]] = {}
+    previous = queue_inputs(base.queue)
+    for record in versions:
+        fields = queue_inputs(record.queue)
+        for field in QUEUE_FIELDS:
+            who = authors.setdefault(field, [])
+            if fields[field] != previous[field] and record.updated_by not in who:
+                who.append(record.updated_by)
+        previous = fields
+    return {field: who for field, who in authors.items() if who}
+
+
+@signed_in
+async def confirm_rollback(request: Request, session: AdminSession) -> Response:
+    """What restoring a version would change, with the button that does it: nothing is written
+    until the admin has seen it."""
+    name = request.path_params["name"]
+    target = number(request.query_params.get("version"))
+    if target is None:
+        return await queue_page(request, session, name, status=422,
+                                alert="That restore link is incomplete; use the links below.")
+    return await restore_page(request, session, name, target)
+
+
+async def restore_page(request: Request, session: AdminSession, name: str, target: int, *,
+                       alert: str | None = None, status: int = 200) -> Response:
+    """The confirmation of a restore: each field now and as version `target` has it."""
+    store = store_of(request)
+    current, old = await store.record(name), await store.version(name, target)
+    if current is None or old is None:
+        return await queue_page(request, session, name, record=current, status=404,
+                                alert=f"This queue has no version {target}.")
+    now, then = queue_inputs(current.queue), queue_inputs(old.queue)
+    rows = [{"field": field, "label": FIELD_LABELS[field], "now": _shown(now[field]),
+             "then": _shown(then[field]), "differs": now[field] != then[field]}
+            for field in QUEUE_FIELDS]
+    return page(request, "restore.html", session, status, name=name, record=current,
+                target=old, rows=rows, changes=[row["label"] for row in rows if row["differs"]],
+                alert=alert)
 
 
 @signed_in
@@ -595,16 +722,18 @@ async def rollback_queue(request: Request, session: AdminSession) -> Response:
     target, read_at = number(form.get("version")), number(form.get("current"))
     if target is None or read_at is None:
         return await queue_page(request, session, name, status=422,
-                                alert="That rollback form is incomplete; use the buttons below.")
+                                alert="That rollback form is incomplete; use the links below.")
+    if form.get("confirmed") != "1":  # a form from before restoring asked first
+        return await restore_page(request, session, name, target)
     try:
         record, _ = await store_of(request).rollback(name, target, session.user,
                                                      str(read_at))
     except StaleVersion:
-        return await queue_page(
-            request, session, name, status=409,
-            alert="Someone else changed this queue since you opened this page, so nothing was "
-                  "rolled back. Check the current value and the history below, then choose "
-                  "again.")
+        return await restore_page(
+            request, session, name, target, status=409,
+            alert="Someone else changed this queue since this page was shown, so nothing was "
+                  "restored. Below is what restoring would change now: confirm again, or "
+                  "cancel.")
     except QueueNotFound:
         return await queue_page(request, session, name, status=404,
                                 alert=f"This queue has no version {target}.")
@@ -647,7 +776,7 @@ def new_queue_page(request: Request, session: AdminSession, store: Store, name: 
                    values: dict[str, str], errors: dict[str, list[str]],
                    alert: str | None = None, status: int = 200) -> Response:
     return page(request, "queue.html", session, status, name=name, record=None, history=[],
-                values=values, errors=errors, version=0, creating=True,
+                values=values, errors=errors, changed={}, version=0, creating=True,
                 overflow_choices=sorted(store.queue_names()), notice=None, alert=alert)
 
 
@@ -699,6 +828,8 @@ routes = [
     Route("/new", new_queue, methods=["GET", "POST"], name="admin_new_queue"),
     Route("/queues/{name}", show_queue, methods=["GET"], name="admin_queue"),
     Route("/queues/{name}", save_queue, methods=["POST"], name="admin_save_queue"),
+    Route("/queues/{name}/rollback", confirm_rollback, methods=["GET"],
+          name="admin_confirm_rollback"),
     Route("/queues/{name}/rollback", rollback_queue, methods=["POST"], name="admin_rollback"),
     Route("/audit", audit_log, methods=["GET"], name="admin_audit"),
     Route("/calls", recent_calls, methods=["GET"], name="admin_calls"),
