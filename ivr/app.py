@@ -53,7 +53,7 @@ class IvrApp(Starlette):
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.secrets_to_hide())
     app = IvrApp(
         routes=[
             *(Route(path, endpoint, methods=["POST"]) for path, endpoint in ENDPOINTS.items()),
@@ -119,7 +119,7 @@ async def open_store(settings: Settings) -> tuple[Store, FlowSet]:
         if await store.seed_queues(queue_config):
             log.info("seeded %d queues from %s", len(queue_config.queues), settings.sip_config)
         queues = await store.refresh()
-        flows = load_flows(settings.flows_dir, queue_names=queues)
+        flows = load_flows(settings.flows_dir, queue_names=queues, secrets=settings.secrets)
     except FlowLoadError as exc:
         await store.close()
         raise StartupError(f"the flows are broken:\n{exc}") from None
@@ -177,6 +177,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             verifier=WebhookVerifier(resolve_auth_token(settings), settings.public_url),
             urls=CallbackUrls(settings.public_url or ""),
             flow_settings=settings.flow_settings(),
+            flow_secrets=settings.flow_secrets(),
             decision_deadline=settings.decision_deadline,
             hold=HoldPolicy(settings.hold_after, settings.hold_prompt),
             max_body_bytes=settings.max_body_bytes,

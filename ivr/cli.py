@@ -303,7 +303,7 @@ def _hash_password(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.secrets_to_hide())
     resolve_auth_token(settings)  # creates the local token once, before any worker races to
     embedded = None
     # uvicorn re-raises SIGTERM once it has shut down; exit through `finally` to stop Redis.

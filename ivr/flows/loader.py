@@ -48,20 +48,28 @@ class FlowSet:
         return {queue: "flow " + ", ".join(names) for queue, names in users.items()}
 
 
-def load_flow_file(path: Path) -> Flow:
+def load_flow_file(path: Path, secrets: Collection[str] | None = None) -> Flow:
+    """Load and check one flow; with `secrets` (the names of the secrets set), every secret
+    the flow needs must be among them."""
     try:
         data = read_yaml(path)
     except YamlFileError as exc:
         raise FlowLoadError([str(exc)]) from None
     try:
-        return Flow.from_data(data, name=path.stem)
+        flow = Flow.from_data(data, name=path.stem)
     except ValidationError as exc:
         problems = describe_errors(exc, collection="steps", item="step", tags=STEP_KINDS)
         raise FlowLoadError([f"{path}: {problem}" for problem in problems]) from None
+    unset = flow.unset_secrets(secrets) if secrets is not None else []
+    if unset:
+        raise FlowLoadError([f"{path}: {problem}" for problem in unset])
+    return flow
 
 
-def load_flows(directory: Path, queue_names: Collection[str] | None = None) -> FlowSet:
-    """Load and check every flow in `directory`; with `queue_names`, routes must name those queues.
+def load_flows(directory: Path, queue_names: Collection[str] | None = None,
+               secrets: Collection[str] | None = None) -> FlowSet:
+    """Load and check every flow in `directory`; with `queue_names`, routes must name those
+    queues; with `secrets` (the names of the secrets set), each flow's must be set.
 
     Raises FlowLoadError listing every problem found, in every file.
     """
@@ -73,7 +81,7 @@ def load_flows(directory: Path, queue_names: Collection[str] | None = None) -> F
     sources: dict[str, Path] = {}
     for path in paths:
         try:
-            flow = load_flow_file(path)
+            flow = load_flow_file(path, secrets)
         except FlowLoadError as exc:
             problems.extend(exc.problems)
             continue
