@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             settings = load_settings()
         except InvalidSettings as exc:
             raise SystemExit(f"ivr: {exc}") from None
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.secrets_to_hide())
     app = IvrApp(
         routes=[
             *(Route(path, endpoint, methods=["POST"]) for path, endpoint in ENDPOINTS.items()),
@@ -128,7 +128,7 @@ async def open_store(settings: Settings) -> tuple[Store, FlowSet]:
         if await store.seed_queues(queue_config):
             log.info("seeded %d queues from %s", len(queue_config.queues), settings.sip_config)
         queues = await store.refresh()
-        flows = load_flows(settings.flows_dir, queue_names=queues)
+        flows = load_flows(settings.flows_dir, queue_names=queues, secrets=settings.secrets)
     except FlowLoadError as exc:
         await store.close()
         raise StartupError(f"the flows are broken:\n{exc}") from None
@@ -186,6 +186,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             verifier=WebhookVerifier(resolve_auth_token(settings), settings.public_url),
             urls=CallbackUrls(settings.public_url or ""),
             flow_settings=settings.flow_settings(),
+            flow_secrets=settings.flow_secrets(),
             decision_deadline=settings.decision_deadline,
             hold=HoldPolicy(settings.hold_after, settings.hold_prompt),
             max_body_bytes=settings.max_body_bytes,

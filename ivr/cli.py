@@ -367,7 +367,7 @@ def _hash_password(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.secrets_to_hide())
     # The local tokens a trial needs are made here, once, before any worker races to.
     resolve_auth_token(settings)
     resolve_admin_token(settings)

@@ -8,6 +8,7 @@ import asyncio
 import json
 import re
 import sys
+from collections.abc import Collection
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         "simulate", help="run a flow offline, turn by turn, with HTTP answered from mocks",
         description="Run a flow offline as the server would: each turn's steps, the variables "
         "they set and the TwiML. Flows see settings.loyalty_api_url as the server does "
-        f"(IVR_LOYALTY_API_URL, or {UNSET_LOYALTY_API_URL} when unset).")
+        f"(IVR_LOYALTY_API_URL, or {UNSET_LOYALTY_API_URL} when unset); a secret set with "
+        "IVR_SECRET_<NAME> is never read: requests show it, and mocks name it, as "
+        "[secret NAME].")
     sim.add_argument("flow", metavar="FLOW", help="a flow name in IVR_FLOWS_DIR, or a file")
     sim.add_argument("--channel", choices=["voice", "messaging"], required=True)
     sim.add_argument("--from", dest="from_number", required=True, metavar="NUMBER",
@@ -90,7 +93,7 @@ def validate_command(args: argparse.Namespace, settings: Settings) -> int:
         print(f"ivr: cannot check routes, the queues file is unusable:\n{exc}", file=sys.stderr)
         return 2
     try:
-        flow_set = load_flows(settings.flows_dir, queue_names=queues)
+        flow_set = load_flows(settings.flows_dir, queue_names=queues, secrets=settings.secrets)
     except FlowLoadError as exc:
         for problem in exc.problems:
             print(problem)
@@ -216,7 +219,7 @@ def simulate_command(args: argparse.Namespace, settings: Settings) -> int:
     except QueueConfigError as exc:
         print(f"ivr: the queues file is unusable:\n{exc}", file=sys.stderr)
         return 2
-    flow = _flow_or_report(args.flow, settings)
+    flow = _flow_or_report(args.flow, settings, secrets=settings.secrets)
     if flow is None:
         return 1
     if args.channel not in flow.trigger.channels:
@@ -227,7 +230,8 @@ def simulate_command(args: argparse.Namespace, settings: Settings) -> int:
         simulation = asyncio.run(simulate(
             flow, args.channel, args.from_number, to_number, queues=queues, body=args.body,
             inputs=args.inputs, mocks=mocks, now=now, memory=memory,
-            settings=flow_settings(settings), deadline=settings.decision_deadline))
+            settings=flow_settings(settings), secrets=settings.secrets,
+            deadline=settings.decision_deadline))
     except MockError as exc:
         print(f"ivr: {exc}", file=sys.stderr)
         return 2
@@ -319,7 +323,7 @@ def describe(simulation: Simulation, queues: dict[str, Queue]) -> str:
     for mock in simulation.unused_mocks:
         lines.append(f"! --mock {mock} was never requested: the flow's requests are the `http:` "
                      "lines above (settings.loyalty_api_url is IVR_LOYALTY_API_URL, or "
-                     f"{UNSET_LOYALTY_API_URL} when unset)")
+                     f"{UNSET_LOYALTY_API_URL} when unset; a secret is [secret NAME])")
     return "\n".join(lines)
 
 
@@ -332,28 +336,31 @@ def _turn_heading(turn: Turn, channel: str) -> str:
 
 # --- finding a flow ---------------------------------------------------------------------------
 
-def _flow_or_report(name_or_path: str, settings: Settings) -> Flow | None:
+def _flow_or_report(name_or_path: str, settings: Settings,
+                    secrets: Collection[str] | None = None) -> Flow | None:
     try:
-        return find_flow(name_or_path, settings.flows_dir)
+        return find_flow(name_or_path, settings.flows_dir, secrets)
     except FlowLoadError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return None
 
 
-def find_flow(name_or_path: str, flows_dir: Path) -> Flow:
+def find_flow(name_or_path: str, flows_dir: Path, secrets: Collection[str] | None = None
+              ) -> Flow:
     """A flow file given by path, or the flow of that name (file stem or `name:`) in
-    `flows_dir`. Only that file is loaded, so a broken neighbour does not hide it."""
+    `flows_dir`. Only that file is loaded, so a broken neighbour does not hide it. With
+    `secrets` (the names set), the secrets it needs must be set."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.is_file():
-        return load_flow_file(path)
+        return load_flow_file(path, secrets)
     paths = sorted([*flows_dir.glob("*.yaml"), *flows_dir.glob("*.yml")])
     for candidate in paths:
         if candidate.stem == name_or_path:
-            return load_flow_file(candidate)
+            return load_flow_file(candidate, secrets)
     for candidate in paths:  # a file may name its flow differently from the file
         try:
-            flow = load_flow_file(candidate)
+            flow = load_flow_file(candidate, secrets)
         except FlowLoadError:
             continue
         if flow.name == name_or_path:

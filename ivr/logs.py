@@ -1,6 +1,6 @@
 """Logging set-up (text for people, or one JSON object per line for log pipelines), the context
 every line of a webhook carries (its CallSid or MessageSid), and masking: phone numbers never reach
-a log whole."""
+a log whole, and secrets not at all."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import quote, quote_plus
+
+from jinja2.utils import htmlsafe_json_dumps
 
 LogFormat = Literal["auto", "json", "text"]
 
@@ -25,6 +28,12 @@ _UNMASKED_NUMBER = re.compile(r"(?:\+|%2B)\d{6,15}", re.IGNORECASE)
 # (but for uvicorn's copy of its message with terminal colours).
 _RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message", "asctime", "color_message"}
+
+# The characters a request target keeps as they are (ivr.flows.http): printable ASCII but space.
+_URL_TARGET_SAFE = "".join(map(chr, range(0x21, 0x7F)))
+# (every form of every secret's value, longest first, as one pattern; form -> `[secret NAME]`),
+# replaced whole by hide_secrets; None: no secret to hide.
+_secrets: tuple[re.Pattern[str], dict[str, str]] | None = None
 
 # Never mutated, only replaced (by log_context), so one shared empty default is safe.
 _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
@@ -62,6 +71,38 @@ def _mask_match(found: str) -> str:
     return found[:3] + mask_number(found[3:])  # %2B15551234567 -> %2B1*******567
 
 
+def hide_secrets(secrets: Mapping[str, str]) -> None:
+    """From now on, every log line of the process shows `[secret NAME]` where it would show a
+    secret's value: as given, URL-encoded (as a flow's `urlencode`, a query string or the HTTP
+    client writes it), escaped in JSON (json.dumps, a flow's `tojson`) or in Python's repr."""
+    global _secrets
+    forms: dict[str, str] = {}
+    for name, value in secrets.items():
+        for form in (value, quote(value, safe=""), quote(value),
+                     quote(value, safe=_URL_TARGET_SAFE), quote_plus(value),
+                     json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1],
+                     htmlsafe_json_dumps(value)[1:-1],  # a flow's `tojson`
+                     repr(value)[1:-1]):  # an exception's message quotes it so
+            if form:
+                forms.setdefault(form, f"[secret {name}]")
+    pattern = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
+    _secrets = (re.compile(pattern), forms) if forms else None
+
+
+def scrub_secrets(text: str) -> str:
+    """`text` with every secret hide_secrets was given replaced by `[secret NAME]`."""
+    hidden = _secrets
+    if hidden is None:
+        return text
+    pattern, names = hidden
+    return pattern.sub(lambda match: names[match.group()], text)
+
+
+def _scrub(text: str) -> str:
+    # Secrets first: a number masked inside one would no longer be found.
+    return scrub_numbers(scrub_secrets(text))
+
+
 @contextlib.contextmanager
 def log_context(**fields: Any) -> Iterator[None]:
     """Every line logged inside the block (in this task) carries `fields`, e.g. the CallSid."""
@@ -79,7 +120,7 @@ class TextFormatter(logging.Formatter):
         super().__init__(_TEXT_FORMAT)
 
     def format(self, record: logging.LogRecord) -> str:
-        return scrub_numbers(super().format(record))
+        return _scrub(super().format(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -93,17 +134,18 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "process": record.process,  # which worker, under `ivr serve --workers N`
-            "message": scrub_numbers(record.getMessage()),
+            "message": _scrub(record.getMessage()),
             **_context.get(),
         }
         for key, value in record.__dict__.items():
             if key not in _RECORD_ATTRIBUTES and key not in entry:
                 entry[key] = value
         if record.exc_info:
-            entry["exception"] = scrub_numbers(self.formatException(record.exc_info))
+            entry["exception"] = _scrub(self.formatException(record.exc_info))
         elif record.stack_info:
-            entry["stack"] = scrub_numbers(record.stack_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+            entry["stack"] = _scrub(record.stack_info)
+        # Secrets last, over the whole line: a field passed with `extra=` may hold one too.
+        return scrub_secrets(json.dumps(entry, default=str, ensure_ascii=False))
 
 
 def resolved_format(log_format: LogFormat) -> Literal["json", "text"]:
@@ -117,9 +159,12 @@ def formatter(log_format: LogFormat) -> logging.Formatter:
     return JsonFormatter() if resolved_format(log_format) == "json" else TextFormatter()
 
 
-def configure_logging(level: str, log_format: LogFormat = "text") -> None:
+def configure_logging(level: str, log_format: LogFormat = "text",
+                      secrets: Mapping[str, str] | None = None) -> None:
     """Send `ivr.*` logs to stderr at `level`, once per process (workers call it too), unless
-    the host program has configured logging itself."""
+    the host program has configured logging itself; `secrets` (name -> value) are never shown
+    (see hide_secrets)."""
+    hide_secrets(secrets or {})
     logger = logging.getLogger("ivr")
     logger.setLevel(level.upper())
     if not logger.handlers and not logging.getLogger().handlers:

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from ivr import sentinel
 from ivr.admin.auth import check_password_hash_format
@@ -15,11 +21,53 @@ from ivr.sentinel import SCHEME, is_sentinel_url
 from ivr.validation import Problem, describe_problems
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", SCHEME)
+# IVR_SECRET_CRM_TOKEN is what flows read as `secrets.crm_token`.
+SECRET_PREFIX = "IVR_SECRET_"
+_SECRET_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# Templates read `secrets.items` as the mapping's own method, not as a secret of that name.
+_MAPPING_ATTRIBUTES = frozenset(name for name in dir(dict) if not name.startswith("_"))
+
+
+def secret_variable(name: str) -> str:
+    """The environment variable that sets the secret `name`: crm_token -> IVR_SECRET_CRM_TOKEN."""
+    return SECRET_PREFIX + name.upper()
+
+
+def secret_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a secret, or None when it can."""
+    if not _SECRET_NAME.fullmatch(name):
+        return ("a secret's name is lower-case letters, digits and _, starting with a letter, "
+                "at most 64 characters")
+    if name in _MAPPING_ATTRIBUTES:
+        return f"{name!r} cannot name a secret: templates read secrets.{name} as something else"
+    return None
+
+
+class _SecretVariables(PydanticBaseSettingsSource):
+    """Every IVR_SECRET_<NAME> variable, from the environment and `.env` (the environment wins,
+    as for other settings), as the `secrets` setting: {name lower-cased: value}."""
+
+    def __init__(self, settings_cls: type[BaseSettings], *sources: EnvSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._sources = sources  # highest priority first
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything is in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        prefix = SECRET_PREFIX.lower()  # the sources hold names lower-cased
+        found: dict[str, str] = {}
+        for source in reversed(self._sources):
+            found.update({key.removeprefix(prefix): value
+                          for key, value in source.env_vars.items()
+                          if key.startswith(prefix) and value})  # empty: unset
+        return {"secrets": found} if found else {}
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="IVR_", env_file=".env", extra="ignore", populate_by_name=True
+        env_prefix="IVR_", env_file=".env", extra="ignore", populate_by_name=True,
+        hide_input_in_errors=True,  # a setting may be a secret: an error never shows a value
     )
 
     twilio_auth_token: SecretStr | None = Field(
@@ -44,6 +92,11 @@ class Settings(BaseSettings):
     loyalty_api_url: str | None = Field(default=None, description="Base URL of the loyalty API.")
     loyalty_api_token: SecretStr | None = Field(
         default=None, description="Bearer token for the loyalty API."
+    )
+    secrets: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="What flows' fetch steps read as secrets.<name>: every IVR_SECRET_<NAME> "
+        "variable, the name lower-cased.",
     )
     admin_token: SecretStr | None = Field(
         default=None, description="Admin API bearer token; also signs in to the admin page."
@@ -121,6 +174,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"user {name!r}: the password {exc}") from None
         return users
 
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, secrets: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        # Names only: a message never holds a value.
+        problems = [f"{secret_variable(name)}: {problem}" for name in secrets
+                    if (problem := secret_name_problem(name))]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return secrets
+
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower_case(cls, value: object) -> object:
@@ -155,6 +218,30 @@ class Settings(BaseSettings):
             "loyalty_api_url": self.loyalty_api_url.rstrip("/") if self.loyalty_api_url else None,
             "loyalty_api_token": token.get_secret_value() if token else None,
         }
+
+    def flow_secrets(self) -> dict[str, str]:
+        """What flows' fetch steps read as `secrets.*`."""
+        return {name: value.get_secret_value() for name, value in self.secrets.items()}
+
+    def secrets_to_hide(self) -> dict[str, str]:
+        """Every secret a flow can send, by name: what a log line must never show."""
+        token = self.loyalty_api_token
+        return {**({"loyalty_api_token": token.get_secret_value()} if token else {}),
+                **self.flow_secrets()}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        assert isinstance(env_settings, EnvSettingsSource)
+        assert isinstance(dotenv_settings, EnvSettingsSource)
+        secret_variables = _SecretVariables(settings_cls, env_settings, dotenv_settings)
+        return init_settings, env_settings, dotenv_settings, secret_variables, file_secret_settings
 
     @property
     def local_token_path(self) -> Path:
@@ -214,6 +301,8 @@ def _named_by_variable(problem: Problem) -> str:
         return problem.what
     field = str(problem.where[0])
     what = problem.what
+    if field == "secrets":  # many variables (IVR_SECRET_<NAME>), each named in its problem
+        return str(Problem(problem.where[1:], what))
     if what.startswith("expected "):  # JSON, but not the shape the setting takes
         what += _shape(field)
     return ": ".join(part for part in (variable_name(field), str(Problem(problem.where[1:], what)))

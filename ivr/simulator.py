@@ -10,6 +10,9 @@ clock frozen if asked. Every turn records its steps, the variables it set, its a
 Mocks map "METHOD URL" (or just "URL", for GET) to `{status, json}`, `{status, body}`, or the
 strings "timeout" / "refused". A request no mock answers is refused, like a server that is down,
 and listed in `Simulation.unmocked` so that a forgotten mock never passes unnoticed.
+
+The simulator never holds a secret's value: a secret that is set reads as a stand-in, which
+requests show, and mocks name, as `[secret NAME]`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import copy
 import dataclasses
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,7 +38,7 @@ from ivr.flows.model import Flow
 from ivr.flows.runner import run_flow
 from ivr.flows.step import Channel, Contact, Run
 from ivr.queues import Queue
-from ivr.settings import Settings
+from ivr.settings import Settings, secret_variable
 
 DEFAULT_TO_NUMBER = "+15005550006"  # Twilio's magic test number; `ivr call` uses it too
 DEFAULT_DEADLINE: float = Settings.model_fields["decision_deadline"].default
@@ -46,6 +49,21 @@ TEST_ACCOUNT_SID = "AC" + "0" * 32
 _CALL_SID = "CA" + "0" * 32
 _DTMF = re.compile(r"[0-9#*]+")
 _ACTION_KINDS: dict[type, str] = {Say: "say", Ask: "ask", RouteToQueue: "route", Hangup: "hangup"}
+# How a mock names a secret in its URL.
+_SECRET_IN_MOCK = re.compile(r"\[secret ([^\]]*)\]")
+
+
+def secret_stand_in(name: str) -> str:
+    """What a flow reads as `secrets.<name>` in a simulation: characters that URL-encoding and
+    URL normalisation leave as they are, so it can be found in a request and shown."""
+    return f"~secret~{name}~"
+
+
+def _shown(text: str, secrets: Mapping[str, str]) -> str:
+    """`text` with each secret's stand-in shown as `[secret NAME]`."""
+    for name, stand_in in secrets.items():
+        text = text.replace(stand_in, f"[secret {name}]")
+    return text
 
 
 class MockError(ValueError):
@@ -63,14 +81,19 @@ class HttpMocks:
     """Canned answers for the flow's HTTP requests, and a log of every request made: an
     `HttpClient` that never touches the network."""
 
-    def __init__(self, mocks: Mapping[str, Any]) -> None:
-        self._answers = {_request_key(key): _answer(key, spec) for key, spec in mocks.items()}
+    def __init__(self, mocks: Mapping[str, Any], secrets: Mapping[str, str] | None = None
+                 ) -> None:
+        """`secrets`: name -> stand-in of each secret set, which a mock's URL names as
+        `[secret NAME]`."""
+        self._secrets = dict(secrets or {})
+        self._answers = {_request_key(key, self._secrets): _answer(key, spec)
+                         for key, spec in mocks.items()}
         self.log: list[dict[str, Any]] = []
         self.requested: set[tuple[str, str]] = set()
 
     def unused(self) -> list[str]:
         """The mocks no request asked for (a mistyped URL, or another base URL)."""
-        return [f"{method} {url}" for method, url in self._answers
+        return [_shown(f"{method} {url}", self._secrets) for method, url in self._answers
                 if (method, url) not in self.requested]
 
     async def send(self, method: str, url: str, headers: Mapping[str, str],
@@ -80,7 +103,7 @@ class HttpMocks:
             url = _normal_url(url)
         except httpx.InvalidURL as exc:
             raise HttpConnectionError(f"invalid URL: {exc}") from None
-        entry: dict[str, Any] = {"method": method, "url": url}
+        entry: dict[str, Any] = {"method": method, "url": _shown(url, self._secrets)}
         self.log.append(entry)
         self.requested.add((method, url))
         answer = self._answers.get((method, url))
@@ -103,10 +126,14 @@ def _normal_url(url: str) -> str:
     return str(httpx.URL(url))
 
 
-def _request_key(key: str) -> tuple[str, str]:
+def _request_key(key: str, secrets: Mapping[str, str]) -> tuple[str, str]:
     method, _, url = key.strip().partition(" ")
     if not url:
         method, url = "GET", method
+    for name in _SECRET_IN_MOCK.findall(url):
+        if name not in secrets:
+            raise MockError(f"mock {key!r}: secrets.{name} is not set ({secret_variable(name)})")
+    url = _SECRET_IN_MOCK.sub(lambda match: secrets[match[1]], url)
     try:
         return method.upper(), _normal_url(url.strip())
     except httpx.InvalidURL as exc:
@@ -234,19 +261,22 @@ async def simulate(
     now: datetime | None = None,
     memory: Mapping[str, str] | None = None,
     settings: Mapping[str, Any] | None = None,
+    secrets: Collection[str] = (),
     deadline: float = DEFAULT_DEADLINE,
 ) -> Simulation:
     """Run `flow` for a contact `from_number` calling or writing to `to_number`: start it, then
     resume it with each of `inputs` while it waits.
 
     `body` is messaging's first message; `memory` is what contact memory holds (first_seen,
-    saved fields); `settings` is what flows read as `settings.*`; `now` freezes the clock
+    saved fields); `settings` is what flows read as `settings.*`; `secrets` names the secrets
+    set (each reads as its stand-in, see secret_stand_in); `now` freezes the clock
     (timezone-aware); `deadline` is the seconds each turn may take, as IVR_DECISION_DEADLINE.
     Raises MockError for a malformed mock and ValueError for a naive `now`.
     """
     if now is not None and now.utcoffset() is None:
         raise ValueError("now must be timezone-aware, e.g. 2026-11-23T10:00:00+00:00")
-    http_mocks = HttpMocks(mocks or {})
+    flow_secrets = {name: secret_stand_in(name) for name in secrets}
+    http_mocks = HttpMocks(mocks or {}, flow_secrets)
     contact = Contact(from_number.removeprefix("whatsapp:"), from_number, channel,
                       memory=dict(memory or {}))
     flow_settings = dict(settings or {})
@@ -267,7 +297,7 @@ async def simulate(
         params = _webhook_params(channel, from_number, to_number, text, number, asked)
         # The server builds a new Run for every webhook and restores the session into it.
         run = Run(contact=contact, params=params, settings=flow_settings, http=http_mocks,
-                  deadline=loop.time() + deadline, clock=clock)
+                  deadline=loop.time() + deadline, clock=clock, secrets=flow_secrets)
         run.restore(state)
         vars_before, steps_before = copy.deepcopy(run.vars), copy.deepcopy(run.steps)
         requests_before = len(http_mocks.log)

@@ -49,6 +49,7 @@ AGENTS = {"vip": "+15550100104", "regular": "+15550100105", "manager": "+1555010
 
 MENU = ("Thanks for calling. For sales, press 1 or say sales. "
         "For support, press 2 or say support.")
+CRM_TOKEN = "crm-token-for-tests"  # IVR_SECRET_CRM_TOKEN
 ASK_EMAIL = "Hi! To find your account, please reply with the email address you signed up with."
 
 
@@ -61,6 +62,7 @@ class Crm:
     customers: dict[str, str] = field(default_factory=lambda: {
         "jane@example.com": "vip", "bob@example.com": "regular"})
     emails: list[str] = field(default_factory=list)  # the email of each lookup, decoded
+    authorizations: list[str | None] = field(default_factory=list)  # of each lookup
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/crm/customers", self.customer)])
@@ -68,6 +70,7 @@ class Crm:
     async def customer(self, request: Request) -> Response:
         email = request.query_params.get("email", "")
         self.emails.append(email)
+        self.authorizations.append(request.headers.get("authorization"))
         kind = self.customers.get(email)
         if kind is None:
             return JSONResponse({"error": "no such customer"}, status_code=404)
@@ -85,7 +88,9 @@ def crm() -> Iterator[tuple[Crm, str]]:
 def twilio(crm: tuple[Crm, str], make_settings: Callable[..., Settings],
            start_server: Callable[..., ServerThread]) -> FakeTwilio:
     crm[0].emails.clear()
-    return FakeTwilio(start_server(make_settings(loyalty_api_url=crm[1])).url)
+    crm[0].authorizations.clear()
+    return FakeTwilio(start_server(make_settings(
+        loyalty_api_url=crm[1], secrets={"crm_token": CRM_TOKEN})).url)
 
 
 @pytest.fixture
@@ -232,6 +237,8 @@ def test_vip_by_email_asks_once_then_looks_the_remembered_email_up_in_the_crm(
     assert text(twilio, sender, VIP_BY_EMAIL, "Hello again") == [
         (None, ack), (AGENTS[queue], f"{sender} ({label}): Hello again")]
     assert api.emails == [email.lower()] * 2
+    # The CRM gets its own token, the secret, and never the loyalty API's.
+    assert api.authorizations == [f"Bearer {CRM_TOKEN}"] * 2
 
 
 def test_vip_by_email_an_email_the_crm_does_not_know_goes_to_the_regular_desk(

@@ -7,6 +7,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ivr.flows.loader import load_flows
 from ivr.flows.model import Flow
 from ivr.flows.templates import Expression, Template
@@ -110,17 +112,37 @@ def test_a_flow_knows_whether_it_reads_the_contacts_memory() -> None:
     assert branch.reads_contact_memory  # a condition nested in a case counts too
 
 
-def test_a_template_of_settings_only_is_rendered_once_per_settings() -> None:
-    header = Template("{% if settings.token %}Bearer {{ settings.token }}{% endif %}")
-    settings = {"token": "s3cret"}
-    assert header.render({"settings": settings, "vars": {}}) == "Bearer s3cret"
-    assert header._rendered is not None and header._rendered[0] is settings
-    first = header._rendered[1]
-    assert header.render({"settings": settings, "vars": {"x": 1}}) is first  # not rendered again
-    # Other settings (the simulator's, another server's in the same process): rendered anew.
-    assert header.render({"settings": {"token": None}}) == ""
-    assert header.render({"settings": {"token": "other"}}) == "Bearer other"
-    # What reads more than settings, or may answer differently, is rendered every time.
-    for source in ("{{ settings.token }}{{ vars.x }}", "{{ settings.l | random }}",
-                   "{{ lipsum(1) }}", "{% for x in settings.l %}{{ x }}{% endfor %}"):
+def test_a_template_of_settings_and_secrets_only_is_rendered_once_per_settings_and_secrets(
+) -> None:
+    header = Template("{% if secrets.token %}Bearer {{ secrets.token }}{% endif %}"
+                      "{{ settings.suffix }}")
+    settings, secrets = {"suffix": "!"}, {"token": "s3cret"}
+    assert header.render({"settings": settings, "secrets": secrets, "vars": {}}) == "Bearer s3cret!"
+    assert header._rendered is not None
+    assert header._rendered[0] is settings and header._rendered[1] is secrets
+    first = header._rendered[2]
+    # Not rendered again, whatever else the call holds.
+    assert header.render({"settings": settings, "secrets": secrets, "vars": {"x": 1}}) is first
+    # Other settings or secrets (the simulator's, another server's in the same process):
+    # rendered anew.
+    assert header.render({"settings": settings, "secrets": {}}) == "!"
+    assert header.render({"settings": {}, "secrets": {"token": "other"}}) == "Bearer other"
+    # What reads more than settings and secrets, or may answer differently, is rendered every
+    # time.
+    for source in ("{{ settings.token }}{{ vars.x }}", "{{ secrets.token }}{{ contact.number }}",
+                   "{{ settings.l | random }}", "{{ lipsum(1) }}",
+                   "{% for x in settings.l %}{{ x }}{% endfor %}"):
         assert not Template(source)._settings_only, source
+
+
+def test_the_secrets_a_template_reads_are_found_in_its_syntax_tree() -> None:
+    assert Template("{{ settings.a }}{{ vars.secrets }}").secrets_read() == frozenset()
+    assert Template("{% if secrets.a %}Bearer {{ secrets.a }}{% endif %}{{ secrets['b'] }}"
+                    ).secrets_read() == {"a", "b"}
+    assert Expression("secrets.a | length > 3").secrets_read() == {"a"}
+    # What could read any secret, or all of them, is refused.
+    for source in ("{{ secrets }}", "{{ secrets[vars.name] }}", "{{ secrets | tojson }}",
+                   "{% set s = secrets %}{{ s.a }}", "{% set secrets = vars %}{{ secrets.a }}",
+                   "{% for k in secrets %}{{ k }}{% endfor %}"):
+        with pytest.raises(ValueError, match="^read a secret by its name, as secrets.crm_token$"):
+            Template(source).secrets_read()

@@ -76,6 +76,7 @@ class Services:
     verifier: WebhookVerifier
     urls: CallbackUrls
     flow_settings: dict[str, Any]  # the settings flows may read
+    flow_secrets: dict[str, str]  # `secrets.*`, which only fetch steps read
     decision_deadline: float
     hold: HoldPolicy
     max_body_bytes: int
@@ -570,6 +571,7 @@ def _new_run(services: Services, hook: Webhook, session: dict[str, Any] | None) 
         contact=contact,
         params=hook.params,
         settings=services.flow_settings,
+        secrets=services.flow_secrets,
         http=services.http,
         upstreams=services.upstreams,
         deadline=asyncio.get_running_loop().time() + services.decision_deadline,

@@ -325,9 +325,10 @@ def _target(url: str) -> tuple[_Origin, str]:
     """The origin of `url` and its request target (path and query, percent-encoded; the
     fragment dropped), split as `urlsplit` does. Only the origin is cached: a lookup's URL
     carries the caller, so is new on almost every call."""
+    # The messages never hold the URL: it may carry a secret (a key in the query, credentials).
     scheme, separator, rest = url.partition("://")
     if not separator:
-        raise HttpConnectionError(f"invalid URL {url!r}: no scheme")
+        raise HttpConnectionError("invalid URL: no scheme")
     end = len(rest)
     for delimiter in "/?#":
         found = rest.find(delimiter, 0, end)
@@ -335,11 +336,17 @@ def _target(url: str) -> tuple[_Origin, str]:
             end = found
     try:
         origin = _origin(scheme.lower(), rest[:end])
-    except ValueError as exc:  # UnicodeError too
-        raise HttpConnectionError(f"invalid URL {url!r}: {exc}") from None
+    except _BadOrigin as exc:
+        raise HttpConnectionError(f"invalid URL: {exc}") from None
+    except ValueError:  # urlsplit's port, IDNA's UnicodeError: their messages quote the URL
+        raise HttpConnectionError("invalid URL: a bad port or host name") from None
     path, _, query = rest[end:].partition("#")[0].partition("?")
     target = (path or "/") + (f"?{query}" if query else "")
     return origin, quote(target, safe=_TARGET_SAFE)
+
+
+class _BadOrigin(ValueError):
+    """What is wrong with a URL's scheme or host, in words that do not quote it."""
 
 
 @functools.lru_cache(maxsize=64)
@@ -347,9 +354,9 @@ def _origin(scheme: str, netloc: str) -> _Origin:
     parts = urlsplit(f"{scheme}://{netloc}")
     host = parts.hostname
     if scheme not in _DEFAULT_PORTS:
-        raise ValueError("not http or https")
+        raise _BadOrigin("not http or https")
     if not host or _NOT_IN_HOST.search(netloc):
-        raise ValueError("no valid host")
+        raise _BadOrigin("no valid host")
     if not host.isascii():
         host = host.encode("idna").decode("ascii")
     port = parts.port or _DEFAULT_PORTS[scheme]

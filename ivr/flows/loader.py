@@ -48,16 +48,19 @@ class FlowSet:
         return {queue: "flow " + ", ".join(names) for queue, names in users.items()}
 
 
-def load_flow_file(path: Path) -> Flow:
-    flow, _, problems = _read_flow(path)
+def load_flow_file(path: Path, secrets: Collection[str] | None = None) -> Flow:
+    """Load and check one flow; with `secrets` (the names of the secrets set), every secret
+    the flow needs must be among them."""
+    flow, _, problems = _read_flow(path, secrets)
     if flow is None:
         raise FlowLoadError([f"{path}: {problem}" for problem in problems])
     return flow
 
 
-def _read_flow(path: Path) -> tuple[Flow | None, FlowOutline | None, list[Problem]]:
+def _read_flow(path: Path, secrets: Collection[str] | None
+               ) -> tuple[Flow | None, FlowOutline | None, list[Problem]]:
     """The flow in `path`, or None; its outline for the later checks (None when even that cannot
-    be read); and its problems."""
+    be read); and its problems. With `secrets`, a secret the flow needs must be among them."""
     try:
         data = read_yaml(path)
     except YamlFileError as exc:
@@ -76,11 +79,16 @@ def _read_flow(path: Path) -> tuple[Flow | None, FlowOutline | None, list[Proble
         if outline is not None and fields_failed:
             problems += outline.problems
         return None, outline, problems
+    unset = flow.unset_secrets(secrets) if secrets is not None else []
+    if unset:
+        return None, FlowOutline.of(flow), unset
     return flow, FlowOutline.of(flow), []
 
 
-def load_flows(directory: Path, queue_names: Collection[str] | None = None) -> FlowSet:
-    """Load and check every flow in `directory`; with `queue_names`, routes must name those queues.
+def load_flows(directory: Path, queue_names: Collection[str] | None = None,
+               secrets: Collection[str] | None = None) -> FlowSet:
+    """Load and check every flow in `directory`; with `queue_names`, routes must name those
+    queues; with `secrets` (the names of the secrets set), each flow's must be set.
 
     Raises FlowLoadError listing every problem found, in every file, grouped by file.
     """
@@ -91,7 +99,7 @@ def load_flows(directory: Path, queue_names: Collection[str] | None = None) -> F
     flow_set = FlowSet()
     claims = _Claims()
     for path in paths:
-        flow, outline, found = _read_flow(path)
+        flow, outline, found = _read_flow(path, secrets)
         problems += [(path, problem) for problem in found]
         if outline is None:
             continue

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any, Union
@@ -24,7 +24,8 @@ from ivr.flows.schedules import Schedule, ScheduleName
 from ivr.flows.step import STEP_KINDS, Channel, Step, StepId
 from ivr.flows.templates import Compiled
 from ivr.queues import QueueName
-from ivr.validation import Problem, Problems, explained_pattern, unknown
+from ivr.settings import secret_name_problem, secret_variable
+from ivr.validation import Problem, Problems, Where, closest, explained_pattern, unknown
 
 AnyStep = Annotated[Union[tuple(STEP_KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
 PhoneNumber = explained_pattern(r"^\+[1-9][0-9]{6,14}$", "an E.164 number",
@@ -46,6 +47,17 @@ class Trigger(BaseModel):
     default: bool = Field(
         default=False, description="Serve numbers that no other flow of the channel names."
     )
+
+
+class SecretUse(BaseModel):
+    """How a flow uses one secret (`secrets: {crm_token: {optional: true}}`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    optional: bool = Field(
+        default=False,
+        description="The flow loads without it: unset, it reads as empty (and a header that "
+        "renders empty is not sent). Otherwise an unset secret stops the load.")
 
 
 class Flow(BaseModel):
@@ -72,7 +84,13 @@ class Flow(BaseModel):
     schedules: dict[ScheduleName, Schedule] = Field(
         default_factory=dict, description="Weekly opening hours that `hours` steps name."
     )
+    secrets: dict[str, SecretUse] = Field(
+        default_factory=dict,
+        description="How the flow uses the secrets its fetch steps read (secrets.<name>, set by "
+        "IVR_SECRET_<NAME>): a secret not listed here is required.")
     _reads_contact_memory: bool = PrivateAttr(default=True)
+    # Each secret a template reads -> where it is first read (steps, lookup, url).
+    _secrets_read: dict[str, Where] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _graph_is_sound(self) -> Flow:
@@ -141,8 +159,50 @@ class Flow(BaseModel):
     def _find_contact_memory_reads(self) -> Flow:
         self._reads_contact_memory = any(
             compiled.reads_beyond("contact", CONTACT_WITHOUT_MEMORY)
-            for step in self.steps.values() for compiled in _compiled_in(step))
+            for step in self.steps.values() for _, compiled in _compiled_fields(step))
         return self
+
+    @model_validator(mode="after")
+    def _secrets_go_only_to_apis(self) -> Flow:
+        """Secrets are read by name, only where a kind allows it (a fetch's url, headers and
+        body), and every secret the flow declares is read."""
+        problems = [Problem(("secrets", name), problem) for name in self.secrets
+                    if (problem := secret_name_problem(name))]
+        first_read: dict[str, Where] = {}
+        for step_id, step in self.steps.items():
+            for where, compiled in _compiled_fields(step):
+                at = ("steps", step_id, *where)
+                try:
+                    names = compiled.secrets_read()
+                except ValueError as exc:
+                    problems.append(Problem(at, str(exc)))
+                    continue
+                for name in sorted(names):
+                    problem = secret_name_problem(name)
+                    if problem is None and where[0] not in step.secret_fields:
+                        problem = (f"secrets.{name} can only be read in a fetch step's url, "
+                                   "headers and body")
+                    if problem is not None:
+                        problems.append(Problem(at, problem))
+                    else:
+                        first_read.setdefault(name, at)
+        for name in self.secrets:
+            if name not in first_read:
+                meant = closest(name, first_read)
+                problems.append(Problem(("secrets", name), "declared, but no step reads it" + (
+                    f": did you mean {meant!r}?" if meant else "")))
+        if problems:
+            raise Problems(problems)
+        self._secrets_read = first_read
+        return self
+
+    def unset_secrets(self, secrets_set: Collection[str]) -> list[Problem]:
+        """A problem for each secret the flow needs that is not among `secrets_set`."""
+        return [Problem(where, f"secrets.{name} is not set: set {secret_variable(name)}, or "
+                        f"declare it optional in the flow (secrets: {{{name}: {{optional: true}}}})")
+                for name, where in self._secrets_read.items()
+                if name not in secrets_set
+                and not (name in self.secrets and self.secrets[name].optional)]
 
     @functools.cached_property
     def reads_contact_memory(self) -> bool:
@@ -234,16 +294,20 @@ def _valid(adapter: TypeAdapter[Any], value: Any) -> Any:
         return None
 
 
-def _compiled_in(value: Any) -> Iterator[Compiled]:
-    """Every template, expression and condition in a step, however deep its fields hold them."""
+def _compiled_fields(value: Any, where: Where = ()) -> Iterator[tuple[Where, Compiled]]:
+    """Every template, expression and condition in a step, however deep its fields hold them,
+    with where it is (`("headers", "Authorization")`, `("cases", 0, "when")`)."""
     if isinstance(value, Compiled):
-        yield value
-    elif isinstance(value, BaseModel):
-        for name in type(value).model_fields:
-            yield from _compiled_in(getattr(value, name))
+        yield where, value
+        return
+    if isinstance(value, BaseModel):
+        items: Iterable[tuple[Any, Any]] = ((name, getattr(value, name))
+                                            for name in type(value).model_fields)
     elif isinstance(value, dict):
-        for item in value.values():
-            yield from _compiled_in(item)
+        items = value.items()
     elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _compiled_in(item)
+        items = enumerate(value)
+    else:
+        return
+    for key, item in items:
+        yield from _compiled_fields(item, (*where, key))

@@ -59,6 +59,9 @@ class Step(BaseModel):
     exit_fields: ClassVar[tuple[str, ...]] = ()
     # A step that waits for input may sit in a loop; a loop without one is refused at load.
     waits: ClassVar[bool] = False
+    # The fields whose templates may read `secrets.*`: only what goes to an API, never what a
+    # contact hears, an agent reads or a session keeps.
+    secret_fields: ClassVar[tuple[str, ...]] = ()
 
     def exits(self) -> list[str]:
         """The step ids this step may go to."""
@@ -127,6 +130,8 @@ class Run:
     deadline: float  # event-loop time by which the route must be decided
     # The wall clock, injectable so that tests and the simulator can freeze time.
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    # `secrets.*`: the loader lets only the fields a kind names in `secret_fields` read them.
+    secrets: dict[str, str] = field(default_factory=dict)
     # Circuit breakers and the fetch cache of the process; None: neither (the simulator).
     upstreams: Upstreams | None = None
     current_step: str = ""
@@ -148,6 +153,7 @@ class Run:
             "vars": self.vars,
             "steps": self.steps,
             "settings": self.settings,
+            "secrets": self.secrets,
         }
 
     def save_contact_field(self, name: str, value: str) -> None:

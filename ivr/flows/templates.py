@@ -54,6 +54,10 @@ def _quote(text: str) -> str:
 
 _ENV.filters["urlencode"] = _urlencode
 MAX_SOURCE_LENGTH = 4000
+# What flows read as `secrets.<name>` (IVR_SECRET_<NAME>), and `settings.*`: the same for every
+# call of a server.
+SECRETS = "secrets"
+SETTINGS = "settings"
 N = TypeVar("N", bound=nodes.Node)
 
 
@@ -81,6 +85,27 @@ class Compiled:
                    if isinstance(node.node, nodes.Name) and node.attr in attributes}
         return any(node.name == name and id(node) not in allowed
                    for node in _find_all(tree, nodes.Name))
+
+    def secrets_read(self) -> frozenset[str]:
+        """The secrets the source names, as `secrets.crm_token` or `secrets['crm_token']`.
+
+        Raises ValueError when it reaches `secrets` any other way (whole, by a computed name,
+        or assigned to): which secrets that reads, and where they go, no check could tell."""
+        tree = self._tree()
+        named: dict[int, str] = {}
+        for node in [*_find_all(tree, nodes.Getattr), *_find_all(tree, nodes.Getitem)]:
+            name = node.attr if isinstance(node, nodes.Getattr) else (
+                node.arg.value if isinstance(node.arg, nodes.Const) else None)
+            if isinstance(node.node, nodes.Name) and isinstance(name, str):
+                named[id(node.node)] = name
+        found = set()
+        for node in _find_all(tree, nodes.Name):
+            if node.name != SECRETS:
+                continue
+            if node.ctx != "load" or id(node) not in named:
+                raise ValueError("read a secret by its name, as secrets.crm_token")
+            found.add(named[id(node)])
+        return frozenset(found)
 
     def _tree(self) -> nodes.Node:
         raise NotImplementedError
@@ -176,10 +201,11 @@ _PURE_FILTERS = frozenset({"urlencode", "lower", "upper", "trim", "title", "capi
 
 
 def _settings_only(tree: nodes.Template) -> bool:
-    """Whether the template reads nothing but `settings`, with no call and no filter that
-    could answer differently twice (`random`): its text is then the same for every call."""
+    """Whether the template reads nothing but `settings` and `secrets`, with no call and no
+    filter that could answer differently twice (`random`): its text is then the same for every
+    call."""
     names = _find_all(tree, nodes.Name)
-    return (all(name.name == "settings" and name.ctx == "load" for name in names)
+    return (all(name.name in (SETTINGS, SECRETS) and name.ctx == "load" for name in names)
             and not _find_all(tree, nodes.Call)
             and all(f.name in _PURE_FILTERS for f in _find_all(tree, nodes.Filter)))
 
@@ -195,19 +221,19 @@ class Template(Compiled):
         tree = _ENV.parse(source)
         self._plan = _direct_plan(tree)
         self._settings_only = _settings_only(tree)
-        # (settings, text): what the template rendered for the settings it last saw. A server's
-        # settings are one dict for its whole life, so a header such as Authorization is
-        # rendered once.
-        self._rendered: tuple[Any, str] | None = None
+        # (settings, secrets, text): what the template rendered for the settings and secrets it
+        # last saw. A server's are one dict each for its whole life, so a header such as
+        # Authorization is rendered once.
+        self._rendered: tuple[Any, Any, str] | None = None
 
     def render(self, variables: dict[str, Any]) -> str:
         if not self._settings_only:
             return self._render(variables)
-        settings = variables.get("settings")
+        settings, secrets = variables.get(SETTINGS), variables.get(SECRETS)
         rendered = self._rendered
-        if rendered is None or rendered[0] is not settings:
-            rendered = self._rendered = (settings, self._render(variables))
-        return rendered[1]
+        if rendered is None or rendered[0] is not settings or rendered[1] is not secrets:
+            rendered = self._rendered = (settings, secrets, self._render(variables))
+        return rendered[2]
 
     def _render(self, variables: dict[str, Any]) -> str:
         if self._plan is None:

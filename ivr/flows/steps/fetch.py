@@ -15,7 +15,9 @@
       next: by_tier
       on_error: by_tier     # non-2xx, timeout, refused connection, a body that is not JSON
 
-A header whose value renders empty is not sent. After the step, `steps.<id>` holds `status`
+A header whose value renders empty is not sent. `url`, `headers` and `body`, and no other field
+of any step, may read `secrets.<name>` (IVR_SECRET_<NAME>), e.g.
+`Authorization: "Bearer {{ secrets.crm_token }}"`. After the step, `steps.<id>` holds `status`
 (HTTP status or None), `outcome` (ok, http_error, timeout, connection_error, invalid_json,
 too_large, bad_url, no_time, breaker_open), `elapsed_ms` and `cache` (hit, stale, coalesced,
 miss; absent when the step does not cache). An upstream that keeps failing has its circuit
@@ -112,6 +114,7 @@ class FetchStep(Step):
     on_error: StepId
 
     exit_fields = ("next", "on_error")
+    secret_fields = ("url", "headers", "body")
 
     @model_validator(mode="after")
     def _stale_needs_cache(self) -> FetchStep:
