@@ -26,6 +26,7 @@ from ivr.calltrace import CallTraces
 from ivr.channels.voice import CallbackUrls
 from ivr.channels.webhook import ENDPOINTS, HoldPolicy, Services, WebhookRoutes
 from ivr.conversations import Conversations
+from ivr.fetchcache import FetchCachePurges
 from ivr.flows.http import HttptoolsClient
 from ivr.flows.loader import FlowLoadError, FlowSet, load_flows
 from ivr.flows.upstream import Upstreams
@@ -157,16 +158,19 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             raise
         stack.push_async_callback(store.close)
         log.info("ready: %d flows, %d queues", len(flows.flows), len(store.queue_names()))
+        assert settings.redis_url is not None  # open_store starts nothing without it
+        pipeline = AutoPipeline(settings.redis_url)
+        stack.push_async_callback(pipeline.close)  # the last writes
+        upstreams = Upstreams(pipeline)
+        cache_purges = FetchCachePurges(store.redis, upstreams)
+        store.follow(cache_purges)
         await store.start()
         http = _http_client(settings)
         stack.push_async_callback(http.aclose)
-        assert settings.redis_url is not None  # open_store starts nothing without it
         traces = CallTraces(store.redis, settings.redis_url, settings.trace_max_entries,
                             settings.trace_hours)
         traces.start()
         stack.push_async_callback(traces.close)  # before the store closes: a last write
-        pipeline = AutoPipeline(settings.redis_url)
-        stack.push_async_callback(pipeline.close)  # the last writes
         stack.callback(process_exited, os.getpid())
         if settings.twilio_auth_token is None:  # at every start: real webhooks are refused
             log.warning("TWILIO_AUTH_TOKEN is not set: webhooks are checked against the LOCAL "
@@ -181,7 +185,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             conversations=Conversations(
                 store.redis, pipeline, timedelta(days=settings.contact_memory_days)),
             http=http,
-            upstreams=Upstreams(pipeline),
+            upstreams=upstreams,
+            cache_purges=cache_purges,
             traces=traces,
             verifier=WebhookVerifier(resolve_auth_token(settings), settings.public_url),
             urls=CallbackUrls(settings.public_url or ""),

@@ -1,10 +1,11 @@
-"""The `ivr` command: run the server, place signed test calls and messages against it, and see
-the queues and the recent calls of a running server."""
+"""The `ivr` command: run the server, place signed test calls and messages against it, see the
+queues and the recent calls of a running server, and purge its cached lookups."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import logging
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _add_queue_commands(commands)
     _add_call_commands(commands)
+    _add_cache_commands(commands)
     add_flow_commands(commands)
     admin = commands.add_parser("admin", help="admin access")
     admin_commands = admin.add_subparsers(dest="admin_command", required=True)
@@ -349,6 +351,50 @@ def _describe_fetch(fetch: dict[str, Any]) -> str:
     words += [f"{key}={value}" for key, value in fetch.items()
               if key not in ("outcome", "status", "elapsed_ms")]
     return " ".join(words)
+
+
+def _add_cache_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    cache = commands.add_parser(
+        "cache", help="purge cached fetch answers (a loyalty lookup) through a running server's "
+        "admin API")
+    actions = cache.add_subparsers(dest="cache_command", required=True)
+    purge = actions.add_parser(
+        "purge", help="forget a fetch step's cached answers, one caller's or all, in Redis and "
+        "on every instance; audited",
+        description="Forget a fetch step's cached answers, so the next call looks the caller up "
+        "again: after the data behind a lookup was fixed (a 404 is cached like any answer).")
+    purge.add_argument("flow", metavar="FLOW", help="the flow, e.g. loyalty_routing")
+    purge.add_argument("step", metavar="STEP", help="its fetch step with `cache`, e.g. lookup")
+    purge.add_argument("--caller", metavar="NUMBER",
+                       help="only this caller's answers: +15551234567 or whatsapp:+15551234567 "
+                       "(default: every caller's)")
+    _add_admin_options(cache, actions)
+    cache.set_defaults(handler=_cache)
+
+
+def _cache(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        with contextlib.closing(_admin_client(args, settings)) as client:
+            print(describe_purge(client.purge_cache(args.flow, args.step, args.caller)))
+    except AdminError as exc:
+        print(f"ivr: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def describe_purge(purged: dict[str, Any]) -> str:
+    """What a purge did, in a sentence."""
+    step = f"{purged['flow']}/{purged['step']}"
+    if purged["caller"] is None:
+        return (f"{step}: purged every cached answer on every instance (the step's cache is "
+                f"now generation {purged['generation']}); each caller's next call looks up "
+                "again")
+    removed = purged["removed"]
+    if not removed:
+        return f"{step}: nothing was cached for {purged['caller']}; nothing to purge"
+    answers = "the cached answer" if removed == 1 else f"{removed} cached answers"
+    return (f"{step}: purged {answers} for {purged['caller']} on every instance; the "
+            "caller's next call looks up again")
 
 
 def _hash_password(args: argparse.Namespace, settings: Settings) -> int:

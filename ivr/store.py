@@ -1,5 +1,6 @@
 """Redis: the shared state of every instance. For now, the queue configuration: live records,
-every version of each, the audit log, and a per-process cache kept fresh by pub/sub.
+every version of each, the audit log, and a per-process cache kept fresh by pub/sub. The same
+listener keeps other shared state fresh in every process (`Follower`: the fetch cache's purges).
 
 Keys (one hash tag, so every script's keys live in one Redis Cluster slot):
   {ivr}:queues                 hash: queue name -> JSON record (fields, version, updated_*)
@@ -22,7 +23,7 @@ import random
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis.asyncio as redis
@@ -209,6 +210,22 @@ class QueueRecord:
         }
 
 
+class Follower(Protocol):
+    """Shared state a process keeps a copy of, kept fresh by the store's listener: a message on
+    `channel` is handed to `changed`; after a reconnection, or when `version_key` in Redis
+    differs from `version` (a message was lost), `resync` reads it all again."""
+
+    channel: str
+    version_key: str
+
+    @property
+    def version(self) -> str | None: ...
+
+    async def resync(self) -> None: ...
+
+    async def changed(self, data: str) -> None: ...
+
+
 class QueueNotFound(Exception):
     pass
 
@@ -255,15 +272,23 @@ class Store:
         self._listener: asyncio.Task[None] | None = None
         self._closing = False
         self._following = False
+        self._followers: dict[str, Follower] = {}  # by channel
 
     # --- life cycle -------------------------------------------------------------------------
 
+    def follow(self, follower: Follower) -> None:
+        """Keep `follower` fresh too, from start() on."""
+        self._followers[follower.channel] = follower
+
     async def start(self) -> None:
-        """Load the configuration (unless already loaded), then keep it fresh in the background."""
+        """Load the configuration (unless already loaded) and what the followers keep, then
+        keep them fresh in the background."""
         # The listener reloads once subscribed anyway; this load is only so that `queue()`
         # answers as soon as start() returns, and start-up has usually done it already.
         if not self._loaded:
             await self.refresh()
+        for follower in self._followers.values():
+            await follower.resync()
         self._set_following(True)
         self._listener = asyncio.create_task(self._listen(), name="ivr-queue-invalidation")
 
@@ -357,18 +382,22 @@ class Store:
         while not self._closing:
             try:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(CHANGED_CHANNEL)
-                    await self.refresh()  # subscribed first, so no change falls in between
+                    await pubsub.subscribe(CHANGED_CHANNEL, *self._followers)
+                    # Subscribed first, so no change falls in between.
+                    await self.refresh()
+                    for follower in self._followers.values():
+                        await follower.resync()
                     backoff = 0.1
                     if not self._following:
                         log.info("queue updates: store reachable again")
                     self._set_following(True)
                     while not self._closing:
                         message = await pubsub.get_message(timeout=RECHECK_INTERVAL)
-                        if message is not None:
-                            if message["data"] != self._config_version:
-                                await self.refresh()
-                        elif await self.redis.get(CONFIG_VERSION_KEY) != self._config_version:
+                        if message is None:
+                            await self._recheck()
+                        elif message["channel"] != CHANGED_CHANNEL:
+                            await self._followers[message["channel"]].changed(message["data"])
+                        elif message["data"] != self._config_version:
                             await self.refresh()
             except asyncio.CancelledError:
                 raise
@@ -383,6 +412,17 @@ class Store:
             self._set_following(False)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
+
+    async def _recheck(self) -> None:
+        """Reload what changed while no message said so (one was lost)."""
+        followers = list(self._followers.values())
+        versions = await self.redis.mget(CONFIG_VERSION_KEY,
+                                         *(follower.version_key for follower in followers))
+        if versions[0] != self._config_version:
+            await self.refresh()
+        for follower, version in zip(followers, versions[1:], strict=True):
+            if version != follower.version:
+                await follower.resync()
 
     # --- admin reads ------------------------------------------------------------------------
 

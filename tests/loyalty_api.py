@@ -32,6 +32,8 @@ TIER_OF = {GOLD: "gold", PLATINUM: "platinum", GOLD_SHOUTED: "  GOLD  ", SILVER:
 class LoyaltyApi:
     # (raw path as sent, Authorization header) of every request, matched or not
     requests: list[tuple[str, str | None]] = field(default_factory=list)
+    # Tiers a test gives callers (the loyalty data fixed meanwhile), before the table above.
+    tiers: dict[str, str] = field(default_factory=dict)
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/{path:path}", self.customer)])
@@ -42,8 +44,9 @@ class LoyaltyApi:
         prefix, _, number = request.url.path.partition("/customers/")
         if prefix or "/" in number:
             return JSONResponse({"error": "no such resource"}, status_code=404)
-        if number in TIER_OF:
-            return JSONResponse({"loyaltyStatus": TIER_OF[number], "name": "Test Caller"})
+        if number in self.tiers or number in TIER_OF:
+            tier = self.tiers.get(number) or TIER_OF[number]
+            return JSONResponse({"loyaltyStatus": tier, "name": "Test Caller"})
         if number == BROKEN:
             return PlainTextResponse("upstream exploded", status_code=500)
         if number == HANGS:

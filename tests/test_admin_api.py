@@ -36,7 +36,8 @@ def api(make_settings, start_server) -> httpx.Client:
     ("method", "path"),
     [("GET", "/queues"), ("GET", "/queues/gold"), ("PUT", "/queues/gold"),
      ("PATCH", "/queues/gold"), ("DELETE", "/queues/gold"), ("GET", "/queues/gold/history"),
-     ("POST", "/queues/gold/rollback"), ("GET", "/audit"), ("GET", "/calls")],
+     ("POST", "/queues/gold/rollback"), ("GET", "/audit"), ("GET", "/calls"),
+     ("POST", "/cache/purge")],
 )
 def test_every_route_needs_the_admin_token(api: httpx.Client, headers, method, path) -> None:
     response = httpx.request(method, str(api.base_url).rstrip("/") + path,
@@ -366,7 +367,8 @@ def test_the_openapi_document_describes_every_route(api: httpx.Client) -> None:
     document = httpx.get(f"{api.server_url}/admin/api/openapi.json").json()  # type: ignore[attr-defined]
     assert document["openapi"].startswith("3.")
     assert set(document["paths"]) == {"/queues", "/queues/{name}", "/queues/{name}/history",
-                                      "/queues/{name}/rollback", "/audit", "/calls"}
+                                      "/queues/{name}/rollback", "/audit", "/calls",
+                                      "/cache/purge"}
     assert set(document["paths"]["/queues/{name}"]) >= {"get", "put", "patch", "delete"}
     assert "sip_uri" in document["components"]["schemas"]["QueueInput"]["properties"]
     # The queue names it documents are the ones the API takes.

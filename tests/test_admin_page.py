@@ -207,6 +207,23 @@ def test_the_audit_log_shows_who_changed_what_newest_first(page: Page) -> None:
     expect(rows.nth(1).locator(".change")).to_have_text(f"SIP URI: {OLD_GOLD} → {NEW_GOLD}")
 
 
+def test_the_audit_log_shows_purges_of_cached_lookups(page: Page, server: ServerThread) -> None:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}", "X-IVR-Actor": "bob"}
+    purge = {"flow": "loyalty_routing", "step": "lookup"}
+    for body in ({**purge, "caller": GOLD}, purge):
+        response = httpx.post(server.url + "/admin/api/cache/purge", headers=headers, json=body)
+        assert response.status_code == 200, response.text
+    sign_in(page)
+    page.get_by_role("link", name="Audit log").click()
+    rows = page.locator("table.audit tbody tr")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0)).to_contain_text("bob (admin token)")
+    expect(rows.nth(0)).to_contain_text("purge")
+    expect(rows.nth(0)).to_contain_text("flow loyalty_routing, step lookup")
+    expect(rows.nth(0).locator("td.purged")).to_have_text("every caller (now generation 1)")
+    expect(rows.nth(1).locator("td.purged")).to_have_text("caller +1*******001: 0 answers removed")
+
+
 def test_two_admins_saving_at_once_do_not_silently_overwrite_each_other(
         new_page: Callable[..., Page], redis_url: str) -> None:
     alice, token_admin = new_page(), new_page()

@@ -1,5 +1,5 @@
 """The admin API, JSON under /admin/api: queues (read, write, delete), their history and
-rollback, the audit log, and recent call traces. Every route needs
+rollback, the audit log, recent call traces, and purges of the fetch cache. Every route needs
 `Authorization: Bearer <IVR_ADMIN_TOKEN>`."""
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from ivr.admin.changes import (
 )
 from ivr.admin.openapi import openapi_document
 from ivr.admin.outage import StoreUnavailable, store_bounded
+from ivr.admin.purges import UnknownTarget, purge, purge_target
 from ivr.calltrace import is_sid
+from ivr.logs import mask_number
 from ivr.store import (
     MUST_EXIST,
     MUST_NOT_EXIST,
@@ -45,6 +47,7 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_AUDIT_PAGE = 1000
 MAX_CALLS_PAGE = 1000
 MAX_OFFSET = 10**9
+PURGE_FIELDS = ("flow", "step", "caller")
 # A patch without If-Match is applied again on top of a change made meanwhile, this many times.
 PATCH_ATTEMPTS = 10
 
@@ -279,6 +282,36 @@ async def recent_calls(request: Request) -> Response:
     return JSONResponse({"calls": calls})
 
 
+@admin_only
+async def purge_cache(request: Request) -> Response:
+    """Forget a fetch step's cached answers, one caller's or all, in Redis and in every
+    process: `{"flow": ..., "step": ..., "caller": "+15551234567"}` (no caller: all)."""
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise field_errors("the body must be a JSON object", "")
+    # A misspelt "caller" must not purge every caller.
+    unknown = sorted(set(body) - set(PURGE_FIELDS))
+    if unknown:
+        raise field_errors(f"unknown field (the fields are {', '.join(PURGE_FIELDS)})",
+                           unknown[0])
+    for field in ("flow", "step"):
+        if not isinstance(body.get(field), str) or not body[field]:
+            raise field_errors("is required: a name, as a string", field)
+    caller = body.get("caller")
+    if caller is not None and not isinstance(caller, str):
+        raise field_errors("must be a string: the caller's number, e.g. +15551234567", "caller")
+    services = request.app.state.services
+    try:
+        target = purge_target(services.flows.flows, body["flow"], body["step"])
+    except UnknownTarget as exc:
+        return error(404, str(exc))
+    result = await purge(services, target, caller, who(request))
+    caller = mask_number(result["caller"]) if result["caller"] else "every caller"
+    log.info("fetch cache of %s/%s purged for %s by %s", result["flow"], result["step"], caller,
+             who(request))
+    return JSONResponse(result)
+
+
 async def openapi(request: Request) -> Response:
     return JSONResponse(openapi_document())
 
@@ -293,5 +326,6 @@ routes = [
     Route("/queues/{name}/rollback", rollback_queue, methods=["POST"]),
     Route("/audit", audit_log, methods=["GET"]),
     Route("/calls", recent_calls, methods=["GET"]),
+    Route("/cache/purge", purge_cache, methods=["POST"]),
     Route("/openapi.json", openapi, methods=["GET"]),
 ]

@@ -142,6 +142,12 @@ class AdminClient:
                 mode="json", exclude_defaults=True)
         return yaml.safe_dump({"queues": queues}, sort_keys=False, allow_unicode=True)
 
+    def purge_cache(self, flow: str, step: str, caller: str | None = None) -> dict[str, Any]:
+        """Forget the fetch step's cached answers, the caller's (a number) or all; what the
+        server purged."""
+        body = {"flow": flow, "step": step, **({"caller": caller} if caller is not None else {})}
+        return self._request("POST", "/cache/purge", json=body).json()
+
 
 def _user() -> str:
     try:

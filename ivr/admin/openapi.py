@@ -44,7 +44,8 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "ivr admin API", "version": __version__,
                  "description": "Change where each queue sends calls and messages, safely: "
-                                "validated, versioned, audited, live on every instance."},
+                                "validated, versioned, audited, live on every instance; "
+                                "purge cached lookups."},
         "servers": [{"url": "/admin/api"}],
         "security": [{"bearer": []}],
         "paths": {
@@ -121,6 +122,21 @@ def openapi_document() -> dict[str, Any]:
                                     "in `answered`)", "schema": {"type": "number"}}],
                 "responses": {"200": _json("#/components/schemas/Calls", "Call traces"),
                               "401": unauthorized, "422": _error("Invalid parameter")}}},
+            "/cache/purge": {"post": {
+                "summary": "Forget a fetch step's cached answers, one caller's or all",
+                "description": "In Redis and in every instance's and worker's memory, within "
+                               "the same bound as a queue change; the next call looks up "
+                               "again. Audited (action `purge`, the caller masked).",
+                "operationId": "purgeCache",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/CachePurge"}}}},
+                "responses": {"200": _json("#/components/schemas/CachePurged", "Purged"),
+                              "400": _error("The body is not JSON"), "401": unauthorized,
+                              "404": _error("No such flow, or no such step in it (the "
+                                            "closest name is suggested)"),
+                              "422": _error("Not a cached fetch step, not a phone number, or "
+                                            "a step whose request a caller does not decide"),
+                              "503": _error("Redis is unavailable")}}},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -136,9 +152,18 @@ def openapi_document() -> dict[str, Any]:
                 "Audit": {"type": "object", "properties": {
                     "entries": {"type": "array", "items": {"type": "object", "properties": {
                         "at": {"type": "string"}, "who": {"type": "string"},
-                        "action": {"enum": ["create", "update", "delete", "rollback"]},
+                        "action": {"enum": ["create", "update", "delete", "rollback",
+                                            "purge"]},
                         "queue": {"type": "string"}, "version": {"type": "integer"},
-                        "old": {}, "new": {}, "rolled_back_to": {"type": "integer"}}}},
+                        "old": {}, "new": {}, "rolled_back_to": {"type": "integer"},
+                        "flow": {"type": "string", "description": "purge: the flow"},
+                        "step": {"type": "string", "description": "purge: the fetch step"},
+                        "caller": {"type": ["string", "null"],
+                                   "description": "purge: the caller, masked (null: all)"},
+                        "removed": {"type": "integer", "description": "purge of a caller: "
+                                    "the answers Redis held"},
+                        "generation": {"type": "integer", "description": "purge of a step: "
+                                       "its cache's new generation"}}}},
                     "total": {"type": "integer"}, "offset": {"type": "integer"},
                     "limit": {"type": "integer"}}},
                 "Calls": {"type": "object", "properties": {"calls": {
@@ -184,6 +209,26 @@ def openapi_document() -> dict[str, Any]:
                                 "waits at (`waits at menu`), a message forwarded in a "
                                 "conversation already handed off, a dial's result..."},
                     "duration_ms": {"type": "number"}}},
+                "CachePurge": {
+                    "type": "object", "required": ["flow", "step"], "additionalProperties": False,
+                    "properties": {
+                        "flow": {"type": "string", "examples": ["loyalty_routing"]},
+                        "step": {"type": "string", "description": "A fetch step with `cache`",
+                                 "examples": ["lookup"]},
+                        "caller": {"type": "string", "description": "Only this caller's "
+                                   "answers: E.164 (a `whatsapp:` prefix, spaces and dashes are "
+                                   "taken off); absent: every caller's",
+                                   "examples": ["+15551234567"]}}},
+                "CachePurged": {"type": "object", "properties": {
+                    "flow": {"type": "string"}, "step": {"type": "string"},
+                    "caller": {"type": ["string", "null"],
+                               "description": "The number purged for, as the flow sees it"},
+                    "removed": {"type": ["integer", "null"],
+                                "description": "A caller's purge: the answers Redis held (a "
+                                "call and a WhatsApp message may differ); null for a step"},
+                    "generation": {"type": ["integer", "null"],
+                                   "description": "A step's purge: its cache's new generation "
+                                   "(the old answers are never read again and expire)"}}},
                 "Error": {"type": "object", "required": ["error"], "properties": {
                     "error": {"type": "string"},
                     "errors": {"type": "array", "items": {"type": "object", "properties": {

@@ -30,6 +30,7 @@ from ivr.channels.voice import (
     render_voice_apology,
 )
 from ivr.conversations import HELD_TTL, Conversations
+from ivr.fetchcache import FetchCachePurges
 from ivr.flows.actions import Action, RouteToQueue
 from ivr.flows.http import HttpClient
 from ivr.flows.loader import FlowSet
@@ -72,6 +73,7 @@ class Services:
     conversations: Conversations
     http: HttpClient
     upstreams: Upstreams
+    cache_purges: FetchCachePurges  # the admin's; every process applies them
     traces: CallTraces
     verifier: WebhookVerifier
     urls: CallbackUrls

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
 import jinja2
-from jinja2 import nodes
+from jinja2 import meta, nodes
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import GetCoreSchemaHandler
@@ -234,6 +234,11 @@ class Template(Compiled):
         if rendered is None or rendered[0] is not settings or rendered[1] is not secrets:
             rendered = self._rendered = (settings, secrets, self._render(variables))
         return rendered[2]
+
+    def variables(self) -> frozenset[str]:
+        """The run's variables the template reads (`contact`, `settings`...), by name."""
+        names = meta.find_undeclared_variables(_ENV.parse(self.source))
+        return frozenset(names - _ENV.globals.keys())
 
     def _render(self, variables: dict[str, Any]) -> str:
         if self._plan is None:

@@ -1,6 +1,12 @@
 """What flows' HTTP requests share in a process: a circuit breaker per upstream, and the cache
 of answers (in Redis, shared by every instance) with single-flight and stale-while-revalidate.
 
+A cache key names its fetch step and the step's generation, then the request:
+`ivr:fetch:<flow>/<step>:<generation>:<SHA-256 of the request>`. Purging one caller removes
+that caller's keys; purging a whole step makes its generation the next one, so no instance
+reads the step's older answers again (they expire from Redis by themselves). Generations are
+kept in memory (ivr.fetchcache keeps them current), so a lookup costs no extra round trip.
+
 A dead loyalty API must cost callers nothing once detected: after `failure_threshold` failures
 in a row its breaker opens and requests fail at once (the flow takes its error exit) until a
 single probe, `open_seconds` later, finds it back.
@@ -13,7 +19,7 @@ import collections
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +36,7 @@ _cache_counter = labelled(FETCH_CACHE)
 CACHE_TIMEOUT = 0.25  # a slow Redis must not cost more than going to the upstream
 # Answers also kept in the process, in front of Redis: a hot caller costs no round trip.
 LOCAL_ENTRIES = 10_000
+CACHE_KEY_PREFIX = "ivr:fetch:"
 _STATES = {"closed": 0, "half-open": 1, "open": 2}
 
 
@@ -102,8 +109,22 @@ class Breaker:
         BREAKER_STATE.labels(self.name).set(_STATES[state])
 
 
+class _KeyPrefixes(dict[str, str]):
+    """Cache scope (flow/step) -> what its cache keys begin with: the step and its current
+    generation. A dict whose missing entries make themselves: a lookup costs no Python call."""
+
+    def __init__(self, generations: dict[str, int]) -> None:
+        super().__init__()
+        self._generations = generations
+
+    def __missing__(self, scope: str) -> str:
+        prefix = self[scope] = f"{CACHE_KEY_PREFIX}{scope}:{self._generations.get(scope, 0)}:"
+        return prefix
+
+
 class Upstreams:
-    """Per process: breakers by upstream, requests in flight by cache key."""
+    """Per process: breakers by upstream, requests in flight by cache key, the answers kept
+    in front of Redis, and the generation of every fetch step's cache."""
 
     def __init__(self, pipeline: AutoPipeline | None, failure_threshold: int = 5,
                  open_seconds: float = 10.0) -> None:
@@ -119,6 +140,12 @@ class Upstreams:
         # (10 us an eviction at 10,000 entries, on every lookup once the cache is full).
         self._local: collections.OrderedDict[str, tuple[float, Answer, float]] = (
             collections.OrderedDict())
+        # Cache scope (flow/step) -> its generation, and the key prefix that says both.
+        self._generations: dict[str, int] = {}
+        self.key_prefixes = _KeyPrefixes(self._generations)
+        # Bumped by every purge this process applies: an answer read or loaded across one is
+        # not kept, since it may be what the purge removed.
+        self._purges = 0
 
     def breaker(self, upstream: str) -> Breaker:
         breaker = self._breakers.get(upstream)
@@ -129,8 +156,9 @@ class Upstreams:
 
     async def cached(self, key: str, upstream: str, ttl: float, stale_for: float,
                      load: Callable[[], Awaitable[Answer]]) -> tuple[Answer, str]:
-        """The answer for `key` and how it came: hit, stale (a refresh was started), coalesced
-        (joined the same request in flight) or miss. Only definitive answers are cached."""
+        """The answer for `key` (a Redis key: one of `key_prefixes`, then the request's hash)
+        and how it came: hit, stale (a refresh was started), coalesced (joined the same request
+        in flight) or miss. Only definitive answers are cached."""
         cached = await self._read(key, ttl + stale_for)
         if cached is not None:
             at, answer = cached
@@ -150,14 +178,17 @@ class Upstreams:
 
     def _start(self, key: str, keep_for: float, load: Callable[[], Awaitable[Answer]]
                ) -> asyncio.Task[Answer]:
+        purges = self._purges
+
         async def load_and_store() -> Answer:
             try:
                 answer = await load()
-                if answer.definitive:
+                if answer.definitive and purges == self._purges:
                     self._write(key, answer, keep_for)
                 return answer
             finally:
-                self._in_flight.pop(key, None)
+                if self._in_flight.get(key) is task:  # a purge may have let a new one start
+                    del self._in_flight[key]
 
         task = asyncio.ensure_future(load_and_store())
         self._in_flight[key] = task
@@ -178,15 +209,17 @@ class Upstreams:
             del self._local[key]
         if self.pipeline is None:
             return None
+        purges = self._purges
         try:
-            [raw] = await within(CACHE_TIMEOUT, self.pipeline.execute(("GET", f"ivr:fetch:{key}")))
+            [raw] = await within(CACHE_TIMEOUT, self.pipeline.execute(("GET", key)))
         except (RedisError, OSError, TimeoutError):
             return None  # the cache is an optimisation: go to the upstream
         if not raw:
             return None
         record = json.loads(raw)
         answer = Answer(record["outcome"], record["status"], record["document"])
-        self._keep_local(key, record["at"], answer, record["at"] + keep_for)
+        if purges == self._purges:
+            self._keep_local(key, record["at"], answer, record["at"] + keep_for)
         return record["at"], answer
 
     def _keep_local(self, key: str, at: float, answer: Answer, until: float) -> None:
@@ -202,5 +235,47 @@ class Upstreams:
         if self.pipeline is not None:
             record = {"at": at, "outcome": answer.outcome, "status": answer.status,
                       "document": answer.document}
-            self.pipeline.send(("SET", f"ivr:fetch:{key}", compact_json(record),
+            self.pipeline.send(("SET", key, compact_json(record),
                                 "PX", max(1, int(keep_for * 1000))), what="fetch cache write")
+
+    # --- purges (ivr.fetchcache applies them in every process) -----------------------------
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Purge these keys' answers from the process: the next lookup of each goes to Redis
+        (and, if the purge removed it there, to the upstream)."""
+        self._purges += 1
+        for key in keys:
+            self._local.pop(key, None)
+            self._in_flight.pop(key, None)  # a new lookup does not join one begun before
+
+    def set_generations(self, generations: Mapping[str, int]) -> None:
+        """Take the generation of every fetch step's cache (absent: 0, never purged whole)."""
+        changed = {scope for scope in {*generations, *self._generations}
+                   if generations.get(scope, 0) != self._generations.get(scope, 0)}
+        self._generations.clear()
+        self._generations.update(generations)
+        self._drop_other_generations(changed)
+
+    def set_generation(self, scope: str, generation: int) -> None:
+        """A whole step's purge: its answers from earlier generations are no longer used."""
+        if generation > self._generations.get(scope, 0):  # else known already
+            self._generations[scope] = generation
+            self._drop_other_generations({scope})
+
+    def _drop_other_generations(self, scopes: set[str]) -> None:
+        if not scopes:
+            return
+        self._purges += 1
+        for scope in scopes:
+            self.key_prefixes.pop(scope, None)
+        steps = tuple(f"{CACHE_KEY_PREFIX}{scope}:" for scope in scopes)
+        current = tuple(self.key_prefixes[scope] for scope in scopes)
+        for key in [k for k in self._local if k.startswith(steps) and not k.startswith(current)]:
+            del self._local[key]
+
+    def forget_everything(self) -> None:
+        """Drop every answer the process keeps (Redis still has them): after purges this
+        process may have missed."""
+        self._purges += 1
+        self._local.clear()
+        self._in_flight.clear()

@@ -22,6 +22,9 @@ of any step, may read `secrets.<name>` (IVR_SECRET_<NAME>), e.g.
 too_large, bad_url, no_time, breaker_open), `elapsed_ms` and `cache` (hit, stale, coalesced,
 miss; absent when the step does not cache). An upstream that keeps failing has its circuit
 opened: its requests then fail at once (breaker_open) until a probe finds it back.
+
+An admin purges a step's cached answers, one caller's or all of them, with `ivr cache purge`
+(ivr.fetchcache): the caller's key is this step's own, rendered for that contact.
 """
 
 from __future__ import annotations
@@ -33,18 +36,21 @@ import json
 import logging
 import time
 from datetime import timedelta
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote, urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from ivr.flows.durations import duration
 from ivr.flows.http import HttpConnectionError, HttpTimeout
 from ivr.flows.step import Run, Step, StepId, StepResult, VarName, register_step
 from ivr.flows.templates import Template
-from ivr.flows.upstream import Answer
+from ivr.flows.upstream import Answer, Upstreams
 from ivr.metrics import FETCH_SECONDS, FETCHES, labelled
 from ivr.validation import explained_pattern
+
+if TYPE_CHECKING:
+    from ivr.flows.model import Flow
 
 log = logging.getLogger("ivr.flows.fetch")
 _fetch_seconds = labelled(FETCH_SECONDS)
@@ -86,9 +92,14 @@ def _upstream(url: str) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _cache_key(method: str, url: str, headers: tuple[tuple[str, str], ...],
+def _cache_key(prefix: str, method: str, url: str, headers: tuple[tuple[str, str], ...],
                content: bytes | None) -> str:
-    return hashlib.sha256(repr((method, url, sorted(headers), content)).encode()).hexdigest()
+    return prefix + hashlib.sha256(repr((method, url, sorted(headers), content)).encode()
+                                   ).hexdigest()
+
+
+# A request: its URL, the headers to send, the body, and its cache key (None: not cached).
+Request = tuple[str, dict[str, str], bytes | None, str | None]
 
 
 @register_step
@@ -116,11 +127,37 @@ class FetchStep(Step):
     exit_fields = ("next", "on_error")
     secret_fields = ("url", "headers", "body")
 
+    # Which cache is the step's (its flow and id), set when its flow loads.
+    _scope: str = PrivateAttr(default="")
+
     @model_validator(mode="after")
     def _stale_needs_cache(self) -> FetchStep:
         if self.stale_while_revalidate is not None and self.cache is None:
             raise ValueError("stale_while_revalidate needs `cache`")
         return self
+
+    def bind(self, flow: Flow) -> list[str]:
+        step_id = next(step_id for step_id, step in flow.steps.items() if step is self)
+        # Quoted: a flow's name could hold the `/` and `:` that keys are split at.
+        self._scope = f"{quote(flow.name, safe='')}/{step_id}"
+        return []
+
+    @functools.cached_property
+    def cache_scope(self) -> str:
+        """The flow and step whose cache this is, as cache keys name them. Cached: a private
+        attribute is read through pydantic's `__getattr__` on every call."""
+        return self._scope
+
+    def cache_key(self, upstreams: Upstreams, variables: dict[str, Any]) -> str | None:
+        """The cache key of the request the step makes with these variables (None: it makes
+        none, its URL is not http or https)."""
+        request = self._request(variables, upstreams)
+        return None if request is None else request[3]
+
+    def request_variables(self) -> frozenset[str]:
+        """The variables the step's request is made of (contact, settings, params...)."""
+        templates = [self.url, *self.headers.values(), *([self.body] if self.body else [])]
+        return frozenset().union(*(template.variables() for template in templates))
 
     async def run(self, run: Run) -> StepResult:
         started = time.perf_counter()
@@ -139,27 +176,38 @@ class FetchStep(Step):
         return self.next
 
     async def _answer(self, run: Run) -> tuple[Answer, str | None]:
-        variables = run.variables
+        upstreams = run.upstreams
+        request = self._request(run.variables, upstreams)
+        if request is None:
+            return Answer("bad_url"), None
+        url, headers, content, key = request
+        upstream = _upstream(url)
+
+        async def load() -> Answer:
+            return await self._exchange(run, upstream, url, headers, content)
+
+        if key is None or upstreams is None or self.cache is None:  # the step does not cache
+            return await load(), None
+        stale = self.stale_while_revalidate.total_seconds() if self.stale_while_revalidate else 0
+        return await upstreams.cached(key, upstream, self.cache.total_seconds(), stale, load)
+
+    def _request(self, variables: dict[str, Any], upstreams: Upstreams | None) -> Request | None:
+        """The request rendered with the run's variables, with its key in the cache of
+        `upstreams` if the step caches; None if its URL is not http(s)."""
         url = self.url.render(variables).strip()
         if not url.startswith(("http://", "https://")):
-            return Answer("bad_url"), None
+            return None
         headers = {}
         for name, template in self.headers.items():
             value = template.render(variables).strip()
             if value:
                 headers[name] = value
         content = self.body.render(variables).encode() if self.body is not None else None
-        upstream = _upstream(url)
-        upstreams = run.upstreams
-
-        async def load() -> Answer:
-            return await self._exchange(run, upstream, url, headers, content)
-
-        if self.cache is None or upstreams is None:
-            return await load(), None
-        key = _cache_key(self.method, url, tuple(headers.items()), content)
-        stale = self.stale_while_revalidate.total_seconds() if self.stale_while_revalidate else 0
-        return await upstreams.cached(key, upstream, self.cache.total_seconds(), stale, load)
+        key = None
+        if self.cache is not None and upstreams is not None:
+            key = _cache_key(upstreams.key_prefixes[self.cache_scope], self.method, url,
+                             tuple(headers.items()), content)
+        return url, headers, content, key
 
     async def _exchange(self, run: Run, upstream: str, url: str, headers: dict[str, str],
                         content: bytes | None) -> Answer:
