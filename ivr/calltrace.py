@@ -55,8 +55,9 @@ RETRY_PAUSE = 1.0  # after a failed write, so an outage does not spin
 READ_CHUNK = 500
 MAX_SID_LENGTH = 64  # Twilio's are 34 characters
 MAX_ANSWER_LENGTH = 40  # of an answer as a trace shows it; longer ones end in "…"
-# An account or phone number, or an email, inside a menu choice's answer
-_PERSONAL = re.compile(r"\d{5,}|\S+@\S+")
+# An account, card or phone number (five digits or more, however spaced, dashed or bracketed),
+# or an email, inside a menu choice's answer
+_PERSONAL = re.compile(r"\+?\(?\d(?:[\s().-]*\d){4,}|\S+@\S+")
 
 
 @dataclass
@@ -156,9 +157,10 @@ def shown_answer(step_id: str, step: Step | None, answer: str | None, valid: boo
     if not given:
         return shown
     if isinstance(step, AskStep) and step.expect == "choice":
+        given = _PERSONAL.sub(_masked_personal, given)  # before the cut, which could split one
         if len(given) > MAX_ANSWER_LENGTH:
             given = given[:MAX_ANSWER_LENGTH - 1] + "…"
-        shown["given"] = _PERSONAL.sub(_masked_personal, given)
+        shown["given"] = given
         if valid:
             shown["choice"] = step.interpret(answer or "", channel)
     else:

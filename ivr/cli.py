@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import ipaddress
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ from ivr.settings import InvalidSettings, Settings, load_settings
 from ivr.simulator import DEFAULT_TO_NUMBER, TEST_ACCOUNT_SID
 from ivr.store import describe_redis
 from ivr.twilio_security import resolve_auth_token
+from ivr.validation import E164_PATTERN
 
 log = logging.getLogger("ivr.cli")
 
@@ -182,15 +184,32 @@ def _add_admin_options(parser: argparse.ArgumentParser,
 def _admin_client(args: argparse.Namespace, settings: Settings) -> AdminClient:
     """A client with the admin token: --token, else IVR_ADMIN_TOKEN, else the local admin token
     that a server in a local trial made in IVR_DATA_DIR (read, never made here)."""
+    server = args.server or settings.admin_url
+    on_this_machine = _is_loopback(server)
     token = args.token or (settings.admin_token.get_secret_value() if settings.admin_token
-                           else read_local_token(settings.local_admin_token_path))
+                           else read_local_token(settings.local_admin_token_path)
+                           if on_this_machine else None)
     if not token:
         raise AdminError(
-            "no admin token: neither --token nor IVR_ADMIN_TOKEN is given, and there is no "
-            f"local admin token in {settings.local_admin_token_path}. Run this from the "
-            "directory where `ivr serve` runs (or set IVR_DATA_DIR to its data directory), "
-            "or give the server's IVR_ADMIN_TOKEN.")
-    return AdminClient(args.server or settings.admin_url, token)
+            "no admin token: neither --token nor IVR_ADMIN_TOKEN is given, and " + (
+                f"there is no local admin token in {settings.local_admin_token_path}. Run this "
+                "from the directory where `ivr serve` runs (or set IVR_DATA_DIR to its data "
+                "directory), or give the server's IVR_ADMIN_TOKEN." if on_this_machine else
+                f"the local admin token is sent only to a server on this machine, not to "
+                f"{server}: give that server's IVR_ADMIN_TOKEN."))
+    return AdminClient(server, token)
+
+
+def _is_loopback(url: str) -> bool:
+    """Whether `url` names this machine (127.0.0.0/8, ::1, localhost): where a local trial's
+    server runs, and the only place its local admin token is sent."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _queues(args: argparse.Namespace, settings: Settings) -> int:
@@ -501,8 +520,7 @@ async def _check_startup(settings: Settings) -> None:
     await store.close()
 
 
-# How Twilio writes a phone number in From and To: E.164, + and the country code.
-E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+E164 = re.compile(E164_PATTERN)
 # A call may also come from, or go to, a Voice SDK client or a SIP endpoint.
 VOICE_ADDRESS = re.compile(r"client:[^\s:]+|sips?:[^\s@]+@\S+")
 

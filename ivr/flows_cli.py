@@ -22,7 +22,6 @@ from ivr.flows.steps.hours import HoursStep
 from ivr.flows.steps.route import RouteStep
 from ivr.queues import Queue, QueueConfigError, load_queue_file
 from ivr.settings import Settings
-from ivr.validation import unknown
 from ivr.simulator import (
     DEFAULT_TO_NUMBER,
     REFUSED,
@@ -32,6 +31,7 @@ from ivr.simulator import (
     Turn,
     simulate,
 )
+from ivr.validation import unknown
 
 # Where `--mock` keys point when IVR_LOYALTY_API_URL is unset: a name that never resolves, so a
 # simulation cannot reach a real service by accident.

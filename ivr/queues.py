@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ivr.validation import describe_errors
+from ivr.validation import E164_PATTERN, describe_errors
 from ivr.yamlfile import YamlFileError, read_yaml
 
 MAX_SIP_URI_LENGTH = 254  # Twilio: a <Sip> URI is under 255 characters.
@@ -37,7 +37,7 @@ _HOSTNAME = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.)*[A-Za-z](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.?"
 )
 _IPV4 = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
-_MESSAGE_ADDRESS = re.compile(r"(?:whatsapp:)?\+[1-9][0-9]{6,14}")
+_MESSAGE_ADDRESS = re.compile(f"(?:whatsapp:)?{E164_PATTERN}")
 QUEUE_NAME = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")
 
 

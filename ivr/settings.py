@@ -23,6 +23,8 @@ from ivr.validation import Problem, describe_problems
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", SCHEME)
 # IVR_SECRET_CRM_TOKEN is what flows read as `secrets.crm_token`.
 SECRET_PREFIX = "IVR_SECRET_"
+# A secret's value is replaced in every log line: a short one would hide ordinary text ("1").
+MIN_SECRET_LENGTH = 8
 _SECRET_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 # Templates read `secrets.items` as the mapping's own method, not as a secret of that name.
 _MAPPING_ATTRIBUTES = frozenset(name for name in dir(dict) if not name.startswith("_"))
@@ -62,6 +64,23 @@ class _SecretVariables(PydanticBaseSettingsSource):
                           for key, value in source.env_vars.items()
                           if key.startswith(prefix) and value})  # empty: unset
         return {"secrets": found} if found else {}
+
+
+class _WithoutSecrets(PydanticBaseSettingsSource):
+    """A source as it is, but for the `secrets` setting: only IVR_SECRET_<NAME> variables set it
+    (_SecretVariables), not an IVR_SECRETS variable holding JSON, a second way nobody reads of."""
+
+    def __init__(self, source: PydanticBaseSettingsSource) -> None:
+        super().__init__(source.settings_cls)
+        self._source = source
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything is in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        values = self._source()
+        values.pop("secrets", None)
+        return values
 
 
 class Settings(BaseSettings):
@@ -180,6 +199,10 @@ class Settings(BaseSettings):
         # Names only: a message never holds a value.
         problems = [f"{secret_variable(name)}: {problem}" for name in secrets
                     if (problem := secret_name_problem(name))]
+        problems += [f"{secret_variable(name)}: at least {MIN_SECRET_LENGTH} characters: a "
+                     "shorter value could not be hidden in logs without hiding ordinary text"
+                     for name, value in secrets.items()
+                     if len(value.get_secret_value()) < MIN_SECRET_LENGTH]
         if problems:
             raise ValueError("\n".join(problems))
         return secrets
@@ -241,7 +264,8 @@ class Settings(BaseSettings):
         assert isinstance(env_settings, EnvSettingsSource)
         assert isinstance(dotenv_settings, EnvSettingsSource)
         secret_variables = _SecretVariables(settings_cls, env_settings, dotenv_settings)
-        return init_settings, env_settings, dotenv_settings, secret_variables, file_secret_settings
+        return (init_settings, _WithoutSecrets(env_settings), _WithoutSecrets(dotenv_settings),
+                secret_variables, file_secret_settings)
 
     @property
     def local_token_path(self) -> Path:

@@ -19,6 +19,9 @@ from pydantic import BaseModel, StringConstraints, ValidationError
 
 Where = tuple[str | int, ...]
 
+# A phone number as Twilio writes it in From and To: E.164, + and the country code (flows'
+# triggers, queues' message_to, `ivr call`, cache purges: one definition).
+E164_PATTERN = r"\+[1-9][0-9]{6,14}"
 YAML_BOOLEANS_HINT = "YAML reads yes, no, on and off unquoted as true or false; quote them"
 # Fields listed in full when an unknown one is close to none of them; longer lists say little.
 MAX_LISTED = 20

@@ -5,9 +5,11 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -489,6 +491,13 @@ def test_commands_run_from_another_directory_make_no_token_and_say_what_is_missi
     tail = run_ivr(elsewhere, env, "calls", "tail", "--server", server.url)
     assert tail.returncode == 0, tail.stderr
     assert list(elsewhere.iterdir()) == []
+    # The local admin token goes to this machine only, never to a server elsewhere.
+    remote = run_ivr(elsewhere, env, "calls", "tail", "--server", "http://ivr.example.invalid")
+    assert remote.returncode == 1
+    assert remote.stderr.strip() == (
+        "ivr: no admin token: neither --token nor IVR_ADMIN_TOKEN is given, and the local admin "
+        "token is sent only to a server on this machine, not to http://ivr.example.invalid: "
+        "give that server's IVR_ADMIN_TOKEN.")
 
 
 @pytest.mark.parametrize(
@@ -640,12 +649,16 @@ def queue_in(server: ServerThread, name: str) -> dict[str, Any] | None:
     return response.json() if response.status_code == 200 else None
 
 
+# Where the commands of these tests run: not the checkout, whose .env a developer may have.
+OUTSIDE_CHECKOUT = Path(tempfile.gettempdir())
+
+
 def queues_at(url: str, *args: str, stdin: int | None = subprocess.DEVNULL,
               ) -> subprocess.CompletedProcess[str]:
     """`ivr queues ARGS` against the server at `url`; stdin is not a terminal unless given."""
-    return subprocess.run([*IVR, "queues", *args], cwd=ROOT, capture_output=True, text=True,
-                          env=clean_env(IVR_ADMIN_URL=url, IVR_ADMIN_TOKEN=ADMIN), stdin=stdin,
-                          timeout=60)
+    return subprocess.run([*IVR, "queues", *args], cwd=OUTSIDE_CHECKOUT, stdin=stdin,
+                          env=clean_env(IVR_ADMIN_URL=url, IVR_ADMIN_TOKEN=ADMIN),
+                          capture_output=True, text=True, timeout=60)
 
 
 class RecordingProxy:
@@ -799,14 +812,18 @@ def test_queues_delete_refuses_when_the_queue_changed_while_asking(
     assert queues_at(admin_api.url, "set", "night", "sip:n@pbx.example.com",
                      "--create").returncode == 0
     terminal, command_side = os.openpty()
+    process = subprocess.Popen(
+        [*IVR, "queues", "delete", "night"], cwd=OUTSIDE_CHECKOUT, stdin=command_side,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=clean_env(IVR_ADMIN_URL=admin_api.url, IVR_ADMIN_TOKEN=ADMIN))
     try:
-        process = subprocess.Popen(
-            [*IVR, "queues", "delete", "night"], cwd=ROOT, stdin=command_side,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=clean_env(IVR_ADMIN_URL=admin_api.url, IVR_ADMIN_TOKEN=ADMIN))
         assert process.stderr is not None
         prompt = b""
+        deadline = time.monotonic() + 60
         while b"[y/N]" not in prompt:  # the question is on the screen
+            ready, _, _ = select.select([process.stderr], [], [],
+                                        max(0.0, deadline - time.monotonic()))
+            assert ready, f"no question within 60 s: {prompt!r}"
             chunk = process.stderr.read1(1024)
             assert chunk, prompt
             prompt += chunk
@@ -816,6 +833,9 @@ def test_queues_delete_refuses_when_the_queue_changed_while_asking(
         os.write(terminal, b"y\n")
         _, errors = process.communicate(timeout=60)
     finally:
+        if process.poll() is None:  # a failed step above: stop it, by its id
+            process.kill()
+            process.wait()
         os.close(terminal)
         os.close(command_side)
     assert process.returncode == 1

@@ -6,6 +6,7 @@ Each file in tests/broken_flows/ pins the start of its one message in its first 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -178,3 +179,18 @@ steps:
     assert f"steps.q.options: a key that YAML read as true: {hint}" in problems
     assert f"steps.q.options: a key that YAML read as false: {hint}" in problems
     assert f"steps.b.cases.0.equals: expected text, got true: {hint}" in problems
+
+
+def test_a_flow_without_its_optional_secret_loads_and_says_so_at_the_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The shipped vip_by_email does without its CRM token: its requests then go without one,
+    which an API that needs it refuses; the start says so, naming what to set."""
+    with caplog.at_level(logging.WARNING, logger="ivr"):
+        load_flows(ROOT / "flows", queue_names=None, secrets=())
+    assert ("flow vip_by_email: secrets.crm_token is not set (declared optional): its requests "
+            "go without it; set IVR_SECRET_CRM_TOKEN if the API needs it") in caplog.messages
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ivr"):
+        load_flows(ROOT / "flows", queue_names=None, secrets=("crm_token",))
+    assert not [m for m in caplog.messages if "secrets." in m]

@@ -615,6 +615,12 @@ def test_a_number_or_email_in_a_menu_answer_is_masked_and_a_long_answer_cut(
 
     menu = AskStep(kind="ask", prompt="Sales or support?", expect="choice",
                    options={"sales": ["1"], "support": ["2"]}, next="a", on_exhausted="b")
+    for said, shown in [("sales, my number is 555-123-4567", "sales, my number is 5**-***-*567"),
+                        ("support 555 123 4567", "support 5** *** *567"),
+                        ("+1 (555) 123-4567 sales", "+1 (***) ***-*567 sales"),
+                        ("1234 5678 9012 3456 card", "1*** **** **** *456 card"),
+                        ("press 2 or 1234", "press 2 or 1234")]:  # four digits: a menu's keys
+        assert shown_answer("menu", menu, said, True, "voice")["given"] == shown
     spoken_email = shown_answer("menu", menu, "support for jane@example.com", True, "voice")
     assert spoken_email["given"] == "support for j" + "*" * 12 + "com"
     said = "I would like to talk to someone about support " * 3

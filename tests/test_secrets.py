@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import pytest
 import redis
 from jinja2.utils import htmlsafe_json_dumps
@@ -26,6 +27,7 @@ from starlette.routing import Route
 from ivr.calltrace import CALLS_KEY
 from ivr.flows.http import HttpConnectionError, HttptoolsClient
 from ivr.flows.loader import FlowLoadError, load_flows
+from ivr.flows.steps.fetch import _upstream
 from ivr.logs import JsonFormatter, TextFormatter, hide_secrets
 from ivr.settings import Settings
 from tests.conftest import ROOT, Served, clean_env, run_ivr
@@ -83,14 +85,15 @@ def assert_hidden(text: str, where: str) -> None:
 def test_every_ivr_secret_variable_is_a_secret_named_in_lower_case(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / ".env").write_text("IVR_SECRET_CRM_TOKEN=from-dotenv\nIVR_SECRET_MAPS_KEY=maps\n"
+    (tmp_path / ".env").write_text("IVR_SECRET_CRM_TOKEN=from-dotenv\nIVR_SECRET_MAPS_KEY=maps-key-1\n"
                                    "IVR_SECRET_BLANK=\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("IVR_SECRET_CRM_TOKEN", TOKEN)  # the environment wins over .env
-    monkeypatch.setenv("IVR_SECRET_Billing_Key", "billing")
+    monkeypatch.setenv("IVR_SECRET_Billing_Key", "billing-key")
+    monkeypatch.setenv("IVR_SECRETS", '{"other_key": "other-key-1"}')  # not a way to set one
     settings = Settings()
-    assert settings.flow_secrets() == {"crm_token": TOKEN, "maps_key": "maps",
-                                       "billing_key": "billing"}  # an empty one is unset
+    assert settings.flow_secrets() == {"crm_token": TOKEN, "maps_key": "maps-key-1",
+                                       "billing_key": "billing-key"}  # an empty one is unset
     assert_hidden(repr(settings), "the settings' repr")
     assert_hidden(str(settings.secrets), "the secrets' str")
 
@@ -115,6 +118,20 @@ def test_a_secret_whose_name_is_not_an_identifier_is_a_settings_error_without_it
     with pytest.raises(ValidationError) as refused:
         Settings(_env_file=None, secrets={"crm-token": "hunter2"})
     assert "hunter2" not in str(refused.value)
+
+
+def test_a_secret_too_short_to_hide_in_logs_is_a_settings_error_without_its_value(
+    tmp_path: Path
+) -> None:
+    """Every log line shows `[secret NAME]` where a secret's value would be: a value of `1`
+    would hide every 1 in every line (masked numbers too), and say what the secret is."""
+    result = run_ivr(tmp_path, clean_env(IVR_SECRET_PIN="1234567"), "flows", "validate")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "ivr: invalid settings:",
+        "  IVR_SECRET_PIN: at least 8 characters: a shorter value could not be hidden in logs "
+        "without hiding ordinary text"]
+    assert "1234567" not in result.stderr
 
 
 # --- where a flow may read a secret -----------------------------------------------------------
@@ -248,8 +265,10 @@ def test_a_secret_reaches_its_api_and_no_log_line_or_call_trace(
     served = Served(cwd, env)
     try:
         call = served.call(CALLER)
+        metrics = httpx.get(served.url + "/metrics", timeout=10).text
     finally:
         served.stop()
+    assert_hidden(metrics, "/metrics")
     assert call.returncode == 0, call.stderr
     # The template that failed on the secret sent the call to the fallback queue.
     assert "<Sip>sip:standard@queues.example.com</Sip>" in call.stdout
@@ -304,6 +323,12 @@ def test_a_mock_naming_a_secret_that_is_not_set_is_refused(
     assert result.stderr.strip() == (
         f"ivr: mock 'POST {crm[1]}/crm/x?key=[secret crm_tokn]': secrets.crm_tokn is not set "
         "(IVR_SECRET_CRM_TOKN)")
+
+
+def test_a_secret_in_a_urls_user_part_names_no_breaker_or_metric() -> None:
+    url = f"https://api:{quote(TOKEN, safe='')}@crm.example.com:8443/customers?x=1"
+    assert _upstream(url) == "crm.example.com:8443"
+    assert _upstream("https://crm.example.com/c") == "crm.example.com"
 
 
 @pytest.mark.parametrize("url", [f"{TOKEN}/customers", f"ftp://crm.example.com/?key={TOKEN}",

@@ -5,7 +5,6 @@ does the purge in Redis and in every process."""
 
 from __future__ import annotations
 
-import difflib
 import re
 import time
 from collections.abc import Collection, Iterator
@@ -18,12 +17,13 @@ from ivr.flows.step import Channel, Contact, Run
 from ivr.flows.steps.fetch import FetchStep
 from ivr.logs import mask_number
 from ivr.timestamps import utc_iso
+from ivr.validation import E164_PATTERN, unknown
 
 if TYPE_CHECKING:
     from ivr.channels.webhook import Services
 
 WHATSAPP = "whatsapp:"
-E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+E164 = re.compile(E164_PATTERN)
 # What an admin may paste around a number's digits; Twilio sends none of it.
 _FORMATTING = str.maketrans("", "", " -().")
 # What a purge knows of a caller's call: the contact (with its memory), the settings, the secrets.
@@ -47,12 +47,11 @@ def purge_target(flows: dict[str, Flow], flow_name: str, step_id: str) -> PurgeT
     that does not exist; InvalidInput for a step that caches nothing."""
     flow = flows.get(flow_name)
     if flow is None:
-        raise UnknownTarget(f"no flow {_shown(flow_name)}{_closest(flow_name, flows)} "
-                            f"(flows: {', '.join(sorted(flows))})")
+        raise UnknownTarget(unknown("a flow", _cut(flow_name), flows, "flows"))
     step = flow.steps.get(step_id)
     if step is None:
-        raise UnknownTarget(f"flow {flow_name!r} has no step {_shown(step_id)}"
-                            f"{_closest(step_id, flow.steps)}")
+        raise UnknownTarget(unknown(f"a step of flow {flow_name!r}", _cut(step_id), flow.steps,
+                                    "steps"))
     if not isinstance(step, FetchStep) or step.cache is None:
         cached = [name for name, s in flow.steps.items()
                   if isinstance(s, FetchStep) and s.cache is not None]
@@ -126,10 +125,9 @@ def _contacts(number: str, channels: Collection[Channel], memory: dict[str, str]
         yield Contact(number, WHATSAPP + number, "messaging", memory)
 
 
-def _closest(name: str, names: Collection[str]) -> str:
-    found = difflib.get_close_matches(name, list(names), n=1)
-    return f" (did you mean {found[0]!r}?)" if found else ""
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "..."
 
 
 def _shown(text: str) -> str:
-    return repr(text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "...")
+    return repr(_cut(text))

@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from ivr.flows.model import Flow, FlowOutline
 from ivr.flows.step import Channel
-from ivr.validation import Problem, describe_errors, unknown
+from ivr.settings import secret_variable
+from ivr.validation import Problem, describe_problems, unknown
 from ivr.yamlfile import YamlFileError, read_yaml
 
 log = logging.getLogger("ivr.flows")
@@ -71,7 +72,7 @@ def _read_flow(path: Path, secrets: Collection[str] | None
     try:
         flow = Flow.from_data(data, name=path.stem)
     except ValidationError as exc:
-        problems = [Problem((), line) for line in describe_errors(exc, Flow)]
+        problems = describe_problems(exc, Flow)
         # The flow's own checks (where steps go) never ran when a field failed: run them on
         # the steps that are valid, so that fixing a typo does not reveal the next problem.
         outline = FlowOutline.of_broken(data, path.stem)
@@ -113,6 +114,13 @@ def load_flows(directory: Path, queue_names: Collection[str] | None = None,
     if problems:
         problems.sort(key=lambda found: str(found[0]))  # stable: each file's in its order
         raise FlowLoadError([f"{path}: {problem}" for path, problem in problems])
+    for flow in flow_set.flows.values():
+        for name in flow.unset_optional_secrets(secrets) if secrets is not None else ():
+            # Not an error (the flow says it can do without), but a request that goes without
+            # its token is refused by an API that needs one: say so once, at the start.
+            log.warning("flow %s: secrets.%s is not set (declared optional): its requests go "
+                        "without it; set %s if the API needs it", flow.name, name,
+                        secret_variable(name))
     for channel in CHANNELS:
         if channel not in flow_set.defaults:
             log.warning(

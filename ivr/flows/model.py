@@ -25,10 +25,18 @@ from ivr.flows.step import STEP_KINDS, Channel, Step, StepId
 from ivr.flows.templates import Compiled
 from ivr.queues import QueueName
 from ivr.settings import secret_name_problem, secret_variable
-from ivr.validation import Problem, Problems, Where, closest, explained_pattern, unknown
+from ivr.validation import (
+    E164_PATTERN,
+    Problem,
+    Problems,
+    Where,
+    closest,
+    explained_pattern,
+    unknown,
+)
 
 AnyStep = Annotated[Union[tuple(STEP_KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
-PhoneNumber = explained_pattern(r"^\+[1-9][0-9]{6,14}$", "an E.164 number",
+PhoneNumber = explained_pattern(f"^{E164_PATTERN}$", "an E.164 number",
                                 "write it as +15551234567 (plus sign, country code, number)")
 Duration = duration(timedelta(seconds=30), timedelta(days=30))
 
@@ -195,6 +203,11 @@ class Flow(BaseModel):
             raise Problems(problems)
         self._secrets_read = first_read
         return self
+
+    def unset_optional_secrets(self, secrets_set: Collection[str]) -> list[str]:
+        """The secrets the flow reads, may do without, and are not among `secrets_set`."""
+        return [name for name in self._secrets_read
+                if name not in secrets_set and name in self.secrets and self.secrets[name].optional]
 
     def unset_secrets(self, secrets_set: Collection[str]) -> list[Problem]:
         """A problem for each secret the flow needs that is not among `secrets_set`."""

@@ -51,6 +51,7 @@ from ivr.validation import explained_pattern
 
 if TYPE_CHECKING:
     from ivr.flows.model import Flow
+    from ivr.validation import Problem
 
 log = logging.getLogger("ivr.flows.fetch")
 _fetch_seconds = labelled(FETCH_SECONDS)
@@ -88,7 +89,9 @@ def _pick(document: Any, path: str) -> Any:
 # out once (a URL split and a SHA-256: 2.5 us a call, 0.5 from the caches).
 @functools.lru_cache(maxsize=4096)
 def _upstream(url: str) -> str:
-    return urlsplit(url).netloc
+    """What a request's breaker and metrics are named by: its host and port, never the user and
+    password a URL may carry (a metric label is on /metrics, for anyone who can reach it)."""
+    return urlsplit(url).netloc.rpartition("@")[2]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -136,7 +139,7 @@ class FetchStep(Step):
             raise ValueError("stale_while_revalidate needs `cache`")
         return self
 
-    def bind(self, flow: Flow) -> list[str]:
+    def bind(self, flow: Flow) -> list[Problem]:
         step_id = next(step_id for step_id, step in flow.steps.items() if step is self)
         # Quoted: a flow's name could hold the `/` and `:` that keys are split at.
         self._scope = f"{quote(flow.name, safe='')}/{step_id}"
@@ -146,6 +149,7 @@ class FetchStep(Step):
     def cache_scope(self) -> str:
         """The flow and step whose cache this is, as cache keys name them. Cached: a private
         attribute is read through pydantic's `__getattr__` on every call."""
+        assert self._scope, "cache_scope is read before the flow bound its steps"
         return self._scope
 
     def cache_key(self, upstreams: Upstreams, variables: dict[str, Any]) -> str | None:
