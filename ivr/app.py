@@ -79,7 +79,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     "from this directory, use it). Set IVR_ADMIN_TOKEN or IVR_ADMIN_USERS "
                     "before anyone else can reach this server.", settings.local_admin_token_path)
     elif app.state.admin_token is None:
-        log.warning("IVR_ADMIN_TOKEN is not set: the admin API is disabled")
+        log.warning("IVR_ADMIN_TOKEN is not set: the admin API is disabled%s",
+                    " (the admin page signs in the users of IVR_ADMIN_USERS)"
+                    if settings.admin_users else "")
     return app
 
 

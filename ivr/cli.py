@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import getpass
 import ipaddress
 import json
@@ -15,6 +16,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -123,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         # Python flushes stdout again at exit: point it at /dev/null so that flush is quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KeyboardInterrupt:  # Ctrl-C at a prompt or mid-command: stop, without a traceback
+        print(file=sys.stderr)
+        return 130
 
 
 def _add_queue_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -418,8 +423,13 @@ def describe_purge(purged: dict[str, Any]) -> str:
 
 def _hash_password(args: argparse.Namespace, settings: Settings) -> int:
     if sys.stdin.isatty():
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Again: ") != password:
+        try:
+            password = getpass.getpass("Password: ")
+            again = getpass.getpass("Again: ")
+        except EOFError:  # Ctrl-D at the prompt
+            print("\nivr: no password given", file=sys.stderr)
+            return 1
+        if again != password:
             print("ivr: the passwords differ", file=sys.stderr)
             return 1
     else:
@@ -433,6 +443,11 @@ def _hash_password(args: argparse.Namespace, settings: Settings) -> int:
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format, settings.secrets_to_hide())
+    taken = _address_in_use(args.host, args.port)
+    if taken:  # before anything starts or says it is ready: uvicorn would fail only after
+        print(f"ivr: cannot start: {taken}: stop what listens there (another `ivr serve`?), "
+              "or choose another port with --port", file=sys.stderr)
+        return 2
     # The local tokens a trial needs are made here, once, before any worker races to.
     resolve_auth_token(settings)
     resolve_admin_token(settings)
@@ -490,6 +505,25 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             with EMBEDDED_LOCK:
                 embedded.stop()
     return 0
+
+
+def _address_in_use(host: str, port: int) -> str | None:
+    """Why `ivr serve` could not listen on host:port, if something else listens there (None:
+    free, or a problem uvicorn will name itself). Bound as uvicorn binds (SO_REUSEADDR)."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+    except OSError:
+        return None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return f"port {port} on {host} is in use"
+    return None
 
 
 # The supervisor's restart and serve's stop never run at once.

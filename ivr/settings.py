@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="IVR_", env_file=".env", extra="ignore", populate_by_name=True,
         hide_input_in_errors=True,  # a setting may be a secret: an error never shows a value
+        # `IVR_ADMIN_USERS=` in a .env or a compose file means unset, as for every setting
+        # (it was read as JSON, and refused).
+        env_ignore_empty=True,
     )
 
     twilio_auth_token: SecretStr | None = Field(
@@ -197,8 +200,11 @@ class Settings(BaseSettings):
     @classmethod
     def _secret_names(cls, secrets: dict[str, SecretStr]) -> dict[str, SecretStr]:
         # Names only: a message never holds a value.
-        problems = [f"{secret_variable(name)}: {problem}" for name in secrets
-                    if (problem := secret_name_problem(name))]
+        problems = [f"{secret_variable(name)}: " + (
+            f"the name after {SECRET_PREFIX} must start with a letter and hold only letters, "
+            "digits and _, at most 64 characters" if not _SECRET_NAME.fullmatch(name)
+            else problem)  # the variable's name is read lower-cased: its case is no problem
+            for name in secrets if (problem := secret_name_problem(name))]
         problems += [f"{secret_variable(name)}: at least {MIN_SECRET_LENGTH} characters: a "
                      "shorter value could not be hidden in logs without hiding ordinary text"
                      for name, value in secrets.items()
@@ -226,9 +232,10 @@ class Settings(BaseSettings):
         if is_sentinel_url(value):
             sentinel.parse(value)  # ValueError says what is missing
         elif not value.lower().startswith(REDIS_SCHEMES):
-            got = f"{value.partition('://')[0]}://" if "://" in value else "no scheme"
+            got = (f", not {value.partition('://')[0]}://" if "://" in value
+                   else " (it has none, or no // after it)")
             raise ValueError(
-                f"must start with {', '.join(REDIS_SCHEMES)}, not {got}. Cluster URLs are not "
+                f"must start with {', '.join(REDIS_SCHEMES)}{got}. Cluster URLs are not "
                 "supported yet: give one Redis server's address, or the sentinels' "
                 "(redis+sentinel://host:26379/mymaster)")
         return value

@@ -219,6 +219,8 @@ def test_a_purge_that_names_nothing_purgeable_is_refused_in_plain_words_and_not_
         assert "step: step 'by_tier' of flow 'loyalty_routing' is a branch step, not a cached " \
             "fetch: nothing to purge (its cached fetch steps: lookup)" in refused(
                 {"flow": "loyalty_routing", "step": "by_tier"})
+        assert "step 'menu' of flow 'team_choice' is an ask step, not a cached fetch" in \
+            refused({"flow": "team_choice", "step": "menu"})
         assert "is a fetch step without `cache`, not a cached fetch" in refused(
             {"flow": "vip_by_email", "step": "lookup"})
         assert "caller: '+1555abc' is not a phone number: give it in E.164, e.g. " \

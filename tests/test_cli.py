@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import getpass
 import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -180,6 +183,50 @@ def test_admin_hash_password_hashes_a_piped_password_for_ivr_admin_users(newcome
     assert not verify_password("correct horse!", encoded)
 
 
+def _take_terminal() -> None:
+    """In the child: a session of its own, whose controlling terminal is its stdin (the pty),
+    as at a real terminal: getpass opens /dev/tty, Ctrl-C sends SIGINT."""
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+@pytest.mark.parametrize(("key", "status", "said"), [
+    (b"\x04", 1, "ivr: no password given"),  # Ctrl-D
+    (b"\x03", 130, ""),  # Ctrl-C
+])
+def test_admin_hash_password_at_a_terminal_stops_cleanly_on_ctrl_d_or_ctrl_c(
+    newcomer: tuple[Path, dict[str, str]], key: bytes, status: int, said: str,
+) -> None:
+    """Both printed a traceback (EOFError, KeyboardInterrupt)."""
+    cwd, env = newcomer
+    terminal, command_side = os.openpty()
+    process = subprocess.Popen([*IVR, "admin", "hash-password"], cwd=cwd, env=env,
+                               stdin=command_side, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, preexec_fn=_take_terminal)
+    try:
+        output = b""
+        deadline = time.monotonic() + 60
+        while b"Password: " not in output:  # the prompt, on the terminal or on stderr
+            ready, _, _ = select.select([terminal, process.stderr], [], [],
+                                        max(0.0, deadline - time.monotonic()))
+            assert ready, f"no prompt within 60 s: {output!r}"
+            chunk = (os.read(terminal, 1024) if terminal in ready
+                     else process.stderr.read1(1024))  # type: ignore[union-attr]
+            assert chunk, output
+            output += chunk
+        os.write(terminal, key)
+        _, errors = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(terminal)
+        os.close(command_side)
+    assert process.returncode == status, errors
+    assert b"Traceback" not in errors
+    assert said in errors.decode()
+
+
 def test_serve_refuses_a_plain_password_in_ivr_admin_users_without_printing_it(
     newcomer
 ) -> None:
@@ -200,8 +247,37 @@ def test_serve_refuses_a_redis_url_it_cannot_use_without_printing_it(newcomer, u
     result = run_ivr(cwd, {**env, "IVR_REDIS_URL": url}, "serve", "--port", str(free_port()))
     assert result.returncode == 2
     assert "IVR_REDIS_URL: must start with redis://, rediss://, unix://" in result.stderr
+    assert ("redis+sentinel://, not redis+cluster://." if "://" in url
+            else "redis+sentinel:// (it has none, or no // after it).") in result.stderr
     assert "Traceback" not in result.stderr
     assert "s3cret" not in result.stdout + result.stderr
+
+
+def test_serve_on_a_port_in_use_says_so_before_starting_anything(newcomer) -> None:
+    """It printed the webhook URLs and `ready: 6 flows`, then uvicorn's `[Errno 98] error while
+    attempting to bind`, exit 3."""
+    cwd, env = newcomer
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_ivr(cwd, env, "serve", "--port", str(port))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"ivr: cannot start: port {port} on 127.0.0.1 is in use: stop what listens there "
+        "(another `ivr serve`?), or choose another port with --port")
+    assert redis_servers_in(cwd) == []
+    assert not (cwd / "var").exists()  # no token, no Redis started
+
+
+def test_an_empty_setting_is_unset_for_every_command(newcomer) -> None:
+    """`IVR_ADMIN_USERS=` (how a .env or a compose file unsets it) was read as JSON and refused
+    by every command."""
+    cwd, env = newcomer
+    (cwd / ".env").write_text("IVR_ADMIN_USERS=\nIVR_PUBLIC_URL=\n")
+    result = run_ivr(cwd, {**env, "IVR_REDIS_URL": "", "IVR_LOG_LEVEL": ""}, "flows", "validate")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("OK")
     assert redis_servers_in(cwd) == []
 
 

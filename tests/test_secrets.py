@@ -107,10 +107,10 @@ def test_a_secret_whose_name_is_not_an_identifier_is_a_settings_error_without_it
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [
         "ivr: invalid settings:",
-        "  IVR_SECRET_CRM-TOKEN: a secret's name is lower-case letters, digits and _, "
-        "starting with a letter, at most 64 characters",
-        "  IVR_SECRET_2FA: a secret's name is lower-case letters, digits and _, "
-        "starting with a letter, at most 64 characters",
+        "  IVR_SECRET_CRM-TOKEN: the name after IVR_SECRET_ must start with a letter and hold "
+        "only letters, digits and _, at most 64 characters",
+        "  IVR_SECRET_2FA: the name after IVR_SECRET_ must start with a letter and hold only "
+        "letters, digits and _, at most 64 characters",
         "  IVR_SECRET_ITEMS: 'items' cannot name a secret: templates read "
         "secrets.items as something else"]
     # Nor does pydantic's own message, for a program that builds Settings itself (a value short

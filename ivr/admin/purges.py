@@ -56,7 +56,7 @@ def purge_target(flows: dict[str, Flow], flow_name: str, step_id: str) -> PurgeT
         cached = [name for name, s in flow.steps.items()
                   if isinstance(s, FetchStep) and s.cache is not None]
         what = ("a fetch step without `cache`" if isinstance(step, FetchStep)
-                else f"a {getattr(step, 'kind', '')} step")
+                else f"{_article(step.kind)} {step.kind} step")
         where = (f"its cached fetch steps: {', '.join(cached)}" if cached
                  else "the flow caches no fetch")
         raise field_errors(f"step {step_id!r} of flow {flow_name!r} is {what}, not a cached "
@@ -123,6 +123,10 @@ def _contacts(number: str, channels: Collection[Channel], memory: dict[str, str]
     if "messaging" in channels:
         yield Contact(number, number, "messaging", memory)
         yield Contact(number, WHATSAPP + number, "messaging", memory)
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def _cut(text: str) -> str:
