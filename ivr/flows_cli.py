@@ -87,10 +87,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
 # --- validate ---------------------------------------------------------------------------------
 
 def validate_command(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        queues = load_queue_file(settings.sip_config).queues
-    except QueueConfigError as exc:
-        print(f"ivr: cannot check routes, the queues file is unusable:\n{exc}", file=sys.stderr)
+    queues = _queues_or_report(settings)
+    if queues is None:
         return 2
     try:
         flow_set = load_flows(settings.flows_dir, queue_names=queues, secrets=settings.secrets)
@@ -214,12 +212,12 @@ def simulate_command(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         print(f"ivr: {exc}", file=sys.stderr)
         return 2
-    try:
-        queues = load_queue_file(settings.sip_config).queues
-    except QueueConfigError as exc:
-        print(f"ivr: the queues file is unusable:\n{exc}", file=sys.stderr)
+    queues = _queues_or_report(settings)
+    if queues is None:
         return 2
-    flow = _flow_or_report(args.flow, settings, secrets=settings.secrets)
+    # The flow is checked as `ivr flows validate` checks it: a route to a misspelt queue would
+    # otherwise be simulated as the fallback queue, silently.
+    flow = _flow_or_report(args.flow, settings, queues=queues, secrets=settings.secrets)
     if flow is None:
         return 1
     if args.channel not in flow.trigger.channels:
@@ -336,31 +334,43 @@ def _turn_heading(turn: Turn, channel: str) -> str:
 
 # --- finding a flow ---------------------------------------------------------------------------
 
+def _queues_or_report(settings: Settings) -> dict[str, Queue] | None:
+    """The queues of IVR_SIP_CONFIG, which flows are checked against; None (said on stderr)
+    when the file is unusable."""
+    try:
+        return load_queue_file(settings.sip_config).queues
+    except QueueConfigError as exc:
+        print(f"ivr: cannot check routes, the queues file is unusable:\n{exc}", file=sys.stderr)
+        return None
+
+
 def _flow_or_report(name_or_path: str, settings: Settings,
+                    queues: Collection[str] | None = None,
                     secrets: Collection[str] | None = None) -> Flow | None:
     try:
-        return find_flow(name_or_path, settings.flows_dir, secrets)
+        return find_flow(name_or_path, settings.flows_dir, queues, secrets)
     except FlowLoadError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return None
 
 
-def find_flow(name_or_path: str, flows_dir: Path, secrets: Collection[str] | None = None
-              ) -> Flow:
+def find_flow(name_or_path: str, flows_dir: Path, queues: Collection[str] | None = None,
+              secrets: Collection[str] | None = None) -> Flow:
     """A flow file given by path, or the flow of that name (file stem or `name:`) in
-    `flows_dir`. Only that file is loaded, so a broken neighbour does not hide it. With
-    `secrets` (the names set), the secrets it needs must be set."""
+    `flows_dir`, checked as `load_flows` checks each file (against `queues` and the names of
+    the `secrets` set, when given). Only that file is loaded, so a broken neighbour does not
+    hide it."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.is_file():
-        return load_flow_file(path, secrets)
+        return load_flow_file(path, queues, secrets)
     paths = sorted([*flows_dir.glob("*.yaml"), *flows_dir.glob("*.yml")])
     for candidate in paths:
         if candidate.stem == name_or_path:
-            return load_flow_file(candidate, secrets)
+            return load_flow_file(candidate, queues, secrets)
     for candidate in paths:  # a file may name its flow differently from the file
         try:
-            flow = load_flow_file(candidate, secrets)
+            flow = load_flow_file(candidate, queues, secrets)
         except FlowLoadError:
             continue
         if flow.name == name_or_path:

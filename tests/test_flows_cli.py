@@ -437,6 +437,27 @@ def test_simulate_freezes_the_clock_and_stops_waiting_without_inputs(
     assert waiting["waiting_at"] == "menu" and waiting["says"] == ["Press 1 for sales."]
 
 
+def test_simulate_refuses_the_flow_validate_refuses_with_the_same_lines(
+        ivr: Ivr, flows_dir: Path) -> None:
+    """A route to a misspelt queue was simulated as the fallback queue's, after saying
+    "Connecting you to sales.", with no warning and exit 0; a misspelt fallback queue was not
+    told either. The flow is checked against the queues `ivr flows validate` uses."""
+    (flows_dir / "menu.yaml").write_text(
+        MENU.replace("queue: sales", "queue: slaes")
+        .replace("fallback_queue: standard", "fallback_queue: standrd")
+        .replace("channels: [voice, messaging]", 'channels: [voice], numbers: ["+15005550199"]'))
+    env = {"IVR_FLOWS_DIR": str(flows_dir), "IVR_SIP_CONFIG": str(flows_dir.parent / "queues.yaml")}
+    _, told, _ = ivr("flows", "validate", **env)
+    assert told.splitlines() == [
+        f"{flows_dir}/menu.yaml: fallback_queue: 'standrd' is not a queue: did you mean "
+        "'standard'?",
+        f"{flows_dir}/menu.yaml: steps.to_sales.queue: 'slaes' is not a queue: did you mean "
+        "'sales'?"]
+    status, out, err = ivr("simulate", "menu", "--channel", "voice", "--from", "+15550000001",
+                           "--now", "2026-11-23T15:00:00Z", "--input", "1", **env)
+    assert (status, out, err) == (1, "", told)
+
+
 @pytest.mark.parametrize("option", [["--mock", "http://x.test/a"], ["--mock", "http://x.test=9:{}"],
                                     ["--now", "2026-11-23T10:00:00"], ["--contact", "email"]])
 def test_simulate_refuses_malformed_options(ivr: Ivr, option: list[str]) -> None:
