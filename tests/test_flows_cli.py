@@ -458,6 +458,52 @@ def test_simulate_refuses_the_flow_validate_refuses_with_the_same_lines(
     assert (status, out, err) == (1, "", told)
 
 
+def test_simulate_refuses_a_number_twilio_never_sends_as_ivr_call_does(ivr: Ivr) -> None:
+    """`ivr simulate --from 5551234567` looked the caller up as `/customers/5551234567`, and the
+    mock for %2B15551234567 was "never requested"."""
+    for options, refusal in [
+        (["--from", "5551234567"], "ivr: the caller (--from) '5551234567' is not a number as "
+         "Twilio sends it: write it in E.164, + and the country code: +15551234567 for a US or "
+         "Canadian number"),
+        (["--from", "+15551234567", "--to", "+1 500 555 0006"], "ivr: the number called (--to) "
+         "'+1 500 555 0006' is not a number as Twilio sends it: write it without spaces or "
+         "punctuation: +15005550006"),
+        (["--channel", "messaging", "--from", "client:alice"], "ivr: the caller (--from) "
+         "'client:alice' is not a number as Twilio sends it: write it in E.164, + and the "
+         "country code, e.g. +15551234567"),
+        (["--channel", "voice", "--from", "whatsapp:+15551234567"], "ivr: the caller (--from) "
+         "'whatsapp:+15551234567' is on WhatsApp, which is messaging: give --channel messaging "
+         "(or no --channel)"),
+        (["--from", "whatsapp:5551234567"], "ivr: the caller (--from) '5551234567' is not a "
+         "number as Twilio sends it: write it in E.164, + and the country code: +15551234567 "
+         "for a US or Canadian number"),
+    ]:
+        with pytest.raises(SystemExit) as refused:
+            ivr("simulate", "loyalty_routing", *options, "--mock", GOLD_MOCK)
+        assert str(refused.value.code) == refusal
+    # What Twilio sends is taken: a Voice SDK client calls, a WhatsApp sender writes.
+    status, out, _ = ivr("simulate", "loyalty_routing", "--channel", "voice",
+                         "--from", "client:alice", "--json")
+    assert status == 0 and json.loads(out)["from"] == "client:alice"
+
+
+def test_simulate_runs_on_the_channel_the_contact_and_the_flow_imply(ivr: Ivr) -> None:
+    """`ivr simulate` required --channel where `ivr call` takes voice."""
+    def channel(flow: str, sender: str = "+15550000001") -> str:
+        status, out, _ = ivr("simulate", flow, "--from", sender, "--json")
+        assert status == 0
+        return str(json.loads(out)["channel"])
+
+    assert channel("team_choice") == "voice"  # both channels: a call, as `ivr call`
+    assert channel("vip_by_email") == "messaging"  # its only channel
+    assert channel("team_choice", "whatsapp:+15550000001") == "messaging"
+    commands = argparse.ArgumentParser(prog="ivr").add_subparsers()
+    flows_cli.add_commands(commands)
+    told = " ".join(commands.choices["simulate"].format_help().split())
+    assert ("--channel {voice,messaging} default: messaging for a whatsapp: sender, else the "
+            "flow's only channel, else voice") in told
+
+
 @pytest.mark.parametrize("option", [["--mock", "http://x.test/a"], ["--mock", "http://x.test=9:{}"],
                                     ["--now", "2026-11-23T10:00:00"], ["--contact", "email"]])
 def test_simulate_refuses_malformed_options(ivr: Ivr, option: list[str]) -> None:
