@@ -185,6 +185,46 @@ steps:
     ]
 
 
+def test_a_misspelt_field_does_not_hide_the_other_mistakes_of_its_step(
+        ivr: Ivr, flows_dir: Path) -> None:
+    """A step with a misspelt field was left out of the later checks: its misspelt `next` was
+    told only once the field was fixed (a flow author's walk-through, issue 15)."""
+    (flows_dir / "typos.yaml").write_text("""
+trigger: {channels: [voice], numbers: ["+15005550196"]}
+fallback_queue: standard
+steps:
+  menu:
+    kind: ask
+    prompt: "Press 1 for sales."
+    retry_promt: "Sorry."
+    expect: choice
+    options: {sales: ["1"], support: ["2"]}
+    save: team
+    next: handvoer
+    on_exhausted: handover
+  handover:
+    kind: branch
+    value: vars.team
+    cases: [{equals: sales, next: to_sales, nxt: to_sales}]
+    else: to_sales
+  to_sales: {kind: route, queue: slaes}
+""")
+    status, out, err = ivr("flows", "validate", IVR_FLOWS_DIR=str(flows_dir),
+                           IVR_SIP_CONFIG=str(flows_dir.parent / "queues.yaml"))
+    assert status == 1
+    assert out.splitlines() == [
+        f"{flows_dir}/typos.yaml: steps.menu: unknown field 'retry_promt': did you mean "
+        "'retry_prompt'?",
+        f"{flows_dir}/typos.yaml: steps.handover.cases.0: unknown field 'nxt': did you mean "
+        "'next'?",
+        f"{flows_dir}/typos.yaml: steps.menu.next: 'handvoer' is not a step: did you mean "
+        "'handover'?",
+        f"{flows_dir}/typos.yaml: steps.to_sales.queue: 'slaes' is not a queue: did you mean "
+        "'sales'?",
+    ]
+    assert f"4 problems in {flows_dir}" in err
+
+
 # --- graph and schema -------------------------------------------------------------------------
 
 def test_graph_draws_each_step_and_labels_each_exit(ivr: Ivr) -> None:

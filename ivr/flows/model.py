@@ -341,13 +341,40 @@ class FlowOutline:
             return None
         raw_steps = data.get("steps") if isinstance(data.get("steps"), dict) else {}
         steps = {step_id: step for step_id, raw in raw_steps.items()
-                 if (step := _valid(_STEP, raw)) is not None}
+                 if (step := _valid_but_unknown_fields(raw)) is not None}
         step_ids = [step_id for step_id in raw_steps if isinstance(step_id, str)]
         start, unanswered = (_valid(_STEP_ID, data.get(key)) for key in ("start", "unanswered"))
         problems = (unknown_targets(steps, step_ids, start, unanswered)
                     + unknown_reads(steps, step_ids))
         return cls(str(data.get("name") or name), _valid(_TRIGGER, data.get("trigger")),
                    _valid(_QUEUE_NAME, data.get("fallback_queue")), steps, problems)
+
+
+def _valid_but_unknown_fields(raw: Any) -> Step | None:
+    """The step `raw` describes, if valid once its unknown fields are left out: a misspelt
+    field is reported on its own, and must not hide where the step goes or what it reads."""
+    try:
+        return _STEP.validate_python(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+    if not all(error["type"] == "extra_forbidden" for error in errors):
+        return None
+    try:
+        for error in errors:  # the first part of a place is the step's kind
+            raw = _without(raw, tuple(error["loc"][1:]))
+    except (KeyError, IndexError, TypeError):  # a place not found as pydantic names it
+        return None
+    return _valid(_STEP, raw)
+
+
+def _without(data: Any, where: tuple[Any, ...]) -> Any:
+    """`data` without the key at `where`, copying only the mappings and lists on the way."""
+    copy = dict(data) if isinstance(data, dict) else list(data)
+    if len(where) == 1:
+        del copy[where[0]]
+    else:
+        copy[where[0]] = _without(copy[where[0]], where[1:])
+    return copy
 
 
 def _valid(adapter: TypeAdapter[Any], value: Any) -> Any:
