@@ -34,6 +34,7 @@ import yaml
 from twilio.request_validator import RequestValidator
 
 from ivr.admin.auth import hash_password, resolve_admin_token
+from ivr.addresses import twilio_address
 from ivr.admin.client import AdminClient, AdminError, table
 from ivr.app import StartupError, open_store
 from ivr.calltrace import describe_answer
@@ -47,7 +48,6 @@ from ivr.settings import InvalidSettings, Settings, load_settings
 from ivr.simulator import DEFAULT_TO_NUMBER, TEST_ACCOUNT_SID
 from ivr.store import describe_redis
 from ivr.twilio_security import resolve_auth_token
-from ivr.validation import E164_PATTERN
 
 log = logging.getLogger("ivr.cli")
 
@@ -552,30 +552,6 @@ def _supervise(embedded: EmbeddedRedis) -> threading.Event:
 async def _check_startup(settings: Settings) -> None:
     store, _ = await open_store(settings)
     await store.close()
-
-
-E164 = re.compile(E164_PATTERN)
-# A call may also come from, or go to, a Voice SDK client or a SIP endpoint.
-VOICE_ADDRESS = re.compile(r"client:[^\s:]+|sips?:[^\s@]+@\S+")
-
-
-def twilio_address(value: str, role: str, channel: str) -> str:
-    """`value` as Twilio would send it as the caller or the number called (`role`), or
-    SystemExit saying how to write it."""
-    if E164.fullmatch(value) or (channel == "voice" and VOICE_ADDRESS.fullmatch(value)):
-        return value
-    if value.lower().startswith("whatsapp:"):
-        raise SystemExit(f"ivr: the {role} {value!r}: give the number alone, with --channel "
-                         "messaging --whatsapp")
-    compact = re.sub(r"[\s().\-]", "", value)
-    if E164.fullmatch(compact):
-        how = f"without spaces or punctuation: {compact}"
-    elif re.fullmatch(r"1?[2-9][0-9]{9}", compact):
-        how = f"in E.164, + and the country code: +1{compact[-10:]} for a US or Canadian number"
-    else:
-        how = "in E.164, + and the country code, e.g. +15551234567"
-    raise SystemExit(f"ivr: the {role} {value!r} is not a number as Twilio sends it: write it "
-                     f"{how}")
 
 
 def test_call_params(args: argparse.Namespace) -> dict[str, str]:

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 from xml.dom import minidom
 
-from ivr.flows.loader import FlowLoadError, load_flow_file, load_flows
+from ivr.addresses import twilio_address
+from ivr.flows.loader import CHANNELS, FlowLoadError, load_flow_file, load_flows
 from ivr.flows.model import Flow
-from ivr.flows.step import Step
+from ivr.flows.step import Channel, Step
 from ivr.flows.steps.branch import BranchStep
 from ivr.flows.steps.hours import HoursStep
 from ivr.flows.steps.route import RouteStep
@@ -36,6 +37,7 @@ from ivr.validation import unknown
 # Where `--mock` keys point when IVR_LOYALTY_API_URL is unset: a name that never resolves, so a
 # simulation cannot reach a real service by accident.
 UNSET_LOYALTY_API_URL = "http://loyalty.invalid"
+WHATSAPP = "whatsapp:"
 _MOCK = re.compile(r"(?P<key>.+?)=(?:(?P<status>[1-5][0-9]{2}):(?P<content>.*)|(?P<failure>"
                    rf"{TIMEOUT}|{REFUSED}))", re.DOTALL)
 
@@ -61,9 +63,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
         "IVR_SECRET_<NAME> is never read: requests show it, and mocks name it, as "
         "[secret NAME].")
     sim.add_argument("flow", metavar="FLOW", help="a flow name in IVR_FLOWS_DIR, or a file")
-    sim.add_argument("--channel", choices=["voice", "messaging"], required=True)
+    sim.add_argument("--channel", choices=CHANNELS,
+                     help="default: messaging for a whatsapp: sender, else the flow's only "
+                     "channel, else voice")
     sim.add_argument("--from", dest="from_number", required=True, metavar="NUMBER",
-                     help="the contact, e.g. +15551234567 or whatsapp:+15551234567")
+                     help="the contact, as Twilio sends it: +15551234567 (E.164), "
+                     "whatsapp:+15551234567, or on voice client:NAME or a sip: address")
     sim.add_argument("--to", dest="to_number", metavar="NUMBER",
                      help="the number called or written to (default: the flow's first trigger "
                      f"number, else {DEFAULT_TO_NUMBER})")
@@ -87,10 +92,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
 # --- validate ---------------------------------------------------------------------------------
 
 def validate_command(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        queues = load_queue_file(settings.sip_config).queues
-    except QueueConfigError as exc:
-        print(f"ivr: cannot check routes, the queues file is unusable:\n{exc}", file=sys.stderr)
+    queues = _queues_or_report(settings)
+    if queues is None:
         return 2
     try:
         flow_set = load_flows(settings.flows_dir, queue_names=queues, secrets=settings.secrets)
@@ -214,21 +217,25 @@ def simulate_command(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         print(f"ivr: {exc}", file=sys.stderr)
         return 2
-    try:
-        queues = load_queue_file(settings.sip_config).queues
-    except QueueConfigError as exc:
-        print(f"ivr: the queues file is unusable:\n{exc}", file=sys.stderr)
+    queues = _queues_or_report(settings)
+    if queues is None:
         return 2
-    flow = _flow_or_report(args.flow, settings, secrets=settings.secrets)
+    # The flow is checked as `ivr flows validate` checks it: a route to a misspelt queue would
+    # otherwise be simulated as the fallback queue, silently.
+    flow = _flow_or_report(args.flow, settings, queues=queues, secrets=settings.secrets)
     if flow is None:
         return 1
-    if args.channel not in flow.trigger.channels:
-        print(f"ivr: note: flow {flow.name} is not triggered on {args.channel}; simulating anyway",
+    channel = args.channel or _default_channel(flow, args.from_number)
+    if channel not in flow.trigger.channels:
+        print(f"ivr: note: flow {flow.name} is not triggered on {channel}; simulating anyway",
               file=sys.stderr)
-    to_number = args.to_number or next(iter(flow.trigger.numbers), DEFAULT_TO_NUMBER)
+    from_number = _simulated_address(args.from_number, "caller (--from)", channel)
+    to_number = _simulated_address(
+        args.to_number or next(iter(flow.trigger.numbers), DEFAULT_TO_NUMBER),
+        "number called (--to)", channel)
     try:
         simulation = asyncio.run(simulate(
-            flow, args.channel, args.from_number, to_number, queues=queues, body=args.body,
+            flow, channel, from_number, to_number, queues=queues, body=args.body,
             inputs=args.inputs, mocks=mocks, now=now, memory=memory,
             settings=flow_settings(settings), secrets=settings.secrets,
             deadline=settings.decision_deadline))
@@ -237,6 +244,26 @@ def simulate_command(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     print(simulation.to_json() if args.json else describe(simulation, queues))
     return 0
+
+
+def _default_channel(flow: Flow, from_number: str) -> Channel:
+    """The channel of a simulation given none: a WhatsApp sender writes, and a flow that serves
+    one channel is run on it; else a call."""
+    if from_number.lower().startswith(WHATSAPP):
+        return "messaging"
+    channels = flow.trigger.channels
+    return channels[0] if len(channels) == 1 else "voice"
+
+
+def _simulated_address(value: str, role: str, channel: Channel) -> str:
+    """`value` as Twilio sends it (see `twilio_address`), with a `whatsapp:` prefix on
+    messaging; or SystemExit saying how to write it."""
+    if value.lower().startswith(WHATSAPP):
+        if channel != "messaging":
+            raise SystemExit(f"ivr: the {role} {value!r} is on WhatsApp, which is messaging: "
+                             "give --channel messaging (or no --channel)")
+        return WHATSAPP + twilio_address(value[len(WHATSAPP):], role, channel)
+    return twilio_address(value, role, channel)
 
 
 def flow_settings(settings: Settings) -> dict[str, Any]:
@@ -336,31 +363,43 @@ def _turn_heading(turn: Turn, channel: str) -> str:
 
 # --- finding a flow ---------------------------------------------------------------------------
 
+def _queues_or_report(settings: Settings) -> dict[str, Queue] | None:
+    """The queues of IVR_SIP_CONFIG, which flows are checked against; None (said on stderr)
+    when the file is unusable."""
+    try:
+        return load_queue_file(settings.sip_config).queues
+    except QueueConfigError as exc:
+        print(f"ivr: cannot check routes, the queues file is unusable:\n{exc}", file=sys.stderr)
+        return None
+
+
 def _flow_or_report(name_or_path: str, settings: Settings,
+                    queues: Collection[str] | None = None,
                     secrets: Collection[str] | None = None) -> Flow | None:
     try:
-        return find_flow(name_or_path, settings.flows_dir, secrets)
+        return find_flow(name_or_path, settings.flows_dir, queues, secrets)
     except FlowLoadError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return None
 
 
-def find_flow(name_or_path: str, flows_dir: Path, secrets: Collection[str] | None = None
-              ) -> Flow:
+def find_flow(name_or_path: str, flows_dir: Path, queues: Collection[str] | None = None,
+              secrets: Collection[str] | None = None) -> Flow:
     """A flow file given by path, or the flow of that name (file stem or `name:`) in
-    `flows_dir`. Only that file is loaded, so a broken neighbour does not hide it. With
-    `secrets` (the names set), the secrets it needs must be set."""
+    `flows_dir`, checked as `load_flows` checks each file (against `queues` and the names of
+    the `secrets` set, when given). Only that file is loaded, so a broken neighbour does not
+    hide it."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.is_file():
-        return load_flow_file(path, secrets)
+        return load_flow_file(path, queues, secrets)
     paths = sorted([*flows_dir.glob("*.yaml"), *flows_dir.glob("*.yml")])
     for candidate in paths:
         if candidate.stem == name_or_path:
-            return load_flow_file(candidate, secrets)
+            return load_flow_file(candidate, queues, secrets)
     for candidate in paths:  # a file may name its flow differently from the file
         try:
-            flow = load_flow_file(candidate, secrets)
+            flow = load_flow_file(candidate, queues, secrets)
         except FlowLoadError:
             continue
         if flow.name == name_or_path:

@@ -194,3 +194,61 @@ def test_a_flow_without_its_optional_secret_loads_and_says_so_at_the_start(
     with caplog.at_level(logging.WARNING, logger="ivr"):
         load_flows(ROOT / "flows", queue_names=None, secrets=("crm_token",))
     assert not [m for m in caplog.messages if "secrets." in m]
+
+
+def test_templates_read_any_parameter_what_steps_set_and_record_and_their_own_names(
+        tmp_path: Path) -> None:
+    """A name no flow can read, a variable no step sets and a step that records nothing are
+    load errors (tests/broken_flows/); what a template may read loads."""
+    (tmp_path / "reads.yaml").write_text("""\
+trigger: {channels: [voice, messaging], default: true}
+fallback_queue: standard
+steps:
+  lookup:
+    kind: fetch
+    url: "{{ settings.loyalty_api_url }}/c/{{ params.ForwardedFrom | urlencode }}"
+    save: {tier: loyaltyStatus}
+    next: menu
+    on_error: menu
+  menu: {kind: ask, prompt: "{{ contact.name }}, press 1.", save: choice, next: note,
+         on_exhausted: note}
+  note:
+    kind: set
+    vars:
+      summary: >-
+        {% set ns = namespace(n=0) %}{% for i in range(2) %}{{ loop.index }}{% endfor %}
+        {{ vars['tier'] }} {{ vars.choice | upper }} {{ steps.lookup.status }}
+        {{ steps.menu.answer if steps.menu and steps.menu.valid }}
+    next: by_tier
+  by_tier:
+    kind: branch
+    value: vars.tier
+    cases: [{when: "steps.lookup.outcome == 'ok' and vars.summary", next: done}]
+    else: done
+  done: {kind: route, queue: standard, message: "{{ params.Body }} {{ vars }}"}
+""")
+    assert load_flows(tmp_path, queue_names=QUEUES).flows["reads"]
+
+
+def test_a_broken_step_may_set_any_variable_but_the_steps_named_are_still_checked(
+        tmp_path: Path) -> None:
+    """A step that does not load is left out of the later checks: a variable read elsewhere
+    may be its own, so it is not told as set by no step."""
+    (tmp_path / "partial.yaml").write_text("""\
+trigger: {channels: [voice], default: true}
+fallback_queue: standard
+steps:
+  lookup: {kind: fetch, url: "{{ settings.x", save: {tier: t}, next: by_tier, on_error: by_tier}
+  by_tier:
+    kind: branch
+    value: vars.tier
+    cases: [{when: "steps.lokup.status == 404", next: done}]
+    else: done
+  done: {kind: route, queue: standard}
+""")
+    with pytest.raises(FlowLoadError) as refused:
+        load_flows(tmp_path, queue_names=QUEUES)
+    assert [p.split(": ", 1)[1] for p in refused.value.problems] == [
+        "steps.lookup.url: invalid template '{{ settings.x': unexpected end of template, "
+        "expected 'end of print statement'.",
+        "steps.by_tier.cases.0.when: steps.lokup names no step: did you mean 'lookup'?"]

@@ -185,6 +185,46 @@ steps:
     ]
 
 
+def test_a_misspelt_field_does_not_hide_the_other_mistakes_of_its_step(
+        ivr: Ivr, flows_dir: Path) -> None:
+    """A step with a misspelt field was left out of the later checks: its misspelt `next` was
+    told only once the field was fixed (a flow author's walk-through, issue 15)."""
+    (flows_dir / "typos.yaml").write_text("""
+trigger: {channels: [voice], numbers: ["+15005550196"]}
+fallback_queue: standard
+steps:
+  menu:
+    kind: ask
+    prompt: "Press 1 for sales."
+    retry_promt: "Sorry."
+    expect: choice
+    options: {sales: ["1"], support: ["2"]}
+    save: team
+    next: handvoer
+    on_exhausted: handover
+  handover:
+    kind: branch
+    value: vars.team
+    cases: [{equals: sales, next: to_sales, nxt: to_sales}]
+    else: to_sales
+  to_sales: {kind: route, queue: slaes}
+""")
+    status, out, err = ivr("flows", "validate", IVR_FLOWS_DIR=str(flows_dir),
+                           IVR_SIP_CONFIG=str(flows_dir.parent / "queues.yaml"))
+    assert status == 1
+    assert out.splitlines() == [
+        f"{flows_dir}/typos.yaml: steps.menu: unknown field 'retry_promt': did you mean "
+        "'retry_prompt'?",
+        f"{flows_dir}/typos.yaml: steps.handover.cases.0: unknown field 'nxt': did you mean "
+        "'next'?",
+        f"{flows_dir}/typos.yaml: steps.menu.next: 'handvoer' is not a step: did you mean "
+        "'handover'?",
+        f"{flows_dir}/typos.yaml: steps.to_sales.queue: 'slaes' is not a queue: did you mean "
+        "'sales'?",
+    ]
+    assert f"4 problems in {flows_dir}" in err
+
+
 # --- graph and schema -------------------------------------------------------------------------
 
 def test_graph_draws_each_step_and_labels_each_exit(ivr: Ivr) -> None:
@@ -435,6 +475,73 @@ def test_simulate_freezes_the_clock_and_stops_waiting_without_inputs(
     _, out, _ = ivr(*base, "--now", "2026-11-23T15:00:00Z", **env)
     waiting = json.loads(out)
     assert waiting["waiting_at"] == "menu" and waiting["says"] == ["Press 1 for sales."]
+
+
+def test_simulate_refuses_the_flow_validate_refuses_with_the_same_lines(
+        ivr: Ivr, flows_dir: Path) -> None:
+    """A route to a misspelt queue was simulated as the fallback queue's, after saying
+    "Connecting you to sales.", with no warning and exit 0; a misspelt fallback queue was not
+    told either. The flow is checked against the queues `ivr flows validate` uses."""
+    (flows_dir / "menu.yaml").write_text(
+        MENU.replace("queue: sales", "queue: slaes")
+        .replace("fallback_queue: standard", "fallback_queue: standrd")
+        .replace("channels: [voice, messaging]", 'channels: [voice], numbers: ["+15005550199"]'))
+    env = {"IVR_FLOWS_DIR": str(flows_dir), "IVR_SIP_CONFIG": str(flows_dir.parent / "queues.yaml")}
+    _, told, _ = ivr("flows", "validate", **env)
+    assert told.splitlines() == [
+        f"{flows_dir}/menu.yaml: fallback_queue: 'standrd' is not a queue: did you mean "
+        "'standard'?",
+        f"{flows_dir}/menu.yaml: steps.to_sales.queue: 'slaes' is not a queue: did you mean "
+        "'sales'?"]
+    status, out, err = ivr("simulate", "menu", "--channel", "voice", "--from", "+15550000001",
+                           "--now", "2026-11-23T15:00:00Z", "--input", "1", **env)
+    assert (status, out, err) == (1, "", told)
+
+
+def test_simulate_refuses_a_number_twilio_never_sends_as_ivr_call_does(ivr: Ivr) -> None:
+    """`ivr simulate --from 5551234567` looked the caller up as `/customers/5551234567`, and the
+    mock for %2B15551234567 was "never requested"."""
+    for options, refusal in [
+        (["--from", "5551234567"], "ivr: the caller (--from) '5551234567' is not a number as "
+         "Twilio sends it: write it in E.164, + and the country code: +15551234567 for a US or "
+         "Canadian number"),
+        (["--from", "+15551234567", "--to", "+1 500 555 0006"], "ivr: the number called (--to) "
+         "'+1 500 555 0006' is not a number as Twilio sends it: write it without spaces or "
+         "punctuation: +15005550006"),
+        (["--channel", "messaging", "--from", "client:alice"], "ivr: the caller (--from) "
+         "'client:alice' is not a number as Twilio sends it: write it in E.164, + and the "
+         "country code, e.g. +15551234567"),
+        (["--channel", "voice", "--from", "whatsapp:+15551234567"], "ivr: the caller (--from) "
+         "'whatsapp:+15551234567' is on WhatsApp, which is messaging: give --channel messaging "
+         "(or no --channel)"),
+        (["--from", "whatsapp:5551234567"], "ivr: the caller (--from) '5551234567' is not a "
+         "number as Twilio sends it: write it in E.164, + and the country code: +15551234567 "
+         "for a US or Canadian number"),
+    ]:
+        with pytest.raises(SystemExit) as refused:
+            ivr("simulate", "loyalty_routing", *options, "--mock", GOLD_MOCK)
+        assert str(refused.value.code) == refusal
+    # What Twilio sends is taken: a Voice SDK client calls, a WhatsApp sender writes.
+    status, out, _ = ivr("simulate", "loyalty_routing", "--channel", "voice",
+                         "--from", "client:alice", "--json")
+    assert status == 0 and json.loads(out)["from"] == "client:alice"
+
+
+def test_simulate_runs_on_the_channel_the_contact_and_the_flow_imply(ivr: Ivr) -> None:
+    """`ivr simulate` required --channel where `ivr call` takes voice."""
+    def channel(flow: str, sender: str = "+15550000001") -> str:
+        status, out, _ = ivr("simulate", flow, "--from", sender, "--json")
+        assert status == 0
+        return str(json.loads(out)["channel"])
+
+    assert channel("team_choice") == "voice"  # both channels: a call, as `ivr call`
+    assert channel("vip_by_email") == "messaging"  # its only channel
+    assert channel("team_choice", "whatsapp:+15550000001") == "messaging"
+    commands = argparse.ArgumentParser(prog="ivr").add_subparsers()
+    flows_cli.add_commands(commands)
+    told = " ".join(commands.choices["simulate"].format_help().split())
+    assert ("--channel {voice,messaging} default: messaging for a whatsapp: sender, else the "
+            "flow's only channel, else voice") in told
 
 
 @pytest.mark.parametrize("option", [["--mock", "http://x.test/a"], ["--mock", "http://x.test=9:{}"],

@@ -124,6 +124,13 @@ def test_golden_case(path: Path) -> None:
         assert subset == expect.vars, about
     if expect.saved is not None:
         assert simulation.saved_fields == expect.saved, about
+    # The load checks what templates read against what each kind says it sets and records.
+    flow = shipped()[0].flows[case.flow]
+    assert set(simulation.vars) <= frozenset().union(
+        *(step.vars_set() for step in flow.steps.values())), about
+    for turn in simulation.turns:
+        for step_id, recorded in turn.step_results.items():
+            assert set(recorded) <= set(flow.steps[step_id].records), (about, step_id)
 
 
 def test_there_are_golden_cases_for_the_reference_flow() -> None:

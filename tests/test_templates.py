@@ -11,7 +11,8 @@ import pytest
 
 from ivr.flows.loader import load_flows
 from ivr.flows.model import Flow
-from ivr.flows.templates import Expression, Template
+from ivr.flows.step import Contact, Run
+from ivr.flows.templates import READABLE, Expression, Template
 
 FLOWS = Path(__file__).resolve().parent.parent / "flows"
 
@@ -146,3 +147,21 @@ def test_the_secrets_a_template_reads_are_found_in_its_syntax_tree() -> None:
                    "{% for k in secrets %}{{ k }}{% endfor %}"):
         with pytest.raises(ValueError, match="^read a secret by its name, as secrets.crm_token$"):
             Template(source).secrets_read()
+
+
+def test_a_run_offers_its_templates_every_name_a_flow_can_read() -> None:
+    """The load refuses a name outside READABLE: a run must offer each of them, and no other."""
+    run = Run(contact=Contact("+1555", "+1555", "voice"), params={}, settings={},
+              http=None, deadline=0)  # type: ignore[arg-type]
+    assert set(run.variables) == READABLE
+
+
+def test_the_names_a_template_reads_are_found_in_its_syntax_tree() -> None:
+    assert Expression("vars.x or parms.y | default(range(2))").variables() == {"vars", "parms"}
+    assert Template("{% set a = 1 %}{% for i in range(3) %}{{ loop.index }}{{ a }}{{ i }}"
+                    "{% endfor %}{{ contact.number }}").variables() == {"contact"}
+    read = Template("{{ steps.lookup.status }} {{ vars['tier'] }} {{ vars[vars.name] }} "
+                    "{{ vars.get('x') }} {{ vars }}{% if vars.items %}{% endif %}")
+    assert read.paths_read("steps") == [("lookup", "status")]
+    # Read whole, by a computed name or through a dict's method: no name to check.
+    assert sorted(read.paths_read("vars")) == [(), (), (), (), ("name",), ("tier",)]

@@ -49,19 +49,32 @@ class FlowSet:
         return {queue: "flow " + ", ".join(names) for queue, names in users.items()}
 
 
-def load_flow_file(path: Path, secrets: Collection[str] | None = None) -> Flow:
-    """Load and check one flow; with `secrets` (the names of the secrets set), every secret
-    the flow needs must be among them."""
-    flow, _, problems = _read_flow(path, secrets)
+def load_flow_file(path: Path, queue_names: Collection[str] | None = None,
+                   secrets: Collection[str] | None = None) -> Flow:
+    """Load and check one flow as `load_flows` checks each file: with `queue_names`, its routes
+    must name those queues; with `secrets` (the names of the secrets set), every secret the flow
+    needs must be among them."""
+    flow, _, problems = _read_flow(path, queue_names, secrets)
     if flow is None:
         raise FlowLoadError([f"{path}: {problem}" for problem in problems])
     return flow
 
 
-def _read_flow(path: Path, secrets: Collection[str] | None
+def _read_flow(path: Path, queue_names: Collection[str] | None,
+               secrets: Collection[str] | None
                ) -> tuple[Flow | None, FlowOutline | None, list[Problem]]:
-    """The flow in `path`, or None; its outline for the later checks (None when even that cannot
-    be read); and its problems. With `secrets`, a secret the flow needs must be among them."""
+    """The flow in `path`, or None if it has any problem; its outline for the checks across
+    files (None when even that cannot be read); and its problems. Every check of one file,
+    for the server, `ivr flows validate` and `ivr simulate` alike."""
+    flow, outline, problems = _parse_flow(path, secrets)
+    if outline is not None and queue_names is not None:
+        problems += _unknown_queues(outline, queue_names)
+    return (None if problems else flow), outline, problems
+
+
+def _parse_flow(path: Path, secrets: Collection[str] | None
+                ) -> tuple[Flow | None, FlowOutline | None, list[Problem]]:
+    """`_read_flow` but for the queues."""
     try:
         data = read_yaml(path)
     except YamlFileError as exc:
@@ -100,12 +113,10 @@ def load_flows(directory: Path, queue_names: Collection[str] | None = None,
     flow_set = FlowSet()
     claims = _Claims()
     for path in paths:
-        flow, outline, found = _read_flow(path, secrets)
+        flow, outline, found = _read_flow(path, queue_names, secrets)
         problems += [(path, problem) for problem in found]
         if outline is None:
             continue
-        if queue_names is not None:
-            problems += [(path, problem) for problem in _unknown_queues(outline, queue_names)]
         problems += [(path, problem) for problem in claims.add(path, outline)]
         if flow is not None:
             flow_set.flows.setdefault(flow.name, flow)

@@ -22,7 +22,7 @@ import ivr.flows.steps  # noqa: F401  (registers every step kind)
 from ivr.flows.durations import duration
 from ivr.flows.schedules import Schedule, ScheduleName
 from ivr.flows.step import STEP_KINDS, Channel, Step, StepId
-from ivr.flows.templates import Compiled
+from ivr.flows.templates import READABLE, Compiled
 from ivr.queues import QueueName
 from ivr.settings import secret_name_problem, secret_variable
 from ivr.validation import (
@@ -32,6 +32,7 @@ from ivr.validation import (
     Where,
     closest,
     explained_pattern,
+    suggestion,
     unknown,
 )
 
@@ -108,7 +109,7 @@ class Flow(BaseModel):
         problems = [Problem(("steps", step_id, *problem.where), problem.what)
                     for step_id, step in self.steps.items() for problem in step.bind(self)]
         dangling = unknown_targets(self.steps, self.steps, self.start, self.unanswered)
-        problems += dangling
+        problems += dangling + unknown_reads(self.steps, self.steps)
         if not dangling:  # reachability and loops only mean something on a whole graph
             reachable = self._reachable()
             problems += [Problem(("steps", step_id), "no step leads to it (unreachable)")
@@ -259,6 +260,56 @@ def unknown_targets(steps: Mapping[str, Step], step_ids: Collection[str], start:
     return problems
 
 
+def unknown_reads(steps: Mapping[str, Step], step_ids: Collection[str]) -> list[Problem]:
+    """Where a template of `steps` reads a name no flow can read (`parms`), `vars.<name>` that
+    no step sets, or `steps.<id>` that is none of `step_ids` or that the step never records:
+    Jinja would read any of them as nothing, and a branch take `else`. Variables are checked
+    only when `steps` holds every step of `step_ids` (a step left out, being broken, may set
+    them)."""
+    variables = frozenset().union(*(step.vars_set() for step in steps.values()))
+    every_step = all(step_id in steps for step_id in step_ids)
+    problems: list[Problem] = []
+    for step_id, step in steps.items():
+        for where, compiled in _compiled_fields(step):
+            found = [unknown("a name a flow can read", name, READABLE, "names")
+                     for name in sorted(compiled.variables() - READABLE)]
+            found += [_unset_variable(path[0], variables) for path in compiled.paths_read("vars")
+                      if every_step and path and path[0] not in variables]
+            found += [problem for path in compiled.paths_read("steps")
+                      if path and (problem := _unrecorded(path, steps, step_ids))]
+            problems += [Problem(("steps", step_id, *where), what)
+                         for what in dict.fromkeys(found)]
+    return problems
+
+
+def _unset_variable(name: str, variables: Collection[str]) -> str:
+    fix = (suggestion(name, variables, "variables set") if variables
+           else "a fetch or ask step's `save`, or a set step's `vars`, sets one")
+    return _with_fix(f"no step sets vars.{name}", fix)
+
+
+def _unrecorded(path: tuple[str, ...], steps: Mapping[str, Step],
+                step_ids: Collection[str]) -> str | None:
+    """What is wrong with reading `steps.<path>`, if anything."""
+    if path[0] not in step_ids:
+        return _with_fix(f"steps.{path[0]} names no step",
+                         suggestion(path[0], step_ids, "steps"))
+    step = steps.get(path[0])
+    if step is None:  # broken: what it records is not known
+        return None
+    kind = getattr(step, "kind", "")
+    if not step.records:
+        return f"steps.{path[0]} is never recorded: a {kind} step records nothing"
+    if len(path) > 1 and path[1] not in step.records:
+        return _with_fix(f"steps.{path[0]}.{path[1]} is never recorded",
+                         suggestion(path[1], step.records, f"fields a {kind} step records"))
+    return None
+
+
+def _with_fix(what: str, fix: str) -> str:
+    return f"{what}: {fix}" if fix else what
+
+
 _STEP: TypeAdapter[Step] = TypeAdapter(AnyStep)
 _TRIGGER = TypeAdapter(Trigger)
 _QUEUE_NAME: TypeAdapter[str] = TypeAdapter(QueueName)
@@ -290,12 +341,40 @@ class FlowOutline:
             return None
         raw_steps = data.get("steps") if isinstance(data.get("steps"), dict) else {}
         steps = {step_id: step for step_id, raw in raw_steps.items()
-                 if (step := _valid(_STEP, raw)) is not None}
+                 if (step := _valid_but_unknown_fields(raw)) is not None}
         step_ids = [step_id for step_id in raw_steps if isinstance(step_id, str)]
         start, unanswered = (_valid(_STEP_ID, data.get(key)) for key in ("start", "unanswered"))
+        problems = (unknown_targets(steps, step_ids, start, unanswered)
+                    + unknown_reads(steps, step_ids))
         return cls(str(data.get("name") or name), _valid(_TRIGGER, data.get("trigger")),
-                   _valid(_QUEUE_NAME, data.get("fallback_queue")), steps,
-                   unknown_targets(steps, step_ids, start, unanswered))
+                   _valid(_QUEUE_NAME, data.get("fallback_queue")), steps, problems)
+
+
+def _valid_but_unknown_fields(raw: Any) -> Step | None:
+    """The step `raw` describes, if valid once its unknown fields are left out: a misspelt
+    field is reported on its own, and must not hide where the step goes or what it reads."""
+    try:
+        return _STEP.validate_python(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+    if not all(error["type"] == "extra_forbidden" for error in errors):
+        return None
+    try:
+        for error in errors:  # the first part of a place is the step's kind
+            raw = _without(raw, tuple(error["loc"][1:]))
+    except (KeyError, IndexError, TypeError):  # a place not found as pydantic names it
+        return None
+    return _valid(_STEP, raw)
+
+
+def _without(data: Any, where: tuple[Any, ...]) -> Any:
+    """`data` without the key at `where`, copying only the mappings and lists on the way."""
+    copy = dict(data) if isinstance(data, dict) else list(data)
+    if len(where) == 1:
+        del copy[where[0]]
+    else:
+        copy[where[0]] = _without(copy[where[0]], where[1:])
+    return copy
 
 
 def _valid(adapter: TypeAdapter[Any], value: Any) -> Any:

@@ -62,6 +62,13 @@ class Step(BaseModel):
     # The fields whose templates may read `secrets.*`: only what goes to an API, never what a
     # contact hears, an agent reads or a session keeps.
     secret_fields: ClassVar[tuple[str, ...]] = ()
+    # What the step records for templates to read as `steps.<id>.<field>` (none: `steps.<id>`
+    # stays undefined).
+    records: ClassVar[tuple[str, ...]] = ()
+
+    def vars_set(self) -> frozenset[str]:
+        """The variables the step may set, which templates read as `vars.<name>`."""
+        return frozenset()
 
     def exits(self) -> list[str]:
         """The step ids this step may go to."""

@@ -58,7 +58,12 @@ MAX_SOURCE_LENGTH = 4000
 # call of a server.
 SECRETS = "secrets"
 SETTINGS = "settings"
+# Every name a flow's templates can read: a run's variables (`Run.variables`). Anything else is a
+# misspelling, which Jinja would render as nothing (`parms.Body` for `params.Body`).
+READABLE = frozenset({"contact", "params", "vars", "steps", SETTINGS, SECRETS})
 N = TypeVar("N", bound=nodes.Node)
+# What `.name` reads on a dict before any key of that name (`vars.items` is the method).
+_DICT_ATTRIBUTES = frozenset(dir(dict))
 
 
 class Compiled:
@@ -91,21 +96,27 @@ class Compiled:
 
         Raises ValueError when it reaches `secrets` any other way (whole, by a computed name,
         or assigned to): which secrets that reads, and where they go, no check could tell."""
-        tree = self._tree()
-        named: dict[int, str] = {}
-        for node in [*_find_all(tree, nodes.Getattr), *_find_all(tree, nodes.Getitem)]:
-            name = node.attr if isinstance(node, nodes.Getattr) else (
-                node.arg.value if isinstance(node.arg, nodes.Const) else None)
-            if isinstance(node.node, nodes.Name) and isinstance(name, str):
-                named[id(node.node)] = name
         found = set()
-        for node in _find_all(tree, nodes.Name):
-            if node.name != SECRETS:
-                continue
-            if node.ctx != "load" or id(node) not in named:
+        for node, path in _named_paths(self._tree(), SECRETS):
+            if node.ctx != "load" or not path:
                 raise ValueError("read a secret by its name, as secrets.crm_token")
-            found.add(named[id(node)])
+            found.add(path[0])
         return frozenset(found)
+
+    def paths_read(self, name: str) -> list[tuple[str, ...]]:
+        """Each read of the variable `name`, as the names that follow it: `steps.lookup.status`
+        is ('lookup', 'status'), `vars['tier']` ('tier',), and `vars` read whole, by a computed
+        name (`vars[x]`) or through a method (`vars.get('x')`) is ()."""
+        return [path for node, path in _named_paths(self._tree(), name) if node.ctx == "load"]
+
+    def variables(self) -> frozenset[str]:
+        """The run's variables the source reads (`contact`, `settings`...), by name: neither
+        Jinja's own globals (`range`) nor the names it sets itself (`{% set x = ... %}`)."""
+        tree = self._tree()
+        if not isinstance(tree, nodes.Template):  # an expression: a template that prints it
+            tree = nodes.Template([nodes.Output([tree])])
+            tree.set_environment(_ENV)
+        return frozenset(meta.find_undeclared_variables(tree) - _ENV.globals.keys())
 
     def _tree(self) -> nodes.Node:
         raise NotImplementedError
@@ -138,6 +149,30 @@ def _find_all(tree: nodes.Node, kind: type[N]) -> list[N]:
     return [*([tree] if isinstance(tree, kind) else []), *tree.find_all(kind)]
 
 
+def _named_paths(tree: nodes.Node, name: str) -> list[tuple[nodes.Name, tuple[str, ...]]]:
+    """Each `name` in `tree` with the names it is followed by (`.attr` or `['key']`), up to the
+    first that is computed or is a method of a dict (which Jinja reads before a key)."""
+    lookups: dict[int, nodes.Getattr | nodes.Getitem] = {}  # a node -> the lookup on it
+    for node in [*_find_all(tree, nodes.Getattr), *_find_all(tree, nodes.Getitem)]:
+        lookups[id(node.node)] = node
+    found = []
+    for node in _find_all(tree, nodes.Name):
+        if node.name != name:
+            continue
+        path: list[str] = []
+        lookup = lookups.get(id(node))
+        while lookup is not None:
+            key = lookup.attr if isinstance(lookup, nodes.Getattr) else (
+                lookup.arg.value if isinstance(lookup.arg, nodes.Const) else None)
+            if not isinstance(key, str) or (isinstance(lookup, nodes.Getattr)
+                                            and key in _DICT_ATTRIBUTES):
+                break
+            path.append(key)
+            lookup = lookups.get(id(lookup))
+        found.append((node, tuple(path)))
+    return found
+
+
 # A variable read by a template: its name, the attributes followed, and a filter applied.
 _Path = tuple[str, tuple[str, ...], Callable[[Any], str]]
 
@@ -151,9 +186,6 @@ def _path(node: nodes.Node) -> tuple[str, tuple[str, ...]] | None:
     if not isinstance(node, nodes.Name) or node.ctx != "load":
         return None
     return node.name, tuple(reversed(attributes))
-
-
-_DICT_ATTRIBUTES = frozenset(dir(dict))
 
 
 def _read(variables: dict[str, Any], name: str, attributes: tuple[str, ...]) -> Any:
@@ -234,11 +266,6 @@ class Template(Compiled):
         if rendered is None or rendered[0] is not settings or rendered[1] is not secrets:
             rendered = self._rendered = (settings, secrets, self._render(variables))
         return rendered[2]
-
-    def variables(self) -> frozenset[str]:
-        """The run's variables the template reads (`contact`, `settings`...), by name."""
-        names = meta.find_undeclared_variables(_ENV.parse(self.source))
-        return frozenset(names - _ENV.globals.keys())
 
     def _render(self, variables: dict[str, Any]) -> str:
         if self._plan is None:

@@ -74,6 +74,7 @@ class AskStep(Step):
 
     exit_fields = ("next", "on_exhausted")
     waits = True
+    records = ("answer", "valid")
 
     @model_validator(mode="after")
     def _expectation_is_complete(self) -> AskStep:
@@ -103,6 +104,9 @@ class AskStep(Step):
                 raise ValueError("save_to_contact needs `save`")
             check_contact_fields([self.save])
         return self
+
+    def vars_set(self) -> frozenset[str]:
+        return frozenset() if self.save is None else frozenset({self.save})
 
     async def run(self, run: Run) -> StepResult:
         run.attempts[run.current_step] = 0

@@ -129,6 +129,7 @@ class FetchStep(Step):
 
     exit_fields = ("next", "on_error")
     secret_fields = ("url", "headers", "body")
+    records = ("status", "outcome", "elapsed_ms", "cache")
 
     # Which cache is the step's (its flow and id), set when its flow loads.
     _scope: str = PrivateAttr(default="")
@@ -138,6 +139,9 @@ class FetchStep(Step):
         if self.stale_while_revalidate is not None and self.cache is None:
             raise ValueError("stale_while_revalidate needs `cache`")
         return self
+
+    def vars_set(self) -> frozenset[str]:
+        return frozenset(self.save)
 
     def bind(self, flow: Flow) -> list[Problem]:
         step_id = next(step_id for step_id, step in flow.steps.items() if step is self)

@@ -42,6 +42,7 @@ class HoursStep(Step):
     closed: StepId
 
     exit_fields = ("open", "closed")
+    records = ("open", "local_time")
 
     # The step names its schedule; the flow, which holds the schedules, binds it at load time.
     _bound: Schedule | None = PrivateAttr(default=None)

@@ -42,6 +42,9 @@ class SetStep(Step):
         check_contact_fields(fields)
         return fields
 
+    def vars_set(self) -> frozenset[str]:
+        return frozenset(self.vars)
+
     async def run(self, run: Run) -> StepResult:
         for name, template in self.vars.items():
             run.vars[name] = template.render(run.variables)
