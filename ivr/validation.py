@@ -80,6 +80,11 @@ def suggestion(name: str, known: Collection[str], plural: str, listed: int = 12)
     return ""
 
 
+def with_article(word: str) -> str:
+    """`an ask`, `a fetch`: a step kind (or any word) after "is" in a message."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+
 def unknown(what: str, name: str, known: Collection[str], plural: str) -> str:
     """`'vip' is not a queue: did you mean 'vips'?`, for a name that names nothing known."""
     fix = suggestion(name, known, plural)

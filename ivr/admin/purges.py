@@ -17,7 +17,7 @@ from ivr.flows.step import Channel, Contact, Run
 from ivr.flows.steps.fetch import FetchStep
 from ivr.logs import mask_number
 from ivr.timestamps import utc_iso
-from ivr.validation import E164_PATTERN, unknown
+from ivr.validation import E164_PATTERN, unknown, with_article
 
 if TYPE_CHECKING:
     from ivr.channels.webhook import Services
@@ -56,7 +56,7 @@ def purge_target(flows: dict[str, Flow], flow_name: str, step_id: str) -> PurgeT
         cached = [name for name, s in flow.steps.items()
                   if isinstance(s, FetchStep) and s.cache is not None]
         what = ("a fetch step without `cache`" if isinstance(step, FetchStep)
-                else f"{_article(step.kind)} {step.kind} step")
+                else f"{with_article(step.kind)} step")
         where = (f"its cached fetch steps: {', '.join(cached)}" if cached
                  else "the flow caches no fetch")
         raise field_errors(f"step {step_id!r} of flow {flow_name!r} is {what}, not a cached "
@@ -123,10 +123,6 @@ def _contacts(number: str, channels: Collection[Channel], memory: dict[str, str]
     if "messaging" in channels:
         yield Contact(number, number, "messaging", memory)
         yield Contact(number, WHATSAPP + number, "messaging", memory)
-
-
-def _article(word: str) -> str:
-    return "an" if word[:1] in "aeiou" else "a"
 
 
 def _cut(text: str) -> str:

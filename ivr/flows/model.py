@@ -34,6 +34,7 @@ from ivr.validation import (
     explained_pattern,
     suggestion,
     unknown,
+    with_article,
 )
 
 AnyStep = Annotated[Union[tuple(STEP_KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
@@ -299,10 +300,10 @@ def _unrecorded(path: tuple[str, ...], steps: Mapping[str, Step],
         return None
     kind = getattr(step, "kind", "")
     if not step.records:
-        return f"steps.{path[0]} is never recorded: a {kind} step records nothing"
+        return f"steps.{path[0]} is never recorded: {with_article(kind)} step records nothing"
     if len(path) > 1 and path[1] not in step.records:
         return _with_fix(f"steps.{path[0]}.{path[1]} is never recorded",
-                         suggestion(path[1], step.records, f"fields a {kind} step records"))
+                         suggestion(path[1], step.records, f"fields {with_article(kind)} step records"))
     return None
 
 
