@@ -132,6 +132,9 @@ def test_a_signed_in_admin_sees_every_queue_and_where_it_sends_calls(page: Page)
         expect(page.locator(f"#queue-{name} .sip-uri")).to_have_text(
             f"sip:{name}@queues.example.com")
     expect(page.locator("#queue-platinum")).to_contain_text("+15550100102")
+    expect(page.locator("#queue-gold")).to_contain_text("used by flow loyalty_routing")
+    expect(page.locator("#queue-vip")).to_contain_text(
+        "used by flows new_vs_returning, vip_by_email")
 
 
 def test_a_bad_sip_uri_is_explained_next_to_the_field_and_nothing_is_stored(
