@@ -831,6 +831,28 @@ def test_a_restore_posted_without_confirming_only_shows_the_confirmation(
     assert stored(redis_url, "gold")["version"] == 2
 
 
+def test_restoring_a_version_with_the_current_values_has_nothing_to_restore(
+        alice_http: tuple[httpx.Client, str], redis_url: str) -> None:
+    """Restoring values the queue has wrote a version that changed nothing."""
+    client, csrf = alice_http
+    version_1 = {"csrf": csrf, "sip_uri": OLD_GOLD, "fallback_sip_uris": "", "overflow": "",
+                 "message_to": "+15550100101", "display_name": "Gold members"}
+    for version, uri in (("1", NEW_GOLD), ("2", OLD_GOLD)):
+        assert client.post("/admin/queues/gold", data={
+            **version_1, "version": version, "sip_uri": uri}).status_code == 303
+    shown = client.get("/admin/queues/gold/rollback", params={"version": "1"})
+    assert shown.status_code == 200
+    assert "there is nothing to restore" in shown.text
+    assert 'name="confirmed"' not in shown.text  # no button that would write
+    # A confirmation posted anyway (from a page shown before the last change was undone).
+    posted = client.post("/admin/queues/gold/rollback", data={
+        "csrf": csrf, "version": "1", "current": "3", "confirmed": "1"}, follow_redirects=True)
+    assert posted.status_code == 200
+    assert ("Nothing to restore: version 1 has the values gold has now. gold is still "
+            "version 3.") in posted.text
+    assert stored(redis_url, "gold")["version"] == 3
+
+
 @pytest.mark.parametrize("query", [{"version": "9"}, {"version": "x"}, {}])
 def test_a_restore_link_to_no_version_says_so(
         query: dict[str, str], alice_http: tuple[httpx.Client, str]) -> None:
