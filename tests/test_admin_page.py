@@ -421,7 +421,7 @@ def test_on_a_phone_no_page_scrolls_sideways_and_a_long_sip_uri_stays_in_its_car
         widths = {"/admin/login": page.evaluate("document.documentElement.scrollWidth")}
         sign_in(page)
         for path in ("/admin/", "/admin/queues/gold", "/admin/audit", "/admin/calls",
-                     "/admin/new"):
+                     "/admin/new", "/admin/queues/gold/rollback?version=1"):
             page.goto(path)
             widths[path] = page.evaluate("document.documentElement.scrollWidth")
         assert widths == dict.fromkeys(widths, PHONE["width"])
@@ -439,6 +439,27 @@ def test_on_a_phone_no_page_scrolls_sideways_and_a_long_sip_uri_stays_in_its_car
         page.goto("/admin/audit")
         change = page.locator("table.audit .change").first
         assert lies_inside(change.locator("code.new"), change)
+
+        # Restoring compares both values of each field side by side, inside the card.
+        page.goto("/admin/queues/gold/rollback?version=1")
+        page.screenshot(path=str(ARTIFACTS / "admin-page-phone-restore.png"), full_page=True)
+        assert lies_inside(page.locator("table.restore"), page.locator("#restore"))
+        for cell in page.locator("table.restore td", has=page.locator("code")).all():
+            assert lies_inside(cell.locator("code"), cell)
+
+        # The queue's page after a conflict, each field someone else changed marked.
+        page.goto("/admin/queues/gold")
+        with admin_api(server) as client:
+            assert client.patch("/admin/api/queues/gold", json={
+                "sip_uri": LONG_URI.replace("@pbx.", "@pbx2."),
+                "message_to": "+15550100199"}).is_success
+        page.get_by_label("Display name").fill("Gold")
+        page.get_by_role("button", name="Save").click()
+        expect(page.locator("#sip_uri-changed")).to_contain_text("Changed meanwhile")
+        page.screenshot(path=str(ARTIFACTS / "admin-page-phone-conflict.png"), full_page=True)
+        assert page.evaluate("document.documentElement.scrollWidth") == PHONE["width"]
+        assert lies_inside(page.locator("#sip_uri-changed"),
+                           page.locator(".field.changed", has=page.locator("#sip_uri")))
     finally:
         context.close()
 
