@@ -35,7 +35,8 @@ from twilio.request_validator import RequestValidator
 
 from ivr.admin.auth import hash_password, resolve_admin_token
 from ivr.addresses import twilio_address
-from ivr.admin.client import AdminClient, AdminError, table
+from ivr.admin.changes import FieldComparison, compare_queues
+from ivr.admin.client import AdminClient, AdminError, queue_of, table
 from ivr.app import StartupError, open_store
 from ivr.calltrace import describe_answer
 from ivr.channels.voice import DEFAULT_FINISH_ON_KEY, keyed_answer
@@ -162,10 +163,14 @@ def _add_queue_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     delete.add_argument("name")
     delete.add_argument("--yes", "-y", action="store_true",
                         help="do not ask (required when not at a terminal)")
-    actions.add_parser("history", help="every version of a queue").add_argument("name")
-    rollback = actions.add_parser("rollback", help="make an old version current again")
+    actions.add_parser("history", help="every version of a queue and what it changed"
+                       ).add_argument("name")
+    rollback = actions.add_parser(
+        "rollback", help="make an old version current again (shows what it changes, asks first)")
     rollback.add_argument("name")
     rollback.add_argument("version", type=int)
+    rollback.add_argument("--yes", "-y", action="store_true",
+                          help="do not ask (required when not at a terminal)")
     export = actions.add_parser("export", help="print the live configuration as queues.yaml")
     export.add_argument("--output", "-o", help="write to this file instead of stdout")
     _add_admin_options(queues, actions)
@@ -245,18 +250,20 @@ def _queue_command(client: AdminClient, args: argparse.Namespace) -> str:
             raise AdminError("nothing to change: give a SIP URI or an option such as "
                              "--message-to or --no-overflow (see `ivr queues set --help`)")
         record, created = client.change_queue(args.name, fields, args.create)
+        if not record["changed"]:
+            return f"{record['name']} unchanged: version {record['version']}"
         verb = "created" if created else "updated"
         return f"{record['name']} {verb}: version {record['version']}, {record['sip_uri']}"
     if command == "delete":
         return _delete_queue(client, args.name, args.yes)
     if command == "history":
-        rows = [[str(v["version"]), v["sip_uri"], v["updated_by"], v["updated_at"]]
-                for v in client.history(args.name)]
-        return table(rows, ["VERSION", "SIP URI", "UPDATED BY", "UPDATED AT"])
+        # What each version changed rather than any one field's value: a version that changed
+        # only the fallbacks looked like the one before it.
+        rows = [[str(v["version"]), v["updated_at"], v["updated_by"],
+                 ", ".join(v["changed"]) or "(no field)"] for v in client.history(args.name)]
+        return table(rows, ["VERSION", "UPDATED AT", "UPDATED BY", "CHANGED"])
     if command == "rollback":
-        record = client.rollback(args.name, args.version)
-        return (f"{record['name']} rolled back to version {args.version}: now version "
-                f"{record['version']}, {record['sip_uri']}")
+        return _roll_back(client, args.name, args.version, args.yes)
     text = client.export_yaml()
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
@@ -264,27 +271,91 @@ def _queue_command(client: AdminClient, args: argparse.Namespace) -> str:
     return text.rstrip()
 
 
+def _confirm(question: str, *, refused: str, asking: str, action: str,
+             details: str = "") -> None:
+    """Return once the person at the terminal has answered yes to `question` (after reading
+    `details`); else raise AdminError(`refused`). Without a terminal nobody can answer, and the
+    error says so: `asking` (e.g. "deleting queue 'night'") asks for a yes; to `action` (e.g.
+    "delete it") from a script, add --yes."""
+    if not sys.stdin.isatty():
+        raise AdminError(f"{refused}: {asking} asks for a yes at a terminal; to {action} from a "
+                         "script, add --yes")
+    print(f"{details}{question}? [y/N] ", end="", file=sys.stderr, flush=True)
+    try:
+        answer = sys.stdin.readline().strip().lower()
+    except KeyboardInterrupt:
+        answer = ""
+        print(file=sys.stderr)  # the next line starts under the question, not after it
+    if answer not in ("y", "yes"):
+        raise AdminError(refused)
+
+
 def _delete_queue(client: AdminClient, name: str, yes: bool) -> str:
     """Delete a queue once the person at the terminal said yes to what it is (or gave --yes)."""
     record = client.queue(name)
     version = record["version"]
     if not yes:
-        if not sys.stdin.isatty():
-            raise AdminError(f"not deleted: deleting queue {name!r} asks for a yes at a "
-                             "terminal; to delete it from a script, add --yes")
-        print(f"Delete queue {name} (calls go to {record['sip_uri']}; version {version}, "
-              f"by {record['updated_by']})? [y/N] ", end="", file=sys.stderr, flush=True)
-        try:
-            answer = sys.stdin.readline().strip().lower()
-        except KeyboardInterrupt:
-            answer = ""
-            print(file=sys.stderr)  # the next line starts under the question, not after it
-        if answer not in ("y", "yes"):
-            raise AdminError("not deleted")
+        _confirm(f"Delete queue {name} (calls go to {record['sip_uri']}; version {version}, "
+                 f"by {record['updated_by']})", refused="not deleted",
+                 asking=f"deleting queue {name!r}", action="delete it")
     # Asked, the yes is for the version shown: a change made meanwhile stops the delete.
     client.delete(name, None if yes else version)
     return (f"{name} deleted; its history is kept: `ivr queues rollback {name} {version}` "
             "brings it back")
+
+
+def _roll_back(client: AdminClient, name: str, version: int, yes: bool) -> str:
+    """Make `version` current again once the person at the terminal has seen what that
+    changes, field by field, and said yes (or gave --yes)."""
+    versions = {v["version"]: v for v in client.history(name)}
+    if version not in versions:
+        raise AdminError(f"queue {name!r} has no version {version} (its versions are "
+                         f"{min(versions)} to {max(versions)}: see `ivr queues history {name}`)")
+    target = versions[version]
+    current = client.find_queue(name)
+    fields = compare_queues(queue_of(current) if current is not None else None,
+                            queue_of(target))
+    if current is not None and not any(field.differs for field in fields):
+        return (f"{name} unchanged: version {current['version']} has the values of version "
+                f"{version} already")
+    if not yes:
+        _confirm(f"Restore version {version} of {name}", refused="not rolled back",
+                 asking=f"restoring version {version} of queue {name!r}", action="roll it back",
+                 details=restore_preview(name, target, current, fields))
+    # Asked, the yes is for the queue as shown: a change made meanwhile stops the rollback.
+    expected = None if yes else current["version"] if current is not None else 0
+    record = client.rollback(name, version, expected)
+    if current is None:
+        return f"{name} re-created from version {version}: now version {record['version']}"
+    if not record["changed"]:
+        return (f"{name} unchanged: version {record['version']} has the values of version "
+                f"{version} already")
+    return (f"{name} rolled back to version {version}: now version {record['version']}; "
+            f"changed {', '.join(record['changed'])}")
+
+
+def restore_preview(name: str, target: dict[str, Any], current: dict[str, Any] | None,
+                    fields: list[FieldComparison]) -> str:
+    """What restoring `target` changes: each field that differs, now → in that version, as
+    the page's confirmation shows it, then the fields it leaves as they are."""
+    version = target["version"]
+    changing = [field for field in fields if field.differs]
+    width = max(len(field.field) for field in changing)
+    lines = [(f"Version {version} of {name} was saved by {target['updated_by']} at "
+              f"{target['updated_at']}.")]
+    if current is None:
+        lines.append(f"Queue {name} was deleted: restoring version {version} creates it again "
+                     "with:")
+        lines += [f"  {field.field.ljust(width)}  {field.after}" for field in changing]
+    else:
+        lines.append(f"Restoring it changes, now (version {current['version']}) → in version "
+                     f"{version}:")
+        lines += [f"  {field.field.ljust(width)}  {field.before} → {field.after}"
+                  for field in changing]
+        unchanged = [field.field for field in fields if not field.differs]
+        if unchanged:
+            lines.append(f"Unchanged: {', '.join(unchanged)}.")
+    return "\n".join(lines) + "\n"
 
 
 def _add_call_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -106,6 +106,15 @@ class Queue(BaseModel):
     display_name: str | None = Field(default=None, max_length=100)
 
 
+def changed_fields(before: Queue | None, after: Queue | None) -> list[str]:
+    """The fields whose value differs from `before` to `after`, in the model's order. A queue
+    that does not exist (None) has every field at its default, and no SIP URI."""
+    old = before.model_dump() if before is not None else {}
+    new = after.model_dump() if after is not None else {}
+    return [field for field, info in Queue.model_fields.items()
+            if old.get(field, info.default) != new.get(field, info.default)]
+
+
 class QueueConfig(BaseModel):
     """The whole `queues.yaml`: every queue by name."""
 

@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 
 from ivr import sentinel
 from ivr.metrics import STORE_UP
-from ivr.queues import Queue, QueueConfig, check_overflow
+from ivr.queues import Queue, QueueConfig, changed_fields, check_overflow
 from ivr.sentinel import is_sentinel_url
 
 log = logging.getLogger("ivr.store")
@@ -79,29 +79,50 @@ return 1
 
 # A write (create, update, rollback, delete) as one atomic step. The record and audit entry are
 # JSON built in Python; the script only splices in the version, so JSON arrays survive intact.
+# A record whose queue fields equal the current record's writes nothing: no version, no audit
+# entry, no message. Compared here, on the record current at the write, so writers racing to
+# set the same values make one version, never one each.
 # KEYS: queues, history, counter, audit, config version.
 # ARGV: name, record JSON without version ('' to delete), expected queue version ('' = any,
 #       '*' = must exist), expected config version ('' = any), audit entry JSON, channel.
-# Returns {status, version}: ok, stale (If-Match failed), retry (config changed), missing.
-_WRITE_SCRIPT = """
+# Returns {status, version, the record replaced or ''}: ok, unchanged (nothing written), stale
+# (If-Match failed), retry (config changed), missing.
+_WRITE_SCRIPT = "local META = {" + ", ".join(f"'{key}'" for key in RECORD_META) + "}\n" + """
+local function same(a, b)
+  if type(a) ~= 'table' or type(b) ~= 'table' then return a == b end
+  for key, value in pairs(a) do if not same(value, b[key]) then return false end end
+  for key in pairs(b) do if a[key] == nil then return false end end
+  return true
+end
+-- The queue's own fields of a record (nil for a corrupt one, which a write always replaces).
+local function fields(record)
+  local ok, decoded = pcall(cjson.decode, record)
+  if not ok or type(decoded) ~= 'table' or not tonumber(decoded.version or 0) then return nil end
+  for _, key in ipairs(META) do decoded[key] = nil end
+  return decoded
+end
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 local current_version = 0
 -- The counter, not the record, says the version: a corrupt record can still be replaced.
 if current then current_version = tonumber(redis.call('GET', KEYS[3]) or '0') or 0 end
 if ARGV[3] == '*' then
-  if not current then return {'missing', 0} end
+  if not current then return {'missing', 0, ''} end
 elseif ARGV[3] ~= '' and tonumber(ARGV[3]) ~= current_version then
-  return {'stale', current_version}
+  return {'stale', current_version, ''}
+end
+if current and ARGV[2] ~= '' then
+  local now = fields(current)
+  if now and same(now, fields(ARGV[2])) then return {'unchanged', current_version, current} end
 end
 if ARGV[4] ~= '' and ARGV[4] ~= (redis.call('GET', KEYS[5]) or '0') then
-  return {'retry', current_version}
+  return {'retry', current_version, ''}
 end
 local old = 'null'
 if current and pcall(cjson.decode, current) then old = current end
 local new = 'null'
 local version = current_version
 if ARGV[2] == '' then
-  if not current then return {'missing', 0} end
+  if not current then return {'missing', 0, ''} end
   redis.call('HDEL', KEYS[1], ARGV[1])
 else
   version = redis.call('INCR', KEYS[3])
@@ -113,7 +134,7 @@ redis.call('LPUSH', KEYS[4],
   '{"version":' .. version .. ',"old":' .. old .. ',"new":' .. new .. ',' .. string.sub(ARGV[5], 2))
 local config_version = redis.call('INCR', KEYS[5])
 redis.call('PUBLISH', ARGV[6], config_version)
-return {'ok', version}
+return {'ok', version, current or ''}
 """
 
 
@@ -208,6 +229,25 @@ class QueueRecord:
             "updated_at": self.updated_at,
             "updated_by": self.updated_by,
         }
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a write left: the record now current, and the queue it replaced (None: there was
+    none, or it was corrupt). A write equal to the current content writes nothing: `record` is
+    then the current record, unchanged."""
+
+    record: QueueRecord
+    previous: Queue | None
+
+    @property
+    def created(self) -> bool:
+        return self.previous is None
+
+    @property
+    def changed(self) -> list[str]:
+        """The fields the write changed, in the model's order (none: nothing was written)."""
+        return changed_fields(self.previous, self.record.queue)
 
 
 class Follower(Protocol):
@@ -467,8 +507,9 @@ class Store:
     async def put(
         self, name: str, queue: Queue, who: str, if_match: str | None = None,
         action: str | None = None, extra: dict[str, Any] | None = None,
-    ) -> tuple[QueueRecord, bool]:
-        """Create or replace queue `name`; returns the new record and whether it was created.
+    ) -> Written:
+        """Create or replace queue `name`. Content equal to the current queue's writes nothing
+        (no version, no audit entry): the current record is the answer.
 
         `if_match`: None, a version number that must still be current (else StaleVersion;
         MUST_NOT_EXIST holds only while the queue does not exist, NEVER_MATCHES never), or
@@ -477,20 +518,24 @@ class Store:
         """
         for attempt in range(MAX_WRITE_ATTEMPTS):
             queues, config_version = await self._snapshot()
-            created = name not in queues
             check_change({**queues, name: queue})
             at = _now()
-            entry = {"at": at, "who": who, "action": action or ("create" if created else "update"),
+            entry = {"at": at, "who": who,
+                     "action": action or ("create" if name not in queues else "update"),
                      "queue": name, **(extra or {})}
             # Only an overflow can be broken by concurrent changes to other queues; other writes
             # need not wait for the rest of the configuration to hold still.
             guard = config_version if queue.overflow is not None else ""
-            status, version = await self._run_write(
+            status, version, replaced = await self._run_write(
                 name, _record_json(queue, who, at), if_match, guard, entry)
+            # The record the script replaced, or found with these values already.
+            previous = self._parse(name, replaced) if replaced else None
+            if status == "unchanged" and previous is not None:
+                return Written(previous, previous.queue)
             if status == "ok":
-                record = QueueRecord(name, queue, version, at, who)
                 self._queues[name] = queue  # this process sees its own change at once
-                return record, created
+                return Written(QueueRecord(name, queue, version, at, who),
+                               previous.queue if previous is not None else None)
             await _back_off(attempt)
         raise Busy("the queue configuration is changing too fast to write; try again")
 
@@ -507,7 +552,7 @@ class Store:
             if overflowing:
                 raise QueueInUse(f"queue {name!r} is the overflow of {', '.join(overflowing)}")
             entry = {"at": _now(), "who": who, "action": "delete", "queue": name}
-            status, _ = await self._run_write(name, "", if_match, config_version, entry)
+            status, _, _ = await self._run_write(name, "", if_match, config_version, entry)
             if status == "ok":
                 self._queues.pop(name, None)
                 return
@@ -515,9 +560,9 @@ class Store:
         raise Busy("the queue configuration is changing too fast to write; try again")
 
     async def rollback(self, name: str, version: int, who: str,
-                       if_match: str | None = None) -> tuple[QueueRecord, bool]:
-        """Make version `version` of the queue current again, as a new version; returns the
-        record and whether the queue was re-created (it had been deleted)."""
+                       if_match: str | None = None) -> Written:
+        """Make version `version` of the queue current again, as a new version (none when it
+        holds what is current); re-creates a deleted queue."""
         old = await self.version(name, version)
         if old is None:
             raise QueueNotFound(f"queue {name!r} has no version {version}")
@@ -530,16 +575,18 @@ class Store:
         return {name: record.queue for name, record in records.items()}, version or "0"
 
     async def _run_write(self, name: str, record_json: str, if_match: str | None,
-                         config_version: str, entry: dict[str, Any]) -> tuple[str, int]:
+                         config_version: str, entry: dict[str, Any]) -> tuple[str, int, str]:
+        """The write script's status, the version now current, and the record it replaced
+        (or found unchanged; '' for none)."""
         keys = [QUEUES_KEY, history_key(name), counter_key(name), AUDIT_KEY, CONFIG_VERSION_KEY]
         args = [name, record_json, if_match or "", config_version, json.dumps(entry),
                 CHANGED_CHANNEL]
-        status, version = await self._write(keys=keys, args=args)
+        status, version, replaced = await self._write(keys=keys, args=args)
         if status == "stale":
             raise StaleVersion(int(version))
         if status == "missing":
             raise QueueNotFound(name)
-        return status, int(version)
+        return status, int(version), replaced
 
 
 async def _back_off(attempt: int) -> None:

@@ -128,10 +128,14 @@ def test_put_creates_a_queue_with_201(api: httpx.Client) -> None:
     assert api.get("/queues/night").json()["overflow"] == "standard"
 
 
-def test_a_get_body_can_be_put_back_unchanged(api: httpx.Client) -> None:
+def test_a_body_answered_can_be_put_back_as_it_is(api: httpx.Client) -> None:
     gold = api.get("/queues/gold").json()
-    response = api.put("/queues/gold", json=gold, headers={"If-Match": '"v1"'})
-    assert response.status_code == 200 and response.json()["version"] == 2
+    changed = api.put("/queues/gold", json={**gold, "display_name": "Gold"},
+                      headers={"If-Match": '"v1"'})
+    assert changed.status_code == 200 and changed.json()["version"] == 2
+    again = api.put("/queues/gold", json={**changed.json(), "display_name": "Gold members"},
+                    headers={"If-Match": '"v2"'})
+    assert again.status_code == 200 and again.json()["version"] == 3
 
 
 def test_patch_changes_the_fields_given_keeps_the_others_and_the_next_call_uses_it(
@@ -144,7 +148,8 @@ def test_patch_changes_the_fields_given_keeps_the_others_and_the_next_call_uses_
     assert response.headers["etag"] == '"v2"'
     after = response.json()
     assert after == {**before, "sip_uri": "sip:gold@pbx2.example.com", "version": 2,
-                     "updated_at": after["updated_at"], "updated_by": "alice (admin token)"}
+                     "updated_at": after["updated_at"], "updated_by": "alice (admin token)",
+                     "changed": ["sip_uri"]}
     assert after["message_to"] == "+15550100101"  # kept, where a PUT would have cleared it
     twiml = FakeTwilio(api.server_url).call(L.GOLD).text  # type: ignore[attr-defined]
     assert "<Sip>sip:gold@pbx2.example.com</Sip>" in twiml
@@ -158,6 +163,7 @@ def test_patch_changes_the_fields_given_keeps_the_others_and_the_next_call_uses_
     assert cleared.json()["message_to"] is None
     assert cleared.json()["sip_uri"] == "sip:gold@pbx2.example.com"
     assert cleared.json()["fallback_sip_uris"] == ["sip:gold2@pbx2.example.com"]
+    assert cleared.json()["changed"] == ["fallback_sip_uris", "message_to"]
 
 
 @pytest.mark.parametrize(
@@ -314,13 +320,16 @@ def test_delete_removes_an_unused_queue_and_is_audited(api: httpx.Client) -> Non
     assert entry["old"]["sip_uri"] == "sip:n@x.com"
 
 
-def test_history_lists_every_version_newest_first_with_who_and_when(api: httpx.Client) -> None:
+def test_history_lists_every_version_newest_first_with_who_when_and_what_changed(
+        api: httpx.Client) -> None:
     api.put("/queues/gold", json={"sip_uri": "sip:g2@x.com"}, headers={"X-IVR-Actor": "bob"})
-    api.put("/queues/gold", json={"sip_uri": "sip:g3@x.com"}, headers={"X-IVR-Actor": "carol"})
+    api.patch("/queues/gold", json={"fallback_sip_uris": ["sip:g@y.com"]},
+              headers={"X-IVR-Actor": "carol"})
     versions = api.get("/queues/gold/history").json()["versions"]
-    assert [(v["version"], v["sip_uri"], v["updated_by"]) for v in versions] == [
-        (3, "sip:g3@x.com", "carol (admin token)"), (2, "sip:g2@x.com", "bob (admin token)"),
-        (1, "sip:gold@queues.example.com", "seed")]
+    assert [(v["version"], v["sip_uri"], v["updated_by"], v["changed"]) for v in versions] == [
+        (3, "sip:g2@x.com", "carol (admin token)", ["fallback_sip_uris"]),
+        (2, "sip:g2@x.com", "bob (admin token)", ["sip_uri", "message_to", "display_name"]),
+        (1, "sip:gold@queues.example.com", "seed", ["sip_uri", "message_to", "display_name"])]
     assert all(v["updated_at"] for v in versions)
     assert api.get("/queues/nope/history").status_code == 404
 
@@ -333,6 +342,7 @@ def test_rollback_makes_a_version_current_again_as_a_new_version(api: httpx.Clie
     assert response.headers["etag"] == '"v3"'
     assert (response.json()["version"], response.json()["sip_uri"]) == (
         3, "sip:gold@queues.example.com")
+    assert response.json()["changed"] == ["sip_uri", "message_to", "display_name"]
     entry = api.get("/audit").json()["entries"][0]
     assert (entry["action"], entry["rolled_back_to"]) == ("rollback", 1)
     assert api.post("/queues/gold/rollback", json={"version": 1},
@@ -341,6 +351,33 @@ def test_rollback_makes_a_version_current_again_as_a_new_version(api: httpx.Clie
     assert api.post("/queues/gold/rollback", json={"version": "1"}).status_code == 422
     assert api.post("/queues/gold/rollback", json={}).status_code == 422
     assert api.post("/queues/gold/rollback", content=b"{").status_code == 400
+
+
+def test_a_change_equal_to_the_current_queue_writes_nothing_and_answers_the_current_version(
+        api: httpx.Client) -> None:
+    """The API, the page and `ivr queues` agree: nothing to change makes no version and no
+    audit entry; the answer is the current record, 200, with `changed` empty."""
+    gold = api.get("/queues/gold").json()
+    for method, body, headers in (
+            ("PUT", gold, {}), ("PUT", gold, {"If-Match": '"v1"'}),
+            ("PATCH", {"overflow": None}, {}), ("PATCH", {"sip_uri": gold["sip_uri"]},
+                                                {"If-Match": "*"})):
+        response = api.request(method, "/queues/gold", json=body, headers=headers)
+        assert response.status_code == 200, (method, body, response.text)
+        assert response.headers["etag"] == '"v1"'
+        assert response.json() == {**gold, "changed": []}
+    rolled_back = api.post("/queues/gold/rollback", json={"version": 1},
+                           headers={"If-Match": '"v1"'})
+    assert rolled_back.status_code == 200 and rolled_back.json() == {**gold, "changed": []}
+    # Preconditions still hold first.
+    assert api.put("/queues/gold", json=gold, headers={"If-Match": '"v7"'}).status_code == 412
+    assert api.put("/queues/gold", json=gold, headers={"If-None-Match": "*"}).status_code == 412
+    assert [v["version"] for v in api.get("/queues/gold/history").json()["versions"]] == [1]
+    assert api.get("/audit").json()["total"] == 0
+    # A real change after them is version 2, saying what it changed.
+    changed = api.patch("/queues/gold", json={"overflow": "standard"},
+                        headers={"If-Match": '"v1"'})
+    assert (changed.json()["version"], changed.json()["changed"]) == (2, ["overflow"])
 
 
 def test_the_audit_log_pages_newest_first(api: httpx.Client) -> None:
@@ -371,6 +408,14 @@ def test_the_openapi_document_describes_every_route(api: httpx.Client) -> None:
                                       "/cache/purge"}
     assert set(document["paths"]["/queues/{name}"]) >= {"get", "put", "patch", "delete"}
     assert "sip_uri" in document["components"]["schemas"]["QueueInput"]["properties"]
+    # A write answers the fields it changed; a version of the history, what it changed.
+    for path, method, status, schema in (("/queues/{name}", "patch", "200", "QueueWritten"),
+                                         ("/queues/{name}/rollback", "post", "201",
+                                          "QueueWritten")):
+        content = document["paths"][path][method]["responses"][status]["content"]
+        assert content["application/json"]["schema"]["$ref"].endswith("/" + schema)
+    for schema in ("QueueWritten", "QueueVersion"):
+        assert "changed" in document["components"]["schemas"][schema]["allOf"][1]["properties"]
     # The queue names it documents are the ones the API takes.
     pattern = document["paths"]["/queues/{name}"]["parameters"][0]["schema"]["pattern"]
     for name in ("gold", "vip-2_b", "9" * 64, "Gold", "-gold", "9" * 65, "gold queue", ""):

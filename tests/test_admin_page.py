@@ -132,6 +132,9 @@ def test_a_signed_in_admin_sees_every_queue_and_where_it_sends_calls(page: Page)
         expect(page.locator(f"#queue-{name} .sip-uri")).to_have_text(
             f"sip:{name}@queues.example.com")
     expect(page.locator("#queue-platinum")).to_contain_text("+15550100102")
+    expect(page.locator("#queue-gold")).to_contain_text("used by flow loyalty_routing")
+    expect(page.locator("#queue-vip")).to_contain_text(
+        "used by flows new_vs_returning, vip_by_email")
 
 
 def test_a_bad_sip_uri_is_explained_next_to_the_field_and_nothing_is_stored(
@@ -418,7 +421,7 @@ def test_on_a_phone_no_page_scrolls_sideways_and_a_long_sip_uri_stays_in_its_car
         widths = {"/admin/login": page.evaluate("document.documentElement.scrollWidth")}
         sign_in(page)
         for path in ("/admin/", "/admin/queues/gold", "/admin/audit", "/admin/calls",
-                     "/admin/new"):
+                     "/admin/new", "/admin/queues/gold/rollback?version=1"):
             page.goto(path)
             widths[path] = page.evaluate("document.documentElement.scrollWidth")
         assert widths == dict.fromkeys(widths, PHONE["width"])
@@ -436,6 +439,27 @@ def test_on_a_phone_no_page_scrolls_sideways_and_a_long_sip_uri_stays_in_its_car
         page.goto("/admin/audit")
         change = page.locator("table.audit .change").first
         assert lies_inside(change.locator("code.new"), change)
+
+        # Restoring compares both values of each field side by side, inside the card.
+        page.goto("/admin/queues/gold/rollback?version=1")
+        page.screenshot(path=str(ARTIFACTS / "admin-page-phone-restore.png"), full_page=True)
+        assert lies_inside(page.locator("table.restore"), page.locator("#restore"))
+        for cell in page.locator("table.restore td", has=page.locator("code")).all():
+            assert lies_inside(cell.locator("code"), cell)
+
+        # The queue's page after a conflict, each field someone else changed marked.
+        page.goto("/admin/queues/gold")
+        with admin_api(server) as client:
+            assert client.patch("/admin/api/queues/gold", json={
+                "sip_uri": LONG_URI.replace("@pbx.", "@pbx2."),
+                "message_to": "+15550100199"}).is_success
+        page.get_by_label("Display name").fill("Gold")
+        page.get_by_role("button", name="Save").click()
+        expect(page.locator("#sip_uri-changed")).to_contain_text("Changed meanwhile")
+        page.screenshot(path=str(ARTIFACTS / "admin-page-phone-conflict.png"), full_page=True)
+        assert page.evaluate("document.documentElement.scrollWidth") == PHONE["width"]
+        assert lies_inside(page.locator("#sip_uri-changed"),
+                           page.locator(".field.changed", has=page.locator("#sip_uri")))
     finally:
         context.close()
 
@@ -826,6 +850,28 @@ def test_a_restore_posted_without_confirming_only_shows_the_confirmation(
     assert shown.status_code == 200
     assert "Restore version 1 of" in shown.text and 'name="confirmed" value="1"' in shown.text
     assert stored(redis_url, "gold")["version"] == 2
+
+
+def test_restoring_a_version_with_the_current_values_has_nothing_to_restore(
+        alice_http: tuple[httpx.Client, str], redis_url: str) -> None:
+    """Restoring values the queue has wrote a version that changed nothing."""
+    client, csrf = alice_http
+    version_1 = {"csrf": csrf, "sip_uri": OLD_GOLD, "fallback_sip_uris": "", "overflow": "",
+                 "message_to": "+15550100101", "display_name": "Gold members"}
+    for version, uri in (("1", NEW_GOLD), ("2", OLD_GOLD)):
+        assert client.post("/admin/queues/gold", data={
+            **version_1, "version": version, "sip_uri": uri}).status_code == 303
+    shown = client.get("/admin/queues/gold/rollback", params={"version": "1"})
+    assert shown.status_code == 200
+    assert "there is nothing to restore" in shown.text
+    assert 'name="confirmed"' not in shown.text  # no button that would write
+    # A confirmation posted anyway (from a page shown before the last change was undone).
+    posted = client.post("/admin/queues/gold/rollback", data={
+        "csrf": csrf, "version": "1", "current": "3", "confirmed": "1"}, follow_redirects=True)
+    assert posted.status_code == 200
+    assert ("Nothing to restore: version 1 has the values gold has now. gold is still "
+            "version 3.") in posted.text
+    assert stored(redis_url, "gold")["version"] == 3
 
 
 @pytest.mark.parametrize("query", [{"version": "9"}, {"version": "x"}, {}])

@@ -349,12 +349,14 @@ def test_queues_cli_lists_sets_shows_history_and_rolls_back(admin_server: Served
     assert shown["updated_by"] == f"{getpass.getuser()} (admin token)"  # who ran `ivr queues`
 
     history = queues_cli(admin_server, "history", "gold").stdout.splitlines()
-    assert [line.split()[:2] for line in history[1:]] == [
-        ["2", "sip:gold@pbx2.example.com"], ["1", "sip:gold@queues.example.com"]]
+    assert history[0].split() == ["VERSION", "UPDATED", "AT", "UPDATED", "BY", "CHANGED"]
+    assert [line.split()[0] for line in history[1:]] == ["2", "1"]
+    assert history[1].endswith("  sip_uri")
 
-    back = queues_cli(admin_server, "rollback", "gold", "1")
-    assert back.returncode == 0
-    assert "now version 3, sip:gold@queues.example.com" in back.stdout
+    back = queues_cli(admin_server, "rollback", "gold", "1", "--yes")
+    assert back.returncode == 0, back.stderr
+    assert back.stdout.strip() == "gold rolled back to version 1: now version 3; changed sip_uri"
+    assert "<Sip>sip:gold@queues.example.com</Sip>" in admin_server.call(L.GOLD).stdout
 
 
 def test_queues_cli_set_creates_a_queue_only_when_told(admin_server: Served) -> None:
@@ -425,8 +427,9 @@ def test_an_acknowledged_change_survives_kill_9_of_the_server_and_its_redis(
     restarted = newcomer_serve(IVR_ADMIN_TOKEN=ADMIN, IVR_ADMIN_URL=admin_server.url)
     assert "<Sip>sip:platinum@pbx2.example.com</Sip>" in restarted.call(L.PLATINUM).stdout
     restarted.env["IVR_ADMIN_URL"] = restarted.url
-    history = queues_cli(restarted, "history", "platinum").stdout
-    assert "sip:platinum@pbx2.example.com" in history
+    history = queues_cli(restarted, "history", "platinum").stdout.splitlines()
+    assert [line.split()[0] for line in history[1:]] == ["2", "1"]
+    assert history[1].endswith("  sip_uri")
 
 
 def test_call_answers_the_flows_questions_with_input(
@@ -827,6 +830,22 @@ def test_queues_set_refuses_what_it_cannot_do_saying_what_to_do_and_changes_noth
         assert api.get("/audit").json()["total"] == 0
 
 
+def test_queues_set_that_changes_nothing_says_so_and_makes_no_version(
+        admin_api: ServerThread) -> None:
+    """Issue 15: `--no-overflow` on a queue without one answered `night updated: version 3`,
+    and the audit log said "no field changed"."""
+    assert queues_at(admin_api.url, "set", "night", "sip:night@pbx.example.com", "--create",
+                     "--message-to", "+15550100104").returncode == 0
+    assert queues_at(admin_api.url, "set", "night", "--display-name", "Night").returncode == 0
+    again = queues_at(admin_api.url, "set", "night", "--no-overflow", "--display-name", "Night")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "night unchanged: version 2"
+    with api_client(admin_api) as api:
+        assert api.get("/audit").json()["total"] == 2
+        assert [v["version"] for v in api.get("/queues/night/history").json()["versions"]] == [
+            2, 1]
+
+
 def answered(url: str, answer: str, *args: str) -> subprocess.CompletedProcess[str]:
     """`ivr queues ARGS` at a terminal (a pseudo-terminal), typing `answer`."""
     terminal, command_side = os.openpty()
@@ -851,7 +870,7 @@ def test_queues_delete_asks_at_a_terminal_and_deletes_only_on_yes(
     assert deleted.stdout.strip() == (
         "night deleted; its history is kept: `ivr queues rollback night 1` brings it back")
     assert queue_in(admin_api, "night") is None
-    back = queues_at(admin_api.url, "rollback", "night", "1")
+    back = queues_at(admin_api.url, "rollback", "night", "1", "--yes")
     assert back.returncode == 0 and queue_in(admin_api, "night") is not None
 
 
@@ -873,6 +892,8 @@ def test_queues_delete_says_plainly_what_still_uses_a_queue(admin_api: ServerThr
     assert queues_at(admin_api.url, "set", "night", "sip:n@pbx.example.com", "--create",
                      "--overflow", "spare").returncode == 0
     for name, reason in (("gold", "queue 'gold' is routed to by flow loyalty_routing"),
+                         ("vip", ("queue 'vip' is routed to by flows new_vs_returning, "
+                                  "vip_by_email")),
                          ("spare", "queue 'spare' is the overflow of night")):
         refused = queues_at(admin_api.url, "delete", name, "--yes")
         assert refused.returncode == 1
@@ -882,16 +903,15 @@ def test_queues_delete_says_plainly_what_still_uses_a_queue(admin_api: ServerThr
     assert unknown.returncode == 1 and "no queue 'nope' (queues: " in unknown.stderr
 
 
-def test_queues_delete_refuses_when_the_queue_changed_while_asking(
-        admin_api: ServerThread) -> None:
-    """The yes is for what was shown: a change made before it was typed stops the delete."""
-    assert queues_at(admin_api.url, "set", "night", "sip:n@pbx.example.com",
-                     "--create").returncode == 0
+def answered_after(url: str, meanwhile: Callable[[], None], *args: str
+                   ) -> tuple[int, str, str]:
+    """`ivr queues ARGS` at a terminal, answering yes once `meanwhile` has run (after the
+    question is on the screen); its exit status, output and errors."""
     terminal, command_side = os.openpty()
     process = subprocess.Popen(
-        [*IVR, "queues", "delete", "night"], cwd=OUTSIDE_CHECKOUT, stdin=command_side,
+        [*IVR, "queues", *args], cwd=OUTSIDE_CHECKOUT, stdin=command_side,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=clean_env(IVR_ADMIN_URL=admin_api.url, IVR_ADMIN_TOKEN=ADMIN))
+        env=clean_env(IVR_ADMIN_URL=url, IVR_ADMIN_TOKEN=ADMIN))
     try:
         assert process.stderr is not None
         prompt = b""
@@ -903,17 +923,155 @@ def test_queues_delete_refuses_when_the_queue_changed_while_asking(
             chunk = process.stderr.read1(1024)
             assert chunk, prompt
             prompt += chunk
-        with api_client(admin_api) as api:
-            assert api.patch("/queues/night", json={"sip_uri": "sip:n2@pbx.example.com"}
-                             ).status_code == 200
+        meanwhile()
         os.write(terminal, b"y\n")
-        _, errors = process.communicate(timeout=60)
+        output, errors = process.communicate(timeout=60)
     finally:
         if process.poll() is None:  # a failed step above: stop it, by its id
             process.kill()
             process.wait()
         os.close(terminal)
         os.close(command_side)
-    assert process.returncode == 1
-    assert "not deleted: queue 'night' changed while you were asked" in errors.decode()
+    return process.returncode, output.decode(), (prompt + errors).decode()
+
+
+def test_queues_delete_refuses_when_the_queue_changed_while_asking(
+        admin_api: ServerThread) -> None:
+    """The yes is for what was shown: a change made before it was typed stops the delete."""
+    assert queues_at(admin_api.url, "set", "night", "sip:n@pbx.example.com",
+                     "--create").returncode == 0
+
+    def someone_changes_night() -> None:
+        with api_client(admin_api) as api:
+            assert api.patch("/queues/night", json={"sip_uri": "sip:n2@pbx.example.com"}
+                             ).status_code == 200
+
+    status, _, errors = answered_after(admin_api.url, someone_changes_night, "delete", "night")
+    assert status == 1
+    assert "not deleted: queue 'night' changed while you were asked" in errors
     assert queue_in(admin_api, "night") is not None
+
+
+# --- `ivr queues rollback` and `ivr queues history` ------------------------------------------------
+
+GOLD_NOW = "sip:gold@mine.example.com"
+
+
+def gold_with_a_fallback_then_a_new_sip_uri(server: ServerThread) -> None:
+    """gold's versions: 1 (seeded), 2 (a fallback), 3 (a new SIP URI)."""
+    with api_client(server) as api:
+        for change in ({"fallback_sip_uris": ["sip:gold-b@pbx.example.com"]},
+                       {"sip_uri": GOLD_NOW}):
+            assert api.patch("/queues/gold", json=change).status_code == 200
+
+
+def test_queues_rollback_shows_what_it_changes_and_asks_at_a_terminal(
+        admin_api: ServerThread) -> None:
+    """Issue 15: `ivr queues rollback gold 1` cleared the fallbacks silently and printed the
+    SIP URI, which had not changed."""
+    gold_with_a_fallback_then_a_new_sip_uri(admin_api)
+    kept = answered(admin_api.url, "n", "rollback", "gold", "1")
+    assert kept.returncode == 1 and kept.stderr.endswith("? [y/N] ivr: not rolled back\n")
+    preview = kept.stderr.splitlines()
+    assert preview[0].startswith("Version 1 of gold was saved by seed at ")
+    assert preview[1:5] == [
+        "Restoring it changes, now (version 3) → in version 1:",
+        f"  sip_uri            {GOLD_NOW} → sip:gold@queues.example.com",
+        "  fallback_sip_uris  sip:gold-b@pbx.example.com → (none)",
+        "Unchanged: overflow, message_to, display_name."]
+    assert preview[5].startswith("Restore version 1 of gold? [y/N]")
+    assert max(len(line) for line in preview) <= 100
+    assert queue_in(admin_api, "gold")["version"] == 3  # type: ignore[index]
+
+    restored = answered(admin_api.url, "y", "rollback", "gold", "1")
+    assert restored.returncode == 0, restored.stderr
+    assert restored.stdout.strip() == (
+        "gold rolled back to version 1: now version 4; changed sip_uri, fallback_sip_uris")
+    gold = queue_in(admin_api, "gold")
+    assert gold is not None
+    assert (gold["version"], gold["sip_uri"], gold["fallback_sip_uris"]) == (
+        4, "sip:gold@queues.example.com", [])
+
+
+def test_queues_rollback_without_a_terminal_needs_yes(admin_api: ServerThread) -> None:
+    gold_with_a_fallback_then_a_new_sip_uri(admin_api)
+    refused = queues_at(admin_api.url, "rollback", "gold", "2")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "ivr: not rolled back: restoring version 2 of queue 'gold' asks for a yes at a "
+        "terminal; to roll it back from a script, add --yes")
+    assert queue_in(admin_api, "gold")["version"] == 3  # type: ignore[index]
+    done = queues_at(admin_api.url, "rollback", "gold", "2", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "gold rolled back to version 2: now version 4; changed sip_uri"
+
+
+def test_queues_rollback_refuses_when_the_queue_changed_while_asking(
+        admin_api: ServerThread) -> None:
+    """The yes is for the difference shown: a change made before it was typed stops it."""
+    gold_with_a_fallback_then_a_new_sip_uri(admin_api)
+
+    def someone_changes_gold() -> None:
+        with api_client(admin_api) as api:
+            assert api.patch("/queues/gold", json={"message_to": "+15550100199"}
+                             ).status_code == 200
+
+    status, _, errors = answered_after(admin_api.url, someone_changes_gold,
+                                       "rollback", "gold", "1")
+    assert status == 1
+    assert "not rolled back: queue 'gold' changed while you were asked" in errors
+    gold = queue_in(admin_api, "gold")
+    assert gold is not None
+    assert (gold["version"], gold["sip_uri"]) == (4, GOLD_NOW)
+
+
+def test_queues_rollback_to_the_values_a_queue_has_says_so_and_asks_nothing(
+        admin_api: ServerThread) -> None:
+    with api_client(admin_api) as api:
+        assert api.patch("/queues/gold", json={"sip_uri": GOLD_NOW}).status_code == 200
+        assert api.patch("/queues/gold", json={"sip_uri": "sip:gold@queues.example.com"}
+                         ).status_code == 200
+    same = queues_at(admin_api.url, "rollback", "gold", "1")
+    assert same.returncode == 0, same.stderr
+    assert same.stdout.strip() == "gold unchanged: version 3 has the values of version 1 already"
+    assert queue_in(admin_api, "gold")["version"] == 3  # type: ignore[index]
+    unknown = queues_at(admin_api.url, "rollback", "gold", "9", "--yes")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == ("ivr: queue 'gold' has no version 9 (its versions are 1 "
+                                      "to 3: see `ivr queues history gold`)")
+
+
+def test_queues_rollback_of_a_deleted_queue_shows_what_it_brings_back(
+        admin_api: ServerThread) -> None:
+    assert queues_at(admin_api.url, "set", "night", "sip:night@pbx.example.com", "--create",
+                     "--overflow", "standard").returncode == 0
+    assert queues_at(admin_api.url, "delete", "night", "--yes").returncode == 0
+    back = answered(admin_api.url, "y", "rollback", "night", "1")
+    assert back.returncode == 0, back.stderr
+    assert back.stderr.splitlines()[1:4] == [
+        "Queue night was deleted: restoring version 1 creates it again with:",
+        "  sip_uri   sip:night@pbx.example.com", "  overflow  standard"]
+    assert back.stdout.strip() == "night re-created from version 1: now version 2"
+    assert queue_in(admin_api, "night") is not None
+
+
+def test_queues_history_says_what_each_version_changed_in_100_columns(
+        admin_api: ServerThread) -> None:
+    """Issue 15: history showed only the SIP URI, so versions that differ in their fallbacks,
+    overflow or messaging target looked the same."""
+    gold_with_a_fallback_then_a_new_sip_uri(admin_api)
+    with api_client(admin_api) as api:
+        assert api.patch("/queues/gold", json={
+            "sip_uri": "sip:gold@queues.example.com", "fallback_sip_uris": [],
+            "overflow": "standard"}).status_code == 200
+    history = queues_at(admin_api.url, "history", "gold")
+    assert history.returncode == 0, history.stderr
+    lines = history.stdout.splitlines()
+    assert [(line[:9].strip(), line.split("  ")[-1].strip()) for line in lines] == [
+        ("VERSION", "CHANGED"),
+        ("4", "sip_uri, fallback_sip_uris, overflow"),
+        ("3", "sip_uri"),
+        ("2", "fallback_sip_uris"),
+        ("1", "sip_uri, message_to, display_name")]
+    assert "alice (admin token)" in lines[1]
+    assert max(len(line) for line in lines) <= 100

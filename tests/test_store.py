@@ -19,6 +19,8 @@ from ivr.queues import Queue, QueueConfig
 from ivr.store import (
     CHANGED_CHANNEL,
     CONFIG_VERSION_KEY,
+    MUST_EXIST,
+    MUST_NOT_EXIST,
     QUEUES_KEY,
     InvalidChange,
     QueueInUse,
@@ -78,8 +80,10 @@ def test_seeding_writes_an_empty_store_once_even_when_instances_race(redis_url: 
 def test_a_write_makes_a_new_version_with_history_and_audit(redis_url: str) -> None:
     async def body(store: Store) -> None:
         new = Queue(sip_uri="sip:gold@pbx2.example.com")
-        record, created = await store.put("gold", new, who="alice")
-        assert (record.version, created, record.updated_by) == (2, False, "alice")
+        written = await store.put("gold", new, who="alice")
+        record = written.record
+        assert (record.version, written.created, record.updated_by) == (2, False, "alice")
+        assert written.changed == ["sip_uri"]
         assert store.queue("gold") == new
         history = await store.history("gold")
         assert [(r.version, r.queue.sip_uri, r.updated_by) for r in history] == [
@@ -101,8 +105,8 @@ def test_of_many_writers_with_the_same_version_exactly_one_wins(redis_url: str) 
 
         async def attempt(i: int, s: Store) -> int | None:
             try:
-                record, _ = await s.put("gold", Queue(sip_uri=f"sip:w{i}@x.com"), f"w{i}", "1")
-                return record.version
+                written = await s.put("gold", Queue(sip_uri=f"sip:w{i}@x.com"), f"w{i}", "1")
+                return written.record.version
             except StaleVersion as stale:
                 assert stale.current_version == 2
                 return None
@@ -121,11 +125,64 @@ def test_of_many_writers_with_the_same_version_exactly_one_wins(redis_url: str) 
     with_store(redis_url, body)
 
 
+def test_a_write_equal_to_the_current_queue_writes_no_version_no_audit_entry_no_message(
+        redis_url: str) -> None:
+    """Issue 15: `ivr queues set night --no-overflow` on a queue without an overflow made a
+    version, and an audit entry saying no field changed."""
+    night = Queue(sip_uri="sip:night@x.com", fallback_sip_uris=("sip:a@x.com", "sip:b@x.com"),
+                  overflow="standard", message_to="+15550100104")
+
+    async def body(store: Store) -> None:
+        await store.put("night", night, "bob")
+        with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+            config_version = client.get(CONFIG_VERSION_KEY)
+        for if_match in (None, "1", MUST_EXIST):
+            written = await store.put("night", Queue(**night.model_dump()), "alice", if_match)
+            assert (written.changed, written.created) == ([], False)
+            assert (written.record.version, written.record.updated_by) == (1, "bob")
+        with pytest.raises(StaleVersion):  # If-Match is checked first, as for any write
+            await store.put("night", night, "alice", if_match="7")
+        with pytest.raises(StaleVersion):
+            await store.put("night", night, "alice", if_match=MUST_NOT_EXIST)
+        assert (await store.rollback("night", 1, "alice")).record.version == 1
+        assert [r.version for r in await store.history("night")] == [1]
+        entries, total = await store.audit()
+        assert total == 1 and entries[0]["action"] == "create"
+        with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+            assert client.get(CONFIG_VERSION_KEY) == config_version  # no instance reloads
+        # The order of the fallbacks is part of the queue.
+        swapped = night.model_copy(update={"fallback_sip_uris": ("sip:b@x.com", "sip:a@x.com")})
+        written = await store.put("night", swapped, "alice")
+        assert (written.record.version, written.changed) == (2, ["fallback_sip_uris"])
+
+    with_store(redis_url, body)
+
+
+def test_writers_racing_to_set_the_same_values_make_one_version(redis_url: str) -> None:
+    """Whether a write changes anything is decided on the record current when it lands, not
+    on the one each writer read."""
+    async def body(store: Store) -> None:
+        writers = [Store(connect(redis_url)) for _ in range(12)]
+        new = Queue(sip_uri="sip:gold@pbx2.example.com")
+        try:
+            results = await asyncio.gather(*(
+                writer.put("gold", new, f"w{i}") for i, writer in enumerate(writers)))
+        finally:
+            for writer in writers:
+                await writer.close()
+        assert {written.record.version for written in results} == {2}
+        assert [bool(written.changed) for written in results].count(True) == 1
+        assert len(await store.history("gold")) == 2
+        assert (await store.audit())[1] == 1
+
+    with_store(redis_url, body)
+
+
 def test_rollback_makes_an_old_version_current_as_a_new_version(redis_url: str) -> None:
     async def body(store: Store) -> None:
         await store.put("gold", Queue(sip_uri="sip:gold@bad.example.com"), "bob")
-        record, created = await store.rollback("gold", 1, "alice")
-        assert (record.version, record.queue.sip_uri, created) == (
+        written = await store.rollback("gold", 1, "alice")
+        assert (written.record.version, written.record.queue.sip_uri, written.created) == (
             3, "sip:gold@queues.example.com", False)
         entries, _ = await store.audit()
         assert entries[0]["action"] == "rollback" and entries[0]["rolled_back_to"] == 1
@@ -157,8 +214,8 @@ def test_delete_refuses_a_queue_a_flow_routes_to_and_keeps_history(redis_url: st
             await store.delete("spare", "a", protected={}, if_match="7")
         await store.delete("spare", "a", protected={}, if_match="1")
         assert await store.record("spare") is None and store.queue("spare") is None
-        record, created = await store.put("spare", Queue(sip_uri="sip:spare2@x.com"), "a")
-        assert created and record.version == 2  # versions are never reused
+        written = await store.put("spare", Queue(sip_uri="sip:spare2@x.com"), "a")
+        assert written.created and written.record.version == 2  # versions are never reused
         with pytest.raises(QueueNotFound):
             await store.delete("ghost", "a", protected={})
 
@@ -169,8 +226,8 @@ def test_if_match_star_requires_an_existing_queue(redis_url: str) -> None:
     async def body(store: Store) -> None:
         with pytest.raises(QueueNotFound):
             await store.put("new", Queue(sip_uri="sip:n@x.com"), "a", if_match="*")
-        record, _ = await store.put("gold", Queue(sip_uri="sip:n@x.com"), "a", if_match="*")
-        assert record.version == 2
+        written = await store.put("gold", Queue(sip_uri="sip:n@x.com"), "a", if_match="*")
+        assert written.record.version == 2
 
     with_store(redis_url, body)
 
@@ -276,7 +333,7 @@ def test_writers_to_different_queues_at_once_all_succeed(redis_url: str) -> None
         finally:
             for s in writers:
                 await s.close()
-        assert all(created for _, created in results)
+        assert all(written.created for written in results)
         assert len(await store.records()) == 63
 
     with_store(redis_url, body)
@@ -288,10 +345,10 @@ def test_a_corrupt_record_can_be_replaced_by_a_write(redis_url: str) -> None:
             client.hset(QUEUES_KEY, "gold", "{not json")
             client.hset(QUEUES_KEY, "platinum", json.dumps({"sip_uri": "sip:p@x.com",
                                                             "version": None}))
-        record, _ = await store.put("gold", Queue(sip_uri="sip:fixed@x.com"), "a", if_match="1")
-        assert record.version == 2
-        record, _ = await store.put("platinum", Queue(sip_uri="sip:fixed@x.com"), "a")
-        assert record.version == 2
+        written = await store.put("gold", Queue(sip_uri="sip:fixed@x.com"), "a", if_match="1")
+        assert written.record.version == 2
+        written = await store.put("platinum", Queue(sip_uri="sip:fixed@x.com"), "a")
+        assert written.record.version == 2
         assert (await store.audit())[0][1]["old"] is None  # the unreadable record is not copied
 
     with_store(redis_url, body)

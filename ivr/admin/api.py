@@ -26,6 +26,7 @@ from ivr.admin.outage import StoreUnavailable, store_bounded
 from ivr.admin.purges import UnknownTarget, purge, purge_target
 from ivr.calltrace import is_sid
 from ivr.logs import mask_number
+from ivr.queues import changed_fields
 from ivr.store import (
     MUST_EXIST,
     MUST_NOT_EXIST,
@@ -36,6 +37,7 @@ from ivr.store import (
     QueueNotFound,
     QueueRecord,
     StaleVersion,
+    Written,
 )
 
 if TYPE_CHECKING:
@@ -78,8 +80,25 @@ def if_match_version(request: Request) -> str | None:
     return tag[1:] if tag.startswith("v") and tag[1:].isdigit() else NEVER_MATCHES
 
 
-def record_response(record: QueueRecord, status: int = 200) -> JSONResponse:
-    return JSONResponse(record.as_dict(), status_code=status, headers={"ETag": etag(record.version)})
+def record_response(record: QueueRecord, status: int = 200,
+                    extra: dict[str, Any] | None = None) -> JSONResponse:
+    return JSONResponse({**record.as_dict(), **(extra or {})}, status_code=status,
+                        headers={"ETag": etag(record.version)})
+
+
+def written_response(written: Written) -> JSONResponse:
+    """A write's answer: the record now current (201 when the write created the queue) and
+    `changed`, the fields it changed; none when the queue already held that content, so
+    nothing was written and the record is the current one."""
+    return record_response(written.record, 201 if written.created else 200,
+                           {"changed": written.changed})
+
+
+def outcome(written: Written) -> str:
+    """What a write did, for the log."""
+    if written.created:
+        return "created"
+    return f"changed ({', '.join(written.changed)})" if written.changed else "unchanged"
 
 
 def admin_only(endpoint: Endpoint) -> Endpoint:
@@ -169,14 +188,14 @@ async def put_queue(request: Request) -> Response:
     name = request.path_params["name"]
     queue = queue_from_input(name, await json_body(request), store_of(request).queue_names())
     try:
-        record, created = await store_of(request).put(
-            name, queue, who(request), if_match_version(request))
+        written = await store_of(request).put(name, queue, who(request),
+                                              if_match_version(request))
     except InvalidChange as exc:
         raise field_errors(str(exc), "overflow") from None
-    log.info("queue %s %s by %s: version %d", name, "created" if created else "updated",
-             record.updated_by, record.version)
-    response = record_response(record, 201 if created else 200)
-    if created:
+    log.info("queue %s %s by %s: version %d", name, outcome(written), who(request),
+             written.record.version)
+    response = written_response(written)
+    if written.created:
         response.headers["Location"] = f"/admin/api/queues/{name}"
     return response
 
@@ -198,16 +217,17 @@ async def patch_queue(request: Request) -> Response:
             raise QueueNotFound(f"queue {name!r}")
         queue = patched_queue(name, current.queue, patch, store.queue_names())
         try:
-            record, _ = await store.put(name, queue, who(request),
-                                        precondition or str(current.version))
+            written = await store.put(name, queue, who(request),
+                                      precondition or str(current.version))
         except InvalidChange as exc:
             raise field_errors(str(exc), "overflow") from None
         except StaleVersion:
             if precondition is not None:
                 raise
             continue
-        log.info("queue %s patched by %s: version %d", name, record.updated_by, record.version)
-        return record_response(record)
+        log.info("queue %s patched by %s: %s, version %d", name, who(request),
+                 outcome(written), written.record.version)
+        return written_response(written)
     raise Busy(f"queue {name!r} is changing too fast to patch; try again")
 
 
@@ -230,7 +250,11 @@ async def queue_history(request: Request) -> Response:
     versions = await store_of(request).history(name)
     if not versions:
         raise QueueNotFound(f"queue {name!r}")
-    return JSONResponse({"name": name, "versions": [record.as_dict() for record in versions]})
+    # Newest first: each version's `changed` is what it changed from the one below it.
+    before = [*(record.queue for record in versions[1:]), None]
+    return JSONResponse({"name": name, "versions": [
+        {**record.as_dict(), "changed": changed_fields(previous, record.queue)}
+        for record, previous in zip(versions, before, strict=True)]})
 
 
 @admin_only
@@ -241,12 +265,13 @@ async def rollback_queue(request: Request) -> Response:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise field_errors("must be a version number (an integer from 1)", "version")
     try:
-        record, created = await store_of(request).rollback(name, version, who(request),
-                                                           if_match_version(request))
+        written = await store_of(request).rollback(name, version, who(request),
+                                                   if_match_version(request))
     except InvalidChange as exc:
         raise field_errors(f"version {version} no longer fits: {exc}", "version") from None
-    log.info("queue %s rolled back to version %d by %s", name, version, record.updated_by)
-    return record_response(record, 201 if created else 200)
+    log.info("queue %s rolled back to version %d by %s: %s, version %d", name, version,
+             who(request), outcome(written), written.record.version)
+    return written_response(written)
 
 
 @admin_only

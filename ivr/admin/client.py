@@ -59,12 +59,19 @@ class AdminClient:
         return self._request("GET", "/queues").json()["queues"]
 
     def queue(self, name: str) -> dict[str, Any]:
+        record = self.find_queue(name)
+        if record is None:
+            raise self._no_queue(name)
+        return record
+
+    def find_queue(self, name: str) -> dict[str, Any] | None:
+        """Queue `name`, or None if there is none (now)."""
         try:
             return self._request("GET", f"/queues/{quote(name, safe='')}").json()
         except AdminError as exc:
             if exc.status != 404:
                 raise
-            raise self._no_queue(name) from None
+            return None
 
     def change_queue(self, name: str, fields: dict[str, Any],
                      create: bool = False) -> tuple[dict[str, Any], bool]:
@@ -107,8 +114,7 @@ class AdminClient:
             if exc.status == 409:
                 raise AdminError(f"not deleted: {exc.reason}; change that first") from None
             if exc.status == 412:
-                raise AdminError(f"not deleted: queue {name!r} changed while you were asked; "
-                                 "run the command again to see it as it is now") from None
+                raise changed_while_asked(name, "not deleted") from None
             raise
 
     def _no_queue(self, name: str, hint: str = "") -> AdminError:
@@ -117,11 +123,29 @@ class AdminClient:
                           404)
 
     def history(self, name: str) -> list[dict[str, Any]]:
-        return self._request("GET", f"/queues/{quote(name, safe='')}/history").json()["versions"]
+        """Every version of queue `name`, newest first, each with the fields it `changed`."""
+        try:
+            return self._request(
+                "GET", f"/queues/{quote(name, safe='')}/history").json()["versions"]
+        except AdminError as exc:
+            if exc.status != 404:
+                raise
+            raise self._no_queue(name) from None
 
-    def rollback(self, name: str, version: int) -> dict[str, Any]:
+    def rollback(self, name: str, version: int, expected: int | None = None) -> dict[str, Any]:
+        """Make `version` of queue `name` current again; answers the record now current, with
+        the fields that `changed`. With `expected`, only while the queue is still at that
+        version (0: still deleted), so a change made meanwhile stops it."""
+        headers = ({} if expected is None else {"If-None-Match": "*"} if expected == 0
+                   else {"If-Match": f'"v{expected}"'})
         path = f"/queues/{quote(name, safe='')}/rollback"
-        return self._request("POST", path, json={"version": version}).json()
+        try:
+            return self._request("POST", path, json={"version": version},
+                                 headers=headers).json()
+        except AdminError as exc:
+            if exc.status == 412:
+                raise changed_while_asked(name, "not rolled back") from None
+            raise
 
     def calls(self, limit: int = 100, sid: str | None = None,
               after: float | None = None) -> list[dict[str, Any]]:
@@ -135,11 +159,8 @@ class AdminClient:
 
     def export_yaml(self) -> str:
         """The live configuration in the format of `sip_config/queues.yaml`."""
-        queues = {}
-        for record in self.queues():
-            fields = {k: record[k] for k in Queue.model_fields if k in record}
-            queues[record["name"]] = Queue.model_validate(fields).model_dump(
-                mode="json", exclude_defaults=True)
+        queues = {record["name"]: queue_of(record).model_dump(mode="json", exclude_defaults=True)
+                  for record in self.queues()}
         return yaml.safe_dump({"queues": queues}, sort_keys=False, allow_unicode=True)
 
     def purge_cache(self, flow: str, step: str, caller: str | None = None) -> dict[str, Any]:
@@ -147,6 +168,17 @@ class AdminClient:
         server purged."""
         body = {"flow": flow, "step": step, **({"caller": caller} if caller is not None else {})}
         return self._request("POST", "/cache/purge", json=body).json()
+
+
+def queue_of(record: dict[str, Any]) -> Queue:
+    """The queue of a record the API answered (without its version, who and when)."""
+    return Queue.model_validate({k: record[k] for k in Queue.model_fields if k in record})
+
+
+def changed_while_asked(name: str, refused: str) -> AdminError:
+    """A change answered 412: the queue is no longer what the person said yes to."""
+    return AdminError(f"{refused}: queue {name!r} changed while you were asked; run the "
+                      "command again to see it as it is now")
 
 
 def _user() -> str:

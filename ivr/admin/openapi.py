@@ -32,6 +32,13 @@ def openapi_document() -> dict[str, Any]:
                             "updated_by": {"type": "string"}}},
         ],
     }
+    def with_changed(title: str, description: str) -> dict[str, Any]:
+        changed = {"type": "array", "items": {"enum": list(Queue.model_fields)},
+                   "description": description}
+        return {"title": title, "allOf": [
+            {"$ref": "#/components/schemas/QueueRecord"},
+            {"type": "object", "required": ["changed"], "properties": {"changed": changed}}]}
+
     name_param = {"name": "name", "in": "path", "required": True,
                   "schema": {"type": "string", "pattern": f"^{QUEUE_NAME.pattern}$"}}
     if_match = {"name": "If-Match", "in": "header", "required": False,
@@ -40,6 +47,12 @@ def openapi_document() -> dict[str, Any]:
     unauthorized = _error("Missing, malformed or wrong bearer token")
     one_record = {**_json("#/components/schemas/QueueRecord", "The queue"),
                   "headers": {"ETag": {"schema": {"type": "string"}}}}
+    written = {**_json("#/components/schemas/QueueWritten",
+                       "The queue now, and the fields the write changed: none when the queue "
+                       "already had those values (then nothing is written: no version, no "
+                       "audit entry)"),
+               "headers": {"ETag": {"schema": {"type": "string"}}}}
+    created = {**written, "description": "Created (a rollback: re-created), with its fields"}
     return {
         "openapi": "3.1.0",
         "info": {"title": "ivr admin API", "version": __version__,
@@ -62,7 +75,7 @@ def openapi_document() -> dict[str, Any]:
                         "parameters": [if_match],
                         "requestBody": {"required": True, "content": {"application/json": {
                             "schema": {"$ref": "#/components/schemas/QueueInput"}}}},
-                        "responses": {"200": one_record, "201": one_record,
+                        "responses": {"200": written, "201": created,
                                       "400": _error("The body is not JSON"), "401": unauthorized,
                                       "412": _error("If-Match is not the current version"),
                                       "422": _error("A field is invalid")}},
@@ -75,7 +88,7 @@ def openapi_document() -> dict[str, Any]:
                           "requestBody": {"required": True, "content": {
                               "application/merge-patch+json": {"schema": {"type": "object"}},
                               "application/json": {"schema": {"type": "object"}}}},
-                          "responses": {"200": one_record,
+                          "responses": {"200": written,
                                         "400": _error("The body is not JSON"),
                                         "401": unauthorized, "404": _error("No such queue"),
                                         "412": _error("If-Match is not the current version"),
@@ -93,12 +106,14 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": _json("#/components/schemas/History", "The versions"),
                               "401": unauthorized, "404": _error("No such queue")}}},
             "/queues/{name}/rollback": {"parameters": [name_param], "post": {
-                "summary": "Make an old version current again (as a new version)",
+                "summary": "Make an old version current again (as a new version, unless it "
+                           "has the current values)",
                 "operationId": "rollbackQueue", "parameters": [if_match],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object", "required": ["version"], "additionalProperties": False,
                     "properties": {"version": {"type": "integer", "minimum": 1}}}}}},
-                "responses": {"200": one_record, "400": _error("The body is not JSON"),
+                "responses": {"200": written, "201": created,
+                              "400": _error("The body is not JSON"),
                               "401": unauthorized, "404": _error("No such queue or version"),
                               "412": _error("If-Match is not the current version"),
                               "422": _error("Invalid version")}}},
@@ -143,12 +158,15 @@ def openapi_document() -> dict[str, Any]:
             "schemas": {
                 "QueueInput": queue_input,
                 "QueueRecord": record,
+                "QueueWritten": with_changed("QueueWritten", "The fields the write changed"),
+                "QueueVersion": with_changed("QueueVersion", "The fields this version "
+                                             "changed from the one before it"),
                 "QueueList": {"type": "object", "properties": {"queues": {
                     "type": "array", "items": {"$ref": "#/components/schemas/QueueRecord"}}}},
                 "History": {"type": "object", "properties": {
                     "name": {"type": "string"},
                     "versions": {"type": "array",
-                                 "items": {"$ref": "#/components/schemas/QueueRecord"}}}},
+                                 "items": {"$ref": "#/components/schemas/QueueVersion"}}}},
                 "Audit": {"type": "object", "properties": {
                     "entries": {"type": "array", "items": {"type": "object", "properties": {
                         "at": {"type": "string"}, "who": {"type": "string"},

@@ -42,7 +42,13 @@ from ivr.admin.auth import (
     tokens_match,
     verify_password,
 )
-from ivr.admin.changes import InvalidInput, patched_queue, queue_from_input
+from ivr.admin.changes import (
+    InvalidInput,
+    compare_queues,
+    patched_queue,
+    queue_from_input,
+    shown,
+)
 from ivr.admin.outage import StoreUnavailable, store_bounded
 from ivr.calltrace import describe_answer, is_sid
 from ivr.queues import Queue
@@ -127,14 +133,6 @@ def _when(value: str | None) -> Markup | str:
                   ).format(machine, date, clock, date, clock)
 
 
-def _shown(value: Any) -> str:
-    if value is None or value == "" or value == []:
-        return "(none)"
-    if isinstance(value, list | tuple):
-        return ", ".join(str(item) for item in value)
-    return str(value)
-
-
 def _environment() -> jinja2.Environment:
     # Autoescape everything, whatever a template is called: no user text is ever markup.
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
@@ -142,7 +140,7 @@ def _environment() -> jinja2.Environment:
     env.globals["path_for"] = _path_for_template
     env.globals["labels"] = FIELD_LABELS
     env.filters["when"] = _when
-    env.filters["shown"] = _shown
+    env.filters["shown"] = shown
     env.filters["in_words"] = describe_answer
     return env
 
@@ -494,6 +492,10 @@ def _notice(request: Request) -> str | None:
     restored = number(query.get("rolled_back"))
     if restored is not None:
         return f"Rolled {name} back to version {restored}: it is now version {version}."
+    same = number(query.get("same_as"))
+    if same is not None:
+        return (f"Nothing to restore: version {same} has the values {name} has now. {name} is "
+                f"still version {version}.")
     return None
 
 
@@ -598,7 +600,7 @@ async def save_queue(request: Request, session: AdminSession) -> Response:
                         name=name)
     try:
         queue = patched_queue(name, start.queue, mine, store.queue_names())
-        record, _ = await store.put(
+        written = await store.put(
             name, queue, session.user,
             if_match=str(base.version) if base is not None else NEVER_MATCHES)
     except (InvalidInput, InvalidChange) as exc:
@@ -609,9 +611,12 @@ async def save_queue(request: Request, session: AdminSession) -> Response:
                                 version=start.version, alert=NOT_SAVED, status=422)
     except StaleVersion:
         return await conflict_page(request, session, name, base, typed, mine)
-    log.info("admin page: queue %s saved by %s: version %d (%s)", name, session.user,
-             record.version, ", ".join(mine))
-    return redirect(request, "admin_queue", {"saved": 1, "version": record.version}, name=name)
+    version = written.record.version
+    if not written.changed:
+        return redirect(request, "admin_queue", {"unchanged": 1, "version": version}, name=name)
+    log.info("admin page: queue %s saved by %s: version %d (%s)", name, session.user, version,
+             ", ".join(written.changed))
+    return redirect(request, "admin_queue", {"saved": 1, "version": version}, name=name)
 
 
 def edits(start: Queue, typed: dict[str, str]) -> dict[str, Any]:
@@ -651,9 +656,9 @@ async def conflict_page(request: Request, session: AdminSession, name: str,
             if before[field] != now[field]:
                 yours = mine.get(field, now[field])
                 changed[field] = ChangedMeanwhile(
-                    _shown(before[field]), _shown(now[field]),
+                    shown(before[field]), shown(now[field]),
                     ", ".join(authors.get(field, [current.updated_by])),
-                    _shown(yours) if yours != now[field] else None)
+                    shown(yours) if yours != now[field] else None)
     values = {**form_values(current.queue), **{field: typed[field] for field in mine}}
     marked = (" The fields they changed are marked, with their old and new values."
               if changed else "")
@@ -706,13 +711,10 @@ async def restore_page(request: Request, session: AdminSession, name: str, targe
     if current is None or old is None:
         return await queue_page(request, session, name, record=current, status=404,
                                 alert=f"This queue has no version {target}.")
-    now, then = queue_inputs(current.queue), queue_inputs(old.queue)
-    rows = [{"field": field, "label": FIELD_LABELS[field], "now": _shown(now[field]),
-             "then": _shown(then[field]), "differs": now[field] != then[field]}
-            for field in QUEUE_FIELDS]
+    rows = compare_queues(current.queue, old.queue)
     return page(request, "restore.html", session, status, name=name, record=current,
-                target=old, rows=rows, changes=[row["label"] for row in rows if row["differs"]],
-                alert=alert)
+                target=old, rows=rows,
+                changes=[FIELD_LABELS[row.field] for row in rows if row.differs], alert=alert)
 
 
 @signed_in
@@ -726,8 +728,7 @@ async def rollback_queue(request: Request, session: AdminSession) -> Response:
     if form.get("confirmed") != "1":  # a form from before restoring asked first
         return await restore_page(request, session, name, target)
     try:
-        record, _ = await store_of(request).rollback(name, target, session.user,
-                                                     str(read_at))
+        written = await store_of(request).rollback(name, target, session.user, str(read_at))
     except StaleVersion:
         return await restore_page(
             request, session, name, target, status=409,
@@ -740,9 +741,14 @@ async def rollback_queue(request: Request, session: AdminSession) -> Response:
     except InvalidChange as exc:
         return await queue_page(request, session, name, status=422,
                                 alert=f"Version {target} cannot be restored: {exc}")
-    log.info("admin page: queue %s rolled back to version %s by %s", name, target, session.user)
-    return redirect(request, "admin_queue",
-                    {"rolled_back": target, "version": record.version}, name=name)
+    version = written.record.version
+    if not written.changed:
+        return redirect(request, "admin_queue", {"same_as": target, "version": version},
+                        name=name)
+    log.info("admin page: queue %s rolled back to version %s by %s: version %d (%s)", name,
+             target, session.user, version, ", ".join(written.changed))
+    return redirect(request, "admin_queue", {"rolled_back": target, "version": version},
+                    name=name)
 
 
 @signed_in
@@ -757,7 +763,7 @@ async def new_queue(request: Request, session: AdminSession) -> Response:
     try:
         queue = queue_from_input(name, data, store.queue_names())
         # The queue must not exist yet, so this never replaces a queue silently.
-        record, _ = await store.put(name, queue, session.user, if_match=MUST_NOT_EXIST)
+        record = (await store.put(name, queue, session.user, if_match=MUST_NOT_EXIST)).record
     except InvalidInput as exc:
         errors = errors_by_field(exc.errors, data)
     except InvalidChange as exc:
@@ -790,7 +796,7 @@ def audit_changes(entry: dict[str, Any]) -> list[tuple[str, str, str]]:
     for field in fields:
         before, after = old.get(field), new.get(field)
         if before != after and (before or after):
-            changes.append((FIELD_LABELS.get(field, field), _shown(before), _shown(after)))
+            changes.append((FIELD_LABELS.get(field, field), shown(before), shown(after)))
     return changes
 
 

@@ -41,12 +41,14 @@ class FlowSet:
         return self.by_number.get((channel, to_number)) or self.defaults.get(channel)
 
     def queue_users(self) -> dict[str, str]:
-        """Queue name -> the flows that may route to it, e.g. `flow loyalty_routing`."""
+        """Queue name -> the flows that may route to it, in words: `flow loyalty_routing`,
+        `flows new_vs_returning, vip_by_email`."""
         users: dict[str, list[str]] = {}
         for flow in self.flows.values():
             for queue in sorted(flow.routed_queues()):
                 users.setdefault(queue, []).append(flow.name)
-        return {queue: "flow " + ", ".join(names) for queue, names in users.items()}
+        return {queue: ("flows " if len(names) > 1 else "flow ") + ", ".join(sorted(names))
+                for queue, names in users.items()}
 
 
 def load_flow_file(path: Path, queue_names: Collection[str] | None = None,
