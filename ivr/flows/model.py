@@ -214,7 +214,8 @@ class Flow(BaseModel):
     def unset_secrets(self, secrets_set: Collection[str]) -> list[Problem]:
         """A problem for each secret the flow needs that is not among `secrets_set`."""
         return [Problem(where, f"secrets.{name} is not set: set {secret_variable(name)}, or "
-                        f"declare it optional in the flow (secrets: {{{name}: {{optional: true}}}})")
+                        "declare it optional in the flow "
+                        f"(secrets: {{{name}: {{optional: true}}}})")
                 for name, where in self._secrets_read.items()
                 if name not in secrets_set
                 and not (name in self.secrets and self.secrets[name].optional)]
@@ -303,7 +304,8 @@ def _unrecorded(path: tuple[str, ...], steps: Mapping[str, Step],
         return f"steps.{path[0]} is never recorded: {with_article(kind)} step records nothing"
     if len(path) > 1 and path[1] not in step.records:
         return _with_fix(f"steps.{path[0]}.{path[1]} is never recorded",
-                         suggestion(path[1], step.records, f"fields {with_article(kind)} step records"))
+                         suggestion(path[1], step.records,
+                                    f"fields {with_article(kind)} step records"))
     return None
 
 
