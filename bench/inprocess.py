@@ -42,7 +42,7 @@ def main() -> None:
     sys.path[:0] = [str(opts.repo.resolve()), str(BENCH)]
     from procs import Processes, free_ports, wait_http
 
-    from ivr.embedded_redis import EmbeddedRedis
+    from ivr.redis.embedded import EmbeddedRedis
 
     with tempfile.TemporaryDirectory(prefix="ivr-inprocess-") as tmp:
         redis = EmbeddedRedis(Path(tmp))

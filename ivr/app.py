@@ -21,20 +21,21 @@ from starlette.types import ASGIApp
 from ivr.admin import api as admin_api
 from ivr.admin import pages as admin_pages
 from ivr.admin.auth import resolve_admin_token
-from ivr.autopipeline import AutoPipeline
 from ivr.calltrace import CallTraces
 from ivr.channels.voice import CallbackUrls
 from ivr.channels.webhook import ENDPOINTS, HoldPolicy, Services, WebhookRoutes
-from ivr.conversations import Conversations
-from ivr.fetchcache import FetchCachePurges
 from ivr.flows.http import HttptoolsClient
 from ivr.flows.loader import FlowLoadError, FlowSet, load_flows
 from ivr.flows.upstream import Upstreams
 from ivr.logs import configure_logging
 from ivr.metrics import CONTENT_TYPE, MULTIPROCESS_DIR, exposition, process_exited
 from ivr.queues import QueueConfigError, load_queue_file
+from ivr.redis.autopipeline import AutoPipeline
+from ivr.redis.client import connect, without_credentials
+from ivr.redis.conversations import Conversations
+from ivr.redis.fetch_cache_purges import FetchCachePurges
+from ivr.redis.queue_store import QueueStore
 from ivr.settings import InvalidSettings, Settings, load_settings
-from ivr.store import Store, connect, without_credentials
 from ivr.twilio_security import WebhookVerifier, resolve_auth_token
 
 log = logging.getLogger("ivr.app")
@@ -116,7 +117,7 @@ class StartupError(Exception):
     """The configuration cannot serve calls; the message says what to fix."""
 
 
-async def open_store(settings: Settings) -> tuple[Store, FlowSet]:
+async def open_store(settings: Settings) -> tuple[QueueStore, FlowSet]:
     """Connect to the store, seed it from the queues file if it is empty, and load the flows
     against the live queues. The caller owns the returned store and closes it."""
     if settings.redis_url is None:
@@ -126,7 +127,7 @@ async def open_store(settings: Settings) -> tuple[Store, FlowSet]:
         queue_config = load_queue_file(settings.sip_config)
     except QueueConfigError as exc:
         raise StartupError(f"the queues file is broken:\n{exc}") from None
-    store = Store(connect(settings.redis_url))
+    store = QueueStore(connect(settings.redis_url))
     try:
         if await store.seed_queues(queue_config):
             log.info("seeded %d queues from %s", len(queue_config.queues), settings.sip_config)

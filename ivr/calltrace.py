@@ -34,7 +34,6 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from ivr.autopipeline import AutoPipeline
 from ivr.flows.model import Flow
 from ivr.flows.runner import Outcome
 from ivr.flows.step import Run, Step
@@ -42,6 +41,7 @@ from ivr.flows.steps.ask import AskStep
 from ivr.jsonfast import compact_json
 from ivr.logs import mask_number
 from ivr.metrics import CALL_TRACES_DROPPED
+from ivr.redis.autopipeline import AutoPipeline
 from ivr.timestamps import utc_iso
 
 log = logging.getLogger("ivr.calltrace")

@@ -33,21 +33,21 @@ import uvicorn
 import yaml
 from twilio.request_validator import RequestValidator
 
-from ivr.admin.auth import hash_password, resolve_admin_token
 from ivr.addresses import twilio_address
+from ivr.admin.auth import hash_password, resolve_admin_token
 from ivr.admin.changes import FieldComparison, compare_queues
 from ivr.admin.client import AdminClient, AdminError, queue_of, table
 from ivr.app import StartupError, open_store
 from ivr.calltrace import describe_answer
 from ivr.channels.voice import DEFAULT_FINISH_ON_KEY, keyed_answer
 from ivr.flows_cli import add_commands as add_flow_commands
-from ivr.embedded_redis import EmbeddedRedis
 from ivr.local_tokens import read_local_token
 from ivr.logs import configure_logging, uvicorn_log_config
 from ivr.metrics import MULTIPROCESS_ENV
+from ivr.redis.client import describe_redis
+from ivr.redis.embedded import EmbeddedRedis
 from ivr.settings import InvalidSettings, Settings, load_settings
 from ivr.simulator import DEFAULT_TO_NUMBER, TEST_ACCOUNT_SID
-from ivr.store import describe_redis
 from ivr.twilio_security import resolve_auth_token
 
 log = logging.getLogger("ivr.cli")

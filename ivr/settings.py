@@ -15,9 +15,9 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from ivr import sentinel
 from ivr.admin.auth import check_password_hash_format
-from ivr.sentinel import SCHEME, is_sentinel_url
+from ivr.redis import sentinel
+from ivr.redis.sentinel import SCHEME, is_sentinel_url
 from ivr.validation import Problem, describe_problems
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", SCHEME)

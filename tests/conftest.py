@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from ivr.app import create_app
-from ivr.embedded_redis import EmbeddedRedis
+from ivr.redis.embedded import EmbeddedRedis
 from ivr.settings import Settings
 from tests.loyalty_api import LoyaltyApi
 from tests.servers import ServerThread, free_port

@@ -21,8 +21,8 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 import ivr.admin.pages
 from ivr.admin.auth import hash_password, verify_password
+from ivr.redis.queue_store import QUEUES_KEY
 from ivr.settings import Settings
-from ivr.store import QUEUES_KEY
 from tests.loyalty_api import GOLD
 from tests.servers import ServerThread
 from tests.twilio_client import FakeTwilio, call_params, message_params

@@ -18,12 +18,13 @@ import pytest
 import redis
 
 from ivr import store as store_module
-from ivr.autopipeline import AutoPipeline
-from ivr.fetchcache import GENERATIONS_KEY, PURGES_KEY, FetchCachePurges
 from ivr.flows.upstream import Answer, Upstreams
 from ivr.logs import mask_number
+from ivr.redis.autopipeline import AutoPipeline
+from ivr.redis.client import connect
+from ivr.redis.fetch_cache_purges import GENERATIONS_KEY, PURGES_KEY, FetchCachePurges
+from ivr.redis.queue_store import QueueStore
 from ivr.settings import Settings
-from ivr.store import Store, connect
 from tests.conftest import Served, run_ivr
 from tests.loyalty_api import LoyaltyApi
 from tests.servers import ServerThread
@@ -255,7 +256,7 @@ def test_a_process_that_missed_a_purge_message_drops_what_it_keeps(
         return Answer("http_error", 404)
 
     async def scenario() -> list[str]:
-        store = Store(connect(redis_url))
+        store = QueueStore(connect(redis_url))
         upstreams = Upstreams(AutoPipeline(redis_url))
         store.follow(FetchCachePurges(store.redis, upstreams))
         await store.start()
@@ -314,7 +315,7 @@ def test_a_process_starts_on_each_steps_current_generation(redis_url: str) -> No
         client.hset(GENERATIONS_KEY, "loyalty_routing/lookup", 3)
 
     async def prefix_once_started() -> str:
-        store = Store(connect(redis_url))
+        store = QueueStore(connect(redis_url))
         upstreams = Upstreams(None)
         store.follow(FetchCachePurges(store.redis, upstreams))
         try:

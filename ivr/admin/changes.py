@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 from pydantic import ValidationError
 
 from ivr.queues import Queue, changed_fields, check_queue_name
-from ivr.store import RECORD_META
+from ivr.redis.queue_store import RECORD_META
 
 
 class InvalidInput(Exception):

@@ -52,7 +52,7 @@ from ivr.admin.changes import (
 from ivr.admin.outage import StoreUnavailable, store_bounded
 from ivr.calltrace import describe_answer, is_sid
 from ivr.queues import Queue
-from ivr.store import (
+from ivr.redis.queue_store import (
     MUST_NOT_EXIST,
     NEVER_MATCHES,
     RECORD_META,
@@ -60,8 +60,8 @@ from ivr.store import (
     InvalidChange,
     QueueNotFound,
     QueueRecord,
+    QueueStore,
     StaleVersion,
-    Store,
 )
 
 log = logging.getLogger("ivr.admin")
@@ -673,7 +673,7 @@ async def conflict_page(request: Request, session: AdminSession, name: str,
               f"then Save again to apply your changes.")
 
 
-async def changed_by(store: Store, name: str, base: QueueRecord,
+async def changed_by(store: QueueStore, name: str, base: QueueRecord,
                      current: QueueRecord) -> dict[str, list[str]]:
     """Who changed each field after version `base`, up to `current`, in the order they did."""
     versions = sorted((record for record in await store.history(name)
@@ -778,7 +778,7 @@ async def new_queue(request: Request, session: AdminSession) -> Response:
                           status=422)
 
 
-def new_queue_page(request: Request, session: AdminSession, store: Store, name: str,
+def new_queue_page(request: Request, session: AdminSession, store: QueueStore, name: str,
                    values: dict[str, str], errors: dict[str, list[str]],
                    alert: str | None = None, status: int = 200) -> Response:
     return page(request, "queue.html", session, status, name=name, record=None, history=[],

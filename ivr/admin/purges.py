@@ -1,6 +1,6 @@
 """Cache purges as an admin names them: a cached fetch step of a loaded flow and, optionally, one
 caller, whose cache keys are the step's own, rendered for that contact as a call renders them.
-The API (`POST /admin/api/cache/purge`) and `ivr cache purge` go through here; ivr.fetchcache
+The API (`POST /admin/api/cache/purge`) and `ivr cache purge` go through here; ivr.redis.fetch_cache_purges
 does the purge in Redis and in every process."""
 
 from __future__ import annotations

@@ -29,8 +29,6 @@ from ivr.channels.voice import (
     render_voice,
     render_voice_apology,
 )
-from ivr.conversations import HELD_TTL, Conversations
-from ivr.fetchcache import FetchCachePurges
 from ivr.flows.actions import Action, RouteToQueue
 from ivr.flows.http import HttpClient
 from ivr.flows.loader import FlowSet
@@ -42,7 +40,9 @@ from ivr.flows.upstream import Upstreams
 from ivr.logs import log_context, mask_number
 from ivr.metrics import ROUTES, SIGNATURE_REJECTIONS, WEBHOOK_SECONDS, labelled
 from ivr.queues import Queue
-from ivr.store import Store
+from ivr.redis.conversations import HELD_TTL, Conversations
+from ivr.redis.fetch_cache_purges import FetchCachePurges
+from ivr.redis.queue_store import QueueStore
 from ivr.twilio_security import WebhookVerifier
 
 log = logging.getLogger("ivr.webhook")
@@ -69,7 +69,7 @@ class Services:
     """What webhooks share in one process, built once in the app's lifespan."""
 
     flows: FlowSet
-    store: Store
+    store: QueueStore
     conversations: Conversations
     http: HttpClient
     upstreams: Upstreams
@@ -250,7 +250,7 @@ _routes = labelled(ROUTES)
 async def best_effort(operation: Awaitable[T], default: T, what: str) -> T:
     """Session and contact state make a call better, never possible: without Redis, a call is
     routed all the same, from the configuration in memory. The operations go through the
-    auto-pipeline, which bounds them (ivr.autopipeline.BATCH_TIMEOUT)."""
+    auto-pipeline, which bounds them (ivr.redis.autopipeline.BATCH_TIMEOUT)."""
     try:
         return await operation
     except (RedisError, OSError, TimeoutError) as exc:
@@ -398,7 +398,7 @@ async def _answer_dial_result(services: Services, hook: Webhook) -> tuple[str, s
     return twiml, f"{outcome}; every target failed: {summary}"
 
 
-def dial_targets(store: Store, queue_name: str) -> list[tuple[str, str]]:
+def dial_targets(store: QueueStore, queue_name: str) -> list[tuple[str, str]]:
     """(queue, SIP URI) to try in order: the queue's URI, its fallbacks, then its overflow's."""
     targets: list[tuple[str, str]] = []
     seen: set[str] = set()

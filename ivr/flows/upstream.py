@@ -5,7 +5,7 @@ A cache key names its fetch step and the step's generation, then the request:
 `ivr:fetch:<flow>/<step>:<generation>:<SHA-256 of the request>`. Purging one caller removes
 that caller's keys; purging a whole step makes its generation the next one, so no instance
 reads the step's older answers again (they expire from Redis by themselves). Generations are
-kept in memory (ivr.fetchcache keeps them current), so a lookup costs no extra round trip.
+kept in memory (ivr.redis.fetch_cache_purges keeps them current), so a lookup costs no extra round trip.
 
 A dead loyalty API must cost callers nothing once detected: after `failure_threshold` failures
 in a row its breaker opens and requests fail at once (the flow takes its error exit) until a
@@ -25,10 +25,10 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from ivr.autopipeline import AutoPipeline
 from ivr.deadline import within
 from ivr.jsonfast import compact_json
 from ivr.metrics import BREAKER_STATE, FETCH_CACHE, labelled
+from ivr.redis.autopipeline import AutoPipeline
 
 log = logging.getLogger("ivr.flows.upstream")
 _cache_counter = labelled(FETCH_CACHE)
@@ -238,7 +238,7 @@ class Upstreams:
             self.pipeline.send(("SET", key, compact_json(record),
                                 "PX", max(1, int(keep_for * 1000))), what="fetch cache write")
 
-    # --- purges (ivr.fetchcache applies them in every process) -----------------------------
+    # --- purges (ivr.redis.fetch_cache_purges applies them in every process) -----------------------------
 
     def forget(self, keys: Iterable[str]) -> None:
         """Purge these keys' answers from the process: the next lookup of each goes to Redis

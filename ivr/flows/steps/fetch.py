@@ -24,7 +24,7 @@ miss; absent when the step does not cache). An upstream that keeps failing has i
 opened: its requests then fail at once (breaker_open) until a probe finds it back.
 
 An admin purges a step's cached answers, one caller's or all of them, with `ivr cache purge`
-(ivr.fetchcache): the caller's key is this step's own, rendered for that contact.
+(ivr.redis.fetch_cache_purges): the caller's key is this step's own, rendered for that contact.
 """
 
 from __future__ import annotations

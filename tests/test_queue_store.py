@@ -16,7 +16,7 @@ import redis
 import redis.asyncio
 
 from ivr.queues import Queue, QueueConfig
-from ivr.store import (
+from ivr.redis.queue_store import (
     CHANGED_CHANNEL,
     CONFIG_VERSION_KEY,
     MUST_EXIST,
@@ -25,8 +25,8 @@ from ivr.store import (
     InvalidChange,
     QueueInUse,
     QueueNotFound,
+    QueueStore,
     StaleVersion,
-    Store,
     connect,
 )
 from tests import loyalty_api as L
@@ -44,9 +44,9 @@ def config(**uris: str) -> QueueConfig:
     return QueueConfig.model_validate({"queues": {n: {"sip_uri": u} for n, u in uris.items()}})
 
 
-def with_store(redis_url: str, body: Callable[[Store], Awaitable[T]], seed: bool = True) -> T:
+def with_store(redis_url: str, body: Callable[[QueueStore], Awaitable[T]], seed: bool = True) -> T:
     async def go() -> T:
-        store = Store(connect(redis_url))
+        store = QueueStore(connect(redis_url))
         try:
             if seed:
                 await store.seed_queues(SHIPPED)
@@ -60,7 +60,7 @@ def with_store(redis_url: str, body: Callable[[Store], Awaitable[T]], seed: bool
 
 def test_seeding_writes_an_empty_store_once_even_when_instances_race(redis_url: str) -> None:
     async def race() -> list[bool]:
-        stores = [Store(connect(redis_url)) for _ in range(8)]
+        stores = [QueueStore(connect(redis_url)) for _ in range(8)]
         try:
             return await asyncio.gather(*(
                 s.seed_queues(config(gold=f"sip:gold{i}@example.com"))
@@ -78,7 +78,7 @@ def test_seeding_writes_an_empty_store_once_even_when_instances_race(redis_url: 
 
 
 def test_a_write_makes_a_new_version_with_history_and_audit(redis_url: str) -> None:
-    async def body(store: Store) -> None:
+    async def body(store: QueueStore) -> None:
         new = Queue(sip_uri="sip:gold@pbx2.example.com")
         written = await store.put("gold", new, who="alice")
         record = written.record
@@ -100,10 +100,10 @@ def test_a_write_makes_a_new_version_with_history_and_audit(redis_url: str) -> N
 
 
 def test_of_many_writers_with_the_same_version_exactly_one_wins(redis_url: str) -> None:
-    async def body(store: Store) -> None:
-        others = [Store(connect(redis_url)) for _ in range(10)]
+    async def body(store: QueueStore) -> None:
+        others = [QueueStore(connect(redis_url)) for _ in range(10)]
 
-        async def attempt(i: int, s: Store) -> int | None:
+        async def attempt(i: int, s: QueueStore) -> int | None:
             try:
                 written = await s.put("gold", Queue(sip_uri=f"sip:w{i}@x.com"), f"w{i}", "1")
                 return written.record.version
@@ -132,7 +132,7 @@ def test_a_write_equal_to_the_current_queue_writes_no_version_no_audit_entry_no_
     night = Queue(sip_uri="sip:night@x.com", fallback_sip_uris=("sip:a@x.com", "sip:b@x.com"),
                   overflow="standard", message_to="+15550100104")
 
-    async def body(store: Store) -> None:
+    async def body(store: QueueStore) -> None:
         await store.put("night", night, "bob")
         with redis.Redis.from_url(redis_url, decode_responses=True) as client:
             config_version = client.get(CONFIG_VERSION_KEY)
@@ -161,8 +161,8 @@ def test_a_write_equal_to_the_current_queue_writes_no_version_no_audit_entry_no_
 def test_writers_racing_to_set_the_same_values_make_one_version(redis_url: str) -> None:
     """Whether a write changes anything is decided on the record current when it lands, not
     on the one each writer read."""
-    async def body(store: Store) -> None:
-        writers = [Store(connect(redis_url)) for _ in range(12)]
+    async def body(store: QueueStore) -> None:
+        writers = [QueueStore(connect(redis_url)) for _ in range(12)]
         new = Queue(sip_uri="sip:gold@pbx2.example.com")
         try:
             results = await asyncio.gather(*(
@@ -179,7 +179,7 @@ def test_writers_racing_to_set_the_same_values_make_one_version(redis_url: str) 
 
 
 def test_rollback_makes_an_old_version_current_as_a_new_version(redis_url: str) -> None:
-    async def body(store: Store) -> None:
+    async def body(store: QueueStore) -> None:
         await store.put("gold", Queue(sip_uri="sip:gold@bad.example.com"), "bob")
         written = await store.rollback("gold", 1, "alice")
         assert (written.record.version, written.record.queue.sip_uri, written.created) == (
@@ -193,7 +193,7 @@ def test_rollback_makes_an_old_version_current_as_a_new_version(redis_url: str) 
 
 
 def test_overflow_must_name_a_queue_and_never_loop(redis_url: str) -> None:
-    async def body(store: Store) -> None:
+    async def body(store: QueueStore) -> None:
         with pytest.raises(InvalidChange, match="overflow 'nowhere' is not a queue"):
             await store.put("gold", Queue(sip_uri="sip:a@b.com", overflow="nowhere"), "a")
         await store.put("gold", Queue(sip_uri="sip:a@b.com", overflow="platinum"), "a")
@@ -206,7 +206,7 @@ def test_overflow_must_name_a_queue_and_never_loop(redis_url: str) -> None:
 
 
 def test_delete_refuses_a_queue_a_flow_routes_to_and_keeps_history(redis_url: str) -> None:
-    async def body(store: Store) -> None:
+    async def body(store: QueueStore) -> None:
         with pytest.raises(QueueInUse, match="routed to by flow loyalty_routing"):
             await store.delete("gold", "a", protected={"gold": "flow loyalty_routing"})
         await store.put("spare", Queue(sip_uri="sip:spare@x.com"), "a")
@@ -223,7 +223,7 @@ def test_delete_refuses_a_queue_a_flow_routes_to_and_keeps_history(redis_url: st
 
 
 def test_if_match_star_requires_an_existing_queue(redis_url: str) -> None:
-    async def body(store: Store) -> None:
+    async def body(store: QueueStore) -> None:
         with pytest.raises(QueueNotFound):
             await store.put("new", Queue(sip_uri="sip:n@x.com"), "a", if_match="*")
         written = await store.put("gold", Queue(sip_uri="sip:n@x.com"), "a", if_match="*")
@@ -233,8 +233,8 @@ def test_if_match_star_requires_an_existing_queue(redis_url: str) -> None:
 
 
 def test_another_instance_sees_a_change_through_pub_sub(redis_url: str) -> None:
-    async def body(writer: Store) -> None:
-        reader = Store(connect(redis_url))
+    async def body(writer: QueueStore) -> None:
+        reader = QueueStore(connect(redis_url))
         await reader.start()
         try:
             assert reader.queue("gold").sip_uri == "sip:gold@queues.example.com"
@@ -257,7 +257,7 @@ def hgetall_calls(client: redis.Redis) -> int:
 def test_starting_a_store_that_has_loaded_reads_the_queues_once_more_after_subscribing_only(
     redis_url: str,
 ) -> None:
-    async def body(store: Store) -> None:  # loaded already, as start-up does before start()
+    async def body(store: QueueStore) -> None:  # loaded already, as start-up does before start()
         with redis.Redis.from_url(redis_url) as client:
             client.config_resetstat()
             await store.start()
@@ -272,7 +272,7 @@ def test_starting_a_store_that_has_loaded_reads_the_queues_once_more_after_subsc
 
 
 def test_a_corrupt_record_keeps_the_last_good_configuration(redis_url: str, caplog) -> None:
-    async def body(store: Store) -> None:
+    async def body(store: QueueStore) -> None:
         await store.start()
         with redis.Redis.from_url(redis_url, decode_responses=True) as client:
             client.hset(QUEUES_KEY, "gold", json.dumps({"sip_uri": "not a uri", "version": 9}))
@@ -324,8 +324,8 @@ def test_a_route_to_a_queue_deleted_from_the_store_goes_to_the_fallback_queue(
 
 
 def test_writers_to_different_queues_at_once_all_succeed(redis_url: str) -> None:
-    async def body(store: Store) -> None:
-        writers = [Store(connect(redis_url)) for _ in range(6)]
+    async def body(store: QueueStore) -> None:
+        writers = [QueueStore(connect(redis_url)) for _ in range(6)]
         try:
             results = await asyncio.gather(*(
                 writers[i % 6].put(f"q{i}", Queue(sip_uri=f"sip:q{i}@x.com"), "w")
@@ -340,7 +340,7 @@ def test_writers_to_different_queues_at_once_all_succeed(redis_url: str) -> None
 
 
 def test_a_corrupt_record_can_be_replaced_by_a_write(redis_url: str) -> None:
-    async def body(store: Store) -> None:
+    async def body(store: QueueStore) -> None:
         with redis.Redis.from_url(redis_url, decode_responses=True) as client:
             client.hset(QUEUES_KEY, "gold", "{not json")
             client.hset(QUEUES_KEY, "platinum", json.dumps({"sip_uri": "sip:p@x.com",
@@ -357,8 +357,8 @@ def test_a_corrupt_record_can_be_replaced_by_a_write(redis_url: str) -> None:
 def test_a_record_with_a_bad_version_does_not_stop_a_process_following_changes(
     redis_url: str,
 ) -> None:
-    async def body(writer: Store) -> None:
-        reader = Store(connect(redis_url))
+    async def body(writer: QueueStore) -> None:
+        reader = QueueStore(connect(redis_url))
         await reader.start()
         try:
             with redis.Redis.from_url(redis_url, decode_responses=True) as client:
@@ -393,7 +393,7 @@ def test_closing_a_store_while_it_follows_a_stream_of_changes_never_hangs(redis_
         hung = 0
         publisher = connect(redis_url)
         for i in range(rounds):
-            store = Store(connect(redis_url))
+            store = QueueStore(connect(redis_url))
             if i == 0:
                 await store.seed_queues(config(gold="sip:gold@example.com"))
             await store.start()

@@ -5,7 +5,7 @@ A purge of one caller unlinks the caller's keys; a purge of a whole step makes t
 generation, which its keys carry, the next one (no key is scanned for: the old answers are never
 read again and expire from Redis by themselves). Either way the purge is published, and every
 process (instances and workers alike) drops its copies, through the listener that keeps the
-queue configuration fresh (ivr.store): within the same bound as a queue change. A process that
+queue configuration fresh (ivr.redis.queue_store): within the same bound as a queue change. A process that
 missed a purge (its connection to Redis broke) sees the purge counter differ and drops every
 copy it keeps.
 
@@ -26,9 +26,9 @@ from typing import Any
 import redis.asyncio as redis
 
 from ivr.flows.upstream import Upstreams
-from ivr.store import AUDIT_KEY
+from ivr.redis.queue_store import AUDIT_KEY
 
-log = logging.getLogger("ivr.fetchcache")
+log = logging.getLogger("ivr.redis.fetch_cache_purges")
 
 GENERATIONS_KEY = "{ivr}:fetch:generations"
 PURGES_KEY = "{ivr}:fetch:purges"
@@ -55,7 +55,7 @@ return {purge, generation}
 
 class FetchCachePurges:
     """Purging, and applying every purge to this process's `upstreams`. The store's listener
-    calls `resync` and `changed` (see ivr.store.Follower)."""
+    calls `resync` and `changed` (see ivr.redis.queue_store.Follower)."""
 
     channel = PURGED_CHANNEL
     version_key = PURGES_KEY

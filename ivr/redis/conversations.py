@@ -27,11 +27,11 @@ from typing import Any
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from ivr.autopipeline import AutoPipeline, Command
 from ivr.jsonfast import compact_json
+from ivr.redis.autopipeline import AutoPipeline, Command
 from ivr.timestamps import utc_iso
 
-log = logging.getLogger("ivr.conversations")
+log = logging.getLogger("ivr.redis.conversations")
 
 REPLAY_TTL = timedelta(minutes=15)  # Twilio retries within seconds; keep well beyond that
 HELD_TTL = timedelta(minutes=2)  # a held call comes back for its decision within seconds

