@@ -16,6 +16,7 @@ import redis
 import redis.asyncio
 
 from ivr.queues import Queue, QueueConfig
+from ivr.redis.client import connect
 from ivr.redis.queue_store import (
     CHANGED_CHANNEL,
     CONFIG_VERSION_KEY,
@@ -27,7 +28,6 @@ from ivr.redis.queue_store import (
     QueueNotFound,
     QueueStore,
     StaleVersion,
-    connect,
 )
 from tests import loyalty_api as L
 from tests.twilio_client import FakeTwilio
