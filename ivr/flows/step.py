@@ -1,24 +1,26 @@
-"""What every step kind shares: the base model, the registry of kinds, and the run they act on."""
+"""What every step kind shares: the base model, the registry of kinds, and the run they act on.
+
+A step knows its flow only through `FlowParts`, what it reads of it when the flow loads: the
+flow model imports the steps, never the other way round."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from ivr.flows.actions import Action
 from ivr.flows.http import HttpClient
-from ivr.validation import Problem, Where, explained_pattern
+from ivr.flows.schedules import Schedule
+from ivr.validation import NAME_RULE, Problem, Where, explained_pattern
 
-if TYPE_CHECKING:
-    from ivr.flows.model import Flow
+if TYPE_CHECKING:  # not a circle: the upstreams know nothing of steps
     from ivr.flows.upstream import Upstreams
 
-NAME_RULE = "a letter, then up to 63 letters, digits, '_' or '-'"
 StepId = explained_pattern(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$", "a step id", NAME_RULE)
 VarName = explained_pattern(
     r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", "a variable name",
@@ -50,6 +52,19 @@ WAIT = Wait()
 StepResult = str | None | Wait  # the next step id, None when the flow has finished, or WAIT
 
 
+class FlowParts(Protocol):
+    """What a step reads of the flow that holds it, once, when the flow loads (`Step.bind`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def steps(self) -> Mapping[str, Step]: ...
+
+    @property
+    def schedules(self) -> Mapping[str, Schedule]: ...
+
+
 class Step(BaseModel):
     """A node of a flow. Subclasses declare `kind: Literal[...]` and their exits."""
 
@@ -79,7 +94,7 @@ class Step(BaseModel):
         return [((name,), value) for name in self.exit_fields
                 if (value := getattr(self, name)) is not None]
 
-    def bind(self, flow: Flow) -> list[Problem]:
+    def bind(self, flow: FlowParts) -> list[Problem]:
         """Take what the step needs from the flow that holds it, once, when the flow loads;
         return what is missing, at the step's fields (none: the step can run)."""
         return []

@@ -36,22 +36,18 @@ import json
 import logging
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 from pydantic import Field, PrivateAttr, model_validator
 
 from ivr.flows.durations import duration
 from ivr.flows.http import HttpConnectionError, HttpTimeout
-from ivr.flows.step import Run, Step, StepId, StepResult, VarName, register_step
+from ivr.flows.step import FlowParts, Run, Step, StepId, StepResult, VarName, register_step
 from ivr.flows.templates import Template
 from ivr.flows.upstream import Answer, Upstreams
 from ivr.metrics import FETCH_SECONDS, FETCHES, labelled
-from ivr.validation import explained_pattern
-
-if TYPE_CHECKING:
-    from ivr.flows.model import Flow
-    from ivr.validation import Problem
+from ivr.validation import Problem, explained_pattern
 
 log = logging.getLogger("ivr.flows.fetch")
 _fetch_seconds = labelled(FETCH_SECONDS)
@@ -143,7 +139,7 @@ class FetchStep(Step):
     def vars_set(self) -> frozenset[str]:
         return frozenset(self.save)
 
-    def bind(self, flow: Flow) -> list[Problem]:
+    def bind(self, flow: FlowParts) -> list[Problem]:
         step_id = next(step_id for step_id, step in flow.steps.items() if step is self)
         # Quoted: a flow's name could hold the `/` and `:` that keys are split at.
         self._scope = f"{quote(flow.name, safe='')}/{step_id}"

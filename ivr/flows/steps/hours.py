@@ -22,16 +22,13 @@ The time is the run's clock on the schedule's wall clock. After the step, `steps
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import PrivateAttr
 
 from ivr.flows.schedules import Schedule, ScheduleName
-from ivr.flows.step import Run, Step, StepId, register_step
+from ivr.flows.step import FlowParts, Run, Step, StepId, register_step
 from ivr.validation import Problem, unknown
-
-if TYPE_CHECKING:
-    from ivr.flows.model import Flow
 
 
 @register_step
@@ -47,7 +44,7 @@ class HoursStep(Step):
     # The step names its schedule; the flow, which holds the schedules, binds it at load time.
     _bound: Schedule | None = PrivateAttr(default=None)
 
-    def bind(self, flow: Flow) -> list[Problem]:
+    def bind(self, flow: FlowParts) -> list[Problem]:
         if not flow.schedules:
             return [Problem(("schedule",), f"{self.schedule!r} is not defined: add it under the "
                             "flow's `schedules`")]
