@@ -39,3 +39,13 @@ def test_every_module_of_the_steps_package_is_a_kind_of_the_flow_model() -> None
     assert set(KINDS) == modules
     assert load_step_kinds() == KINDS
     assert list(KINDS) == sorted(KINDS)
+
+
+def test_nothing_outside_the_steps_package_names_a_kind() -> None:
+    """The graph, the trace, the hand-off and the cache purge read what a kind declares (its
+    shape, exits, traced records, hand-off note, purgeable cache), not its class."""
+    kind_modules = {f"ivr.flows.steps.{kind}" for kind in KINDS}
+    naming = {str(path.relative_to(ROOT)): sorted(_imported_modules(path) & kind_modules)
+              for path in sorted((ROOT / "ivr").rglob("*.py"))
+              if STEPS_PACKAGE not in path.parents}
+    assert not any(naming.values()), {path: names for path, names in naming.items() if names}

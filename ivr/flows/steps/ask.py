@@ -108,6 +108,9 @@ class AskStep(Step):
     def vars_set(self) -> frozenset[str]:
         return frozenset() if self.save is None else frozenset({self.save})
 
+    def answers_are_choices(self) -> bool:
+        return self.expect == "choice"
+
     async def run(self, run: Run) -> StepResult:
         run.attempts[run.current_step] = 0
         self._ask(run, retry=False)

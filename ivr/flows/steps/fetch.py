@@ -43,7 +43,16 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from ivr.flows.durations import duration
 from ivr.flows.http import HttpConnectionError, HttpTimeout
-from ivr.flows.step import FlowParts, Run, Step, StepId, StepResult, VarName, register_step
+from ivr.flows.step import (
+    FlowParts,
+    PurgeableCache,
+    Run,
+    Step,
+    StepId,
+    StepResult,
+    VarName,
+    register_step,
+)
 from ivr.flows.templates import Template
 from ivr.flows.upstream import Answer, Upstreams
 from ivr.metrics import FETCH_SECONDS, FETCHES, labelled
@@ -126,6 +135,8 @@ class FetchStep(Step):
     exit_fields = ("next", "on_error")
     secret_fields = ("url", "headers", "body")
     records = ("status", "outcome", "elapsed_ms", "cache")
+    records_traced = True  # what the API answered and how fast: nothing the contact said
+    may_cache = True
 
     # Which cache is the step's (its flow and id), set when its flow loads.
     _scope: str = PrivateAttr(default="")
@@ -138,6 +149,9 @@ class FetchStep(Step):
 
     def vars_set(self) -> frozenset[str]:
         return frozenset(self.save)
+
+    def purgeable_cache(self) -> PurgeableCache | None:
+        return self if self.cache is not None else None
 
     def bind(self, flow: FlowParts) -> list[Problem]:
         step_id = next(step_id for step_id, step in flow.steps.items() if step is self)

@@ -40,9 +40,13 @@ class HoursStep(Step):
 
     exit_fields = ("open", "closed")
     records = ("open", "local_time")
+    shape = "decision"
 
     # The step names its schedule; the flow, which holds the schedules, binds it at load time.
     _bound: Schedule | None = PrivateAttr(default=None)
+
+    def graph_detail(self) -> str:
+        return f" {self.schedule}"
 
     def bind(self, flow: FlowParts) -> list[Problem]:
         if not flow.schedules:
