@@ -2,13 +2,13 @@
 
     by_tier:
       kind: branch
-      value: vars.tier                 # an expression; `equals` compares it ignoring case and
-      cases:                           # surrounding space (None never matches)
-        - equals: gold
+      value: vars.tier                  # an expression
+      cases:
+        - equals: gold                  # compared to `value` ignoring case and surrounding space
           next: to_gold
-        - equals: [platinum, plat]
+        - equals: [platinum, plat]      # one of several
           next: to_platinum
-        - when: "contact.channel == 'voice'"   # or any condition
+        - when: "contact.channel == 'voice' and contact.is_returning"   # any condition
           next: to_voice_team
       else: to_standard
 """

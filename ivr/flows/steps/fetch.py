@@ -2,18 +2,20 @@
 
     lookup:
       kind: fetch
+      method: GET                  # GET (default), POST, PUT, PATCH, DELETE
       url: "{{ settings.loyalty_api_url }}/customers/{{ contact.number | urlencode }}"
-      headers:
+      headers:                     # a header whose value renders empty is not sent
         Authorization: "{% if settings.loyalty_api_token %}Bearer {{ settings.loyalty_api_token }}{% endif %}"
-      timeout: 2            # seconds, never beyond the webhook's routing deadline
-      retries: 1            # after a fault (timeout, refused connection, 5xx, a 2xx that is
-                            # not JSON or too large), if time allows
-      cache: 5m             # definitive answers shared by all instances; optional
-      stale_while_revalidate: 1h   # serve an old answer while refreshing; optional
+        Content-Type: application/json   # with a body: no Content-Type is sent unless given here
+      body: '{"number": "{{ contact.number }}"}'   # optional
+      timeout: 2                   # seconds (2 by default), at most 10, never beyond the routing deadline
+      retries: 1                   # after a fault (below), if time allows (0-3; 0 by default)
+      cache: 5m                    # definitive answers shared by all instances; optional
+      stale_while_revalidate: 1h   # serve an old answer while refreshing; optional, needs `cache`
       save:
-        tier: loyaltyStatus  # variable: dotted path into the JSON answer (missing -> None)
+        tier: loyaltyStatus        # variable: dotted path in the JSON answer (items.0.name); missing -> None
       next: by_tier
-      on_error: by_tier     # non-2xx, timeout, refused connection, a body that is not JSON
+      on_error: by_tier            # required
 
 A header whose value renders empty is not sent. `url`, `headers` and `body`, and no other field
 of any step, may read `secrets.<name>` (IVR_SECRET_<NAME>), e.g.

@@ -2,12 +2,13 @@
 
     schedules:
       support:
-        timezone: Europe/Paris
-        weekly:
+        timezone: Europe/Paris             # an IANA name
+        weekly:                            # days not listed are closed
           mon: ["09:00-12:30", "13:30-18:00"]
           tue: ["09:00-18:00"]
-        holidays: ["2026-12-25"]
-        exceptions:
+          sat: ["10:00-14:00"]
+        holidays: ["2026-12-25"]           # closed all day
+        exceptions:                        # dates with their own hours ([] closes the day)
           "2026-12-24": ["09:00-13:00"]
     steps:
       check:
