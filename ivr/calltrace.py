@@ -37,7 +37,6 @@ from redis.exceptions import RedisError
 from ivr.flows.model import Flow
 from ivr.flows.runner import Outcome
 from ivr.flows.step import Run, Step
-from ivr.flows.steps.ask import AskStep
 from ivr.jsonfast import compact_json
 from ivr.logs import mask_number
 from ivr.metrics import CALL_TRACES_DROPPED
@@ -88,7 +87,7 @@ class CallTrace:
         self.steps = list(outcome.trace)
         # Only fetch outcomes: other steps' records may hold what the contact typed.
         self.fetches = {step: dict(run.steps[step]) for step in outcome.trace
-                        if step in run.steps and flow.steps[step].kind == "fetch"}
+                        if step in run.steps and flow.steps[step].records_traced}
         self.route = route
         self.waiting_at = outcome.waiting_at
         if answered_at is not None:
@@ -156,7 +155,7 @@ def shown_answer(step_id: str, step: Step | None, answer: str | None, valid: boo
     shown: dict[str, Any] = {"step": step_id, "given": None, "valid": bool(valid)}
     if not given:
         return shown
-    if isinstance(step, AskStep) and step.expect == "choice":
+    if step is not None and step.answers_are_choices():
         given = _PERSONAL.sub(_masked_personal, given)  # before the cut, which could split one
         if len(given) > MAX_ANSWER_LENGTH:
             given = given[:MAX_ANSWER_LENGTH - 1] + "…"

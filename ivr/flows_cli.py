@@ -18,9 +18,6 @@ from ivr.addresses import twilio_address
 from ivr.flows.loader import CHANNELS, FlowLoadError, load_flow_file, load_flows
 from ivr.flows.model import Flow
 from ivr.flows.step import Channel, Step
-from ivr.flows.steps.branch import BranchStep
-from ivr.flows.steps.hours import HoursStep
-from ivr.flows.steps.route import RouteStep
 from ivr.queues import Queue, QueueConfigError, load_queue_file
 from ivr.settings import Settings
 from ivr.simulator import (
@@ -123,6 +120,8 @@ def graph_command(args: argparse.Namespace, settings: Settings) -> int:
 _MERMAID_WORDS = {"end", "graph", "flowchart", "subgraph", "style", "class", "classdef", "click",
                   "linkstyle", "direction", "default"}
 _PLAIN_LABEL = re.compile(r"[A-Za-z0-9_ .,:+@\-]*")
+# A node as Mermaid draws each shape a kind declares: a decision, where a contact leaves the flow.
+_SHAPES = {"action": '["{label}"]', "decision": '{{"{label}"}}', "exit": '(["{label}"])'}
 
 
 def mermaid(flow: Flow) -> str:
@@ -135,42 +134,22 @@ def mermaid(flow: Flow) -> str:
     for step_id, step in flow.steps.items():
         node = ids[step_id]
         kind = _kind(step)
-        label = _escape(f"{step_id} ({kind}{_detail(step)})")
-        if kind in ("branch", "hours"):  # decisions
-            lines.append(f'  {node}{{"{label}"}}')
-        elif kind in ("route", "end"):  # where a contact leaves the flow
-            lines.append(f'  {node}(["{label}"])')
-        else:
-            lines.append(f'  {node}["{label}"]')
-        for exit_label, target in _exits(flow, step_id):
+        label = _escape(f"{step_id} ({kind}{step.graph_detail()})")
+        lines.append(f"  {node}{_SHAPES[step.shape].format(label=label)}")
+        for exit_label, target in _exits(flow, step):
             edges.append(f"  {node} -->|{_edge_label(exit_label)}| {ids[target]}")
     return "\n".join(lines + edges)
 
 
-def _exits(flow: Flow, step_id: str) -> list[tuple[str, str]]:
-    step = flow.steps[step_id]
-    if isinstance(step, BranchStep):
-        exits = [(", ".join(case.equals) if case.equals is not None
-                  else case.when.source, case.next)  # type: ignore[union-attr]
-                 for case in step.cases]
-        return [*exits, ("else", step.else_)]
-    exits = [(name, target) for name in step.exit_fields
-             if (target := getattr(step, name)) is not None]
-    if isinstance(step, RouteStep) and flow.unanswered is not None:
+def _exits(flow: Flow, step: Step) -> list[tuple[str, str]]:
+    exits = step.labelled_exits()
+    if step.hands_off and flow.unanswered is not None:
         exits.append(("unanswered", flow.unanswered))  # voice: every SIP target failed
     return exits
 
 
 def _kind(step: Step) -> str:
     return step.kind  # type: ignore[attr-defined,no-any-return]  (each kind declares it)
-
-
-def _detail(step: Step) -> str:
-    if isinstance(step, RouteStep):
-        return f" to {step.queue}"
-    if isinstance(step, HoursStep):
-        return f" {step.schedule}"
-    return ""
 
 
 def _node_ids(step_ids: list[str]) -> dict[str, str]:

@@ -32,7 +32,7 @@ import httpx
 from ivr.channels.messaging import render_messaging
 from ivr.channels.voice import CallbackUrls, keyed_answer, render_voice
 from ivr.channels.webhook import answer_in, resolve_queues
-from ivr.flows.actions import Action, Ask, Hangup, RouteToQueue, Say
+from ivr.flows.actions import Action, Ask, RouteToQueue, Say
 from ivr.flows.http import HttpConnectionError, HttpReply, HttpTimeout, check_headers
 from ivr.flows.model import Flow
 from ivr.flows.runner import run_flow
@@ -48,7 +48,6 @@ REFUSED = "refused"
 TEST_ACCOUNT_SID = "AC" + "0" * 32
 _CALL_SID = "CA" + "0" * 32
 _DTMF = re.compile(r"[0-9#*]+")
-_ACTION_KINDS: dict[type, str] = {Say: "say", Ask: "ask", RouteToQueue: "route", Hangup: "hangup"}
 # How a mock names a secret in its URL.
 _SECRET_IN_MOCK = re.compile(r"\[secret ([^\]]*)\]")
 
@@ -179,7 +178,7 @@ class Turn:
     def as_dict(self) -> dict[str, Any]:
         """Every field, in order; each action tagged with its kind."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        fields["actions"] = [{"action": _ACTION_KINDS[type(a)], **dataclasses.asdict(a)}
+        fields["actions"] = [{"action": a.json_name, **dataclasses.asdict(a)}
                              for a in self.actions]
         return fields
 

@@ -22,6 +22,8 @@ Where = tuple[str | int, ...]
 # A phone number as Twilio writes it in From and To: E.164, + and the country code (flows'
 # triggers, queues' message_to, `ivr call`, cache purges: one definition).
 E164_PATTERN = r"\+[1-9][0-9]{6,14}"
+# How a step, a schedule or another name of a flow is written.
+NAME_RULE = "a letter, then up to 63 letters, digits, '_' or '-'"
 YAML_BOOLEANS_HINT = "YAML reads yes, no, on and off unquoted as true or false; quote them"
 # Fields listed in full when an unknown one is close to none of them; longer lists say little.
 MAX_LISTED = 20

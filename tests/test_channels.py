@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import xml.etree.ElementTree as ET
+from typing import Any, get_args
+
+import pytest
 
 from ivr.channels.messaging import ACKNOWLEDGEMENT, render_messaging
 from ivr.channels.voice import APOLOGY, CallbackUrls, render_voice, render_voice_apology
-from ivr.flows.actions import Ask, Hangup, RouteToQueue, Say
+from ivr.flows import actions
+from ivr.flows.actions import Action, Ask, Hangup, RouteToQueue, Say
 from ivr.queues import Queue
 
 GOLD = Queue(sip_uri="sip:gold@queues.example.com", message_to="whatsapp:+15550100101")
@@ -135,3 +141,31 @@ def test_an_answer_built_once_serves_every_caller_routed_alike_and_follows_queue
     after = render_voice([RouteToQueue("gold", "n")], {"gold": moved}, URLS)
     assert "<Sip>sip:gold@moved.example.com</Sip>" in after and after != first
     assert render_voice([RouteToQueue("gold", "n")], {}, URLS) == render_voice_apology()
+
+
+def _every_action() -> list[Action]:
+    """One of each action class ivr/flows/actions.py defines, its required fields filled."""
+    classes = [cls for _, cls in inspect.getmembers(actions, inspect.isclass)
+               if dataclasses.is_dataclass(cls) and cls.__module__ == actions.__name__]
+    assert set(classes) == set(get_args(Action)), "every action class belongs to Action"
+    return [cls(**{field.name: "gold" for field in dataclasses.fields(cls)
+                   if field.default is dataclasses.MISSING})
+            for cls in classes]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Unknown:
+    """An action no renderer knows, as a new one would be before its renderers learn it."""
+
+
+def test_every_action_renders_on_both_channels_and_an_unknown_one_is_refused() -> None:
+    every = _every_action()
+    assert len({action.json_name for action in every}) == len(every)  # ivr simulate --json
+    for action in every:
+        assert render_voice([action], {"gold": GOLD}, URLS).startswith(HEAD)
+        assert render_messaging([action], {"gold": GOLD}).startswith(HEAD)
+    unknown: Any = _Unknown()
+    with pytest.raises(AssertionError):
+        render_voice([unknown], {}, URLS)
+    with pytest.raises(AssertionError):
+        render_messaging([unknown], {})

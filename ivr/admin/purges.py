@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ivr.admin.changes import field_errors
 from ivr.flows.model import Flow
-from ivr.flows.step import Channel, Contact, Run
-from ivr.flows.steps.fetch import FetchStep
+from ivr.flows.step import Channel, Contact, PurgeableCache, Run
 from ivr.logs import mask_number
 from ivr.timestamps import utc_iso
 from ivr.validation import E164_PATTERN, unknown, with_article
@@ -39,7 +38,7 @@ class UnknownTarget(Exception):
 class PurgeTarget:
     flow: Flow
     step_id: str
-    step: FetchStep
+    step: PurgeableCache
 
 
 def purge_target(flows: dict[str, Flow], flow_name: str, step_id: str) -> PurgeTarget:
@@ -52,16 +51,16 @@ def purge_target(flows: dict[str, Flow], flow_name: str, step_id: str) -> PurgeT
     if step is None:
         raise UnknownTarget(unknown(f"a step of flow {flow_name!r}", _cut(step_id), flow.steps,
                                     "steps"))
-    if not isinstance(step, FetchStep) or step.cache is None:
-        cached = [name for name, s in flow.steps.items()
-                  if isinstance(s, FetchStep) and s.cache is not None]
-        what = ("a fetch step without `cache`" if isinstance(step, FetchStep)
-                else f"{with_article(step.kind)} step")
+    cache = step.purgeable_cache()
+    if cache is None:
+        cached = [name for name, s in flow.steps.items() if s.purgeable_cache() is not None]
+        what = (f"{with_article(step.kind)} step"  # type: ignore[attr-defined]
+                + (" without `cache`" if step.may_cache else ""))
         where = (f"its cached fetch steps: {', '.join(cached)}" if cached
                  else "the flow caches no fetch")
         raise field_errors(f"step {step_id!r} of flow {flow_name!r} is {what}, not a cached "
                            f"fetch: nothing to purge ({where})", "step")
-    return PurgeTarget(flow, step_id, step)
+    return PurgeTarget(flow, step_id, cache)
 
 
 def caller_number(text: str) -> str:

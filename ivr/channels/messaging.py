@@ -4,10 +4,11 @@ conversation to the queue's `message_to`; replies to the customer are plain mess
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import assert_never
 
 from twilio.twiml.messaging_response import Message, MessagingResponse
 
-from ivr.flows.actions import Action, Ask, RouteToQueue, Say
+from ivr.flows.actions import Action, Ask, Hangup, RouteToQueue, Say
 from ivr.queues import Queue
 
 APOLOGY = "Sorry, we cannot answer messages right now. Please try again later."
@@ -32,27 +33,31 @@ def render_messaging(
     response = MessagingResponse()
     replied = not acknowledge
     for action in actions:
-        if isinstance(action, Say | Ask):  # a question is a message; the reply is the answer
-            response.message(_fit(action.text if isinstance(action, Say) else action.prompt))
-            replied = True
-        elif isinstance(action, RouteToQueue):
-            queue = queues.get(action.queue)
-            if queue is None:
-                response.message(APOLOGY)
-                continue
-            if not replied:  # a customer handed over is always told so
-                response.message(ACKNOWLEDGEMENT)
-            if queue.message_to is not None and action.note:
-                sender = _sender(queue.message_to, inbound.get("To", ""))
-                if not media:
-                    response.message(_fit(action.note), to=queue.message_to, from_=sender)
+        match action:
+            case Say() | Ask():  # a question is a message; the reply is the answer
+                response.message(_fit(action.text if isinstance(action, Say) else action.prompt))
+                replied = True
+            case RouteToQueue():
+                queue = queues.get(action.queue)
+                if queue is None:
+                    response.message(APOLOGY)
                     continue
-                forward = Message(to=queue.message_to, from_=sender)  # text and media nouns
-                forward.body(_fit(action.note))
-                for url in media:
-                    forward.media(url)
-                response.append(forward)
-        # Hangup: a conversation just ends; nothing to send.
+                if not replied:  # a customer handed over is always told so
+                    response.message(ACKNOWLEDGEMENT)
+                if queue.message_to is not None and action.note:
+                    sender = _sender(queue.message_to, inbound.get("To", ""))
+                    if not media:
+                        response.message(_fit(action.note), to=queue.message_to, from_=sender)
+                        continue
+                    forward = Message(to=queue.message_to, from_=sender)  # text and media nouns
+                    forward.body(_fit(action.note))
+                    for url in media:
+                        forward.media(url)
+                    response.append(forward)
+            case Hangup():  # a conversation just ends: nothing to send
+                pass
+            case _:
+                assert_never(action)
     return str(response)
 
 

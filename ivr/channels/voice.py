@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import assert_never
 from urllib.parse import urlencode
 
 from twilio.twiml.voice_response import VoiceResponse
@@ -60,26 +61,30 @@ def _render_voice(actions: tuple[Action, ...], routed: tuple[tuple[str, Queue | 
     queues = dict(routed)
     response = VoiceResponse()
     for action in actions:
-        if isinstance(action, Say):
-            response.say(action.text, language=action.language)
-        elif isinstance(action, Ask):
-            inputs = " ".join(name for name, on in (("dtmf", action.dtmf),
-                                                    ("speech", action.speech)) if on)
-            gather = response.gather(
-                input=inputs, action=urls.gather(turn), method="POST",
-                action_on_empty_result=True, timeout=action.timeout, speech_timeout="auto",
-                num_digits=action.max_digits, language=action.language)
-            if action.prompt:  # a prompt that renders empty: no empty <Say> (Twilio's 13520)
-                gather.say(action.prompt, language=action.language)
-        elif isinstance(action, RouteToQueue):
-            queue = queues.get(action.queue)
-            if queue is None:
-                response.say(APOLOGY)
+        match action:
+            case Say():
+                response.say(action.text, language=action.language)
+            case Ask():
+                inputs = " ".join(name for name, on in (("dtmf", action.dtmf),
+                                                        ("speech", action.speech)) if on)
+                gather = response.gather(
+                    input=inputs, action=urls.gather(turn), method="POST",
+                    action_on_empty_result=True, timeout=action.timeout, speech_timeout="auto",
+                    num_digits=action.max_digits, language=action.language)
+                if action.prompt:  # a prompt that renders empty: no empty <Say> (Twilio's 13520)
+                    gather.say(action.prompt, language=action.language)
+            case RouteToQueue():
+                queue = queues.get(action.queue)
+                if queue is None:
+                    response.say(APOLOGY)
+                    response.hangup()
+                else:
+                    response.dial(action=urls.dial(action.queue, 0, last_resort)
+                                  ).sip(queue.sip_uri)
+            case Hangup():
                 response.hangup()
-            else:
-                response.dial(action=urls.dial(action.queue, 0, last_resort)).sip(queue.sip_uri)
-        elif isinstance(action, Hangup):
-            response.hangup()
+            case _:
+                assert_never(action)
     return str(response)
 
 

@@ -34,8 +34,7 @@ from ivr.flows.http import HttpClient
 from ivr.flows.loader import FlowSet
 from ivr.flows.model import Flow
 from ivr.flows.runner import Outcome, run_flow
-from ivr.flows.step import Channel, Contact, Run
-from ivr.flows.steps.route import DEFAULT_MESSAGE, RouteStep
+from ivr.flows.step import Channel, Contact, Run, default_handoff_note
 from ivr.flows.upstream import Upstreams
 from ivr.logs import log_context, mask_number
 from ivr.metrics import ROUTES, SIGNATURE_REJECTIONS, WEBHOOK_SECONDS, labelled
@@ -432,9 +431,8 @@ async def _forward_to_queue(
     queue_name = session["routed_to"]
     flow = _session_flow(services, session, hook)
     step = flow.steps.get(session.get("route_step", "")) if flow else None
-    template = step.message if isinstance(step, RouteStep) else DEFAULT_MESSAGE
     run = _new_run(services, hook, session)
-    note = template.render(run.variables).strip()
+    note = (step.handoff_note if step else default_handoff_note)(run.variables)
     actions: list[Action] = [RouteToQueue(queue_name, note)]
     queue = services.store.queue(queue_name)
     queues = {queue_name: queue} if queue is not None else {}

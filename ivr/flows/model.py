@@ -18,10 +18,10 @@ from pydantic import (
     model_validator,
 )
 
-import ivr.flows.steps  # noqa: F401  (registers every step kind)
 from ivr.flows.durations import duration
 from ivr.flows.schedules import Schedule, ScheduleName
-from ivr.flows.step import STEP_KINDS, Channel, Step, StepId
+from ivr.flows.step import Channel, Step, StepId
+from ivr.flows.steps import load_step_kinds
 from ivr.flows.templates import READABLE, Compiled
 from ivr.queues import QueueName
 from ivr.settings import secret_name_problem, secret_variable
@@ -37,7 +37,9 @@ from ivr.validation import (
     with_article,
 )
 
-AnyStep = Annotated[Union[tuple(STEP_KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
+# The kinds a flow may use, found once, here, before the flow model that needs their union.
+KINDS = load_step_kinds()
+AnyStep = Annotated[Union[tuple(KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
 PhoneNumber = explained_pattern(f"^{E164_PATTERN}$", "an E.164 number",
                                 "write it as +15551234567 (plus sign, country code, number)")
 Duration = duration(timedelta(seconds=30), timedelta(days=30))

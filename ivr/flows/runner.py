@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from ivr.deadline import until
 from ivr.flows.actions import Action, RouteToQueue
 from ivr.flows.model import Flow
-from ivr.flows.step import WAIT, Run, StepResult
-from ivr.flows.steps.route import DEFAULT_MESSAGE
+from ivr.flows.step import WAIT, Run, StepResult, default_handoff_note
 
 log = logging.getLogger("ivr.flows.runner")
 
@@ -83,6 +82,6 @@ async def _walk(flow: Flow, run: Run, result: StepResult) -> str | None:
 
 def _fallback_note(run: Run) -> str:
     try:
-        return DEFAULT_MESSAGE.render(run.variables).strip()
+        return default_handoff_note(run.variables)
     except Exception:
         return run.contact.number

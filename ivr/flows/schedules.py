@@ -36,8 +36,7 @@ from pydantic import (
     model_validator,
 )
 
-from ivr.flows.step import NAME_RULE
-from ivr.validation import explained_pattern
+from ivr.validation import NAME_RULE, explained_pattern
 
 ScheduleName = explained_pattern(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$", "a schedule name", NAME_RULE)
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]

@@ -1,24 +1,27 @@
-"""What every step kind shares: the base model, the registry of kinds, and the run they act on."""
+"""What every step kind shares: the base model, the registry of kinds, and the run they act on.
+
+A step knows its flow only through `FlowParts`, what it reads of it when the flow loads: the
+flow model imports the steps, never the other way round."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from ivr.flows.actions import Action
 from ivr.flows.http import HttpClient
-from ivr.validation import Problem, Where, explained_pattern
+from ivr.flows.schedules import Schedule
+from ivr.flows.templates import Template
+from ivr.validation import NAME_RULE, Problem, Where, explained_pattern
 
-if TYPE_CHECKING:
-    from ivr.flows.model import Flow
+if TYPE_CHECKING:  # not a circle: the upstreams know nothing of steps
     from ivr.flows.upstream import Upstreams
 
-NAME_RULE = "a letter, then up to 63 letters, digits, '_' or '-'"
 StepId = explained_pattern(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$", "a step id", NAME_RULE)
 VarName = explained_pattern(
     r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", "a variable name",
@@ -27,6 +30,8 @@ VarName = explained_pattern(
 Language = explained_pattern(r"^[a-z]{2,3}-[A-Z]{2}$", "a language tag",
                              "write it as en-US (language, '-', country in capitals)")
 Channel = Literal["voice", "messaging"]
+# What agents read with a message handed to a queue, unless the step that routed says otherwise.
+DEFAULT_HANDOFF_NOTE = Template("{{ contact.number }}: {{ params.Body }}")
 
 STEP_KINDS: dict[str, type[Step]] = {}
 
@@ -50,6 +55,35 @@ WAIT = Wait()
 StepResult = str | None | Wait  # the next step id, None when the flow has finished, or WAIT
 
 
+class FlowParts(Protocol):
+    """What a step reads of the flow that holds it, once, when the flow loads (`Step.bind`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def steps(self) -> Mapping[str, Step]: ...
+
+    @property
+    def schedules(self) -> Mapping[str, Schedule]: ...
+
+
+class PurgeableCache(Protocol):
+    """A step whose answers are cached and can be purged, for one caller or all of them."""
+
+    @property
+    def cache_scope(self) -> str: ...
+
+    def cache_key(self, upstreams: Upstreams, variables: dict[str, Any]) -> str | None: ...
+
+    def request_variables(self) -> frozenset[str]: ...
+
+
+def default_handoff_note(variables: dict[str, Any]) -> str:
+    """The note of a hand-off that no step's own note describes (the flow's fallback queue)."""
+    return DEFAULT_HANDOFF_NOTE.render(variables).strip()
+
+
 class Step(BaseModel):
     """A node of a flow. Subclasses declare `kind: Literal[...]` and their exits."""
 
@@ -65,6 +99,17 @@ class Step(BaseModel):
     # What the step records for templates to read as `steps.<id>.<field>` (none: `steps.<id>`
     # stays undefined).
     records: ClassVar[tuple[str, ...]] = ()
+    # Whether a call trace keeps what the step records: not when it may hold what the contact
+    # typed or said.
+    records_traced: ClassVar[bool] = False
+    # How `ivr flows graph` draws the step: it does something and goes on, it decides where to
+    # go, or the contact leaves the flow there.
+    shape: ClassVar[Literal["action", "decision", "exit"]] = "action"
+    # The step hands the contact to a queue: a call whose SIP targets all fail goes on to the
+    # flow's `unanswered` step.
+    hands_off: ClassVar[bool] = False
+    # A kind whose steps may cache answers (`purgeable_cache` says whether this one does).
+    may_cache: ClassVar[bool] = False
 
     def vars_set(self) -> frozenset[str]:
         """The variables the step may set, which templates read as `vars.<name>`."""
@@ -79,7 +124,32 @@ class Step(BaseModel):
         return [((name,), value) for name in self.exit_fields
                 if (value := getattr(self, name)) is not None]
 
-    def bind(self, flow: Flow) -> list[Problem]:
+    def labelled_exits(self) -> list[tuple[str, str]]:
+        """Each step id this step may go to, with the label of its edge in a graph (`next`)."""
+        return [(str(where[-1]), target) for where, target in self.exit_targets()]
+
+    def graph_detail(self) -> str:
+        """What a graph shows after the step's kind (` to gold`), if anything."""
+        return ""
+
+    def handoff_note(self, variables: dict[str, Any]) -> str:
+        """What agents read with each message of a contact this step handed to a queue."""
+        return default_handoff_note(variables)
+
+    def answers_are_choices(self) -> bool:
+        """Whether the step's answers choose among options: a trace keeps such an answer as
+        given, with the option chosen (`interpret`); any other answer is masked."""
+        return False
+
+    def interpret(self, answer: str, channel: str) -> str | None:
+        """The value an answer stands for, or None when it is not a valid answer."""
+        raise NotImplementedError(f"{type(self).__name__} takes no answer")
+
+    def purgeable_cache(self) -> PurgeableCache | None:
+        """The step's cache of answers, when it keeps one an admin can purge."""
+        return None
+
+    def bind(self, flow: FlowParts) -> list[Problem]:
         """Take what the step needs from the flow that holds it, once, when the flow loads;
         return what is missing, at the step's fields (none: the step can run)."""
         return []

@@ -5,17 +5,19 @@ is asked again, up to `max_attempts`; then the flow goes to `on_exhausted`.
     menu:
       kind: ask
       prompt: "For sales, press 1 or say sales. For support, press 2 or say support."
-      messaging: "Reply SALES or SUPPORT."     # optional per-channel overrides (also `voice`)
-      retry_prompt: "Sorry, I did not get that."
-      language: en-US               # optional, voice: spoken and recognised in this language
-      expect: choice                # choice, email, digits, regex or text
-      options:                      # choice: the saved value, and what the contact may answer
+      messaging: "Reply SALES or SUPPORT."   # optional per-channel prompts (also `voice`)
+      retry_prompt: "Sorry, I did not get that."   # said before the prompt on a re-ask
+      expect: choice                # choice, email, digits, regex or text (default)
+      options:                      # choice: the value saved, and the answers that mean it
         sales: ["1", "sales"]
         support: ["2", "support", "help"]
-      save: team                    # vars.team = "sales"; `save_to_contact: true` remembers it
-      max_attempts: 3
+      save: team                    # vars.team = "sales"
+      save_to_contact: false        # true: also remember it as contact.team
+      max_attempts: 3               # answers tried before giving up (1-10)
+      timeout: 5                    # voice: seconds of silence that end the answer (1-60)
+      language: en-US               # optional, voice: the prompt's language and the speech recognised
       next: by_team
-      on_exhausted: to_operator
+      on_exhausted: to_operator     # after the last invalid or empty answer
 
 `expect: digits` takes `min_digits` / `max_digits`; `expect: regex` takes `pattern` (the whole
 answer must match). After the step, `steps.<id>` holds `answer` (as given) and `valid`.
@@ -107,6 +109,9 @@ class AskStep(Step):
 
     def vars_set(self) -> frozenset[str]:
         return frozenset() if self.save is None else frozenset({self.save})
+
+    def answers_are_choices(self) -> bool:
+        return self.expect == "choice"
 
     async def run(self, run: Run) -> StepResult:
         run.attempts[run.current_step] = 0

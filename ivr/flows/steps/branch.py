@@ -2,13 +2,13 @@
 
     by_tier:
       kind: branch
-      value: vars.tier                 # an expression; `equals` compares it ignoring case and
-      cases:                           # surrounding space (None never matches)
-        - equals: gold
+      value: vars.tier                  # an expression
+      cases:
+        - equals: gold                  # compared to `value` ignoring case and surrounding space
           next: to_gold
-        - equals: [platinum, plat]
+        - equals: [platinum, plat]      # one of several
           next: to_platinum
-        - when: "contact.channel == 'voice'"   # or any condition
+        - when: "contact.channel == 'voice' and contact.is_returning"   # any condition
           next: to_voice_team
       else: to_standard
 """
@@ -63,6 +63,8 @@ class BranchStep(Step):
     cases: list[Case] = Field(min_length=1, max_length=100)
     else_: StepId = Field(alias="else")
 
+    shape = "decision"
+
     @model_validator(mode="after")
     def _equals_needs_value(self) -> BranchStep:
         if self.value is None and any(case.equals is not None for case in self.cases):
@@ -72,6 +74,12 @@ class BranchStep(Step):
     def exit_targets(self) -> list[tuple[Where, str]]:
         return [*((("cases", index, "next"), case.next) for index, case in enumerate(self.cases)),
                 (("else",), self.else_)]
+
+    def labelled_exits(self) -> list[tuple[str, str]]:
+        """Each case labelled with what it tests (`gold, plat`, a condition), then `else`."""
+        return [*((", ".join(case.equals) if case.equals is not None
+                   else case.when.source, case.next)  # type: ignore[union-attr]
+                  for case in self.cases), ("else", self.else_)]
 
     async def run(self, run: Run) -> str | None:
         value = None

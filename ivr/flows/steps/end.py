@@ -16,6 +16,8 @@ from ivr.flows.step import Run, Step, register_step
 class EndStep(Step):
     kind: Literal["end"]
 
+    shape = "exit"
+
     async def run(self, run: Run) -> str | None:
         run.emit(Hangup())
         return None

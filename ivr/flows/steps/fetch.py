@@ -2,18 +2,20 @@
 
     lookup:
       kind: fetch
+      method: GET                  # GET (default), POST, PUT, PATCH, DELETE
       url: "{{ settings.loyalty_api_url }}/customers/{{ contact.number | urlencode }}"
-      headers:
+      headers:                     # a header whose value renders empty is not sent
         Authorization: "{% if settings.loyalty_api_token %}Bearer {{ settings.loyalty_api_token }}{% endif %}"
-      timeout: 2            # seconds, never beyond the webhook's routing deadline
-      retries: 1            # after a fault (timeout, refused connection, 5xx, a 2xx that is
-                            # not JSON or too large), if time allows
-      cache: 5m             # definitive answers shared by all instances; optional
-      stale_while_revalidate: 1h   # serve an old answer while refreshing; optional
+        Content-Type: application/json   # with a body: no Content-Type is sent unless given here
+      body: '{"number": "{{ contact.number }}"}'   # optional
+      timeout: 2                   # seconds (2 by default), at most 10, never beyond the routing deadline
+      retries: 1                   # after a fault (below), if time allows (0-3; 0 by default)
+      cache: 5m                    # definitive answers shared by all instances; optional
+      stale_while_revalidate: 1h   # serve an old answer while refreshing; optional, needs `cache`
       save:
-        tier: loyaltyStatus  # variable: dotted path into the JSON answer (missing -> None)
+        tier: loyaltyStatus        # variable: dotted path in the JSON answer (items.0.name); missing -> None
       next: by_tier
-      on_error: by_tier     # non-2xx, timeout, refused connection, a body that is not JSON
+      on_error: by_tier            # required
 
 A header whose value renders empty is not sent. `url`, `headers` and `body`, and no other field
 of any step, may read `secrets.<name>` (IVR_SECRET_<NAME>), e.g.
@@ -36,22 +38,27 @@ import json
 import logging
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 from pydantic import Field, PrivateAttr, model_validator
 
 from ivr.flows.durations import duration
 from ivr.flows.http import HttpConnectionError, HttpTimeout
-from ivr.flows.step import Run, Step, StepId, StepResult, VarName, register_step
+from ivr.flows.step import (
+    FlowParts,
+    PurgeableCache,
+    Run,
+    Step,
+    StepId,
+    StepResult,
+    VarName,
+    register_step,
+)
 from ivr.flows.templates import Template
 from ivr.flows.upstream import Answer, Upstreams
 from ivr.metrics import FETCH_SECONDS, FETCHES, labelled
-from ivr.validation import explained_pattern
-
-if TYPE_CHECKING:
-    from ivr.flows.model import Flow
-    from ivr.validation import Problem
+from ivr.validation import Problem, explained_pattern
 
 log = logging.getLogger("ivr.flows.fetch")
 _fetch_seconds = labelled(FETCH_SECONDS)
@@ -130,6 +137,8 @@ class FetchStep(Step):
     exit_fields = ("next", "on_error")
     secret_fields = ("url", "headers", "body")
     records = ("status", "outcome", "elapsed_ms", "cache")
+    records_traced = True  # what the API answered and how fast: nothing the contact said
+    may_cache = True
 
     # Which cache is the step's (its flow and id), set when its flow loads.
     _scope: str = PrivateAttr(default="")
@@ -143,7 +152,10 @@ class FetchStep(Step):
     def vars_set(self) -> frozenset[str]:
         return frozenset(self.save)
 
-    def bind(self, flow: Flow) -> list[Problem]:
+    def purgeable_cache(self) -> PurgeableCache | None:
+        return self if self.cache is not None else None
+
+    def bind(self, flow: FlowParts) -> list[Problem]:
         step_id = next(step_id for step_id, step in flow.steps.items() if step is self)
         # Quoted: a flow's name could hold the `/` and `:` that keys are split at.
         self._scope = f"{quote(flow.name, safe='')}/{step_id}"

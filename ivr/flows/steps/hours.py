@@ -2,12 +2,13 @@
 
     schedules:
       support:
-        timezone: Europe/Paris
-        weekly:
+        timezone: Europe/Paris             # an IANA name
+        weekly:                            # days not listed are closed
           mon: ["09:00-12:30", "13:30-18:00"]
           tue: ["09:00-18:00"]
-        holidays: ["2026-12-25"]
-        exceptions:
+          sat: ["10:00-14:00"]
+        holidays: ["2026-12-25"]           # closed all day
+        exceptions:                        # dates with their own hours ([] closes the day)
           "2026-12-24": ["09:00-13:00"]
     steps:
       check:
@@ -22,16 +23,13 @@ The time is the run's clock on the schedule's wall clock. After the step, `steps
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import PrivateAttr
 
 from ivr.flows.schedules import Schedule, ScheduleName
-from ivr.flows.step import Run, Step, StepId, register_step
+from ivr.flows.step import FlowParts, Run, Step, StepId, register_step
 from ivr.validation import Problem, unknown
-
-if TYPE_CHECKING:
-    from ivr.flows.model import Flow
 
 
 @register_step
@@ -43,11 +41,15 @@ class HoursStep(Step):
 
     exit_fields = ("open", "closed")
     records = ("open", "local_time")
+    shape = "decision"
 
     # The step names its schedule; the flow, which holds the schedules, binds it at load time.
     _bound: Schedule | None = PrivateAttr(default=None)
 
-    def bind(self, flow: Flow) -> list[Problem]:
+    def graph_detail(self) -> str:
+        return f" {self.schedule}"
+
+    def bind(self, flow: FlowParts) -> list[Problem]:
         if not flow.schedules:
             return [Problem(("schedule",), f"{self.schedule!r} is not defined: add it under the "
                             "flow's `schedules`")]

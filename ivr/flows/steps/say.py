@@ -2,9 +2,9 @@
 
     greet:
       kind: say
-      text: "Thanks for calling."          # both channels
-      messaging: "Thanks, we got your message."   # optional per-channel override
-      language: en-GB                      # optional, voice: the language it is spoken in
+      text: "Thanks for calling."                      # both channels
+      messaging: "Thanks, we got your message."        # optional: this channel's own text
+      language: en-GB                                  # optional, voice: spoken in this language
       next: lookup
 """
 

@@ -4,7 +4,7 @@
       kind: set
       vars:
         language: "{{ vars.answer | lower }}"
-      contact:                       # saved in contact memory; read later as contact.language
+      contact:                      # saved in contact memory; read later as contact.language
         language: "{{ vars.answer | lower }}"
       next: by_language
 """

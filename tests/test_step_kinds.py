@@ -1,0 +1,172 @@
+"""Step kinds as the unit of change: each kind is its module in ivr/flows/steps/ and its test
+data in tests/steps/<kind>.yaml, and nothing else of the engine names it."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import dataclasses
+import inspect
+import pkgutil
+import re
+import sys
+import textwrap
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import TypeAdapter
+
+import ivr.flows.steps
+from ivr.flows.loader import FlowLoadError, load_flow_file
+from ivr.flows.model import KINDS, AnyStep, Flow
+from ivr.flows.runner import run_flow
+from ivr.flows.step import Contact, Run, Step
+from ivr.flows.steps import load_step_kinds
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS_PACKAGE = ROOT / "ivr" / "flows" / "steps"
+DATA = Path(__file__).parent / "steps"
+QUEUES = {"gold", "standard"}
+# A case: what it shows, the flow's steps (and any other part of the flow), then either the start
+# of the load error or the actions of a run on `channel`, resumed with each of `answers`.
+CASE_KEYS = {"description", "steps", "flow", "error", "channel", "params", "at", "answers",
+             "actions"}
+_STEP: TypeAdapter[Step] = TypeAdapter(AnyStep)
+# Test data makes no HTTP request: a fetch's cases are load errors and URLs that are not http.
+_NO_HTTP: Any = None
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module `path` imports, under `if TYPE_CHECKING:` too."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_steps_import_nothing_of_the_flow_model_that_imports_them() -> None:
+    step_modules = [ROOT / "ivr" / "flows" / "step.py", *sorted(STEPS_PACKAGE.glob("*.py"))]
+    circular = {path.name: sorted(name for name in _imported_modules(path)
+                                  if name == "ivr.flows.model")
+                for path in step_modules}
+    assert not any(circular.values()), circular
+
+
+def test_every_module_of_the_steps_package_is_a_kind_of_the_flow_model() -> None:
+    modules = {info.name for info in pkgutil.iter_modules(ivr.flows.steps.__path__)}
+    assert set(KINDS) == modules
+    assert load_step_kinds() == KINDS
+    assert list(KINDS) == sorted(KINDS)
+
+
+def test_nothing_outside_the_steps_package_names_a_kind() -> None:
+    """The graph, the trace, the hand-off and the cache purge read what a kind declares (its
+    shape, exits, traced records, hand-off note, purgeable cache), not its class."""
+    kind_modules = {f"ivr.flows.steps.{kind}" for kind in KINDS}
+    naming = {str(path.relative_to(ROOT)): sorted(_imported_modules(path) & kind_modules)
+              for path in sorted((ROOT / "ivr").rglob("*.py"))
+              if STEPS_PACKAGE not in path.parents}
+    assert not any(naming.values()), {path: names for path, names in naming.items() if names}
+
+
+# --- examples: each kind's docstring, loaded, and the same in flows/README.md ------------------
+
+def docstring_example(kind: str) -> str:
+    """The YAML example of a kind's docstring: its first block indented by four spaces."""
+    lines = (sys.modules[KINDS[kind].__module__].__doc__ or "").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("    "))
+    end = next((i for i in range(start, len(lines))
+                if lines[i] and not lines[i].startswith("    ")), len(lines))
+    return textwrap.dedent("\n".join(lines[start:end])).strip() + "\n"
+
+
+def readme_examples() -> dict[str, str]:
+    """Each kind's YAML example in the *Step kinds* section of flows/README.md."""
+    text = (ROOT / "flows" / "README.md").read_text()
+    section = text[text.index("## Step kinds\n"):]
+    section = section[:section.index("\n## ", 1)]
+    return {match[1]: match[2] for match in re.finditer(
+        r"^### `(\w+)`\n.*?^```yaml\n(.*?)^```", section, re.M | re.S)}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_each_kind_s_docstring_example_loads_in_a_flow(kind: str, tmp_path: Path) -> None:
+    text = docstring_example(kind)
+    example = yaml.safe_load(text)
+    parts = example if "steps" in example else {"steps": example}
+    steps = dict(parts["steps"])
+    given = sorted(set(re.findall(r"\bvars\.(\w+)", text)))
+    if given:  # what the example reads, set before it
+        steps = {"given": {"kind": "set", "vars": dict.fromkeys(given, "x"),
+                           "next": next(iter(steps))}, **steps}
+    for step in list(steps.values()):  # where the example goes: an end step each
+        for target in _STEP.validate_python(step).exits():
+            steps.setdefault(target, {"kind": "end"})
+    flow = {"trigger": {"channels": ["voice", "messaging"], "default": True},
+            "fallback_queue": "standard", **parts, "steps": steps}
+    (tmp_path / f"{kind}.yaml").write_text(yaml.safe_dump(flow, sort_keys=False))
+    load_flow_file(tmp_path / f"{kind}.yaml", secrets=())
+
+
+def test_the_step_kinds_section_of_flows_readme_shows_each_kind_s_docstring_example() -> None:
+    readme = readme_examples()
+    assert sorted(readme) == sorted(KINDS), "flows/README.md has a section per kind"
+    drifted = [kind for kind in KINDS if readme[kind] != docstring_example(kind)]
+    assert not drifted, f"flows/README.md and the docstring differ for {drifted}"
+
+
+# --- test data: tests/steps/<kind>.yaml, for every kind -----------------------------------------
+
+def test_every_kind_has_its_test_data() -> None:
+    missing = [kind for kind in KINDS if not (DATA / f"{kind}.yaml").is_file()]
+    assert not missing, f"add tests/steps/<kind>.yaml for {missing}"
+    assert sorted(path.stem for path in DATA.glob("*.yaml")) == sorted(KINDS)
+
+
+CASES = [(path.stem, case) for path in sorted(DATA.glob("*.yaml"))
+         for case in yaml.safe_load(path.read_text())]
+
+
+@pytest.mark.parametrize(("kind", "case"), CASES,
+                         ids=[f"{kind}: {case['description']}" for kind, case in CASES])
+def test_a_kind_does_what_its_test_data_says(kind: str, case: dict[str, Any],
+                                             tmp_path: Path) -> None:
+    assert set(case) <= CASE_KEYS, f"unknown keys {sorted(set(case) - CASE_KEYS)}"
+    assert ("error" in case) != ("actions" in case), "a case expects an error or actions"
+    flow_data = {"trigger": {"channels": ["voice", "messaging"], "default": True},
+                 "fallback_queue": "standard", **case.get("flow", {}), "steps": case["steps"]}
+    assert any(step.get("kind") == kind for step in case["steps"].values())
+    path = tmp_path / "case.yaml"
+    path.write_text(yaml.safe_dump(flow_data, sort_keys=False))
+    if "error" in case:
+        with pytest.raises(FlowLoadError) as error:
+            load_flow_file(path, queue_names=QUEUES, secrets=())
+        assert len(error.value.problems) == 1, error.value.problems
+        assert error.value.problems[0].removeprefix(f"{path}: ").startswith(case["error"]), (
+            error.value.problems[0])
+        return
+    flow = load_flow_file(path, queue_names=QUEUES, secrets=())
+    actions = asyncio.run(_actions_of(flow, case))
+    assert actions == case["actions"]
+
+
+async def _actions_of(flow: Flow, case: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the flow asks the channel to do over the case's turns: a run, then one per answer."""
+    loop = asyncio.get_running_loop()
+    at = case.get("at")
+    run = Run(contact=Contact("+15551234567", "+15551234567", case.get("channel", "voice")),
+              params=case.get("params", {"Body": "hello"}), settings={}, http=_NO_HTTP,
+              deadline=loop.time() + 3,
+              clock=(lambda: datetime.fromisoformat(at)) if at else lambda: datetime.now(UTC))
+    outcome = await run_flow(flow, run)
+    for answer in case.get("answers", []):
+        assert outcome.waiting_at is not None, "an answer, but the flow waits for none"
+        outcome = await run_flow(flow, run, resume_at=outcome.waiting_at, answer=answer)
+    assert outcome.fallback_reason is None, outcome.fallback_reason
+    return [{"action": action.json_name, **dataclasses.asdict(action)} for action in run.actions]
