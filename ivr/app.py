@@ -33,6 +33,7 @@ from ivr.queues import QueueConfigError, load_queue_file
 from ivr.redis.autopipeline import AutoPipeline
 from ivr.redis.client import connect, without_credentials
 from ivr.redis.conversations import Conversations
+from ivr.redis.fetch_cache import RedisSharedAnswers
 from ivr.redis.fetch_cache_purges import FetchCachePurges
 from ivr.redis.queue_store import QueueStore
 from ivr.settings import InvalidSettings, Settings, load_settings
@@ -164,7 +165,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         assert settings.redis_url is not None  # open_store starts nothing without it
         pipeline = AutoPipeline(settings.redis_url)
         stack.push_async_callback(pipeline.close)  # the last writes
-        upstreams = Upstreams(pipeline)
+        upstreams = Upstreams(RedisSharedAnswers(pipeline))
         cache_purges = FetchCachePurges(store.redis, upstreams)
         store.follow(cache_purges)
         await store.start()
