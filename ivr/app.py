@@ -21,7 +21,6 @@ from starlette.types import ASGIApp
 from ivr.admin import api as admin_api
 from ivr.admin import pages as admin_pages
 from ivr.admin.auth import resolve_admin_token
-from ivr.calltrace import CallTraces
 from ivr.channels.voice import CallbackUrls
 from ivr.channels.webhook import ENDPOINTS, HoldPolicy, Services, WebhookRoutes
 from ivr.flows.http import HttptoolsClient
@@ -31,8 +30,10 @@ from ivr.logs import configure_logging
 from ivr.metrics import CONTENT_TYPE, MULTIPROCESS_DIR, exposition, process_exited
 from ivr.queues import QueueConfigError, load_queue_file
 from ivr.redis.autopipeline import AutoPipeline
+from ivr.redis.call_traces import CallTraces
 from ivr.redis.client import connect, without_credentials
 from ivr.redis.conversations import Conversations
+from ivr.redis.fetch_cache import RedisSharedAnswers
 from ivr.redis.fetch_cache_purges import FetchCachePurges
 from ivr.redis.queue_store import QueueStore
 from ivr.settings import InvalidSettings, Settings, load_settings
@@ -164,7 +165,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         assert settings.redis_url is not None  # open_store starts nothing without it
         pipeline = AutoPipeline(settings.redis_url)
         stack.push_async_callback(pipeline.close)  # the last writes
-        upstreams = Upstreams(pipeline)
+        upstreams = Upstreams(RedisSharedAnswers(pipeline))
         cache_purges = FetchCachePurges(store.redis, upstreams)
         store.follow(cache_purges)
         await store.start()

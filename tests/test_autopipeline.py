@@ -7,15 +7,22 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
+import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
+import redis
+import trustme
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from ivr.redis.autopipeline import AutoPipeline
+from ivr.redis.client import connect
+from ivr.redis.embedded import EmbeddedRedis
 from tests.servers import free_port
+from tests.tls_proxy import TlsProxy
 
 
 def test_concurrent_callers_share_one_batch_and_get_their_own_replies(redis_url) -> None:
@@ -223,3 +230,156 @@ def test_a_command_redis_cannot_take_fails_its_caller_only(redis_url) -> None:
         await pipeline.close()
 
     asyncio.run(scenario())
+
+
+# --- the same connection options as redis-py ------------------------------------------------
+
+class TlsRedis:
+    """The session's Redis behind TLS proxies whose certificates a private CA issued: `plain`
+    asks no client certificate, `mutual` requires one from the same CA. Files in `files`."""
+
+    def __init__(self, redis_url: str, files: Path) -> None:
+        ca, self.other_ca = trustme.CA(), trustme.CA()
+        self.files = files
+        ca.cert_pem.write_to_path(files / "ca.pem")
+        self.other_ca.cert_pem.write_to_path(files / "other-ca.pem")
+        client = ca.issue_cert("ivr-client@example.com")
+        client.cert_chain_pems[0].write_to_path(files / "client.pem")
+        client.private_key_pem.write_to_path(files / "client.key")
+        server = ca.issue_cert("127.0.0.1")  # not localhost: for the host name check
+        plain = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server.configure_cert(plain)
+        mutual = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server.configure_cert(mutual)
+        ca.configure_trust(mutual)
+        mutual.verify_mode = ssl.CERT_REQUIRED
+        self.plain = TlsProxy(redis_url, plain).start()
+        self.mutual = TlsProxy(redis_url, mutual).start()
+
+    def url(self, query: str, proxy: str = "plain", host: str = "127.0.0.1") -> str:
+        port = (self.plain if proxy == "plain" else self.mutual).port
+        return f"rediss://{host}:{port}?" + query.format(files=self.files)
+
+    def stop(self) -> None:
+        self.plain.stop()
+        self.mutual.stop()
+
+
+@pytest.fixture
+def tls_redis(redis_url: str, tmp_path: Path) -> Iterator[TlsRedis]:
+    proxies = TlsRedis(redis_url, tmp_path)
+    yield proxies
+    proxies.stop()
+
+
+async def _reaches(connect_to: Callable[[], Awaitable[object]]) -> bool:
+    """Whether a connection is made and answers, or (False) is refused as a connection error."""
+    try:
+        await connect_to()
+    except RedisConnectionError:
+        return False
+    return True
+
+
+async def _both_reach(url: str, key: str) -> tuple[bool, bool]:
+    """Whether the queue store's client (redis-py) and the auto-pipeline each reach `url`:
+    the pipeline writes `key`, redis-py reads it back."""
+    pipeline = AutoPipeline(url)
+    written = await _reaches(lambda: pipeline.execute(("SET", key, "through TLS")))
+    await pipeline.close()
+    client = connect(url)
+    try:
+        read = await _reaches(lambda: client.get(key))
+        if read and written:
+            assert await client.get(key) == "through TLS"
+    finally:
+        await client.aclose()
+    return read, written
+
+
+@pytest.mark.parametrize(("query", "proxy", "host", "reached"), [
+    ("ssl_ca_certs={files}/ca.pem", "plain", "127.0.0.1", True),
+    ("ssl_ca_certs={files}/other-ca.pem", "plain", "127.0.0.1", False),
+    ("", "plain", "127.0.0.1", False),  # the system's CAs know nothing of a private one
+    ("ssl_cert_reqs=none", "plain", "127.0.0.1", True),
+    ("ssl_ca_certs={files}/ca.pem&ssl_check_hostname=true", "plain", "localhost", False),
+    ("ssl_ca_certs={files}/ca.pem&ssl_check_hostname=false", "plain", "localhost", True),
+    ("ssl_ca_certs={files}/ca.pem&ssl_certfile={files}/client.pem&ssl_keyfile={files}/client.key",
+     "mutual", "127.0.0.1", True),
+    ("ssl_ca_certs={files}/ca.pem", "mutual", "127.0.0.1", False),  # no client certificate
+], ids=["private CA", "wrong CA", "system CAs", "no verification", "host name checked",
+        "host name not checked", "client certificate", "client certificate missing"])
+def test_the_pipeline_takes_a_rediss_url_as_redis_py_does(
+    tls_redis: TlsRedis, query: str, proxy: str, host: str, reached: bool
+) -> None:
+    """Sessions, replays, caches and traces reach a Redis over TLS exactly when the queue
+    store does: with a private CA, both work; with a wrong one, both refuse."""
+    url = tls_redis.url(query, proxy, host)
+    assert asyncio.run(_both_reach(url, f"test:autopipeline:tls:{proxy}")) == (reached, reached)
+
+
+def test_credentials_and_a_client_name_in_the_url_reach_the_pipelines_connections(
+    tmp_path: Path
+) -> None:
+    """A Redis with requirepass and an ACL user: the password in the address or in the query,
+    a user and its password, the database (redis-py reads in it what the pipeline wrote) and
+    the client name, as redis-py takes them."""
+    server = EmbeddedRedis(tmp_path)
+    server.start()
+    socket_path = str(server.socket_path)
+    try:
+        with redis.Redis(unix_socket_path=socket_path) as admin:
+            admin.acl_setuser("ivr-hot", enabled=True, passwords=["+user-secret"],
+                              keys=["*"], commands=["+@all"])
+            admin.config_set("requirepass", "s3cret")
+
+        async def scenario() -> None:
+            for url in (f"unix://:s3cret@{socket_path}",
+                        f"unix://{socket_path}?password=s3cret",
+                        f"unix://{socket_path}?username=default&password=s3cret&db=2",
+                        f"unix://ivr-hot:user-secret@{socket_path}?db=5&client_name=ivr-hot-1"):
+                assert await _both_reach(url, "test:autopipeline:auth") == (True, True), url
+            for url in (f"unix://{socket_path}?password=wrong",
+                        f"unix://ivr-hot:wrong@{socket_path}"):
+                pipeline = AutoPipeline(url)
+                with pytest.raises(ResponseError, match="set-up"):
+                    await pipeline.execute(("PING",))
+                await pipeline.close()
+            pipeline = AutoPipeline(f"unix://ivr-hot:user-secret@{socket_path}?client_name=hot")
+            assert await pipeline.execute(("CLIENT", "GETNAME"), ("ACL", "WHOAMI")) == [
+                "hot", "ivr-hot"]
+            await pipeline.close()
+
+        asyncio.run(scenario())
+    finally:
+        server.stop()
+
+
+def test_the_connect_timeout_in_the_url_bounds_a_hung_tls_handshake(silent_server: str) -> None:
+    """A Redis that accepts but never completes TLS fails the callers within the URL's
+    socket_connect_timeout, as redis-py's connections do, not only at the batch timeout."""
+    url = silent_server.replace("redis://", "rediss://") + "?socket_connect_timeout=0.2"
+
+    async def scenario() -> tuple[object, float]:
+        pipeline = AutoPipeline(url, timeout=10)
+        started = time.monotonic()
+        [result] = await asyncio.gather(pipeline.execute(("PING",)), return_exceptions=True)
+        elapsed = time.monotonic() - started
+        await pipeline.close()
+        return result, elapsed
+
+    result, elapsed = asyncio.run(scenario())
+    assert isinstance(result, RedisConnectionError) and elapsed < 5, (result, elapsed)
+
+
+def test_a_url_redis_py_refuses_fails_the_callers_with_a_plain_error() -> None:
+    async def scenario() -> list[object]:
+        pipeline = AutoPipeline("rediss://127.0.0.1:1?ssl_cert_reqs=sometimes")
+        results = await asyncio.gather(pipeline.execute(("PING",)), pipeline.execute(("PING",)),
+                                       return_exceptions=True)
+        await pipeline.close()
+        return results
+
+    for result in asyncio.run(scenario()):
+        assert isinstance(result, RedisConnectionError)
+        assert str(result).startswith("the Redis URL cannot be used: ")

@@ -22,6 +22,7 @@ from ivr.logs import mask_number
 from ivr.redis import queue_store as store_module
 from ivr.redis.autopipeline import AutoPipeline
 from ivr.redis.client import connect
+from ivr.redis.fetch_cache import RedisSharedAnswers
 from ivr.redis.fetch_cache_purges import GENERATIONS_KEY, PURGES_KEY, FetchCachePurges
 from ivr.redis.queue_store import QueueStore
 from ivr.settings import Settings
@@ -257,7 +258,7 @@ def test_a_process_that_missed_a_purge_message_drops_what_it_keeps(
 
     async def scenario() -> list[str]:
         store = QueueStore(connect(redis_url))
-        upstreams = Upstreams(AutoPipeline(redis_url))
+        upstreams = Upstreams(RedisSharedAnswers(AutoPipeline(redis_url)))
         store.follow(FetchCachePurges(store.redis, upstreams))
         await store.start()
         key = upstreams.key_prefixes["loyalty_routing/lookup"] + "a-caller"
@@ -273,8 +274,8 @@ def test_a_process_that_missed_a_purge_message_drops_what_it_keeps(
             return [*hows, how]
         finally:
             await store.close()
-            assert upstreams.pipeline is not None
-            await upstreams.pipeline.close()
+            assert isinstance(upstreams.shared, RedisSharedAnswers)
+            await upstreams.shared.pipeline.close()
 
     assert asyncio.run(scenario()) == ["miss", "hit", "miss"]
     assert len(loads) == 2

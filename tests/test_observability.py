@@ -25,16 +25,10 @@ import redis
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
-from ivr.calltrace import (
-    CALLS_KEY,
-    MAX_ANSWER_LENGTH,
-    WRITE_INTERVAL,
-    CallTrace,
-    CallTraces,
-    shown_answer,
-)
+from ivr.calltrace import MAX_ANSWER_LENGTH, CallTrace, shown_answer
 from ivr.flows.steps.ask import AskStep
 from ivr.logs import formatter, mask_number
+from ivr.redis.call_traces import CALLS_KEY, WRITE_INTERVAL, CallTraces
 from ivr.redis.embedded import EmbeddedRedis
 from ivr.settings import Settings
 from tests import loyalty_api as L

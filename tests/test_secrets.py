@@ -24,11 +24,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ivr.calltrace import CALLS_KEY
 from ivr.flows.http import HttpConnectionError, HttptoolsClient
 from ivr.flows.loader import FlowLoadError, load_flows
 from ivr.flows.steps.fetch import _upstream
 from ivr.logs import JsonFormatter, TextFormatter, hide_secrets
+from ivr.redis.call_traces import CALLS_KEY
 from ivr.settings import Settings
 from tests.conftest import ROOT, Served, clean_env, run_ivr
 from tests.servers import ServerThread, free_port

@@ -20,7 +20,9 @@ from ivr.flows.step import Contact, Run
 from ivr.flows.steps.fetch import FetchStep
 from ivr.flows.upstream import Breaker, Upstreams
 from ivr.redis.autopipeline import AutoPipeline
+from ivr.redis.fetch_cache import RedisSharedAnswers
 from tests import loyalty_api as L
+from tests.servers import free_port
 
 
 def lookup_flow(**fetch: Any) -> Flow:
@@ -56,7 +58,7 @@ def requests_for(api, number: str) -> int:
 @pytest.fixture
 def upstreams(redis_url: str):
     def make(**kwargs: Any) -> Upstreams:
-        return Upstreams(AutoPipeline(redis_url), **kwargs)
+        return Upstreams(RedisSharedAnswers(AutoPipeline(redis_url)), **kwargs)
     return make
 
 
@@ -67,8 +69,8 @@ def test_a_cached_answer_is_served_to_the_next_lookup_without_a_request(loyalty,
     async def twice() -> list[dict[str, Any]]:
         one = upstreams()
         first = await lookups(flow, url, one, [L.GOLD])
-        assert one.pipeline is not None
-        await one.pipeline.close()  # the cache write goes out after the answer: let it land
+        assert isinstance(one.shared, RedisSharedAnswers)
+        await one.shared.pipeline.close()  # the cache write goes out after the answer: let it land
         # A second process (its own Upstreams) shares the cache through Redis.
         return first + await lookups(flow, url, upstreams(), [L.GOLD])
 
@@ -230,3 +232,24 @@ def test_the_reference_flow_looks_callers_up_as_the_readme_says() -> None:
                                                              timedelta(days=1))
     defaults = Upstreams(None)
     assert (defaults.failure_threshold, defaults.open_seconds) == (5, 10)
+
+
+def test_lookups_go_to_the_api_while_the_shared_cache_is_down(loyalty) -> None:
+    """An unreachable Redis: the cache is an optimisation, the lookup goes to the API and the
+    flow goes on (the API's answer still kept in the process)."""
+    api, url = loyalty
+    flow = lookup_flow(cache="1m")
+
+    async def scenario() -> list[dict[str, Any]]:
+        nowhere = AutoPipeline(f"redis://127.0.0.1:{free_port()}")
+        unreachable = Upstreams(RedisSharedAnswers(nowhere))
+        results = await lookups(flow, url, unreachable, [L.GOLD])
+        results += await lookups(flow, url, unreachable, [L.GOLD])
+        await nowhere.close()
+        return results
+
+    api.requests.clear()
+    results = asyncio.run(scenario())
+    assert [(r["outcome"], r["cache"], r["tier"]) for r in results] == [
+        ("ok", "miss", "gold"), ("ok", "hit", "gold")]
+    assert requests_for(api, L.GOLD) == 1

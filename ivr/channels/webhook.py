@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from starlette.datastructures import URL
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ivr.calltrace import CallTrace, CallTraces
+from ivr.calltrace import CallTrace
 from ivr.channels.messaging import render_messaging, render_messaging_apology
 from ivr.channels.voice import (
     CallbackUrls,
@@ -39,6 +39,7 @@ from ivr.flows.upstream import Upstreams
 from ivr.logs import log_context, mask_number
 from ivr.metrics import ROUTES, SIGNATURE_REJECTIONS, WEBHOOK_SECONDS, labelled
 from ivr.queues import Queue
+from ivr.redis.call_traces import CallTraces
 from ivr.redis.conversations import HELD_TTL, Conversations
 from ivr.redis.fetch_cache_purges import FetchCachePurges
 from ivr.redis.queue_store import QueueStore

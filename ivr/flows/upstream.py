@@ -1,11 +1,13 @@
 """What flows' HTTP requests share in a process: a circuit breaker per upstream, and the cache
-of answers (in Redis, shared by every instance) with single-flight and stale-while-revalidate.
+of answers with single-flight and stale-while-revalidate: kept in the process, in front of the
+answers every instance shares (`SharedAnswers`, a protocol: in Redis, ivr.redis.fetch_cache).
 
 A cache key names its fetch step and the step's generation, then the request:
 `ivr:fetch:<flow>/<step>:<generation>:<SHA-256 of the request>`. Purging one caller removes
 that caller's keys; purging a whole step makes its generation the next one, so no instance
-reads the step's older answers again (they expire from Redis by themselves). Generations are
-kept in memory (ivr.redis.fetch_cache_purges keeps them current), so a lookup costs no extra round trip.
+reads the step's older answers again (they expire from the shared store by themselves).
+Generations are kept in memory (ivr.redis.fetch_cache_purges keeps them current), so a lookup
+costs no extra round trip.
 
 A dead loyalty API must cost callers nothing once detected: after `failure_threshold` failures
 in a row its breaker opens and requests fail at once (the flow takes its error exit) until a
@@ -16,25 +18,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-from redis.exceptions import RedisError
+from typing import Any, Protocol
 
 from ivr.deadline import within
-from ivr.jsonfast import compact_json
 from ivr.metrics import BREAKER_STATE, FETCH_CACHE, labelled
-from ivr.redis.autopipeline import AutoPipeline
 
 log = logging.getLogger("ivr.flows.upstream")
 _cache_counter = labelled(FETCH_CACHE)
 
-CACHE_TIMEOUT = 0.25  # a slow Redis must not cost more than going to the upstream
-# Answers also kept in the process, in front of Redis: a hot caller costs no round trip.
+CACHE_TIMEOUT = 0.25  # a slow shared store must not cost more than going to the upstream
+# Answers also kept in the process, in front of the shared store: a hot caller costs no round
+# trip.
 LOCAL_ENTRIES = 10_000
 CACHE_KEY_PREFIX = "ivr:fetch:"
 _STATES = {"closed": 0, "half-open": 1, "open": 2}
@@ -53,6 +51,25 @@ class Answer:
     def definitive(self) -> bool:
         """Worth caching: the upstream said something about this request (not a fault)."""
         return self.outcome == "ok" or (self.outcome == "http_error" and (self.status or 0) < 500)
+
+
+class SharedAnswersUnavailable(Exception):
+    """The shared answers cannot be read now (unreachable, refusing): go to the upstream."""
+
+
+class SharedAnswers(Protocol):
+    """The answers every process and instance share. A read is bounded by CACHE_TIMEOUT here;
+    a write is never waited for."""
+
+    async def read(self, key: str) -> tuple[float, Answer] | None:
+        """(when it was fetched, the answer) kept under `key`, or None; raises
+        SharedAnswersUnavailable when the store cannot tell."""
+        ...
+
+    def write(self, key: str, at: float, answer: Answer, keep_for: float) -> None:
+        """Keep `answer`, fetched at `at` (epoch seconds), under `key` for `keep_for` seconds,
+        in the background: a write that fails is the store's to report."""
+        ...
 
 
 class Breaker:
@@ -124,20 +141,20 @@ class _KeyPrefixes(dict[str, str]):
 
 class Upstreams:
     """Per process: breakers by upstream, requests in flight by cache key, the answers kept
-    in front of Redis, and the generation of every fetch step's cache."""
+    in front of the shared ones, and the generation of every fetch step's cache."""
 
-    def __init__(self, pipeline: AutoPipeline | None, failure_threshold: int = 5,
+    def __init__(self, shared: SharedAnswers | None, failure_threshold: int = 5,
                  open_seconds: float = 10.0) -> None:
-        # The shared cache; its reads and writes share the round trips of the calls in flight.
-        self.pipeline = pipeline
+        self.shared = shared  # None: what the process keeps is all there is
         self.failure_threshold = failure_threshold
         self.open_seconds = open_seconds
         self._breakers: dict[str, Breaker] = {}
         self._in_flight: dict[str, asyncio.Task[Answer]] = {}
         # key -> (when fetched, answer, wall time until which it may be used): the same bound
-        # as in Redis.
-        # An OrderedDict: popping a plain dict's first key scans the slots its earlier pops left
-        # (10 us an eviction at 10,000 entries, on every lookup once the cache is full).
+        # as in the shared store.
+        # An OrderedDict: popping a plain dict's first key scans the slots its earlier pops left,
+        # on every lookup once the cache is full (bench/README.md, "Why the code is written as
+        # it is").
         self._local: collections.OrderedDict[str, tuple[float, Answer, float]] = (
             collections.OrderedDict())
         # Cache scope (flow/step) -> its generation, and the key prefix that says both.
@@ -156,7 +173,7 @@ class Upstreams:
 
     async def cached(self, key: str, upstream: str, ttl: float, stale_for: float,
                      load: Callable[[], Awaitable[Answer]]) -> tuple[Answer, str]:
-        """The answer for `key` (a Redis key: one of `key_prefixes`, then the request's hash)
+        """The answer for `key` (one of `key_prefixes`, then the request's hash)
         and how it came: hit, stale (a refresh was started), coalesced (joined the same request
         in flight) or miss. Only definitive answers are cached."""
         cached = await self._read(key, ttl + stale_for)
@@ -200,27 +217,24 @@ class Upstreams:
         return answer, how
 
     async def _read(self, key: str, keep_for: float) -> tuple[float, Answer] | None:
-        """(when it was fetched, the answer): from this process, or else from Redis (then kept
-        here too, for `keep_for` after it was fetched)."""
+        """(when it was fetched, the answer): from this process, or else from the shared
+        store (then kept here too, for `keep_for` after it was fetched)."""
         local = self._local.get(key)
         if local is not None:
             if local[2] > time.time():
                 return local[0], local[1]
             del self._local[key]
-        if self.pipeline is None:
+        if self.shared is None:
             return None
         purges = self._purges
         try:
-            [raw] = await within(CACHE_TIMEOUT, self.pipeline.execute(("GET", key)))
-        except (RedisError, OSError, TimeoutError):
+            shared = await within(CACHE_TIMEOUT, self.shared.read(key))
+        except (SharedAnswersUnavailable, TimeoutError):
             return None  # the cache is an optimisation: go to the upstream
-        if not raw:
-            return None
-        record = json.loads(raw)
-        answer = Answer(record["outcome"], record["status"], record["document"])
-        if purges == self._purges:
-            self._keep_local(key, record["at"], answer, record["at"] + keep_for)
-        return record["at"], answer
+        if shared is not None and purges == self._purges:
+            at, answer = shared
+            self._keep_local(key, at, answer, at + keep_for)
+        return shared
 
     def _keep_local(self, key: str, at: float, answer: Answer, until: float) -> None:
         if key not in self._local and len(self._local) >= LOCAL_ENTRIES:
@@ -228,21 +242,18 @@ class Upstreams:
         self._local[key] = (at, answer, until)
 
     def _write(self, key: str, answer: Answer, keep_for: float) -> None:
-        """Keep the answer here at once, and in Redis in the background: the caller waiting for
-        it does not wait for the write too."""
+        """Keep the answer here at once, and in the shared store in the background: the caller
+        waiting for it does not wait for the write too."""
         at = time.time()
         self._keep_local(key, at, answer, at + keep_for)
-        if self.pipeline is not None:
-            record = {"at": at, "outcome": answer.outcome, "status": answer.status,
-                      "document": answer.document}
-            self.pipeline.send(("SET", key, compact_json(record),
-                                "PX", max(1, int(keep_for * 1000))), what="fetch cache write")
+        if self.shared is not None:
+            self.shared.write(key, at, answer, keep_for)
 
-    # --- purges (ivr.redis.fetch_cache_purges applies them in every process) -----------------------------
+    # --- purges (ivr.redis.fetch_cache_purges applies them in every process) ---------------
 
     def forget(self, keys: Iterable[str]) -> None:
-        """Purge these keys' answers from the process: the next lookup of each goes to Redis
-        (and, if the purge removed it there, to the upstream)."""
+        """Purge these keys' answers from the process: the next lookup of each goes to the
+        shared store (and, if the purge removed it there, to the upstream)."""
         self._purges += 1
         for key in keys:
             self._local.pop(key, None)
@@ -274,8 +285,8 @@ class Upstreams:
             del self._local[key]
 
     def forget_everything(self) -> None:
-        """Drop every answer the process keeps (Redis still has them): after purges this
-        process may have missed."""
+        """Drop every answer the process keeps (the shared store still has them): after purges
+        this process may have missed."""
         self._purges += 1
         self._local.clear()
         self._in_flight.clear()

@@ -2,12 +2,18 @@
 the event loop goes out in one write on one connection, and each caller gets its own replies.
 
 The hot path's state (sessions, contact memory, replays, the fetch cache) goes through here, not
-through redis-py: redis-py's pipeline costs 200-300 us of CPU a batch in its layers (pool,
-retry, command stack, callbacks, a timer per reply), this 50 us, with hiredis (redis-py's own
-C parser) packing the commands and parsing the replies. The connection is multiplexed: batches
-are written one after the other and their replies, which Redis sends in order, are matched in
-order. Nothing here is atomic (no MULTI), but the commands a caller gives together arrive
-together and in order.
+through redis-py, whose pipeline spends several times this module's CPU a batch in its layers
+(pool, retry, command stack, callbacks, a timer per reply; figures in bench/README.md, "Why the
+code is written as it is"): here hiredis (redis-py's own C parser) packs the commands and parses
+the replies. The connection is multiplexed: batches are written one after the other and their
+replies, which Redis sends in order, are matched in order. Nothing here is atomic (no MULTI),
+but the commands a caller gives together arrive together and in order.
+
+The connection itself is made as redis-py makes it for the same URL, from redis-py's own URL
+parsing and TLS context: every `rediss://` option (`ssl_ca_certs`, `ssl_certfile`,
+`ssl_check_hostname`, ...), the credentials, the database, the client name, the connect
+timeout. A Redis the queue store reaches, the hot path reaches. That work is done once a
+connection: a command costs nothing more.
 
 Everything else (queue configuration, the admin's writes, pub/sub, locks) uses redis-py.
 """
@@ -18,14 +24,19 @@ import asyncio
 import collections
 import contextlib
 import logging
-import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
 import hiredis
-from redis.asyncio.connection import SSLConnection, parse_url
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+    parse_url,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from ivr.redis import sentinel
 from ivr.redis.sentinel import is_sentinel_url
@@ -200,32 +211,20 @@ class AutoPipeline:
 
 
 async def _open(url: str) -> asyncio.StreamWriter:
-    """A connection to the Redis at `url` (redis://, rediss://, unix://, or the master that
-    redis+sentinel:// sentinels name now), authenticated and on its database. Its stream reader
-    serves the set-up only: the caller then sets its protocol."""
-    if is_sentinel_url(url):
-        target = sentinel.parse(url)
-        host, port = await sentinel.master_address(target)
-        options: dict[str, Any] = {"host": host, "port": port, **target.master_options()}
-    else:
-        options = parse_url(url)
-    if "path" in options:
-        reader, writer = await asyncio.open_unix_connection(options["path"])
-    else:
-        context = None
-        if options.get("connection_class") is SSLConnection:
-            context = ssl.create_default_context()
-            if options.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-        reader, writer = await asyncio.open_connection(
-            options.get("host", "localhost"), options.get("port", 6379), ssl=context)
-    handshake = []
-    if options.get("password") is not None:
-        username = options.get("username")
-        handshake.append(("AUTH", *([username] if username else []), options["password"]))
-    if options.get("db"):
-        handshake.append(("SELECT", options["db"]))
+    """A connection to the Redis at `url`, made as redis-py makes it for the same URL (the
+    address or Unix socket, TLS with every `ssl_*` option, the credentials, in the address or
+    the query, the database, the client name, the connect timeout), or to the master that
+    redis+sentinel:// sentinels name now. Its stream reader serves the set-up only: the caller
+    then sets its protocol."""
+    connection = await _as_redis_py_connects(url)
+    async with asyncio.timeout(connection.socket_connect_timeout):  # None: no bound of its own
+        if isinstance(connection, UnixDomainSocketConnection):
+            reader, writer = await asyncio.open_unix_connection(connection.path)
+        else:
+            tls = connection.ssl_context.get() if isinstance(connection, SSLConnection) else None
+            reader, writer = await asyncio.open_connection(connection.host, connection.port,
+                                                           ssl=tls)
+    handshake = _handshake(connection)
     if handshake:
         writer.write(b"".join(hiredis.pack_command(command) for command in handshake))
         parser = hiredis.Reader(encoding="utf-8")
@@ -240,6 +239,38 @@ async def _open(url: str) -> asyncio.StreamWriter:
                 writer.close()
                 raise ResponseError(f"Redis refused the connection's set-up: {reply}")
     return writer
+
+
+async def _as_redis_py_connects(url: str) -> AbstractConnection:
+    """The connection redis-py's pool would make for `url`, not connected: its URL parsing and
+    its TLS context are the pipeline's, so every option redis-py takes works here too, and a
+    Redis the queue store reaches, the hot path reaches (a private CA in `ssl_ca_certs`, say).
+    Raises RedisConnectionError for a URL redis-py would refuse (the message names no secret)."""
+    try:
+        if is_sentinel_url(url):
+            target = sentinel.parse(url)
+            host, port = await sentinel.master_address(target)
+            return Connection(host=host, port=port, **target.master_options())
+        options = dict(parse_url(url))
+        connection_class = options.pop("connection_class", Connection)
+        return connection_class(**options)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, RedisError) as exc:
+        if isinstance(exc, RedisConnectionError):  # no sentinel knows the master
+            raise
+        raise RedisConnectionError(f"the Redis URL cannot be used: {exc}") from None
+
+
+def _handshake(connection: AbstractConnection) -> list[Command]:
+    """What redis-py sends first on such a connection: AUTH, CLIENT SETNAME, SELECT."""
+    commands: list[Command] = []
+    if connection.password:
+        commands.append(("AUTH", *([connection.username] if connection.username else []),
+                         connection.password))
+    if connection.client_name:
+        commands.append(("CLIENT", "SETNAME", connection.client_name))
+    if connection.db:
+        commands.append(("SELECT", connection.db))
+    return commands
 
 
 class _Replies(asyncio.Protocol):

@@ -5,9 +5,9 @@ A purge of one caller unlinks the caller's keys; a purge of a whole step makes t
 generation, which its keys carry, the next one (no key is scanned for: the old answers are never
 read again and expire from Redis by themselves). Either way the purge is published, and every
 process (instances and workers alike) drops its copies, through the listener that keeps the
-queue configuration fresh (ivr.redis.queue_store): within the same bound as a queue change. A process that
-missed a purge (its connection to Redis broke) sees the purge counter differ and drops every
-copy it keeps.
+queue configuration fresh (ivr.redis.queue_store): within the same bound as a queue change. A
+process that missed a purge (its connection to Redis broke) sees the purge counter differ and
+drops every copy it keeps. The answers themselves are ivr.redis.fetch_cache's keys.
 
 Keys (the queue configuration's hash tag, so that the script's keys share one Cluster slot):
   {ivr}:fetch:generations   hash: flow/step -> the generation of the step's cache (absent: 0)
