@@ -13,18 +13,20 @@ import sys
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import pytest
 import yaml
-from pydantic import TypeAdapter
+from pydantic import AfterValidator, TypeAdapter
+from pydantic.fields import FieldInfo
 
 import ivr.flows.steps
-from ivr.flows.loader import FlowLoadError, load_flow_file
+from ivr.flows.loader import FlowLoadError, load_flow_file, load_flows
 from ivr.flows.model import KINDS, AnyStep, Flow
 from ivr.flows.runner import run_flow
 from ivr.flows.step import Contact, Run, Step
 from ivr.flows.steps import load_step_kinds
+from ivr.queues import QueueName, check_queue_name
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS_PACKAGE = ROOT / "ivr" / "flows" / "steps"
@@ -73,6 +75,57 @@ def test_nothing_outside_the_steps_package_names_a_kind() -> None:
               for path in sorted((ROOT / "ivr").rglob("*.py"))
               if STEPS_PACKAGE not in path.parents}
     assert not any(naming.values()), {path: names for path, names in naming.items() if names}
+
+
+# --- queues: what a kind declares it may route to ----------------------------------------------
+
+class _TwoQueuesStep(Step):
+    """A trial kind, not registered: it routes to one of two queues, neither named `queue`."""
+
+    kind: Literal["two_queues"]
+    first: QueueName
+    second: QueueName | None = None
+    queue_fields = ("first", "second")
+
+
+def test_a_flow_routes_to_the_queues_its_kinds_declare() -> None:
+    flow = Flow.model_construct(name="trial", fallback_queue="standard", steps={
+        "pick": _TwoQueuesStep(kind="two_queues", first="gold", second="vip"),
+        "pick_one": _TwoQueuesStep(kind="two_queues", first="night")})
+    assert flow.routed_queues() == {"standard", "gold", "vip", "night"}
+
+
+def test_the_queues_a_kind_declares_are_checked_at_load(tmp_path: Path) -> None:
+    (tmp_path / "trial.yaml").write_text(yaml.safe_dump({
+        "trigger": {"channels": ["voice"], "default": True}, "fallback_queue": "standard",
+        "steps": {"to_vip": {"kind": "route", "queue": "vip"}}}))
+    with pytest.raises(FlowLoadError) as error:
+        load_flows(tmp_path, queue_names={"standard"}, secrets=())
+    assert [problem.split(": ", 1)[1] for problem in error.value.problems] == [
+        "steps.to_vip.queue: 'vip' is not a queue: the queues are standard"]
+
+
+def _names_a_queue(field: FieldInfo) -> bool:
+    """Whether a field is a `QueueName` (alone, optional or in a collection)."""
+    def is_queue_check(item: Any) -> bool:
+        return isinstance(item, AfterValidator) and item.func is check_queue_name
+
+    def validated_as_queue(annotation: Any) -> bool:
+        if get_origin(annotation) is Annotated:
+            base, *metadata = get_args(annotation)
+            return any(map(is_queue_check, metadata)) or validated_as_queue(base)
+        return any(validated_as_queue(arg) for arg in get_args(annotation))
+
+    return any(map(is_queue_check, field.metadata)) or validated_as_queue(field.annotation)
+
+
+def test_every_field_of_a_kind_that_names_a_queue_is_declared() -> None:
+    assert _names_a_queue(_TwoQueuesStep.model_fields["second"])
+    undeclared = {kind: names for kind, cls in KINDS.items()
+                  if (names := sorted(name for name, field in cls.model_fields.items()
+                                      if _names_a_queue(field)
+                                      and name not in cls.queue_fields))}
+    assert not undeclared, f"declare these fields in the kind's queue_fields: {undeclared}"
 
 
 # --- examples: each kind's docstring, loaded, and the same in flows/README.md ------------------

@@ -23,6 +23,7 @@ class RouteStep(Step):
     queue: QueueName
     message: Template = DEFAULT_HANDOFF_NOTE
 
+    queue_fields = ("queue",)
     shape = "exit"
     hands_off = True
 
