@@ -113,6 +113,10 @@ class Step(BaseModel):
     hands_off: ClassVar[bool] = False
     # A kind whose steps may cache answers (`purgeable_cache` says whether this one does).
     may_cache: ClassVar[bool] = False
+    # Where the kind's reference (its module's docstring) sits among the step kinds of
+    # flows/README.md: lower first, then by name. A flow author reads the kinds in the order a
+    # flow meets them; a kind that does not say comes last, so a new kind edits no list.
+    reference_order: ClassVar[int] = 1000
 
     def vars_set(self) -> frozenset[str]:
         """The variables the step may set, which templates read as `vars.<name>`."""
