@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import dataclasses
-import inspect
 import pkgutil
 import re
 import subprocess
