@@ -153,9 +153,8 @@ def _unknown_queues(outline: FlowOutline, queue_names: Collection[str]) -> list[
     if outline.fallback_queue is not None and outline.fallback_queue not in queue_names:
         problems.append(Problem(("fallback_queue",), missing(outline.fallback_queue)))
     for step_id, step in outline.steps.items():
-        queue = getattr(step, "queue", None)
-        if queue is not None and queue not in queue_names:
-            problems.append(Problem(("steps", step_id, "queue"), missing(queue)))
+        problems += [Problem(("steps", step_id, *where), missing(queue))
+                     for where, queue in step.queue_targets() if queue not in queue_names]
     return problems
 
 

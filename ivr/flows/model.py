@@ -236,7 +236,7 @@ class Flow(BaseModel):
     def routed_queues(self) -> set[str]:
         """Every queue the flow may route to, its fallback included."""
         queues = {self.fallback_queue}
-        queues.update(q for step in self.steps.values() if (q := getattr(step, "queue", None)))
+        queues.update(queue for step in self.steps.values() for _, queue in step.queue_targets())
         return queues
 
     def step(self, step_id: str) -> Step:

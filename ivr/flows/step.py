@@ -91,6 +91,9 @@ class Step(BaseModel):
 
     # Fields that name the step to go to next, checked at load time.
     exit_fields: ClassVar[tuple[str, ...]] = ()
+    # Fields that name a queue the step may route to: checked against the queues at load time,
+    # and an admin cannot delete a queue a flow routes to.
+    queue_fields: ClassVar[tuple[str, ...]] = ()
     # A step that waits for input may sit in a loop; a loop without one is refused at load.
     waits: ClassVar[bool] = False
     # The fields whose templates may read `secrets.*`: only what goes to an API, never what a
@@ -110,6 +113,10 @@ class Step(BaseModel):
     hands_off: ClassVar[bool] = False
     # A kind whose steps may cache answers (`purgeable_cache` says whether this one does).
     may_cache: ClassVar[bool] = False
+    # Where the kind's reference (its module's docstring) sits among the step kinds of
+    # flows/README.md: lower first, then by name. A flow author reads the kinds in the order a
+    # flow meets them; a kind that does not say comes last, so a new kind edits no list.
+    reference_order: ClassVar[int] = 1000
 
     def vars_set(self) -> frozenset[str]:
         """The variables the step may set, which templates read as `vars.<name>`."""
@@ -121,8 +128,14 @@ class Step(BaseModel):
 
     def exit_targets(self) -> list[tuple[Where, str]]:
         """Each step id this step may go to, with the field that names it (`next`)."""
-        return [((name,), value) for name in self.exit_fields
-                if (value := getattr(self, name)) is not None]
+        return self._values_named_by(self.exit_fields)
+
+    def queue_targets(self) -> list[tuple[Where, str]]:
+        """Each queue this step may route to, with the field that names it (`queue`)."""
+        return self._values_named_by(self.queue_fields)
+
+    def _values_named_by(self, fields: tuple[str, ...]) -> list[tuple[Where, str]]:
+        return [((name,), value) for name in fields if (value := getattr(self, name)) is not None]
 
     def labelled_exits(self) -> list[tuple[str, str]]:
         """Each step id this step may go to, with the label of its edge in a graph (`next`)."""

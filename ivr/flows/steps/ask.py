@@ -1,26 +1,42 @@
-"""`ask`: put a question and wait for the answer. Voice: a <Gather> (keypad and speech);
-messaging: a message, and the contact's next message is the answer. An invalid or empty answer
-is asked again, up to `max_attempts`; then the flow goes to `on_exhausted`.
+"""Puts a question and waits for the answer: on voice a `<Gather>` that takes keys and speech, on
+messaging a message whose reply is the answer.
 
-    menu:
-      kind: ask
-      prompt: "For sales, press 1 or say sales. For support, press 2 or say support."
-      messaging: "Reply SALES or SUPPORT."   # optional per-channel prompts (also `voice`)
-      retry_prompt: "Sorry, I did not get that."   # said before the prompt on a re-ask
-      expect: choice                # choice, email, digits, regex or text (default)
-      options:                      # choice: the value saved, and the answers that mean it
-        sales: ["1", "sales"]
-        support: ["2", "support", "help"]
-      save: team                    # vars.team = "sales"
-      save_to_contact: false        # true: also remember it as contact.team
-      max_attempts: 3               # answers tried before giving up (1-10)
-      timeout: 5                    # voice: seconds of silence that end the answer (1-60)
-      language: en-US               # optional, voice: the prompt's language and the speech recognised
-      next: by_team
-      on_exhausted: to_operator     # after the last invalid or empty answer
+```yaml
+menu:
+  kind: ask
+  prompt: "For sales, press 1 or say sales. For support, press 2 or say support."
+  messaging: "Reply SALES or SUPPORT."   # optional per-channel prompts (also `voice`)
+  retry_prompt: "Sorry, I did not get that."   # said before the prompt on a re-ask
+  expect: choice                # choice, email, digits, regex or text (default)
+  options:                      # choice: the value saved, and the answers that mean it
+    sales: ["1", "sales"]
+    support: ["2", "support", "help"]
+  save: team                    # vars.team = "sales"
+  save_to_contact: false        # true: also remember it as contact.team
+  max_attempts: 3               # answers tried before giving up (1-10)
+  timeout: 5                    # voice: seconds of silence that end the answer (1-60)
+  language: en-US               # optional, voice: the prompt's language and the speech recognised
+  next: by_team
+  on_exhausted: to_operator     # after the last invalid or empty answer
+```
 
-`expect: digits` takes `min_digits` / `max_digits`; `expect: regex` takes `pattern` (the whole
-answer must match). After the step, `steps.<id>` holds `answer` (as given) and `valid`.
+What counts as an answer:
+
+- `choice`: the answer's words contain exactly one option's value or one of its answers
+  ("sales please" is `sales`; "sales or support" is not an answer). The same answer may not stand
+  for two options. Voice stops listening after one key when every key answer is one digit.
+- `email`: an address, lower-cased; on voice "jane at example dot com" is understood.
+- `digits`: `min_digits` to `max_digits` digits (1 and 20 by default); spaces and dashes are
+  ignored. When both are equal, voice stops listening after that many keys.
+- `regex`: the whole answer matches `pattern`.
+- `text`: anything not empty.
+
+On voice, a full stop, question mark or exclamation mark at the end of the answer is dropped
+first: Twilio's speech recognition adds one the caller never said ("1234." is four digits).
+
+An invalid or empty answer (a caller who says nothing) asks again, up to `max_attempts` answers in
+all, then goes to `on_exhausted`. `steps.<id>.answer` holds the answer as given and
+`steps.<id>.valid` whether it was accepted.
 """
 
 from __future__ import annotations
@@ -74,6 +90,7 @@ class AskStep(Step):
     next: StepId
     on_exhausted: StepId
 
+    reference_order = 60
     exit_fields = ("next", "on_exhausted")
     waits = True
     records = ("answer", "valid")

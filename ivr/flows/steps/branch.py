@@ -1,16 +1,21 @@
-"""`branch`: take the first matching case, else the required `else`.
+"""Takes the first matching case, else `else` (required).
 
-    by_tier:
-      kind: branch
-      value: vars.tier                  # an expression
-      cases:
-        - equals: gold                  # compared to `value` ignoring case and surrounding space
-          next: to_gold
-        - equals: [platinum, plat]      # one of several
-          next: to_platinum
-        - when: "contact.channel == 'voice' and contact.is_returning"   # any condition
-          next: to_voice_team
-      else: to_standard
+```yaml
+by_tier:
+  kind: branch
+  value: vars.tier                  # an expression
+  cases:
+    - equals: gold                  # compared to `value` ignoring case and surrounding space
+      next: to_gold
+    - equals: [platinum, plat]      # one of several
+      next: to_platinum
+    - when: "contact.channel == 'voice' and contact.is_returning"   # any condition
+      next: to_voice_team
+  else: to_standard
+```
+
+A case has exactly one of `equals` and `when`; cases with `equals` need the step's `value`. A
+`value` of None (an unset variable) matches no `equals`.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ class BranchStep(Step):
     cases: list[Case] = Field(min_length=1, max_length=100)
     else_: StepId = Field(alias="else")
 
+    reference_order = 20
     shape = "decision"
 
     @model_validator(mode="after")

@@ -1,7 +1,9 @@
-"""`end`: finish without a route (hang up a call; say nothing more on messaging).
+"""Finishes without a route: hangs up a call, ends a conversation without a further message.
 
-    goodbye:
-      kind: end
+```yaml
+goodbye:
+  kind: end
+```
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from ivr.flows.step import Run, Step, register_step
 class EndStep(Step):
     kind: Literal["end"]
 
+    reference_order = 50
     shape = "exit"
 
     async def run(self, run: Run) -> str | None:

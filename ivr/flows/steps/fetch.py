@@ -1,32 +1,98 @@
-"""`fetch`: an HTTP request whose JSON answer fills variables. Any failure takes `on_error`.
+"""An HTTP request whose JSON answer fills variables.
 
-    lookup:
-      kind: fetch
-      method: GET                  # GET (default), POST, PUT, PATCH, DELETE
-      url: "{{ settings.loyalty_api_url }}/customers/{{ contact.number | urlencode }}"
-      headers:                     # a header whose value renders empty is not sent
-        Authorization: "{% if settings.loyalty_api_token %}Bearer {{ settings.loyalty_api_token }}{% endif %}"
-        Content-Type: application/json   # with a body: no Content-Type is sent unless given here
-      body: '{"number": "{{ contact.number }}"}'   # optional
-      timeout: 2                   # seconds (2 by default), at most 10, never beyond the routing deadline
-      retries: 1                   # after a fault (below), if time allows (0-3; 0 by default)
-      cache: 5m                    # definitive answers shared by all instances; optional
-      stale_while_revalidate: 1h   # serve an old answer while refreshing; optional, needs `cache`
-      save:
-        tier: loyaltyStatus        # variable: dotted path in the JSON answer (items.0.name); missing -> None
-      next: by_tier
-      on_error: by_tier            # required
+```yaml
+lookup:
+  kind: fetch
+  method: GET                  # GET (default), POST, PUT, PATCH, DELETE
+  url: "{{ settings.loyalty_api_url }}/customers/{{ contact.number | urlencode }}"
+  headers:                     # a header whose value renders empty is not sent
+    Authorization: "{% if settings.loyalty_api_token %}Bearer {{ settings.loyalty_api_token }}{% endif %}"
+    Content-Type: application/json   # with a body: no Content-Type is sent unless given here
+  body: '{"number": "{{ contact.number }}"}'   # optional
+  timeout: 2                   # seconds (2 by default), at most 10, never beyond the routing deadline
+  retries: 1                   # after a fault (below), if time allows (0-3; 0 by default)
+  cache: 5m                    # definitive answers shared by all instances; optional
+  stale_while_revalidate: 1h   # serve an old answer while refreshing; optional, needs `cache`
+  save:
+    tier: loyaltyStatus        # variable: dotted path in the JSON answer (items.0.name); missing -> None
+  next: by_tier
+  on_error: by_tier            # required
+```
 
-A header whose value renders empty is not sent. `url`, `headers` and `body`, and no other field
-of any step, may read `secrets.<name>` (IVR_SECRET_<NAME>), e.g.
-`Authorization: "Bearer {{ secrets.crm_token }}"`. After the step, `steps.<id>` holds `status`
-(HTTP status or None), `outcome` (ok, http_error, timeout, connection_error, invalid_json,
-too_large, bad_url, no_time, breaker_open), `elapsed_ms` and `cache` (hit, stale, coalesced,
-miss; absent when the step does not cache). An upstream that keeps failing has its circuit
-opened: its requests then fail at once (breaker_open) until a probe finds it back.
+Any failure takes `on_error`: a status other than 2xx, a timeout, a refused connection, a body that
+is not JSON or is over 256 KiB, a URL that is not `http(s)://`, no time left before the
+deadline, or an open circuit. `steps.<id>.outcome` says which: `ok`, `http_error`, `timeout`,
+`connection_error`, `invalid_json`, `too_large`, `bad_url`, `no_time`, `breaker_open`;
+`steps.<id>.status` is the HTTP status (or None). On `on_error`, `save` sets nothing.
 
-An admin purges a step's cached answers, one caller's or all of them, with `ivr cache purge`
-(ivr.redis.fetch_cache_purges): the caller's key is this step's own, rendered for that contact.
+`retries` tries again after a fault, while the routing deadline leaves time for it. A fault is
+a timeout, a refused connection, a 5xx, or a 2xx whose body is not JSON or is too large; faults
+also count against the upstream's circuit breaker. A 4xx is an answer, not a fault.
+
+`cache` keeps definitive answers (2xx, 4xx) for that long (seconds, or `5m`, `1h`, `1d`: 1 s to
+7 days), shared by every instance, and concurrent identical requests make one;
+`stale_while_revalidate` then serves the old answer that much longer while a refresh runs in the
+background. `steps.<id>.cache` says how the answer came: `hit`, `stale`, `coalesced` or `miss`
+(absent when the step does not cache). An upstream that keeps failing has its circuit opened: its
+requests then fail at once (`breaker_open`) until a probe finds it back.
+
+An admin purges a step's cached answers, one caller's or all, with
+`ivr cache purge FLOW STEP [--caller +15551234567]` (or `POST /admin/api/cache/purge`): see the
+main README. A caller's answers are found by rendering the step's request for that contact (on
+each channel the flow serves), so a purge of one caller needs a request made only of `contact.*`
+(its memory included), `settings.*` and `secrets.*`; a step whose URL, headers or body read
+`params`, `vars` or `steps` can be purged whole.
+
+#### Secrets
+
+An API's token does not belong in a flow file, which is kept in git and reviewed like code. Set
+it on the server as `IVR_SECRET_<NAME>` (in the environment or `.env`), and the flow reads it as
+`secrets.<name>`, lower-cased: `IVR_SECRET_CRM_TOKEN` is `secrets.crm_token`.
+
+```yaml
+secrets:                       # optional: how the flow uses each secret
+  crm_token: {optional: true}  # may be unset; then it reads as empty
+steps:
+  lookup:
+    kind: fetch
+    url: "https://crm.example.com/customers?email={{ contact.email | urlencode }}"
+    headers:
+      Authorization: "{% if secrets.crm_token %}Bearer {{ secrets.crm_token }}{% endif %}"
+    next: by_type
+    on_error: by_type
+```
+
+- **Only where a request goes.** A secret can be read in a `fetch` step's `url`, `headers` and
+  `body`, and nowhere else: in a `say` text, an `ask` prompt, a `set` value, a `branch` `value` or
+  `when`, or a `route` message it would reach a caller, an agent or a session, so the flow does
+  not load (`steps.greet.text: secrets.crm_token can only be read in a fetch step's url, headers
+  and body`). A secret is read by its name (`secrets.crm_token`, or `secrets['crm_token']`):
+  `{{ secrets }}` or `secrets[vars.name]` could read any of them, and are refused.
+- **Required unless declared optional.** A flow that reads a secret that is not set does not
+  load, and the error says what to set (`steps.lookup.headers.Authorization: secrets.crm_token
+  is not set: set IVR_SECRET_CRM_TOKEN, or declare it optional in the flow ...`): a token that is
+  missing in production is found when the server starts, not by the first caller. A secret the
+  flow can do without, as the shipped `vip_by_email` does its CRM token (the example runs on a
+  laptop with nothing set), is declared `optional: true` in the flow's `secrets:`; unset, it
+  reads as empty, a header that renders empty is not sent, and the server's start says so in its
+  log (`flow vip_by_email: secrets.crm_token is not set (declared optional) ...`), since an API
+  that needs the token refuses the request (the flow's error exit). The declaration sits in the
+  flow, next to the steps it concerns, so a reviewer sees which secrets a flow needs and which it
+  can do without; a name declared but read by no step is a load error too (a misspelling).
+  `ivr flows validate` and `ivr simulate` check against the secrets set where they run (in CI,
+  set each required one, to any value of at least 8 characters: a shorter value is refused, as it
+  could not be hidden in logs).
+- **Never shown.** A secret's value is not in a log line (`[secret crm_token]` stands in its
+  place, as given, URL-encoded or JSON-escaped, even in an error's traceback), not in a call
+  trace (a fetch records its outcome, status and time, not its URL), not in `ivr simulate`'s
+  output (see below), and not in an error message of the HTTP client (which never quotes a URL).
+- **Free per call.** A URL, header or body that reads only `settings.*` and `secrets.*` is
+  rendered once, when the first call needs it.
+
+An address is not a secret: keep the API's URL in the flow, where it is reviewed (the shipped
+`vip_by_email` reaches its example CRM at `settings.loyalty_api_url` only so that one test server
+serves both; put your CRM's address there). Put a key that rides in the URL
+(`?key={{ secrets.maps_key | urlencode }}`) in a secret too.
 """
 
 from __future__ import annotations
@@ -134,6 +200,7 @@ class FetchStep(Step):
     next: StepId
     on_error: StepId
 
+    reference_order = 10
     exit_fields = ("next", "on_error")
     secret_fields = ("url", "headers", "body")
     records = ("status", "outcome", "elapsed_ms", "cache")
@@ -170,7 +237,8 @@ class FetchStep(Step):
 
     def cache_key(self, upstreams: Upstreams, variables: dict[str, Any]) -> str | None:
         """The cache key of the request the step makes with these variables (None: it makes
-        none, its URL is not http or https)."""
+        none, its URL is not http or https): `ivr cache purge --caller` (ivr.redis.
+        fetch_cache_purges) finds a caller's answers by rendering it for that contact."""
         request = self._request(variables, upstreams)
         return None if request is None else request[3]
 

@@ -1,8 +1,12 @@
-"""`goto`: go to another step (a loop must pass through a step that waits, such as `ask`).
+"""Goes to another step, typically back to a question.
 
-    again:
-      kind: goto
-      next: menu
+```yaml
+again:
+  kind: goto
+  next: menu
+```
+
+A loop of steps none of which waits (`ask`) is a load error: it would spin forever.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ class GotoStep(Step):
     kind: Literal["goto"]
     next: StepId
 
+    reference_order = 80
     exit_fields = ("next",)
 
     async def run(self, run: Run) -> StepResult:

@@ -1,24 +1,29 @@
-"""`hours`: go to `open` or `closed` by one of the flow's `schedules` (see ivr/flows/schedules.py).
+"""Goes to `open` or `closed` by one of the flow's `schedules`, at the current time on the schedule's
+wall clock.
 
-    schedules:
-      support:
-        timezone: Europe/Paris             # an IANA name
-        weekly:                            # days not listed are closed
-          mon: ["09:00-12:30", "13:30-18:00"]
-          tue: ["09:00-18:00"]
-          sat: ["10:00-14:00"]
-        holidays: ["2026-12-25"]           # closed all day
-        exceptions:                        # dates with their own hours ([] closes the day)
-          "2026-12-24": ["09:00-13:00"]
-    steps:
-      check:
-        kind: hours
-        schedule: support
-        open: to_day_team
-        closed: after_hours
+```yaml
+schedules:
+  support:
+    timezone: Europe/Paris             # an IANA name
+    weekly:                            # days not listed are closed
+      mon: ["09:00-12:30", "13:30-18:00"]
+      tue: ["09:00-18:00"]
+      sat: ["10:00-14:00"]
+    holidays: ["2026-12-25"]           # closed all day
+    exceptions:                        # dates with their own hours ([] closes the day)
+      "2026-12-24": ["09:00-13:00"]
+steps:
+  check:
+    kind: hours
+    schedule: support
+    open: to_day_team
+    closed: after_hours
+```
 
-The time is the run's clock on the schedule's wall clock. After the step, `steps.<id>` holds
-`open` (true or false) and `local_time` (ISO 8601 with the zone's offset).
+An interval includes its start and excludes its end; `24:00` ends a day, and an interval that
+would cross midnight is written as two. Intervals of a day may not overlap; a date may not be both
+a holiday and an exception. `steps.<id>.open` is true or false and `steps.<id>.local_time` the
+time checked (ISO 8601 with the zone's offset, daylight saving included).
 """
 
 from __future__ import annotations
@@ -35,10 +40,11 @@ from ivr.validation import Problem, unknown
 @register_step
 class HoursStep(Step):
     kind: Literal["hours"]
-    schedule: ScheduleName
+    schedule: ScheduleName  # one of the flow's, as ivr/flows/schedules.py reads them
     open: StepId
     closed: StepId
 
+    reference_order = 90
     exit_fields = ("open", "closed")
     records = ("open", "local_time")
     shape = "decision"

@@ -1,10 +1,17 @@
-"""`route`: hand the contact to a queue. Voice dials the queue's SIP URI; messaging forwards
-`message` to the queue's messaging target.
+"""Hands the contact to a queue (defined in `IVR_SIP_CONFIG`, then live in the admin API).
 
-    to_gold:
-      kind: route
-      queue: gold
-      message: "{{ contact.number }} (gold): {{ params.Body }}"   # optional
+```yaml
+to_gold:
+  kind: route
+  queue: gold
+  message: "{{ contact.number }} (gold): {{ params.Body }}"   # optional
+```
+
+Voice dials the queue's `sip_uri` (then its `fallback_sip_uris` and `overflow` queues, then the
+flow's `unanswered` step). Messaging acknowledges the customer if the flow said nothing in the same
+reply, and forwards `message` (default `{{ contact.number }}: {{ params.Body }}`) to the queue's
+`message_to` (when the queue has one and the message is not empty). A route to a queue that an
+admin has since removed goes to the flow's `fallback_queue`.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ class RouteStep(Step):
     queue: QueueName
     message: Template = DEFAULT_HANDOFF_NOTE
 
+    reference_order = 40
+    queue_fields = ("queue",)
     shape = "exit"
     hands_off = True
 

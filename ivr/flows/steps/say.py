@@ -1,11 +1,17 @@
-"""`say`: speak to the caller, or reply to the sender.
+"""Speaks on voice (`<Say>`), sends a message on messaging.
 
-    greet:
-      kind: say
-      text: "Thanks for calling."                      # both channels
-      messaging: "Thanks, we got your message."        # optional: this channel's own text
-      language: en-GB                                  # optional, voice: spoken in this language
-      next: lookup
+```yaml
+greet:
+  kind: say
+  text: "Thanks for calling."                      # both channels
+  messaging: "Thanks, we got your message."        # optional: this channel's own text
+  language: en-GB                                  # optional, voice: spoken in this language
+  next: lookup
+```
+
+`voice:` and `messaging:` override `text` on their channel; a step needs at least one of the three.
+`language` (a tag such as `en-US`, `es-ES`, `fr-FR`) is the `<Say>`'s language on voice.
+A text that renders empty says nothing: a step with only `messaging:` is silent on voice.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ class SayStep(Step):
     language: Language | None = None
     next: StepId
 
+    reference_order = 30
     exit_fields = ("next",)
 
     @model_validator(mode="after")

@@ -1,12 +1,17 @@
-"""`set`: give variables values, and remember fields of the contact for their next visit.
+"""Gives variables values, and remembers fields of the contact for their next visit.
 
-    remember_language:
-      kind: set
-      vars:
-        language: "{{ vars.answer | lower }}"
-      contact:                      # saved in contact memory; read later as contact.language
-        language: "{{ vars.answer | lower }}"
-      next: by_language
+```yaml
+remember_language:
+  kind: set
+  vars:
+    language: "{{ vars.answer | lower }}"
+  contact:                      # saved in contact memory; read later as contact.language
+    language: "{{ vars.answer | lower }}"
+  next: by_language
+```
+
+Values are templates, so they are text. `contact:` cannot set `number`, `address`, `channel`,
+`is_returning`, `first_seen` or `last_seen`: the engine sets those.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class SetStep(Step):
     contact: dict[VarName, Template] = Field(default_factory=dict, max_length=50)
     next: StepId
 
+    reference_order = 70
     exit_fields = ("next",)
 
     @field_validator("contact")
