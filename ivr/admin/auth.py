@@ -88,8 +88,8 @@ def tokens_match(presented: object, expected: str | None) -> bool:
     return hmac.compare_digest(presented.encode(), expected.encode())
 
 
-def bearer_token_matches(authorization: str | None, token: str) -> bool:
-    """Constant-time check of an `Authorization: Bearer <token>` header."""
+def bearer_token_matches(authorization: str | None, token: str | None) -> bool:
+    """Constant-time check of an `Authorization: Bearer <token>` header (none matches no token)."""
     if not authorization:
         return False
     scheme, _, presented = authorization.partition(" ")
