@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 import time
 
 import httpx
@@ -13,7 +15,7 @@ from starlette.routing import Route
 
 from ivr.admin import api as admin_api
 from ivr.admin import pages as admin_pages
-from ivr.admin.auth import hash_password
+from ivr.passwords import hash_password
 from ivr.queues import check_queue_name
 from tests import loyalty_api as L
 from tests.twilio_client import FakeTwilio
@@ -490,3 +492,12 @@ def test_rolling_back_a_deleted_queue_recreates_it_with_201(api: httpx.Client) -
 def test_an_absurd_audit_offset_is_a_422_not_a_crash(api: httpx.Client) -> None:
     assert api.get("/audit", params={"offset": 10**30}).status_code == 422
 
+
+def test_settings_are_the_bottom_layer_and_load_without_the_admin_package() -> None:
+    """Settings check admin users' password hashes without importing ivr.admin (whose auth
+    reads settings): the dependency points one way."""
+    probe = ("import sys, ivr.settings; "
+             "print(sorted(m for m in sys.modules if m.startswith('ivr.admin')))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True, timeout=60).stdout.strip()
+    assert loaded == "[]"

@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ivr.admin.auth import verify_password
+from ivr.passwords import verify_password
 from ivr.queues import load_queue_file
 from ivr.settings import Settings
 

@@ -40,7 +40,6 @@ from ivr.admin.auth import (
     AdminSession,
     SessionStore,
     tokens_match,
-    verify_password,
 )
 from ivr.admin.changes import (
     InvalidInput,
@@ -51,6 +50,7 @@ from ivr.admin.changes import (
 )
 from ivr.admin.outage import StoreUnavailable
 from ivr.calltrace import describe_answer, is_sid
+from ivr.passwords import verify_password
 from ivr.queues import Queue
 from ivr.redis.queue_store import (
     MUST_NOT_EXIST,
