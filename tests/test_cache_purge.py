@@ -17,9 +17,9 @@ import httpx
 import pytest
 import redis
 
-from ivr import store as store_module
 from ivr.flows.upstream import Answer, Upstreams
 from ivr.logs import mask_number
+from ivr.redis import queue_store as store_module
 from ivr.redis.autopipeline import AutoPipeline
 from ivr.redis.client import connect
 from ivr.redis.fetch_cache_purges import GENERATIONS_KEY, PURGES_KEY, FetchCachePurges
