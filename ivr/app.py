@@ -13,6 +13,7 @@ from redis.asyncio.sentinel import MasterNotFoundError
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
@@ -21,6 +22,7 @@ from starlette.types import ASGIApp
 from ivr.admin import api as admin_api
 from ivr.admin import pages as admin_pages
 from ivr.admin.auth import resolve_admin_token
+from ivr.admin.guard import AdminGuard
 from ivr.channels.voice import CallbackUrls
 from ivr.channels.webhook import ENDPOINTS, HoldPolicy, Services, WebhookRoutes
 from ivr.flows.http import HttptoolsClient
@@ -68,8 +70,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
-            Mount("/admin/api", routes=admin_api.routes),
-            Mount("/admin", routes=admin_pages.routes),
+            Route("/admin/api/openapi.json", admin_api.openapi, methods=["GET"]),
+            Mount("/admin/api", routes=admin_api.routes, middleware=[Middleware(
+                AdminGuard, is_enabled=admin_api.api_enabled,
+                disabled=admin_api.disabled_answer,
+                unavailable=admin_api.store_unavailable_answer)]),
+            Mount("/admin/static", admin_pages.static_files, name="admin_static"),
+            Mount("/admin", routes=admin_pages.routes, middleware=[Middleware(
+                AdminGuard, is_enabled=admin_pages.admin_enabled,
+                disabled=admin_pages.disabled_page,
+                unavailable=admin_pages.store_unavailable_page)]),
         ],
         lifespan=lifespan,
     )

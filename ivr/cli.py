@@ -34,7 +34,7 @@ import yaml
 from twilio.request_validator import RequestValidator
 
 from ivr.addresses import twilio_address
-from ivr.admin.auth import hash_password, resolve_admin_token
+from ivr.admin.auth import resolve_admin_token
 from ivr.admin.changes import FieldComparison, compare_queues
 from ivr.admin.client import AdminClient, AdminError, queue_of, table
 from ivr.app import StartupError, open_store
@@ -44,6 +44,7 @@ from ivr.flows_cli import add_commands as add_flow_commands
 from ivr.local_tokens import read_local_token
 from ivr.logs import configure_logging, uvicorn_log_config
 from ivr.metrics import MULTIPROCESS_ENV
+from ivr.passwords import hash_password
 from ivr.redis.client import describe_redis
 from ivr.redis.embedded import EmbeddedRedis
 from ivr.settings import InvalidSettings, Settings, load_settings

@@ -1,6 +1,6 @@
-"""JSON written on every call (call traces, cached answers, sessions), by orjson: a fifth of the
-standard library's CPU for these small documents, and the text of
-`json.dumps(value, separators=(",", ":"), ensure_ascii=False)`."""
+"""JSON written on every call (call traces, cached answers, sessions), by orjson: much less CPU
+than the standard library's for these small documents (bench/README.md, *Why the code is written
+as it is*), and the text of `json.dumps(value, separators=(",", ":"), ensure_ascii=False)`."""
 
 from __future__ import annotations
 

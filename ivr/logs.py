@@ -88,7 +88,7 @@ def hide_secrets(secrets: Mapping[str, str]) -> None:
     pattern = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
     # Letters and digits are written alike in every form: the longest run of them is in every
     # form of its secret, and a line that holds no such run needs no search for the forms (a
-    # substring test is a tenth of the search, on every log line).
+    # substring test is much cheaper than the search, on every log line: bench/README.md).
     cores = tuple(max(re.findall(r"[A-Za-z0-9]+", value), key=len, default="")
                   for value in secrets.values() if value)
     _secrets = ((re.compile(pattern), forms, cores if all(cores) else None) if forms

@@ -62,8 +62,8 @@ _Metric = TypeVar("_Metric", Counter, Gauge, Histogram)
 
 
 def labelled(metric: _Metric) -> Callable[..., _Metric]:
-    """`metric.labels`, each child looked up once: on the hot path `labels()` costs ten times
-    the count itself."""
+    """`metric.labels`, each child looked up once: on the hot path `labels()` costs many times
+    the count itself (bench/README.md, *Why the code is written as it is*)."""
     return functools.lru_cache(maxsize=4096)(metric.labels)
 
 

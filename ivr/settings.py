@@ -15,7 +15,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from ivr.admin.auth import check_password_hash_format
+from ivr.passwords import check_password_hash_format
 from ivr.redis import sentinel
 from ivr.redis.sentinel import SCHEME, is_sentinel_url
 from ivr.validation import Problem, describe_problems

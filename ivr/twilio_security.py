@@ -46,12 +46,13 @@ class WebhookVerifier:
     The verdict is twilio's `RequestValidator.validate`'s: the same URL variants (twilio's own
     `add_port`/`remove_port`), the same string signed, a constant-time comparison. The tests
     hold the two side by side on random requests. It is built here rather than wrapped
-    because `validate` costs a tenth of a cache-hit call's CPU: it parses the URL twice, signs
-    again when the first signature already matched, and builds the string to sign with a
-    method call and two sorts per parameter where one sort of the pairs gives the same."""
+    because `validate` is a large share of a cache-hit call's CPU (bench/README.md, *Why the
+    code is written as it is*): it parses the URL twice, signs again when the first signature
+    already matched, and builds the string to sign with a method call and two sorts per
+    parameter where one sort of the pairs gives the same."""
 
     def __init__(self, auth_token: str, public_url: str | None) -> None:
-        # Keyed once: a copy of a keyed HMAC costs a quarter less than keying it for each call.
+        # Keyed once: copying a keyed HMAC is cheaper than keying one for each call (bench/README).
         self._macs = {digest: hmac.new(auth_token.encode("utf-8"), digestmod=digest)
                       for digest in _DIGESTS.values()}
         self._public_url = public_url

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 import time
 
 import httpx
 import pytest
 
-from ivr.admin.auth import hash_password
+from starlette.routing import Route
+
+from ivr.admin import api as admin_api
+from ivr.admin import pages as admin_pages
+from ivr.passwords import hash_password
 from ivr.queues import check_queue_name
 from tests import loyalty_api as L
 from tests.twilio_client import FakeTwilio
@@ -72,6 +78,34 @@ def test_in_a_local_trial_the_api_takes_the_local_admin_token_and_the_audit_log_
         api.put("/queues/gold", json={"sip_uri": "sip:gold@pbx3.example.com"})
         whos = [entry["who"] for entry in api.get("/audit").json()["entries"]]
         assert whos == ["local admin token", "alice (local admin token)"]
+
+
+def every_method_and_path(routes: list[Route], prefix: str) -> list[tuple[str, str]]:
+    """Each route's methods at a path its parameters fill in, under `prefix`."""
+    return [(method, prefix + route.path.replace("{name}", "gold"))
+            for route in routes for method in sorted(route.methods or ()) if method != "HEAD"]
+
+
+def test_every_admin_route_is_refused_while_no_admin_is_configured(
+    make_settings, start_server
+) -> None:
+    """The guard sits on the admin mounts, not in each handler: a route added to either list
+    is refused with the rest, while the OpenAPI document and the page's styles stay public."""
+    server = start_server(make_settings())  # TWILIO_AUTH_TOKEN set, no admin: no local trial
+    api_routes = every_method_and_path(admin_api.routes, "/admin/api")
+    page_routes = every_method_and_path(admin_pages.routes, "/admin")
+    assert len(api_routes) >= 10 and len(page_routes) >= 10
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as client:
+        for method, path in api_routes:
+            response = client.request(method, path, json={"sip_uri": "sip:x@y.com"})
+            assert response.status_code == 404, (method, path, response.text)
+            assert "set IVR_ADMIN_TOKEN" in response.json()["error"], (method, path)
+        for method, path in page_routes:
+            response = client.request(method, path, data={"sip_uri": "sip:x@y.com"})
+            assert response.status_code == 404, (method, path, response.text)
+            assert "Admin access is disabled" in response.text, (method, path)
+        assert client.get("/admin/api/openapi.json").json()["openapi"].startswith("3.")
+        assert client.get("/admin/static/admin.css").status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -457,3 +491,13 @@ def test_rolling_back_a_deleted_queue_recreates_it_with_201(api: httpx.Client) -
 
 def test_an_absurd_audit_offset_is_a_422_not_a_crash(api: httpx.Client) -> None:
     assert api.get("/audit", params={"offset": 10**30}).status_code == 422
+
+
+def test_settings_are_the_bottom_layer_and_load_without_the_admin_package() -> None:
+    """Settings check admin users' password hashes without importing ivr.admin (whose auth
+    reads settings): the dependency points one way."""
+    probe = ("import sys, ivr.settings; "
+             "print(sorted(m for m in sys.modules if m.startswith('ivr.admin')))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True, timeout=60).stdout.strip()
+    assert loaded == "[]"

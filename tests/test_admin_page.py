@@ -20,7 +20,7 @@ import redis
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 import ivr.admin.pages
-from ivr.admin.auth import hash_password, verify_password
+from ivr.passwords import hash_password, verify_password
 from ivr.redis.queue_store import QUEUES_KEY
 from ivr.settings import Settings
 from tests.loyalty_api import GOLD

@@ -7,6 +7,7 @@ import getpass
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,7 +15,7 @@ import sys
 import tempfile
 import termios
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ivr.admin.auth import verify_password
+from ivr.passwords import verify_password
 from ivr.queues import load_queue_file
 from ivr.settings import Settings
 
@@ -61,6 +62,39 @@ def alive(pid: int) -> bool:
         return False
     # A zombie no one reaped yet counts as gone.
     return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def checkout(tmp_path_factory: pytest.TempPathFactory, loyalty: tuple[L.LoyaltyApi, str],
+             extra_flows: dict[str, str]) -> tuple[Path, dict[str, str]]:
+    """A newcomer's checkout (see `newcomer`) of its own, with `extra_flows` added."""
+    cwd = tmp_path_factory.mktemp("checkout")
+    shutil.copytree(ROOT / "flows", cwd / "flows")
+    shutil.copytree(ROOT / "sip_config", cwd / "sip_config")
+    for name, text in extra_flows.items():
+        (cwd / "flows" / name).write_text(text)
+    return cwd, clean_env(IVR_LOYALTY_API_URL=loyalty[1])
+
+
+@pytest.fixture(scope="module")
+def shared_serve(tmp_path_factory: pytest.TempPathFactory,
+                 loyalty: tuple[L.LoyaltyApi, str]) -> Iterator[Served]:
+    """One `ivr serve` on embedded defaults for this module's tests that only send it calls and
+    commands: none changes its configuration, its queues or its process. Its checkout has the
+    flow of test_keys_are_sent_as_twilio_sends_them_without_the_finish_key too."""
+    server = Served(*checkout(tmp_path_factory, loyalty, {"account_check.yaml": ACCOUNT_FLOW}))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_admin_server(tmp_path_factory: pytest.TempPathFactory,
+                        loyalty: tuple[L.LoyaltyApi, str]) -> Iterator[Served]:
+    """`admin_server`'s configuration, shared by the tests that change no queue."""
+    cwd, env = checkout(tmp_path_factory, loyalty, {})
+    server = Served(cwd, {**env, "IVR_ADMIN_TOKEN": ADMIN})
+    server.env["IVR_ADMIN_URL"] = server.url
+    yield server
+    server.stop()
 
 
 def test_serve_on_embedded_defaults_answers_signed_test_calls_and_stops_its_redis(
@@ -111,12 +145,10 @@ def test_the_embedded_store_survives_a_restart(newcomer_serve: Callable[..., Ser
     assert "<Sip>sip:gold@pbx2.example.com</Sip>" in second.call(L.GOLD).stdout
 
 
-def test_a_call_signed_with_the_wrong_token_explains_the_403(
-    newcomer_serve: Callable[..., Served],
-) -> None:
-    server = newcomer_serve()
-    server.env = {**server.env, "TWILIO_AUTH_TOKEN": "not-the-servers-token"}
-    result = server.call(L.GOLD)
+def test_a_call_signed_with_the_wrong_token_explains_the_403(shared_serve: Served) -> None:
+    server = shared_serve
+    result = run_ivr(server.cwd, {**server.env, "TWILIO_AUTH_TOKEN": "not-the-servers-token"},
+                     "call", "--server", server.url, L.GOLD)
     assert result.returncode == 1
     assert "signature rejected" in result.stderr
 
@@ -185,9 +217,12 @@ def test_admin_hash_password_hashes_a_piped_password_for_ivr_admin_users(newcome
 
 def _take_terminal() -> None:
     """In the child: a session of its own, whose controlling terminal is its stdin (the pty),
-    as at a real terminal: getpass opens /dev/tty, Ctrl-C sends SIGINT."""
+    as at a real terminal: getpass opens /dev/tty, Ctrl-C sends SIGINT. SIGINT is handled as a
+    shell at a terminal leaves it: a test run started in the background (`pytest &`) ignores
+    it, and the child would inherit that and wait for ever."""
     os.setsid()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize(("key", "status", "said"), [
@@ -370,7 +405,10 @@ def test_queues_cli_set_creates_a_queue_only_when_told(admin_server: Served) -> 
     assert made.returncode == 0 and "golld created" in made.stdout
 
 
-def test_queues_cli_reports_a_bad_uri_and_a_wrong_token_clearly(admin_server: Served) -> None:
+def test_queues_cli_reports_a_bad_uri_and_a_wrong_token_clearly(
+    shared_admin_server: Served,
+) -> None:
+    admin_server = shared_admin_server
     bad = queues_cli(admin_server, "set", "gold", "http://gold")
     assert bad.returncode == 1
     assert "422: invalid input" in bad.stderr and "sip_uri: must start with sip:" in bad.stderr
@@ -379,7 +417,10 @@ def test_queues_cli_reports_a_bad_uri_and_a_wrong_token_clearly(admin_server: Se
     assert wrong.returncode == 1 and "401" in wrong.stderr and "IVR_ADMIN_TOKEN" in wrong.stderr
 
 
-def test_the_server_and_token_options_go_before_or_after_the_action(admin_server: Served) -> None:
+def test_the_server_and_token_options_go_before_or_after_the_action(
+    shared_admin_server: Served,
+) -> None:
+    admin_server = shared_admin_server
     env = {k: v for k, v in admin_server.env.items()
            if k not in ("IVR_ADMIN_URL", "IVR_ADMIN_TOKEN")}
     options = ("--server", admin_server.url, "--token", ADMIN)
@@ -432,10 +473,8 @@ def test_an_acknowledged_change_survives_kill_9_of_the_server_and_its_redis(
     assert history[1].endswith("  sip_uri")
 
 
-def test_call_answers_the_flows_questions_with_input(
-    newcomer_serve: Callable[..., Served],
-) -> None:
-    server = newcomer_serve()
+def test_call_answers_the_flows_questions_with_input(shared_serve: Served) -> None:
+    server = shared_serve
     voice = server.call(L.GOLD, "--to", "+15005550102", "--input", "9", "--input", "2")
     assert voice.returncode == 0, voice.stderr
     assert voice.stderr.count("HTTP 200 from POST") == 3  # the call, two answers
@@ -546,11 +585,11 @@ def test_with_twilio_auth_token_set_no_local_admin_token_works_and_the_cli_says_
 
 
 def test_commands_run_from_another_directory_make_no_token_and_say_what_is_missing(
-    newcomer_serve: Callable[..., Served], tmp_path: Path,
+    shared_serve: Served, tmp_path: Path,
 ) -> None:
     """`ivr call` from another directory made ./var/local_twilio_auth_token there, signed
     with it, and got a 403."""
-    server = newcomer_serve()
+    server = shared_serve
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     call = run_ivr(elsewhere, server.env, "call", "--server", server.url, L.GOLD)
@@ -601,9 +640,9 @@ def test_call_refuses_a_number_twilio_would_never_send_saying_how_to_write_it(
 
 
 def test_call_sends_what_twilio_sends_as_from_a_client_or_a_sip_endpoint(
-    newcomer_serve: Callable[..., Served],
+    shared_serve: Served,
 ) -> None:
-    server = newcomer_serve()
+    server = shared_serve
     for caller in ("client:alice", "sip:alice@example.sip.twilio.com"):
         result = server.call(caller)
         assert result.returncode == 0, result.stderr
@@ -648,14 +687,12 @@ steps:
 
 
 def test_keys_are_sent_as_twilio_sends_them_without_the_finish_key(
-    newcomer, newcomer_serve: Callable[..., Served],
+    shared_serve: Served,
 ) -> None:
     """`ivr call --input 12345678#` sent Digits=12345678#, which a digits question refused:
     Twilio never sends the finish key, stops at numDigits, and sends Digits empty for the
-    finish key alone."""
-    cwd, _ = newcomer
-    (cwd / "flows" / "account_check.yaml").write_text(ACCOUNT_FLOW)
-    server = newcomer_serve()
+    finish key alone. (ACCOUNT_FLOW is in shared_serve's flows.)"""
+    server = shared_serve
     result = server.call(L.GOLD, "--to", "+15005550199",
                          "--input", "#", "--input", "12345678#", "--input", "12345")
     assert result.returncode == 0, result.stderr

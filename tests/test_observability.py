@@ -25,6 +25,7 @@ import redis
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
+from ivr.app import create_app
 from ivr.calltrace import MAX_ANSWER_LENGTH, CallTrace, shown_answer
 from ivr.flows.steps.ask import AskStep
 from ivr.logs import formatter, mask_number
@@ -448,45 +449,82 @@ def test_ivr_calls_tail_prints_the_latest_calls_oldest_first(server: ServerThrea
     assert [json.loads(line)["sid"] for line in one.stdout.splitlines()] == [sids[1]]
 
 
-def test_ivr_calls_tail_follow_prints_new_calls_as_they_come(server: ServerThread) -> None:
+class CallsPolls:
+    """An ASGI app in front of the server's that counts the requests for /admin/api/calls as they
+    arrive: a follower that sent poll N+1 has printed all it took from poll N."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.count = 0
+        self._arrived = threading.Condition()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/admin/api/calls":
+            with self._arrived:
+                self.count += 1
+                self._arrived.notify_all()
+        await self.app(scope, receive, send)
+
+    def wait_for(self, count: int, timeout: float = 15.0) -> None:
+        with self._arrived:
+            assert self._arrived.wait_for(lambda: self.count >= count, timeout), \
+                f"{self.count} requests for the calls, not {count}"
+
+
+@pytest.fixture
+def polled_server(make_settings: Callable[..., Settings]
+                  ) -> Iterator[tuple[ServerThread, CallsPolls]]:
+    """The server of `server`, behind a count of the requests for recent calls."""
+    polls = CallsPolls(create_app(make_settings(admin_token=ADMIN)))
+    with ServerThread(polls) as server:
+        yield server, polls
+
+
+def follow(server: ServerThread, *args: str) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
+    """`ivr calls tail ARGS --follow` against `server`, and the lines it prints as they come."""
     env = clean_env(IVR_ADMIN_URL=server.url, IVR_ADMIN_TOKEN=ADMIN, PYTHONUNBUFFERED="1")
-    follower = subprocess.Popen([*IVR, "calls", "tail", "--follow"], env=env,
+    follower = subprocess.Popen([*IVR, "calls", "tail", *args, "--follow"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     printed: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=lambda: [printed.put(line) for line in follower.stdout],
-                              daemon=True)
-    reader.start()
+    threading.Thread(target=lambda: [printed.put(line) for line in follower.stdout],
+                     daemon=True).start()
+    return follower, printed
+
+
+def test_ivr_calls_tail_follow_prints_new_calls_as_they_come(
+    polled_server: tuple[ServerThread, CallsPolls],
+) -> None:
+    server, polls = polled_server
+    follower, printed = follow(server)
+    twilio = FakeTwilio(server.url)
     try:
-        time.sleep(1.5)  # following, with nothing to print yet
-        assert follower.poll() is None and printed.empty()
+        polls.wait_for(2)  # following: the first fetch printed nothing, and it polls
+        assert follower.poll() is None
         params = call_params(L.PLATINUM)
-        FakeTwilio(server.url).post("/twilio/voice", params)
-        line = printed.get(timeout=15)
+        twilio.post("/twilio/voice", params)
+        line = printed.get(timeout=15)  # the first line printed is the new call's
         assert params["CallSid"] in line and "-> platinum" in line
-        time.sleep(2.5)  # printed once, not again at the next polls
-        assert printed.empty()
+        polls.wait_for(polls.count + 2)  # printed once, not again at the next poll
+        later = call_params(L.GOLD)
+        twilio.post("/twilio/voice", later)
+        assert later["CallSid"] in printed.get(timeout=15)
     finally:
         follower.terminate()
         follower.wait(10)
 
 
 def test_ivr_calls_tail_n_follow_prints_only_the_newest_then_new_ones(
-    server: ServerThread,
+    polled_server: tuple[ServerThread, CallsPolls],
 ) -> None:
     """`-n 1 --follow` printed the newest call, then at the first poll older ones of the last
     seconds, out of order."""
+    server, polls = polled_server
     sids = three_calls(server)
     twilio = FakeTwilio(server.url)
-    env = clean_env(IVR_ADMIN_URL=server.url, IVR_ADMIN_TOKEN=ADMIN, PYTHONUNBUFFERED="1")
-    follower = subprocess.Popen([*IVR, "calls", "tail", "-n", "1", "--follow"], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    printed: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [printed.put(line) for line in follower.stdout],
-                     daemon=True).start()
+    follower, printed = follow(server, "-n", "1")
     try:
         assert sids[2] in printed.get(timeout=15)
-        time.sleep(2.5)  # two polls, each looking back over the three calls
-        assert printed.empty()
+        polls.wait_for(polls.count + 2)  # the next poll looks back over the three calls
         params = call_params(L.GOLD)
         twilio.post("/twilio/voice", params)
         assert params["CallSid"] in printed.get(timeout=15)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from starlette.requests import Request
 
-if TYPE_CHECKING:  # annotations only: importing ivr.admin.auth (ivr.settings does) runs this
-    from starlette.requests import Request
-
-    from ivr.redis.queue_store import QueueStore
+from ivr.redis.queue_store import QueueStore
 
 
 def store_of(request: Request) -> QueueStore:

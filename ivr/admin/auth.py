@@ -6,23 +6,18 @@ the admin token), so removing the user, changing the password or rotating the to
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
 import secrets
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import redis.asyncio as redis
 
 from ivr.local_tokens import read_or_create_local_token
+from ivr.settings import Settings
 
-if TYPE_CHECKING:  # ivr.settings imports this module
-    from ivr.settings import Settings
-
-PBKDF2_ITERATIONS = 600_000  # OWASP's 2023 figure for PBKDF2-HMAC-SHA256
-_SCHEME = "pbkdf2_sha256"
 _SESSION_PREFIX = "{ivr}:admin:session:"
 MAX_ACTOR_LENGTH = 64
 # Who holds an admin token, as the audit log names them.
@@ -49,37 +44,6 @@ def resolve_admin_token(settings: Settings) -> AdminToken:
     return AdminToken(None, ADMIN_TOKEN_NAME)
 
 
-def hash_password(password: str, iterations: int = PBKDF2_ITERATIONS) -> str:
-    """`pbkdf2_sha256$<iterations>$<salt>$<hash>`, salt and hash base64."""
-    salt = secrets.token_bytes(16)
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-    return "$".join([_SCHEME, str(iterations), _b64(salt), _b64(digest)])
-
-
-def verify_password(password: str, encoded: str) -> bool:
-    try:
-        scheme, iterations, salt, expected = encoded.split("$")
-        if scheme != _SCHEME:
-            return False
-        digest = hashlib.pbkdf2_hmac(
-            "sha256", password.encode(), base64.b64decode(salt), int(iterations)
-        )
-        return hmac.compare_digest(digest, base64.b64decode(expected))
-    except (ValueError, TypeError):
-        return False
-
-
-def check_password_hash_format(encoded: str) -> None:
-    """Raise ValueError unless `encoded` is a hash this module made (not a plain password)."""
-    parts = encoded.split("$")
-    if len(parts) != 4 or parts[0] != _SCHEME or not parts[1].isdigit():
-        raise ValueError("is not a password hash: make one with `ivr admin hash-password`")
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
 def tokens_match(presented: object, expected: str | None) -> bool:
     """Constant-time comparison of a secret someone presented (a form field, a header: any type)
     with the one expected; nothing matches a missing or empty secret."""
@@ -88,8 +52,8 @@ def tokens_match(presented: object, expected: str | None) -> bool:
     return hmac.compare_digest(presented.encode(), expected.encode())
 
 
-def bearer_token_matches(authorization: str | None, token: str) -> bool:
-    """Constant-time check of an `Authorization: Bearer <token>` header."""
+def bearer_token_matches(authorization: str | None, token: str | None) -> bool:
+    """Constant-time check of an `Authorization: Bearer <token>` header (none matches no token)."""
     if not authorization:
         return False
     scheme, _, presented = authorization.partition(" ")

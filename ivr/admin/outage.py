@@ -22,11 +22,12 @@ class StoreUnavailable(Exception):
 
 
 @asynccontextmanager
-async def store_bounded(method: str = "POST") -> AsyncIterator[None]:
-    """Bound an admin request of HTTP `method` (a GET or HEAD reads, and is told so)."""
+async def store_bounded(method: str = "POST") -> AsyncIterator[asyncio.Timeout]:
+    """Bound an admin request of HTTP `method` (a GET or HEAD reads, and is told so); the
+    deadline is given, to be lifted once the request no longer waits for Redis."""
     try:
-        async with asyncio.timeout(STORE_TIMEOUT):
-            yield
+        async with asyncio.timeout(STORE_TIMEOUT) as deadline:
+            yield deadline
     except (TimeoutError, RedisTimeoutError):  # our deadline, or redis-py's socket timeout
         if method in ("GET", "HEAD"):
             raise StoreUnavailable(f"Redis did not answer within {STORE_TIMEOUT:g} s: nothing "

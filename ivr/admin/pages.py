@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
@@ -40,7 +40,6 @@ from ivr.admin.auth import (
     AdminSession,
     SessionStore,
     tokens_match,
-    verify_password,
 )
 from ivr.admin.changes import (
     InvalidInput,
@@ -49,8 +48,9 @@ from ivr.admin.changes import (
     queue_from_input,
     shown,
 )
-from ivr.admin.outage import StoreUnavailable, store_bounded
+from ivr.admin.outage import StoreUnavailable
 from ivr.calltrace import describe_answer, is_sid
+from ivr.passwords import verify_password
 from ivr.queues import Queue
 from ivr.redis.queue_store import (
     MUST_NOT_EXIST,
@@ -170,6 +170,7 @@ def redirect(request: Request, route: str, query: dict[str, Any] | None = None, 
 # --- who is signed in ---------------------------------------------------------------------------
 
 def admin_enabled(request: Request) -> bool:
+    """Whether the app has an admin who can sign in: a named user or the admin token."""
     return bool(request.app.state.settings.admin_users or request.app.state.admin_token)
 
 
@@ -232,13 +233,29 @@ def signed_in(endpoint: SignedInEndpoint) -> Endpoint:
     the session's CSRF token (403 otherwise), so another site cannot post as the admin."""
 
     async def guarded(request: Request) -> Response:
-        if not admin_enabled(request):
-            return disabled_page(request)
+        session = await current_session(request)
+        if session is None:
+            if SESSION_COOKIE not in request.cookies:
+                return redirect(request, "admin_login")
+            # A session that was there and is not any more: say why the admin is asked again.
+            response = redirect(request, "admin_login", {"ended": 1})
+            response.delete_cookie(SESSION_COOKIE, path=cookie_path(request))
+            return response
+        if request.method == "POST":
+            form = await read_form(request)
+            if form is None:
+                return message_page(request, session, 413, "Form too large",
+                                    "That form is larger than any this page sends.")
+            if not tokens_match(form.get("csrf"), session.csrf_token):
+                return message_page(request, session, 403, "Form refused",
+                                    "This form's security token is missing or out of date. "
+                                    "Go back, reload the page and try again.")
         try:
-            async with store_bounded(request.method):
-                return await _signed_in(request, endpoint)
-        except StoreUnavailable as exc:
-            return store_unavailable_page(request, exc)
+            return await endpoint(request, session)
+        except Busy:
+            return message_page(request, session, 503, "Too many changes at once",
+                                "Other changes kept arriving while saving yours, so nothing "
+                                "was saved. Go back and try again.")
 
     guarded.__name__ = endpoint.__name__
     guarded.__doc__ = endpoint.__doc__
@@ -248,33 +265,6 @@ def signed_in(endpoint: SignedInEndpoint) -> Endpoint:
 def store_unavailable_page(request: Request, exc: StoreUnavailable) -> Response:
     log.warning("admin page %s %s: %s", request.method, request.url.path, exc)
     return message_page(request, None, 503, "Redis is not answering", str(exc))
-
-
-async def _signed_in(request: Request, endpoint: SignedInEndpoint) -> Response:
-    """The request of a signed-in admin, whose POST carries the session's CSRF token."""
-    session = await current_session(request)
-    if session is None:
-        if SESSION_COOKIE not in request.cookies:
-            return redirect(request, "admin_login")
-        # A session that was there and is not any more: say why the admin is asked again.
-        response = redirect(request, "admin_login", {"ended": 1})
-        response.delete_cookie(SESSION_COOKIE, path=cookie_path(request))
-        return response
-    if request.method == "POST":
-        form = await read_form(request)
-        if form is None:
-            return message_page(request, session, 413, "Form too large",
-                                "That form is larger than any this page sends.")
-        if not tokens_match(form.get("csrf"), session.csrf_token):
-            return message_page(request, session, 403, "Form refused",
-                                "This form's security token is missing or out of date. "
-                                "Go back, reload the page and try again.")
-    try:
-        return await endpoint(request, session)
-    except Busy:
-        return message_page(request, session, 503, "Too many changes at once",
-                            "Other changes kept arriving while saving yours, so nothing "
-                            "was saved. Go back and try again.")
 
 
 class SignedInAs(NamedTuple):
@@ -379,16 +369,6 @@ def throttled_page(request: Request, name: str, wait: int) -> Response:
 # --- sign in and out ----------------------------------------------------------------------------
 
 async def login(request: Request) -> Response:
-    if not admin_enabled(request):
-        return disabled_page(request)
-    try:
-        async with store_bounded(request.method):
-            return await _login(request)
-    except StoreUnavailable as exc:
-        return store_unavailable_page(request, exc)
-
-
-async def _login(request: Request) -> Response:
     if request.method == "GET":
         if await current_session(request) is not None:
             return redirect(request, "admin_index")
@@ -839,5 +819,6 @@ routes = [
     Route("/queues/{name}/rollback", rollback_queue, methods=["POST"], name="admin_rollback"),
     Route("/audit", audit_log, methods=["GET"], name="admin_audit"),
     Route("/calls", recent_calls, methods=["GET"], name="admin_calls"),
-    Mount("/static", StaticFiles(directory=HERE / "static"), name="admin_static"),
 ]
+# Outside the guard: the disabled and the outage pages are styled from here.
+static_files = StaticFiles(directory=HERE / "static")
