@@ -21,7 +21,6 @@ from urllib.parse import quote, unquote, urlsplit
 
 import httptools
 
-from ivr.deadline import within
 
 # An idle pooled connection is closed after this many seconds (read when a client is built).
 KEEPALIVE_SECONDS = 30.0
@@ -114,7 +113,8 @@ class HttptoolsClient:
         origin, target = _target(url)
         request = _request(method, origin, target, headers, content)
         try:
-            return await within(timeout, self._exchange(origin, request, method, max_bytes))
+            async with asyncio.timeout(timeout):
+                return await self._exchange(origin, request, method, max_bytes)
         except TimeoutError:
             raise HttpTimeout(f"no complete answer within {timeout:g}s") from None
 

@@ -25,7 +25,6 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from ivr.deadline import within
 from ivr.jsonfast import compact_json
 from ivr.metrics import BREAKER_STATE, FETCH_CACHE, labelled
 from ivr.redis.autopipeline import AutoPipeline
@@ -211,7 +210,8 @@ class Upstreams:
             return None
         purges = self._purges
         try:
-            [raw] = await within(CACHE_TIMEOUT, self.pipeline.execute(("GET", key)))
+            async with asyncio.timeout(CACHE_TIMEOUT):
+                [raw] = await self.pipeline.execute(("GET", key))
         except (RedisError, OSError, TimeoutError):
             return None  # the cache is an optimisation: go to the upstream
         if not raw:
