@@ -15,7 +15,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from ivr.flows.http import HttptoolsClient
+from ivr.flows.http import AiohttpClient
 from ivr.flows.loader import FlowLoadError, load_flow_file
 from ivr.flows.model import Flow
 from ivr.flows.runner import Outcome, run_flow
@@ -257,7 +257,7 @@ def hours_step(text: str = SUPPORT) -> HoursStep:
 
 def run_at(at: datetime, coroutine: Any) -> tuple[Any, Run]:
     async def go() -> tuple[Any, Run]:
-        async with HttptoolsClient() as http:
+        async with AiohttpClient() as http:
             the_run = Run(
                 contact=Contact("+15551234567", "+15551234567", "voice"),
                 params={},

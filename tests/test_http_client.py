@@ -1,31 +1,24 @@
-"""The HTTP clients against a real HTTP server on loopback: what each answer and failure becomes.
-
-Every test runs with each client on each event loop (asyncio's and uvloop, the server's); the
-ones about what only `HttptoolsClient` promises take `httptools_trial`.
-"""
+"""The server's HTTP client (aiohttp's, ivr.flows.http) against a real HTTP server on loopback:
+what each answer and failure becomes. Every test runs on each event loop (asyncio's and uvloop,
+the server's)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import random
-import string
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit
 
 import pytest
 import uvloop
 
 from ivr.flows import http as http_module
-from ivr.flows.http import HttpConnectionError, HttpReply, HttpTimeout, HttptoolsClient
-from tests.aiohttp_client import AiohttpClient
+from ivr.flows.http import AiohttpClient, HttpConnectionError, HttpReply, HttpTimeout
 from tests.servers import free_port
 
 T = TypeVar("T")
-Client = AiohttpClient | HttptoolsClient
 MAX_BYTES = 1000
 CHUNK = b"x" * 100
 JSON = b'{"tier": "gold"}'
@@ -160,15 +153,14 @@ class LoopbackServer:
 
 @dataclass
 class Trial:
-    """One client on one event loop: `run` a scenario against a fresh server and client."""
+    """The client on one event loop: `run` a scenario against a fresh server and client."""
 
-    client: type[Client]
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None
 
-    def run(self, scenario: Callable[[LoopbackServer, Client], Awaitable[T]],
+    def run(self, scenario: Callable[[LoopbackServer, AiohttpClient], Awaitable[T]],
             **client: Any) -> T:
         async def go() -> T:
-            async with LoopbackServer() as server, self.client(**client) as http:
+            async with LoopbackServer() as server, AiohttpClient(**client) as http:
                 return await scenario(server, http)
 
         return self.run_alone(go)
@@ -186,7 +178,7 @@ class Trial:
 
     def get_url(self, url: str) -> HttpReply:
         async def go() -> HttpReply:
-            async with self.client() as http:
+            async with AiohttpClient() as http:
                 return await http.send("GET", url, {}, None, 2.0, MAX_BYTES)
 
         return self.run_alone(go)
@@ -195,17 +187,9 @@ class Trial:
 LOOPS = {"asyncio": None, "uvloop": uvloop.new_event_loop}
 
 
-@pytest.fixture(params=[(client, loop) for client in (AiohttpClient, HttptoolsClient)
-                        for loop in LOOPS],
-                ids=lambda param: f"{param[0].__name__}-{param[1]}")
+@pytest.fixture(params=list(LOOPS))
 def trial(request: pytest.FixtureRequest) -> Trial:
-    client, loop = request.param
-    return Trial(client, LOOPS[loop])
-
-
-@pytest.fixture(params=list(LOOPS), ids=lambda loop: f"HttptoolsClient-{loop}")
-def httptools_trial(request: pytest.FixtureRequest) -> Trial:
-    return Trial(HttptoolsClient, LOOPS[request.param])
+    return Trial(LOOPS[request.param])
 
 
 @pytest.fixture
@@ -221,7 +205,7 @@ async def until(condition: Callable[[], object], deadline: float = 5.0) -> None:
         await asyncio.sleep(0.005)
 
 
-async def send_get(http: Client, server: LoopbackServer, path: str,
+async def send_get(http: AiohttpClient, server: LoopbackServer, path: str,
                    timeout: float = 2.0) -> HttpReply:
     return await http.send("GET", server.url + path, {}, None, timeout, MAX_BYTES)
 
@@ -257,7 +241,7 @@ def test_a_body_past_max_bytes_comes_as_none_whether_its_length_is_announced_or_
 
 
 def test_a_head_request_gets_an_empty_body_and_the_pool_still_serves(trial: Trial) -> None:
-    async def scenario(server: LoopbackServer, http: Client) -> list[HttpReply]:
+    async def scenario(server: LoopbackServer, http: AiohttpClient) -> list[HttpReply]:
         head = await http.send("HEAD", server.url + "/json", {}, None, 2.0, MAX_BYTES)
         return [head, await send_get(http, server, "/json")]
 
@@ -265,7 +249,7 @@ def test_a_head_request_gets_an_empty_body_and_the_pool_still_serves(trial: Tria
 
 
 def test_the_request_goes_out_as_given_without_user_agent_or_kept_cookies(trial: Trial) -> None:
-    async def scenario(server: LoopbackServer, http: Client) -> list[Request]:
+    async def scenario(server: LoopbackServer, http: AiohttpClient) -> list[Request]:
         for _ in range(2):  # the first answer sets a cookie
             await http.send("POST", server.url + "/json", {"Authorization": "Bearer t"},
                             b'{"number": "+15550000001"}', 2.0, MAX_BYTES)
@@ -280,8 +264,17 @@ def test_the_request_goes_out_as_given_without_user_agent_or_kept_cookies(trial:
                                                            | second.headers.keys())
 
 
+def test_an_answer_is_asked_for_uncompressed_so_max_bytes_bounds_what_comes(
+        trial: Trial) -> None:
+    async def scenario(server: LoopbackServer, http: AiohttpClient) -> Request:
+        await send_get(http, server, "/json")
+        return server.requests[0]
+
+    assert "accept-encoding" not in trial.run(scenario).headers
+
+
 def test_a_post_without_content_says_its_length_is_zero(trial: Trial) -> None:
-    async def scenario(server: LoopbackServer, http: Client) -> Request:
+    async def scenario(server: LoopbackServer, http: AiohttpClient) -> Request:
         await http.send("POST", server.url + "/json", {}, None, 2.0, MAX_BYTES)
         return server.requests[0]
 
@@ -289,7 +282,7 @@ def test_a_post_without_content_says_its_length_is_zero(trial: Trial) -> None:
 
 
 def test_the_host_header_names_the_port(trial: Trial) -> None:
-    async def scenario(server: LoopbackServer, http: Client) -> tuple[str, int]:
+    async def scenario(server: LoopbackServer, http: AiohttpClient) -> tuple[str, int]:
         await send_get(http, server, "/json")
         return server.requests[0].headers["host"], server.port
 
@@ -300,7 +293,7 @@ def test_the_host_header_names_the_port(trial: Trial) -> None:
 def sent_get(trial: Trial, headers: dict[str, str], credentials: str = "") -> Request:
     """The GET /json that `trial`'s client sends with `headers` (and `credentials` in its URL),
     as the server read it."""
-    async def scenario(server: LoopbackServer, http: Client) -> Request:
+    async def scenario(server: LoopbackServer, http: AiohttpClient) -> Request:
         url = f"http://{credentials}127.0.0.1:{server.port}/json"
         assert await http.send("GET", url, headers, None, 2.0, MAX_BYTES) == HttpReply(200, JSON)
         return server.requests[0]
@@ -322,32 +315,32 @@ def test_a_flows_host_header_replaces_the_clients(trial: Trial) -> None:
 
 
 def test_a_flows_authorization_header_wins_over_credentials_in_the_url(
-        httptools_trial: Trial) -> None:
+        trial: Trial) -> None:
     """aiohttp refuses the two together; a flow that sets the header means it."""
-    request = sent_get(httptools_trial, {"Authorization": "Bearer t"}, credentials="user:secret@")
+    request = sent_get(trial, {"Authorization": "Bearer t"}, credentials="user:secret@")
     assert request.headers["authorization"] == "Bearer t"
     assert request.names.count("authorization") == 1
 
 
 def test_a_flows_framing_headers_are_dropped_and_the_body_framed_right(
-        httptools_trial: Trial) -> None:
+        trial: Trial) -> None:
     """A wrong Content-Length, or a Transfer-Encoding the body does not follow, would put the
     kept-alive connection out of step: the next request would be read as this one's rest."""
-    async def scenario(server: LoopbackServer, http: Client) -> list[Request]:
+    async def scenario(server: LoopbackServer, http: AiohttpClient) -> list[Request]:
         framing = {"Content-Length": "999", "Transfer-Encoding": "chunked"}
         for body in (b'{"a": 1}', b'{"b": 22}'):
             reply = await http.send("POST", server.url + "/json", framing, body, 2.0, MAX_BYTES)
             assert reply == HttpReply(200, JSON)
         return server.requests
 
-    first, second = httptools_trial.run(scenario)
+    first, second = trial.run(scenario)
     assert (first.body, second.body) == (b'{"a": 1}', b'{"b": 22}')
     assert first.headers["content-length"] == "8" and "transfer-encoding" not in first.headers
     assert first.names.count("content-length") == 1
 
 
 def test_a_path_with_spaces_or_non_ascii_goes_out_percent_encoded(trial: Trial) -> None:
-    async def scenario(server: LoopbackServer, http: Client) -> list[str]:
+    async def scenario(server: LoopbackServer, http: AiohttpClient) -> list[str]:
         await send_get(http, server, "/echo/Zoë Smith")
         await send_get(http, server, "/echo/%2B15550100001#fragment")
         return [request.path for request in server.requests]
@@ -356,7 +349,7 @@ def test_a_path_with_spaces_or_non_ascii_goes_out_percent_encoded(trial: Trial) 
 
 
 def test_a_header_value_that_is_not_ascii_is_refused_before_any_request(trial: Trial) -> None:
-    async def scenario(server: LoopbackServer, http: Client) -> list[Request]:
+    async def scenario(server: LoopbackServer, http: AiohttpClient) -> list[Request]:
         with pytest.raises(HttpConnectionError):
             await http.send("GET", server.url + "/json", {"X-Name": "Zoë"}, None, 2.0, MAX_BYTES)
         return server.requests
@@ -365,7 +358,7 @@ def test_a_header_value_that_is_not_ascii_is_refused_before_any_request(trial: T
 
 
 def test_a_header_value_with_a_line_break_is_refused_before_any_request(trial: Trial) -> None:
-    async def scenario(server: LoopbackServer, http: Client) -> list[Request]:
+    async def scenario(server: LoopbackServer, http: AiohttpClient) -> list[Request]:
         with pytest.raises(HttpConnectionError):
             await http.send("GET", server.url + "/json", {"X-Name": "a\r\nX-Admin: yes"}, None,
                             2.0, MAX_BYTES)
@@ -390,7 +383,7 @@ def test_the_timeout_bounds_the_whole_exchange_even_while_the_body_trickles_in(
 
 
 def test_a_timeout_leaves_the_callers_task_as_it_was(trial: Trial) -> None:
-    async def scenario(server: LoopbackServer, http: Client) -> tuple[int, HttpReply]:
+    async def scenario(server: LoopbackServer, http: AiohttpClient) -> tuple[int, HttpReply]:
         with pytest.raises(HttpTimeout):
             await send_get(http, server, "/hang", timeout=0.2)
         task = asyncio.current_task()
@@ -403,7 +396,7 @@ def test_a_timeout_leaves_the_callers_task_as_it_was(trial: Trial) -> None:
 
 def test_the_wait_for_a_connection_counts_in_the_timeout_and_the_slot_comes_back(
         trial: Trial) -> None:
-    async def scenario(server: LoopbackServer, http: Client) -> HttpReply:
+    async def scenario(server: LoopbackServer, http: AiohttpClient) -> HttpReply:
         hanging = asyncio.create_task(send_get(http, server, "/hang", timeout=10.0))
         await until(lambda: server.requests)
         with pytest.raises(HttpTimeout):
@@ -437,7 +430,7 @@ def test_https_to_a_plain_http_port_is_a_connection_error(trial: Trial) -> None:
     async def scenario() -> None:
         server = await asyncio.start_server(answer_400, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        async with server, trial.client() as http:
+        async with server, AiohttpClient() as http:
             with pytest.raises(HttpConnectionError):
                 await http.send("GET", f"https://127.0.0.1:{port}/json", {}, None, 2.0,
                                 MAX_BYTES)
@@ -457,7 +450,7 @@ def test_a_malformed_answer_is_a_connection_error(trial: Trial) -> None:
 
 
 def test_connections_are_kept_alive_and_never_more_than_the_pool_allows(trial: Trial) -> None:
-    async def scenario(server: LoopbackServer, http: Client) -> tuple[set[int], int]:
+    async def scenario(server: LoopbackServer, http: AiohttpClient) -> tuple[set[int], int]:
         statuses = set()
         for _ in range(5):
             replies = await asyncio.gather(*(send_get(http, server, "/json") for _ in range(20)))
@@ -470,7 +463,7 @@ def test_connections_are_kept_alive_and_never_more_than_the_pool_allows(trial: T
 
 
 def test_the_pool_still_serves_after_an_answer_it_did_not_read(trial: Trial) -> None:
-    async def scenario(server: LoopbackServer, http: Client) -> list[int]:
+    async def scenario(server: LoopbackServer, http: AiohttpClient) -> list[int]:
         paths = ["/missing", "/big", "/json", "/cut", "/json", "/garbage", "/json"]
         statuses = []
         for path in paths:
@@ -485,7 +478,7 @@ def test_the_pool_still_serves_after_an_answer_it_did_not_read(trial: Trial) -> 
 
 def test_a_kept_alive_connection_closed_by_the_server_is_retried_once_on_a_new_one(
         trial: Trial) -> None:
-    async def scenario(server: LoopbackServer, http: Client) -> tuple[list[HttpReply], int]:
+    async def scenario(server: LoopbackServer, http: AiohttpClient) -> tuple[list[HttpReply], int]:
         replies = [await send_get(http, server, path) for path in ("/last", "/json")]
         return replies, server.connections
 
@@ -496,7 +489,7 @@ def test_a_kept_alive_connection_closed_by_the_server_is_retried_once_on_a_new_o
 
 def test_a_post_on_a_kept_alive_connection_closed_by_the_server_is_not_sent_again(
         trial: Trial) -> None:
-    async def scenario(server: LoopbackServer, http: Client) -> list[str]:
+    async def scenario(server: LoopbackServer, http: AiohttpClient) -> list[str]:
         await send_get(http, server, "/last")
         with pytest.raises(HttpConnectionError):
             await http.send("POST", server.url + "/json", {}, b"{}", 2.0, MAX_BYTES)
@@ -506,7 +499,7 @@ def test_a_post_on_a_kept_alive_connection_closed_by_the_server_is_not_sent_agai
 
 
 def test_a_cancelled_request_gives_its_connection_back(trial: Trial) -> None:
-    async def scenario(server: LoopbackServer, http: Client) -> HttpReply:
+    async def scenario(server: LoopbackServer, http: AiohttpClient) -> HttpReply:
         hanging = asyncio.create_task(send_get(http, server, "/hang", timeout=10.0))
         await until(lambda: server.requests)
         hanging.cancel()
@@ -519,7 +512,7 @@ def test_a_cancelled_request_gives_its_connection_back(trial: Trial) -> None:
 
 def test_a_request_cancelled_just_as_it_was_given_a_connection_gives_it_back(
         trial: Trial) -> None:
-    async def scenario(server: LoopbackServer, http: Client) -> HttpReply:
+    async def scenario(server: LoopbackServer, http: AiohttpClient) -> HttpReply:
         hanging = asyncio.create_task(send_get(http, server, "/hang", timeout=10.0))
         await until(lambda: server.requests)
         waiting = asyncio.create_task(send_get(http, server, "/json", timeout=10.0))
@@ -534,7 +527,7 @@ def test_a_request_cancelled_just_as_it_was_given_a_connection_gives_it_back(
 
 def test_an_idle_connection_past_its_keepalive_is_not_reused(
         trial: Trial, short_keepalive: float) -> None:
-    async def scenario(server: LoopbackServer, http: Client) -> int:
+    async def scenario(server: LoopbackServer, http: AiohttpClient) -> int:
         await send_get(http, server, "/json")
         await asyncio.sleep(short_keepalive * 3)
         await send_get(http, server, "/json")
@@ -544,74 +537,35 @@ def test_an_idle_connection_past_its_keepalive_is_not_reused(
 
 
 def test_an_answer_of_another_status_keeps_its_connection_when_its_body_came_with_it(
-        httptools_trial: Trial) -> None:
-    async def scenario(server: LoopbackServer, http: Client) -> int:
+        trial: Trial) -> None:
+    async def scenario(server: LoopbackServer, http: AiohttpClient) -> int:
         for path in ("/missing", "/redirect", "/json"):
             await send_get(http, server, path)
         return server.connections
 
-    assert httptools_trial.run(scenario) == 1
+    assert trial.run(scenario) == 1
 
 
-def test_only_a_kept_alive_connection_closed_before_any_answer_is_retried(
-        httptools_trial: Trial) -> None:
-    async def scenario(server: LoopbackServer, http: Client) -> list[str]:
+def test_a_get_closed_before_any_answer_is_tried_once_more_and_never_one_partly_answered(
+        trial: Trial) -> None:
+    """aiohttp tries an idempotent request once more on a connection closed with no answer,
+    a new connection's too (RFC 9112, 9.3.1.1, allows it)."""
+    async def scenario(server: LoopbackServer, http: AiohttpClient) -> list[str]:
         with pytest.raises(HttpConnectionError):
-            await send_get(http, server, "/drop")  # on a new connection
+            await send_get(http, server, "/drop")
         await send_get(http, server, "/json")
         with pytest.raises(HttpConnectionError):
             await send_get(http, server, "/cut")  # with part of an answer
         return [request.path for request in server.requests]
 
-    assert httptools_trial.run(scenario) == ["/drop", "/json", "/cut"]
+    assert trial.run(scenario) == ["/drop", "/drop", "/json", "/cut"]
 
 
-def test_a_connection_lost_while_it_was_handed_to_a_waiter_is_not_pooled_again(
-        httptools_trial: Trial) -> None:
-    """The server closes a connection just as it goes to a waiting request, which is then
-    cancelled and gives it back: a POST after that must go out on a live connection (a dead
-    pooled one is retried only for idempotent methods)."""
-    async def scenario(server: LoopbackServer, http: Client) -> list[str]:
-        assert isinstance(http, HttptoolsClient)
-        await send_get(http, server, "/json")
-        origin, _ = http_module._target(server.url + "/json")
-        busy = http._take_idle(origin.key)  # as in an exchange: the one slot is taken
-        assert busy is not None and busy.transport is not None
-        waiting = asyncio.create_task(http._connection(origin))
-        await until(lambda: http._waiters)
-        busy.transport.abort()  # the server's close, in the turn the exchange hands it over
-        http._release(busy)
-        waiting.cancel()  # before the waiter runs: it gives the connection back
-        await asyncio.gather(waiting, return_exceptions=True)
-        reply = await http.send("POST", server.url + "/json", {}, b"{}", 2.0, MAX_BYTES)
-        assert reply.status == 200
-        return [request.method for request in server.requests]
-
-    assert httptools_trial.run(scenario, max_connections=1) == ["GET", "POST"]
-
-
-def test_a_closed_client_refuses_requests(httptools_trial: Trial) -> None:
-    async def scenario(server: LoopbackServer, http: Client) -> None:
+def test_a_closed_client_refuses_requests(trial: Trial) -> None:
+    async def scenario(server: LoopbackServer, http: AiohttpClient) -> None:
         await send_get(http, server, "/json")
         await http.aclose()
         with pytest.raises(HttpConnectionError):
             await send_get(http, server, "/json")
 
-    httptools_trial.run(scenario)
-
-
-def test_a_url_is_split_into_origin_and_target_as_urlsplit_does() -> None:
-    rng = random.Random(1)
-    alphabet = "ab/?#:=&%+ é" + string.digits
-    for _ in range(5000):
-        path = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
-        url = rng.choice(["http://host:8080", "HTTPS://h.example", "http://u:p@h"]) + path
-        parts = urlsplit(url)
-        expected = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        try:
-            origin = http_module._origin(parts.scheme, parts.netloc)
-        except ValueError:
-            with pytest.raises(HttpConnectionError):
-                http_module._target(url)
-            continue
-        assert http_module._target(url) == (origin, quote(expected, safe=http_module._TARGET_SAFE))
+    trial.run(scenario)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import yaml
 
 from ivr.flows.actions import Hangup, RouteToQueue, Say
-from ivr.flows.http import HttptoolsClient
+from ivr.flows.http import AiohttpClient
 from ivr.flows.model import Flow
 from ivr.flows.runner import Outcome, run_flow
 from ivr.flows.step import Contact, Run, Step
@@ -27,7 +27,7 @@ def flow(steps: str) -> Flow:
 def run(flow_: Flow, channel: str = "voice", deadline: float = 3.0,
         params: dict[str, str] | None = None, **settings: Any) -> Outcome:
     async def go() -> Outcome:
-        async with HttptoolsClient() as http:
+        async with AiohttpClient() as http:
             loop = asyncio.get_running_loop()
             the_run = Run(
                 contact=Contact("+15551234567", "+15551234567", channel),  # type: ignore[arg-type]

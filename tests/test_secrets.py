@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ivr.flows.http import HttpConnectionError, HttptoolsClient
+from ivr.flows.http import AiohttpClient, HttpConnectionError
 from ivr.flows.loader import FlowLoadError, load_flows
 from ivr.flows.steps.fetch import _upstream
 from ivr.logs import JsonFormatter, TextFormatter, hide_secrets
@@ -336,7 +336,7 @@ def test_a_secret_in_a_urls_user_part_names_no_breaker_or_metric() -> None:
                                  f"http://{quote(TOKEN, safe='')}\x00/customers"])
 def test_an_http_client_error_does_not_quote_a_url_that_holds_a_secret(url: str) -> None:
     async def fetch() -> None:
-        client = HttptoolsClient()
+        client = AiohttpClient()
         try:
             await client.send("GET", url, {}, None, 1.0, 1024)
         finally:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from ivr.flows import upstream as upstream_module
-from ivr.flows.http import HttptoolsClient
+from ivr.flows.http import AiohttpClient
 from ivr.flows.loader import load_flows
 from ivr.flows.model import Flow
 from ivr.flows.runner import Outcome, run_flow
@@ -33,12 +33,12 @@ def lookup_flow(**fetch: Any) -> Flow:
 
 
 async def lookups(flow: Flow, api: str, upstreams: Upstreams, callers: list[str],
-                  deadline: float = 3.0, http: HttptoolsClient | None = None
+                  deadline: float = 3.0, http: AiohttpClient | None = None
                   ) -> list[dict[str, Any]]:
     """Run `flow` once per caller, all at once; each run's `steps.lookup` and `vars`. Pass
     `http` for requests left running in the background, which must outlive the lookups."""
     if http is None:
-        async with HttptoolsClient() as own:
+        async with AiohttpClient() as own:
             return await lookups(flow, api, upstreams, callers, deadline, own)
 
     async def one(who: str) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def test_a_stale_answer_is_served_at_once_while_a_refresh_runs(loyalty, upstream
 
     async def scenario() -> tuple[dict[str, Any], float, int]:
         shared = upstreams()
-        async with HttptoolsClient() as http:
+        async with AiohttpClient() as http:
             await lookups(flow, url, shared, [L.SLOW], http=http)
             await asyncio.sleep(1.1)
             started = time.monotonic()

@@ -3,10 +3,10 @@ always with an outcome."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
-from ivr.deadline import until
 from ivr.flows.actions import Action, RouteToQueue
 from ivr.flows.model import Flow
 from ivr.flows.step import WAIT, Run, StepResult, default_handoff_note
@@ -43,7 +43,8 @@ async def run_flow(
     reason = None
     waiting_at = None
     try:
-        waiting_at = await until(run.deadline, _advance(flow, run, resume_at, answer, start_at))
+        async with asyncio.timeout_at(run.deadline):
+            waiting_at = await _advance(flow, run, resume_at, answer, start_at)
     except TimeoutError:
         reason = "deadline"
     except Exception as exc:  # a flow must never leave a contact without a route

@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ivr.deadline import within
 from ivr.metrics import BREAKER_STATE, FETCH_CACHE, labelled
 
 log = logging.getLogger("ivr.flows.upstream")
@@ -228,7 +227,8 @@ class Upstreams:
             return None
         purges = self._purges
         try:
-            shared = await within(CACHE_TIMEOUT, self.shared.read(key))
+            async with asyncio.timeout(CACHE_TIMEOUT):
+                shared = await self.shared.read(key)
         except (SharedAnswersUnavailable, TimeoutError):
             return None  # the cache is an optimisation: go to the upstream
         if shared is not None and purges == self._purges:
