@@ -14,13 +14,10 @@ from ivr.services import Services, best_effort
 from ivr.turn import new_run
 
 
-def is_handed_over(session: Session | None) -> bool:
-    return session is not None and session.routed_to is not None
-
-
 async def forward_to_queue(services: Services, hook: Webhook, session: Session
                            ) -> tuple[str, str]:
-    """A contact already handed over keeps talking to the same queue: no new lookup."""
+    """A contact already handed over (`session.routed_to`) keeps talking to the same queue: no
+    new lookup."""
     queue_name = session.routed_to or ""
     flow = session_flow(services, session, hook)
     step = flow.steps.get(session.route_step or "") if flow else None

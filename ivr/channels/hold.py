@@ -5,6 +5,7 @@ process or, through Redis, from the instance that made it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -13,10 +14,12 @@ from redis.exceptions import RedisError
 
 from ivr.channels.fallback import fallback_answer
 from ivr.channels.inbound import Webhook
-from ivr.channels.reporting import log, report_decision
+from ivr.channels.reporting import report_decision
 from ivr.channels.voice import render_hold
 from ivr.redis.conversations import HELD_TTL
 from ivr.services import Services
+
+log = logging.getLogger("ivr.webhook")
 
 Decision = tuple[str, str]  # the TwiML, and a summary for the log
 

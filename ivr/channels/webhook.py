@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ivr.channels import hold, replay
 from ivr.channels.dial_result import DialResult
 from ivr.channels.fallback import apology, fallback_answer
-from ivr.channels.handoff import forward_to_queue, is_handed_over
+from ivr.channels.handoff import forward_to_queue
 from ivr.channels.inbound import BadWebhook, Webhook, answer_in, request_headers, verified_webhook
 from ivr.channels.messaging import render_messaging
 from ivr.channels.reporting import report_webhook
@@ -44,8 +44,8 @@ Answer = tuple[str, str]  # the TwiML, and a summary for the log
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A webhook endpoint, as a plain ASGI app: Starlette's Request and Response layers cost a
-    tenth of a call's CPU, and a webhook needs none of what they offer."""
+    """A webhook endpoint, as a plain ASGI app: a webhook needs nothing Starlette's Request and
+    Response offer, and on the hot path they cost (bench/README.md, ivr/channels/webhook.py)."""
 
     name: str  # for metrics and traces: voice, voice_dial, messaging
     channel: Channel
@@ -178,7 +178,7 @@ async def _answer_dial_result(services: Services, hook: Webhook) -> Answer:
 
 async def _answer_message(services: Services, hook: Webhook) -> Answer:
     session = await load_session(services, hook)
-    if session is not None and is_handed_over(session):
+    if session is not None and session.routed_to is not None:  # the sticky hand-off
         return await forward_to_queue(services, hook, session)
     if session is not None and session.waiting_at:
         return await _answer_turn(services, hook, session,
