@@ -36,7 +36,7 @@ class Surroundings:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one a turn: no frozen dataclass's object.__setattr__ per field
 class TakenTurn:
     """A turn's outcome, its run (the variables it built), the queues its routes resolved to,
     and the session after it (its state, the turn counted, where it waits)."""

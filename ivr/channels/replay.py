@@ -4,6 +4,8 @@ counted or forwarded twice."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from ivr.channels.inbound import Webhook
 from ivr.services import Services, best_effort
 
@@ -15,11 +17,9 @@ def idempotency_token(headers: dict[str, str]) -> str:
     return headers.get(IDEMPOTENCY_HEADER, "")[:200]
 
 
-async def earlier_answer(services: Services, token: str) -> str | None:
-    """The TwiML answered to the webhook this one retries, if it is one."""
-    if not token:
-        return None
-    return await best_effort(services.conversations.replay(token), None, "retry lookup")
+def earlier_answer(services: Services, token: str) -> Awaitable[str | None]:
+    """The TwiML answered to the webhook this one retries, if it is one (`token` is not "")."""
+    return best_effort(services.conversations.replay(token), None, "retry lookup")
 
 
 async def keep_answer(services: Services, hook: Webhook, token: str, twiml: str) -> None:

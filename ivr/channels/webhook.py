@@ -113,7 +113,7 @@ async def _answer_once(services: Services, hook: Webhook, endpoint: Endpoint, to
                        ) -> Answer:
     """The endpoint's answer, or the earlier one if Twilio retries a webhook."""
     try:
-        replayed = await replay.earlier_answer(services, token)
+        replayed = await replay.earlier_answer(services, token) if token else None
         if replayed is not None:
             return replayed, "retry: the earlier answer, replayed"
         twiml, summary = await endpoint.answer(services, hook)
@@ -204,8 +204,10 @@ async def _answer_turn(
     if flow is None:
         return apology(hook), f"no {hook.channel} flow for {mask_number(hook.to_number)}"
     session = stored if stored is not None and stored.flow == flow.name else None
-    if session is None:
-        session = await _new_session(services, hook, flow)
+    if session is None:  # with the contact memory, if the flow reads it
+        session = Session(flow.name, await best_effort(
+            services.conversations.contact_memory(hook.contact.number), {}, "contact memory"
+        ) if flow.reads_contact_memory else {})
     taken = await take_turn(flow, session, hook.contact, hook.params, services.surroundings,
                             services.store.queue, answer=answer, start_at=start_at)
     twiml = _render(services, hook, taken, last_resort)
@@ -227,14 +229,6 @@ async def _answer_turn(
         twiml, summary = fallback_answer(services, hook, flow, "no session store")
         return twiml, f"{summary} instead of asking at {waiting_at}"
     return twiml, _summary(flow, taken, hook.channel)
-
-
-async def _new_session(services: Services, hook: Webhook, flow: Flow) -> Session:
-    """A session of `flow` for the contact, with the contact memory if the flow reads it."""
-    memory = await best_effort(
-        services.conversations.contact_memory(hook.contact.number), {}, "contact memory"
-    ) if flow.reads_contact_memory else {}
-    return Session(flow.name, memory)
 
 
 def _render(services: Services, hook: Webhook, taken: TakenTurn, last_resort: bool) -> str:
