@@ -33,6 +33,7 @@ async def decided_or_held(services: Services, hook: Webhook,
     """The decision if it is made within `hold_after`; else the hold prompt, the decision left
     running for the redirect that follows it."""
     decision = asyncio.ensure_future(deciding)
+    # The standard library's timer; what it costs a call: bench/README.md, ivr/channels/hold.py.
     done, _ = await asyncio.wait((decision,), timeout=services.hold.after)
     if done:
         return decision.result()
