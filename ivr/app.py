@@ -17,14 +17,13 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
-from starlette.types import ASGIApp
 
 from ivr.admin import api as admin_api
 from ivr.admin import pages as admin_pages
 from ivr.admin.auth import resolve_admin_token
 from ivr.admin.guard import AdminGuard
 from ivr.channels.voice import CallbackUrls
-from ivr.channels.webhook import ENDPOINTS, HoldPolicy, Services, WebhookRoutes
+from ivr.channels.webhook import ENDPOINTS, WebhookRoutes
 from ivr.flows.http import AiohttpClient
 from ivr.flows.loader import FlowLoadError, FlowSet, load_flows
 from ivr.flows.upstream import Upstreams
@@ -38,6 +37,8 @@ from ivr.redis.conversations import Conversations
 from ivr.redis.fetch_cache import RedisSharedAnswers
 from ivr.redis.fetch_cache_purges import FetchCachePurges
 from ivr.redis.queue_store import QueueStore
+from ivr.redis.sessions import Sessions
+from ivr.services import HoldPolicy, Services
 from ivr.settings import InvalidSettings, Settings, load_settings
 from ivr.twilio_security import WebhookVerifier, resolve_auth_token
 
@@ -49,14 +50,6 @@ GC_YOUNG_THRESHOLD = 50_000
 READY_PING_TIMEOUT = 0.5
 
 
-class IvrApp(Starlette):
-    """Webhooks are answered before Starlette's own middleware: its error handler wraps every
-    send, and a webhook endpoint answers its own failures (ivr.channels.webhook.Endpoint)."""
-
-    def build_middleware_stack(self) -> ASGIApp:
-        return WebhookRoutes(super().build_middleware_stack())
-
-
 def create_app(settings: Settings | None = None) -> Starlette:
     if settings is None:  # under an ASGI server's --factory: from the environment
         try:
@@ -64,7 +57,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         except InvalidSettings as exc:
             raise SystemExit(f"ivr: {exc}") from None
     configure_logging(settings.log_level, settings.log_format, settings.secrets_to_hide())
-    app = IvrApp(
+    app = Starlette(
         routes=[
             *(Route(path, endpoint, methods=["POST"]) for path, endpoint in ENDPOINTS.items()),
             Route("/healthz", healthz, methods=["GET"]),
@@ -83,6 +76,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ],
         lifespan=lifespan,
     )
+    # Webhook POSTs first, then Starlette's stack (its error handler, the middleware declared
+    # above, the router): its error handler wraps every send, and a webhook endpoint answers its
+    # own failures (Endpoint). A middleware for webhooks too wraps WebhookRoutes here; one
+    # declared above leaves them out. Built once, here: a later add_middleware raises rather
+    # than passing the webhooks by silently.
+    app.middleware_stack = WebhookRoutes(app.build_middleware_stack())
     app.state.settings = settings
     app.state.admin_token, app.state.admin_token_name = resolve_admin_token(settings)
     if settings.is_local_trial:  # at every start, as for the local Twilio token
@@ -196,6 +195,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.services = Services(
             flows=flows,
             store=store,
+            sessions=Sessions(pipeline),
             conversations=Conversations(
                 store.redis, pipeline, timedelta(days=settings.contact_memory_days)),
             http=http,

@@ -17,7 +17,6 @@ requests show, and mocks name, as `[secret NAME]`.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import dataclasses
 import json
@@ -29,16 +28,17 @@ from typing import Any
 
 import httpx
 
+from ivr.channels.inbound import answer_in
 from ivr.channels.messaging import render_messaging
 from ivr.channels.voice import CallbackUrls, keyed_answer, render_voice
-from ivr.channels.webhook import answer_in, resolve_queues
-from ivr.flows.actions import Action, Ask, RouteToQueue, Say
+from ivr.flows.actions import Action, Ask, Say
 from ivr.flows.http import HttpConnectionError, HttpReply, HttpTimeout, check_headers
 from ivr.flows.model import Flow
-from ivr.flows.runner import run_flow
-from ivr.flows.step import Channel, Contact, Run
+from ivr.flows.step import Channel, Contact
 from ivr.queues import Queue
+from ivr.redis.sessions import Session
 from ivr.settings import Settings, secret_variable
+from ivr.turn import Surroundings, TakenTurn, take_turn
 
 DEFAULT_TO_NUMBER = "+15005550006"  # Twilio's magic test number; `ivr call` uses it too
 DEFAULT_DEADLINE: float = Settings.model_fields["decision_deadline"].default
@@ -276,45 +276,35 @@ async def simulate(
         raise ValueError("now must be timezone-aware, e.g. 2026-11-23T10:00:00+00:00")
     flow_secrets = {name: secret_stand_in(name) for name in secrets}
     http_mocks = HttpMocks(mocks or {}, flow_secrets)
-    contact = Contact(from_number.removeprefix("whatsapp:"), from_number, channel,
-                      memory=dict(memory or {}))
-    flow_settings = dict(settings or {})
-    clock = (lambda: now) if now is not None else (lambda: datetime.now(UTC))
+    contact = Contact(from_number.removeprefix("whatsapp:"), from_number, channel)
+    surroundings = Surroundings(
+        dict(settings or {}), flow_secrets, http_mocks, deadline,
+        clock=(lambda: now) if now is not None else (lambda: datetime.now(UTC)))
     simulation = Simulation(flow.name, channel, from_number, to_number)
     pending = list(inputs)
-    state: dict[str, Any] = {}
-    waiting_at: str | None = None
-    loop = asyncio.get_running_loop()
-    while not simulation.turns or (waiting_at is not None and pending):
+    session = Session(flow.name, dict(memory or {}))
+    while not simulation.turns or (session.waiting_at is not None and pending):
         if simulation.turns:
             text: str | None = pending.pop(0)
         else:  # a call starts with no text; a conversation with its first message
             text = body if channel == "messaging" else None
-        number = len(simulation.turns) + 1
+        number = session.turn + 1
         asked = next((a for a in simulation.turns[-1].actions if isinstance(a, Ask)),
                      None) if simulation.turns else None
         params = _webhook_params(channel, from_number, to_number, text, number, asked)
-        # The server builds a new Run for every webhook and restores the session into it.
-        run = Run(contact=contact, params=params, settings=flow_settings, http=http_mocks,
-                  deadline=loop.time() + deadline, clock=clock, secrets=flow_secrets)
-        run.restore(state)
-        vars_before, steps_before = copy.deepcopy(run.vars), copy.deepcopy(run.steps)
+        state = copy.deepcopy(session.state)
         requests_before = len(http_mocks.log)
         # The contact's answer, read from the webhook as the server reads it.
-        answer = answer_in(channel, params) if waiting_at is not None else None
-        outcome = await run_flow(flow, run, resume_at=waiting_at, answer=answer)
-        turn = _record_turn(
-            flow, run, outcome.actions, queues, number=number, given=text,
-            steps=outcome.trace, waiting_at=outcome.waiting_at,
-            fallback_reason=outcome.fallback_reason,
-            vars_before=vars_before, steps_before=steps_before,
-            requests=http_mocks.log[requests_before:])
-        simulation.turns.append(turn)
-        simulation.saved_fields.update(run.saved_fields)
-        simulation.vars = run.vars
+        answer = answer_in(channel, params) if session.waiting_at is not None else None
+        taken = await take_turn(flow, session, contact, params, surroundings, queues.get,
+                                answer=answer)
+        simulation.turns.append(_record_turn(
+            flow, taken, given=text, vars_before=state.get("vars", {}),
+            steps_before=state.get("steps", {}), requests=http_mocks.log[requests_before:]))
+        simulation.saved_fields.update(taken.run.saved_fields)
+        simulation.vars = taken.run.vars
         # What a session keeps goes through JSON in Redis; so it does here.
-        state = json.loads(json.dumps(run.state()))
-        waiting_at = outcome.waiting_at
+        session = Session.from_json(taken.session.to_json())
     simulation.unused_inputs = pending
     simulation.unused_mocks = http_mocks.unused()
     return simulation
@@ -341,47 +331,33 @@ def _webhook_params(channel: Channel, from_number: str, to_number: str, text: st
     return params
 
 
-def _record_turn(
-    flow: Flow,
-    run: Run,
-    actions: list[Action],
-    queues: Mapping[str, Queue],
-    *,
-    number: int,
-    given: str | None,
-    steps: list[str],
-    waiting_at: str | None,
-    fallback_reason: str | None,
-    vars_before: dict[str, Any],
-    steps_before: dict[str, Any],
-    requests: list[dict[str, Any]],
-) -> Turn:
-    actions, used = resolve_queues(actions, queues.get, flow.fallback_queue)
+def _record_turn(flow: Flow, taken: TakenTurn, *, given: str | None,
+                 vars_before: dict[str, Any], steps_before: dict[str, Any],
+                 requests: list[dict[str, Any]]) -> Turn:
+    run, outcome, route = taken.run, taken.outcome, taken.routed
     notes = [f"unmocked request {r['method']} {r['url']}: answered as a refused connection"
              for r in requests if r["answer"] == "unmocked"]
-    route = next((a.queue for a in actions if isinstance(a, RouteToQueue)), None)
-    if route is not None and route not in used:
+    if route is not None and route not in taken.queues:
         notes.append(f"queue {route!r} and the fallback queue {flow.fallback_queue!r} are not "
                      "configured: the contact gets an apology")
-    if fallback_reason is not None:
-        notes.append(f"fallback queue {flow.fallback_queue!r} used: {fallback_reason}")
+    if outcome.fallback_reason is not None:
+        notes.append(f"fallback queue {flow.fallback_queue!r} used: {outcome.fallback_reason}")
     if run.contact.channel == "voice":
-        twiml = render_voice(actions, used, CallbackUrls(""), number)
+        twiml = render_voice(taken.actions, taken.queues, CallbackUrls(""), taken.session.turn)
     else:
-        twiml = render_messaging(actions, used, inbound=run.params)
+        twiml = render_messaging(taken.actions, taken.queues, inbound=run.params)
     return Turn(
-        number=number,
+        number=taken.session.turn,
         input=given,
-        steps=list(steps),
+        steps=list(outcome.trace),
         vars={k: v for k, v in run.vars.items() if k not in vars_before or vars_before[k] != v},
         step_results={k: v for k, v in run.steps.items() if steps_before.get(k) != v},
         saved=dict(run.saved_fields),
-        actions=actions,
+        actions=taken.actions,
         twiml=twiml,
         route=route,
-        waiting_at=waiting_at,
-        fallback_reason=fallback_reason,
+        waiting_at=outcome.waiting_at,
+        fallback_reason=outcome.fallback_reason,
         requests=[dict(r) for r in requests],
         notes=notes,
     )
-

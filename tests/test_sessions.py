@@ -4,6 +4,7 @@ answers, Twilio's retries, the sticky hand-off, messages racing, and SIP failove
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -336,3 +337,51 @@ def test_contact_memory_is_kept_for_ivr_contact_memory_days_after_a_call(
     assert "<Sip>sip:gold@" in twilio.call(L.GOLD).text
     with redis.Redis.from_url(redis_url) as client:
         assert 3 * 86400 - 60 <= client.ttl(f"ivr:contact:{L.GOLD}") <= 3 * 86400
+
+
+# Sessions as the code before the typed Session wrote them (a dict of eight keys, compact JSON):
+# a caller waiting at a question while a rolling upgrade replaces the server is still answered.
+STORED_ASKING = ('{"flow":"menu","memory":{},"state":{"vars":{},"steps":{},"attempts":'
+                 '{"menu":1},"contact":{}},"turn":1,"twiml":"<Response/>","waiting_at":"menu",'
+                 '"routed_to":null,"route_step":null}')
+STORED_HANDED_OFF = ('{"flow":"menu","memory":{},"state":{"vars":{"choice":"gold"},"steps":{},'
+                     '"attempts":{"menu":1},"contact":{}},"turn":2,"twiml":"<Response/>",'
+                     '"waiting_at":null,"routed_to":"gold","route_step":"to_gold"}')
+
+
+def test_a_session_stored_before_the_upgrade_resumes_at_its_question(
+    menu: FakeTwilio, redis_url: str
+) -> None:
+    params = call_params(CALLER, To=MENU_NUMBER)
+    with redis.Redis.from_url(redis_url) as client:
+        client.set(f"ivr:session:voice:{params['CallSid']}", STORED_ASKING, ex=600)
+    routed = answer(menu, "/twilio/voice?turn=1", params, Digits="1")
+    assert sip(routed.text)[0] == "sip:gold@queues.example.com"
+    retried = answer(menu, "/twilio/voice?turn=1", params, Digits="1")
+    assert retried.text == routed.text  # the session the upgrade wrote replays it
+
+
+def test_a_conversation_handed_off_before_the_upgrade_stays_with_its_queue(
+    menu: FakeTwilio, redis_url: str
+) -> None:
+    sender = "+15550000082"
+    with redis.Redis.from_url(redis_url) as client:
+        client.set(f"ivr:session:messaging:{MENU_NUMBER}:{sender}", STORED_HANDED_OFF, ex=600)
+    forwarded = menu.post("/twilio/messaging",
+                          message_params(sender, "still there?", To=MENU_NUMBER))
+    [message] = ET.fromstring(forwarded.text).findall("Message")
+    assert message.get("to") == "+15550100101"
+    assert message.text == f"{sender} chose gold: still there?"
+
+
+def test_a_session_is_written_with_the_keys_the_code_before_it_reads(
+    menu: FakeTwilio, redis_url: str
+) -> None:
+    params = call_params(CALLER, To=MENU_NUMBER)
+    menu.post("/twilio/voice", params)
+    with redis.Redis.from_url(redis_url) as client:
+        stored = json.loads(client.get(f"ivr:session:voice:{params['CallSid']}"))
+    assert list(stored) == ["flow", "memory", "state", "turn", "twiml", "waiting_at",
+                            "routed_to", "route_step"]
+    assert (stored["flow"], stored["turn"], stored["waiting_at"]) == ("menu", 1, "menu")
+    assert list(stored["state"]) == ["vars", "steps", "attempts", "contact"]

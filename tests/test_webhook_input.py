@@ -8,8 +8,10 @@ from urllib.parse import parse_qsl, urlencode
 import httpx
 import pytest
 from starlette.datastructures import Headers
+from starlette.middleware.gzip import GZipMiddleware
 
-from ivr.channels.webhook import MAX_FIELDS, BadWebhook, parse_form, request_headers
+from ivr.app import create_app
+from ivr.channels.inbound import MAX_FIELDS, BadWebhook, parse_form, request_headers
 from tests import loyalty_api as L
 from tests.twilio_client import FakeTwilio, call_params, message_params, sign
 
@@ -133,3 +135,13 @@ def test_headers_are_found_by_lower_case_name_and_the_first_of_a_repeated_one_wi
     for name in ("X-Twilio-Signature", "Content-Type", "Host"):
         assert ours.get(name.lower()) == starlettes.get(name)
     assert ours.get("x-twilio-signature") == "first"
+
+
+def test_a_middleware_added_after_create_app_is_refused_rather_than_passed_by_webhooks(
+    make_settings,
+) -> None:
+    """Webhooks are answered outside Starlette's stack, composed in create_app: a middleware
+    added later would see every request but the webhooks, so Starlette refuses it."""
+    app = create_app(make_settings())
+    with pytest.raises(RuntimeError, match="Cannot add middleware"):
+        app.add_middleware(GZipMiddleware)

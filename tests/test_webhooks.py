@@ -239,7 +239,7 @@ def test_a_held_decision_never_fetched_is_forgotten_and_a_late_redirect_still_ge
     """A caller who hangs up on hold never comes for the decision: the process lets go of it
     after HELD_TTL (it would otherwise keep every such call's task for its whole life), and a
     redirect that comes after all is answered from the decision kept in Redis."""
-    monkeypatch.setattr("ivr.channels.webhook.HELD_TTL", timedelta(seconds=0.5))
+    monkeypatch.setattr("ivr.channels.hold.HELD_TTL", timedelta(seconds=0.5))
     server = start_server(make_settings(hold_after=0.3, decision_deadline=1.0))
     twilio = FakeTwilio(server.url)
     held: dict[str, object] = server.server.config.app.state.services.held

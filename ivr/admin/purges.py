@@ -19,7 +19,7 @@ from ivr.timestamps import utc_iso
 from ivr.validation import E164_PATTERN, unknown, with_article
 
 if TYPE_CHECKING:
-    from ivr.channels.webhook import Services
+    from ivr.services import Services
 
 WHATSAPP = "whatsapp:"
 E164 = re.compile(E164_PATTERN)

@@ -1,10 +1,8 @@
-"""Redis state of calls and conversations in progress: flow sessions (a call waiting at a
-<Gather>, a conversation waiting for a reply or handed over to a queue), contact memory, the
-per-contact lock that keeps a contact's messages in order, and answers to replay when Twilio
-retries a webhook.
+"""Redis state of calls and conversations in progress, besides their sessions
+(ivr.redis.sessions): contact memory, the per-contact lock that keeps a contact's messages in
+order, and answers to replay when Twilio retries a webhook.
 
 Keys (per contact or call, so they spread over a Redis Cluster):
-  ivr:session:<channel key>   JSON session, expiring after the flow's `expire_after`
   ivr:contact:<number>        hash: first_seen, last_seen and the fields flows saved
   ivr:lock:<channel key>      the per-contact messaging lock
   ivr:replay:<token>          the TwiML answered to an I-Twilio-Idempotency-Token
@@ -16,18 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from ivr.jsonfast import compact_json
 from ivr.redis.autopipeline import AutoPipeline, Command
 from ivr.timestamps import utc_iso
 
@@ -59,26 +54,6 @@ class Conversations:
         self.contact_ttl = contact_ttl
         self._release = client.register_script(_RELEASE)
 
-    # --- sessions ---------------------------------------------------------------------------
-
-    async def session(self, key: str) -> dict[str, Any] | None:
-        [raw] = await self.pipeline.execute(("GET", f"ivr:session:{key}"))
-        return json.loads(raw) if raw else None
-
-    async def save_session(self, key: str, session: dict[str, Any], ttl: timedelta) -> None:
-        await self.pipeline.execute(self.save_session_command(key, session, ttl))
-
-    async def end_session(self, key: str) -> None:
-        await self.pipeline.execute(self.end_session_command(key))
-
-    @staticmethod
-    def save_session_command(key: str, session: dict[str, Any], ttl: timedelta) -> Command:
-        return ("SET", f"ivr:session:{key}", compact_json(session), "EX", _seconds(ttl))
-
-    @staticmethod
-    def end_session_command(key: str) -> Command:
-        return ("DEL", f"ivr:session:{key}")
-
     # --- contact memory ---------------------------------------------------------------------
 
     async def contact_memory(self, number: str) -> dict[str, str]:
@@ -101,7 +76,7 @@ class Conversations:
             if not known:
                 commands.append(("HSETNX", key, "first_seen", now))
         commands.append(("HSET", key, *(item for pair in mapping.items() for item in pair)))
-        commands.append(("EXPIRE", key, _seconds(self.contact_ttl)))
+        commands.append(("EXPIRE", key, ttl_seconds(self.contact_ttl)))
         return commands
 
     # --- ordering and retries ---------------------------------------------------------------
@@ -142,7 +117,7 @@ class Conversations:
             return False
 
     async def hold_result(self, sid: str, twiml: str) -> None:
-        await self.pipeline.execute(("SET", f"ivr:held:{sid}", twiml, "EX", _seconds(HELD_TTL)))
+        await self.pipeline.execute(("SET", f"ivr:held:{sid}", twiml, "EX", ttl_seconds(HELD_TTL)))
 
     async def wait_for_hold_result(self, sid: str, timeout: float) -> str | None:
         """A held call's decision, made by whichever instance took the call, once it is there."""
@@ -160,9 +135,9 @@ class Conversations:
 
     @staticmethod
     def record_reply_command(token: str, twiml: str) -> Command:
-        return ("SET", f"ivr:replay:{token}", twiml, "EX", _seconds(REPLAY_TTL), "NX")
+        return ("SET", f"ivr:replay:{token}", twiml, "EX", ttl_seconds(REPLAY_TTL), "NX")
 
 
 @functools.lru_cache(maxsize=64)  # a few TTLs, on every call
-def _seconds(ttl: timedelta) -> int:
+def ttl_seconds(ttl: timedelta) -> int:
     return max(1, int(ttl.total_seconds()))

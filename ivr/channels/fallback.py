@@ -1,0 +1,34 @@
+"""The last resort of every failure in call handling: the flow's fallback queue, from the
+configuration in memory, or an apology when there is none. A contact never hears silence or an
+application error."""
+
+from __future__ import annotations
+
+from ivr.channels.inbound import Webhook
+from ivr.channels.messaging import render_messaging, render_messaging_apology
+from ivr.channels.voice import render_voice, render_voice_apology
+from ivr.flows.actions import Action, RouteToQueue
+from ivr.flows.model import Flow
+from ivr.services import Services
+
+
+def fallback_answer(services: Services, hook: Webhook, flow: Flow | None = None,
+                    reason: str = "internal error") -> tuple[str, str]:
+    """The TwiML routing to the flow's fallback queue, and a summary for the log."""
+    flow = flow or services.flows.select(hook.channel, hook.to_number)
+    queue = services.store.queue(flow.fallback_queue) if flow else None
+    if flow is None or queue is None:
+        return apology(hook), f"apology ({reason}, no fallback queue)"
+    actions: list[Action] = [RouteToQueue(flow.fallback_queue, hook.contact.number)]
+    queues = {flow.fallback_queue: queue}
+    hook.trace.fell_back(flow, reason)
+    if hook.channel == "voice":
+        twiml = render_voice(actions, queues, services.urls)
+    else:
+        twiml = render_messaging(actions, queues, inbound=hook.params)
+    return twiml, f"fallback queue {flow.fallback_queue} ({reason})"
+
+
+def apology(hook: Webhook) -> str:
+    """The channel's apology, for a contact no queue can take."""
+    return render_voice_apology() if hook.channel == "voice" else render_messaging_apology()

@@ -1,0 +1,80 @@
+"""What webhooks share in one process: the flows, the stores, the clients and the settings they
+read, built once in the app's lifespan (ivr.app)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from redis.exceptions import RedisError
+
+from ivr.calltrace import CallTraces
+from ivr.channels.voice import CallbackUrls
+from ivr.flows.http import HttpClient
+from ivr.flows.loader import FlowSet
+from ivr.flows.upstream import Upstreams
+from ivr.redis.conversations import Conversations
+from ivr.redis.fetch_cache_purges import FetchCachePurges
+from ivr.redis.queue_store import QueueStore
+from ivr.redis.sessions import Sessions
+from ivr.turn import Surroundings
+from ivr.twilio_security import WebhookVerifier
+
+log = logging.getLogger("ivr.webhook")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class HoldPolicy:
+    after: float  # seconds before a caller hears the hold prompt
+    prompt: str
+
+
+@dataclass
+class Services:
+    """What webhooks share in one process, built once in the app's lifespan."""
+
+    flows: FlowSet
+    store: QueueStore
+    sessions: Sessions
+    conversations: Conversations
+    http: HttpClient
+    upstreams: Upstreams
+    cache_purges: FetchCachePurges  # the admin's; every process applies them
+    traces: CallTraces
+    verifier: WebhookVerifier
+    urls: CallbackUrls
+    flow_settings: dict[str, Any]  # the settings flows may read
+    flow_secrets: dict[str, str]  # `secrets.*`, which only fetch steps read
+    decision_deadline: float
+    hold: HoldPolicy
+    max_body_bytes: int
+    # Decisions still running after their caller was put on hold, by CallSid.
+    held: dict[str, asyncio.Task[tuple[str, str]]] = field(default_factory=dict)
+    _background: set[asyncio.Task[Any]] = field(default_factory=set)
+    # What every turn of a flow reads and uses, gathered once.
+    surroundings: Surroundings = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.surroundings = Surroundings(self.flow_settings, self.flow_secrets, self.http,
+                                         self.decision_deadline, self.upstreams)
+
+    def background(self, operation: Awaitable[Any]) -> None:
+        """Run `operation` after the answer is sent, keeping it alive until it is done."""
+        task = asyncio.ensure_future(best_effort(operation, None, "background write"))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+async def best_effort(operation: Awaitable[T], default: T, what: str) -> T:
+    """Session and contact state make a call better, never possible: without Redis, a call is
+    routed all the same, from the configuration in memory. The operations go through the
+    auto-pipeline, which bounds them (ivr.redis.autopipeline.BATCH_TIMEOUT)."""
+    try:
+        return await operation
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("%s skipped: store unavailable (%s)", what, type(exc).__name__)
+        return default

@@ -1,0 +1,54 @@
+"""One turn of a flow, as the server and `ivr simulate` both take it: the session in, the
+outcome and the session after it out, through the JSON that Redis keeps."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from ivr.flows.loader import load_flows
+from ivr.flows.step import Contact
+from ivr.queues import load_queue_file
+from ivr.redis.sessions import Session
+from ivr.simulator import HttpMocks
+from ivr.turn import Surroundings, TakenTurn, take_turn
+
+ROOT = Path(__file__).resolve().parent.parent
+CALLER = "+15550000302"
+QUEUES = dict(load_queue_file(ROOT / "sip_config" / "queues.yaml").queues)
+FLOW = load_flows(ROOT / "flows", queue_names=QUEUES).flows["language_routing"]
+SURROUNDINGS = Surroundings({}, {}, HttpMocks({}), deadline=5.0)
+
+
+def turn(session: Session, answer: str | None = None) -> TakenTurn:
+    params = {"From": CALLER, "To": "+15005550103", "CallSid": "CA" + "0" * 32}
+    return asyncio.run(take_turn(FLOW, session, Contact(CALLER, CALLER, "voice"), params,
+                                 SURROUNDINGS, QUEUES.get, answer=answer))
+
+
+def test_a_turn_counts_itself_and_a_session_through_json_resumes_at_its_question() -> None:
+    asked = turn(Session(FLOW.name))
+    assert (asked.session.turn, asked.session.waiting_at) == (1, "ask_language")
+    assert asked.routed is None
+    stored = Session.from_json(asked.session.to_json())
+    assert stored == asked.session
+    routed = turn(stored, answer="3")
+    assert routed.outcome.trace[0] == "ask_language"  # resumed where it waited
+    assert (routed.session.turn, routed.session.waiting_at, routed.routed) == (2, None, "french")
+    assert routed.run.saved_fields == {"language": "french"}
+
+
+def test_a_wrong_answer_asks_again_and_the_session_keeps_the_attempts() -> None:
+    asked = turn(Session(FLOW.name))
+    again = turn(Session.from_json(asked.session.to_json()), answer="9")
+    assert again.session.waiting_at == "ask_language"
+    assert asked.session.state["attempts"] == {"ask_language": 0}
+    assert again.session.state["attempts"] == {"ask_language": 1}  # one answer tried
+    assert again.session.turn == 2
+
+
+def test_a_session_keeps_the_contact_memory_it_started_with() -> None:
+    remembered = Session(FLOW.name, memory={"first_seen": "2026-01-01T00:00:00Z",
+                                            "language": "spanish"})
+    taken = turn(remembered)
+    assert taken.routed == "spanish" and taken.session.memory == remembered.memory
