@@ -11,11 +11,11 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from ivr.calltrace import CallTraces
 from ivr.channels.voice import CallbackUrls
 from ivr.flows.http import HttpClient
 from ivr.flows.loader import FlowSet
 from ivr.flows.upstream import Upstreams
+from ivr.redis.call_traces import CallTraces
 from ivr.redis.conversations import Conversations
 from ivr.redis.fetch_cache_purges import FetchCachePurges
 from ivr.redis.queue_store import QueueStore
