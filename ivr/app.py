@@ -211,13 +211,13 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             max_body_bytes=settings.max_body_bytes,
         )
         # What startup built (modules, flows, clients) lives as long as the process: out of the
-        # cyclic GC's sight, a full collection no longer walks it. It cost 0.1 ms a call.
+        # cyclic GC's sight, a full collection no longer walks it (bench/README.md, ivr/app.py).
         gc.freeze()
         stack.callback(gc.unfreeze)
         # Memory is freed by reference counting; the cyclic GC only finds cycles, which a call
         # seldom makes. At the default threshold it ran every ten calls or so, and the objects of
         # the 64 calls in flight outlived enough young collections to be promoted, which set off
-        # full collections: together a tenth of a call's CPU.
+        # full collections, a measurable share of a call's CPU (bench/README.md, ivr/app.py).
         thresholds = gc.get_threshold()
         gc.set_threshold(GC_YOUNG_THRESHOLD, *thresholds[1:])
         stack.callback(gc.set_threshold, *thresholds)

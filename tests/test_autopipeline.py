@@ -188,7 +188,7 @@ def test_a_write_sent_without_waiting_is_logged_only_when_it_fails(
             failing.send(("SET", "test:autopipeline:lost", "1"), what=what)
             await failing.close()
 
-    with caplog.at_level("WARNING", logger="ivr.redis.autopipeline"):
+    with caplog.at_level("WARNING", logger="ivr.autopipeline"):
         asyncio.run(scenario())
     skipped = {r.getMessage() for r in caplog.records if "skipped" in r.getMessage()}
     assert skipped == {"wrong-type write skipped: ResponseError",

@@ -53,8 +53,9 @@ def render_voice(
     return _render_voice(spoken, routed, urls, turn, last_resort)
 
 
-# twilio's builders cost 50 us an answer, a tenth of the whole webhook: most answers are the
-# same few dials, built once. A queue's new SIP URI is a new key, so never a stale answer.
+# twilio's builders are a large share of a webhook (bench/README.md, ivr/channels/voice.py), and
+# most answers are the same few dials: built once. A queue's new SIP URI is a new key, so never a
+# stale answer.
 @functools.lru_cache(maxsize=4096)
 def _render_voice(actions: tuple[Action, ...], routed: tuple[tuple[str, Queue | None], ...],
                   urls: CallbackUrls, turn: int, last_resort: bool) -> str:

@@ -41,7 +41,8 @@ from redis.exceptions import RedisError, ResponseError
 from ivr.redis import sentinel
 from ivr.redis.sentinel import is_sentinel_url
 
-log = logging.getLogger("ivr.redis.autopipeline")
+# The logger keeps the name it had before the move into ivr/redis/: operators filter on it.
+log = logging.getLogger("ivr.autopipeline")
 
 # A batch that takes longer fails its callers with TimeoutError, and the connection is dropped
 # (a new one is made for the next batch): state makes a call better, never possible, and a hung

@@ -38,7 +38,8 @@ from ivr.jsonfast import compact_json
 from ivr.metrics import CALL_TRACES_DROPPED
 from ivr.redis.autopipeline import AutoPipeline
 
-log = logging.getLogger("ivr.redis.call_traces")
+# The logger keeps the name it had before the move into ivr/redis/: operators filter on it.
+log = logging.getLogger("ivr.calltrace")
 
 CALLS_KEY = "ivr:calls"
 MAX_PENDING = 2000  # entries waiting for Redis, per process; beyond, the oldest are dropped

@@ -26,7 +26,8 @@ from redis.exceptions import RedisError
 from ivr.redis.autopipeline import AutoPipeline, Command
 from ivr.timestamps import utc_iso
 
-log = logging.getLogger("ivr.redis.conversations")
+# The logger keeps the name it had before the move into ivr/redis/: operators filter on it.
+log = logging.getLogger("ivr.conversations")
 
 REPLAY_TTL = timedelta(minutes=15)  # Twilio retries within seconds; keep well beyond that
 HELD_TTL = timedelta(minutes=2)  # a held call comes back for its decision within seconds

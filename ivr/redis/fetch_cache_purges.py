@@ -28,7 +28,8 @@ import redis.asyncio as redis
 from ivr.flows.upstream import Upstreams
 from ivr.redis.queue_store import AUDIT_KEY
 
-log = logging.getLogger("ivr.redis.fetch_cache_purges")
+# The logger keeps the name it had before the move into ivr/redis/: operators filter on it.
+log = logging.getLogger("ivr.fetchcache")
 
 GENERATIONS_KEY = "{ivr}:fetch:generations"
 PURGES_KEY = "{ivr}:fetch:purges"

@@ -30,7 +30,8 @@ from redis.exceptions import RedisError
 from ivr.metrics import STORE_UP
 from ivr.queues import Queue, QueueConfig, changed_fields, check_overflow
 
-log = logging.getLogger("ivr.redis.queue_store")
+# The logger keeps the name it had before the move into ivr/redis/: operators filter on it.
+log = logging.getLogger("ivr.store")
 
 QUEUES_KEY = "{ivr}:queues"
 SEEDED_KEY = "{ivr}:queues:seeded"

@@ -27,7 +27,9 @@ deadline, or an open circuit. `steps.<id>.outcome` says which: `ok`, `http_error
 
 `retries` tries again after a fault, while the routing deadline leaves time for it. A fault is
 a timeout, a refused connection, a 5xx, or a 2xx whose body is not JSON or is too large; faults
-also count against the upstream's circuit breaker. A 4xx is an answer, not a fault.
+also count against the upstream's circuit breaker. A 4xx is an answer, not a fault. Besides
+`retries`, a GET, PUT or DELETE whose connection closes before any answer is sent once more at
+once, as HTTP/1.1 allows (aiohttp does it); a request answered in part, or a POST, never is.
 
 `cache` keeps definitive answers (2xx, 4xx) for that long (seconds, or `5m`, `1h`, `1d`: 1 s to
 7 days), shared by every instance, and concurrent identical requests make one;
