@@ -36,7 +36,7 @@ from ivr.flows.http import HttpConnectionError, HttpReply, HttpTimeout, check_he
 from ivr.flows.model import Flow
 from ivr.flows.step import Channel, Contact
 from ivr.queues import Queue
-from ivr.redis.sessions import Session
+from ivr.session import Session
 from ivr.settings import Settings, secret_variable
 from ivr.turn import Surroundings, TakenTurn, take_turn
 

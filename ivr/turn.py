@@ -19,7 +19,7 @@ from ivr.flows.runner import Outcome, run_flow
 from ivr.flows.step import Contact, Run
 from ivr.flows.upstream import Upstreams
 from ivr.queues import Queue
-from ivr.redis.sessions import Session
+from ivr.session import Session
 
 log = logging.getLogger("ivr.webhook")  # where operators read what a webhook did
 
@@ -62,7 +62,7 @@ async def take_turn(flow: Flow, session: Session, contact: Contact, params: dict
     actions, queues = resolve_queues(outcome.actions, queue, flow.fallback_queue)
     routed = next((a.queue for a in actions if isinstance(a, RouteToQueue)), None)
     after = Session(flow.name, session.memory, run.state(), session.turn + 1,
-                    waiting_at=outcome.waiting_at)
+                    waiting_at=outcome.waiting_at, later_keys=session.later_keys)
     return TakenTurn(outcome, run, actions, queues, routed, after)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from ivr.flows.loader import load_flows
 from ivr.flows.step import Contact
 from ivr.queues import load_queue_file
-from ivr.redis.sessions import Session
+from ivr.session import Session
 from ivr.simulator import HttpMocks
 from ivr.turn import Surroundings, TakenTurn, take_turn
 
@@ -52,3 +52,10 @@ def test_a_session_keeps_the_contact_memory_it_started_with() -> None:
                                             "language": "spanish"})
     taken = turn(remembered)
     assert taken.routed == "spanish" and taken.session.memory == remembered.memory
+
+
+def test_a_key_a_later_version_stored_in_the_session_is_kept_through_a_turn() -> None:
+    stored = Session.from_json(turn(Session(FLOW.name)).session.to_json()[:-1]
+                               + b',"flow_version":"v7"}')
+    after = Session.from_json(turn(stored, answer="9").session.to_json())
+    assert after.turn == 2 and after.later_keys == {"flow_version": "v7"}

@@ -9,7 +9,7 @@ from ivr.channels.messaging import render_messaging
 from ivr.channels.sessions import session_flow
 from ivr.flows.actions import Action, RouteToQueue
 from ivr.flows.step import default_handoff_note
-from ivr.redis.sessions import Session
+from ivr.session import Session
 from ivr.services import Services, best_effort
 from ivr.turn import new_run
 

@@ -29,7 +29,7 @@ from ivr.flows.step import Channel
 from ivr.logs import log_context, mask_number
 from ivr.metrics import SIGNATURE_REJECTIONS
 from ivr.queues import Queue
-from ivr.redis.sessions import Session
+from ivr.session import Session
 from ivr.services import Services, best_effort
 from ivr.turn import TakenTurn, take_turn
 
