@@ -4,6 +4,7 @@ session expires."""
 
 from __future__ import annotations
 
+from ivr.channels.answer import Answer
 from ivr.channels.inbound import Webhook
 from ivr.channels.messaging import render_messaging
 from ivr.channels.sessions import session_flow
@@ -15,7 +16,7 @@ from ivr.turn import new_run
 
 
 async def forward_to_queue(services: Services, hook: Webhook, session: Session
-                           ) -> tuple[str, str]:
+                           ) -> Answer:
     """A contact already handed over (`session.routed_to`) keeps talking to the same queue: no
     new lookup."""
     queue_name = session.routed_to or ""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ivr.channels import hold, replay
+from ivr.channels.answer import Answer
 from ivr.channels.dial_result import DialResult
 from ivr.channels.fallback import apology, fallback_answer
 from ivr.channels.handoff import forward_to_queue
@@ -37,7 +38,6 @@ log = logging.getLogger("ivr.webhook")
 
 TWIML = b"text/xml; charset=utf-8"
 PLAIN_TEXT = b"text/plain; charset=utf-8"
-Answer = tuple[str, str]  # the TwiML, and a summary for the log
 
 
 # --- the three endpoints ----------------------------------------------------------------------
