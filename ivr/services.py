@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
+from ivr.channels.answer import Answer
 from ivr.channels.voice import CallbackUrls
 from ivr.flows.http import HttpClient
 from ivr.flows.loader import FlowSet
@@ -53,7 +54,7 @@ class Services:
     hold: HoldPolicy
     max_body_bytes: int
     # Decisions still running after their caller was put on hold, by CallSid.
-    held: dict[str, asyncio.Task[tuple[str, str]]] = field(default_factory=dict)
+    held: dict[str, asyncio.Task[Answer]] = field(default_factory=dict)
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
     # What every turn of a flow reads and uses, gathered once.
     surroundings: Surroundings = field(init=False)

@@ -36,7 +36,7 @@ from ivr.flows.http import HttpConnectionError, HttpReply, HttpTimeout, check_he
 from ivr.flows.model import Flow
 from ivr.flows.step import Channel, Contact
 from ivr.queues import Queue
-from ivr.redis.sessions import Session
+from ivr.session import Session
 from ivr.settings import Settings, secret_variable
 from ivr.turn import Surroundings, TakenTurn, take_turn
 
@@ -297,7 +297,7 @@ async def simulate(
         # The contact's answer, read from the webhook as the server reads it.
         answer = answer_in(channel, params) if session.waiting_at is not None else None
         taken = await take_turn(flow, session, contact, params, surroundings, queues.get,
-                                answer=answer)
+                                answer=answer, resumed=bool(simulation.turns))
         simulation.turns.append(_record_turn(
             flow, taken, given=text, vars_before=state.get("vars", {}),
             steps_before=state.get("steps", {}), requests=http_mocks.log[requests_before:]))

@@ -1,7 +1,7 @@
 """One turn of a flow: a session and a contact's input in, the outcome and the session after it
-out. The server takes a turn for every webhook that runs a flow, and `ivr simulate` for each
-simulated webhook, so a simulation restores state, counts turns and keeps what a session keeps
-exactly as the server does."""
+out, with whether that session is kept. The server takes a turn for every webhook that runs a
+flow, and `ivr simulate` for each simulated webhook, so a simulation restores state, counts
+turns and decides what a session keeps exactly as the server does."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from ivr.flows.actions import Action, RouteToQueue
 from ivr.flows.http import HttpClient
 from ivr.flows.model import Flow
 from ivr.flows.runner import Outcome, run_flow
-from ivr.flows.step import Contact, Run
+from ivr.flows.step import Channel, Contact, Run
 from ivr.flows.upstream import Upstreams
 from ivr.queues import Queue
-from ivr.redis.sessions import Session
+from ivr.session import Session
 
 log = logging.getLogger("ivr.webhook")  # where operators read what a webhook did
 
@@ -38,22 +38,28 @@ class Surroundings:
 
 @dataclass(slots=True)  # one a turn: no frozen dataclass's object.__setattr__ per field
 class TakenTurn:
-    """A turn's outcome, its run (the variables it built), the queues its routes resolved to,
-    and the session after it (its state, the turn counted, where it waits)."""
+    """A turn of `flow`: its outcome, its run (the variables it built), the queues its routes
+    resolved to, and the session after it (its state, the turn counted, where it waits, the
+    queue it stays with); the session is `kept` for the contact's next webhook, or else ends."""
 
+    flow: Flow
     outcome: Outcome
     run: Run
     actions: list[Action]  # the outcome's, each route to a queue that exists
     queues: dict[str, Queue]  # the configuration of each queue routed to
     routed: str | None  # the queue the contact is handed to, if any
     session: Session
+    resumed: bool  # the turn continued a stored session; else it is the contact's new visit
+    kept: bool
 
 
 async def take_turn(flow: Flow, session: Session, contact: Contact, params: dict[str, str],
                     surroundings: Surroundings, queue: Callable[[str], Queue | None], *,
-                    answer: str | None = None, start_at: str | None = None) -> TakenTurn:
+                    answer: str | None = None, start_at: str | None = None,
+                    resumed: bool = False) -> TakenTurn:
     """Run `flow` for `session`: resumed at the step it waits at with the contact's `answer`,
-    from `start_at`, or from the start; `queue` looks up the live queue configuration."""
+    from `start_at`, or from the start; `queue` looks up the live queue configuration.
+    `resumed`: the session was stored (a turn before kept it), rather than new."""
     run = new_run(session, contact, params, surroundings)
     if start_at is not None:
         outcome = await run_flow(flow, run, start_at=start_at)
@@ -62,8 +68,21 @@ async def take_turn(flow: Flow, session: Session, contact: Contact, params: dict
     actions, queues = resolve_queues(outcome.actions, queue, flow.fallback_queue)
     routed = next((a.queue for a in actions if isinstance(a, RouteToQueue)), None)
     after = Session(flow.name, session.memory, run.state(), session.turn + 1,
-                    waiting_at=outcome.waiting_at)
-    return TakenTurn(outcome, run, actions, queues, routed, after)
+                    waiting_at=outcome.waiting_at, later_keys=session.later_keys)
+    if outcome.waiting_at is None and routed is not None and kept_after_route(
+            flow, contact.channel, queues.get(routed), resumed):
+        after.routed_to, after.route_step = routed, outcome.trace[-1]
+    kept = outcome.waiting_at is not None or after.routed_to is not None
+    return TakenTurn(flow, outcome, run, actions, queues, routed, after, resumed, kept)
+
+
+def kept_after_route(flow: Flow, channel: Channel, queue: Queue | None, resumed: bool) -> bool:
+    """Whether a session is kept after routing to `queue`. Messaging: the sticky hand-off, if
+    the queue takes messages at all. Voice: so that a retried answer is replayed (a call that
+    was asked something), and for `unanswered`."""
+    if channel == "messaging":
+        return queue is not None and queue.message_to is not None
+    return resumed or flow.unanswered is not None
 
 
 def new_run(session: Session, contact: Contact, params: dict[str, str],

@@ -385,3 +385,36 @@ def test_a_session_is_written_with_the_keys_the_code_before_it_reads(
                             "routed_to", "route_step"]
     assert (stored["flow"], stored["turn"], stored["waiting_at"]) == ("menu", 1, "menu")
     assert list(stored["state"]) == ["vars", "steps", "attempts", "contact"]
+
+
+# A key a later version writes (say, the flow version a session is pinned to): this version
+# does not read it, and must not drop it when it saves the session again, or a call moving
+# between instances of the two versions during a rolling upgrade would lose it.
+LATER_KEY = ',"flow_version":"v7","sip":{"headers":["X-Account"]}}'
+
+
+def test_a_key_of_a_later_version_is_kept_through_a_turn(
+    menu: FakeTwilio, redis_url: str
+) -> None:
+    params = call_params(CALLER, To=MENU_NUMBER)
+    key = f"ivr:session:voice:{params['CallSid']}"
+    with redis.Redis.from_url(redis_url) as client:
+        client.set(key, STORED_ASKING[:-1] + LATER_KEY, ex=600)
+        routed = answer(menu, "/twilio/voice?turn=1", params, Digits="1")
+        assert sip(routed.text)[0] == "sip:gold@queues.example.com"
+        stored = json.loads(client.get(key))
+    assert (stored["turn"], stored["routed_to"]) == (2, "gold")  # saved by this turn
+    assert (stored["flow_version"], stored["sip"]) == ("v7", {"headers": ["X-Account"]})
+
+
+def test_a_key_of_a_later_version_is_kept_when_a_hand_off_is_saved_again(
+    menu: FakeTwilio, redis_url: str
+) -> None:
+    sender = "+15550000083"
+    key = f"ivr:session:messaging:{MENU_NUMBER}:{sender}"
+    with redis.Redis.from_url(redis_url) as client:
+        client.set(key, STORED_HANDED_OFF[:-1] + LATER_KEY, ex=5)
+        menu.post("/twilio/messaging", message_params(sender, "still there?", To=MENU_NUMBER))
+        assert client.ttl(key) > 5  # saved again, for another expire_after
+        stored = json.loads(client.get(key))
+    assert (stored["flow_version"], stored["sip"]) == ("v7", {"headers": ["X-Account"]})

@@ -7,9 +7,10 @@ import asyncio
 from pathlib import Path
 
 from ivr.flows.loader import load_flows
-from ivr.flows.step import Contact
-from ivr.queues import load_queue_file
-from ivr.redis.sessions import Session
+from ivr.flows.model import Flow
+from ivr.flows.step import Channel, Contact
+from ivr.queues import Queue, load_queue_file
+from ivr.session import Session
 from ivr.simulator import HttpMocks
 from ivr.turn import Surroundings, TakenTurn, take_turn
 
@@ -20,10 +21,13 @@ FLOW = load_flows(ROOT / "flows", queue_names=QUEUES).flows["language_routing"]
 SURROUNDINGS = Surroundings({}, {}, HttpMocks({}), deadline=5.0)
 
 
-def turn(session: Session, answer: str | None = None) -> TakenTurn:
+def turn(session: Session, answer: str | None = None, *, flow: Flow = FLOW,
+         channel: Channel = "voice", queues: dict[str, Queue] = QUEUES) -> TakenTurn:
+    """A turn as the server takes it: a session that went through a turn was stored."""
     params = {"From": CALLER, "To": "+15005550103", "CallSid": "CA" + "0" * 32}
-    return asyncio.run(take_turn(FLOW, session, Contact(CALLER, CALLER, "voice"), params,
-                                 SURROUNDINGS, QUEUES.get, answer=answer))
+    return asyncio.run(take_turn(flow, session, Contact(CALLER, CALLER, channel), params,
+                                 SURROUNDINGS, queues.get, answer=answer,
+                                 resumed=session.turn > 0))
 
 
 def test_a_turn_counts_itself_and_a_session_through_json_resumes_at_its_question() -> None:
@@ -52,3 +56,42 @@ def test_a_session_keeps_the_contact_memory_it_started_with() -> None:
                                             "language": "spanish"})
     taken = turn(remembered)
     assert taken.routed == "spanish" and taken.session.memory == remembered.memory
+
+
+def test_a_key_a_later_version_stored_in_the_session_is_kept_through_a_turn() -> None:
+    stored = Session.from_json(turn(Session(FLOW.name)).session.to_json()[:-1]
+                               + b',"flow_version":"v7"}')
+    after = Session.from_json(turn(stored, answer="9").session.to_json())
+    assert after.turn == 2 and after.later_keys == {"flow_version": "v7"}
+
+
+# What is kept after a turn, decided in the turn, so that `ivr simulate` and the golden tests
+# run the decision the server makes.
+
+def answered(answer: str, **given: object) -> TakenTurn:
+    asked = turn(Session(FLOW.name), **given)  # type: ignore[arg-type]
+    assert asked.kept and not asked.resumed  # a question keeps its session
+    return turn(Session.from_json(asked.session.to_json()), answer, **given)  # type: ignore[arg-type]
+
+
+def test_a_call_routed_after_a_question_keeps_its_session_with_the_route() -> None:
+    routed = answered("3", flow=FLOW.model_copy(update={"unanswered": None}))
+    assert routed.resumed and routed.kept  # a retried answer is replayed from it
+    assert (routed.session.routed_to, routed.session.route_step) == (
+        "french", routed.outcome.trace[-1])
+
+
+def test_a_call_routed_at_once_keeps_its_session_only_for_the_flows_unanswered_step() -> None:
+    known = Session(FLOW.name, memory={"language": "english"})  # routed without a question
+    assert turn(known).kept and FLOW.unanswered is not None
+    ended = turn(known, flow=FLOW.model_copy(update={"unanswered": None}))
+    assert ended.routed == "english" and not ended.kept and ended.session.routed_to is None
+
+
+def test_a_conversation_stays_with_a_queue_that_takes_messages_and_ends_with_one_that_does_not(
+) -> None:
+    handed_off = answered("3", channel="messaging")
+    assert handed_off.kept and handed_off.session.routed_to == "french"
+    no_messages = {**QUEUES, "french": QUEUES["french"].model_copy(update={"message_to": None})}
+    dropped = answered("3", channel="messaging", queues=no_messages)
+    assert dropped.routed == "french" and not dropped.kept and dropped.session.routed_to is None

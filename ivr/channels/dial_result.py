@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ivr.channels.answer import Answer
 from ivr.channels.inbound import Webhook
 from ivr.channels.voice import CallbackUrls, render_dial
 from ivr.redis.queue_store import QueueStore
@@ -40,7 +41,7 @@ class DialResult:
         return (f"dial {self.queue}#{self.attempt}: {self.status or 'no status'} "
                 f"(SIP {self.sip_code})")
 
-    def failover(self, store: QueueStore, urls: CallbackUrls) -> tuple[str, str] | None:
+    def failover(self, store: QueueStore, urls: CallbackUrls) -> Answer | None:
         """The dial of the next target, and a summary for the log; None when none is left."""
         targets = dial_targets(store, self.queue)
         attempt = self.attempt + 1

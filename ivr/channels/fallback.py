@@ -4,6 +4,7 @@ application error."""
 
 from __future__ import annotations
 
+from ivr.channels.answer import Answer
 from ivr.channels.inbound import Webhook
 from ivr.channels.messaging import render_messaging, render_messaging_apology
 from ivr.channels.voice import render_voice, render_voice_apology
@@ -13,7 +14,7 @@ from ivr.services import Services
 
 
 def fallback_answer(services: Services, hook: Webhook, flow: Flow | None = None,
-                    reason: str = "internal error") -> tuple[str, str]:
+                    reason: str = "internal error") -> Answer:
     """The TwiML routing to the flow's fallback queue, and a summary for the log."""
     flow = flow or services.flows.select(hook.channel, hook.to_number)
     queue = services.store.queue(flow.fallback_queue) if flow else None

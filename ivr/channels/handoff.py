@@ -4,18 +4,19 @@ session expires."""
 
 from __future__ import annotations
 
+from ivr.channels.answer import Answer
 from ivr.channels.inbound import Webhook
 from ivr.channels.messaging import render_messaging
 from ivr.channels.sessions import session_flow
 from ivr.flows.actions import Action, RouteToQueue
 from ivr.flows.step import default_handoff_note
-from ivr.redis.sessions import Session
+from ivr.session import Session
 from ivr.services import Services, best_effort
 from ivr.turn import new_run
 
 
 async def forward_to_queue(services: Services, hook: Webhook, session: Session
-                           ) -> tuple[str, str]:
+                           ) -> Answer:
     """A contact already handed over (`session.routed_to`) keeps talking to the same queue: no
     new lookup."""
     queue_name = session.routed_to or ""

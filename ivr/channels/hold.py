@@ -12,6 +12,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from ivr.channels.answer import Answer
 from ivr.channels.fallback import fallback_answer
 from ivr.channels.inbound import Webhook
 from ivr.channels.reporting import report_decision
@@ -21,15 +22,13 @@ from ivr.services import Services
 
 log = logging.getLogger("ivr.webhook")
 
-Decision = tuple[str, str]  # the TwiML, and a summary for the log
-
 
 def is_redirect_after_hold(hook: Webhook) -> bool:
     return hook.query.get("held") == "1"
 
 
 async def decided_or_held(services: Services, hook: Webhook,
-                          deciding: Coroutine[Any, Any, Decision]) -> Decision:
+                          deciding: Coroutine[Any, Any, Answer]) -> Answer:
     """The decision if it is made within `hold_after`; else the hold prompt, the decision left
     running for the redirect that follows it."""
     decision = asyncio.ensure_future(deciding)
@@ -43,7 +42,7 @@ async def decided_or_held(services: Services, hook: Webhook,
             f"on hold after {services.hold.after:g} s while the decision finishes")
 
 
-def _keep_held_decision(services: Services, hook: Webhook, task: asyncio.Task[Decision]) -> None:
+def _keep_held_decision(services: Services, hook: Webhook, task: asyncio.Task[Answer]) -> None:
     """Publish a held call's decision for whichever instance Twilio's redirect reaches, and
     record it here, where it was made: the webhook's own record was of the hold prompt."""
     # The redirect takes it within seconds; a call hung up on hold never comes for it.
@@ -57,12 +56,12 @@ def _keep_held_decision(services: Services, hook: Webhook, task: asyncio.Task[De
                     time.time() - hook.trace.at)
 
 
-def _forget_held(services: Services, sid: str, task: asyncio.Task[Decision]) -> None:
+def _forget_held(services: Services, sid: str, task: asyncio.Task[Answer]) -> None:
     if services.held.get(sid) is task:
         del services.held[sid]
 
 
-async def held_decision(services: Services, hook: Webhook) -> Decision:
+async def held_decision(services: Services, hook: Webhook) -> Answer:
     """The redirect after the hold prompt: the decision, from this process or from Redis."""
     local = services.held.pop(hook.sid, None)
     if local is not None:

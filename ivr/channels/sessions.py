@@ -7,7 +7,7 @@ import logging
 
 from ivr.channels.inbound import Webhook
 from ivr.flows.model import Flow
-from ivr.redis.sessions import Session
+from ivr.session import Session
 from ivr.services import Services, best_effort
 
 log = logging.getLogger("ivr.webhook")

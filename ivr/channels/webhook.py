@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ivr.channels import hold, replay
+from ivr.channels.answer import Answer
 from ivr.channels.dial_result import DialResult
 from ivr.channels.fallback import apology, fallback_answer
 from ivr.channels.handoff import forward_to_queue
@@ -28,8 +29,7 @@ from ivr.flows.model import Flow
 from ivr.flows.step import Channel
 from ivr.logs import log_context, mask_number
 from ivr.metrics import SIGNATURE_REJECTIONS
-from ivr.queues import Queue
-from ivr.redis.sessions import Session
+from ivr.session import Session
 from ivr.services import Services, best_effort
 from ivr.turn import TakenTurn, take_turn
 
@@ -37,7 +37,6 @@ log = logging.getLogger("ivr.webhook")
 
 TWIML = b"text/xml; charset=utf-8"
 PLAIN_TEXT = b"text/plain; charset=utf-8"
-Answer = tuple[str, str]  # the TwiML, and a summary for the log
 
 
 # --- the three endpoints ----------------------------------------------------------------------
@@ -203,32 +202,27 @@ async def _answer_turn(
     flow = flow or session_flow(services, stored, hook)
     if flow is None:
         return apology(hook), f"no {hook.channel} flow for {mask_number(hook.to_number)}"
-    session = stored if stored is not None and stored.flow == flow.name else None
-    if session is None:  # with the contact memory, if the flow reads it
-        session = Session(flow.name, await best_effort(
-            services.conversations.contact_memory(hook.contact.number), {}, "contact memory"
-        ) if flow.reads_contact_memory else {})
+    session = stored if stored is not None and stored.flow == flow.name else Session(
+        flow.name, await _contact_memory(services, hook) if flow.reads_contact_memory else {})
     taken = await take_turn(flow, session, hook.contact, hook.params, services.surroundings,
-                            services.store.queue, answer=answer, start_at=start_at)
+                            services.store.queue, answer=answer, start_at=start_at,
+                            resumed=session is stored)
     twiml = _render(services, hook, taken, last_resort)
     hook.trace.ran(flow, taken.outcome, taken.run, taken.routed,
                    answered_at=session.waiting_at if start_at is None else None, answer=answer)
-    after = taken.session
-    after.twiml = twiml
-    waiting_at = taken.outcome.waiting_at
-    if waiting_at is None and taken.routed is not None and _keep_after_route(
-            hook, flow, taken.queues.get(taken.routed), stored is not None):
-        after.routed_to, after.route_step = taken.routed, taken.outcome.trace[-1]
-    keep = waiting_at is not None or after.routed_to is not None
-    saved = await _save(services, hook, after if keep else None, flow, taken.run.saved_fields,
-                        new_visit=session is not stored, stored=stored is not None,
-                        known="first_seen" in session.memory,
-                        wait=waiting_at is not None or hook.channel == "messaging")
-    if waiting_at is not None and not saved:
+    saved = await _save(services, hook, taken, twiml)
+    if taken.outcome.waiting_at is not None and not saved:
         # Without a session the answer could not be taken: route now rather than ask forever.
         twiml, summary = fallback_answer(services, hook, flow, "no session store")
-        return twiml, f"{summary} instead of asking at {waiting_at}"
-    return twiml, _summary(flow, taken, hook.channel)
+        return twiml, f"{summary} instead of asking at {taken.outcome.waiting_at}"
+    return twiml, _summary(taken, hook.channel)
+
+
+def _contact_memory(services: Services, hook: Webhook) -> Awaitable[dict[str, str]]:
+    """What a new session starts with, if its flow reads it: the contact's memory, or none
+    without Redis. A plain function: no coroutine of its own a call."""
+    return best_effort(services.conversations.contact_memory(hook.contact.number), {},
+                       "contact memory")
 
 
 def _render(services: Services, hook: Webhook, taken: TakenTurn, last_resort: bool) -> str:
@@ -238,42 +232,36 @@ def _render(services: Services, hook: Webhook, taken: TakenTurn, last_resort: bo
     return render_messaging(taken.actions, taken.queues, inbound=hook.params)
 
 
-def _keep_after_route(hook: Webhook, flow: Flow, queue: Queue | None, stored: bool) -> bool:
-    """Messaging: the sticky hand-off, if the queue takes messages at all. Voice: so that a
-    retried answer is replayed (a call that was asked something), and for `unanswered`."""
-    if hook.channel == "messaging":
-        return queue is not None and queue.message_to is not None
-    return stored or flow.unanswered is not None
-
-
-async def _save(services: Services, hook: Webhook, session: Session | None, flow: Flow,
-                saved_fields: dict[str, str], *, new_visit: bool, stored: bool, known: bool,
-                wait: bool) -> bool:
-    """Keep `session` (or end the one `stored` in Redis) and update the contact's memory, in
-    one round trip; False if the store could not take it. Without `wait` the answer goes out
-    without waiting for the write, and True says only that it was sent: what reads it next
-    (this contact's next call or turn) queues behind it on the auto-pipeline's connection,
-    or comes seconds later. A question (it needs its session) and a message (the next one
-    waits on the lock, perhaps on another instance) wait."""
+async def _save(services: Services, hook: Webhook, taken: TakenTurn, twiml: str) -> bool:
+    """Keep the session after `taken`, with its answer `twiml` to replay, or end the one it
+    resumed, and update the contact's memory, in one round trip; False if the store could not
+    take it. A call's turn that does not ask goes out without waiting for the write, and True
+    says only that it was sent: what reads it next (this contact's next call or turn) queues
+    behind it on the auto-pipeline's connection, or comes seconds later. A question (it needs
+    its session) and a message (the next one waits on the lock, perhaps on another instance)
+    wait."""
     conversations = services.conversations
-    commands = conversations.remember_commands(hook.contact.number, saved_fields,
-                                               visit=new_visit, known=known)
-    if session is not None:
-        commands.append(services.sessions.save_command(hook.session_key, session,
-                                                       flow.expire_after))
-    elif stored:
+    after = taken.session
+    commands = conversations.remember_commands(hook.contact.number, taken.run.saved_fields,
+                                               visit=not taken.resumed,
+                                               known="first_seen" in after.memory)
+    if taken.kept:
+        after.twiml = twiml
+        commands.append(services.sessions.save_command(hook.session_key, after,
+                                                       taken.flow.expire_after))
+    elif taken.resumed:
         commands.append(services.sessions.end_command(hook.session_key))
     if not commands:
         return True
-    if not wait:
+    if after.waiting_at is None and hook.channel != "messaging":
         conversations.pipeline.send(*commands, what="state save")
         return True
     return await best_effort(conversations.pipeline.execute(*commands), None,
                              "state save") is not None
 
 
-def _summary(flow: Flow, taken: TakenTurn, channel: Channel) -> str:
-    outcome, routed = taken.outcome, taken.routed
+def _summary(taken: TakenTurn, channel: Channel) -> str:
+    flow, outcome, routed = taken.flow, taken.outcome, taken.routed
     end = f"waits at {outcome.waiting_at}" if outcome.waiting_at else f"-> {routed or 'end'}"
     summary = f"flow {flow.name} via {'>'.join(outcome.trace)} {end}"
     if outcome.fallback_reason:
