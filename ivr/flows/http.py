@@ -75,7 +75,7 @@ _NO_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=None,
 
 class AiohttpClient:
     """A pool of keep-alive connections over one `aiohttp.ClientSession` (TLS, keep-alive,
-    retrying an idempotent request once on a kept-alive connection the server had closed: as
+    an idempotent request sent once more when its connection closes before any answer: as
     aiohttp does them). Build it inside the event loop that uses it, and `aclose()` it there.
 
     max_connections: connections open at once, across origins; further requests wait for one,
