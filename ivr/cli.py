@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the server")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     serve.set_defaults(handler=_serve)
 
@@ -196,6 +197,10 @@ def _admin_client(args: argparse.Namespace, settings: Settings) -> AdminClient:
     """A client with the admin token: --token, else IVR_ADMIN_TOKEN, else the local admin token
     that a server in a local trial made in IVR_DATA_DIR (read, never made here)."""
     server = args.server or settings.admin_url
+    parts = urlsplit(server)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise AdminError(f"{server!r} is not a server's URL: write it as http://HOST:PORT "
+                         "(--server or IVR_ADMIN_URL), e.g. http://127.0.0.1:8000")
     on_this_machine = _is_loopback(server)
     token = args.token or (settings.admin_token.get_secret_value() if settings.admin_token
                            else read_local_token(settings.local_admin_token_path)

@@ -1112,3 +1112,17 @@ def test_queues_history_says_what_each_version_changed_in_100_columns(
         ("1", "sip_uri, message_to, display_name")]
     assert "alice (admin token)" in lines[1]
     assert max(len(line) for line in lines) <= 100
+
+
+@pytest.mark.parametrize("server", ["localhost:8100", "127.0.0.1:8100", "ftp://127.0.0.1:8100"])
+def test_a_server_given_without_http_is_named_as_such_before_anything_is_sent(
+        tmp_path: Path, server: str) -> None:
+    """It was refused as a server elsewhere ("the local admin token is sent only to a server on
+    this machine, not to localhost:8100"), which is not what is wrong."""
+    for env in (clean_env(IVR_ADMIN_URL=server), clean_env()):
+        args = ("queues", "list", *(() if "IVR_ADMIN_URL" in env else ("--server", server)))
+        result = run_ivr(tmp_path, env, *args)
+        assert result.returncode == 1
+        assert result.stderr.strip() == (
+            f"ivr: {server!r} is not a server's URL: write it as http://HOST:PORT (--server or "
+            "IVR_ADMIN_URL), e.g. http://127.0.0.1:8000")

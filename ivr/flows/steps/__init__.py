@@ -13,7 +13,7 @@ from pathlib import Path
 from ivr.flows.step import STEP_KINDS, Step
 
 FLOWS_README = Path(__file__).resolve().parents[3] / "flows" / "README.md"
-WRITE_README = "python -m ivr.flows.steps --write-readme"
+WRITE_README = ".venv/bin/python -m ivr.flows.steps --write-readme"
 REFERENCE_START = f"<!-- generated: {WRITE_README}; edit the kinds' docstrings -->"
 REFERENCE_END = "<!-- end generated -->"
 
