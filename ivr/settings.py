@@ -16,8 +16,8 @@ from pydantic_settings import (
 )
 
 from ivr.passwords import check_password_hash_format
-from ivr.redis import sentinel
-from ivr.redis.sentinel import SCHEME, is_sentinel_url
+from ivr.redis import sentinel_url
+from ivr.redis.sentinel_url import SCHEME, is_sentinel_url
 from ivr.validation import Problem, describe_problems
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", SCHEME)
@@ -230,7 +230,7 @@ class Settings(BaseSettings):
         if value is None:
             return value
         if is_sentinel_url(value):
-            sentinel.parse(value)  # ValueError says what is missing
+            sentinel_url.parse(value)  # ValueError says what is missing
         elif not value.lower().startswith(REDIS_SCHEMES):
             got = (f", not {value.partition('://')[0]}://" if "://" in value
                    else " (it has none, or no // after it)")

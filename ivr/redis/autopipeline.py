@@ -38,8 +38,8 @@ from redis.asyncio.connection import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
-from ivr.redis import sentinel
-from ivr.redis.sentinel import is_sentinel_url
+from ivr.redis import sentinel, sentinel_url
+from ivr.redis.sentinel_url import is_sentinel_url
 
 # The logger keeps the name it had before the move into ivr/redis/: operators filter on it.
 log = logging.getLogger("ivr.autopipeline")
@@ -249,7 +249,7 @@ async def _as_redis_py_connects(url: str) -> AbstractConnection:
     Raises RedisConnectionError for a URL redis-py would refuse (the message names no secret)."""
     try:
         if is_sentinel_url(url):
-            target = sentinel.parse(url)
+            target = sentinel_url.parse(url)
             host, port = await sentinel.master_address(target)
             return Connection(host=host, port=port, **target.master_options())
         options = dict(parse_url(url))

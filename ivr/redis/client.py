@@ -9,8 +9,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis.asyncio as redis
 
-from ivr.redis import sentinel
-from ivr.redis.sentinel import is_sentinel_url
+from ivr.redis import sentinel, sentinel_url
+from ivr.redis.sentinel_url import is_sentinel_url
 
 
 def without_credentials(url: str) -> str:
@@ -18,9 +18,9 @@ def without_credentials(url: str) -> str:
     (redis-py takes `?password=...` too)."""
     if is_sentinel_url(url):
         try:
-            return sentinel.parse(url).display()
+            return sentinel_url.parse(url).display()
         except ValueError:
-            return sentinel.SCHEME + "(invalid)"
+            return sentinel_url.SCHEME + "(invalid)"
     parts = urlsplit(url)
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
@@ -38,7 +38,7 @@ def describe_redis(url: str) -> str:
     Sentinel, the master's service name and the sentinels asked for it."""
     if not is_sentinel_url(url):
         return without_credentials(url)
-    target = sentinel.parse(url)
+    target = sentinel_url.parse(url)
     sentinels = ", ".join(f"{host}:{port}" for host, port in target.sentinels)
     return (f"the master {target.service} (db {target.db}) as named by the sentinels at "
             f"{sentinels}")
@@ -58,8 +58,8 @@ def connect(url: str, max_connections: int = 64) -> redis.Redis:
         "retry_on_timeout": True,
     }
     if is_sentinel_url(url):
-        target = sentinel.parse(url)
-        return target.manager().master_for(  # type: ignore[no-any-return]
+        target = sentinel_url.parse(url)
+        return sentinel.manager(target).master_for(  # type: ignore[no-any-return]
             target.service, redis_class=redis.Redis,
             connection_pool_class=sentinel.BlockingSentinelPool,
             **options, **target.master_options())

@@ -1,5 +1,6 @@
 """Redis behind Sentinel: `IVR_REDIS_URL=redis+sentinel://[[user]:password@]host:port[,host:port
-...]/service[/db]`, the sentinels to ask and the name of the master they watch.
+...]/service[/db]` (read by ivr.redis.sentinel_url), the sentinels to ask and the name of the
+master they watch.
 
 The password (and user) are the master's; the sentinels are asked without one. Every connection
 asks the sentinels where the master is when it (re)connects, so after a failover the server
@@ -9,70 +10,19 @@ own connection, which also drops itself when a demoted master answers READONLY.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-from urllib.parse import unquote
-
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
-SCHEME = "redis+sentinel://"
-DEFAULT_PORT = 26379
+from ivr.redis.sentinel_url import SentinelUrl
+
 # A sentinel that does not answer within this is skipped for the next.
 SENTINEL_TIMEOUT = 1.0
 
 
-@dataclass(frozen=True)
-class SentinelUrl:
-    sentinels: tuple[tuple[str, int], ...]
-    service: str
-    db: int
-    username: str | None
-    password: str | None
-
-    def manager(self) -> Sentinel:
-        return Sentinel(list(self.sentinels), socket_timeout=SENTINEL_TIMEOUT,
-                        socket_connect_timeout=SENTINEL_TIMEOUT)
-
-    def master_options(self) -> dict[str, Any]:
-        """What a connection to the master takes besides its address."""
-        return {"db": self.db, "username": self.username, "password": self.password}
-
-    def display(self) -> str:
-        """The URL without credentials, for a log line."""
-        hosts = ",".join(f"{host}:{port}" for host, port in self.sentinels)
-        return f"{SCHEME}{hosts}/{self.service}/{self.db}"
-
-
-def is_sentinel_url(url: str) -> bool:
-    return url.lower().startswith(SCHEME)
-
-
-def parse(url: str) -> SentinelUrl:
-    """Raises ValueError, without the URL in the message (it may hold a password)."""
-    rest = url[len(SCHEME):]
-    netloc, _, path = rest.partition("/")
-    userinfo, _, hosts = netloc.rpartition("@")
-    username = password = None
-    if userinfo:
-        user, colon, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if colon else None
-    sentinels = []
-    for host_port in filter(None, hosts.split(",")):
-        bare = ":" not in host_port or host_port.endswith("]")  # no port (IPv6 in brackets)
-        host, colon, port = (host_port, "", "") if bare else host_port.rpartition(":")
-        if not host or (colon and not port.isdigit()):
-            raise ValueError("a sentinel must be host or host:port")
-        sentinels.append((host.strip("[]"), int(port) if port else DEFAULT_PORT))
-    if not sentinels:
-        raise ValueError("name at least one sentinel: redis+sentinel://host:26379/service")
-    service, _, db = path.partition("?")[0].strip("/").partition("/")
-    if not service:
-        raise ValueError("name the master's service after the sentinels: .../mymaster")
-    if db and not db.isdigit():
-        raise ValueError("the database after the service must be a number: .../mymaster/0")
-    return SentinelUrl(tuple(sentinels), service, int(db or 0), username, password)
+def manager(target: SentinelUrl) -> Sentinel:
+    """redis-py's Sentinel for the sentinels `target` names."""
+    return Sentinel(list(target.sentinels), socket_timeout=SENTINEL_TIMEOUT,
+                    socket_connect_timeout=SENTINEL_TIMEOUT)
 
 
 class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):  # type: ignore[misc]
@@ -83,10 +33,10 @@ class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):  # t
 async def master_address(target: SentinelUrl) -> tuple[str, int]:
     """Where the master is now, as the first sentinel that knows says (MasterNotFoundError, a
     redis ConnectionError, when none does)."""
-    manager = target.manager()
+    sentinels = manager(target)
     try:
-        host, port = await manager.discover_master(target.service)
+        host, port = await sentinels.discover_master(target.service)
         return str(host), int(port)
     finally:
-        for sentinel in manager.sentinels:
+        for sentinel in sentinels.sentinels:
             await sentinel.aclose()
