@@ -1,14 +1,6 @@
 """Weekly opening hours in a time zone, with holidays and special dates, for `hours` steps.
 
-    schedules:
-      support:
-        timezone: Europe/Paris             # an IANA name
-        weekly:                            # days not listed are closed
-          mon: ["09:00-12:30", "13:30-18:00"]
-          sat: ["10:00-14:00"]
-        holidays: ["2026-12-25"]           # closed all day
-        exceptions:                        # special dates with their own hours
-          "2026-12-24": ["09:00-13:00"]
+A flow's `schedules:`, as the `hours` step's reference (ivr/flows/steps/hours.py) shows them.
 
 Times and dates are local to the zone. An interval includes its start and excludes its end;
 "24:00" ends a day, and an interval that would cross midnight is written as two.
