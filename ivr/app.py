@@ -40,6 +40,7 @@ from ivr.redis.queue_store import QueueStore
 from ivr.redis.sessions import Sessions
 from ivr.services import HoldPolicy, Services
 from ivr.settings import InvalidSettings, Settings, load_settings
+from ivr.turn import Surroundings
 from ivr.twilio_security import WebhookVerifier, resolve_auth_token
 
 log = logging.getLogger("ivr.app")
@@ -198,15 +199,12 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             sessions=Sessions(pipeline),
             conversations=Conversations(
                 store.redis, pipeline, timedelta(days=settings.contact_memory_days)),
-            http=http,
-            upstreams=upstreams,
             cache_purges=cache_purges,
             traces=traces,
             verifier=WebhookVerifier(resolve_auth_token(settings), settings.public_url),
             urls=CallbackUrls(settings.public_url or ""),
-            flow_settings=settings.flow_settings(),
-            flow_secrets=settings.flow_secrets(),
-            decision_deadline=settings.decision_deadline,
+            surroundings=Surroundings(settings.flow_settings(), settings.flow_secrets(), http,
+                                      settings.decision_deadline, upstreams),
             hold=HoldPolicy(settings.hold_after, settings.hold_prompt),
             max_body_bytes=settings.max_body_bytes,
         )

@@ -13,9 +13,7 @@ from redis.exceptions import RedisError
 
 from ivr.channels.answer import Answer
 from ivr.channels.voice import CallbackUrls
-from ivr.flows.http import HttpClient
 from ivr.flows.loader import FlowSet
-from ivr.flows.upstream import Upstreams
 from ivr.redis.call_traces import CallTraces
 from ivr.redis.conversations import Conversations
 from ivr.redis.fetch_cache_purges import FetchCachePurges
@@ -42,26 +40,18 @@ class Services:
     store: QueueStore
     sessions: Sessions
     conversations: Conversations
-    http: HttpClient
-    upstreams: Upstreams
     cache_purges: FetchCachePurges  # the admin's; every process applies them
     traces: CallTraces
     verifier: WebhookVerifier
     urls: CallbackUrls
-    flow_settings: dict[str, Any]  # the settings flows may read
-    flow_secrets: dict[str, str]  # `secrets.*`, which only fetch steps read
-    decision_deadline: float
+    # What every turn of a flow reads and uses: settings, secrets, the HTTP client, the fetch
+    # cache and breakers, the decision deadline.
+    surroundings: Surroundings
     hold: HoldPolicy
     max_body_bytes: int
     # Decisions still running after their caller was put on hold, by CallSid.
     held: dict[str, asyncio.Task[Answer]] = field(default_factory=dict)
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
-    # What every turn of a flow reads and uses, gathered once.
-    surroundings: Surroundings = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.surroundings = Surroundings(self.flow_settings, self.flow_secrets, self.http,
-                                         self.decision_deadline, self.upstreams)
 
     def background(self, operation: Awaitable[Any]) -> None:
         """Run `operation` after the answer is sent, keeping it alive until it is done."""

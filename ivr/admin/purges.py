@@ -106,10 +106,12 @@ async def caller_keys(services: Services, target: PurgeTarget, number: str) -> l
     the contact on each channel the flow serves (a call, an SMS, a WhatsApp message)."""
     memory = await services.conversations.contact_memory(number)
     keys = set()
+    surroundings = services.surroundings
+    assert surroundings.upstreams is not None  # the server's turns always have them
     for contact in _contacts(number, target.flow.trigger.channels, memory):
-        run = Run(contact=contact, params={}, settings=services.flow_settings,
-                  secrets=services.flow_secrets, http=services.http, deadline=0.0)
-        key = target.step.cache_key(services.upstreams, run.variables)
+        run = Run(contact=contact, params={}, settings=surroundings.settings,
+                  secrets=surroundings.secrets, http=surroundings.http, deadline=0.0)
+        key = target.step.cache_key(surroundings.upstreams, run.variables)
         if key is not None:
             keys.add(key)
     return sorted(keys)

@@ -66,7 +66,7 @@ async def held_decision(services: Services, hook: Webhook) -> Answer:
     local = services.held.pop(hook.sid, None)
     if local is not None:
         try:
-            async with asyncio.timeout(services.decision_deadline + 1):
+            async with asyncio.timeout(services.surroundings.deadline + 1):
                 twiml, summary = await asyncio.shield(local)
             return twiml, f"after hold: {summary}"
         except TimeoutError:
@@ -74,7 +74,7 @@ async def held_decision(services: Services, hook: Webhook) -> Answer:
     else:
         try:
             published = await services.conversations.wait_for_hold_result(
-                hook.sid, services.decision_deadline + 1)
+                hook.sid, services.surroundings.deadline + 1)
         except (RedisError, OSError) as exc:
             log.warning("held decision unavailable: %s", type(exc).__name__)
             published = None
