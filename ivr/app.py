@@ -24,8 +24,9 @@ from ivr.admin.auth import resolve_admin_token
 from ivr.admin.guard import AdminGuard
 from ivr.channels.voice import CallbackUrls
 from ivr.channels.webhook import ENDPOINTS, WebhookRoutes
+from ivr.flow_versions import FlowChecks, FlowsRefused, LiveFlows, starting_flows
 from ivr.flows.http import AiohttpClient
-from ivr.flows.loader import FlowLoadError, FlowSet, load_flows
+from ivr.flows.loader import FlowLoadError, FlowSet
 from ivr.flows.upstream import Upstreams
 from ivr.logs import configure_logging
 from ivr.metrics import CONTENT_TYPE, MULTIPROCESS_DIR, exposition, process_exited
@@ -36,6 +37,7 @@ from ivr.redis.client import connect, without_credentials
 from ivr.redis.conversations import Conversations
 from ivr.redis.fetch_cache import RedisSharedAnswers
 from ivr.redis.fetch_cache_purges import FetchCachePurges
+from ivr.redis.flow_store import FlowStore
 from ivr.redis.queue_store import QueueStore
 from ivr.redis.sessions import Sessions
 from ivr.services import HoldPolicy, Services
@@ -110,11 +112,12 @@ async def readyz(request: Request) -> Response:
     store = services.store
     # The queue listener knows at no cost when the connection broke; PING catches a hung Redis.
     reachable = store.following and await store.reachable(READY_PING_TIMEOUT)
-    flows = len(services.flows.flows)
-    ready = reachable and flows > 0
+    flows = services.flows
+    ready = reachable and len(flows.flows) > 0
     body = {"status": "ready" if ready else "degraded",
             "store": "ok" if reachable else "unreachable",
-            "flows": flows, "queues": len(store.queue_names())}
+            "flows": len(flows.flows), "flow_version": flows.version,
+            "queues": len(store.queue_names())}
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
@@ -129,8 +132,9 @@ class StartupError(Exception):
 
 
 async def open_store(settings: Settings) -> tuple[QueueStore, FlowSet]:
-    """Connect to the store, seed it from the queues file if it is empty, and load the flows
-    against the live queues. The caller owns the returned store and closes it."""
+    """Connect to the store, seed it from the queues file if it is empty, and load the live
+    flows version (in an empty store, the flow files, checked against the live queues and
+    published as version 1). The caller owns the returned store and closes it."""
     if settings.redis_url is None:
         raise StartupError("IVR_REDIS_URL is not set: run `ivr serve`, which starts the embedded "
                            "Redis when no URL is given")
@@ -142,11 +146,15 @@ async def open_store(settings: Settings) -> tuple[QueueStore, FlowSet]:
     try:
         if await store.seed_queues(queue_config):
             log.info("seeded %d queues from %s", len(queue_config.queues), settings.sip_config)
-        queues = await store.refresh()
-        flows = load_flows(settings.flows_dir, queue_names=queues, secrets=settings.secrets)
+        await store.refresh()
+        flows = await starting_flows(FlowStore(store.redis), store, flow_checks(settings),
+                                     settings.flows_dir)
     except FlowLoadError as exc:
         await store.close()
         raise StartupError(f"the flows are broken:\n{exc}") from None
+    except FlowsRefused as exc:
+        await store.close()
+        raise StartupError(str(exc)) from None
     except (RedisError, OSError) as exc:
         await store.close()
         where = without_credentials(settings.redis_url)
@@ -161,6 +169,11 @@ async def open_store(settings: Settings) -> tuple[QueueStore, FlowSet]:
     return store, flows
 
 
+def flow_checks(settings: Settings) -> FlowChecks:
+    """What this process checks flows against, besides the queues."""
+    return FlowChecks(secrets=settings.secrets)
+
+
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -171,13 +184,17 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
             log.error("cannot start: %s", exc)
             raise
         stack.push_async_callback(store.close)
-        log.info("ready: %d flows, %d queues", len(flows.flows), len(store.queue_names()))
+        log.info("ready: flows version %d (%d flows), %d queues", flows.version,
+                 len(flows.flows), len(store.queue_names()))
         assert settings.redis_url is not None  # open_store starts nothing without it
         pipeline = AutoPipeline(settings.redis_url)
         stack.push_async_callback(pipeline.close)  # the last writes
         upstreams = Upstreams(RedisSharedAnswers(pipeline))
         cache_purges = FetchCachePurges(store.redis, upstreams)
         store.follow(cache_purges)
+        flow_store = FlowStore(store.redis)
+        live_flows = LiveFlows(flow_store, flow_checks(settings), flows)
+        store.follow(live_flows)
         await store.start()
         http = _http_client(settings)
         stack.push_async_callback(http.aclose)
@@ -194,7 +211,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if settings.loyalty_api_url is None:
             log.warning("IVR_LOYALTY_API_URL is not set: loyalty lookups take their error exit")
         app.state.services = Services(
-            flows=flows,
+            live_flows=live_flows,
+            flow_store=flow_store,
+            flow_checks=flow_checks(settings),
             store=store,
             sessions=Sessions(pipeline),
             conversations=Conversations(

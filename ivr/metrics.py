@@ -54,6 +54,9 @@ BREAKER_STATE = Gauge(
 STORE_UP = Gauge(
     "ivr_store_up", "1 while this process reaches Redis (queue updates live), 0 during an outage",
     multiprocess_mode="livemin")
+FLOW_VERSION = Gauge(
+    "ivr_flow_version", "The published flows version this process serves (0: none yet)",
+    multiprocess_mode="liveall")
 CALL_TRACES_DROPPED = Counter(
     "ivr_call_traces_dropped_total", "Call traces not stored (Redis unreachable or too slow)")
 

@@ -13,10 +13,12 @@ from redis.exceptions import RedisError
 
 from ivr.channels.answer import Answer
 from ivr.channels.voice import CallbackUrls
+from ivr.flow_versions import FlowChecks, LiveFlows
 from ivr.flows.loader import FlowSet
 from ivr.redis.call_traces import CallTraces
 from ivr.redis.conversations import Conversations
 from ivr.redis.fetch_cache_purges import FetchCachePurges
+from ivr.redis.flow_store import FlowStore
 from ivr.redis.queue_store import QueueStore
 from ivr.redis.sessions import Sessions
 from ivr.turn import Surroundings
@@ -36,7 +38,9 @@ class HoldPolicy:
 class Services:
     """What webhooks share in one process, built once in the app's lifespan."""
 
-    flows: FlowSet
+    live_flows: LiveFlows  # the live version, and older ones sessions are pinned to
+    flow_store: FlowStore  # every published version
+    flow_checks: FlowChecks  # what a publish is checked against, besides the queues
     store: QueueStore
     sessions: Sessions
     conversations: Conversations
@@ -52,6 +56,11 @@ class Services:
     # Decisions still running after their caller was put on hold, by CallSid.
     held: dict[str, asyncio.Task[Answer]] = field(default_factory=dict)
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    @property
+    def flows(self) -> FlowSet:
+        """The live flows version, as this process serves it now."""
+        return self.live_flows.current
 
     def background(self, operation: Awaitable[Any]) -> None:
         """Run `operation` after the answer is sent, keeping it alive until it is done."""

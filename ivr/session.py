@@ -4,7 +4,7 @@ need only this, and no Redis client.
 
 A session is one JSON object. Its keys are those written since sessions were first kept (a
 caller waiting at a question during a rolling upgrade is answered by the new code): flow,
-memory, state, turn, twiml, waiting_at, routed_to, route_step. A key this code does not know
+memory, state, turn, twiml, waiting_at, routed_to, route_step, flow_version. A key this code does not know
 (a later version wrote it) is kept as it is and written back with the session, so that a call
 moving between instances of two versions during a rolling upgrade keeps it.
 """
@@ -18,7 +18,7 @@ from typing import Any
 from ivr.jsonfast import compact_json
 
 KNOWN_KEYS = frozenset(("flow", "memory", "state", "turn", "twiml", "waiting_at", "routed_to",
-                        "route_step"))
+                        "route_step", "flow_version"))
 
 
 @dataclass(slots=True)
@@ -33,6 +33,9 @@ class Session:
     waiting_at: str | None = None  # the step waiting for the contact's answer
     routed_to: str | None = None  # the queue it was handed to, kept after the route
     route_step: str | None = None  # the step that routed there, for a hand-off's note
+    # The published flows version it started on, and finishes on (None: a session from before
+    # versions, or a simulation: it runs on the flows at hand).
+    flow_version: int | None = None
     later_keys: dict[str, Any] = field(default_factory=dict)  # keys a later version wrote
 
     @classmethod
@@ -44,6 +47,7 @@ class Session:
                    stored.get("state") or {}, stored.get("turn") or 0,
                    stored.get("twiml") or "", stored.get("waiting_at"),
                    stored.get("routed_to"), stored.get("route_step"),
+                   _version(stored.get("flow_version")),
                    {} if stored.keys() <= KNOWN_KEYS
                    else {key: stored[key] for key in stored.keys() - KNOWN_KEYS})
 
@@ -51,4 +55,9 @@ class Session:
         return compact_json({
             "flow": self.flow, "memory": self.memory, "state": self.state, "turn": self.turn,
             "twiml": self.twiml, "waiting_at": self.waiting_at, "routed_to": self.routed_to,
-            "route_step": self.route_step, **self.later_keys})
+            "route_step": self.route_step, "flow_version": self.flow_version,
+            **self.later_keys})
+
+
+def _version(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

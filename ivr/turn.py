@@ -68,7 +68,8 @@ async def take_turn(flow: Flow, session: Session, contact: Contact, params: dict
     actions, queues = resolve_queues(outcome.actions, queue, flow.fallback_queue)
     routed = next((a.queue for a in actions if isinstance(a, RouteToQueue)), None)
     after = Session(flow.name, session.memory, run.state(), session.turn + 1,
-                    waiting_at=outcome.waiting_at, later_keys=session.later_keys)
+                    waiting_at=outcome.waiting_at, flow_version=session.flow_version,
+                    later_keys=session.later_keys)
     if outcome.waiting_at is None and routed is not None and kept_after_route(
             flow, contact.channel, queues.get(routed), resumed):
         after.routed_to, after.route_step = routed, outcome.trace[-1]

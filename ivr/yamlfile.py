@@ -34,7 +34,7 @@ class YamlFileError(Exception):
     """The file cannot be read or parsed; `problem` says why (and where in the file), the
     message names the file too."""
 
-    def __init__(self, path: Path, problem: str) -> None:
+    def __init__(self, path: Path | str, problem: str) -> None:
         super().__init__(f"{path}: {problem}")
         self.path = path
         self.problem = problem
@@ -47,19 +47,28 @@ MAX_YAML_BYTES = 1024 * 1024
 
 def read_yaml(path: Path) -> Any:
     try:
-        size = path.stat().st_size
-        if size > MAX_YAML_BYTES:
-            raise YamlFileError(path, f"{size:,} bytes, over the {MAX_YAML_BYTES:,} a config "
-                                "file may have")
+        _check_size(path.stat().st_size, path)
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise YamlFileError(path, "file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise YamlFileError(path, f"cannot read: {exc}") from None
+    return parse_yaml(text, path)
+
+
+def parse_yaml(text: str, where: Path | str) -> Any:
+    """The YAML document in `text` (the file `where`, as errors name it)."""
+    _check_size(len(text.encode("utf-8")), where)
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
-        raise YamlFileError(path, describe_yaml_error(exc, text)) from None
+        raise YamlFileError(where, describe_yaml_error(exc, text)) from None
+
+
+def _check_size(size: int, where: Path | str) -> None:
+    if size > MAX_YAML_BYTES:
+        raise YamlFileError(where, f"{size:,} bytes, over the {MAX_YAML_BYTES:,} a config "
+                            "file may have")
 
 
 def describe_yaml_error(exc: yaml.YAMLError, text: str) -> str:

@@ -382,15 +382,15 @@ def test_a_session_is_written_with_the_keys_the_code_before_it_reads(
     with redis.Redis.from_url(redis_url) as client:
         stored = json.loads(client.get(f"ivr:session:voice:{params['CallSid']}"))
     assert list(stored) == ["flow", "memory", "state", "turn", "twiml", "waiting_at",
-                            "routed_to", "route_step"]
+                            "routed_to", "route_step", "flow_version"]
     assert (stored["flow"], stored["turn"], stored["waiting_at"]) == ("menu", 1, "menu")
     assert list(stored["state"]) == ["vars", "steps", "attempts", "contact"]
 
 
-# A key a later version writes (say, the flow version a session is pinned to): this version
-# does not read it, and must not drop it when it saves the session again, or a call moving
-# between instances of the two versions during a rolling upgrade would lose it.
-LATER_KEY = ',"flow_version":"v7","sip":{"headers":["X-Account"]}}'
+# A key a later version writes (say, the journey a session belongs to): this version does not
+# read it, and must not drop it when it saves the session again, or a call moving between
+# instances of the two versions during a rolling upgrade would lose it.
+LATER_KEY = ',"journey":"j7","sip":{"headers":["X-Account"]}}'
 
 
 def test_a_key_of_a_later_version_is_kept_through_a_turn(
@@ -404,7 +404,7 @@ def test_a_key_of_a_later_version_is_kept_through_a_turn(
         assert sip(routed.text)[0] == "sip:gold@queues.example.com"
         stored = json.loads(client.get(key))
     assert (stored["turn"], stored["routed_to"]) == (2, "gold")  # saved by this turn
-    assert (stored["flow_version"], stored["sip"]) == ("v7", {"headers": ["X-Account"]})
+    assert (stored["journey"], stored["sip"]) == ("j7", {"headers": ["X-Account"]})
 
 
 def test_a_key_of_a_later_version_is_kept_when_a_hand_off_is_saved_again(
@@ -417,4 +417,4 @@ def test_a_key_of_a_later_version_is_kept_when_a_hand_off_is_saved_again(
         menu.post("/twilio/messaging", message_params(sender, "still there?", To=MENU_NUMBER))
         assert client.ttl(key) > 5  # saved again, for another expire_after
         stored = json.loads(client.get(key))
-    assert (stored["flow_version"], stored["sip"]) == ("v7", {"headers": ["X-Account"]})
+    assert (stored["journey"], stored["sip"]) == ("j7", {"headers": ["X-Account"]})

@@ -60,9 +60,15 @@ def test_a_session_keeps_the_contact_memory_it_started_with() -> None:
 
 def test_a_key_a_later_version_stored_in_the_session_is_kept_through_a_turn() -> None:
     stored = Session.from_json(turn(Session(FLOW.name)).session.to_json()[:-1]
-                               + b',"flow_version":"v7"}')
+                               + b',"journey":"j7"}')
     after = Session.from_json(turn(stored, answer="9").session.to_json())
-    assert after.turn == 2 and after.later_keys == {"flow_version": "v7"}
+    assert after.turn == 2 and after.later_keys == {"journey": "j7"}
+
+
+def test_a_session_keeps_the_flows_version_it_started_on_through_a_turn() -> None:
+    started = Session(FLOW.name, flow_version=3)
+    asked = turn(started)
+    assert asked.kept and Session.from_json(asked.session.to_json()).flow_version == 3
 
 
 # What is kept after a turn, decided in the turn, so that `ivr simulate` and the golden tests

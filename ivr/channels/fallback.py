@@ -4,13 +4,19 @@ application error."""
 
 from __future__ import annotations
 
+import logging
+
 from ivr.channels.answer import Answer
 from ivr.channels.inbound import Webhook
 from ivr.channels.messaging import render_messaging, render_messaging_apology
 from ivr.channels.voice import render_voice, render_voice_apology
+from ivr.flow_versions import PinnedVersionMissing
 from ivr.flows.actions import Action, RouteToQueue
 from ivr.flows.model import Flow
 from ivr.services import Services
+
+log = logging.getLogger("ivr.webhook")
+_told_missing: set[int] = set()  # the flows versions found missing, told once each
 
 
 def fallback_answer(services: Services, hook: Webhook, flow: Flow | None = None,
@@ -28,6 +34,17 @@ def fallback_answer(services: Services, hook: Webhook, flow: Flow | None = None,
     else:
         twiml = render_messaging(actions, queues, inbound=hook.params)
     return twiml, f"fallback queue {flow.fallback_queue} ({reason})"
+
+
+def missing_version_answer(services: Services, hook: Webhook, missing: PinnedVersionMissing
+                           ) -> Answer:
+    """A session's flows version cannot be had: its flow's fallback queue, as the live version
+    has it (else the number's flow's). Logged once a version, without a traceback."""
+    if missing.version not in _told_missing:
+        _told_missing.add(missing.version)
+        log.warning("sessions on %s go to their flow's fallback queue", missing)
+    flow = services.flows.flows.get(missing.flow or "")
+    return fallback_answer(services, hook, flow, "missing flow version")
 
 
 def apology(hook: Webhook) -> str:

@@ -1,23 +1,27 @@
 """A webhook's session (ivr.redis.sessions), best effort: without Redis a contact is routed all
-the same, as a new one."""
+the same, as a new one; and the flows it runs on: the version it started on (ivr.flow_versions),
+whatever was published since."""
 
 from __future__ import annotations
 
 import logging
 
 from ivr.channels.inbound import Webhook
+from ivr.flow_versions import PinnedVersionMissing
+from ivr.flows.loader import FlowSet
 from ivr.flows.model import Flow
-from ivr.session import Session
 from ivr.services import Services, best_effort
+from ivr.session import Session
 
 log = logging.getLogger("ivr.webhook")
 
 
 async def load_session(services: Services, hook: Webhook) -> Session | None:
-    """The contact's session in progress, if it has one that a loaded flow can continue."""
+    """The contact's session in progress, if it has one that can be continued."""
     session = await best_effort(services.sessions.load(hook.session_key), None, "session load")
-    if session is not None and session.flow not in services.flows.flows:
-        # Its flow was removed or renamed by a deploy: its steps mean nothing any more.
+    if session is not None and session.flow_version is None \
+            and session.flow not in services.flows.flows:
+        # From before flow versions, and its flow is gone: its steps mean nothing any more.
         log.info("%s %s: session of a flow no longer loaded; starting over", hook.channel,
                  hook.sid)
         return None
@@ -28,8 +32,21 @@ async def end_session(services: Services, hook: Webhook) -> None:
     await best_effort(services.sessions.end(hook.session_key), None, "session end")
 
 
-def session_flow(services: Services, session: Session | None, hook: Webhook) -> Flow | None:
+async def session_flows(services: Services, session: Session | None) -> FlowSet:
+    """The flows a session runs on: the version it started on, or for a new session (or one
+    from before versions) the live version. Raises PinnedVersionMissing."""
+    live = services.flows
+    if session is None or session.flow_version is None or session.flow_version == live.version:
+        return live
+    try:
+        return await services.live_flows.pinned(session.flow_version)
+    except PinnedVersionMissing as exc:
+        exc.flow = session.flow
+        raise
+
+
+def flow_for(flows: FlowSet, session: Session | None, hook: Webhook) -> Flow | None:
     """The flow a session runs, or for a new one the flow bound to the channel and number."""
-    if session is not None and session.flow in services.flows.flows:
-        return services.flows.flows[session.flow]
-    return services.flows.select(hook.channel, hook.to_number)
+    if session is not None and session.flow in flows.flows:
+        return flows.flows[session.flow]
+    return flows.select(hook.channel, hook.to_number)

@@ -18,19 +18,26 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ivr.channels import hold, replay
 from ivr.channels.answer import Answer
 from ivr.channels.dial_result import DialResult
-from ivr.channels.fallback import apology, fallback_answer
+from ivr.channels.fallback import apology, fallback_answer, missing_version_answer
 from ivr.channels.handoff import forward_to_queue
-from ivr.channels.inbound import BadWebhook, Webhook, answer_in, request_headers, verified_webhook
+from ivr.channels.inbound import (
+    BadWebhook,
+    Webhook,
+    answer_in,
+    request_headers,
+    verified_webhook,
+)
 from ivr.channels.messaging import render_messaging
 from ivr.channels.reporting import report_webhook
-from ivr.channels.sessions import end_session, load_session, session_flow
+from ivr.channels.sessions import end_session, flow_for, load_session, session_flows
 from ivr.channels.voice import render_hangup, render_voice
+from ivr.flow_versions import PinnedVersionMissing
 from ivr.flows.model import Flow
 from ivr.flows.step import Channel
 from ivr.logs import log_context, mask_number
 from ivr.metrics import SIGNATURE_REJECTIONS
-from ivr.session import Session
 from ivr.services import Services, best_effort
+from ivr.session import Session
 from ivr.turn import TakenTurn, take_turn
 
 log = logging.getLogger("ivr.webhook")
@@ -117,6 +124,8 @@ async def _answer_once(services: Services, hook: Webhook, endpoint: Endpoint, to
             return replayed, "retry: the earlier answer, replayed"
         twiml, summary = await endpoint.answer(services, hook)
         await replay.keep_answer(services, hook, token, twiml)
+    except PinnedVersionMissing as exc:  # its flow's fallback queue, in the live version
+        twiml, summary = missing_version_answer(services, hook, exc)
     except Exception:  # every failure still answers the contact, with a route if there is one
         log.exception("%s %s: could not answer; routing to the fallback queue", hook.channel,
                       hook.sid)
@@ -163,7 +172,7 @@ async def _answer_dial_result(services: Services, hook: Webhook) -> Answer:
     if failover is not None:
         return failover
     session = await load_session(services, hook)
-    flow = session_flow(services, session, hook)
+    flow = flow_for(await session_flows(services, session), session, hook)
     if flow is None or flow.unanswered is None or dial.last_resort:
         await end_session(services, hook)
         return apology(hook), f"{dial.summary}; every target failed: apology"
@@ -199,11 +208,13 @@ async def _answer_turn(
 ) -> Answer:
     """Take a turn of the flow (new, resumed at a question, or from a step), answer, and keep
     the session."""
-    flow = flow or session_flow(services, stored, hook)
+    flows = await session_flows(services, stored)
+    flow = flow or flow_for(flows, stored, hook)
     if flow is None:
         return apology(hook), f"no {hook.channel} flow for {mask_number(hook.to_number)}"
     session = stored if stored is not None and stored.flow == flow.name else Session(
-        flow.name, await _contact_memory(services, hook) if flow.reads_contact_memory else {})
+        flow.name, await _contact_memory(services, hook) if flow.reads_contact_memory else {},
+        flow_version=flows.version or None)
     taken = await take_turn(flow, session, hook.contact, hook.params, services.surroundings,
                             services.store.queue, answer=answer, start_at=start_at,
                             resumed=session is stored)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+import re
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_args
@@ -14,11 +15,13 @@ from ivr.flows.model import Flow, FlowOutline
 from ivr.flows.step import Channel
 from ivr.settings import secret_variable
 from ivr.validation import Problem, describe_problems, unknown
-from ivr.yamlfile import YamlFileError, read_yaml
+from ivr.yamlfile import YamlFileError, parse_yaml, read_yaml
 
 log = logging.getLogger("ivr.flows")
 
 CHANNELS: tuple[Channel, ...] = get_args(Channel)
+# The name of a flow file in a published version: a file of IVR_FLOWS_DIR, without a directory.
+FLOW_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.ya?ml")
 
 
 class FlowLoadError(Exception):
@@ -31,11 +34,13 @@ class FlowLoadError(Exception):
 
 @dataclass
 class FlowSet:
-    """The loaded flows and which one serves each (channel, `To` number)."""
+    """The loaded flows and which one serves each (channel, `To` number); `version`: the
+    published version they are (ivr.flow_versions), 0 for flows read from files."""
 
     flows: dict[str, Flow] = field(default_factory=dict)
     by_number: dict[tuple[Channel, str], Flow] = field(default_factory=dict)
     defaults: dict[Channel, Flow] = field(default_factory=dict)
+    version: int = 0
 
     def select(self, channel: Channel, to_number: str) -> Flow | None:
         return self.by_number.get((channel, to_number)) or self.defaults.get(channel)
@@ -51,46 +56,67 @@ class FlowSet:
                 for queue, names in users.items()}
 
 
+@dataclass(frozen=True)
+class FlowFile:
+    """A flow file to load: one in a directory, or one of a published version's texts."""
+
+    label: str  # how problems name it: its path, or its name in a version
+    stem: str  # the flow's name unless the file sets `name`
+    read: Callable[[], object]  # its YAML data; raises YamlFileError
+    # Which of two files claiming the same thing changed last (sorts after the other).
+    recency: Callable[[], tuple[int, str]]
+
+    @classmethod
+    def at(cls, path: Path) -> FlowFile:
+        return cls(str(path), path.stem, lambda: read_yaml(path),
+                   lambda: (_changed_at(path), str(path)))
+
+    @classmethod
+    def of_text(cls, label: str, text: str, order: int) -> FlowFile:
+        return cls(label, Path(label).stem, lambda: parse_yaml(text, label),
+                   lambda: (order, label))
+
+
 def load_flow_file(path: Path, queue_names: Collection[str] | None = None,
                    secrets: Collection[str] | None = None) -> Flow:
     """Load and check one flow as `load_flows` checks each file: with `queue_names`, its routes
     must name those queues; with `secrets` (the names of the secrets set), every secret the flow
     needs must be among them."""
-    flow, _, problems = _read_flow(path, queue_names, secrets)
+    flow, _, problems = _read_flow(FlowFile.at(path), queue_names, secrets)
     if flow is None:
         raise FlowLoadError([f"{path}: {problem}" for problem in problems])
     return flow
 
 
-def _read_flow(path: Path, queue_names: Collection[str] | None,
+def _read_flow(file: FlowFile, queue_names: Collection[str] | None,
                secrets: Collection[str] | None
                ) -> tuple[Flow | None, FlowOutline | None, list[Problem]]:
-    """The flow in `path`, or None if it has any problem; its outline for the checks across
+    """The flow in `file`, or None if it has any problem; its outline for the checks across
     files (None when even that cannot be read); and its problems. Every check of one file,
-    for the server, `ivr flows validate` and `ivr simulate` alike."""
-    flow, outline, problems = _parse_flow(path, secrets)
+    for the server, a publish, `ivr flows validate` and `ivr simulate` alike."""
+    flow, outline, problems = _parse_flow(file, secrets)
     if outline is not None and queue_names is not None:
         problems += _unknown_queues(outline, queue_names)
     return (None if problems else flow), outline, problems
 
 
-def _parse_flow(path: Path, secrets: Collection[str] | None
+def _parse_flow(file: FlowFile, secrets: Collection[str] | None
                 ) -> tuple[Flow | None, FlowOutline | None, list[Problem]]:
     """`_read_flow` but for the queues."""
     try:
-        data = read_yaml(path)
+        data = file.read()
     except YamlFileError as exc:
         return None, None, [Problem((), exc.problem)]
     if data is None:  # nothing but comments, or nothing at all
         return None, None, [Problem((), "the file is empty: a flow needs `trigger`, "
                                     "`fallback_queue` and `steps`")]
     try:
-        flow = Flow.from_data(data, name=path.stem)
+        flow = Flow.from_data(data, name=file.stem)
     except ValidationError as exc:
         problems = describe_problems(exc, Flow)
         # The flow's own checks (where steps go) never ran when a field failed: run them on
         # the steps that are valid, so that fixing a typo does not reveal the next problem.
-        outline = FlowOutline.of_broken(data, path.stem)
+        outline = FlowOutline.of_broken(data, file.stem)
         fields_failed = all(error["loc"] for error in exc.errors())
         if outline is not None and fields_failed:
             problems += outline.problems
@@ -108,25 +134,65 @@ def load_flows(directory: Path, queue_names: Collection[str] | None = None,
 
     Raises FlowLoadError listing every problem found, in every file, grouped by file.
     """
+    return _load([FlowFile.at(path) for path in _flow_paths(directory)], queue_names, secrets)
+
+
+def _flow_paths(directory: Path) -> list[Path]:
     paths = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
     if not paths:
         raise FlowLoadError([f"{directory}: no flow files (*.yaml); set IVR_FLOWS_DIR"])
-    problems: list[tuple[Path, Problem]] = []
+    return paths
+
+
+def read_flow_texts(directory: Path) -> dict[str, str]:
+    """The texts of the flow files in `directory`, by file name: what a publish sends."""
+    texts = {}
+    for path in _flow_paths(directory):
+        try:
+            texts[path.name] = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise FlowLoadError([f"{path}: cannot read: {exc}"]) from None
+    return texts
+
+
+def load_flow_texts(files: Mapping[str, str], queue_names: Collection[str] | None = None,
+                    secrets: Collection[str] | None = None, *, version: int = 0,
+                    directory: Path | None = None) -> FlowSet:
+    """Load and check the flows of a published version (file name -> text), as `load_flows`
+    checks a directory's; problems name each file by its name (in `directory`, if they were
+    read from there)."""
+    if not files:
+        raise FlowLoadError(["no flow files: a version has at least one *.yaml file"])
+    bad = [f"{name!r}: not a flow file's name: a name ending in .yaml (letters, digits, `_`, "
+           "`-`, `.`), without a directory" for name in files if not FLOW_FILE_NAME.fullmatch(name)]
+    if bad:
+        raise FlowLoadError(bad)
+    names = sorted(files)
+    flow_set = _load([FlowFile.of_text(str(directory / name) if directory else name,
+                                       files[name], order)
+                      for order, name in enumerate(names)], queue_names, secrets)
+    flow_set.version = version
+    return flow_set
+
+
+def _load(files: list[FlowFile], queue_names: Collection[str] | None,
+          secrets: Collection[str] | None) -> FlowSet:
+    problems: list[tuple[str, Problem]] = []
     flow_set = FlowSet()
     claims = _Claims()
-    for path in paths:
-        flow, outline, found = _read_flow(path, queue_names, secrets)
-        problems += [(path, problem) for problem in found]
+    for file in files:
+        flow, outline, found = _read_flow(file, queue_names, secrets)
+        problems += [(file.label, problem) for problem in found]
         if outline is None:
             continue
-        problems += [(path, problem) for problem in claims.add(path, outline)]
+        problems += [(file.label, problem) for problem in claims.add(file, outline)]
         if flow is not None:
             flow_set.flows.setdefault(flow.name, flow)
             _bind(flow_set, flow)
     problems += claims.conflicts()
     if problems:
-        problems.sort(key=lambda found: str(found[0]))  # stable: each file's in its order
-        raise FlowLoadError([f"{path}: {problem}" for path, problem in problems])
+        problems.sort(key=lambda found: found[0])  # stable: each file's in its order
+        raise FlowLoadError([f"{label}: {problem}" for label, problem in problems])
     for flow in flow_set.flows.values():
         for name in flow.unset_optional_secrets(secrets) if secrets is not None else ():
             # Not an error (the flow says it can do without), but a request that goes without
@@ -172,36 +238,37 @@ class _Claims:
     or the edit that made the conflict), naming every other file that claims the same."""
 
     def __init__(self) -> None:
-        self._claims: dict[tuple[str, ...], list[Path]] = {}
+        self._claims: dict[tuple[str, ...], list[FlowFile]] = {}
 
-    def add(self, path: Path, outline: FlowOutline) -> list[Problem]:
-        """Record what the flow in `path` claims; return what is wrong with its trigger alone."""
-        self._claims.setdefault(("name", outline.name), []).append(path)
+    def add(self, file: FlowFile, outline: FlowOutline) -> list[Problem]:
+        """Record what the flow in `file` claims; return what is wrong with its trigger alone."""
+        self._claims.setdefault(("name", outline.name), []).append(file)
         trigger = outline.trigger
         if trigger is None:
             return []
         for channel in trigger.channels:
             if trigger.default:
-                self._claims.setdefault(("default", channel), []).append(path)
+                self._claims.setdefault(("default", channel), []).append(file)
             for number in dict.fromkeys(trigger.numbers):
-                self._claims.setdefault(("number", channel, number), []).append(path)
+                self._claims.setdefault(("number", channel, number), []).append(file)
         if not trigger.numbers and not trigger.default:
             return [Problem(("trigger",), "the flow serves no call: give it `numbers` or "
                             "`default: true`")]
         return []
 
-    def conflicts(self) -> list[tuple[Path, Problem]]:
+    def conflicts(self) -> list[tuple[str, Problem]]:
         problems = []
-        for claim, paths in self._claims.items():
-            if len(paths) < 2:
+        for claim, files in self._claims.items():
+            if len(files) < 2:
                 continue
-            newest = max(paths, key=lambda path: (_changed_at(path), str(path)))
-            problems.append((newest, _conflict(claim, [p for p in paths if p != newest])))
+            newest = max(files, key=lambda file: file.recency())
+            problems.append((newest.label,
+                             _conflict(claim, [f.label for f in files if f is not newest])))
         return problems
 
 
-def _conflict(claim: tuple[str, ...], others: list[Path]) -> Problem:
-    named = " and ".join(str(path) for path in others)
+def _conflict(claim: tuple[str, ...], others: list[str]) -> Problem:
+    named = " and ".join(others)
     if claim[0] == "name":
         return Problem(("name",), f"the flow name {claim[1]!r} is also used by {named}: "
                        "give one of them another `name` (or file name)")

@@ -308,6 +308,12 @@ class QueueStore:
     def queue_names(self) -> set[str]:
         return set(self._queues)
 
+    async def live_names(self) -> tuple[set[str], str]:
+        """The names of the queues in Redis now, and the config version they are at (what a
+        check against the live queues is guarded by)."""
+        queues, version = await self._snapshot()
+        return set(queues), version
+
     # --- health -----------------------------------------------------------------------------
 
     @property

@@ -1,0 +1,246 @@
+"""Published flow versions: checking a version before it goes live, publishing and rolling back,
+the flows a process serves (the live version, followed as every instance follows the queues), the
+older versions sessions are pinned to, and the flows a process starts with.
+
+A version is checked where it is published, against the live queues; every process then loads it
+as it is announced. A process that cannot load it (a secret the version needs is not set on this
+instance) keeps serving the version it has, says so in its log, and its /readyz and /metrics name
+the version it serves."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+from redis.exceptions import RedisError
+
+from ivr.flows.loader import FlowLoadError, FlowSet, load_flow_texts, read_flow_texts
+from ivr.metrics import FLOW_VERSION
+from ivr.redis.flow_store import (
+    CHANGED_CHANNEL,
+    LIVE_KEY,
+    NO_VERSION,
+    FlowStore,
+    Published,
+    QueuesChanged,
+    StaleLive,
+    content_hash,
+)
+from ivr.redis.queue_store import QueueStore
+
+log = logging.getLogger("ivr.flows")
+
+# Older versions a process keeps loaded for the sessions pinned to them. A session lives minutes
+# (a flow's expire_after); a version older than the last few is loaded again if one still asks.
+OLDER_VERSIONS_KEPT = 8
+# How long a webhook may wait for an older version's files (a rare case: a session pinned to a
+# version this process never loaded). Past it, the session goes to its flow's fallback queue.
+PINNED_LOAD_TIMEOUT = 1.0
+# A publish checked against the queues is written only if they did not change meanwhile.
+PUBLISH_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class FlowChecks:
+    """What this process knows to check flows against, besides the queues: the names of the
+    secrets set on it."""
+
+    secrets: Collection[str]
+
+    def load(self, files: dict[str, str], queue_names: Collection[str] | None,
+             version: int = 0, directory: Path | None = None) -> FlowSet:
+        """Load `files` (read from `directory`, if they were); raises FlowLoadError naming
+        every problem."""
+        return load_flow_texts(files, queue_names, self.secrets, version=version,
+                               directory=directory)
+
+
+class PinnedVersionMissing(Exception):
+    """A session's flow version cannot be found or loaded: it goes to its flow's fallback queue.
+    `reason`: missing_version, or redis when the store could not be asked."""
+
+    def __init__(self, version: int, reason: str, detail: str) -> None:
+        super().__init__(f"flows version {version}: {detail}")
+        self.version = version
+        self.reason = reason
+        self.flow: str | None = None  # the session's flow, set where the session is known
+
+
+class LiveFlows:
+    """The flows this process serves: `current`, the live version, switched to within a moment
+    of a publish (the queue store's listener hands it the announcements, and re-reads the live
+    version after a reconnection or a lost message); and older versions, for the sessions that
+    started on them. Reading `current` costs a call nothing."""
+
+    channel = CHANGED_CHANNEL
+    version_key = LIVE_KEY
+
+    def __init__(self, store: FlowStore, checks: FlowChecks, current: FlowSet) -> None:
+        self.current = current
+        self._store = store
+        self._checks = checks
+        self._older: OrderedDict[int, FlowSet] = OrderedDict()
+        self._unloadable: set[int] = set()  # told once each
+        FLOW_VERSION.set(current.version)
+
+    @property
+    def version(self) -> str | None:
+        return str(self.current.version) if self.current.version else None
+
+    async def resync(self) -> None:
+        live = await self._store.live_version()
+        if live and live != self.current.version:
+            await self._switch(live)
+
+    async def changed(self, data: str) -> None:
+        if data.isdigit() and int(data) != self.current.version:
+            await self._switch(int(data))
+
+    async def _switch(self, version: int) -> None:
+        try:
+            flows = await self._loaded(version)
+        except PinnedVersionMissing as exc:
+            if version not in self._unloadable:
+                self._unloadable.add(version)
+                log.error("flows version %d is live but this process cannot serve it; it "
+                          "keeps serving version %d: %s", version, self.current.version, exc)
+            return
+        previous, self.current = self.current, flows
+        self._keep(previous)
+        FLOW_VERSION.set(version)
+        log.info("flows version %d live (was %d): %d flows", version, previous.version,
+                 len(flows.flows))
+
+    async def pinned(self, version: int) -> FlowSet:
+        """The flows of version `version`, for a session that started on it: at no cost if it
+        is live or was lately; else read from the store. Raises PinnedVersionMissing."""
+        if version == self.current.version:
+            return self.current
+        flows = self._older.get(version)
+        if flows is not None:
+            self._older.move_to_end(version)
+            return flows
+        try:
+            async with asyncio.timeout(PINNED_LOAD_TIMEOUT):
+                flows = await self._loaded(version)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise PinnedVersionMissing(version, "redis", f"store unavailable ({exc})") from None
+        self._keep(flows)
+        return flows
+
+    async def _loaded(self, version: int) -> FlowSet:
+        files = await self._store.files(version)
+        if files is None:
+            raise PinnedVersionMissing(version, "missing_version", "not in the store")
+        try:
+            # Not against the queues: the version was checked against them when published, and
+            # a route to a queue deleted since goes to the fallback queue as it would anyway.
+            return self._checks.load(files, None, version)
+        except FlowLoadError as exc:
+            raise PinnedVersionMissing(version, "missing_version", str(exc)) from None
+
+    def _keep(self, flows: FlowSet) -> None:
+        self._older[flows.version] = flows
+        self._older.move_to_end(flows.version)
+        while len(self._older) > OLDER_VERSIONS_KEPT:
+            self._older.popitem(last=False)
+
+
+class FlowsRefused(Exception):
+    """A version's flows do not pass the checks; `problems`: one line each (file: where: what)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+async def publish(flow_store: FlowStore, queue_store: QueueStore, checks: FlowChecks,
+                  files: dict[str, str], who: str, message: str, *, action: str = "publish",
+                  rolled_back_to: int | None = None, expected_live: str = "") -> Published:
+    """Check `files` against the live queues and publish them. Raises FlowsRefused (nothing
+    written) or StaleLive."""
+    for _ in range(PUBLISH_ATTEMPTS):
+        queues, queues_version = await queue_store.live_names()
+        try:
+            checks.load(files, queues)
+        except FlowLoadError as exc:
+            raise FlowsRefused(exc.problems) from None
+        try:
+            return await flow_store.publish(files, who, message, action=action,
+                                            rolled_back_to=rolled_back_to,
+                                            expected_live=expected_live,
+                                            queues_version=queues_version)
+        except QueuesChanged:
+            continue
+    raise QueuesChanged()
+
+
+async def rollback(flow_store: FlowStore, queue_store: QueueStore, checks: FlowChecks,
+                   version: int, who: str, expected_live: str = "") -> Published:
+    """Version `version`'s files as a new version (none when they are what is live). Raises
+    LookupError when there is no such version, FlowsRefused when it no longer fits the queues."""
+    files = await flow_store.files(version)
+    if files is None:
+        raise LookupError(f"there is no flows version {version}")
+    return await publish(flow_store, queue_store, checks, files, who,
+                         f"rollback to version {version}", action="rollback",
+                         rolled_back_to=version, expected_live=expected_live)
+
+
+async def starting_flows(flow_store: FlowStore, queue_store: QueueStore, checks: FlowChecks,
+                         flows_dir: Path) -> FlowSet:
+    """The flows a process starts with: the live version; in an empty store, the files of
+    `flows_dir`, published as version 1 (they must then be valid). A draft that differs from the
+    live version is never put into service here: a warning names `ivr flows publish`. Raises
+    FlowLoadError for a broken seed, FlowsRefused when the live version cannot be served here."""
+    live = await flow_store.live_version()
+    if live == 0:
+        files = read_flow_texts(flows_dir)
+        flows = checks.load(files, (await queue_store.live_names())[0], directory=flows_dir)
+        try:
+            seeded = await flow_store.publish(files, "seed", f"seeded from {flows_dir}",
+                                              action="seed", expected_live=NO_VERSION)
+        except StaleLive as exc:  # another instance seeded first: serve what it published
+            live = exc.live
+        else:
+            log.info("flows: seeded version %d from %s", seeded.version.version, flows_dir)
+            flows.version = seeded.version.version
+            return flows
+    files = await flow_store.files(live)
+    if files is None:
+        raise FlowsRefused([f"flows version {live} is live but its files are not in the store"])
+    try:
+        flows = checks.load(files, None, live)
+    except FlowLoadError as exc:
+        raise FlowsRefused([f"flows version {live} (live) cannot be served here: {problem}"
+                            for problem in exc.problems]) from None
+    await _compare_draft(flow_store, queue_store, checks, flows_dir, live, files)
+    return flows
+
+
+async def _compare_draft(flow_store: FlowStore, queue_store: QueueStore, checks: FlowChecks,
+                         flows_dir: Path, live: int, live_files: dict[str, str]) -> None:
+    """Warn when the flows in `flows_dir` are not the live version: the server serves the live
+    version, and a draft goes live only by `ivr flows publish`."""
+    try:
+        draft = read_flow_texts(flows_dir)
+    except FlowLoadError:
+        return  # no draft here (a server deployed without its flows directory): nothing to say
+    if content_hash(draft) == content_hash(live_files):
+        return
+    meta = await flow_store.version(live)
+    published = f" (published by {meta.who} at {meta.at})" if meta else ""
+    try:
+        checks.load(draft, (await queue_store.live_names())[0], directory=flows_dir)
+    except FlowLoadError as exc:
+        log.warning("the flows in %s differ from the live version %d%s and are broken; serving "
+                    "version %d. Fix them, then put them into service with `ivr flows publish`:"
+                    "\n%s", flows_dir, live, published, live, "\n".join(exc.problems))
+        return
+    log.warning("the flows in %s differ from the live version %d%s; serving version %d. Put "
+                "them into service with `ivr flows publish`, or see what differs with `ivr "
+                "flows diff`", flows_dir, live, published, live)

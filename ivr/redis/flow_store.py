@@ -1,0 +1,173 @@
+"""The flow store: every published version of the flows (their files' texts, who, when, why),
+which one is live, and the audit entries of publishes and rollbacks. Checking a version's flows
+is ivr.flow_versions'; this module only keeps them.
+
+Keys (the queue store's hash tag, so a publish's script can read the queues' config version):
+  {ivr}:flows:live        the live version's number
+  {ivr}:flows:counter     the last version number given
+  {ivr}:flows:versions    hash: version -> JSON of who, when, message, content hash, file names
+  {ivr}:flows:files       hash: version -> JSON of its files' texts, by file name
+  {ivr}:audit             the queue store's audit log: a publish or rollback is an entry there
+Channel:
+  {ivr}:flows:changed     published with the new live version after every publish
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as redis
+
+from ivr.redis.queue_store import AUDIT_KEY, CONFIG_VERSION_KEY
+
+LIVE_KEY = "{ivr}:flows:live"
+COUNTER_KEY = "{ivr}:flows:counter"
+VERSIONS_KEY = "{ivr}:flows:versions"
+FILES_KEY = "{ivr}:flows:files"
+CHANGED_CHANNEL = "{ivr}:flows:changed"
+NO_VERSION = "0"  # as a precondition: no version is live yet (a seed)
+
+# A publish as one atomic step. The content hash decides "unchanged": a version with the live
+# version's content writes nothing, so two instances seeding, or a publish sent twice, make one
+# version. The queues' config version guards the check against the live queues made before it:
+# a queue deleted meanwhile makes the caller check again.
+# KEYS: live, counter, versions, files, audit, queues config version.
+# ARGV: meta JSON (without version), files JSON, content hash, expected live version ('' = any,
+#       '0' = none yet), expected queues config version ('' = any), audit entry JSON ('' = none:
+#       a seed, as the queues' seed, is not an admin's change), channel.
+# Returns {status, version}: ok, unchanged (the live version has this content), stale (the live
+# version is not the one expected), retry (the queues changed).
+_PUBLISH_SCRIPT = """
+local live = redis.call('GET', KEYS[1]) or '0'
+if ARGV[4] ~= '' and ARGV[4] ~= live then return {'stale', tonumber(live)} end
+if live ~= '0' then
+  local ok, meta = pcall(cjson.decode, redis.call('HGET', KEYS[3], live) or 'null')
+  if ok and type(meta) == 'table' and meta.hash == ARGV[3] then
+    return {'unchanged', tonumber(live)}
+  end
+end
+if ARGV[5] ~= '' and ARGV[5] ~= (redis.call('GET', KEYS[6]) or '0') then
+  return {'retry', tonumber(live)}
+end
+local version = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[3], version, '{"version":' .. version .. ',' .. string.sub(ARGV[1], 2))
+redis.call('HSET', KEYS[4], version, ARGV[2])
+redis.call('SET', KEYS[1], version)
+if ARGV[6] ~= '' then
+  redis.call('LPUSH', KEYS[5], '{"flows_version":' .. version .. ',' .. string.sub(ARGV[6], 2))
+end
+redis.call('PUBLISH', ARGV[7], version)
+return {'ok', version}
+"""
+
+
+def content_hash(files: dict[str, str]) -> str:
+    """What identifies a version's content: the same files, the same texts, the same hash."""
+    canonical = json.dumps(files, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return hashlib.sha256(canonical).hexdigest()
+
+
+@dataclass(frozen=True)
+class FlowVersion:
+    """One published version of the flows: who, when, why, and its files' names."""
+
+    version: int
+    at: str
+    who: str
+    message: str
+    hash: str
+    files: tuple[str, ...]
+    action: str  # publish, rollback or seed
+    rolled_back_to: int | None = None
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> FlowVersion:
+        meta = json.loads(raw)
+        return cls(int(meta["version"]), str(meta.get("at", "")), str(meta.get("who", "")),
+                   str(meta.get("message", "")), str(meta.get("hash", "")),
+                   tuple(meta.get("files") or ()), str(meta.get("action", "publish")),
+                   meta.get("rolled_back_to"))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "at": self.at, "who": self.who,
+                "message": self.message, "hash": self.hash, "files": list(self.files),
+                "action": self.action, "rolled_back_to": self.rolled_back_to}
+
+
+@dataclass(frozen=True)
+class Published:
+    """What a publish did: the version now live, and whether it is new (False: the live version
+    already had that content, and nothing was written)."""
+
+    version: FlowVersion
+    created: bool
+
+
+class StaleLive(Exception):
+    """The live version is not the one the publish expected (someone published meanwhile)."""
+
+    def __init__(self, live: int) -> None:
+        super().__init__(f"the live flows version is now {live}")
+        self.live = live
+
+
+class QueuesChanged(Exception):
+    """The queues changed between the check of the flows against them and the write."""
+
+
+class FlowStore:
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._publish = client.register_script(_PUBLISH_SCRIPT)
+
+    async def live_version(self) -> int:
+        """The live version's number; 0 while none was ever published."""
+        return int(await self.redis.get(LIVE_KEY) or 0)
+
+    async def version(self, version: int) -> FlowVersion | None:
+        raw = await self.redis.hget(VERSIONS_KEY, str(version))
+        return None if raw is None else FlowVersion.from_json(raw)
+
+    async def files(self, version: int) -> dict[str, str] | None:
+        """Version `version`'s files (name -> text), or None if there is no such version."""
+        raw = await self.redis.hget(FILES_KEY, str(version))
+        return None if raw is None else json.loads(raw)
+
+    async def versions(self) -> list[FlowVersion]:
+        """Every version, newest first."""
+        raw = await self.redis.hvals(VERSIONS_KEY)
+        return sorted((FlowVersion.from_json(meta) for meta in raw),
+                      key=lambda version: version.version, reverse=True)
+
+    async def publish(self, files: dict[str, str], who: str, message: str, *,
+                      action: str = "publish", rolled_back_to: int | None = None,
+                      expected_live: str = "", queues_version: str = "") -> Published:
+        """Make `files` the live version, as a new version unless the live one has the same
+        content. `expected_live`: the live version that must still be live ('' any, NO_VERSION:
+        none yet), else StaleLive; `queues_version`: the queues' config version the flows were
+        checked against, else QueuesChanged."""
+        at = datetime.now(UTC).isoformat(timespec="milliseconds")
+        digest = content_hash(files)
+        meta = {"at": at, "who": who, "message": message, "hash": digest,
+                "files": sorted(files), "action": action, "rolled_back_to": rolled_back_to}
+        entry = {"at": at, "who": who, "action": f"flows_{action}", "message": message,
+                 "hash": digest, **({"rolled_back_to": rolled_back_to}
+                                    if rolled_back_to is not None else {})}
+        status, version = await self._publish(
+            keys=[LIVE_KEY, COUNTER_KEY, VERSIONS_KEY, FILES_KEY, AUDIT_KEY, CONFIG_VERSION_KEY],
+            args=[json.dumps(meta), json.dumps(files), digest, expected_live, queues_version,
+                  "" if action == "seed" else json.dumps(entry), CHANGED_CHANNEL])
+        if status == "stale":
+            raise StaleLive(int(version))
+        if status == "retry":
+            raise QueuesChanged()
+        if status == "unchanged":
+            current = await self.version(int(version))
+            assert current is not None  # the script just read it
+            return Published(current, False)
+        return Published(FlowVersion(int(version), at, who, message, digest,
+                                     tuple(sorted(files)), action, rolled_back_to), True)
