@@ -10,13 +10,17 @@ from ivr.channels.messaging import render_messaging, render_messaging_apology
 from ivr.channels.voice import render_voice, render_voice_apology
 from ivr.flows.actions import Action, RouteToQueue
 from ivr.flows.model import Flow
+from ivr.metrics import FallbackReason, count_fallback
 from ivr.services import Services
 
 
 def fallback_answer(services: Services, hook: Webhook, flow: Flow | None = None,
-                    reason: str = "internal error") -> Answer:
-    """The TwiML routing to the flow's fallback queue, and a summary for the log."""
+                    reason: str = "internal error", *, cause: FallbackReason) -> Answer:
+    """The TwiML routing to the flow's fallback queue, and a summary for the log; `reason` says
+    why in words, for the trace and the log, and `cause` is how ivr_fallbacks_total counts it."""
     flow = flow or services.flows.select(hook.channel, hook.to_number)
+    if flow is not None:
+        count_fallback(hook.channel, flow.name, cause)
     queue = services.store.queue(flow.fallback_queue) if flow else None
     if flow is None or queue is None:
         return apology(hook), f"apology ({reason}, no fallback queue)"
