@@ -19,7 +19,13 @@ from pathlib import Path
 from redis.exceptions import RedisError
 
 from ivr.flows.loader import FlowLoadError, FlowSet, load_flow_texts, read_flow_texts
-from ivr.metrics import FLOW_VERSION
+from ivr.metrics import (
+    FALLBACK_MISSING_VERSION,
+    FALLBACK_REDIS,
+    FLOW_VERSION,
+    FallbackReason,
+    count_failures_from_zero,
+)
 from ivr.redis.flow_store import (
     CHANGED_CHANNEL,
     LIVE_KEY,
@@ -63,7 +69,7 @@ class PinnedVersionMissing(Exception):
     """A session's flow version cannot be found or loaded: it goes to its flow's fallback queue.
     `reason`: missing_version, or redis when the store could not be asked."""
 
-    def __init__(self, version: int, reason: str, detail: str) -> None:
+    def __init__(self, version: int, reason: FallbackReason, detail: str) -> None:
         super().__init__(f"flows version {version}: {detail}")
         self.version = version
         self.reason = reason
@@ -86,6 +92,7 @@ class LiveFlows:
         self._older: OrderedDict[int, FlowSet] = OrderedDict()
         self._unloadable: set[int] = set()  # told once each
         FLOW_VERSION.set(current.version)
+        count_failures_from_zero(current.flows.values())
 
     @property
     def version(self) -> str | None:
@@ -112,6 +119,7 @@ class LiveFlows:
         previous, self.current = self.current, flows
         self._keep(previous)
         FLOW_VERSION.set(version)
+        count_failures_from_zero(flows.flows.values())
         log.info("flows version %d live (was %d): %d flows", version, previous.version,
                  len(flows.flows))
 
@@ -128,20 +136,20 @@ class LiveFlows:
             async with asyncio.timeout(PINNED_LOAD_TIMEOUT):
                 flows = await self._loaded(version)
         except (RedisError, OSError, TimeoutError) as exc:
-            raise PinnedVersionMissing(version, "redis", f"store unavailable ({exc})") from None
+            raise PinnedVersionMissing(version, FALLBACK_REDIS, f"store unavailable ({exc})") from None
         self._keep(flows)
         return flows
 
     async def _loaded(self, version: int) -> FlowSet:
         files = await self._store.files(version)
         if files is None:
-            raise PinnedVersionMissing(version, "missing_version", "not in the store")
+            raise PinnedVersionMissing(version, FALLBACK_MISSING_VERSION, "not in the store")
         try:
             # Not against the queues: the version was checked against them when published, and
             # a route to a queue deleted since goes to the fallback queue as it would anyway.
             return self._checks.load(files, None, version)
         except FlowLoadError as exc:
-            raise PinnedVersionMissing(version, "missing_version", str(exc)) from None
+            raise PinnedVersionMissing(version, FALLBACK_MISSING_VERSION, str(exc)) from None
 
     def _keep(self, flows: FlowSet) -> None:
         self._older[flows.version] = flows

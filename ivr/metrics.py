@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Collection, Iterable
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,6 +22,9 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+if TYPE_CHECKING:
+    from ivr.flows.model import Flow
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # prometheus_client chose its storage (files or memory) from the environment at import: follow it.
@@ -60,6 +63,30 @@ FLOW_VERSION = Gauge(
 CALL_TRACES_DROPPED = Counter(
     "ivr_call_traces_dropped_total", "Call traces not stored (Redis unreachable or too slow)")
 
+# What goes wrong inside flows: counted only when it does, so a call that routes pays nothing.
+FLOW_ERRORS = Counter(
+    "ivr_flow_errors_total", "Flow steps that raised (the contact went to the fallback queue)",
+    ["flow", "step"])
+FALLBACKS = Counter(
+    "ivr_fallbacks_total", "Contacts sent to their flow's fallback queue (or an apology if it has "
+    "none), by reason: deadline, error, redis, missing_version", ["channel", "flow", "reason"])
+# The step label of an error where the flow has no such step (a session that names a step its
+# flow no longer has): step ids start with a letter, so it cannot be one.
+NOT_A_STEP = "(not a step)"
+
+# Why a contact went to its flow's fallback: a fixed set, so the series stay few.
+FallbackReason = Literal["deadline", "error", "redis", "missing_version"]
+# The decision deadline passed (or a held call's decision did not come within it).
+FALLBACK_DEADLINE: FallbackReason = "deadline"
+# A step raised, or answering the webhook failed before or after the flow.
+FALLBACK_ERROR: FallbackReason = "error"
+# No session store where a question needed one (or to ask for a held call's decision).
+FALLBACK_REDIS: FallbackReason = "redis"
+# The flow version a session is pinned to can no longer be found.
+FALLBACK_MISSING_VERSION: FallbackReason = "missing_version"
+FALLBACK_REASONS: tuple[FallbackReason, ...] = (
+    FALLBACK_DEADLINE, FALLBACK_ERROR, FALLBACK_REDIS, FALLBACK_MISSING_VERSION)
+
 
 _Metric = TypeVar("_Metric", Counter, Gauge, Histogram)
 
@@ -68,6 +95,32 @@ def labelled(metric: _Metric) -> Callable[..., _Metric]:
     """`metric.labels`, each child looked up once: on the hot path `labels()` costs many times
     the count itself (bench/README.md, *Why the code is written as it is*)."""
     return functools.lru_cache(maxsize=4096)(metric.labels)
+
+
+_flow_errors = labelled(FLOW_ERRORS)
+_fallbacks = labelled(FALLBACKS)
+
+
+def count_flow_error(flow: str, step: str, steps: Collection[str]) -> None:
+    """A step of `flow` raised; `steps`: the flow's step ids, the only values the label takes."""
+    _flow_errors(flow, step if step in steps else NOT_A_STEP).inc()
+
+
+def count_fallback(channel: str, flow: str, reason: FallbackReason) -> None:
+    """A contact of `flow` sent to its fallback, for `reason` (one of FALLBACK_REASONS)."""
+    _fallbacks(channel, flow, reason).inc()
+
+
+def count_failures_from_zero(flows: Iterable[Flow]) -> None:
+    """Make each flow's error and fallback series, at 0, as the flows are loaded to be served:
+    a first failure is then a rise that Prometheus' rate() and increase() see, rather than a
+    series that appears at 1."""
+    for flow in flows:
+        for step in flow.steps:
+            _flow_errors(flow.name, step)
+        for channel in flow.trigger.channels:
+            for reason in FALLBACK_REASONS:
+                _fallbacks(channel, flow.name, reason)
 
 
 def exposition() -> bytes:

@@ -23,12 +23,22 @@ import httpx
 import pytest
 import redis
 import redis.asyncio as aioredis
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from ivr.app import create_app
 from ivr.calltrace import MAX_ANSWER_LENGTH, CallTrace, shown_answer
+from ivr.flows.model import Flow
 from ivr.flows.steps.ask import AskStep
 from ivr.logs import formatter, mask_number
+from ivr.metrics import (
+    FALLBACK_DEADLINE,
+    FALLBACK_ERROR,
+    FALLBACK_REASONS,
+    FALLBACK_REDIS,
+    count_failures_from_zero,
+    exposition,
+)
 from ivr.redis.call_traces import CALLS_KEY, WRITE_INTERVAL, CallTraces
 from ivr.redis.embedded import EmbeddedRedis
 from ivr.settings import Settings
@@ -273,6 +283,165 @@ def test_metrics_of_two_workers_add_up_to_every_call(newcomer_serve: Callable[..
     answered = [entry for entry in entries if entry.get("call_sid")]
     assert len(answered) == calls
     assert len({entry["process"] for entry in answered}) == 2, "one worker answered every call"
+
+
+# --- /metrics: what goes wrong inside flows -----------------------------------------------------
+
+GREETING = "+15005550199"  # GREETING_FLOW's number
+# Greets the caller by the name the loyalty API gives: a published flow that works for every
+# caller a developer tried, and raises in `greet` for one the API does not know (no name).
+GREETING_FLOW = """
+name: greeting
+trigger: {channels: [voice], numbers: ["+15005550199"]}
+fallback_queue: standard
+steps:
+  lookup:
+    kind: fetch
+    url: "{{ settings.loyalty_api_url }}/customers/{{ contact.number | urlencode }}"
+    save: {name: name}
+    next: greet
+    on_error: greet
+  greet: {kind: say, text: "Hello {{ vars.name.title() }}.", next: to_gold}
+  to_gold: {kind: route, queue: gold}
+"""
+
+
+def scrape(server: ServerThread) -> str:
+    return httpx.get(server.url + "/metrics").text
+
+
+def grown(before: str, after: str, name: str, **labels: str) -> float:
+    """How much the sample `name{labels}` grew between two scrapes."""
+    return sample(after, name, **labels) - sample(before, name, **labels)
+
+
+def fallbacks_grown(before: str, after: str, channel: str, flow: str) -> dict[str, float]:
+    """ivr_fallbacks_total's growth for `flow` on `channel`, by reason (those that grew)."""
+    grew = {reason: grown(before, after, "ivr_fallbacks_total", channel=channel, flow=flow,
+                          reason=reason) for reason in FALLBACK_REASONS}
+    return {reason: count for reason, count in grew.items() if count}
+
+
+def test_a_step_that_raises_is_counted_by_flow_and_step_and_as_an_error_fallback(
+    make_settings: Callable[..., Settings], start_server: Callable[[Settings], ServerThread],
+    config_dir: Path,
+) -> None:
+    (config_dir / "flows" / "greeting.yaml").write_text(GREETING_FLOW)
+    server = start_server(make_settings(admin_token=ADMIN))
+    twilio = FakeTwilio(server.url)
+    before = scrape(server)
+    known = call_params(L.GOLD, To=GREETING)
+    assert GOLD_DIAL in twilio.post("/twilio/voice", known).text
+    assert fallbacks_grown(before, scrape(server), "voice", "greeting") == {}
+
+    unknown = call_params(L.UNKNOWN, To=GREETING)
+    assert "sip:standard@" in twilio.post("/twilio/voice", unknown).text
+    after = scrape(server)
+    assert grown(before, after, "ivr_flow_errors_total", flow="greeting", step="greet") == 1
+    assert fallbacks_grown(before, after, "voice", "greeting") == {FALLBACK_ERROR: 1}
+    # The trace keeps saying why in words.
+    assert trace_of(server, unknown["CallSid"])["fallback_reason"] == (
+        "UndefinedError in step 'greet'")
+
+
+def test_a_decision_past_its_deadline_is_counted_as_a_deadline_fallback(
+    make_settings: Callable[..., Settings], start_server: Callable[[Settings], ServerThread],
+    tmp_path: Path,
+) -> None:
+    """Redis hangs while the lookup reads the fetch cache: the decision deadline passes first."""
+    own_redis = EmbeddedRedis(tmp_path / "own")
+    server = start_server(make_settings(redis_url=own_redis.start(), decision_deadline=0.2))
+    assert own_redis.pid is not None
+    try:
+        before = scrape(server)
+        os.kill(own_redis.pid, signal.SIGSTOP)
+        try:
+            call = FakeTwilio(server.url).call(L.GOLD)
+        finally:
+            os.kill(own_redis.pid, signal.SIGCONT)
+        assert "sip:standard@" in call.text
+        after = scrape(server)
+        assert fallbacks_grown(before, after, "voice", "loyalty_routing") == {
+            FALLBACK_DEADLINE: 1}
+        assert grown(before, after, "ivr_flow_errors_total", flow="loyalty_routing",
+                     step="lookup") == 0
+    finally:
+        own_redis.stop()
+
+
+def test_a_question_asked_without_a_session_store_is_counted_as_a_redis_fallback(
+    make_settings: Callable[..., Settings], start_server: Callable[[Settings], ServerThread],
+    tmp_path: Path,
+) -> None:
+    own_redis = EmbeddedRedis(tmp_path / "own")
+    server = start_server(make_settings(redis_url=own_redis.start()))
+    own_redis.stop()
+    before = scrape(server)
+    answer = FakeTwilio(server.url).post("/twilio/voice", call_params(CUSTOMER, To=TEAM_CHOICE))
+    assert "<Gather" not in answer.text and "sip:support@" in answer.text
+    assert fallbacks_grown(before, scrape(server), "voice", "team_choice") == {FALLBACK_REDIS: 1}
+
+
+def test_a_webhook_that_fails_around_its_flow_is_counted_as_an_error_fallback(
+    server: ServerThread, redis_url: str,
+) -> None:
+    """A session that cannot be read (not JSON) fails the webhook before its flow runs."""
+    twilio = FakeTwilio(server.url)
+    params = call_params(CUSTOMER, To=TEAM_CHOICE)
+    assert "<Gather" in twilio.post("/twilio/voice", params).text
+    with redis.Redis.from_url(redis_url) as client:
+        client.set(f"ivr:session:voice:{params['CallSid']}", "{not json")
+    before = scrape(server)
+    assert "sip:support@" in answer_call(twilio, params, 1, Digits="1")
+    after = scrape(server)
+    assert fallbacks_grown(before, after, "voice", "team_choice") == {FALLBACK_ERROR: 1}
+    assert grown(before, after, "ivr_flow_errors_total", flow="team_choice", step="menu") == 0
+
+
+def test_a_redirect_after_hold_without_its_decision_counts_a_deadline_or_redis_fallback(
+    make_settings: Callable[..., Settings], start_server: Callable[[Settings], ServerThread],
+    tmp_path: Path,
+) -> None:
+    """Twilio's redirect after the hold prompt finds no decision: none came in time (say, the
+    instance that made it died), or Redis could not be asked for it."""
+    own_redis = EmbeddedRedis(tmp_path / "own")
+    server = start_server(make_settings(redis_url=own_redis.start(), decision_deadline=0.3))
+    twilio = FakeTwilio(server.url)
+    try:
+        before = scrape(server)
+        never_held = twilio.post("/twilio/voice?held=1", call_params(L.GOLD), follow=False)
+        assert "sip:standard@" in never_held.text
+        after = scrape(server)
+        assert fallbacks_grown(before, after, "voice", "loyalty_routing") == {
+            FALLBACK_DEADLINE: 1}
+
+        own_redis.stop()
+        unreachable = twilio.post("/twilio/voice?held=1", call_params(L.GOLD), follow=False)
+        assert "sip:standard@" in unreachable.text
+        assert fallbacks_grown(after, scrape(server), "voice", "loyalty_routing") == {
+            FALLBACK_REDIS: 1}
+    finally:
+        own_redis.stop()
+
+
+def test_a_loaded_flows_error_and_fallback_series_start_at_zero() -> None:
+    """So that a first failure is a rise that rate() sees, not a series appearing at 1."""
+    data = yaml.safe_load(GREETING_FLOW) | {"name": "greeting_from_zero"}
+    flow = Flow.from_data(data, name="greeting_from_zero")
+
+    def series() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        return {key: value for key, value in samples(exposition().decode()).items()
+                if ("flow", "greeting_from_zero") in key[1]}
+
+    assert series() == {}
+    count_failures_from_zero([flow])
+    errors = {("ivr_flow_errors_total", frozenset({("flow", flow.name), ("step", step)})): 0.0
+              for step in ("lookup", "greet", "to_gold")}
+    fallbacks = {("ivr_fallbacks_total", frozenset(
+        {("channel", "voice"), ("flow", flow.name), ("reason", reason)})): 0.0
+        for reason in FALLBACK_REASONS}
+    assert {key: value for key, value in series().items()
+            if not key[0].endswith("_created")} == errors | fallbacks
 
 
 # --- logs ---------------------------------------------------------------------------------------

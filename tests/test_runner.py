@@ -7,12 +7,14 @@ import time
 from typing import Any, Literal
 
 import yaml
+from prometheus_client import REGISTRY
 
 from ivr.flows.actions import Hangup, RouteToQueue, Say
 from ivr.flows.http import AiohttpClient
 from ivr.flows.model import Flow
 from ivr.flows.runner import Outcome, run_flow
 from ivr.flows.step import Contact, Run, Step
+from ivr.metrics import NOT_A_STEP
 from tests import loyalty_api as L
 
 
@@ -173,6 +175,27 @@ def test_a_contact_field_saved_in_one_turn_is_read_in_the_next() -> None:
     outcome = asyncio.run(_advance(flow(steps), second, resume_at="menu", answer="Ana"))
     assert outcome.actions[0] == Say("fr Ana")
     assert second.saved_fields == {}  # already saved in the first turn
+
+
+def test_resuming_at_a_step_the_flow_no_longer_has_counts_an_error_under_no_step_id() -> None:
+    """A session from before a deploy that removed its question: the error is counted, but
+    ivr_flow_errors_total's step label takes only the flow's step ids (the session's is any
+    text)."""
+    flow_ = flow("""
+    menu: {kind: ask, prompt: "Sales or support?", save: team, next: bye, on_exhausted: bye}
+    bye: {kind: end}
+    """)
+
+    def errors(step: str) -> float:
+        return REGISTRY.get_sample_value(
+            "ivr_flow_errors_total", {"flow": "test", "step": step}) or 0.0
+
+    before = errors(NOT_A_STEP), errors("old_menu")
+    resumed = Run(contact=Contact("+1555", "+1555", "voice"), params={}, settings={},
+                  http=None, deadline=0)  # type: ignore[arg-type]
+    outcome = asyncio.run(_advance(flow_, resumed, resume_at="old_menu", answer="1"))
+    assert outcome.fallback_reason == "KeyError in step 'old_menu'"
+    assert (errors(NOT_A_STEP), errors("old_menu")) == (before[0] + 1, before[1])
 
 
 async def _advance(flow_: Flow, run_: Run, **resume: str) -> Outcome:

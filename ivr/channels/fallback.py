@@ -13,6 +13,7 @@ from ivr.channels.voice import render_voice, render_voice_apology
 from ivr.flow_versions import PinnedVersionMissing
 from ivr.flows.actions import Action, RouteToQueue
 from ivr.flows.model import Flow
+from ivr.metrics import FallbackReason, count_fallback
 from ivr.services import Services
 
 log = logging.getLogger("ivr.webhook")
@@ -20,9 +21,12 @@ _told_missing: set[int] = set()  # the flows versions found missing, told once e
 
 
 def fallback_answer(services: Services, hook: Webhook, flow: Flow | None = None,
-                    reason: str = "internal error") -> Answer:
-    """The TwiML routing to the flow's fallback queue, and a summary for the log."""
+                    reason: str = "internal error", *, cause: FallbackReason) -> Answer:
+    """The TwiML routing to the flow's fallback queue, and a summary for the log; `reason` says
+    why in words, for the trace and the log, and `cause` is how ivr_fallbacks_total counts it."""
     flow = flow or services.flows.select(hook.channel, hook.to_number)
+    if flow is not None:
+        count_fallback(hook.channel, flow.name, cause)
     queue = services.store.queue(flow.fallback_queue) if flow else None
     if flow is None or queue is None:
         return apology(hook), f"apology ({reason}, no fallback queue)"
@@ -44,7 +48,7 @@ def missing_version_answer(services: Services, hook: Webhook, missing: PinnedVer
         _told_missing.add(missing.version)
         log.warning("sessions on %s go to their flow's fallback queue", missing)
     flow = services.flows.flows.get(missing.flow or "")
-    return fallback_answer(services, hook, flow, "missing flow version")
+    return fallback_answer(services, hook, flow, "missing flow version", cause=missing.reason)
 
 
 def apology(hook: Webhook) -> str:

@@ -17,6 +17,7 @@ from ivr.channels.fallback import fallback_answer
 from ivr.channels.inbound import Webhook
 from ivr.channels.reporting import report_decision
 from ivr.channels.voice import render_hold
+from ivr.metrics import FALLBACK_DEADLINE, FALLBACK_REDIS, FallbackReason
 from ivr.redis.conversations import HELD_TTL
 from ivr.services import Services
 
@@ -64,6 +65,7 @@ def _forget_held(services: Services, sid: str, task: asyncio.Task[Answer]) -> No
 async def held_decision(services: Services, hook: Webhook) -> Answer:
     """The redirect after the hold prompt: the decision, from this process or from Redis."""
     local = services.held.pop(hook.sid, None)
+    cause: FallbackReason = FALLBACK_DEADLINE  # unless Redis could not be asked for it
     if local is not None:
         try:
             async with asyncio.timeout(services.surroundings.deadline + 1):
@@ -77,7 +79,7 @@ async def held_decision(services: Services, hook: Webhook) -> Answer:
                 hook.sid, services.surroundings.deadline + 1)
         except (RedisError, OSError) as exc:
             log.warning("held decision unavailable: %s", type(exc).__name__)
-            published = None
+            published, cause = None, FALLBACK_REDIS
         if published is not None:
             return published, "after hold: the decision made by another instance"
-    return fallback_answer(services, hook, reason="held decision not found")
+    return fallback_answer(services, hook, reason="held decision not found", cause=cause)

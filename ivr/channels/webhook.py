@@ -35,7 +35,7 @@ from ivr.flow_versions import PinnedVersionMissing
 from ivr.flows.model import Flow
 from ivr.flows.step import Channel
 from ivr.logs import log_context, mask_number
-from ivr.metrics import SIGNATURE_REJECTIONS
+from ivr.metrics import FALLBACK_ERROR, FALLBACK_REDIS, SIGNATURE_REJECTIONS
 from ivr.services import Services, best_effort
 from ivr.session import Session
 from ivr.turn import TakenTurn, take_turn
@@ -129,7 +129,7 @@ async def _answer_once(services: Services, hook: Webhook, endpoint: Endpoint, to
     except Exception:  # every failure still answers the contact, with a route if there is one
         log.exception("%s %s: could not answer; routing to the fallback queue", hook.channel,
                       hook.sid)
-        twiml, summary = fallback_answer(services, hook)
+        twiml, summary = fallback_answer(services, hook, cause=FALLBACK_ERROR)
     return twiml, summary
 
 
@@ -224,7 +224,8 @@ async def _answer_turn(
     saved = await _save(services, hook, taken, twiml)
     if taken.outcome.waiting_at is not None and not saved:
         # Without a session the answer could not be taken: route now rather than ask forever.
-        twiml, summary = fallback_answer(services, hook, flow, "no session store")
+        twiml, summary = fallback_answer(services, hook, flow, "no session store",
+                                         cause=FALLBACK_REDIS)
         return twiml, f"{summary} instead of asking at {taken.outcome.waiting_at}"
     return twiml, _summary(taken, hook.channel)
 

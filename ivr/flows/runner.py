@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from ivr.flows.actions import Action, RouteToQueue
 from ivr.flows.model import Flow
 from ivr.flows.step import WAIT, Run, StepResult, default_handoff_note
+from ivr.metrics import FALLBACK_DEADLINE, FALLBACK_ERROR, count_fallback, count_flow_error
 
 log = logging.getLogger("ivr.flows.runner")
 
@@ -47,11 +48,14 @@ async def run_flow(
             waiting_at = await _advance(flow, run, resume_at, answer, start_at)
     except TimeoutError:
         reason = "deadline"
+        count_fallback(run.contact.channel, flow.name, FALLBACK_DEADLINE)
     except Exception as exc:  # a flow must never leave a contact without a route
         reason = f"{type(exc).__name__} in step {run.current_step!r}"
         log.exception(
             "flow %s failed in step %r; routing to its fallback queue", flow.name, run.current_step
         )
+        count_flow_error(flow.name, run.current_step, flow.steps)
+        count_fallback(run.contact.channel, flow.name, FALLBACK_ERROR)
     if reason is not None:
         waiting_at = None
         run.emit(RouteToQueue(flow.fallback_queue, _fallback_note(run)))
