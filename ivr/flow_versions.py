@@ -10,11 +10,13 @@ the version it serves."""
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
 from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -252,3 +254,37 @@ async def _compare_draft(flow_store: FlowStore, queue_store: QueueStore, checks:
     log.warning("the flows in %s differ from the live version %d%s; serving version %d. Put "
                 "them into service with `ivr flows publish`, or see what differs with `ivr "
                 "flows diff`", flows_dir, live, published, live)
+
+
+def flow_summaries(flows: FlowSet) -> list[dict[str, Any]]:
+    """Each flow of a version as admins see it: its file's flow name, the channels and numbers
+    it serves, whether it is a channel's default, and the queues it may route to."""
+    return [{"name": flow.name, "channels": list(flow.trigger.channels),
+             "numbers": list(flow.trigger.numbers), "default": flow.trigger.default,
+             "fallback_queue": flow.fallback_queue, "queues": sorted(flow.routed_queues())}
+            for flow in sorted(flows.flows.values(), key=lambda flow: flow.name)]
+
+
+def unified_diffs(old: dict[str, str], new: dict[str, str], old_label: str,
+                  new_label: str) -> str:
+    """A unified diff per file from `old` to `new` (file name -> text), files added and removed
+    included; "" when they are the same. Labels say where each side is from (`live v7`)."""
+    parts = []
+    for name in sorted(old.keys() | new.keys()):
+        before, after = old.get(name), new.get(name)
+        if before == after:
+            continue
+        parts.append("".join(difflib.unified_diff(
+            _lines(before), _lines(after),
+            f"{old_label}/{name}" if before is not None else "/dev/null",
+            f"{new_label}/{name}" if after is not None else "/dev/null")))
+    return "".join(parts)
+
+
+def _lines(text: str | None) -> list[str]:
+    if text is None:
+        return []
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n\\ No newline at end of file\n"
+    return lines
