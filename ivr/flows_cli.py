@@ -93,7 +93,8 @@ def validate_command(args: argparse.Namespace, settings: Settings) -> int:
     if queues is None:
         return 2
     try:
-        flow_set = load_flows(settings.flows_dir, queue_names=queues, secrets=settings.secrets)
+        flow_set = load_flows(settings.flows_dir, queue_names=queues, secrets=settings.secrets,
+                              settings=settings.flow_settings())
     except FlowLoadError as exc:
         for problem in exc.problems:
             print(problem)
@@ -201,7 +202,7 @@ def simulate_command(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     # The flow is checked as `ivr flows validate` checks it: a route to a misspelt queue would
     # otherwise be simulated as the fallback queue, silently.
-    flow = _flow_or_report(args.flow, settings, queues=queues, secrets=settings.secrets)
+    flow = _flow_or_report(args.flow, settings, queues=queues)
     if flow is None:
         return 1
     channel = args.channel or _default_channel(flow, args.from_number)
@@ -353,10 +354,15 @@ def _queues_or_report(settings: Settings) -> dict[str, Queue] | None:
 
 
 def _flow_or_report(name_or_path: str, settings: Settings,
-                    queues: Collection[str] | None = None,
-                    secrets: Collection[str] | None = None) -> Flow | None:
+                    queues: Collection[str] | None = None) -> Flow | None:
+    """The flow, or None (its problems said on stderr); with `queues`, checked as
+    `ivr flows validate` checks it: its routes against them, the secrets and settings it reads
+    against those of `settings`."""
     try:
-        return find_flow(name_or_path, settings.flows_dir, queues, secrets)
+        if queues is None:
+            return find_flow(name_or_path, settings.flows_dir)
+        return find_flow(name_or_path, settings.flows_dir, queues, settings.secrets,
+                         settings.flow_settings())
     except FlowLoadError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -364,21 +370,22 @@ def _flow_or_report(name_or_path: str, settings: Settings,
 
 
 def find_flow(name_or_path: str, flows_dir: Path, queues: Collection[str] | None = None,
-              secrets: Collection[str] | None = None) -> Flow:
+              secrets: Collection[str] | None = None,
+              settings: Collection[str] | None = None) -> Flow:
     """A flow file given by path, or the flow of that name (file stem or `name:`) in
-    `flows_dir`, checked as `load_flows` checks each file (against `queues` and the names of
-    the `secrets` set, when given). Only that file is loaded, so a broken neighbour does not
-    hide it."""
+    `flows_dir`, checked as `load_flows` checks each file (against `queues`, the names of the
+    `secrets` set and of the `settings` a flow can read, when given). Only that file is loaded,
+    so a broken neighbour does not hide it."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.is_file():
-        return load_flow_file(path, queues, secrets)
+        return load_flow_file(path, queues, secrets, settings)
     paths = sorted([*flows_dir.glob("*.yaml"), *flows_dir.glob("*.yml")])
     for candidate in paths:
         if candidate.stem == name_or_path:
-            return load_flow_file(candidate, queues, secrets)
+            return load_flow_file(candidate, queues, secrets, settings)
     for candidate in paths:  # a file may name its flow differently from the file
         try:
-            flow = load_flow_file(candidate, queues, secrets)
+            flow = load_flow_file(candidate, queues, secrets, settings)
         except FlowLoadError:
             continue
         if flow.name == name_or_path:

@@ -13,6 +13,8 @@ import pytest
 
 from ivr import flows_cli
 from ivr.settings import Settings
+from tests.conftest import clean_env, run_ivr
+from tests.test_flow_loader import VIP_BY_SEGMENT
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "flows" / "loyalty_routing.yaml"
@@ -223,6 +225,31 @@ steps:
         "'sales'?",
     ]
     assert f"4 problems in {flows_dir}" in err
+
+
+def test_validate_and_simulate_tell_every_name_that_would_read_as_nothing(
+        flows_dir: Path) -> None:
+    """Each of these loaded and sent every VIP to `else`: Jinja reads a name that holds
+    nothing as nothing. A user's run names each, at its file, step and field, with the name
+    meant; `ivr simulate` refuses the flow with the same lines."""
+    (flows_dir / "vip.yaml").write_text(VIP_BY_SEGMENT)
+    env = clean_env(IVR_FLOWS_DIR=str(flows_dir),
+                    IVR_SIP_CONFIG=str(flows_dir.parent / "queues.yaml"),
+                    IVR_SECRET_CRM_TOKEN="crm-token-0123")
+    validated = run_ivr(flows_dir.parent, env, "flows", "validate")
+    told = [
+        "steps.by_segment.value: 'var' is not a name a flow can read: did you mean 'vars'?",
+        "steps.by_segment.cases.1.when: steps.lokup names no step: did you mean 'lookup'?",
+        "steps.lookup.headers.Authorization: secrets.crm_tokn is not set: did you mean "
+        "'crm_token'? (IVR_SECRET_CRM_TOKEN is set)",
+        "steps.lookup.url: settings.loyalty_url names no setting a flow can read: did you mean "
+        "'loyalty_api_url'?"]
+    assert validated.returncode == 1
+    assert validated.stdout.splitlines() == [f"{flows_dir}/vip.yaml: {line}" for line in told]
+    assert validated.stderr == f"ivr: 4 problems in {flows_dir}\n"
+    simulated = run_ivr(flows_dir.parent, env, "simulate", "vip", "--from", "+15550000001")
+    assert (simulated.returncode, simulated.stdout) == (1, "")
+    assert simulated.stderr == validated.stdout
 
 
 # --- graph and schema -------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import get_args
 
 from pydantic import ValidationError
 
-from ivr.flows.model import Flow, FlowOutline
+from ivr.flows.model import Flow, FlowOutline, unknown_settings
 from ivr.flows.step import Channel
 from ivr.settings import secret_variable
 from ivr.validation import Problem, describe_problems, unknown
@@ -52,31 +52,36 @@ class FlowSet:
 
 
 def load_flow_file(path: Path, queue_names: Collection[str] | None = None,
-                   secrets: Collection[str] | None = None) -> Flow:
+                   secrets: Collection[str] | None = None,
+                   settings: Collection[str] | None = None) -> Flow:
     """Load and check one flow as `load_flows` checks each file: with `queue_names`, its routes
     must name those queues; with `secrets` (the names of the secrets set), every secret the flow
-    needs must be among them."""
-    flow, _, problems = _read_flow(path, queue_names, secrets)
+    needs must be among them; with `settings` (the names of those a flow can read), every
+    setting it reads."""
+    flow, _, problems = _read_flow(path, queue_names, secrets, settings)
     if flow is None:
         raise FlowLoadError([f"{path}: {problem}" for problem in problems])
     return flow
 
 
 def _read_flow(path: Path, queue_names: Collection[str] | None,
-               secrets: Collection[str] | None
+               secrets: Collection[str] | None, settings: Collection[str] | None
                ) -> tuple[Flow | None, FlowOutline | None, list[Problem]]:
     """The flow in `path`, or None if it has any problem; its outline for the checks across
     files (None when even that cannot be read); and its problems. Every check of one file,
     for the server, `ivr flows validate` and `ivr simulate` alike."""
-    flow, outline, problems = _parse_flow(path, secrets)
+    flow, outline, problems = _parse_flow(path)
     if outline is not None and queue_names is not None:
         problems += _unknown_queues(outline, queue_names)
+    if outline is not None and secrets is not None:
+        problems += outline.unset_secrets(secrets)
+    if outline is not None and settings is not None:
+        problems += unknown_settings(outline.steps, settings)
     return (None if problems else flow), outline, problems
 
 
-def _parse_flow(path: Path, secrets: Collection[str] | None
-                ) -> tuple[Flow | None, FlowOutline | None, list[Problem]]:
-    """`_read_flow` but for the queues."""
+def _parse_flow(path: Path) -> tuple[Flow | None, FlowOutline | None, list[Problem]]:
+    """`_read_flow` but for the queues, secrets and settings."""
     try:
         data = read_yaml(path)
     except YamlFileError as exc:
@@ -95,16 +100,16 @@ def _parse_flow(path: Path, secrets: Collection[str] | None
         if outline is not None and fields_failed:
             problems += outline.problems
         return None, outline, problems
-    unset = flow.unset_secrets(secrets) if secrets is not None else []
-    if unset:
-        return None, FlowOutline.of(flow), unset
     return flow, FlowOutline.of(flow), []
 
 
 def load_flows(directory: Path, queue_names: Collection[str] | None = None,
-               secrets: Collection[str] | None = None) -> FlowSet:
+               secrets: Collection[str] | None = None,
+               settings: Collection[str] | None = None) -> FlowSet:
     """Load and check every flow in `directory`; with `queue_names`, routes must name those
-    queues; with `secrets` (the names of the secrets set), each flow's must be set.
+    queues; with `secrets` (the names of the secrets set), each flow's must be set; with
+    `settings` (the names of those a flow can read, `Settings.flow_settings()`), each setting
+    a flow reads must be one.
 
     Raises FlowLoadError listing every problem found, in every file, grouped by file.
     """
@@ -115,7 +120,7 @@ def load_flows(directory: Path, queue_names: Collection[str] | None = None,
     flow_set = FlowSet()
     claims = _Claims()
     for path in paths:
-        flow, outline, found = _read_flow(path, queue_names, secrets)
+        flow, outline, found = _read_flow(path, queue_names, secrets, settings)
         problems += [(path, problem) for problem in found]
         if outline is None:
             continue
