@@ -1,10 +1,12 @@
 """`ivr flows validate | graph | schema` and `ivr simulate`: the tools to trust a flow before it
-takes a call. They read IVR_FLOWS_DIR and IVR_SIP_CONFIG as the server does, and run offline."""
+takes a call. They read IVR_FLOWS_DIR and IVR_SIP_CONFIG as the server does, and run offline
+(but `ivr flows validate --server`, which asks a running server for its live queues)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import sys
@@ -15,6 +17,7 @@ from typing import Any
 from xml.dom import minidom
 
 from ivr.addresses import twilio_address
+from ivr.admin.client import TOKEN_HELP, AdminError, admin_client
 from ivr.flows.loader import CHANNELS, FlowLoadError, load_flow_file, load_flows
 from ivr.flows.model import Flow
 from ivr.flows.step import Channel, Step
@@ -44,7 +47,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     flows = commands.add_parser("flows", help="check, draw and describe flows")
     actions = flows.add_subparsers(dest="flows_command", required=True)
     validate = actions.add_parser(
-        "validate", help="check every flow in IVR_FLOWS_DIR against the queues in IVR_SIP_CONFIG")
+        "validate", help="check every flow in IVR_FLOWS_DIR against the queues in IVR_SIP_CONFIG "
+        "(or those live on a server: --server)")
+    validate.add_argument("--server", metavar="URL",
+                          help="check the routes against the live queues of this running "
+                          "server (its admin API) instead of IVR_SIP_CONFIG")
+    validate.add_argument("--token", help=TOKEN_HELP)
     validate.set_defaults(handler=validate_command)
     graph = actions.add_parser("graph", help="print a flow as a Mermaid flowchart")
     graph.add_argument("flow", metavar="FLOW", help="a flow name in IVR_FLOWS_DIR, or a file")
@@ -89,7 +97,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
 # --- validate ---------------------------------------------------------------------------------
 
 def validate_command(args: argparse.Namespace, settings: Settings) -> int:
-    queues = _queues_or_report(settings)
+    if args.token and not args.server:
+        print("ivr: --token goes with --server URL, the server whose live queues the routes "
+              "are checked against", file=sys.stderr)
+        return 2
+    queues = _live_queues_or_report(args, settings) if args.server else _queues_or_report(settings)
     if queues is None:
         return 2
     try:
@@ -350,6 +362,17 @@ def _queues_or_report(settings: Settings) -> dict[str, Queue] | None:
         return load_queue_file(settings.sip_config).queues
     except QueueConfigError as exc:
         print(f"ivr: cannot check routes, the queues file is unusable:\n{exc}", file=sys.stderr)
+        return None
+
+
+def _live_queues_or_report(args: argparse.Namespace, settings: Settings) -> list[str] | None:
+    """The names of the queues live on the server `--server`, which flows are checked against;
+    None (said on stderr) when it cannot be asked."""
+    try:
+        with contextlib.closing(admin_client(args.server, args.token, settings)) as client:
+            return [queue["name"] for queue in client.queues()]
+    except AdminError as exc:
+        print(f"ivr: cannot check routes against the live queues: {exc}", file=sys.stderr)
         return None
 
 
