@@ -171,7 +171,7 @@ async def open_store(settings: Settings) -> tuple[QueueStore, FlowSet]:
 
 def flow_checks(settings: Settings) -> FlowChecks:
     """What this process checks flows against, besides the queues."""
-    return FlowChecks(secrets=settings.secrets)
+    return FlowChecks(secrets=settings.secrets, settings=settings.flow_settings())
 
 
 @asynccontextmanager

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import errno
 import getpass
-import ipaddress
 import json
 import logging
 import os
@@ -36,7 +35,14 @@ from twilio.request_validator import RequestValidator
 from ivr.addresses import twilio_address
 from ivr.admin.auth import resolve_admin_token
 from ivr.admin.changes import FieldComparison, compare_queues
-from ivr.admin.client import AdminClient, AdminError, queue_of, table
+from ivr.admin.client import (
+    TOKEN_HELP,
+    AdminClient,
+    AdminError,
+    admin_client,
+    queue_of,
+    table,
+)
 from ivr.app import StartupError, open_store
 from ivr.calltrace import describe_answer
 from ivr.channels.voice import DEFAULT_FINISH_ON_KEY, keyed_answer
@@ -188,49 +194,12 @@ def _add_admin_options(parser: argparse.ArgumentParser,
         # SUPPRESS: an action that is not given the option leaves the command's value alone.
         where.add_argument("--server", default=default, help="the server (default: "
                            "IVR_ADMIN_URL, else http://127.0.0.1:8000)")
-        where.add_argument("--token", default=default,
-                           help="the admin token (default: IVR_ADMIN_TOKEN, else a local "
-                           "server's local admin token in IVR_DATA_DIR)")
-
-
-def _admin_client(args: argparse.Namespace, settings: Settings) -> AdminClient:
-    """A client with the admin token: --token, else IVR_ADMIN_TOKEN, else the local admin token
-    that a server in a local trial made in IVR_DATA_DIR (read, never made here)."""
-    server = args.server or settings.admin_url
-    parts = urlsplit(server)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise AdminError(f"{server!r} is not a server's URL: write it as http://HOST:PORT "
-                         "(--server or IVR_ADMIN_URL), e.g. http://127.0.0.1:8000")
-    on_this_machine = _is_loopback(server)
-    token = args.token or (settings.admin_token.get_secret_value() if settings.admin_token
-                           else read_local_token(settings.local_admin_token_path)
-                           if on_this_machine else None)
-    if not token:
-        raise AdminError(
-            "no admin token: neither --token nor IVR_ADMIN_TOKEN is given, and " + (
-                f"there is no local admin token in {settings.local_admin_token_path}. Run this "
-                "from the directory where `ivr serve` runs (or set IVR_DATA_DIR to its data "
-                "directory), or give the server's IVR_ADMIN_TOKEN." if on_this_machine else
-                f"the local admin token is sent only to a server on this machine, not to "
-                f"{server}: give that server's IVR_ADMIN_TOKEN."))
-    return AdminClient(server, token)
-
-
-def _is_loopback(url: str) -> bool:
-    """Whether `url` names this machine (127.0.0.0/8, ::1, localhost): where a local trial's
-    server runs, and the only place its local admin token is sent."""
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        where.add_argument("--token", default=default, help=TOKEN_HELP)
 
 
 def _queues(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        client = _admin_client(args, settings)
+        client = admin_client(args.server, args.token, settings)
         try:
             print(_queue_command(client, args))
         finally:
@@ -382,7 +351,7 @@ def _add_call_commands(commands: argparse._SubParsersAction) -> None:  # type: i
 def _calls(args: argparse.Namespace, settings: Settings) -> int:
     show: Callable[[dict[str, Any]], str] = json.dumps if args.json else describe_call
     try:
-        client = _admin_client(args, settings)
+        client = admin_client(args.server, args.token, settings)
         try:
             # Following, every recent trace counts as seen, not only the N printed: else the
             # first poll's look back printed older ones after them.
@@ -475,7 +444,7 @@ def _add_cache_commands(commands: argparse._SubParsersAction) -> None:  # type: 
 
 def _cache(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        with contextlib.closing(_admin_client(args, settings)) as client:
+        with contextlib.closing(admin_client(args.server, args.token, settings)) as client:
             print(describe_purge(client.purge_cache(args.flow, args.step, args.caller)))
     except AdminError as exc:
         print(f"ivr: {exc}", file=sys.stderr)

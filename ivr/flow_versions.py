@@ -55,16 +55,17 @@ PUBLISH_ATTEMPTS = 5
 @dataclass(frozen=True)
 class FlowChecks:
     """What this process knows to check flows against, besides the queues: the names of the
-    secrets set on it."""
+    secrets set on it, and of the settings a flow can read."""
 
     secrets: Collection[str]
+    settings: Collection[str]
 
     def load(self, files: dict[str, str], queue_names: Collection[str] | None,
              version: int = 0, directory: Path | None = None) -> FlowSet:
         """Load `files` (read from `directory`, if they were); raises FlowLoadError naming
         every problem."""
-        return load_flow_texts(files, queue_names, self.secrets, version=version,
-                               directory=directory)
+        return load_flow_texts(files, queue_names, self.secrets, self.settings,
+                               version=version, directory=directory)
 
 
 class PinnedVersionMissing(Exception):

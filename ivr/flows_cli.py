@@ -1,10 +1,12 @@
 """`ivr flows validate | graph | schema` and `ivr simulate`: the tools to trust a flow before it
-takes a call. They read IVR_FLOWS_DIR and IVR_SIP_CONFIG as the server does, and run offline."""
+takes a call. They read IVR_FLOWS_DIR and IVR_SIP_CONFIG as the server does, and run offline
+(but `ivr flows validate --server`, which asks a running server for its live queues)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import sys
@@ -15,6 +17,7 @@ from typing import Any
 from xml.dom import minidom
 
 from ivr.addresses import twilio_address
+from ivr.admin.client import TOKEN_HELP, AdminError, admin_client
 from ivr.flows.loader import CHANNELS, FlowLoadError, load_flow_file, load_flows
 from ivr.flows.model import Flow
 from ivr.flows.step import Channel, Step
@@ -44,7 +47,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     flows = commands.add_parser("flows", help="check, draw and describe flows")
     actions = flows.add_subparsers(dest="flows_command", required=True)
     validate = actions.add_parser(
-        "validate", help="check every flow in IVR_FLOWS_DIR against the queues in IVR_SIP_CONFIG")
+        "validate", help="check every flow in IVR_FLOWS_DIR against the queues in IVR_SIP_CONFIG "
+        "(or those live on a server: --server)")
+    validate.add_argument("--server", metavar="URL",
+                          help="check the routes against the live queues of this running "
+                          "server (its admin API) instead of IVR_SIP_CONFIG")
+    validate.add_argument("--token", help=TOKEN_HELP)
     validate.set_defaults(handler=validate_command)
     graph = actions.add_parser("graph", help="print a flow as a Mermaid flowchart")
     graph.add_argument("flow", metavar="FLOW", help="a flow name in IVR_FLOWS_DIR, or a file")
@@ -89,11 +97,16 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
 # --- validate ---------------------------------------------------------------------------------
 
 def validate_command(args: argparse.Namespace, settings: Settings) -> int:
-    queues = _queues_or_report(settings)
+    if args.token and not args.server:
+        print("ivr: --token goes with --server URL, the server whose live queues the routes "
+              "are checked against", file=sys.stderr)
+        return 2
+    queues = _live_queues_or_report(args, settings) if args.server else _queues_or_report(settings)
     if queues is None:
         return 2
     try:
-        flow_set = load_flows(settings.flows_dir, queue_names=queues, secrets=settings.secrets)
+        flow_set = load_flows(settings.flows_dir, queue_names=queues, secrets=settings.secrets,
+                              settings=settings.flow_settings())
     except FlowLoadError as exc:
         for problem in exc.problems:
             print(problem)
@@ -201,7 +214,7 @@ def simulate_command(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     # The flow is checked as `ivr flows validate` checks it: a route to a misspelt queue would
     # otherwise be simulated as the fallback queue, silently.
-    flow = _flow_or_report(args.flow, settings, queues=queues, secrets=settings.secrets)
+    flow = _flow_or_report(args.flow, settings, queues=queues)
     if flow is None:
         return 1
     channel = args.channel or _default_channel(flow, args.from_number)
@@ -352,11 +365,27 @@ def _queues_or_report(settings: Settings) -> dict[str, Queue] | None:
         return None
 
 
-def _flow_or_report(name_or_path: str, settings: Settings,
-                    queues: Collection[str] | None = None,
-                    secrets: Collection[str] | None = None) -> Flow | None:
+def _live_queues_or_report(args: argparse.Namespace, settings: Settings) -> list[str] | None:
+    """The names of the queues live on the server `--server`, which flows are checked against;
+    None (said on stderr) when it cannot be asked."""
     try:
-        return find_flow(name_or_path, settings.flows_dir, queues, secrets)
+        with contextlib.closing(admin_client(args.server, args.token, settings)) as client:
+            return [queue["name"] for queue in client.queues()]
+    except AdminError as exc:
+        print(f"ivr: cannot check routes against the live queues: {exc}", file=sys.stderr)
+        return None
+
+
+def _flow_or_report(name_or_path: str, settings: Settings,
+                    queues: Collection[str] | None = None) -> Flow | None:
+    """The flow, or None (its problems said on stderr); with `queues`, checked as
+    `ivr flows validate` checks it: its routes against them, the secrets and settings it reads
+    against those of `settings`."""
+    try:
+        if queues is None:
+            return find_flow(name_or_path, settings.flows_dir)
+        return find_flow(name_or_path, settings.flows_dir, queues, settings.secrets,
+                         settings.flow_settings())
     except FlowLoadError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -364,21 +393,22 @@ def _flow_or_report(name_or_path: str, settings: Settings,
 
 
 def find_flow(name_or_path: str, flows_dir: Path, queues: Collection[str] | None = None,
-              secrets: Collection[str] | None = None) -> Flow:
+              secrets: Collection[str] | None = None,
+              settings: Collection[str] | None = None) -> Flow:
     """A flow file given by path, or the flow of that name (file stem or `name:`) in
-    `flows_dir`, checked as `load_flows` checks each file (against `queues` and the names of
-    the `secrets` set, when given). Only that file is loaded, so a broken neighbour does not
-    hide it."""
+    `flows_dir`, checked as `load_flows` checks each file (against `queues`, the names of the
+    `secrets` set and of the `settings` a flow can read, when given). Only that file is loaded,
+    so a broken neighbour does not hide it."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.is_file():
-        return load_flow_file(path, queues, secrets)
+        return load_flow_file(path, queues, secrets, settings)
     paths = sorted([*flows_dir.glob("*.yaml"), *flows_dir.glob("*.yml")])
     for candidate in paths:
         if candidate.stem == name_or_path:
-            return load_flow_file(candidate, queues, secrets)
+            return load_flow_file(candidate, queues, secrets, settings)
     for candidate in paths:  # a file may name its flow differently from the file
         try:
-            flow = load_flow_file(candidate, queues, secrets)
+            flow = load_flow_file(candidate, queues, secrets, settings)
         except FlowLoadError:
             continue
         if flow.name == name_or_path:

@@ -62,10 +62,11 @@ class Problems(ValueError):
         self.problems = tuple(problems)
 
 
-def closest(name: str, known: Collection[str]) -> str | None:
-    """The known name `name` is most likely a misspelling of, if one is close enough."""
+def closest(name: str, known: Collection[str], cutoff: float = 0.6) -> str | None:
+    """The known name `name` is most likely a misspelling of, if one is close enough (a
+    similarity of `cutoff`, 0 to 1)."""
     by_folded = {candidate.casefold(): candidate for candidate in known}
-    matches = difflib.get_close_matches(name.casefold(), list(by_folded), n=1, cutoff=0.6)
+    matches = difflib.get_close_matches(name.casefold(), list(by_folded), n=1, cutoff=cutoff)
     return by_folded[matches[0]] if matches else None
 
 

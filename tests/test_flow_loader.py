@@ -19,6 +19,8 @@ from ivr.queues import load_queue_file
 ROOT = Path(__file__).resolve().parent.parent
 BROKEN = sorted((Path(__file__).parent / "broken_flows").glob("*.yaml"))
 QUEUES = {"gold", "platinum", "standard"}
+# What flows can read as `settings.*` (Settings.flow_settings()).
+FLOW_SETTINGS = {"loyalty_api_url", "loyalty_api_token"}
 
 
 def test_the_shipped_flows_load_against_the_shipped_queues() -> None:
@@ -38,7 +40,8 @@ def test_a_broken_flow_is_refused_naming_the_file_the_step_and_the_problem(
     expected = path.read_text().splitlines()[0].removeprefix("# error: ")
     shutil.copy(path, tmp_path / path.name)
     with pytest.raises(FlowLoadError) as error:
-        load_flows(tmp_path, queue_names=QUEUES, secrets=())  # no secret set
+        # No secret set; the settings a server offers flows.
+        load_flows(tmp_path, queue_names=QUEUES, secrets=(), settings=FLOW_SETTINGS)
     assert len(error.value.problems) == 1, error.value.problems
     problem = error.value.problems[0]
     assert problem.startswith(f"{tmp_path / path.name}: ")
@@ -252,3 +255,87 @@ steps:
         "steps.lookup.url: invalid template '{{ settings.x': unexpected end of template, "
         "expected 'end of print statement'.",
         "steps.by_tier.cases.0.when: steps.lokup names no step: did you mean 'lookup'?"]
+
+
+def test_a_setting_is_read_by_a_name_flows_can_read_when_the_loader_is_given_them(
+        tmp_path: Path) -> None:
+    """`settings.loyalty_url` reads as nothing: a request to it fails, and every caller takes
+    the error exit. The server, a publish and `ivr flows validate` give the loader the names of
+    the settings flows can read; without them (None) nothing is checked, as for secrets."""
+    (tmp_path / "reads.yaml").write_text("""\
+trigger: {channels: [voice], default: true}
+fallback_queue: standard
+steps:
+  note:
+    kind: set
+    vars:
+      region: "{{ settings['region'] }}"
+      every: "{{ settings }} {{ settings.loyalty_api_url }} {{ settings[vars.region] }}"
+    next: by_region
+  by_region:
+    kind: branch
+    value: vars.region
+    cases: [{when: "settings.loyalty_api_tokn and settings.region", next: done}]
+    else: done
+  done: {kind: route, queue: standard}
+""")
+    assert load_flows(tmp_path, queue_names=QUEUES).flows["reads"]
+    with pytest.raises(FlowLoadError) as refused:
+        load_flows(tmp_path, queue_names=QUEUES, settings=FLOW_SETTINGS)
+    assert [p.split(": ", 1)[1] for p in refused.value.problems] == [
+        "steps.note.vars.region: settings.region names no setting a flow can read: the "
+        "settings a flow can read are loyalty_api_token, loyalty_api_url",
+        "steps.by_region.cases.0.when: settings.loyalty_api_tokn names no setting a flow can "
+        "read: did you mean 'loyalty_api_token'?",
+        "steps.by_region.cases.0.when: settings.region names no setting a flow can read: the "
+        "settings a flow can read are loyalty_api_token, loyalty_api_url"]
+
+
+# Four names in it hold nothing, and Jinja reads each as nothing: the flow loaded, and sent every
+# VIP to `else` (issue 17).
+VIP_BY_SEGMENT = """\
+trigger: {channels: [voice], numbers: ["+15005550196"]}
+fallback_queue: standard
+steps:
+  lookup:
+    kind: fetch
+    url: "{{ settings.loyalty_url }}/customers/{{ contact.number | urlencode }}"
+    headers: {Authorization: "Bearer {{ secrets.crm_tokn }}"}
+    save: {segment: loyaltyStatus}
+    next: by_segment
+    on_error: by_segment
+  by_segment:
+    kind: branch
+    value: var.segment
+    cases:
+      - {equals: vip, next: to_gold}
+      - {when: "steps.lokup.status == 404", next: to_gold}
+    else: to_standard
+  to_gold: {kind: route, queue: gold}
+  to_standard: {kind: route, queue: standard}
+"""
+
+
+@pytest.mark.parametrize("mistake", [
+    "    value: var.segment\n",  # the flow's own checks fail
+    "    value: vars.segment\n    vlaue: vars.segment\n",  # a field fails
+], ids=["flow", "field"])
+def test_a_broken_flow_tells_its_unset_secrets_and_unknown_settings_with_its_other_problems(
+        tmp_path: Path, mistake: str) -> None:
+    """Each misread name that sends callers down the wrong branch is told in one run, with the
+    closest known name, whatever else is wrong with the flow."""
+    (tmp_path / "vip.yaml").write_text(
+        VIP_BY_SEGMENT.replace("    value: var.segment\n", mistake))
+    with pytest.raises(FlowLoadError) as refused:
+        load_flows(tmp_path, queue_names=QUEUES, secrets={"crm_token"}, settings=FLOW_SETTINGS)
+    problems = [p.split(": ", 1)[1] for p in refused.value.problems]
+    assert problems[-3:] == [
+        "steps.by_segment.cases.1.when: steps.lokup names no step: did you mean 'lookup'?",
+        "steps.lookup.headers.Authorization: secrets.crm_tokn is not set: did you mean "
+        "'crm_token'? (IVR_SECRET_CRM_TOKEN is set)",
+        "steps.lookup.url: settings.loyalty_url names no setting a flow can read: did you mean "
+        "'loyalty_api_url'?"]
+    assert problems[0] == ("steps.by_segment.value: 'var' is not a name a flow can read: did "
+                           "you mean 'vars'?" if "var." in mistake else
+                           "steps.by_segment: unknown field 'vlaue': did you mean 'value'?")
+    assert len(problems) == 4

@@ -35,7 +35,7 @@ from tests.test_sessions import (
 )
 from tests.twilio_client import FakeTwilio, call_params
 
-CHECKS = FlowChecks(secrets=())
+CHECKS = FlowChecks(secrets=(), settings=Settings(_env_file=None).flow_settings())
 # A flow that needs a secret the test servers do not have.
 CRM_FLOW = """
 trigger: {channels: [voice], numbers: ["+15005550100"]}

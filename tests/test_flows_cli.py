@@ -9,10 +9,14 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from ivr import flows_cli
 from ivr.settings import Settings
+from tests.conftest import clean_env, run_ivr
+from tests.servers import ServerThread, free_port
+from tests.test_flow_loader import VIP_BY_SEGMENT
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "flows" / "loyalty_routing.yaml"
@@ -223,6 +227,79 @@ steps:
         "'sales'?",
     ]
     assert f"4 problems in {flows_dir}" in err
+
+
+def test_validate_and_simulate_tell_every_name_that_would_read_as_nothing(
+        flows_dir: Path) -> None:
+    """Each of these loaded and sent every VIP to `else`: Jinja reads a name that holds
+    nothing as nothing. A user's run names each, at its file, step and field, with the name
+    meant; `ivr simulate` refuses the flow with the same lines."""
+    (flows_dir / "vip.yaml").write_text(VIP_BY_SEGMENT)
+    env = clean_env(IVR_FLOWS_DIR=str(flows_dir),
+                    IVR_SIP_CONFIG=str(flows_dir.parent / "queues.yaml"),
+                    IVR_SECRET_CRM_TOKEN="crm-token-0123")
+    validated = run_ivr(flows_dir.parent, env, "flows", "validate")
+    told = [
+        "steps.by_segment.value: 'var' is not a name a flow can read: did you mean 'vars'?",
+        "steps.by_segment.cases.1.when: steps.lokup names no step: did you mean 'lookup'?",
+        "steps.lookup.headers.Authorization: secrets.crm_tokn is not set: did you mean "
+        "'crm_token'? (IVR_SECRET_CRM_TOKEN is set)",
+        "steps.lookup.url: settings.loyalty_url names no setting a flow can read: did you mean "
+        "'loyalty_api_url'?"]
+    assert validated.returncode == 1
+    assert validated.stdout.splitlines() == [f"{flows_dir}/vip.yaml: {line}" for line in told]
+    assert validated.stderr == f"ivr: 4 problems in {flows_dir}\n"
+    simulated = run_ivr(flows_dir.parent, env, "simulate", "vip", "--from", "+15550000001")
+    assert (simulated.returncode, simulated.stdout) == (1, "")
+    assert simulated.stderr == validated.stdout
+
+
+ADMIN = "admin-token-for-tests-0123456789"
+
+
+def test_validate_with_a_server_checks_the_routes_against_its_live_queues(
+        ivr: Ivr, tmp_path: Path, make_settings: Callable[..., Settings],
+        start_server: Callable[[Settings], ServerThread]) -> None:
+    """An admin added the billing queue on the running server: the flow routing to it is
+    right there, though the queues file does not have it."""
+    server = start_server(make_settings(admin_token=ADMIN))
+    added = httpx.put(f"{server.url}/admin/api/queues/billing", timeout=30,
+                      json={"sip_uri": "sip:billing@queues.example.com"},
+                      headers={"Authorization": f"Bearer {ADMIN}"})
+    assert added.status_code == 201, added.text
+    draft = tmp_path / "draft"
+    draft.mkdir()
+    (draft / "billing.yaml").write_text("""\
+trigger: {channels: [voice, messaging], default: true}
+fallback_queue: standard
+steps:
+  to_billing: {kind: route, queue: billing}
+""")
+    env = clean_env(IVR_FLOWS_DIR=str(draft),
+                    IVR_SIP_CONFIG=str(ROOT / "sip_config" / "queues.yaml"))
+    against_file = run_ivr(tmp_path, env, "flows", "validate")
+    assert (against_file.returncode, against_file.stdout) == (
+        1, f"{draft}/billing.yaml: steps.to_billing.queue: 'billing' is not a queue\n")
+    live = run_ivr(tmp_path, env, "flows", "validate", "--server", server.url, "--token", ADMIN)
+    assert (live.returncode, live.stdout, live.stderr) == (0, "1 flow OK\n", "")
+
+    status, out, err = ivr("flows", "validate", "--server", server.url, "--token", "wrong",
+                           IVR_FLOWS_DIR=str(draft))
+    assert (status, out) == (2, "")
+    assert err == ("ivr: cannot check routes against the live queues: 401: a valid "
+                   "`Authorization: Bearer <admin token>` header is required (check --token or "
+                   "IVR_ADMIN_TOKEN)\n")
+
+
+def test_validate_says_in_one_line_why_it_cannot_ask_a_server(ivr: Ivr) -> None:
+    gone = f"http://127.0.0.1:{free_port()}"
+    status, out, err = ivr("flows", "validate", "--server", gone, "--token", ADMIN)
+    assert (status, out) == (2, "")
+    assert err.startswith(f"ivr: cannot check routes against the live queues: cannot reach "
+                          f"{gone}: ") and err.count("\n") == 1, err
+    status, out, err = ivr("flows", "validate", "--token", ADMIN)
+    assert (status, out, err) == (2, "", "ivr: --token goes with --server URL, the server whose "
+                                  "live queues the routes are checked against\n")
 
 
 # --- graph and schema -------------------------------------------------------------------------

@@ -176,6 +176,27 @@ def test_a_fetch_reads_secrets_in_its_url_headers_and_body_when_they_are_set(
         "it optional in the flow (secrets: {crm_body: {optional: true}})"]
 
 
+def test_an_unset_secret_whose_name_is_close_to_a_set_one_is_told_as_a_misspelling(
+    tmp_path: Path
+) -> None:
+    """`secrets.crm_tokn` reads as empty: the API refuses the request and the flow takes its
+    error exit, as if the caller were unknown. Only a name very close to a set one is told so
+    (crm_key is not crm_token: see the test above)."""
+    path = write_flow(tmp_path, """\
+  lookup:
+    kind: fetch
+    url: "https://crm.example.com/c"
+    headers: {Authorization: "Bearer {{ secrets.crm_tokn }}"}
+    next: to_standard
+    on_error: to_standard
+""" + TO_STANDARD)
+    with pytest.raises(FlowLoadError) as refused:
+        load_flows(tmp_path, secrets={"crm_token", "maps_key"})
+    assert refused.value.problems == [
+        f"{path}: steps.lookup.headers.Authorization: secrets.crm_tokn is not set: did you mean "
+        "'crm_token'? (IVR_SECRET_CRM_TOKEN is set)"]
+
+
 @pytest.mark.parametrize(("step", "field"), [
     ("{kind: say, text: 'Your key is {{ secrets.crm_token }}', next: to_standard}", "text"),
     ("{kind: say, text: Hi, voice: '{{ secrets.crm_token }}', next: to_standard}", "voice"),

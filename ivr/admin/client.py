@@ -1,17 +1,23 @@
-"""A client of a running server's admin API, for `ivr queues ...` and `ivr calls ...`: changes
-made from the command line are validated, versioned and audited exactly like changes made in the
-web page."""
+"""A client of a running server's admin API, for `ivr queues ...`, `ivr calls ...` and
+`ivr flows validate --server`: changes made from the command line are validated, versioned and
+audited exactly like changes made in the web page."""
 
 from __future__ import annotations
 
 import getpass
+import ipaddress
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import yaml
 
+from ivr.local_tokens import read_local_token
 from ivr.queues import Queue
+from ivr.settings import Settings
+
+TOKEN_HELP = ("the admin token (default: IVR_ADMIN_TOKEN, else a local server's local admin "
+              "token in IVR_DATA_DIR)")
 
 
 class AdminError(Exception):
@@ -52,7 +58,7 @@ class AdminClient:
         for problem in body.get("errors", []):
             message += f"\n  {problem['field'] or 'body'}: {problem['message']}"
         if response.status_code == 401:
-            message += " (check IVR_ADMIN_TOKEN)"
+            message += " (check --token or IVR_ADMIN_TOKEN)"
         raise AdminError(f"{response.status_code}: {message}", response.status_code, reason)
 
     def queues(self) -> list[dict[str, Any]]:
@@ -168,6 +174,42 @@ class AdminClient:
         server purged."""
         body = {"flow": flow, "step": step, **({"caller": caller} if caller is not None else {})}
         return self._request("POST", "/cache/purge", json=body).json()
+
+
+def admin_client(server: str | None, token: str | None, settings: Settings) -> AdminClient:
+    """A client of `server` (--server, else IVR_ADMIN_URL) with the admin token: `token`
+    (--token), else IVR_ADMIN_TOKEN, else the local admin token that a server in a local trial
+    made in IVR_DATA_DIR (read, never made here)."""
+    server = server or settings.admin_url
+    parts = urlsplit(server)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise AdminError(f"{server!r} is not a server's URL: write it as http://HOST:PORT "
+                         "(--server or IVR_ADMIN_URL), e.g. http://127.0.0.1:8000")
+    on_this_machine = _is_loopback(server)
+    token = token or (settings.admin_token.get_secret_value() if settings.admin_token
+                      else read_local_token(settings.local_admin_token_path)
+                      if on_this_machine else None)
+    if not token:
+        raise AdminError(
+            "no admin token: neither --token nor IVR_ADMIN_TOKEN is given, and " + (
+                f"there is no local admin token in {settings.local_admin_token_path}. Run this "
+                "from the directory where `ivr serve` runs (or set IVR_DATA_DIR to its data "
+                "directory), or give the server's IVR_ADMIN_TOKEN." if on_this_machine else
+                f"the local admin token is sent only to a server on this machine, not to "
+                f"{server}: give that server's IVR_ADMIN_TOKEN."))
+    return AdminClient(server, token)
+
+
+def _is_loopback(url: str) -> bool:
+    """Whether `url` names this machine (127.0.0.0/8, ::1, localhost): where a local trial's
+    server runs, and the only place its local admin token is sent."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def queue_of(record: dict[str, Any]) -> Queue:

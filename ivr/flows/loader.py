@@ -11,7 +11,7 @@ from typing import get_args
 
 from pydantic import ValidationError
 
-from ivr.flows.model import Flow, FlowOutline
+from ivr.flows.model import Flow, FlowOutline, unknown_settings
 from ivr.flows.step import Channel
 from ivr.settings import secret_variable
 from ivr.validation import Problem, describe_problems, unknown
@@ -78,31 +78,36 @@ class FlowFile:
 
 
 def load_flow_file(path: Path, queue_names: Collection[str] | None = None,
-                   secrets: Collection[str] | None = None) -> Flow:
+                   secrets: Collection[str] | None = None,
+                   settings: Collection[str] | None = None) -> Flow:
     """Load and check one flow as `load_flows` checks each file: with `queue_names`, its routes
     must name those queues; with `secrets` (the names of the secrets set), every secret the flow
-    needs must be among them."""
-    flow, _, problems = _read_flow(FlowFile.at(path), queue_names, secrets)
+    needs must be among them; with `settings` (the names of those a flow can read), every
+    setting it reads."""
+    flow, _, problems = _read_flow(FlowFile.at(path), queue_names, secrets, settings)
     if flow is None:
         raise FlowLoadError([f"{path}: {problem}" for problem in problems])
     return flow
 
 
 def _read_flow(file: FlowFile, queue_names: Collection[str] | None,
-               secrets: Collection[str] | None
+               secrets: Collection[str] | None, settings: Collection[str] | None
                ) -> tuple[Flow | None, FlowOutline | None, list[Problem]]:
     """The flow in `file`, or None if it has any problem; its outline for the checks across
     files (None when even that cannot be read); and its problems. Every check of one file,
     for the server, a publish, `ivr flows validate` and `ivr simulate` alike."""
-    flow, outline, problems = _parse_flow(file, secrets)
+    flow, outline, problems = _parse_flow(file)
     if outline is not None and queue_names is not None:
         problems += _unknown_queues(outline, queue_names)
+    if outline is not None and secrets is not None:
+        problems += outline.unset_secrets(secrets)
+    if outline is not None and settings is not None:
+        problems += unknown_settings(outline.steps, settings)
     return (None if problems else flow), outline, problems
 
 
-def _parse_flow(file: FlowFile, secrets: Collection[str] | None
-                ) -> tuple[Flow | None, FlowOutline | None, list[Problem]]:
-    """`_read_flow` but for the queues."""
+def _parse_flow(file: FlowFile) -> tuple[Flow | None, FlowOutline | None, list[Problem]]:
+    """`_read_flow` but for the queues, secrets and settings."""
     try:
         data = file.read()
     except YamlFileError as exc:
@@ -121,20 +126,21 @@ def _parse_flow(file: FlowFile, secrets: Collection[str] | None
         if outline is not None and fields_failed:
             problems += outline.problems
         return None, outline, problems
-    unset = flow.unset_secrets(secrets) if secrets is not None else []
-    if unset:
-        return None, FlowOutline.of(flow), unset
     return flow, FlowOutline.of(flow), []
 
 
 def load_flows(directory: Path, queue_names: Collection[str] | None = None,
-               secrets: Collection[str] | None = None) -> FlowSet:
+               secrets: Collection[str] | None = None,
+               settings: Collection[str] | None = None) -> FlowSet:
     """Load and check every flow in `directory`; with `queue_names`, routes must name those
-    queues; with `secrets` (the names of the secrets set), each flow's must be set.
+    queues; with `secrets` (the names of the secrets set), each flow's must be set; with
+    `settings` (the names of those a flow can read, `Settings.flow_settings()`), each setting
+    a flow reads must be one.
 
     Raises FlowLoadError listing every problem found, in every file, grouped by file.
     """
-    return _load([FlowFile.at(path) for path in _flow_paths(directory)], queue_names, secrets)
+    return _load([FlowFile.at(path) for path in _flow_paths(directory)], queue_names, secrets,
+                 settings)
 
 
 def _flow_paths(directory: Path) -> list[Path]:
@@ -156,7 +162,8 @@ def read_flow_texts(directory: Path) -> dict[str, str]:
 
 
 def load_flow_texts(files: Mapping[str, str], queue_names: Collection[str] | None = None,
-                    secrets: Collection[str] | None = None, *, version: int = 0,
+                    secrets: Collection[str] | None = None,
+                    settings: Collection[str] | None = None, *, version: int = 0,
                     directory: Path | None = None) -> FlowSet:
     """Load and check the flows of a published version (file name -> text), as `load_flows`
     checks a directory's; problems name each file by its name (in `directory`, if they were
@@ -170,18 +177,18 @@ def load_flow_texts(files: Mapping[str, str], queue_names: Collection[str] | Non
     names = sorted(files)
     flow_set = _load([FlowFile.of_text(str(directory / name) if directory else name,
                                        files[name], order)
-                      for order, name in enumerate(names)], queue_names, secrets)
+                      for order, name in enumerate(names)], queue_names, secrets, settings)
     flow_set.version = version
     return flow_set
 
 
 def _load(files: list[FlowFile], queue_names: Collection[str] | None,
-          secrets: Collection[str] | None) -> FlowSet:
+          secrets: Collection[str] | None, settings: Collection[str] | None) -> FlowSet:
     problems: list[tuple[str, Problem]] = []
     flow_set = FlowSet()
     claims = _Claims()
     for file in files:
-        flow, outline, found = _read_flow(file, queue_names, secrets)
+        flow, outline, found = _read_flow(file, queue_names, secrets, settings)
         problems += [(file.label, problem) for problem in found]
         if outline is None:
             continue

@@ -22,7 +22,7 @@ from ivr.flows.durations import duration
 from ivr.flows.schedules import Schedule, ScheduleName
 from ivr.flows.step import Channel, Step, StepId
 from ivr.flows.steps import load_step_kinds
-from ivr.flows.templates import READABLE, Compiled
+from ivr.flows.templates import READABLE, SETTINGS, Compiled
 from ivr.queues import QueueName
 from ivr.settings import secret_name_problem, secret_variable
 from ivr.validation import (
@@ -45,6 +45,9 @@ PhoneNumber = explained_pattern(f"^{E164_PATTERN}$", "an E.164 number",
 Duration = duration(timedelta(seconds=30), timedelta(days=30))
 
 MAX_STEPS = 200
+# How alike an unset secret's name and a set one's are for the one to be told as a misspelling
+# of the other (difflib's ratio: crm_tokn and crm_token 0.94, crm_key and crm_token 0.75).
+SECRET_TYPO_SIMILARITY = 0.8
 # What a flow can read of the contact without the contact memory.
 CONTACT_WITHOUT_MEMORY = frozenset({"number", "address", "channel"})
 
@@ -180,24 +183,8 @@ class Flow(BaseModel):
         body), and every secret the flow declares is read."""
         problems = [Problem(("secrets", name), problem) for name in self.secrets
                     if (problem := secret_name_problem(name))]
-        first_read: dict[str, Where] = {}
-        for step_id, step in self.steps.items():
-            for where, compiled in _compiled_fields(step):
-                at = ("steps", step_id, *where)
-                try:
-                    names = compiled.secrets_read()
-                except ValueError as exc:
-                    problems.append(Problem(at, str(exc)))
-                    continue
-                for name in sorted(names):
-                    problem = secret_name_problem(name)
-                    if problem is None and where[0] not in step.secret_fields:
-                        problem = (f"secrets.{name} can only be read in a fetch step's url, "
-                                   "headers and body")
-                    if problem is not None:
-                        problems.append(Problem(at, problem))
-                    else:
-                        first_read.setdefault(name, at)
+        first_read, misread = secret_reads(self.steps)
+        problems += misread
         for name in self.secrets:
             if name not in first_read:
                 meant = closest(name, first_read)
@@ -212,15 +199,6 @@ class Flow(BaseModel):
         """The secrets the flow reads, may do without, and are not among `secrets_set`."""
         return [name for name in self._secrets_read
                 if name not in secrets_set and name in self.secrets and self.secrets[name].optional]
-
-    def unset_secrets(self, secrets_set: Collection[str]) -> list[Problem]:
-        """A problem for each secret the flow needs that is not among `secrets_set`."""
-        return [Problem(where, f"secrets.{name} is not set: set {secret_variable(name)}, or "
-                        "declare it optional in the flow "
-                        f"(secrets: {{{name}: {{optional: true}}}})")
-                for name, where in self._secrets_read.items()
-                if name not in secrets_set
-                and not (name in self.secrets and self.secrets[name].optional)]
 
     @functools.cached_property
     def reads_contact_memory(self) -> bool:
@@ -286,6 +264,55 @@ def unknown_reads(steps: Mapping[str, Step], step_ids: Collection[str]) -> list[
     return problems
 
 
+def unknown_settings(steps: Mapping[str, Step], settings: Collection[str]) -> list[Problem]:
+    """Where a template of `steps` reads `settings.<name>` for a name not among `settings`,
+    those a flow can read: Jinja would read it as nothing (`settings.loyalty_url`)."""
+    problems: list[Problem] = []
+    for step_id, step in steps.items():
+        for where, compiled in _compiled_fields(step):
+            names = dict.fromkeys(path[0] for path in compiled.paths_read(SETTINGS)
+                                  if path and path[0] not in settings)
+            problems += [Problem(("steps", step_id, *where), _with_fix(
+                f"settings.{name} names no setting a flow can read",
+                suggestion(name, settings, "settings a flow can read"))) for name in names]
+    return problems
+
+
+def secret_reads(steps: Mapping[str, Step]) -> tuple[dict[str, Where], list[Problem]]:
+    """Each secret the templates of `steps` read, with where it is first read; and the reads
+    refused: by a computed name or whole, under a name no secret has, or in a field whose
+    value a contact, an agent or a session could see."""
+    first_read: dict[str, Where] = {}
+    problems: list[Problem] = []
+    for step_id, step in steps.items():
+        for where, compiled in _compiled_fields(step):
+            at = ("steps", step_id, *where)
+            try:
+                names = compiled.secrets_read()
+            except ValueError as exc:
+                problems.append(Problem(at, str(exc)))
+                continue
+            for name in sorted(names):
+                problem = secret_name_problem(name)
+                if problem is None and where[0] not in step.secret_fields:
+                    problem = (f"secrets.{name} can only be read in a fetch step's url, "
+                               "headers and body")
+                if problem is not None:
+                    problems.append(Problem(at, problem))
+                else:
+                    first_read.setdefault(name, at)
+    return first_read, problems
+
+
+def _unset_secret(name: str, secrets_set: Collection[str]) -> str:
+    meant = closest(name, secrets_set, cutoff=SECRET_TYPO_SIMILARITY)
+    if meant is not None:  # a misspelling reads as empty, and the API refuses the request
+        return (f"secrets.{name} is not set: did you mean {meant!r}? "
+                f"({secret_variable(meant)} is set)")
+    return (f"secrets.{name} is not set: set {secret_variable(name)}, or declare it optional "
+            f"in the flow (secrets: {{{name}: {{optional: true}}}})")
+
+
 def _unset_variable(name: str, variables: Collection[str]) -> str:
     fix = (suggestion(name, variables, "variables set") if variables
            else "a fetch or ask step's `save`, or a set step's `vars`, sets one")
@@ -319,24 +346,38 @@ _STEP: TypeAdapter[Step] = TypeAdapter(AnyStep)
 _TRIGGER = TypeAdapter(Trigger)
 _QUEUE_NAME: TypeAdapter[str] = TypeAdapter(QueueName)
 _STEP_ID: TypeAdapter[str] = TypeAdapter(StepId)
+_SECRET_USES: TypeAdapter[dict[str, SecretUse]] = TypeAdapter(dict[str, SecretUse])
 
 
 @dataclass
 class FlowOutline:
-    """What later checks read of a flow (its trigger, fallback queue and steps), taken from a
-    valid flow, or from the parts of a broken one that are valid on their own: a misspelt field
-    in one step does not hide where the other steps go, which queues they name, or a number
-    bound twice."""
+    """What later checks read of a flow (its trigger, fallback queue, steps and the secrets they
+    read), taken from a valid flow, or from the parts of a broken one that are valid on their
+    own: a misspelt field in one step does not hide where the other steps go, which queues,
+    settings and secrets they name, or a number bound twice."""
 
     name: str
     trigger: Trigger | None
     fallback_queue: str | None
     steps: Mapping[str, Step]
     problems: list[Problem] = field(default_factory=list)  # of where the valid steps go
+    # Each secret the steps read -> where it is first read; those the flow may do without.
+    secrets_read: Mapping[str, Where] = field(default_factory=dict)
+    optional_secrets: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, flow: Flow) -> FlowOutline:
-        return cls(flow.name, flow.trigger, flow.fallback_queue, flow.steps)
+        return cls(flow.name, flow.trigger, flow.fallback_queue, flow.steps,
+                   secrets_read=flow._secrets_read,
+                   optional_secrets=frozenset(name for name, use in flow.secrets.items()
+                                              if use.optional))
+
+    def unset_secrets(self, secrets_set: Collection[str]) -> list[Problem]:
+        """A problem for each secret the flow needs that is not among `secrets_set`, with the
+        closest one set when it looks misspelt."""
+        return [Problem(where, _unset_secret(name, secrets_set))
+                for name, where in self.secrets_read.items()
+                if name not in secrets_set and name not in self.optional_secrets]
 
     @classmethod
     def of_broken(cls, data: Any, name: str) -> FlowOutline | None:
@@ -351,8 +392,17 @@ class FlowOutline:
         start, unanswered = (_valid(_STEP_ID, data.get(key)) for key in ("start", "unanswered"))
         problems = (unknown_targets(steps, step_ids, start, unanswered)
                     + unknown_reads(steps, step_ids))
+        uses = _valid(_SECRET_USES, data.get("secrets") or {})  # None: they are broken
+        secrets_read = secret_reads(steps)[0]
+        if uses is None or not secrets_read.keys() >= uses.keys():
+            # Which secrets are optional is unknown while a declaration is broken or names a
+            # secret no valid step reads (a misspelling, told as such): none is told unset.
+            uses, secrets_read = {}, {}
         return cls(str(data.get("name") or name), _valid(_TRIGGER, data.get("trigger")),
-                   _valid(_QUEUE_NAME, data.get("fallback_queue")), steps, problems)
+                   _valid(_QUEUE_NAME, data.get("fallback_queue")), steps, problems,
+                   secrets_read=secrets_read,
+                   optional_secrets=frozenset(name for name, use in uses.items()
+                                              if use.optional))
 
 
 def _valid_but_unknown_fields(raw: Any) -> Step | None:

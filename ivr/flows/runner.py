@@ -10,7 +10,12 @@ from dataclasses import dataclass
 from ivr.flows.actions import Action, RouteToQueue
 from ivr.flows.model import Flow
 from ivr.flows.step import WAIT, Run, StepResult, default_handoff_note
-from ivr.metrics import FALLBACK_DEADLINE, FALLBACK_ERROR, count_fallback, count_flow_error
+from ivr.metrics import (
+    FALLBACK_DEADLINE,
+    FALLBACK_ERROR,
+    count_fallback,
+    count_flow_error,
+)
 
 log = logging.getLogger("ivr.flows.runner")
 

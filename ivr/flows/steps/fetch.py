@@ -73,11 +73,13 @@ steps:
 - **Required unless declared optional.** A flow that reads a secret that is not set does not
   load, and the error says what to set (`steps.lookup.headers.Authorization: secrets.crm_token
   is not set: set IVR_SECRET_CRM_TOKEN, or declare it optional in the flow ...`): a token that is
-  missing in production is found when the server starts, not by the first caller. A secret the
-  flow can do without, as the shipped `vip_by_email` does its CRM token (the example runs on a
-  laptop with nothing set), is declared `optional: true` in the flow's `secrets:`; unset, it
-  reads as empty, a header that renders empty is not sent, and the server's start says so in its
-  log (`flow vip_by_email: secrets.crm_token is not set (declared optional) ...`), since an API
+  missing in production is found when the server starts, not by the first caller. A name very
+  close to a secret that is set is told as its misspelling (`secrets.crm_tokn is not set: did
+  you mean 'crm_token'? (IVR_SECRET_CRM_TOKEN is set)`). A secret the flow can do without, as
+  the shipped `vip_by_email` does its CRM token (the example runs on a laptop with nothing
+  set), is declared `optional: true` in the flow's `secrets:`; unset, it reads as empty, a
+  header that renders empty is not sent, and the server's start says so in its log
+  (`flow vip_by_email: secrets.crm_token is not set (declared optional) ...`), since an API
   that needs the token refuses the request (the flow's error exit). The declaration sits in the
   flow, next to the steps it concerns, so a reviewer sees which secrets a flow needs and which it
   can do without; a name declared but read by no step is a load error too (a misspelling).
