@@ -101,6 +101,29 @@ def test_the_flows_page_shows_the_live_version_and_each_flow_with_its_numbers_an
     expect(page.get_by_role("heading", level=1)).to_contain_text("Queue sales")
 
 
+def test_each_flow_is_drawn_step_by_step_with_its_exits_and_its_routes_open_their_queue(
+        page: Page) -> None:
+    sign_in(page)
+    open_flows(page)
+    graph = page.locator("#graph-loyalty_routing svg")
+    expect(graph).to_be_visible()
+    expect(graph.locator('[data-step="lookup"]')).to_have_text(re.compile(r"lookup\s*fetch"))
+    expect(graph.locator('[data-step="by_tier"] polygon')).to_have_count(1)  # a decision
+    expect(graph.locator(".edge-label")).to_have_text(
+        ["next, on_error", "gold", "platinum", "else", "next", "next", "next"])
+    expect(graph.locator("path.edge")).to_have_count(8)  # the start's arrow too
+    for name in ("language_routing", "new_vs_returning", "shift_routing", "team_choice",
+                 "vip_by_email"):
+        expect(page.locator(f"#graph-{name} svg")).to_be_visible()
+    expect(page.locator("#graph-language_routing path.edge.loop")).to_have_count(1)
+    expect(page.locator("#graph-team_choice path.edge.unanswered")).to_have_count(3)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#flow-language_routing").screenshot(
+        path=str(ARTIFACTS / "admin-flows-graph.png"))
+    graph.locator('[data-step="to_platinum"]').get_by_role("link").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Queue platinum")
+
+
 # --- versions, diff, rollback -------------------------------------------------------------------
 
 def roll_back_from_the_versions(page: Page, version: int) -> None:

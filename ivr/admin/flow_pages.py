@@ -1,5 +1,5 @@
 """The admin page's *Flows* section: the live flows version and its flows (numbers, channels, the
-queues each routes to, a drawing of its steps), every published version, a diff between any two,
+queues each routes to, a drawing of its steps, laid out by ivr.admin.flow_graph), every published version, a diff between any two,
 and rolling back to a version after seeing what it changes.
 
 Publishing is the CLI's and the API's (`ivr flows publish`); the page reads the flow store and
@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ivr.admin.auth import AdminSession
+from ivr.admin.flow_graph import flow_drawing
 from ivr.admin.pages import message_page, number, page, redirect, signed_in, templates
 from ivr.flow_versions import (
     FlowsRefused,
@@ -116,7 +117,11 @@ async def flows_page(request: Request, session: AdminSession) -> Response:
         flows = await live_flows(services, live)
     except PinnedVersionMissing as exc:
         unavailable = str(exc)
-    summaries = flow_summaries(flows) if flows is not None else []
+    summaries = []
+    if flows is not None:
+        by_name = {flow.name: flow for flow in flows.flows.values()}
+        summaries = [{**summary, "drawing": flow_drawing(by_name[summary["name"]])}
+                     for summary in flow_summaries(flows)]
     return page(request, "flows.html", session, live=meta, flows=summaries,
                 unavailable=unavailable, versions=versions, notice=_notice(request))
 
