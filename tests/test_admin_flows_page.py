@@ -273,3 +273,25 @@ def test_a_diff_of_a_version_that_does_not_exist_says_so(page: Page) -> None:
     page.goto("/admin/flows/diff?from=9")
     expect(page.get_by_role("heading", level=1)).to_have_text("No such version")
     expect(page.locator("main")).to_contain_text("There is no flows version 9.")
+
+
+def test_the_audit_log_shows_who_published_and_rolled_back_the_flows(
+        page: Page, redis_url: str, config_dir: Path) -> None:
+    publish_flows(redis_url, with_new_prompt(config_dir), "carol", "shorter retry prompt")
+    sign_in(page)
+    page.goto("/admin/flows")
+    roll_back_from_the_versions(page, 1)
+    page.get_by_role("button", name="Roll back to version 1").click()
+    expect(page.get_by_role("status")).to_contain_text("it is now live as version 3")
+    page.get_by_role("link", name="Audit log").click()
+    rows = page.locator("table.audit tbody tr")
+    expect(rows).to_have_count(2)  # the seed is no admin's change
+    expect(rows.nth(0).locator("td")).to_have_text([
+        re.compile(r"UTC"), "alice", "rolled the flows back to version 1 now flows version 3",
+        "flows version 3", "rollback to version 1"])
+    expect(rows.nth(1).locator("td")).to_have_text([
+        re.compile(r"UTC"), "carol", "published flows now flows version 2", "flows version 2",
+        "shorter retry prompt"])
+    rows.nth(1).get_by_role("link", name="flows version 2").click()
+    expect(page).to_have_url(re.compile(r"/admin/flows#version-2$"))
+    expect(page.locator("#version-2")).to_contain_text("carol")
