@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import redis
 import redis.asyncio as aioredis
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from ivr.flow_versions import FlowChecks, publish
 from ivr.redis.flow_store import LIVE_KEY, FlowStore
@@ -23,6 +23,7 @@ from tests.servers import ServerThread
 from tests.test_admin_page import (  # noqa: F401  (fixtures)
     ADMIN_TOKEN,
     ARTIFACTS,
+    PHONE,
     browser,
     new_page,
     page,
@@ -279,8 +280,7 @@ def test_the_audit_log_shows_who_published_and_rolled_back_the_flows(
         page: Page, redis_url: str, config_dir: Path) -> None:
     publish_flows(redis_url, with_new_prompt(config_dir), "carol", "shorter retry prompt")
     sign_in(page)
-    page.goto("/admin/flows")
-    roll_back_from_the_versions(page, 1)
+    page.goto("/admin/flows/rollback?version=1")
     page.get_by_role("button", name="Roll back to version 1").click()
     expect(page.get_by_role("status")).to_contain_text("it is now live as version 3")
     page.get_by_role("link", name="Audit log").click()
@@ -295,3 +295,24 @@ def test_the_audit_log_shows_who_published_and_rolled_back_the_flows(
     rows.nth(1).get_by_role("link", name="flows version 2").click()
     expect(page).to_have_url(re.compile(r"/admin/flows#version-2$"))
     expect(page.locator("#version-2")).to_contain_text("carol")
+
+
+def test_on_a_phone_no_flows_page_scrolls_sideways(
+        browser: Browser, server: ServerThread, redis_url: str, config_dir: Path) -> None:
+    publish_flows(redis_url, with_new_prompt(config_dir), "carol", "shorter retry prompt")
+    context = browser.new_context(base_url=server.url, viewport=PHONE)
+    context.set_default_timeout(10_000)
+    try:
+        page = context.new_page()
+        sign_in(page)
+        widths = {}
+        for path in ("/admin/flows", "/admin/flows/diff?from=1", "/admin/flows/rollback?version=1",
+                     "/admin/audit"):
+            page.goto(path)
+            widths[path] = page.evaluate("document.documentElement.scrollWidth")
+        assert widths == dict.fromkeys(widths, PHONE["width"])
+        page.goto("/admin/flows")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "admin-flows-phone.png"), full_page=True)
+    finally:
+        context.close()
