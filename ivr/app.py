@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from ivr.admin import api as admin_api
+from ivr.admin import flow_pages as admin_flow_pages
 from ivr.admin import pages as admin_pages
 from ivr.admin.auth import resolve_admin_token
 from ivr.admin.guard import AdminGuard
@@ -72,10 +73,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 disabled=admin_api.disabled_answer,
                 unavailable=admin_api.store_unavailable_answer)]),
             Mount("/admin/static", admin_pages.static_files, name="admin_static"),
-            Mount("/admin", routes=admin_pages.routes, middleware=[Middleware(
-                AdminGuard, is_enabled=admin_pages.admin_enabled,
-                disabled=admin_pages.disabled_page,
-                unavailable=admin_pages.store_unavailable_page)]),
+            Mount("/admin", routes=[*admin_pages.routes, *admin_flow_pages.routes],
+                  middleware=[Middleware(
+                      AdminGuard, is_enabled=admin_pages.admin_enabled,
+                      disabled=admin_pages.disabled_page,
+                      unavailable=admin_pages.store_unavailable_page)]),
         ],
         lifespan=lifespan,
     )
