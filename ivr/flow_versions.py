@@ -55,10 +55,10 @@ PUBLISH_ATTEMPTS = 5
 @dataclass(frozen=True)
 class FlowChecks:
     """What this process knows to check flows against, besides the queues: the names of the
-    secrets set on it, and of the settings a flow can read."""
+    secrets set on it, and of the settings a flow can read (None: not checked)."""
 
     secrets: Collection[str]
-    settings: Collection[str]
+    settings: Collection[str] | None = None
 
     def load(self, files: dict[str, str], queue_names: Collection[str] | None,
              version: int = 0, directory: Path | None = None) -> FlowSet:

@@ -3,6 +3,9 @@ Playwright) against the real app under uvicorn and a real Redis: the live versio
 the versions, a diff, and rolling back after a confirmation. Versions are published into the
 test's Redis with ivr.flow_versions.publish, as the admin API does."""
 
+# The browser fixtures are test_admin_page's, imported by name: the tests' parameters name them.
+# ruff: noqa: F811
+
 from __future__ import annotations
 
 import asyncio

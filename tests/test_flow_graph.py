@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from ivr.admin.flow_graph import ENTRY, NODE_HEIGHT, Edge, FlowDrawing, Node, flow_drawing
+from ivr.admin.flow_graph import (
+    ENTRY,
+    NODE_HEIGHT,
+    Edge,
+    FlowDrawing,
+    Node,
+    flow_drawing,
+)
 from ivr.flows.loader import load_flow_texts, read_flow_texts
 from ivr.flows.model import Flow
 
