@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import errno
 import getpass
-import ipaddress
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from ivr.addresses import twilio_address
 from ivr.admin.auth import resolve_admin_token
 from ivr.admin.changes import FieldComparison, compare_queues
 from ivr.admin.client import AdminClient, AdminError, queue_of, table
+from ivr.admin.command_line import add_admin_options, admin_client, confirm
 from ivr.app import StartupError, open_store
 from ivr.calltrace import describe_answer
 from ivr.channels.voice import DEFAULT_FINISH_ON_KEY, keyed_answer
@@ -175,62 +175,13 @@ def _add_queue_commands(commands: argparse._SubParsersAction) -> None:  # type: 
                           help="do not ask (required when not at a terminal)")
     export = actions.add_parser("export", help="print the live configuration as queues.yaml")
     export.add_argument("--output", "-o", help="write to this file instead of stdout")
-    _add_admin_options(queues, actions)
+    add_admin_options(queues, actions)
     queues.set_defaults(handler=_queues)
-
-
-def _add_admin_options(parser: argparse.ArgumentParser,
-                       actions: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """How a command finds a running server's admin API: before its action or after it
-    (`ivr queues --server URL list` and `ivr queues list --server URL`)."""
-    for where, default in ((parser, None), *((a, argparse.SUPPRESS)
-                                             for a in actions.choices.values())):
-        # SUPPRESS: an action that is not given the option leaves the command's value alone.
-        where.add_argument("--server", default=default, help="the server (default: "
-                           "IVR_ADMIN_URL, else http://127.0.0.1:8000)")
-        where.add_argument("--token", default=default,
-                           help="the admin token (default: IVR_ADMIN_TOKEN, else a local "
-                           "server's local admin token in IVR_DATA_DIR)")
-
-
-def _admin_client(args: argparse.Namespace, settings: Settings) -> AdminClient:
-    """A client with the admin token: --token, else IVR_ADMIN_TOKEN, else the local admin token
-    that a server in a local trial made in IVR_DATA_DIR (read, never made here)."""
-    server = args.server or settings.admin_url
-    parts = urlsplit(server)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise AdminError(f"{server!r} is not a server's URL: write it as http://HOST:PORT "
-                         "(--server or IVR_ADMIN_URL), e.g. http://127.0.0.1:8000")
-    on_this_machine = _is_loopback(server)
-    token = args.token or (settings.admin_token.get_secret_value() if settings.admin_token
-                           else read_local_token(settings.local_admin_token_path)
-                           if on_this_machine else None)
-    if not token:
-        raise AdminError(
-            "no admin token: neither --token nor IVR_ADMIN_TOKEN is given, and " + (
-                f"there is no local admin token in {settings.local_admin_token_path}. Run this "
-                "from the directory where `ivr serve` runs (or set IVR_DATA_DIR to its data "
-                "directory), or give the server's IVR_ADMIN_TOKEN." if on_this_machine else
-                f"the local admin token is sent only to a server on this machine, not to "
-                f"{server}: give that server's IVR_ADMIN_TOKEN."))
-    return AdminClient(server, token)
-
-
-def _is_loopback(url: str) -> bool:
-    """Whether `url` names this machine (127.0.0.0/8, ::1, localhost): where a local trial's
-    server runs, and the only place its local admin token is sent."""
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _queues(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        client = _admin_client(args, settings)
+        client = admin_client(args, settings)
         try:
             print(_queue_command(client, args))
         finally:
@@ -277,31 +228,12 @@ def _queue_command(client: AdminClient, args: argparse.Namespace) -> str:
     return text.rstrip()
 
 
-def _confirm(question: str, *, refused: str, asking: str, action: str,
-             details: str = "") -> None:
-    """Return once the person at the terminal has answered yes to `question` (after reading
-    `details`); else raise AdminError(`refused`). Without a terminal nobody can answer, and the
-    error says so: `asking` (e.g. "deleting queue 'night'") asks for a yes; to `action` (e.g.
-    "delete it") from a script, add --yes."""
-    if not sys.stdin.isatty():
-        raise AdminError(f"{refused}: {asking} asks for a yes at a terminal; to {action} from a "
-                         "script, add --yes")
-    print(f"{details}{question}? [y/N] ", end="", file=sys.stderr, flush=True)
-    try:
-        answer = sys.stdin.readline().strip().lower()
-    except KeyboardInterrupt:
-        answer = ""
-        print(file=sys.stderr)  # the next line starts under the question, not after it
-    if answer not in ("y", "yes"):
-        raise AdminError(refused)
-
-
 def _delete_queue(client: AdminClient, name: str, yes: bool) -> str:
     """Delete a queue once the person at the terminal said yes to what it is (or gave --yes)."""
     record = client.queue(name)
     version = record["version"]
     if not yes:
-        _confirm(f"Delete queue {name} (calls go to {record['sip_uri']}; version {version}, "
+        confirm(f"Delete queue {name} (calls go to {record['sip_uri']}; version {version}, "
                  f"by {record['updated_by']})", refused="not deleted",
                  asking=f"deleting queue {name!r}", action="delete it")
     # Asked, the yes is for the version shown: a change made meanwhile stops the delete.
@@ -325,7 +257,7 @@ def _roll_back(client: AdminClient, name: str, version: int, yes: bool) -> str:
         return (f"{name} unchanged: version {current['version']} has the values of version "
                 f"{version} already")
     if not yes:
-        _confirm(f"Restore version {version} of {name}", refused="not rolled back",
+        confirm(f"Restore version {version} of {name}", refused="not rolled back",
                  asking=f"restoring version {version} of queue {name!r}", action="roll it back",
                  details=restore_preview(name, target, current, fields))
     # Asked, the yes is for the queue as shown: a change made meanwhile stops the rollback.
@@ -375,14 +307,14 @@ def _add_call_commands(commands: argparse._SubParsersAction) -> None:  # type: i
                       help="then print new ones as they come (every second) until Ctrl-C")
     tail.add_argument("--sid", help="only this CallSid or MessageSid")
     tail.add_argument("--json", action="store_true", help="one JSON object a line")
-    _add_admin_options(calls, actions)
+    add_admin_options(calls, actions)
     calls.set_defaults(handler=_calls)
 
 
 def _calls(args: argparse.Namespace, settings: Settings) -> int:
     show: Callable[[dict[str, Any]], str] = json.dumps if args.json else describe_call
     try:
-        client = _admin_client(args, settings)
+        client = admin_client(args, settings)
         try:
             # Following, every recent trace counts as seen, not only the N printed: else the
             # first poll's look back printed older ones after them.
@@ -469,13 +401,13 @@ def _add_cache_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     purge.add_argument("--caller", metavar="NUMBER",
                        help="only this caller's answers: +15551234567 or whatsapp:+15551234567 "
                        "(default: every caller's)")
-    _add_admin_options(cache, actions)
+    add_admin_options(cache, actions)
     cache.set_defaults(handler=_cache)
 
 
 def _cache(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        with contextlib.closing(_admin_client(args, settings)) as client:
+        with contextlib.closing(admin_client(args, settings)) as client:
             print(describe_purge(client.purge_cache(args.flow, args.step, args.caller)))
     except AdminError as exc:
         print(f"ivr: {exc}", file=sys.stderr)
