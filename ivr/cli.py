@@ -40,6 +40,7 @@ from ivr.admin.command_line import add_admin_options, admin_client, confirm
 from ivr.app import StartupError, open_store
 from ivr.calltrace import describe_answer
 from ivr.channels.voice import DEFAULT_FINISH_ON_KEY, keyed_answer
+from ivr.flow_watch import watch_flows
 from ivr.flows_cli import add_commands as add_flow_commands
 from ivr.local_tokens import read_local_token
 from ivr.logs import configure_logging, uvicorn_log_config
@@ -82,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument("--watch-flows", action="store_true",
+                       help="development only: publish the flows of IVR_FLOWS_DIR whenever a "
+                       "flow file changes (as `ivr flows publish` would; broken flows are "
+                       "told on stderr and the live version stays)")
     serve.set_defaults(handler=_serve)
 
     call = commands.add_parser(
@@ -493,6 +498,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         metrics_dir = tempfile.mkdtemp(prefix="ivr-metrics-")
         os.environ[MULTIPROCESS_ENV] = metrics_dir
     supervisor = _supervise(embedded) if embedded is not None else None
+    watcher = watch_flows(settings) if args.watch_flows else None
     try:
         uvicorn.run(
             "ivr.app:create_app",
@@ -506,6 +512,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             server_header=False,
         )
     finally:
+        if watcher is not None:
+            watcher.set()
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
         if supervisor is not None:

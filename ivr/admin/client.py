@@ -32,7 +32,7 @@ class AdminClient:
         if not token:
             raise AdminError("no admin token: set IVR_ADMIN_TOKEN or pass --token")
         self.server = server.rstrip("/")
-        headers = {"Authorization": f"Bearer {token}", "X-IVR-Actor": _user()}
+        headers = {"Authorization": f"Bearer {token}", "X-IVR-Actor": current_user()}
         self._http = httpx.Client(base_url=self.server + "/admin/api", headers=headers,
                                   timeout=timeout)
 
@@ -240,7 +240,8 @@ def changed_while_asked(name: str, refused: str) -> AdminError:
                       "command again to see it as it is now")
 
 
-def _user() -> str:
+def current_user() -> str:
+    """Who runs this command, as the audit log names them ($USER)."""
     try:
         return getpass.getuser()
     except (KeyError, OSError):
