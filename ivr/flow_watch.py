@@ -12,6 +12,7 @@ import asyncio
 import logging
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import watchfiles
@@ -45,9 +46,8 @@ def watch_flows(settings: Settings) -> threading.Event:
 
 def _watch(settings: Settings, stop: threading.Event) -> None:
     who = f"{current_user()} (--watch-flows)"
-    # Flow files only, and only those of the directory itself, as a publish reads them.
-    for changes in watchfiles.watch(settings.flows_dir, watch_filter=_is_flow_file,
-                                    stop_event=stop, recursive=False, raise_interrupt=False):
+    for changes in watchfiles.watch(settings.flows_dir, watch_filter=_flow_files_of(settings),
+                                    stop_event=stop):
         names = sorted({Path(path).name for _, path in changes})
         try:
             said = asyncio.run(publish_draft(settings, who, f"{', '.join(names)} changed"))
@@ -57,8 +57,15 @@ def _watch(settings: Settings, stop: threading.Event) -> None:
         print(said, file=sys.stderr, flush=True)
 
 
-def _is_flow_file(change: watchfiles.Change, path: str) -> bool:
-    return path.endswith(FLOW_SUFFIXES)
+def _flow_files_of(settings: Settings) -> Callable[[watchfiles.Change, str], bool]:
+    """A filter for flow files, and only those of the directory itself, as a publish reads
+    them."""
+    directory = settings.flows_dir.resolve()
+
+    def is_flow_file(change: watchfiles.Change, path: str) -> bool:
+        return path.endswith(FLOW_SUFFIXES) and Path(path).parent.resolve() == directory
+
+    return is_flow_file
 
 
 async def publish_draft(settings: Settings, who: str, message: str) -> str:
