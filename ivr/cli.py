@@ -35,8 +35,15 @@ from twilio.request_validator import RequestValidator
 from ivr.addresses import twilio_address
 from ivr.admin.auth import resolve_admin_token
 from ivr.admin.changes import FieldComparison, compare_queues
-from ivr.admin.client import AdminClient, AdminError, queue_of, table
-from ivr.admin.command_line import add_admin_options, admin_client, confirm
+from ivr.admin.client import (
+    TOKEN_HELP,
+    AdminClient,
+    AdminError,
+    admin_client,
+    confirm,
+    queue_of,
+    table,
+)
 from ivr.app import StartupError, open_store
 from ivr.calltrace import describe_answer
 from ivr.channels.voice import DEFAULT_FINISH_ON_KEY, keyed_answer
@@ -180,13 +187,25 @@ def _add_queue_commands(commands: argparse._SubParsersAction) -> None:  # type: 
                           help="do not ask (required when not at a terminal)")
     export = actions.add_parser("export", help="print the live configuration as queues.yaml")
     export.add_argument("--output", "-o", help="write to this file instead of stdout")
-    add_admin_options(queues, actions)
+    _add_admin_options(queues, actions)
     queues.set_defaults(handler=_queues)
+
+
+def _add_admin_options(parser: argparse.ArgumentParser,
+                       actions: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """How a command finds a running server's admin API: before its action or after it
+    (`ivr queues --server URL list` and `ivr queues list --server URL`)."""
+    for where, default in ((parser, None), *((a, argparse.SUPPRESS)
+                                             for a in actions.choices.values())):
+        # SUPPRESS: an action that is not given the option leaves the command's value alone.
+        where.add_argument("--server", default=default, help="the server (default: "
+                           "IVR_ADMIN_URL, else http://127.0.0.1:8000)")
+        where.add_argument("--token", default=default, help=TOKEN_HELP)
 
 
 def _queues(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        client = admin_client(args, settings)
+        client = admin_client(args.server, args.token, settings)
         try:
             print(_queue_command(client, args))
         finally:
@@ -312,14 +331,14 @@ def _add_call_commands(commands: argparse._SubParsersAction) -> None:  # type: i
                       help="then print new ones as they come (every second) until Ctrl-C")
     tail.add_argument("--sid", help="only this CallSid or MessageSid")
     tail.add_argument("--json", action="store_true", help="one JSON object a line")
-    add_admin_options(calls, actions)
+    _add_admin_options(calls, actions)
     calls.set_defaults(handler=_calls)
 
 
 def _calls(args: argparse.Namespace, settings: Settings) -> int:
     show: Callable[[dict[str, Any]], str] = json.dumps if args.json else describe_call
     try:
-        client = admin_client(args, settings)
+        client = admin_client(args.server, args.token, settings)
         try:
             # Following, every recent trace counts as seen, not only the N printed: else the
             # first poll's look back printed older ones after them.
@@ -406,13 +425,13 @@ def _add_cache_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     purge.add_argument("--caller", metavar="NUMBER",
                        help="only this caller's answers: +15551234567 or whatsapp:+15551234567 "
                        "(default: every caller's)")
-    add_admin_options(cache, actions)
+    _add_admin_options(cache, actions)
     cache.set_defaults(handler=_cache)
 
 
 def _cache(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        with contextlib.closing(admin_client(args, settings)) as client:
+        with contextlib.closing(admin_client(args.server, args.token, settings)) as client:
             print(describe_purge(client.purge_cache(args.flow, args.step, args.caller)))
     except AdminError as exc:
         print(f"ivr: {exc}", file=sys.stderr)

@@ -9,8 +9,7 @@ import contextlib
 import sys
 from collections.abc import Callable
 
-from ivr.admin.client import AdminClient, AdminError, table
-from ivr.admin.command_line import add_admin_options, admin_client, confirm
+from ivr.admin.client import TOKEN_HELP, AdminClient, AdminError, admin_client, confirm, table
 from ivr.flow_versions import unified_diffs
 from ivr.flows.loader import FlowLoadError, read_flow_texts
 from ivr.settings import Settings
@@ -39,7 +38,9 @@ def add_version_commands(actions: argparse._SubParsersAction) -> None:  # type: 
                           help="do not ask (required when not at a terminal)")
     for parser, command in ((publish, _publish), (versions, _versions), (diff, _diff),
                             (rollback, _rollback)):
-        add_admin_options(parser)
+        parser.add_argument("--server", help="the server (default: IVR_ADMIN_URL, else "
+                            "http://127.0.0.1:8000)")
+        parser.add_argument("--token", help=TOKEN_HELP)
         parser.set_defaults(handler=_through_admin_api(command))
 
 
@@ -48,7 +49,7 @@ def _through_admin_api(command: Command) -> Callable[[argparse.Namespace, Settin
 
     def run(args: argparse.Namespace, settings: Settings) -> int:
         try:
-            with contextlib.closing(admin_client(args, settings)) as client:
+            with contextlib.closing(admin_client(args.server, args.token, settings)) as client:
                 return command(client, args, settings)
         except AdminError as exc:
             print(f"ivr: {exc}", file=sys.stderr)

@@ -198,7 +198,7 @@ def test_a_wrong_token_and_a_server_that_is_down_are_one_line_each(
     wrong = flows_at(admin_server.url, flows, "versions", token="wrong")
     assert wrong.returncode == 1
     assert wrong.stderr == ("ivr: 401: a valid `Authorization: Bearer <admin token>` header is "
-                            "required (check IVR_ADMIN_TOKEN)\n")
+                            "required (check --token or IVR_ADMIN_TOKEN)\n")
     down = f"http://127.0.0.1:{free_port()}"
     result = flows_at(down, flows, "publish")
     assert result.returncode == 1

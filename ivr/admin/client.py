@@ -1,18 +1,25 @@
-"""A client of a running server's admin API, for `ivr queues ...` and `ivr calls ...`: changes
-made from the command line are validated, versioned and audited exactly like changes made in the
-web page."""
+"""A client of a running server's admin API, for `ivr queues ...`, `ivr calls ...` and
+`ivr flows validate --server`: changes made from the command line are validated, versioned and
+audited exactly like changes made in the web page."""
 
 from __future__ import annotations
 
 import getpass
+import ipaddress
+import sys
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import yaml
 
 from ivr.flows.loader import FlowProblem
+from ivr.local_tokens import read_local_token
 from ivr.queues import Queue
+from ivr.settings import Settings
+
+TOKEN_HELP = ("the admin token (default: IVR_ADMIN_TOKEN, else a local server's local admin "
+              "token in IVR_DATA_DIR)")
 
 
 class AdminError(Exception):
@@ -55,7 +62,7 @@ class AdminClient:
         problems = [_problem_line(problem) for problem in body.get("errors", [])]
         message += "".join(f"\n  {problem}" for problem in problems)
         if response.status_code == 401:
-            message += " (check IVR_ADMIN_TOKEN)"
+            message += " (check --token or IVR_ADMIN_TOKEN)"
         raise AdminError(f"{response.status_code}: {message}", response.status_code, reason,
                          problems)
 
@@ -222,6 +229,42 @@ class AdminClient:
         return self._request("POST", "/cache/purge", json=body).json()
 
 
+def admin_client(server: str | None, token: str | None, settings: Settings) -> AdminClient:
+    """A client of `server` (--server, else IVR_ADMIN_URL) with the admin token: `token`
+    (--token), else IVR_ADMIN_TOKEN, else the local admin token that a server in a local trial
+    made in IVR_DATA_DIR (read, never made here)."""
+    server = server or settings.admin_url
+    parts = urlsplit(server)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise AdminError(f"{server!r} is not a server's URL: write it as http://HOST:PORT "
+                         "(--server or IVR_ADMIN_URL), e.g. http://127.0.0.1:8000")
+    on_this_machine = _is_loopback(server)
+    token = token or (settings.admin_token.get_secret_value() if settings.admin_token
+                      else read_local_token(settings.local_admin_token_path)
+                      if on_this_machine else None)
+    if not token:
+        raise AdminError(
+            "no admin token: neither --token nor IVR_ADMIN_TOKEN is given, and " + (
+                f"there is no local admin token in {settings.local_admin_token_path}. Run this "
+                "from the directory where `ivr serve` runs (or set IVR_DATA_DIR to its data "
+                "directory), or give the server's IVR_ADMIN_TOKEN." if on_this_machine else
+                f"the local admin token is sent only to a server on this machine, not to "
+                f"{server}: give that server's IVR_ADMIN_TOKEN."))
+    return AdminClient(server, token)
+
+
+def _is_loopback(url: str) -> bool:
+    """Whether `url` names this machine (127.0.0.0/8, ::1, localhost): where a local trial's
+    server runs, and the only place its local admin token is sent."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def queue_of(record: dict[str, Any]) -> Queue:
     """The queue of a record the API answered (without its version, who and when)."""
     return Queue.model_validate({k: record[k] for k in Queue.model_fields if k in record})
@@ -238,6 +281,25 @@ def changed_while_asked(name: str, refused: str) -> AdminError:
     """A change answered 412: the queue is no longer what the person said yes to."""
     return AdminError(f"{refused}: queue {name!r} changed while you were asked; run the "
                       "command again to see it as it is now")
+
+
+def confirm(question: str, *, refused: str, asking: str, action: str,
+            details: str = "") -> None:
+    """Return once the person at the terminal has answered yes to `question` (after reading
+    `details`); else raise AdminError(`refused`). Without a terminal nobody can answer, and the
+    error says so: `asking` (e.g. "deleting queue 'night'") asks for a yes; to `action` (e.g.
+    "delete it") from a script, add --yes."""
+    if not sys.stdin.isatty():
+        raise AdminError(f"{refused}: {asking} asks for a yes at a terminal; to {action} from a "
+                         "script, add --yes")
+    print(f"{details}{question}? [y/N] ", end="", file=sys.stderr, flush=True)
+    try:
+        answer = sys.stdin.readline().strip().lower()
+    except KeyboardInterrupt:
+        answer = ""
+        print(file=sys.stderr)  # the next line starts under the question, not after it
+    if answer not in ("y", "yes"):
+        raise AdminError(refused)
 
 
 def current_user() -> str:
