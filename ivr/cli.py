@@ -40,12 +40,14 @@ from ivr.admin.client import (
     AdminClient,
     AdminError,
     admin_client,
+    confirm,
     queue_of,
     table,
 )
 from ivr.app import StartupError, open_store
 from ivr.calltrace import describe_answer
 from ivr.channels.voice import DEFAULT_FINISH_ON_KEY, keyed_answer
+from ivr.flow_watch import watch_flows
 from ivr.flows_cli import add_commands as add_flow_commands
 from ivr.local_tokens import read_local_token
 from ivr.logs import configure_logging, uvicorn_log_config
@@ -88,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument("--watch-flows", action="store_true",
+                       help="development only: publish the flows of IVR_FLOWS_DIR whenever a "
+                       "flow file changes (as `ivr flows publish` would; broken flows are "
+                       "told on stderr and the live version stays)")
     serve.set_defaults(handler=_serve)
 
     call = commands.add_parser(
@@ -246,31 +252,12 @@ def _queue_command(client: AdminClient, args: argparse.Namespace) -> str:
     return text.rstrip()
 
 
-def _confirm(question: str, *, refused: str, asking: str, action: str,
-             details: str = "") -> None:
-    """Return once the person at the terminal has answered yes to `question` (after reading
-    `details`); else raise AdminError(`refused`). Without a terminal nobody can answer, and the
-    error says so: `asking` (e.g. "deleting queue 'night'") asks for a yes; to `action` (e.g.
-    "delete it") from a script, add --yes."""
-    if not sys.stdin.isatty():
-        raise AdminError(f"{refused}: {asking} asks for a yes at a terminal; to {action} from a "
-                         "script, add --yes")
-    print(f"{details}{question}? [y/N] ", end="", file=sys.stderr, flush=True)
-    try:
-        answer = sys.stdin.readline().strip().lower()
-    except KeyboardInterrupt:
-        answer = ""
-        print(file=sys.stderr)  # the next line starts under the question, not after it
-    if answer not in ("y", "yes"):
-        raise AdminError(refused)
-
-
 def _delete_queue(client: AdminClient, name: str, yes: bool) -> str:
     """Delete a queue once the person at the terminal said yes to what it is (or gave --yes)."""
     record = client.queue(name)
     version = record["version"]
     if not yes:
-        _confirm(f"Delete queue {name} (calls go to {record['sip_uri']}; version {version}, "
+        confirm(f"Delete queue {name} (calls go to {record['sip_uri']}; version {version}, "
                  f"by {record['updated_by']})", refused="not deleted",
                  asking=f"deleting queue {name!r}", action="delete it")
     # Asked, the yes is for the version shown: a change made meanwhile stops the delete.
@@ -294,7 +281,7 @@ def _roll_back(client: AdminClient, name: str, version: int, yes: bool) -> str:
         return (f"{name} unchanged: version {current['version']} has the values of version "
                 f"{version} already")
     if not yes:
-        _confirm(f"Restore version {version} of {name}", refused="not rolled back",
+        confirm(f"Restore version {version} of {name}", refused="not rolled back",
                  asking=f"restoring version {version} of queue {name!r}", action="roll it back",
                  details=restore_preview(name, target, current, fields))
     # Asked, the yes is for the queue as shown: a change made meanwhile stops the rollback.
@@ -530,6 +517,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         metrics_dir = tempfile.mkdtemp(prefix="ivr-metrics-")
         os.environ[MULTIPROCESS_ENV] = metrics_dir
     supervisor = _supervise(embedded) if embedded is not None else None
+    watcher = watch_flows(settings) if args.watch_flows else None
     try:
         uvicorn.run(
             "ivr.app:create_app",
@@ -543,6 +531,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             server_header=False,
         )
     finally:
+        if watcher is not None:
+            watcher.set()
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
         if supervisor is not None:

@@ -20,7 +20,14 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from ivr.flows.loader import FlowLoadError, FlowSet, load_flow_texts, read_flow_texts
+from ivr.flows.loader import (
+    FlowLoadError,
+    FlowProblem,
+    FlowSet,
+    load_flow_texts,
+    read_flow_texts,
+    unlocated,
+)
 from ivr.metrics import (
     FALLBACK_MISSING_VERSION,
     FALLBACK_REDIS,
@@ -94,6 +101,7 @@ class LiveFlows:
         self._checks = checks
         self._older: OrderedDict[int, FlowSet] = OrderedDict()
         self._unloadable: set[int] = set()  # told once each
+        self._switching = asyncio.Lock()
         FLOW_VERSION.set(current.version)
         count_failures_from_zero(current.flows.values())
 
@@ -102,13 +110,23 @@ class LiveFlows:
         return str(self.current.version) if self.current.version else None
 
     async def resync(self) -> None:
-        live = await self._store.live_version()
-        if live and live != self.current.version:
-            await self._switch(live)
+        async with self._switching:
+            live = await self._store.live_version()
+            if live and live != self.current.version:
+                await self._switch(live)
 
     async def changed(self, data: str) -> None:
-        if data.isdigit() and int(data) != self.current.version:
-            await self._switch(int(data))
+        if data.isdigit():
+            await self.caught_up(int(data))
+
+    async def caught_up(self, version: int) -> None:
+        """Serve `version` if it is newer than the version served: announced, or published by
+        this process (whose next call routes by it, before the announcement comes back).
+        Versions only grow: an older one, announced after a newer one was switched to, is
+        left alone. One switch at a time, so a slower load cannot land over a newer one."""
+        async with self._switching:
+            if version > self.current.version:
+                await self._switch(version)
 
     async def _switch(self, version: int) -> None:
         try:
@@ -162,11 +180,13 @@ class LiveFlows:
 
 
 class FlowsRefused(Exception):
-    """A version's flows do not pass the checks; `problems`: one line each (file: where: what)."""
+    """A version's flows do not pass the checks; `problems`: one line each (file: where: what);
+    `located`: the same as (file, field, message)."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], located: list[FlowProblem] | None = None) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.located = located if located is not None else unlocated(problems)
 
 
 async def publish(flow_store: FlowStore, queue_store: QueueStore, checks: FlowChecks,
@@ -179,7 +199,7 @@ async def publish(flow_store: FlowStore, queue_store: QueueStore, checks: FlowCh
         try:
             checks.load(files, queues)
         except FlowLoadError as exc:
-            raise FlowsRefused(exc.problems) from None
+            raise FlowsRefused(exc.problems, exc.located) from None
         try:
             return await flow_store.publish(files, who, message, action=action,
                                             rolled_back_to=rolled_back_to,

@@ -18,6 +18,7 @@ from xml.dom import minidom
 
 from ivr.addresses import twilio_address
 from ivr.admin.client import TOKEN_HELP, AdminError, admin_client
+from ivr.flow_versions_cli import add_version_commands
 from ivr.flows.loader import CHANNELS, FlowLoadError, load_flow_file, load_flows
 from ivr.flows.model import Flow
 from ivr.flows.step import Channel, Step
@@ -43,8 +44,10 @@ _MOCK = re.compile(r"(?P<key>.+?)=(?:(?P<status>[1-5][0-9]{2}):(?P<content>.*)|(
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register `flows` (validate, graph, schema) and `simulate` on the `ivr` command."""
-    flows = commands.add_parser("flows", help="check, draw and describe flows")
+    """Register `flows` (validate, graph, schema; publish, versions, diff, rollback) and
+    `simulate` on the `ivr` command."""
+    flows = commands.add_parser("flows", help="check, draw and describe flows; publish them, "
+                                "see their versions, roll them back")
     actions = flows.add_subparsers(dest="flows_command", required=True)
     validate = actions.add_parser(
         "validate", help="check every flow in IVR_FLOWS_DIR against the queues in IVR_SIP_CONFIG "
@@ -59,6 +62,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[
     graph.set_defaults(handler=graph_command)
     schema = actions.add_parser("schema", help="print the JSON Schema of flow files")
     schema.set_defaults(handler=schema_command)
+    add_version_commands(actions)
 
     sim = commands.add_parser(
         "simulate", help="run a flow offline, turn by turn, with HTTP answered from mocks",

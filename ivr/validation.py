@@ -50,8 +50,13 @@ class Problem:
     where: Where
     what: str
 
+    @property
+    def place(self) -> str:
+        """`where`, dotted: `steps.menu.options`; "" for the whole of what was checked."""
+        return _dotted(self.where)
+
     def __str__(self) -> str:
-        return ": ".join(part for part in (_dotted(self.where), self.what) if part)
+        return ": ".join(part for part in (self.place, self.what) if part)
 
 
 class Problems(ValueError):

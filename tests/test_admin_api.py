@@ -43,7 +43,8 @@ def api(make_settings, start_server) -> httpx.Client:
     [("GET", "/queues"), ("GET", "/queues/gold"), ("PUT", "/queues/gold"),
      ("PATCH", "/queues/gold"), ("DELETE", "/queues/gold"), ("GET", "/queues/gold/history"),
      ("POST", "/queues/gold/rollback"), ("GET", "/audit"), ("GET", "/calls"),
-     ("POST", "/cache/purge")],
+     ("POST", "/cache/purge"), ("GET", "/flows"), ("GET", "/flows/versions"),
+     ("POST", "/flows/versions"), ("GET", "/flows/versions/1"), ("POST", "/flows/rollback")],
 )
 def test_every_route_needs_the_admin_token(api: httpx.Client, headers, method, path) -> None:
     response = httpx.request(method, str(api.base_url).rstrip("/") + path,
@@ -439,7 +440,9 @@ def test_the_openapi_document_describes_every_route(api: httpx.Client) -> None:
     assert document["openapi"].startswith("3.")
     assert set(document["paths"]) == {"/queues", "/queues/{name}", "/queues/{name}/history",
                                       "/queues/{name}/rollback", "/audit", "/calls",
-                                      "/cache/purge"}
+                                      "/cache/purge", "/flows", "/flows/versions",
+                                      "/flows/versions/{version}", "/flows/rollback"}
+    assert set(document["paths"]["/flows/versions"]) == {"get", "post"}
     assert set(document["paths"]["/queues/{name}"]) >= {"get", "put", "patch", "delete"}
     assert "sip_uri" in document["components"]["schemas"]["QueueInput"]["properties"]
     # A write answers the fields it changed; a version of the history, what it changed.

@@ -940,13 +940,13 @@ def test_queues_delete_says_plainly_what_still_uses_a_queue(admin_api: ServerThr
     assert unknown.returncode == 1 and "no queue 'nope' (queues: " in unknown.stderr
 
 
-def answered_after(url: str, meanwhile: Callable[[], None], *args: str
-                   ) -> tuple[int, str, str]:
-    """`ivr queues ARGS` at a terminal, answering yes once `meanwhile` has run (after the
-    question is on the screen); its exit status, output and errors."""
+def answered_after(url: str, meanwhile: Callable[[], None], *args: str,
+                   command: str = "queues") -> tuple[int, str, str]:
+    """`ivr queues ARGS` (or another `command`) at a terminal, answering yes once `meanwhile`
+    has run (after the question is on the screen); its exit status, output and errors."""
     terminal, command_side = os.openpty()
     process = subprocess.Popen(
-        [*IVR, "queues", *args], cwd=OUTSIDE_CHECKOUT, stdin=command_side,
+        [*IVR, command, *args], cwd=OUTSIDE_CHECKOUT, stdin=command_side,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env=clean_env(IVR_ADMIN_URL=url, IVR_ADMIN_TOKEN=ADMIN))
     try:

@@ -1,6 +1,6 @@
 """The admin API, JSON under /admin/api: queues (read, write, delete), their history and
-rollback, the audit log, recent call traces, and purges of the fetch cache. Every route needs
-`Authorization: Bearer <IVR_ADMIN_TOKEN>`."""
+rollback, published flow versions (publish, rollback), the audit log, recent call traces, and
+purges of the fetch cache. Every route needs `Authorization: Bearer <IVR_ADMIN_TOKEN>`."""
 
 from __future__ import annotations
 
@@ -25,8 +25,12 @@ from ivr.admin.openapi import openapi_document
 from ivr.admin.outage import StoreUnavailable
 from ivr.admin.purges import UnknownTarget, purge, purge_target
 from ivr.calltrace import is_sid
+from ivr.flow_versions import FlowsRefused, PinnedVersionMissing, flow_summaries
+from ivr.flow_versions import publish as publish_flows
+from ivr.flow_versions import rollback as roll_back_flows
 from ivr.logs import mask_number
 from ivr.queues import changed_fields
+from ivr.redis.flow_store import FlowVersion, Published, QueuesChanged, StaleLive
 from ivr.redis.queue_store import (
     MUST_EXIST,
     MUST_NOT_EXIST,
@@ -39,6 +43,7 @@ from ivr.redis.queue_store import (
     StaleVersion,
     Written,
 )
+from ivr.yamlfile import MAX_YAML_BYTES
 
 if TYPE_CHECKING:
     from ivr.settings import Settings
@@ -46,6 +51,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("ivr.admin")
 
 MAX_BODY_BYTES = 64 * 1024
+# A publish carries every flow file, each up to ivr.yamlfile.MAX_YAML_BYTES (a real flow is a
+# few kilobytes): room for several files that large, JSON-escaped.
+MAX_FLOWS_BODY_BYTES = 8 * 1024 * 1024
+MAX_MESSAGE_CHARS = 500
+PUBLISH_FIELDS = ("files", "message")
 MAX_AUDIT_PAGE = 1000
 MAX_CALLS_PAGE = 1000
 MAX_OFFSET = 10**9
@@ -124,8 +134,11 @@ def admin_only(endpoint: Endpoint) -> Endpoint:
             return error(404, f"not found: {exc}")
         except MalformedJson as exc:
             return error(400, f"the body is not valid JSON: {exc}")
-        except Busy as exc:
-            return error(503, str(exc))
+        except BodyTooLarge as exc:
+            return error(413, str(exc))
+        except (Busy, QueuesChanged) as exc:
+            return error(503, str(exc) or "the queues are changing too fast to check the "
+                         "flows against them; try again")
 
     guarded.__name__ = endpoint.__name__
     guarded.__doc__ = endpoint.__doc__
@@ -167,6 +180,25 @@ async def json_body(request: Request) -> Any:
     body = await request.body()
     if len(body) > MAX_BODY_BYTES:
         raise field_errors(f"the body is over {MAX_BODY_BYTES} bytes", "")
+    return _parsed(body)
+
+
+async def large_json_body(request: Request, limit: int) -> Any:
+    """The JSON body of a request that may be megabytes (a publish's files), read no further
+    than `limit` bytes: BodyTooLarge past it, declared or sent."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+    return _parsed(b"".join(chunks))
+
+
+def _parsed(body: bytes) -> Any:
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -175,6 +207,12 @@ async def json_body(request: Request) -> Any:
 
 class MalformedJson(Exception):
     pass
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the body is over {limit:,} bytes (a flow file may have "
+                         f"{MAX_YAML_BYTES:,}); publish fewer or smaller files")
 
 
 @admin_only
@@ -346,6 +384,152 @@ async def purge_cache(request: Request) -> Response:
     return JSONResponse(result)
 
 
+# --- flow versions ----------------------------------------------------------------------------
+
+def version_response(version: FlowVersion, live: int, status: int = 200,
+                     extra: dict[str, Any] | None = None) -> JSONResponse:
+    """A flows version as the API answers it; its ETag when it is the live one (what If-Match
+    on a publish or rollback names)."""
+    headers = {"ETag": etag(version.version)} if version.version == live else {}
+    return JSONResponse({**version.as_dict(), "live": version.version == live, **(extra or {})},
+                        status_code=status, headers=headers)
+
+
+def published_response(request: Request, published: Published, what: str) -> JSONResponse:
+    """A publish's or rollback's answer: 201 with the new version, or 200 with the live one
+    when it already had that content (nothing written)."""
+    version = published.version
+    log.info("flows %s by %s: %s", what, who(request),
+             f"version {version.version}" if published.created
+             else f"unchanged, version {version.version} has that content")
+    response = version_response(version, version.version, 201 if published.created else 200,
+                                {"created": published.created,
+                                 "served": request.app.state.services.flows.version})
+    if published.created:
+        response.headers["Location"] = f"/admin/api/flows/versions/{version.version}"
+    return response
+
+
+def expected_live(request: Request) -> str:
+    """If-Match as the flow store takes it: the live version that must still be live ('' for
+    none given, or `*`: a live version exists from the first start on)."""
+    precondition = if_match_version(request)
+    return "" if precondition in (None, MUST_EXIST) else str(precondition)
+
+
+def refused(exc: FlowsRefused) -> JSONResponse:
+    count = len(exc.problems)
+    return error(422, f"the flows were refused ({count} problem{'s' if count != 1 else ''}); "
+                 "nothing was published", errors=[
+                     {"file": problem.file, "field": problem.field, "message": problem.message}
+                     for problem in exc.located])
+
+
+def stale(exc: StaleLive) -> JSONResponse:
+    return error(412, f"If-Match is stale: the live flows version is now {exc.live}",
+                 current_version=exc.live)
+
+
+@admin_only
+async def show_live_flows(request: Request) -> Response:
+    """The live version (from the store, whatever this process serves), its flows and its
+    files' texts."""
+    services = request.app.state.services
+    live = await services.flow_store.live_version()
+    version = await services.flow_store.version(live)
+    files = await services.flow_store.files(live)
+    if version is None or files is None:
+        return error(404, "no flows version is published yet")
+    try:
+        flows = await services.live_flows.pinned(live)
+    except PinnedVersionMissing as exc:
+        return error(503, f"this server cannot load the live flows: {exc}")
+    return version_response(version, live, extra={
+        "served": services.flows.version, "flows": flow_summaries(flows), "files": files})
+
+
+@admin_only
+async def list_flow_versions(request: Request) -> Response:
+    store = request.app.state.services.flow_store
+    live = await store.live_version()
+    return JSONResponse({"live": live, "versions": [
+        {**version.as_dict(), "live": version.version == live}
+        for version in await store.versions()]})
+
+
+@admin_only
+async def show_flow_version(request: Request) -> Response:
+    store = request.app.state.services.flow_store
+    number = request.path_params["version"]
+    version = await store.version(int(number)) if number.isdigit() else None
+    files = await store.files(version.version) if version is not None else None
+    if version is None or files is None:
+        return error(404, f"there is no flows version {number} (see GET /admin/api/flows/"
+                     "versions)")
+    return version_response(version, await store.live_version(), extra={"files": files})
+
+
+@admin_only
+async def publish_flow_version(request: Request) -> Response:
+    """Check the files against the live queues and make them the live version: 201, or 200
+    when the live version has exactly these files; 422 naming every problem."""
+    body = await large_json_body(request, MAX_FLOWS_BODY_BYTES)
+    files, message = _publish_input(body)
+    services = request.app.state.services
+    try:
+        published = await publish_flows(services.flow_store, services.store,
+                                        services.flow_checks, files, who(request), message,
+                                        expected_live=expected_live(request))
+    except FlowsRefused as exc:
+        return refused(exc)
+    except StaleLive as exc:
+        return stale(exc)
+    await services.live_flows.caught_up(published.version.version)
+    return published_response(request, published, "published")
+
+
+def _publish_input(body: Any) -> tuple[dict[str, str], str]:
+    if not isinstance(body, dict):
+        raise field_errors("the body must be a JSON object: {\"files\": {\"name.yaml\": "
+                           "\"...\"}, \"message\": \"...\"}", "")
+    unknown = sorted(set(body) - set(PUBLISH_FIELDS))
+    if unknown:
+        raise field_errors(f"unknown field (the fields are {', '.join(PUBLISH_FIELDS)})",
+                           unknown[0])
+    files = body.get("files")
+    if not isinstance(files, dict) or not files or not all(
+            isinstance(text, str) for text in files.values()):
+        raise field_errors("is required: an object of file name -> the file's text, at least "
+                           "one *.yaml file", "files")
+    message = body.get("message", "")
+    if not isinstance(message, str) or len(message) > MAX_MESSAGE_CHARS:
+        raise field_errors(f"must be a string of at most {MAX_MESSAGE_CHARS} characters",
+                           "message")
+    return files, message.strip()
+
+
+@admin_only
+async def roll_back_flow_version(request: Request) -> Response:
+    """Version N's files as a new version (none when they are live already)."""
+    body = await json_body(request)
+    version = body.get("version") if isinstance(body, dict) else None
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise field_errors("must be a version number (an integer from 1)", "version")
+    services = request.app.state.services
+    try:
+        published = await roll_back_flows(services.flow_store, services.store,
+                                          services.flow_checks, version, who(request),
+                                          expected_live(request))
+    except LookupError as exc:
+        return error(404, f"{exc} (see GET /admin/api/flows/versions)")
+    except FlowsRefused as exc:
+        return refused(exc)
+    except StaleLive as exc:
+        return stale(exc)
+    await services.live_flows.caught_up(published.version.version)
+    return published_response(request, published, f"rolled back to version {version}")
+
+
 async def openapi(request: Request) -> Response:
     return JSONResponse(openapi_document())
 
@@ -358,6 +542,11 @@ routes = [
     Route("/queues/{name}", delete_queue, methods=["DELETE"]),
     Route("/queues/{name}/history", queue_history, methods=["GET"]),
     Route("/queues/{name}/rollback", rollback_queue, methods=["POST"]),
+    Route("/flows", show_live_flows, methods=["GET"]),
+    Route("/flows/versions", list_flow_versions, methods=["GET"]),
+    Route("/flows/versions", publish_flow_version, methods=["POST"]),
+    Route("/flows/versions/{version}", show_flow_version, methods=["GET"]),
+    Route("/flows/rollback", roll_back_flow_version, methods=["POST"]),
     Route("/audit", audit_log, methods=["GET"]),
     Route("/calls", recent_calls, methods=["GET"]),
     Route("/cache/purge", purge_cache, methods=["POST"]),

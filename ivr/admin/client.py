@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import getpass
 import ipaddress
+import sys
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
 import yaml
 
+from ivr.flows.loader import FlowProblem
 from ivr.local_tokens import read_local_token
 from ivr.queues import Queue
 from ivr.settings import Settings
@@ -24,10 +26,12 @@ class AdminError(Exception):
     """What went wrong, in words for the person at the terminal; from the API, its HTTP status
     and its own words (`reason`)."""
 
-    def __init__(self, message: str, status: int | None = None, reason: str = "") -> None:
+    def __init__(self, message: str, status: int | None = None, reason: str = "",
+                 problems: list[str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
+        self.problems = problems or []  # each problem the API named, one line each
 
 
 class AdminClient:
@@ -35,7 +39,7 @@ class AdminClient:
         if not token:
             raise AdminError("no admin token: set IVR_ADMIN_TOKEN or pass --token")
         self.server = server.rstrip("/")
-        headers = {"Authorization": f"Bearer {token}", "X-IVR-Actor": _user()}
+        headers = {"Authorization": f"Bearer {token}", "X-IVR-Actor": current_user()}
         self._http = httpx.Client(base_url=self.server + "/admin/api", headers=headers,
                                   timeout=timeout)
 
@@ -55,11 +59,12 @@ class AdminClient:
         except ValueError:
             body = {"error": response.text.strip()}
         reason = message = body.get("error", "")
-        for problem in body.get("errors", []):
-            message += f"\n  {problem['field'] or 'body'}: {problem['message']}"
+        problems = [_problem_line(problem) for problem in body.get("errors", [])]
+        message += "".join(f"\n  {problem}" for problem in problems)
         if response.status_code == 401:
             message += " (check --token or IVR_ADMIN_TOKEN)"
-        raise AdminError(f"{response.status_code}: {message}", response.status_code, reason)
+        raise AdminError(f"{response.status_code}: {message}", response.status_code, reason,
+                         problems)
 
     def queues(self) -> list[dict[str, Any]]:
         return self._request("GET", "/queues").json()["queues"]
@@ -163,6 +168,54 @@ class AdminClient:
             params["after"] = repr(after)
         return self._request("GET", "/calls", params=params).json()["calls"]
 
+    def live_flows(self) -> dict[str, Any]:
+        """The live flows version, with its flows and its files."""
+        return self._request("GET", "/flows").json()
+
+    def flow_versions(self) -> list[dict[str, Any]]:
+        """Every flows version, newest first, the live one marked."""
+        return self._request("GET", "/flows/versions").json()["versions"]
+
+    def flow_version(self, version: int) -> dict[str, Any]:
+        """Flows version `version`, with its files."""
+        try:
+            return self._request("GET", f"/flows/versions/{version}").json()
+        except AdminError as exc:
+            if exc.status != 404:
+                raise
+            raise AdminError(f"there is no flows version {version} (see `ivr flows "
+                             "versions`)", 404) from None
+
+    def publish_flows(self, files: dict[str, str], message: str,
+                      expected_live: int | None = None) -> dict[str, Any]:
+        """Publish `files` (name -> text); the version now live, `created` False when it
+        already had them. With `expected_live`, only while that version is still live."""
+        return self._flows_change("POST", "/flows/versions", {"files": files, "message": message},
+                                  expected_live, "not published")
+
+    def roll_back_flows(self, version: int, expected_live: int | None = None) -> dict[str, Any]:
+        """Make version `version`'s files live again, as a new version."""
+        try:
+            return self._flows_change("POST", "/flows/rollback", {"version": version},
+                                      expected_live, "not rolled back")
+        except AdminError as exc:
+            if exc.status != 404:
+                raise
+            raise AdminError(f"there is no flows version {version} (see `ivr flows "
+                             "versions`)", 404) from None
+
+    def _flows_change(self, method: str, path: str, body: dict[str, Any],
+                      expected_live: int | None, refused: str) -> dict[str, Any]:
+        headers = {"If-Match": f'"v{expected_live}"'} if expected_live is not None else {}
+        try:
+            return self._request(method, path, json=body, headers=headers).json()
+        except AdminError as exc:
+            if exc.status != 412:
+                raise
+            raise AdminError(f"{refused}: someone published flows meanwhile ({exc.reason}); "
+                             "run the command again to see the flows as they are now",
+                             412) from None
+
     def export_yaml(self) -> str:
         """The live configuration in the format of `sip_config/queues.yaml`."""
         queues = {record["name"]: queue_of(record).model_dump(mode="json", exclude_defaults=True)
@@ -217,13 +270,40 @@ def queue_of(record: dict[str, Any]) -> Queue:
     return Queue.model_validate({k: record[k] for k in Queue.model_fields if k in record})
 
 
+def _problem_line(problem: dict[str, Any]) -> str:
+    """A problem the API named, as a line: `file: field: message` (flows), `field: message`."""
+    if "file" in problem:
+        return str(FlowProblem(problem["file"], problem["field"], problem["message"]))
+    return f"{problem['field'] or 'body'}: {problem['message']}"
+
+
 def changed_while_asked(name: str, refused: str) -> AdminError:
     """A change answered 412: the queue is no longer what the person said yes to."""
     return AdminError(f"{refused}: queue {name!r} changed while you were asked; run the "
                       "command again to see it as it is now")
 
 
-def _user() -> str:
+def confirm(question: str, *, refused: str, asking: str, action: str,
+            details: str = "") -> None:
+    """Return once the person at the terminal has answered yes to `question` (after reading
+    `details`); else raise AdminError(`refused`). Without a terminal nobody can answer, and the
+    error says so: `asking` (e.g. "deleting queue 'night'") asks for a yes; to `action` (e.g.
+    "delete it") from a script, add --yes."""
+    if not sys.stdin.isatty():
+        raise AdminError(f"{refused}: {asking} asks for a yes at a terminal; to {action} from a "
+                         "script, add --yes")
+    print(f"{details}{question}? [y/N] ", end="", file=sys.stderr, flush=True)
+    try:
+        answer = sys.stdin.readline().strip().lower()
+    except KeyboardInterrupt:
+        answer = ""
+        print(file=sys.stderr)  # the next line starts under the question, not after it
+    if answer not in ("y", "yes"):
+        raise AdminError(refused)
+
+
+def current_user() -> str:
+    """Who runs this command, as the audit log names them ($USER)."""
     try:
         return getpass.getuser()
     except (KeyError, OSError):

@@ -219,6 +219,8 @@ async def rollback_flows(request: Request, session: AdminSession) -> Response:
                             "The queues kept changing while checking the flows against them, so "
                             "nothing was rolled back. Go back and try again.")
     version = published.version.version
+    # This process serves it at once, as after a publish through the API.
+    await services.live_flows.caught_up(version)
     if not published.created:
         return redirect(request, "admin_flows", {"same_as": target, "version": version})
     log.info("admin page: flows rolled back to version %d by %s: version %d", target,

@@ -53,12 +53,25 @@ def openapi_document() -> dict[str, Any]:
                        "audit entry)"),
                "headers": {"ETag": {"schema": {"type": "string"}}}}
     created = {**written, "description": "Created (a rollback: re-created), with its fields"}
+    live_if_match = {**if_match, "description": 'The ETag of the live flows version you read, '
+                     'e.g. "v7": refused with 412 if another was published since.'}
+    flows_written = {**_json("#/components/schemas/FlowsPublished",
+                             "The live version already had exactly these files: nothing was "
+                             "written (no version, no audit entry)"),
+                     "headers": {"ETag": {"schema": {"type": "string"}}}}
+    flows_created = {**flows_written, "description": "A new version, live at once on this "
+                     "instance and within a second on every other"}
+    flows_refused = _error("The flows do not pass the checks against the live queues: "
+                           "`errors` names each problem (file, field, message); nothing was "
+                           "published")
+    flows_stale = _error("If-Match is not the live flows version (someone published meanwhile)")
     return {
         "openapi": "3.1.0",
         "info": {"title": "ivr admin API", "version": __version__,
                  "description": "Change where each queue sends calls and messages, safely: "
                                 "validated, versioned, audited, live on every instance; "
-                                "purge cached lookups."},
+                                "publish flows and roll them back the same way; purge cached "
+                                "lookups."},
         "servers": [{"url": "/admin/api"}],
         "security": [{"bearer": []}],
         "paths": {
@@ -117,6 +130,59 @@ def openapi_document() -> dict[str, Any]:
                               "401": unauthorized, "404": _error("No such queue or version"),
                               "412": _error("If-Match is not the current version"),
                               "422": _error("Invalid version")}}},
+            "/flows": {"get": {
+                "summary": "The live flows version, its flows and its files",
+                "operationId": "liveFlows",
+                "responses": {"200": {**_json("#/components/schemas/LiveFlows",
+                                              "The live version"),
+                                      "headers": {"ETag": {"schema": {"type": "string"}}}},
+                              "401": unauthorized,
+                              "404": _error("No flows version is published yet")}}},
+            "/flows/versions": {
+                "get": {"summary": "Every flows version, newest first",
+                        "operationId": "flowVersions",
+                        "responses": {"200": _json("#/components/schemas/FlowVersionList",
+                                                   "The versions"), "401": unauthorized}},
+                "post": {"summary": "Publish flows: check them against the live queues and make "
+                                    "them the live version",
+                         "description": "Every instance and worker serves the new version "
+                                        "within a second, this one at once; a call or "
+                                        "conversation started on an older version finishes on "
+                                        "it. Audited (action `flows_publish`).",
+                         "operationId": "publishFlows", "parameters": [live_if_match],
+                         "requestBody": {"required": True, "content": {"application/json": {
+                             "schema": {"$ref": "#/components/schemas/FlowsPublish"}}}},
+                         "responses": {"200": flows_written, "201": flows_created,
+                                       "400": _error("The body is not JSON"),
+                                       "401": unauthorized, "412": flows_stale,
+                                       "413": _error("The body is over 8 MiB"),
+                                       "422": flows_refused,
+                                       "503": _error("Redis is unavailable, or the queues "
+                                                     "change too fast to check against")}}},
+            "/flows/versions/{version}": {
+                "parameters": [{"name": "version", "in": "path", "required": True,
+                                "schema": {"type": "integer", "minimum": 1}}],
+                "get": {"summary": "One flows version with its files",
+                        "operationId": "flowVersion",
+                        "responses": {"200": _json("#/components/schemas/FlowVersionFiles",
+                                                   "The version"),
+                                      "401": unauthorized,
+                                      "404": _error("No such version")}}},
+            "/flows/rollback": {"post": {
+                "summary": "Make an old flows version's files live again, as a new version "
+                           "(none when they are what is live)",
+                "description": "Checked against the live queues as a publish is. Audited "
+                               "(action `flows_rollback`).",
+                "operationId": "rollbackFlows", "parameters": [live_if_match],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["version"], "additionalProperties": False,
+                    "properties": {"version": {"type": "integer", "minimum": 1}}}}}},
+                "responses": {"200": flows_written, "201": flows_created,
+                              "400": _error("The body is not JSON"), "401": unauthorized,
+                              "404": _error("No such version"), "412": flows_stale,
+                              "422": {**flows_refused, "description": "Not a version number, "
+                                      "or the version no longer fits the live queues "
+                                      "(`errors` names each problem)"}}}},
             "/audit": {"get": {
                 "summary": "Every admin change, newest first", "operationId": "auditLog",
                 "parameters": [
@@ -171,9 +237,15 @@ def openapi_document() -> dict[str, Any]:
                     "entries": {"type": "array", "items": {"type": "object", "properties": {
                         "at": {"type": "string"}, "who": {"type": "string"},
                         "action": {"enum": ["create", "update", "delete", "rollback",
-                                            "purge"]},
+                                            "purge", "flows_publish", "flows_rollback"]},
                         "queue": {"type": "string"}, "version": {"type": "integer"},
                         "old": {}, "new": {}, "rolled_back_to": {"type": "integer"},
+                        "flows_version": {"type": "integer", "description": "flows_publish, "
+                                          "flows_rollback: the version made"},
+                        "message": {"type": "string", "description": "flows_publish: why, as "
+                                    "given; flows_rollback: the version rolled back to"},
+                        "hash": {"type": "string", "description": "flows_*: the version's "
+                                 "content hash"},
                         "flow": {"type": "string", "description": "purge: the flow"},
                         "step": {"type": "string", "description": "purge: the fetch step"},
                         "caller": {"type": ["string", "null"],
@@ -247,9 +319,62 @@ def openapi_document() -> dict[str, Any]:
                     "generation": {"type": ["integer", "null"],
                                    "description": "A step's purge: its cache's new generation "
                                    "(the old answers are never read again and expire)"}}},
+                "FlowVersion": {
+                    "type": "object",
+                    "required": ["version", "at", "who", "message", "hash", "files", "action",
+                                 "live"],
+                    "properties": {
+                        "version": {"type": "integer"},
+                        "at": {"type": "string", "format": "date-time"},
+                        "who": {"type": "string"}, "message": {"type": "string"},
+                        "hash": {"type": "string", "description": "SHA-256 of the files: the "
+                                 "same files, the same hash"},
+                        "files": {"type": "array", "items": {"type": "string"}},
+                        "action": {"enum": ["publish", "rollback", "seed"]},
+                        "rolled_back_to": {"type": ["integer", "null"]},
+                        "live": {"type": "boolean"}}},
+                "FlowFiles": {"type": "object", "description": "File name -> the file's text",
+                              "additionalProperties": {"type": "string"}},
+                "FlowVersionFiles": {"allOf": [
+                    {"$ref": "#/components/schemas/FlowVersion"},
+                    {"type": "object", "required": ["files"], "properties": {
+                        "files": {"$ref": "#/components/schemas/FlowFiles"}}}]},
+                "FlowVersionList": {"type": "object", "properties": {
+                    "live": {"type": "integer", "description": "The live version's number"},
+                    "versions": {"type": "array",
+                                 "items": {"$ref": "#/components/schemas/FlowVersion"}}}},
+                "LiveFlows": {"allOf": [
+                    {"$ref": "#/components/schemas/FlowVersionFiles"},
+                    {"type": "object", "properties": {
+                        "served": {"type": "integer", "description": "The version the "
+                                   "instance that answered serves"},
+                        "flows": {"type": "array", "items": {"type": "object", "properties": {
+                            "name": {"type": "string"},
+                            "channels": {"type": "array", "items": {"type": "string"}},
+                            "numbers": {"type": "array", "items": {"type": "string"}},
+                            "default": {"type": "boolean"},
+                            "fallback_queue": {"type": "string"},
+                            "queues": {"type": "array", "items": {"type": "string"},
+                                       "description": "The queues it may route to"}}}}}}]},
+                "FlowsPublish": {
+                    "type": "object", "required": ["files"], "additionalProperties": False,
+                    "properties": {
+                        "files": {"$ref": "#/components/schemas/FlowFiles", "minProperties": 1,
+                                  "description": "Every flow file of the version (those of "
+                                  "IVR_FLOWS_DIR), each up to 1 MiB"},
+                        "message": {"type": "string", "maxLength": 500}}},
+                "FlowsPublished": {"allOf": [
+                    {"$ref": "#/components/schemas/FlowVersion"},
+                    {"type": "object", "required": ["created"], "properties": {
+                        "created": {"type": "boolean", "description": "false: the live "
+                                    "version already had these files"},
+                        "served": {"type": "integer", "description": "The version the "
+                                   "instance that answered serves now: this one"}}}]},
                 "Error": {"type": "object", "required": ["error"], "properties": {
                     "error": {"type": "string"},
                     "errors": {"type": "array", "items": {"type": "object", "properties": {
+                        "file": {"type": "string", "description": "Flows: the file (\"\" "
+                                 "for none in particular)"},
                         "field": {"type": "string"}, "message": {"type": "string"}}}}}},
             },
         },

@@ -24,12 +24,37 @@ CHANNELS: tuple[Channel, ...] = get_args(Channel)
 FLOW_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.ya?ml")
 
 
-class FlowLoadError(Exception):
-    """One or more flows are broken; each line names the file, the step and the problem."""
+@dataclass(frozen=True)
+class FlowProblem:
+    """One problem of a set of flows, as an API answers it: the file ("" for none in
+    particular), the place in it (`steps.menu.options`; "" for the whole file) and what is
+    wrong."""
 
-    def __init__(self, problems: list[str]) -> None:
+    file: str
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return ": ".join(part for part in (self.file, self.field, self.message) if part)
+
+
+class FlowLoadError(Exception):
+    """One or more flows are broken; each line names the file, the step and the problem.
+    `located`: the same problems as (file, field, message); by default each line whole."""
+
+    def __init__(self, problems: list[str], located: list[FlowProblem] | None = None) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.located = located if located is not None else unlocated(problems)
+
+    @classmethod
+    def of(cls, located: list[FlowProblem]) -> FlowLoadError:
+        return cls([str(problem) for problem in located], located)
+
+
+def unlocated(problems: list[str]) -> list[FlowProblem]:
+    """Lines of problems as FlowProblems, each line its message, for lines made without one."""
+    return [FlowProblem("", "", problem) for problem in problems]
 
 
 @dataclass
@@ -170,10 +195,11 @@ def load_flow_texts(files: Mapping[str, str], queue_names: Collection[str] | Non
     read from there)."""
     if not files:
         raise FlowLoadError(["no flow files: a version has at least one *.yaml file"])
-    bad = [f"{name!r}: not a flow file's name: a name ending in .yaml (letters, digits, `_`, "
-           "`-`, `.`), without a directory" for name in files if not FLOW_FILE_NAME.fullmatch(name)]
+    bad = [FlowProblem(name, "", "not a flow file's name: a name ending in .yaml (letters, "
+                       "digits, `_`, `-`, `.`), without a directory")
+           for name in files if not FLOW_FILE_NAME.fullmatch(name)]
     if bad:
-        raise FlowLoadError(bad)
+        raise FlowLoadError([f"{problem.file!r}: {problem.message}" for problem in bad], bad)
     names = sorted(files)
     flow_set = _load([FlowFile.of_text(str(directory / name) if directory else name,
                                        files[name], order)
@@ -199,7 +225,8 @@ def _load(files: list[FlowFile], queue_names: Collection[str] | None,
     problems += claims.conflicts()
     if problems:
         problems.sort(key=lambda found: found[0])  # stable: each file's in its order
-        raise FlowLoadError([f"{label}: {problem}" for label, problem in problems])
+        raise FlowLoadError.of([FlowProblem(label, problem.place, problem.what)
+                                for label, problem in problems])
     for flow in flow_set.flows.values():
         for name in flow.unset_optional_secrets(secrets) if secrets is not None else ():
             # Not an error (the flow says it can do without), but a request that goes without

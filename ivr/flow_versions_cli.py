@@ -1,0 +1,151 @@
+"""`ivr flows publish | versions | diff | rollback`: flow versions through a running server's
+admin API, validated, versioned and audited exactly like a publish made in the admin page. The
+draft is IVR_FLOWS_DIR, read as the server would seed it."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Callable
+
+from ivr.admin.client import (
+    TOKEN_HELP,
+    AdminClient,
+    AdminError,
+    admin_client,
+    confirm,
+    table,
+)
+from ivr.flow_versions import unified_diffs
+from ivr.flows.loader import FlowLoadError, read_flow_texts
+from ivr.settings import Settings
+
+Command = Callable[[AdminClient, argparse.Namespace, Settings], int]
+
+
+def add_version_commands(actions: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register publish, versions, diff and rollback under `ivr flows`."""
+    publish = actions.add_parser(
+        "publish", help="put the flows of IVR_FLOWS_DIR into service on every instance, as a "
+        "new version (checked against the live queues first; nothing changes if one is wrong)")
+    publish.add_argument("--message", "-m", default="", help="why, for the versions list and "
+                         "the audit log")
+    versions = actions.add_parser("versions", help="every published flows version: number, "
+                                  "who, when, message, and which one is live")
+    diff = actions.add_parser(
+        "diff", help="what the flows of IVR_FLOWS_DIR change from the live version (or from "
+        "version N): a unified diff per file")
+    diff.add_argument("version", nargs="?", type=int, metavar="N")
+    rollback = actions.add_parser(
+        "rollback", help="put version N's flows back into service, as a new version (shows "
+        "what changes, asks first)")
+    rollback.add_argument("version", type=int, metavar="N")
+    rollback.add_argument("--yes", "-y", action="store_true",
+                          help="do not ask (required when not at a terminal)")
+    for parser, command in ((publish, _publish), (versions, _versions), (diff, _diff),
+                            (rollback, _rollback)):
+        parser.add_argument("--server", help="the server (default: IVR_ADMIN_URL, else "
+                            "http://127.0.0.1:8000)")
+        parser.add_argument("--token", help=TOKEN_HELP)
+        parser.set_defaults(handler=_through_admin_api(command))
+
+
+def _through_admin_api(command: Command) -> Callable[[argparse.Namespace, Settings], int]:
+    """`command` with a client of the server's admin API; its errors as one line, exit 1."""
+
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        try:
+            with contextlib.closing(admin_client(args.server, args.token, settings)) as client:
+                return command(client, args, settings)
+        except AdminError as exc:
+            print(f"ivr: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def _draft(settings: Settings) -> dict[str, str] | None:
+    """The flow files of IVR_FLOWS_DIR (None, said on stderr, when there are none to read)."""
+    try:
+        return read_flow_texts(settings.flows_dir)
+    except FlowLoadError as exc:
+        for problem in exc.problems:
+            print(f"ivr: {problem}", file=sys.stderr)
+        return None
+
+
+def _publish(client: AdminClient, args: argparse.Namespace, settings: Settings) -> int:
+    files = _draft(settings)
+    if files is None:
+        return 1
+    try:
+        published = client.publish_flows(files, args.message)
+    except AdminError as exc:
+        if exc.status != 422 or not exc.problems:
+            raise
+        for problem in exc.problems:  # as `ivr flows validate` prints them
+            print(problem)
+        count = len(exc.problems)
+        print(f"ivr: {count} problem{'s' if count != 1 else ''}: nothing was published; the "
+              "live version is unchanged", file=sys.stderr)
+        return 1
+    if not published["created"]:
+        print(f"unchanged: the live version {published['version']} has these flows already")
+        return 0
+    count = len(published["files"])
+    print(f"published version {published['version']} ({count} file{'s' if count != 1 else ''} "
+          f"from {settings.flows_dir}): live now; every instance serves it within a second, and "
+          "calls already in a flow finish on the version they started on")
+    return 0
+
+
+def _versions(client: AdminClient, args: argparse.Namespace, settings: Settings) -> int:
+    rows = [[str(v["version"]), "live" if v["live"] else "", v["at"], v["who"],
+             v["message"] or f"({v['action']})"] for v in client.flow_versions()]
+    print(table(rows, ["VERSION", "LIVE", "PUBLISHED AT", "BY", "MESSAGE"]))
+    return 0
+
+
+def _diff(client: AdminClient, args: argparse.Namespace, settings: Settings) -> int:
+    files = _draft(settings)
+    if files is None:
+        return 1
+    if args.version is None:
+        base = client.live_flows()
+        label = f"live-v{base['version']}"
+    else:
+        base = client.flow_version(args.version)
+        label = f"v{base['version']}" + ("-live" if base["live"] else "")
+    diff = unified_diffs(base["files"], files, label, "draft")
+    if not diff:
+        print(f"no difference: the flows in {settings.flows_dir} are version {base['version']}"
+              + (" (live)" if base["live"] else ""))
+        return 0
+    print(diff, end="")
+    return 0
+
+
+def _rollback(client: AdminClient, args: argparse.Namespace, settings: Settings) -> int:
+    target = client.flow_version(args.version)
+    live = client.live_flows()
+    if target["hash"] == live["hash"]:
+        print(f"unchanged: the live version {live['version']} has the flows of version "
+              f"{args.version} already")
+        return 0
+    if not args.yes:
+        confirm(f"Put version {args.version}'s flows back into service, as version "
+                f"{live['version'] + 1}", refused="not rolled back",
+                asking=f"rolling the flows back to version {args.version}",
+                action="roll them back",
+                details=unified_diffs(live["files"], target["files"], f"live-v{live['version']}",
+                                      f"v{args.version}"))
+    # The yes is for the change shown: a publish made meanwhile stops the rollback.
+    published = client.roll_back_flows(args.version, expected_live=live["version"])
+    if not published["created"]:
+        print(f"unchanged: the live version {published['version']} has the flows of version "
+              f"{args.version} already")
+        return 0
+    print(f"rolled back: version {args.version}'s flows are version {published['version']}, "
+          "live now")
+    return 0
