@@ -10,6 +10,7 @@ the version it serves."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import difflib
 import logging
 from collections import OrderedDict
@@ -100,8 +101,9 @@ class LiveFlows:
         self._store = store
         self._checks = checks
         self._older: OrderedDict[int, FlowSet] = OrderedDict()
-        self._unloadable: set[int] = set()  # told once each
+        self._unloadable: set[int] = set()  # told once each; not tried again until announced
         self._switching = asyncio.Lock()
+        self._loading: dict[int, asyncio.Task[FlowSet]] = {}
         FLOW_VERSION.set(current.version)
         count_failures_from_zero(current.flows.values())
 
@@ -112,25 +114,30 @@ class LiveFlows:
     async def resync(self) -> None:
         async with self._switching:
             live = await self._store.live_version()
-            if live and live != self.current.version:
+            # A version this process could not load is not tried again every recheck: its
+            # announcement (another publish) or a restart tries anew.
+            if live and live != self.current.version and live not in self._unloadable:
                 await self._switch(live)
 
     async def changed(self, data: str) -> None:
         if data.isdigit():
+            self._unloadable.discard(int(data))
             await self.caught_up(int(data))
 
-    async def caught_up(self, version: int) -> None:
+    async def caught_up(self, version: int, flows: FlowSet | None = None) -> None:
         """Serve `version` if it is newer than the version served: announced, or published by
-        this process (whose next call routes by it, before the announcement comes back).
-        Versions only grow: an older one, announced after a newer one was switched to, is
-        left alone. One switch at a time, so a slower load cannot land over a newer one."""
+        this process (whose next call routes by it, before the announcement comes back; its
+        `flows` as the publish loaded them, so they are not loaded twice). Versions only grow:
+        an older one, announced after a newer one was switched to, is left alone. One switch
+        at a time, so a slower load cannot land over a newer one."""
         async with self._switching:
             if version > self.current.version:
-                await self._switch(version)
+                await self._switch(version, flows)
 
-    async def _switch(self, version: int) -> None:
+    async def _switch(self, version: int, flows: FlowSet | None = None) -> None:
         try:
-            flows = await self._loaded(version)
+            if flows is None:
+                flows = await self._loaded(version)
         except PinnedVersionMissing as exc:
             if version not in self._unloadable:
                 self._unloadable.add(version)
@@ -155,20 +162,40 @@ class LiveFlows:
             return flows
         try:
             async with asyncio.timeout(PINNED_LOAD_TIMEOUT):
-                flows = await self._loaded(version)
+                # Shielded: a webhook that stops waiting leaves the load to the others.
+                return await asyncio.shield(self._loaded(version))
         except (RedisError, OSError, TimeoutError) as exc:
-            raise PinnedVersionMissing(version, FALLBACK_REDIS, f"store unavailable ({exc})") from None
-        self._keep(flows)
-        return flows
+            raise PinnedVersionMissing(version, FALLBACK_REDIS,
+                                       f"store unavailable ({exc!r})") from None
 
-    async def _loaded(self, version: int) -> FlowSet:
+    def _loaded(self, version: int) -> asyncio.Task[FlowSet]:
+        """Version `version` loading, once however many ask for it at the same time (the
+        webhooks pinned to it on a process that just started, say), and kept once loaded."""
+        task = self._loading.get(version)
+        if task is None:
+            task = asyncio.ensure_future(self._load(version))
+            self._loading[version] = task
+            task.add_done_callback(self._loaded_done)
+        return task
+
+    def _loaded_done(self, task: asyncio.Task[FlowSet]) -> None:
+        self._loading = {v: t for v, t in self._loading.items() if t is not task}
+        if not task.cancelled() and task.exception() is None:
+            self._keep(task.result())
+
+    async def _load(self, version: int) -> FlowSet:
+        kept = self._older.get(version)
+        if kept is not None:
+            return kept
         files = await self._store.files(version)
         if files is None:
             raise PinnedVersionMissing(version, FALLBACK_MISSING_VERSION, "not in the store")
         try:
             # Not against the queues: the version was checked against them when published, and
             # a route to a queue deleted since goes to the fallback queue as it would anyway.
-            return self._checks.load(files, None, version)
+            # In a thread: parsing a version takes a tenth of a second or more, which the event
+            # loop must not wait out with calls in flight.
+            return await asyncio.to_thread(self._checks.load, files, None, version)
         except FlowLoadError as exc:
             raise PinnedVersionMissing(version, FALLBACK_MISSING_VERSION, str(exc)) from None
 
@@ -192,21 +219,25 @@ class FlowsRefused(Exception):
 async def publish(flow_store: FlowStore, queue_store: QueueStore, checks: FlowChecks,
                   files: dict[str, str], who: str, message: str, *, action: str = "publish",
                   rolled_back_to: int | None = None, expected_live: str = "") -> Published:
-    """Check `files` against the live queues and publish them. Raises FlowsRefused (nothing
-    written) or StaleLive."""
+    """Check `files` against the live queues and publish them; the answer carries the flows as
+    loaded for the check, for the publishing process to serve at once. Raises FlowsRefused
+    (nothing written) or StaleLive."""
     for _ in range(PUBLISH_ATTEMPTS):
         queues, queues_version = await queue_store.live_names()
         try:
-            checks.load(files, queues)
+            # In a thread, as a version is loaded in a process (LiveFlows._load).
+            flows = await asyncio.to_thread(checks.load, files, queues)
         except FlowLoadError as exc:
             raise FlowsRefused(exc.problems, exc.located) from None
         try:
-            return await flow_store.publish(files, who, message, action=action,
-                                            rolled_back_to=rolled_back_to,
-                                            expected_live=expected_live,
-                                            queues_version=queues_version)
+            published = await flow_store.publish(files, who, message, action=action,
+                                                 rolled_back_to=rolled_back_to,
+                                                 expected_live=expected_live,
+                                                 queues_version=queues_version)
         except QueuesChanged:
             continue
+        flows.version = published.version.version
+        return dataclasses.replace(published, flows=flows)
     raise QueuesChanged()
 
 

@@ -93,7 +93,7 @@ def _publish(client: AdminClient, args: argparse.Namespace, settings: Settings) 
     if not published["created"]:
         print(f"unchanged: the live version {published['version']} has these flows already")
         return 0
-    count = len(published["files"])
+    count = len(published["file_names"])
     print(f"published version {published['version']} ({count} file{'s' if count != 1 else ''} "
           f"from {settings.flows_dir}): live now; every instance serves it within a second, and "
           "calls already in a flow finish on the version they started on")

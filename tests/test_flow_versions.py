@@ -18,7 +18,8 @@ import redis
 import yaml
 
 from ivr.app import StartupError, open_store
-from ivr.flow_versions import FlowChecks, FlowsRefused, publish, rollback
+from ivr.flow_versions import FlowChecks, FlowsRefused, LiveFlows, publish, rollback
+from ivr.flows.loader import FlowSet
 from ivr.queues import QueueConfig
 from ivr.redis.client import connect
 from ivr.redis.flow_store import NO_VERSION, FlowStore, StaleLive
@@ -31,9 +32,11 @@ from tests.test_sessions import (
     MENU_NUMBER,
     QUEUES,
     STORED_ASKING,
+    STORED_HANDED_OFF,
+    dial_result,
     sip,
 )
-from tests.twilio_client import FakeTwilio, call_params
+from tests.twilio_client import FakeTwilio, call_params, message_params
 
 CHECKS = FlowChecks(secrets=(), settings=Settings(_env_file=None).flow_settings())
 # A flow that needs a secret the test servers do not have.
@@ -104,10 +107,12 @@ def test_a_publish_is_a_new_version_and_the_same_content_again_is_none(
     again = run(redis_url, lambda flows, queues: publish(flows, queues, CHECKS, files, "bob", ""))
     assert (again.created, again.version.version, again.version.who) == (False, 1, "alice")
     assert publish_files(redis_url, {"menu.yaml": RENAMED_MENU_FLOW}, "bob") == 2
+    # Any name a flows directory can hold: a space too.
+    assert publish_files(redis_url, {"menu choice.yaml": MENU_FLOW}, "bob") == 3
     versions = run(redis_url, lambda flows, queues: flows.versions())
-    assert [(v.version, v.who, v.action) for v in versions] == [(2, "bob", "publish"),
-                                                               (1, "alice", "publish")]
-    assert run(redis_url, lambda flows, queues: flows.live_version()) == 2
+    assert [(v.version, v.who, v.action) for v in versions] == [
+        (3, "bob", "publish"), (2, "bob", "publish"), (1, "alice", "publish")]
+    assert run(redis_url, lambda flows, queues: flows.live_version()) == 3
 
 
 def test_a_publish_and_a_rollback_are_audited_and_a_rollback_is_a_new_version(
@@ -153,6 +158,58 @@ def test_a_publish_routing_to_a_queue_that_is_not_live_is_refused_naming_it(
 def _seed_queues(redis_url: str) -> None:
     config = QueueConfig.model_validate(yaml.safe_load(QUEUES))
     run(redis_url, lambda flows, queues: queues.seed_queues(config))
+
+
+def test_webhooks_pinned_to_a_version_not_at_hand_wait_for_one_load_of_it(
+    redis_url: str, menu_only: Path
+) -> None:
+    _seed_queues(redis_url)
+    publish_files(redis_url, {"menu.yaml": MENU_FLOW})
+    publish_files(redis_url, {"menu.yaml": RENAMED_MENU_FLOW})
+
+    async def go(flows: FlowStore, queues: QueueStore) -> None:
+        read: list[int] = []
+        files = flows.files
+
+        async def counted(version: int) -> dict[str, str] | None:
+            read.append(version)
+            return await files(version)
+
+        flows.files = counted  # type: ignore[method-assign]
+        live = LiveFlows(flows, CHECKS, FlowSet(version=2))
+        loaded = await asyncio.gather(*(live.pinned(1) for _ in range(20)))
+        assert read == [1] and all(each is loaded[0] for each in loaded)
+        assert "menu" in loaded[0].flows["menu"].steps
+        assert await live.pinned(1) is loaded[0] and read == [1]  # kept
+
+    run(redis_url, go)
+
+
+def test_a_live_version_this_process_cannot_load_is_not_read_again_at_every_recheck(
+    redis_url: str, menu_only: Path
+) -> None:
+    _seed_queues(redis_url)
+    publish_files(redis_url, {"menu.yaml": MENU_FLOW})
+    run(redis_url, lambda flows, queues: flows.publish(
+        {"menu.yaml": MENU_FLOW, "crm.yaml": CRM_FLOW}, "dan", ""))
+
+    async def go(flows: FlowStore, queues: QueueStore) -> None:
+        read: list[int] = []
+        files = flows.files
+
+        async def counted(version: int) -> dict[str, str] | None:
+            read.append(version)
+            return await files(version)
+
+        flows.files = counted  # type: ignore[method-assign]
+        live = LiveFlows(flows, CHECKS, FlowSet(version=1))
+        for _ in range(3):
+            await live.resync()
+        assert (read, live.current.version) == ([2], 1)
+        await live.changed("2")  # announced again (published anew): tried again
+        assert read == [2, 2]
+
+    run(redis_url, go)
 
 
 # --- every process follows the live version; a session finishes on its own -------------------
@@ -218,6 +275,46 @@ def test_a_session_whose_version_is_gone_goes_to_its_flows_fallback_queue_logged
     metrics = httpx.get(f"{server.url}/metrics").text
     assert ('ivr_fallbacks_total{channel="voice",flow="menu",reason="missing_version"} 2.0'
             in metrics)
+
+
+LOST_VERSION = ',"flow_version":41}'  # a version the store never had
+
+
+def test_a_dial_that_fails_for_a_call_on_a_lost_version_runs_the_live_flows_unanswered_step(
+    menu_only: Path, make_settings: Callable[..., Settings],
+    start_server: Callable[[Settings], ServerThread], redis_url: str
+) -> None:
+    twilio = FakeTwilio(start_server(make_settings()).url)
+    routed = STORED_HANDED_OFF.replace('"routed_to":"gold"', '"routed_to":null')[:-1]
+    calls = [call_params(CALLER, To=MENU_NUMBER) for _ in range(2)]
+    with redis.Redis.from_url(redis_url) as client:
+        for params in calls:
+            client.set(f"ivr:session:voice:{params['CallSid']}", routed + LOST_VERSION, ex=60)
+    unanswered = dial_result(twilio, calls[0], "platinum", 0, "busy")
+    root = ET.fromstring(unanswered.text)
+    assert root.find("Say").text == "Everyone is busy. We will call you back."  # type: ignore[union-attr]
+    assert root.find("Dial") is None
+    # The last target failed too: the apology, never the fallback queue dialled again.
+    last = twilio.post("/twilio/voice/dial?queue=platinum&try=0&last=1",
+                       {**calls[1], "DialCallStatus": "failed"})
+    root = ET.fromstring(last.text)
+    assert root.find("Dial") is None and root.find("Hangup") is not None
+
+
+def test_a_conversation_handed_off_on_a_lost_version_stays_with_its_queue(
+    menu_only: Path, make_settings: Callable[..., Settings],
+    start_server: Callable[[Settings], ServerThread], redis_url: str
+) -> None:
+    twilio = FakeTwilio(start_server(make_settings()).url)
+    sender = "+15550000083"
+    with redis.Redis.from_url(redis_url) as client:
+        client.set(f"ivr:session:messaging:{MENU_NUMBER}:{sender}",
+                   STORED_HANDED_OFF[:-1] + LOST_VERSION, ex=60)
+    forwarded = twilio.post("/twilio/messaging",
+                            message_params(sender, "still there?", To=MENU_NUMBER))
+    [message] = ET.fromstring(forwarded.text).findall("Message")
+    assert message.get("to") == "+15550100101"  # gold's, not the fallback queue's
+    assert message.text == f"{sender} chose gold: still there?"
 
 
 def test_a_process_that_cannot_serve_a_published_version_keeps_serving_its_own(

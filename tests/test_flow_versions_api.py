@@ -118,8 +118,8 @@ def test_a_refused_publish_names_every_problem_by_file_and_field_and_changes_not
     assert response.status_code == 422, response.text
     assert response.json()["errors"] == [
         {"file": "notes.txt", "field": "",
-         "message": "not a flow file's name: a name ending in .yaml (letters, digits, `_`, "
-                    "`-`, `.`), without a directory"}]
+         "message": "not a flow file's name: a name ending in .yaml or .yml, without a "
+                    "directory, not starting with `.`"}]
     del files["notes.txt"]
     response = admin.post("/flows/versions", json={"files": files})
     assert response.status_code == 422, response.text
@@ -334,3 +334,24 @@ def test_an_older_version_announced_after_a_newer_one_was_switched_to_is_left_al
             await store.close()
 
     assert asyncio.run(switches()) == [3, 3, 3]
+
+
+def test_the_live_flows_are_shown_with_why_when_this_instance_cannot_load_them(
+    admin: Admin, config_dir: Path, redis_url: str
+) -> None:
+    from tests.test_flow_versions import (  # a version needing a secret unset here
+        CRM_FLOW,
+        run,
+    )
+
+    files = {**draft(config_dir), "crm.yaml": CRM_FLOW}
+    run(redis_url, lambda flows, queues: flows.publish(files, "dan", "from elsewhere"))
+    body = admin.get("/flows").json()
+    assert (body["version"], body["served"], body["flows"], body["files"]) == (2, 1, None, files)
+    assert "secrets.crm_token is not set" in body["problem"]
+
+
+def test_a_rollback_with_a_misspelt_field_is_refused_naming_it(admin: Admin) -> None:
+    response = admin.post("/flows/rollback", json={"version": 1, "verison": 1})
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == "verison"

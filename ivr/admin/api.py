@@ -441,11 +441,12 @@ async def show_live_flows(request: Request) -> Response:
     if version is None or files is None:
         return error(404, "no flows version is published yet")
     try:
-        flows = await services.live_flows.pinned(live)
-    except PinnedVersionMissing as exc:
-        return error(503, f"this server cannot load the live flows: {exc}")
+        summaries, problem = flow_summaries(await services.live_flows.pinned(live)), None
+    except PinnedVersionMissing as exc:  # the version and its files are still worth seeing
+        summaries, problem = None, f"this server cannot load the live flows: {exc}"
     return version_response(version, live, extra={
-        "served": services.flows.version, "flows": flow_summaries(flows), "files": files})
+        "served": services.flows.version, "flows": summaries, "problem": problem,
+        "files": files})
 
 
 @admin_only
@@ -484,7 +485,7 @@ async def publish_flow_version(request: Request) -> Response:
         return refused(exc)
     except StaleLive as exc:
         return stale(exc)
-    await services.live_flows.caught_up(published.version.version)
+    await services.live_flows.caught_up(published.version.version, published.flows)
     return published_response(request, published, "published")
 
 
@@ -513,6 +514,9 @@ async def roll_back_flow_version(request: Request) -> Response:
     """Version N's files as a new version (none when they are live already)."""
     body = await json_body(request)
     version = body.get("version") if isinstance(body, dict) else None
+    unknown = sorted(set(body) - {"version"}) if isinstance(body, dict) else []
+    if unknown:  # a misspelt field must not pass unnoticed
+        raise field_errors("unknown field (the field is version)", unknown[0])
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise field_errors("must be a version number (an integer from 1)", "version")
     services = request.app.state.services
@@ -526,7 +530,7 @@ async def roll_back_flow_version(request: Request) -> Response:
         return refused(exc)
     except StaleLive as exc:
         return stale(exc)
-    await services.live_flows.caught_up(published.version.version)
+    await services.live_flows.caught_up(published.version.version, published.flows)
     return published_response(request, published, f"rolled back to version {version}")
 
 

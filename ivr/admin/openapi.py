@@ -182,7 +182,9 @@ def openapi_document() -> dict[str, Any]:
                               "404": _error("No such version"), "412": flows_stale,
                               "422": {**flows_refused, "description": "Not a version number, "
                                       "or the version no longer fits the live queues "
-                                      "(`errors` names each problem)"}}}},
+                                      "(`errors` names each problem)"},
+                              "503": _error("Redis is unavailable, or the queues change too "
+                                            "fast to check against")}}},
             "/audit": {"get": {
                 "summary": "Every admin change, newest first", "operationId": "auditLog",
                 "parameters": [
@@ -321,15 +323,15 @@ def openapi_document() -> dict[str, Any]:
                                    "(the old answers are never read again and expire)"}}},
                 "FlowVersion": {
                     "type": "object",
-                    "required": ["version", "at", "who", "message", "hash", "files", "action",
-                                 "live"],
+                    "required": ["version", "at", "who", "message", "hash", "file_names",
+                                 "action", "live"],
                     "properties": {
                         "version": {"type": "integer"},
                         "at": {"type": "string", "format": "date-time"},
                         "who": {"type": "string"}, "message": {"type": "string"},
                         "hash": {"type": "string", "description": "SHA-256 of the files: the "
                                  "same files, the same hash"},
-                        "files": {"type": "array", "items": {"type": "string"}},
+                        "file_names": {"type": "array", "items": {"type": "string"}},
                         "action": {"enum": ["publish", "rollback", "seed"]},
                         "rolled_back_to": {"type": ["integer", "null"]},
                         "live": {"type": "boolean"}}},
@@ -348,7 +350,10 @@ def openapi_document() -> dict[str, Any]:
                     {"type": "object", "properties": {
                         "served": {"type": "integer", "description": "The version the "
                                    "instance that answered serves"},
-                        "flows": {"type": "array", "items": {"type": "object", "properties": {
+                        "problem": {"type": ["string", "null"], "description": "Why the "
+                                    "instance that answered cannot load the live version "
+                                    "(then `flows` is null); null when it can"},
+                        "flows": {"type": ["array", "null"], "items": {"type": "object", "properties": {
                             "name": {"type": "string"},
                             "channels": {"type": "array", "items": {"type": "string"}},
                             "numbers": {"type": "array", "items": {"type": "string"}},

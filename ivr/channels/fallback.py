@@ -34,7 +34,10 @@ def fallback_answer(services: Services, hook: Webhook, flow: Flow | None = None,
     queues = {flow.fallback_queue: queue}
     hook.trace.fell_back(flow, reason)
     if hook.channel == "voice":
-        twiml = render_voice(actions, queues, services.urls)
+        # After a dial that failed, the fallback queue is the last target: if it fails too,
+        # the caller hears the apology rather than being dialled there again and again.
+        twiml = render_voice(actions, queues, services.urls,
+                             last_resort=hook.trace.endpoint == "voice_dial")
     else:
         twiml = render_messaging(actions, queues, inbound=hook.params)
     return twiml, f"fallback queue {flow.fallback_queue} ({reason})"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from ivr.channels.answer import Answer
 from ivr.channels.inbound import Webhook
 from ivr.channels.messaging import render_messaging
-from ivr.channels.sessions import flow_for, session_flows
+from ivr.channels.sessions import flow_for, pinned_or_live
 from ivr.flows.actions import Action, RouteToQueue
 from ivr.flows.step import default_handoff_note
 from ivr.services import Services, best_effort
@@ -20,7 +20,7 @@ async def forward_to_queue(services: Services, hook: Webhook, session: Session
     """A contact already handed over (`session.routed_to`) keeps talking to the same queue: no
     new lookup."""
     queue_name = session.routed_to or ""
-    flow = flow_for(await session_flows(services, session), session, hook)
+    flow = flow_for(await pinned_or_live(services, session, hook), session, hook)
     step = flow.steps.get(session.route_step or "") if flow else None
     run = new_run(session, hook.contact, hook.params, services.surroundings)
     note = (step.handoff_note if step else default_handoff_note)(run.variables)

@@ -50,3 +50,15 @@ def flow_for(flows: FlowSet, session: Session | None, hook: Webhook) -> Flow | N
     if session is not None and session.flow in flows.flows:
         return flows.flows[session.flow]
     return flows.select(hook.channel, hook.to_number)
+
+
+async def pinned_or_live(services: Services, session: Session | None, hook: Webhook
+                         ) -> FlowSet:
+    """`session_flows`, or the live version when the session's cannot be had: for what needs no
+    step the session waits at (a dial's `unanswered` step, a hand-off's note), where the live
+    version's flow of the same name does as well as a fallback would, and better."""
+    try:
+        return await session_flows(services, session)
+    except PinnedVersionMissing as exc:
+        log.info("%s %s: %s; using the live version's flow", hook.channel, hook.sid, exc)
+        return services.flows

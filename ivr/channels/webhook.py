@@ -29,7 +29,13 @@ from ivr.channels.inbound import (
 )
 from ivr.channels.messaging import render_messaging
 from ivr.channels.reporting import report_webhook
-from ivr.channels.sessions import end_session, flow_for, load_session, session_flows
+from ivr.channels.sessions import (
+    end_session,
+    flow_for,
+    load_session,
+    pinned_or_live,
+    session_flows,
+)
 from ivr.channels.voice import render_hangup, render_voice
 from ivr.flow_versions import PinnedVersionMissing
 from ivr.flows.model import Flow
@@ -172,8 +178,9 @@ async def _answer_dial_result(services: Services, hook: Webhook) -> Answer:
     if failover is not None:
         return failover
     session = await load_session(services, hook)
-    flow = flow_for(await session_flows(services, session), session, hook)
-    if flow is None or flow.unanswered is None or dial.last_resort:
+    flow = None if dial.last_resort else flow_for(
+        await pinned_or_live(services, session, hook), session, hook)
+    if flow is None or flow.unanswered is None:
         await end_session(services, hook)
         return apology(hook), f"{dial.summary}; every target failed: apology"
     # A route the unanswered step makes (say, to voicemail) is the last one tried.
@@ -208,13 +215,16 @@ async def _answer_turn(
 ) -> Answer:
     """Take a turn of the flow (new, resumed at a question, or from a step), answer, and keep
     the session."""
-    flows = await session_flows(services, stored)
-    flow = flow or flow_for(flows, stored, hook)
+    if flow is None:
+        flows = await session_flows(services, stored)
+        flow, version = flow_for(flows, stored, hook), flows.version
+    else:  # the dial result's unanswered step, of the flow its session runs
+        version = services.flows.version
     if flow is None:
         return apology(hook), f"no {hook.channel} flow for {mask_number(hook.to_number)}"
     session = stored if stored is not None and stored.flow == flow.name else Session(
         flow.name, await _contact_memory(services, hook) if flow.reads_contact_memory else {},
-        flow_version=flows.version or None)
+        flow_version=version or None)
     taken = await take_turn(flow, session, hook.contact, hook.params, services.surroundings,
                             services.store.queue, answer=answer, start_at=start_at,
                             resumed=session is stored)

@@ -21,7 +21,9 @@ log = logging.getLogger("ivr.flows")
 
 CHANNELS: tuple[Channel, ...] = get_args(Channel)
 # The name of a flow file in a published version: a file of IVR_FLOWS_DIR, without a directory.
-FLOW_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.ya?ml")
+# Any name a flows directory can hold and `load_flows` reads (spaces too), but no directory, no
+# hidden file, no control character.
+FLOW_FILE_NAME = re.compile(r"(?!\.)[^/\\\x00-\x1f]{1,200}\.ya?ml")
 
 
 @dataclass(frozen=True)
@@ -195,8 +197,8 @@ def load_flow_texts(files: Mapping[str, str], queue_names: Collection[str] | Non
     read from there)."""
     if not files:
         raise FlowLoadError(["no flow files: a version has at least one *.yaml file"])
-    bad = [FlowProblem(name, "", "not a flow file's name: a name ending in .yaml (letters, "
-                       "digits, `_`, `-`, `.`), without a directory")
+    bad = [FlowProblem(name, "", "not a flow file's name: a name ending in .yaml or .yml, "
+                       "without a directory, not starting with `.`")
            for name in files if not FLOW_FILE_NAME.fullmatch(name)]
     if bad:
         raise FlowLoadError([f"{problem.file!r}: {problem.message}" for problem in bad], bad)

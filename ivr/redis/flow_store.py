@@ -18,11 +18,14 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as redis
 
 from ivr.redis.queue_store import AUDIT_KEY, CONFIG_VERSION_KEY
+
+if TYPE_CHECKING:
+    from ivr.flows.loader import FlowSet
 
 LIVE_KEY = "{ivr}:flows:live"
 COUNTER_KEY = "{ivr}:flows:counter"
@@ -93,8 +96,9 @@ class FlowVersion:
                    meta.get("rolled_back_to"))
 
     def as_dict(self) -> dict[str, Any]:
+        # `file_names`: in the admin API, `files` is always name -> text.
         return {"version": self.version, "at": self.at, "who": self.who,
-                "message": self.message, "hash": self.hash, "files": list(self.files),
+                "message": self.message, "hash": self.hash, "file_names": list(self.files),
                 "action": self.action, "rolled_back_to": self.rolled_back_to}
 
 
@@ -105,6 +109,7 @@ class Published:
 
     version: FlowVersion
     created: bool
+    flows: FlowSet | None = None  # as loaded to check them, where that was done (ivr.flow_versions)
 
 
 class StaleLive(Exception):
