@@ -21,6 +21,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from ivr.flow_routes import queue_routes
 from ivr.flows.loader import (
     FlowLoadError,
     FlowProblem,
@@ -233,7 +234,8 @@ async def publish(flow_store: FlowStore, queue_store: QueueStore, checks: FlowCh
             published = await flow_store.publish(files, who, message, action=action,
                                                  rolled_back_to=rolled_back_to,
                                                  expected_live=expected_live,
-                                                 queues_version=queues_version)
+                                                 queues_version=queues_version,
+                                                 routes=queue_routes(flows))
         except QueuesChanged:
             continue
         flows.version = published.version.version
@@ -265,7 +267,8 @@ async def starting_flows(flow_store: FlowStore, queue_store: QueueStore, checks:
         flows = checks.load(files, (await queue_store.live_names())[0], directory=flows_dir)
         try:
             seeded = await flow_store.publish(files, "seed", f"seeded from {flows_dir}",
-                                              action="seed", expected_live=NO_VERSION)
+                                              action="seed", expected_live=NO_VERSION,
+                                              routes=queue_routes(flows))
         except StaleLive as exc:  # another instance seeded first: serve what it published
             live = exc.live
         else:

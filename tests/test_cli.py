@@ -928,9 +928,10 @@ def test_queues_delete_says_plainly_what_still_uses_a_queue(admin_api: ServerThr
                      "--overflow", "standard").returncode == 0
     assert queues_at(admin_api.url, "set", "night", "sip:n@pbx.example.com", "--create",
                      "--overflow", "spare").returncode == 0
-    for name, reason in (("gold", "queue 'gold' is routed to by flow loyalty_routing"),
-                         ("vip", ("queue 'vip' is routed to by flows new_vs_returning, "
-                                  "vip_by_email")),
+    for name, reason in (("gold", ("queue 'gold' is routed to by flows version 1 "
+                                   "(flow loyalty_routing)")),
+                         ("vip", ("queue 'vip' is routed to by flows version 1 "
+                                  "(flows new_vs_returning, vip_by_email)")),
                          ("spare", "queue 'spare' is the overflow of night")):
         refused = queues_at(admin_api.url, "delete", name, "--yes")
         assert refused.returncode == 1

@@ -15,8 +15,10 @@ import pytest
 import redis
 import redis.asyncio
 
+from ivr.flow_routes import LiveRoutes
 from ivr.queues import Queue, QueueConfig
 from ivr.redis.client import connect
+from ivr.redis.flow_store import FlowStore
 from ivr.redis.queue_store import (
     CHANGED_CHANNEL,
     CONFIG_VERSION_KEY,
@@ -38,6 +40,11 @@ SHIPPED = QueueConfig.model_validate({"queues": {
     "platinum": {"sip_uri": "sip:platinum@queues.example.com"},
     "standard": {"sip_uri": "sip:standard@queues.example.com"},
 }})
+
+
+def routes_of(store: QueueStore) -> LiveRoutes:
+    """What routes to the queues of `store`: the live flows version in its Redis."""
+    return LiveRoutes(FlowStore(store.redis))
 
 
 def config(**uris: str) -> QueueConfig:
@@ -200,24 +207,26 @@ def test_overflow_must_name_a_queue_and_never_loop(redis_url: str) -> None:
         with pytest.raises(InvalidChange, match="overflow cycle"):
             await store.put("platinum", Queue(sip_uri="sip:a@b.com", overflow="gold"), "a")
         with pytest.raises(QueueInUse, match="overflow of gold"):
-            await store.delete("platinum", "a", protected={})
+            await store.delete("platinum", "a", routes_of(store))
 
     with_store(redis_url, body)
 
 
 def test_delete_refuses_a_queue_a_flow_routes_to_and_keeps_history(redis_url: str) -> None:
     async def body(store: QueueStore) -> None:
-        with pytest.raises(QueueInUse, match="routed to by flow loyalty_routing"):
-            await store.delete("gold", "a", protected={"gold": "flow loyalty_routing"})
+        await FlowStore(store.redis).publish({"loyalty.yaml": "(a flow)"}, "a", "",
+                                             routes={"gold": ["loyalty_routing"]})
+        with pytest.raises(QueueInUse, match="routed to by flows version 1 .flow loyalty_routing"):
+            await store.delete("gold", "a", routes_of(store))
         await store.put("spare", Queue(sip_uri="sip:spare@x.com"), "a")
         with pytest.raises(StaleVersion):
-            await store.delete("spare", "a", protected={}, if_match="7")
-        await store.delete("spare", "a", protected={}, if_match="1")
+            await store.delete("spare", "a", routes_of(store), if_match="7")
+        await store.delete("spare", "a", routes_of(store), if_match="1")
         assert await store.record("spare") is None and store.queue("spare") is None
         written = await store.put("spare", Queue(sip_uri="sip:spare2@x.com"), "a")
         assert written.created and written.record.version == 2  # versions are never reused
         with pytest.raises(QueueNotFound):
-            await store.delete("ghost", "a", protected={})
+            await store.delete("ghost", "a", routes_of(store))
 
     with_store(redis_url, body)
 
@@ -317,7 +326,11 @@ def test_a_route_to_a_queue_deleted_from_the_store_goes_to_the_fallback_queue(
     redis_url: str, make_settings, start_server
 ) -> None:
     twilio = FakeTwilio(start_server(make_settings()).url)
-    with_store(redis_url, lambda s: s.delete("gold", "a", protected={}), seed=False)
+    # The live flows route to gold, so no delete through the store lets it go: it goes from
+    # Redis itself, announced as a change is.
+    with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+        client.hdel(QUEUES_KEY, "gold")
+        client.publish(CHANGED_CHANNEL, client.incr(CONFIG_VERSION_KEY))
     deadline = time.monotonic() + 2
     while "<Sip>sip:standard@queues.example.com</Sip>" not in twilio.call(L.GOLD).text:
         assert time.monotonic() < deadline

@@ -25,6 +25,7 @@ from ivr.admin.openapi import openapi_document
 from ivr.admin.outage import StoreUnavailable
 from ivr.admin.purges import UnknownTarget, purge, purge_target
 from ivr.calltrace import is_sid
+from ivr.flow_routes import LiveRoutes
 from ivr.flow_versions import FlowsRefused, PinnedVersionMissing, flow_summaries
 from ivr.flow_versions import publish as publish_flows
 from ivr.flow_versions import rollback as roll_back_flows
@@ -283,7 +284,7 @@ async def delete_queue(request: Request) -> Response:
     name = request.path_params["name"]
     services = request.app.state.services
     try:
-        await services.store.delete(name, who(request), services.flows.queue_users(),
+        await services.store.delete(name, who(request), LiveRoutes(services.flow_store),
                                     if_match_version(request))
     except QueueInUse as exc:
         return error(409, str(exc))

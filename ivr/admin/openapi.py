@@ -110,8 +110,9 @@ def openapi_document() -> dict[str, Any]:
                            "parameters": [if_match],
                            "responses": {"204": {"description": "Deleted"}, "401": unauthorized,
                                          "404": _error("No such queue"),
-                                         "409": _error("A flow routes to it, or a queue "
-                                                       "overflows to it"),
+                                         "409": _error("The live flows version routes to "
+                                                       "it (or its routes cannot be read), "
+                                                       "or a queue overflows to it"),
                                          "412": _error("If-Match is not the current version")}},
             },
             "/queues/{name}/history": {"parameters": [name_param], "get": {

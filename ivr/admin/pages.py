@@ -50,6 +50,7 @@ from ivr.admin.changes import (
 )
 from ivr.admin.outage import StoreUnavailable
 from ivr.calltrace import describe_answer, is_sid
+from ivr.flow_routes import LiveRoutes, RoutesUnknown, flows_in_words
 from ivr.passwords import verify_password
 from ivr.queues import Queue
 from ivr.redis.queue_store import (
@@ -443,9 +444,20 @@ async def logout(request: Request, session: AdminSession) -> Response:
 @signed_in
 async def queue_list(request: Request, session: AdminSession) -> Response:
     records = await store_of(request).records()
-    used_by = request.app.state.services.flows.queue_users()
-    return page(request, "queues.html", session, records=records, used_by=used_by,
+    return page(request, "queues.html", session, records=records,
+                used_by=await _queue_users(request),
                 notice=_notice(request))
+
+
+async def _queue_users(request: Request) -> dict[str, str]:
+    """Queue name -> the flows that route to it: the live version's, as Redis has it (this
+    process may serve another for a moment); this process's flows if those cannot be known."""
+    services = request.app.state.services
+    try:
+        _, routes = await LiveRoutes(services.flow_store).routes()
+    except RoutesUnknown:
+        return services.flows.queue_users()
+    return {queue: flows_in_words(names) for queue, names in routes.items()}
 
 
 def number(value: object) -> int | None:

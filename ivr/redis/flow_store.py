@@ -5,7 +5,9 @@ is ivr.flow_versions'; this module only keeps them.
 Keys (the queue store's hash tag, so a publish's script can read the queues' config version):
   {ivr}:flows:live        the live version's number
   {ivr}:flows:counter     the last version number given
-  {ivr}:flows:versions    hash: version -> JSON of who, when, message, content hash, file names
+  {ivr}:flows:versions    hash: version -> JSON of who, when, message, content hash, file names,
+                          and routes: which queues its flows route to, by which flows (a
+                          version stored before routes were kept has none)
   {ivr}:flows:files       hash: version -> JSON of its files' texts, by file name
   {ivr}:audit             the queue store's audit log: a publish or rollback is an entry there
 Channel:
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -68,6 +71,14 @@ return {'ok', version}
 """
 
 
+def _routes(routes: Mapping[str, Collection[str]] | None) -> dict[str, tuple[str, ...]] | None:
+    """Routes as a version keeps them: queues and their flows in order (JSON turns the tuples
+    into lists)."""
+    if routes is None:
+        return None
+    return {queue: tuple(sorted(flows)) for queue, flows in sorted(routes.items())}
+
+
 def content_hash(files: dict[str, str]) -> str:
     """What identifies a version's content: the same files, the same texts, the same hash."""
     canonical = json.dumps(files, sort_keys=True, ensure_ascii=False).encode("utf-8")
@@ -86,6 +97,8 @@ class FlowVersion:
     files: tuple[str, ...]
     action: str  # publish, rollback or seed
     rolled_back_to: int | None = None
+    # Queue name -> the flows that route to it; None for a version stored before routes were.
+    routes: dict[str, tuple[str, ...]] | None = None
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> FlowVersion:
@@ -93,7 +106,7 @@ class FlowVersion:
         return cls(int(meta["version"]), str(meta.get("at", "")), str(meta.get("who", "")),
                    str(meta.get("message", "")), str(meta.get("hash", "")),
                    tuple(meta.get("files") or ()), str(meta.get("action", "publish")),
-                   meta.get("rolled_back_to"))
+                   meta.get("rolled_back_to"), _routes(meta.get("routes")))
 
     def as_dict(self) -> dict[str, Any]:
         # `file_names`: in the admin API, `files` is always name -> text.
@@ -150,15 +163,18 @@ class FlowStore:
 
     async def publish(self, files: dict[str, str], who: str, message: str, *,
                       action: str = "publish", rolled_back_to: int | None = None,
-                      expected_live: str = "", queues_version: str = "") -> Published:
+                      expected_live: str = "", queues_version: str = "",
+                      routes: Mapping[str, Collection[str]] | None = None) -> Published:
         """Make `files` the live version, as a new version unless the live one has the same
         content. `expected_live`: the live version that must still be live ('' any, NO_VERSION:
         none yet), else StaleLive; `queues_version`: the queues' config version the flows were
-        checked against, else QueuesChanged."""
+        checked against, else QueuesChanged; `routes`: queue name -> the flows of `files` that
+        route to it (what a queue's delete is checked against; None: not known)."""
         at = datetime.now(UTC).isoformat(timespec="milliseconds")
         digest = content_hash(files)
         meta = {"at": at, "who": who, "message": message, "hash": digest,
-                "files": sorted(files), "action": action, "rolled_back_to": rolled_back_to}
+                "files": sorted(files), "action": action, "rolled_back_to": rolled_back_to,
+                **({} if routes is None else {"routes": _routes(routes)})}
         entry = {"at": at, "who": who, "action": f"flows_{action}", "message": message,
                  "hash": digest, **({"rolled_back_to": rolled_back_to}
                                     if rolled_back_to is not None else {})}
@@ -175,4 +191,5 @@ class FlowStore:
             assert current is not None  # the script just read it
             return Published(current, False)
         return Published(FlowVersion(int(version), at, who, message, digest,
-                                     tuple(sorted(files)), action, rolled_back_to), True)
+                                     tuple(sorted(files)), action, rolled_back_to,
+                                     _routes(routes)), True)

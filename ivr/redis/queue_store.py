@@ -79,11 +79,13 @@ return 1
 # A record whose queue fields equal the current record's writes nothing: no version, no audit
 # entry, no message. Compared here, on the record current at the write, so writers racing to
 # set the same values make one version, never one each.
-# KEYS: queues, history, counter, audit, config version.
+# KEYS: queues, history, counter, audit, config version; for a delete, the key of what routes
+#       to queues (QueueUsers.key).
 # ARGV: name, record JSON without version ('' to delete), expected queue version ('' = any,
-#       '*' = must exist), expected config version ('' = any), audit entry JSON, channel.
+#       '*' = must exist), expected config version ('' = any), audit entry JSON, channel; for a
+#       delete, the value at KEYS[6] that the queue's users were read at.
 # Returns {status, version, the record replaced or ''}: ok, unchanged (nothing written), stale
-# (If-Match failed), retry (config changed), missing.
+# (If-Match failed), retry (config or the queues' users changed), missing.
 _WRITE_SCRIPT = "local META = {" + ", ".join(f"'{key}'" for key in RECORD_META) + "}\n" + """
 local function same(a, b)
   if type(a) ~= 'table' or type(b) ~= 'table' then return a == b end
@@ -112,6 +114,9 @@ if current and ARGV[2] ~= '' then
   if now and same(now, fields(ARGV[2])) then return {'unchanged', current_version, current} end
 end
 if ARGV[4] ~= '' and ARGV[4] ~= (redis.call('GET', KEYS[5]) or '0') then
+  return {'retry', current_version, ''}
+end
+if KEYS[6] and ARGV[7] ~= (redis.call('GET', KEYS[6]) or '0') then
   return {'retry', current_version, ''}
 end
 local old = 'null'
@@ -207,6 +212,20 @@ class Follower(Protocol):
     async def resync(self) -> None: ...
 
     async def changed(self, data: str) -> None: ...
+
+
+class QueueUsers(Protocol):
+    """What routes calls to queues, kept in Redis apart from them (the live flows version): a
+    queue's delete reads it, and is written only while the value at `key` (one of `{ivr}`'s
+    keys) is still the one it was read at, so a change landing meanwhile makes it check again."""
+
+    key: str
+
+    async def users(self) -> tuple[str, dict[str, str]]:
+        """The value at `key` now ('0' when unset), and queue name -> what routes to it, in
+        words (`flows version 3 (flow a, flow b)`). Raises QueueInUse when that cannot be
+        known."""
+        ...
 
 
 class QueueNotFound(Exception):
@@ -488,20 +507,23 @@ class QueueStore:
             await _back_off(attempt)
         raise Busy("the queue configuration is changing too fast to write; try again")
 
-    async def delete(self, name: str, who: str, protected: dict[str, str],
+    async def delete(self, name: str, who: str, routed_by: QueueUsers,
                      if_match: str | None = None) -> None:
-        """Delete queue `name`. `protected` maps queue names to what needs them (loaded flows)."""
+        """Delete queue `name`, unless `routed_by` routes to it or another queue overflows to
+        it (QueueInUse), both as they are in Redis when it is deleted."""
         for attempt in range(MAX_WRITE_ATTEMPTS):
             queues, config_version = await self._snapshot()
             if name not in queues:
                 raise QueueNotFound(name)
-            if name in protected:
-                raise QueueInUse(f"queue {name!r} is routed to by {protected[name]}")
+            users_at, users = await routed_by.users()
+            if name in users:
+                raise QueueInUse(f"queue {name!r} is routed to by {users[name]}")
             overflowing = sorted(n for n, q in queues.items() if q.overflow == name and n != name)
             if overflowing:
                 raise QueueInUse(f"queue {name!r} is the overflow of {', '.join(overflowing)}")
             entry = {"at": _now(), "who": who, "action": "delete", "queue": name}
-            status, _, _ = await self._run_write(name, "", if_match, config_version, entry)
+            status, _, _ = await self._run_write(name, "", if_match, config_version, entry,
+                                                 guard=(routed_by.key, users_at))
             if status == "ok":
                 self._queues.pop(name, None)
                 return
@@ -524,12 +546,16 @@ class QueueStore:
         return {name: record.queue for name, record in records.items()}, version or "0"
 
     async def _run_write(self, name: str, record_json: str, if_match: str | None,
-                         config_version: str, entry: dict[str, Any]) -> tuple[str, int, str]:
+                         config_version: str, entry: dict[str, Any],
+                         guard: tuple[str, str] | None = None) -> tuple[str, int, str]:
         """The write script's status, the version now current, and the record it replaced
-        (or found unchanged; '' for none)."""
+        (or found unchanged; '' for none). `guard`: a key and the value it must still have."""
         keys = [QUEUES_KEY, history_key(name), counter_key(name), AUDIT_KEY, CONFIG_VERSION_KEY]
         args = [name, record_json, if_match or "", config_version, json.dumps(entry),
                 CHANGED_CHANNEL]
+        if guard is not None:
+            keys.append(guard[0])
+            args.append(guard[1])
         status, version, replaced = await self._write(keys=keys, args=args)
         if status == "stale":
             raise StaleVersion(int(version))
