@@ -91,8 +91,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.admin_token, app.state.admin_token_name = resolve_admin_token(settings)
     if settings.is_local_trial:  # at every start, as for the local Twilio token
         log.warning("IVR_ADMIN_TOKEN and IVR_ADMIN_USERS are not set: the admin API and page "
-                    "accept the LOCAL admin token in %s (`ivr queues` and `ivr calls`, run "
-                    "from this directory, use it). Set IVR_ADMIN_TOKEN or IVR_ADMIN_USERS "
+                    "accept the LOCAL admin token in %s (`ivr queues`, `ivr calls` and `ivr "
+                    "flows`, run from this directory, use it). Set IVR_ADMIN_TOKEN or IVR_ADMIN_USERS "
                     "before anyone else can reach this server.", settings.local_admin_token_path)
     elif app.state.admin_token is None:
         log.warning("IVR_ADMIN_TOKEN is not set: the admin API is disabled%s",

@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from ivr.admin.client import (
     TOKEN_HELP,
@@ -18,7 +19,7 @@ from ivr.admin.client import (
     table,
 )
 from ivr.flow_versions import unified_diffs
-from ivr.flows.loader import FlowLoadError, read_flow_texts
+from ivr.flows.loader import FlowLoadError, FlowProblem, read_flow_texts
 from ivr.settings import Settings
 
 Command = Callable[[AdminClient, argparse.Namespace, Settings], int]
@@ -36,11 +37,17 @@ def add_version_commands(actions: argparse._SubParsersAction) -> None:  # type: 
     diff = actions.add_parser(
         "diff", help="what the flows of IVR_FLOWS_DIR change from the live version (or from "
         "version N): a unified diff per file")
-    diff.add_argument("version", nargs="?", type=int, metavar="N")
+    diff.add_argument("version", nargs="?", type=int, metavar="N",
+                      help="the version to compare the draft with (default: the live one)")
+    diff.add_argument("--exit-code", action="store_true",
+                      help="exit with 1 if there are differences, 0 if none, as `git diff "
+                      "--exit-code` (2 when the diff cannot be made)")
     rollback = actions.add_parser(
-        "rollback", help="put version N's flows back into service, as a new version (shows "
-        "what changes, asks first)")
-    rollback.add_argument("version", type=int, metavar="N")
+        "rollback", help="put version N's flows back into service, as a new version (prints "
+        "what changes, then asks)")
+    rollback.add_argument("version", type=int, metavar="N",
+                          help="the version whose flows go back into service (see `ivr flows "
+                          "versions`)")
     rollback.add_argument("--yes", "-y", action="store_true",
                           help="do not ask (required when not at a terminal)")
     for parser, command in ((publish, _publish), (versions, _versions), (diff, _diff),
@@ -60,9 +67,15 @@ def _through_admin_api(command: Command) -> Callable[[argparse.Namespace, Settin
                 return command(client, args, settings)
         except AdminError as exc:
             print(f"ivr: {exc}", file=sys.stderr)
-            return 1
+            return _failed(args)
 
     return run
+
+
+def _failed(args: argparse.Namespace) -> int:
+    """The exit status of a command that could not be done: 1, but 2 for `diff --exit-code`,
+    whose 1 says the flows differ."""
+    return 2 if getattr(args, "exit_code", False) else 1
 
 
 def _draft(settings: Settings) -> dict[str, str] | None:
@@ -84,11 +97,8 @@ def _publish(client: AdminClient, args: argparse.Namespace, settings: Settings) 
     except AdminError as exc:
         if exc.status != 422 or not exc.problems:
             raise
-        for problem in exc.problems:  # as `ivr flows validate` prints them
-            print(problem)
-        count = len(exc.problems)
-        print(f"ivr: {count} problem{'s' if count != 1 else ''}: nothing was published; the "
-              "live version is unchanged", file=sys.stderr)
+        # Named as `ivr flows validate` names them, so that an editor or grep finds the file.
+        _print_refusal(exc, "published", settings.flows_dir)
         return 1
     if not published["created"]:
         print(f"unchanged: the live version {published['version']} has these flows already")
@@ -110,7 +120,7 @@ def _versions(client: AdminClient, args: argparse.Namespace, settings: Settings)
 def _diff(client: AdminClient, args: argparse.Namespace, settings: Settings) -> int:
     files = _draft(settings)
     if files is None:
-        return 1
+        return _failed(args)
     if args.version is None:
         base = client.live_flows()
         label = f"live-v{base['version']}"
@@ -123,7 +133,7 @@ def _diff(client: AdminClient, args: argparse.Namespace, settings: Settings) -> 
               + (" (live)" if base["live"] else ""))
         return 0
     print(diff, end="")
-    return 0
+    return 1 if args.exit_code else 0
 
 
 def _rollback(client: AdminClient, args: argparse.Namespace, settings: Settings) -> int:
@@ -133,15 +143,25 @@ def _rollback(client: AdminClient, args: argparse.Namespace, settings: Settings)
         print(f"unchanged: the live version {live['version']} has the flows of version "
               f"{args.version} already")
         return 0
+    # What changes is shown whoever answers, a person or --yes in a script's log.
+    print(unified_diffs(live["files"], target["files"], f"live-v{live['version']}",
+                        f"v{args.version}"), end="", flush=True)
     if not args.yes:
         confirm(f"Put version {args.version}'s flows back into service, as version "
                 f"{live['version'] + 1}", refused="not rolled back",
                 asking=f"rolling the flows back to version {args.version}",
-                action="roll them back",
-                details=unified_diffs(live["files"], target["files"], f"live-v{live['version']}",
-                                      f"v{args.version}"))
-    # The yes is for the change shown: a publish made meanwhile stops the rollback.
-    published = client.roll_back_flows(args.version, expected_live=live["version"])
+                action="roll them back")
+    try:
+        # The yes is for the change shown: a publish made meanwhile stops the rollback.
+        published = client.roll_back_flows(args.version, expected_live=live["version"])
+    except AdminError as exc:
+        if exc.status != 422 or not exc.problems:
+            raise
+        _print_refusal(exc, "rolled back")
+        print(f"ivr: version {args.version}'s flows no longer load as things are now: create "
+              "what they name again (a queue: `ivr queues set NAME SIP_URI --create`), or "
+              "publish a fix instead (`ivr flows publish`)", file=sys.stderr)
+        return 1
     if not published["created"]:
         print(f"unchanged: the live version {published['version']} has the flows of version "
               f"{args.version} already")
@@ -149,3 +169,16 @@ def _rollback(client: AdminClient, args: argparse.Namespace, settings: Settings)
     print(f"rolled back: version {args.version}'s flows are version {published['version']}, "
           "live now")
     return 0
+
+
+def _print_refusal(exc: AdminError, undone: str, directory: Path | None = None) -> None:
+    """Every problem of a refused publish or rollback on its line (stdout), then what it means
+    (stderr); files named in `directory` when they were read from there."""
+    problems = ([str(FlowProblem(str(directory / problem.file) if directory and problem.file
+                                 else problem.file, problem.field, problem.message))
+                 for problem in exc.flow_problems] or exc.problems)
+    for problem in problems:
+        print(problem)
+    count = len(problems)
+    print(f"ivr: {count} problem{'s' if count != 1 else ''}: nothing was {undone}; the live "
+          "version is unchanged", file=sys.stderr)

@@ -1,6 +1,7 @@
-"""`ivr serve --watch-flows`, for a developer's loop: every change to a flow file of
-IVR_FLOWS_DIR is published at once, as `ivr flows publish` would, checked against the live queues
-(broken flows are told and the live version stays). Development only: in production a flow goes
+"""`ivr serve --watch-flows`, for a developer's loop: the flow files of IVR_FLOWS_DIR are
+published at start when they differ from the live version, and at every change, as `ivr flows
+publish` would, checked against the live queues (broken flows are told and the live version
+stays). Development only: in production a flow goes
 live by a deliberate publish, seen and audited, never by a file saved on one machine.
 
 It runs in the `ivr serve` parent, once, whatever the number of workers: they follow the
@@ -19,6 +20,7 @@ import watchfiles
 from redis.exceptions import RedisError
 
 from ivr.admin.client import current_user
+from ivr.admin.flow_pages import changed_files
 from ivr.app import flow_checks
 from ivr.flow_versions import FlowsRefused, publish
 from ivr.flows.loader import FlowLoadError, read_flow_texts
@@ -34,27 +36,32 @@ PREFIX = "ivr: --watch-flows:"
 
 
 def watch_flows(settings: Settings) -> threading.Event:
-    """Publish the flows of `settings.flows_dir` whenever one changes, from a thread of its
-    own; set the event returned to stop."""
+    """Publish the flows of `settings.flows_dir` now if they differ from the live version, and
+    whenever one changes, from a thread of its own; set the event returned to stop."""
     stop = threading.Event()
     threading.Thread(target=_watch, args=(settings, stop), name="ivr-flow-watch",
                      daemon=True).start()
-    print(f"{PREFIX} publishing the flows of {settings.flows_dir} whenever one changes "
-          "(development only)", file=sys.stderr)
+    print(f"{PREFIX} publishing the flows of {settings.flows_dir} now if they differ from the "
+          "live version, and whenever one changes (development only)", file=sys.stderr)
     return stop
 
 
 def _watch(settings: Settings, stop: threading.Event) -> None:
     who = f"{current_user()} (--watch-flows)"
-    for changes in watchfiles.watch(settings.flows_dir, watch_filter=_flow_files_of(settings),
-                                    stop_event=stop):
-        names = sorted({Path(path).name for _, path in changes})
-        try:
-            said = asyncio.run(publish_draft(settings, who, f"{', '.join(names)} changed"))
-        except Exception:  # keep watching: the next save may work
-            log.exception("--watch-flows could not publish")
-            continue
-        print(said, file=sys.stderr, flush=True)
+    # The developer asked for the files to be live: a draft edited while no server ran, too.
+    _publish_and_tell(settings, who, "at start: ")
+    for _ in watchfiles.watch(settings.flows_dir, watch_filter=_flow_files_of(settings),
+                              stop_event=stop):
+        _publish_and_tell(settings, who)
+
+
+def _publish_and_tell(settings: Settings, who: str, when: str = "") -> None:
+    try:
+        said = asyncio.run(publish_draft(settings, who, when))
+    except Exception:  # keep watching: the next save may work
+        log.exception("--watch-flows could not publish")
+        return
+    print(said, file=sys.stderr, flush=True)
 
 
 def _flow_files_of(settings: Settings) -> Callable[[watchfiles.Change, str], bool]:
@@ -68,8 +75,9 @@ def _flow_files_of(settings: Settings) -> Callable[[watchfiles.Change, str], boo
     return is_flow_file
 
 
-async def publish_draft(settings: Settings, who: str, message: str) -> str:
-    """Publish the flows of `settings.flows_dir`; what happened, for the developer to read."""
+async def publish_draft(settings: Settings, who: str, when: str = "") -> str:
+    """Publish the flows of `settings.flows_dir`, with `when` and the files added, changed and
+    removed from the live version as its message; what happened, for the developer to read."""
     try:
         files = read_flow_texts(settings.flows_dir)
     except FlowLoadError as exc:
@@ -77,8 +85,11 @@ async def publish_draft(settings: Settings, who: str, message: str) -> str:
     assert settings.redis_url is not None  # `ivr serve` has set it before starting the watch
     store = QueueStore(connect(settings.redis_url))
     try:
-        published = await publish(FlowStore(store.redis), store, flow_checks(settings), files,
-                                  who, message)
+        flow_store = FlowStore(store.redis)
+        # From the contents, not the file events: an editor's save may be a delete and a create.
+        live = await flow_store.files(await flow_store.live_version()) or {}
+        message = when + _what_changed(live, files)
+        published = await publish(flow_store, store, flow_checks(settings), files, who, message)
     except FlowsRefused as exc:
         return _not_published(exc.problems)
     except (RedisError, OSError, QueuesChanged) as exc:
@@ -89,6 +100,15 @@ async def publish_draft(settings: Settings, who: str, message: str) -> str:
     if not published.created:
         return f"{PREFIX} unchanged: the live version {version} has these flows already"
     return f"{PREFIX} published version {version} ({message})"
+
+
+def _what_changed(live: dict[str, str], draft: dict[str, str]) -> str:
+    """`added a.yaml; changed b.yaml, c.yaml; removed d.yaml`, from `live` to `draft`."""
+    by_change: dict[str, list[str]] = {}
+    for name, change in changed_files(live, draft):
+        by_change.setdefault(change, []).append(name)
+    return "; ".join(f"{change} {', '.join(by_change[change])}"
+                     for change in ("added", "changed", "removed") if change in by_change)
 
 
 def _not_published(problems: list[str]) -> str:

@@ -39,6 +39,9 @@ from ivr.validation import unknown
 # simulation cannot reach a real service by accident.
 UNSET_LOYALTY_API_URL = "http://loyalty.invalid"
 WHATSAPP = "whatsapp:"
+QUEUE_FILE_HINT = (" (not in IVR_SIP_CONFIG; `ivr flows validate --server URL` checks the live "
+                   "queues)")
+_NOT_A_QUEUE = re.compile(r"""(?:^|: )(?:'[^']*'|"[^"]*") is not a queue(?::|$)""")  # unknown()
 _MOCK = re.compile(r"(?P<key>.+?)=(?:(?P<status>[1-5][0-9]{2}):(?P<content>.*)|(?P<failure>"
                    rf"{TIMEOUT}|{REFUSED}))", re.DOTALL)
 
@@ -112,15 +115,23 @@ def validate_command(args: argparse.Namespace, settings: Settings) -> int:
         flow_set = load_flows(settings.flows_dir, queue_names=queues, secrets=settings.secrets,
                               settings=settings.flow_settings())
     except FlowLoadError as exc:
-        for problem in exc.problems:
+        problems = exc.problems if args.server else _with_queue_file_hints(exc.problems)
+        for problem in problems:
             print(problem)
-        count = len(exc.problems)
+        count = len(problems)
         print(f"ivr: {count} problem{'s' if count != 1 else ''} in {settings.flows_dir}",
               file=sys.stderr)
         return 1
     count = len(flow_set.flows)
     print(f"{count} flow{'s' if count != 1 else ''} OK")
     return 0
+
+
+def _with_queue_file_hints(problems: list[str]) -> list[str]:
+    """The problems' lines, a route to an unknown queue saying where the queues came from: a
+    queue made in the admin page since is live, yet not in IVR_SIP_CONFIG."""
+    return [problem + QUEUE_FILE_HINT if _NOT_A_QUEUE.search(problem) else problem
+            for problem in problems]
 
 
 # --- graph ------------------------------------------------------------------------------------
@@ -391,7 +402,7 @@ def _flow_or_report(name_or_path: str, settings: Settings,
         return find_flow(name_or_path, settings.flows_dir, queues, settings.secrets,
                          settings.flow_settings())
     except FlowLoadError as exc:
-        for problem in exc.problems:
+        for problem in exc.problems if queues is None else _with_queue_file_hints(exc.problems):
             print(problem, file=sys.stderr)
         return None
 

@@ -19,7 +19,7 @@ import redis
 import redis.asyncio as aioredis
 from playwright.sync_api import Browser, Page, expect
 
-from ivr.flow_versions import FlowChecks, publish
+from ivr.flow_versions import FlowChecks, publish, unified_diffs
 from ivr.redis.flow_store import LIVE_KEY, FlowStore
 from ivr.redis.queue_store import QueueStore
 from tests.servers import ServerThread
@@ -270,6 +270,25 @@ def test_a_rollback_form_without_the_session_token_is_refused(
         "version": "1", "current": "2", "confirmed": "1", "csrf": "not-the-token"})
     assert response.status == 403
     assert live_version(redis_url) == 2
+
+
+def test_a_diff_reads_line_under_line_and_copies_as_the_diff(
+        page: Page, redis_url: str, config_dir: Path) -> None:
+    """Each line a box inside the <pre>: no blank line between two, and its text the diff."""
+    v1 = flow_files(config_dir)
+    v2 = with_new_prompt(config_dir)
+    publish_flows(redis_url, v2, "carol", "shorter retry prompt")
+    sign_in(page)
+    page.goto("/admin/flows/diff?from=1")
+    expect(page.locator("#diff-summary")).to_have_text(
+        "From version 1 to version 2, 1 file differs:")
+    shown = page.locator("#diff pre.diff")
+    assert shown.evaluate("pre => pre.innerText") == unified_diffs(v1, v2, "v1", "v2 (live)")
+    boxes = [line.bounding_box() for line in page.locator("#diff .diff-line").all()]
+    assert len(boxes) == len(unified_diffs(v1, v2, "v1", "v2").splitlines())
+    for above, below in zip(boxes, boxes[1:]):
+        assert above is not None and below is not None
+        assert abs(below["y"] - (above["y"] + above["height"])) < 1, (above, below)
 
 
 def test_a_diff_of_a_version_that_does_not_exist_says_so(page: Page) -> None:

@@ -97,8 +97,9 @@ def test_a_publish_of_broken_flows_prints_every_problem_and_publishes_nothing(
     refused = flows_at(admin_server.url, flows, "publish")
     assert refused.returncode == 1
     lines = refused.stdout.splitlines()
-    assert [line.split(":")[0] for line in lines] == ["broken.yaml", LOYALTY]
-    assert lines[1].startswith(f"{LOYALTY}: steps.to_gold.queue: ")
+    # Named as `ivr flows validate` names them: IVR_FLOWS_DIR as given, then the file.
+    assert [line.split(":")[0] for line in lines] == [f"{flows}/broken.yaml", f"{flows}/{LOYALTY}"]
+    assert lines[1].startswith(f"{flows}/{LOYALTY}: steps.to_gold.queue: ")
     assert "did you mean 'gold'?" in lines[1]
     assert refused.stderr == ("ivr: 2 problems: nothing was published; the live version is "
                               "unchanged\n")
@@ -110,7 +111,20 @@ def test_publish_with_no_flow_files_says_so(admin_server: ServerThread, tmp_path
     empty.mkdir()
     result = flows_at(admin_server.url, empty, "publish")
     assert result.returncode == 1
-    assert result.stderr == f"ivr: {empty}: no flow files (*.yaml); set IVR_FLOWS_DIR\n"
+    assert result.stderr == f"ivr: {empty}: no flow files (*.yaml, *.yml); set IVR_FLOWS_DIR\n"
+
+
+def test_publish_where_the_flows_directory_does_not_exist_names_it_whole(
+    admin_server: ServerThread, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run_ivr(elsewhere, clean_env(IVR_ADMIN_URL=admin_server.url, IVR_ADMIN_TOKEN=ADMIN,
+                                          IVR_FLOWS_DIR="flows"), "flows", "publish")
+    assert result.returncode == 1
+    assert result.stderr == (f"ivr: {elsewhere}/flows: no such directory: set IVR_FLOWS_DIR to "
+                             "the directory of the flow files (*.yaml, *.yml); a relative path "
+                             "is relative to the current directory\n")
 
 
 def answered(url: str, flows_dir: Path, answer: str, *args: str
@@ -141,27 +155,81 @@ def test_rollback_shows_what_changes_asks_and_makes_the_old_flows_a_new_version(
     twilio = FakeTwilio(admin_server.url)
     assert PLATINUM_SIP in twilio.call(L.GOLD).text
 
+    # What would change is printed first, whether anyone can answer or not.
     script = flows_at(admin_server.url, flows, "rollback", "1")
     assert script.returncode == 1
+    assert script.stdout.startswith(f"--- live-v2/{LOYALTY}\n+++ v1/{LOYALTY}\n@@ ")
+    assert "\n-    queue: platinum\n+    queue: gold\n" in script.stdout
     assert script.stderr == ("ivr: not rolled back: rolling the flows back to version 1 asks "
                              "for a yes at a terminal; to roll them back from a script, add "
                              "--yes\n")
     kept = answered(admin_server.url, flows, "n", "rollback", "1")
     assert kept.returncode == 1
-    assert f"--- live-v2/{LOYALTY}\n+++ v1/{LOYALTY}\n" in kept.stderr
-    assert "\n-    queue: platinum\n+    queue: gold\n" in kept.stderr
-    assert kept.stderr.endswith("Put version 1's flows back into service, as version 3? "
-                                "[y/N] ivr: not rolled back\n")
+    assert kept.stdout == script.stdout
+    assert kept.stderr == ("Put version 1's flows back into service, as version 3? [y/N] "
+                           "ivr: not rolled back\n")
     assert live_version(admin_server) == 2
 
     rolled = answered(admin_server.url, flows, "y", "rollback", "1")
     assert rolled.returncode == 0, rolled.stderr
-    assert rolled.stdout == "rolled back: version 1's flows are version 3, live now\n"
+    assert rolled.stdout == (script.stdout
+                             + "rolled back: version 1's flows are version 3, live now\n")
     assert GOLD_SIP in twilio.call(L.GOLD).text
     again = flows_at(admin_server.url, flows, "rollback", "1", "--yes")
     assert again.stdout == "unchanged: the live version 3 has the flows of version 1 already\n"
     back = flows_at(admin_server.url, flows, "rollback", "2", "--yes")
-    assert back.stdout == "rolled back: version 2's flows are version 4, live now\n"
+    assert back.stdout.startswith(f"--- live-v3/{LOYALTY}\n+++ v2/{LOYALTY}\n@@ ")
+    assert "\n-    queue: gold\n+    queue: platinum\n" in back.stdout
+    assert back.stdout.endswith("\nrolled back: version 2's flows are version 4, live now\n")
+
+
+def test_a_refused_rollback_names_each_problem_and_what_to_do(
+    admin_server: ServerThread, config_dir: Path
+) -> None:
+    flows = config_dir / "flows"
+    team_choice = flows / "team_choice.yaml"
+    team_choice.write_text(team_choice.read_text().replace("queue: operator", "queue: support"))
+    assert flows_at(admin_server.url, flows, "publish").returncode == 0
+    deleted = httpx.delete(admin_server.url + "/admin/api/queues/operator", timeout=10,
+                           headers={"Authorization": f"Bearer {ADMIN}"})
+    assert deleted.status_code == 204, deleted.text
+
+    refused = flows_at(admin_server.url, flows, "rollback", "1", "--yes")
+    assert refused.returncode == 1
+    # What would change, then the problem.
+    assert refused.stdout.startswith("--- live-v2/team_choice.yaml\n+++ v1/team_choice.yaml\n")
+    assert refused.stdout.endswith("\nteam_choice.yaml: steps.to_operator.queue: 'operator' is "
+                                   "not a queue\n")
+    assert refused.stderr == (
+        "ivr: 1 problem: nothing was rolled back; the live version is unchanged\n"
+        "ivr: version 1's flows no longer load as things are now: create what they name again "
+        "(a queue: `ivr queues set NAME SIP_URI --create`), or publish a fix instead (`ivr flows "
+        "publish`)\n")
+    assert live_version(admin_server) == 2
+
+
+@pytest.mark.parametrize("command", ["diff", "rollback"])
+def test_the_version_argument_is_explained_in_help(command: str, config_dir: Path) -> None:
+    shown = flows_at("http://127.0.0.1:1", config_dir / "flows", command, "--help")
+    assert shown.returncode == 0
+    assert "  N " in shown.stdout
+    explained = shown.stdout.split("  N ", 1)[1].split("\n")[0].strip()
+    assert explained.startswith("the version ")
+
+
+def test_diff_with_exit_code_says_by_its_status_whether_the_draft_differs(
+    admin_server: ServerThread, config_dir: Path
+) -> None:
+    flows = config_dir / "flows"
+    same = flows_at(admin_server.url, flows, "diff", "--exit-code")
+    assert (same.returncode, same.stderr) == (0, "")
+    route_gold_to(flows, "platinum")
+    differs = flows_at(admin_server.url, flows, "diff", "--exit-code")
+    assert (differs.returncode, differs.stderr) == (1, "")
+    assert "\n-    queue: gold\n+    queue: platinum\n" in differs.stdout
+    assert flows_at(admin_server.url, flows, "diff").returncode == 0  # as before, without it
+    down = flows_at(f"http://127.0.0.1:{free_port()}", flows, "diff", "--exit-code")
+    assert down.returncode == 2
 
 
 def test_rollback_is_refused_when_someone_publishes_while_asking(

@@ -153,7 +153,7 @@ def test_validate_prints_each_problem_with_its_file_and_step_and_exits_1(
         "are greet",
         # The queues come from the queues file, as the server seeds them.
         f"{flows_dir}/unknown_queue.yaml: steps.to_vip.queue: 'vip' is not a queue: the queues "
-        "are gold, platinum, sales, standard",
+        f"are gold, platinum, sales, standard{flows_cli.QUEUE_FILE_HINT}",
         f"{flows_dir}/unreachable.yaml: steps.orphan: no step leads to it (unreachable)",
     ]
     assert f"8 problems in {flows_dir}" in err
@@ -185,7 +185,7 @@ steps:
         f"{flows_dir}/typos.yaml: steps.lookup.next: 'by_teir' is not a step: the steps are "
         "greet, lookup, to_vip",
         f"{flows_dir}/typos.yaml: steps.to_vip.queue: 'vip' is not a queue: the queues are "
-        "gold, platinum, sales, standard",
+        f"gold, platinum, sales, standard{flows_cli.QUEUE_FILE_HINT}",
     ]
 
 
@@ -224,7 +224,7 @@ steps:
         f"{flows_dir}/typos.yaml: steps.menu.next: 'handvoer' is not a step: did you mean "
         "'handover'?",
         f"{flows_dir}/typos.yaml: steps.to_sales.queue: 'slaes' is not a queue: did you mean "
-        "'sales'?",
+        f"'sales'?{flows_cli.QUEUE_FILE_HINT}",
     ]
     assert f"4 problems in {flows_dir}" in err
 
@@ -279,7 +279,8 @@ steps:
                     IVR_SIP_CONFIG=str(ROOT / "sip_config" / "queues.yaml"))
     against_file = run_ivr(tmp_path, env, "flows", "validate")
     assert (against_file.returncode, against_file.stdout) == (
-        1, f"{draft}/billing.yaml: steps.to_billing.queue: 'billing' is not a queue\n")
+        1, f"{draft}/billing.yaml: steps.to_billing.queue: 'billing' is not a queue (not in "
+        "IVR_SIP_CONFIG; `ivr flows validate --server URL` checks the live queues)\n")
     live = run_ivr(tmp_path, env, "flows", "validate", "--server", server.url, "--token", ADMIN)
     assert (live.returncode, live.stdout, live.stderr) == (0, "1 flow OK\n", "")
 
@@ -567,9 +568,9 @@ def test_simulate_refuses_the_flow_validate_refuses_with_the_same_lines(
     _, told, _ = ivr("flows", "validate", **env)
     assert told.splitlines() == [
         f"{flows_dir}/menu.yaml: fallback_queue: 'standrd' is not a queue: did you mean "
-        "'standard'?",
+        f"'standard'?{flows_cli.QUEUE_FILE_HINT}",
         f"{flows_dir}/menu.yaml: steps.to_sales.queue: 'slaes' is not a queue: did you mean "
-        "'sales'?"]
+        f"'sales'?{flows_cli.QUEUE_FILE_HINT}"]
     status, out, err = ivr("simulate", "menu", "--channel", "voice", "--from", "+15550000001",
                            "--now", "2026-11-23T15:00:00Z", "--input", "1", **env)
     assert (status, out, err) == (1, "", told)

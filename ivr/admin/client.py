@@ -27,11 +27,13 @@ class AdminError(Exception):
     and its own words (`reason`)."""
 
     def __init__(self, message: str, status: int | None = None, reason: str = "",
-                 problems: list[str] | None = None) -> None:
+                 problems: list[str] | None = None,
+                 flow_problems: list[FlowProblem] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.problems = problems or []  # each problem the API named, one line each
+        self.flow_problems = flow_problems or []  # those naming a flow file, as named
 
 
 class AdminClient:
@@ -59,12 +61,14 @@ class AdminClient:
         except ValueError:
             body = {"error": response.text.strip()}
         reason = message = body.get("error", "")
-        problems = [_problem_line(problem) for problem in body.get("errors", [])]
+        errors = body.get("errors", [])
+        problems = [_problem_line(problem) for problem in errors]
         message += "".join(f"\n  {problem}" for problem in problems)
         if response.status_code == 401:
             message += " (check --token or IVR_ADMIN_TOKEN)"
         raise AdminError(f"{response.status_code}: {message}", response.status_code, reason,
-                         problems)
+                         problems, [_flow_problem(problem) for problem in errors
+                                    if "file" in problem])
 
     def queues(self) -> list[dict[str, Any]]:
         return self._request("GET", "/queues").json()["queues"]
@@ -273,8 +277,12 @@ def queue_of(record: dict[str, Any]) -> Queue:
 def _problem_line(problem: dict[str, Any]) -> str:
     """A problem the API named, as a line: `file: field: message` (flows), `field: message`."""
     if "file" in problem:
-        return str(FlowProblem(problem["file"], problem["field"], problem["message"]))
+        return str(_flow_problem(problem))
     return f"{problem['field'] or 'body'}: {problem['message']}"
+
+
+def _flow_problem(problem: dict[str, Any]) -> FlowProblem:
+    return FlowProblem(problem["file"], problem["field"], problem["message"])
 
 
 def changed_while_asked(name: str, refused: str) -> AdminError:

@@ -171,9 +171,13 @@ def load_flows(directory: Path, queue_names: Collection[str] | None = None,
 
 
 def _flow_paths(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        raise FlowLoadError([f"{directory.absolute()}: no such directory: set IVR_FLOWS_DIR to "
+                             "the directory of the flow files (*.yaml, *.yml); a relative path "
+                             "is relative to the current directory"])
     paths = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
     if not paths:
-        raise FlowLoadError([f"{directory}: no flow files (*.yaml); set IVR_FLOWS_DIR"])
+        raise FlowLoadError([f"{directory}: no flow files (*.yaml, *.yml); set IVR_FLOWS_DIR"])
     return paths
 
 
