@@ -320,6 +320,12 @@ def flow_summaries(flows: FlowSet) -> list[dict[str, Any]]:
             for flow in sorted(flows.flows.values(), key=lambda flow: flow.name)]
 
 
+def changed_files(old: dict[str, str], new: dict[str, str]) -> list[tuple[str, str]]:
+    """(file name, added, removed or changed) for each file that differs from `old` to `new`."""
+    return [(name, "added" if name not in old else "removed" if name not in new else "changed")
+            for name in sorted(old.keys() | new.keys()) if old.get(name) != new.get(name)]
+
+
 def unified_diffs(old: dict[str, str], new: dict[str, str], old_label: str,
                   new_label: str) -> str:
     """A unified diff per file from `old` to `new` (file name -> text), files added and removed

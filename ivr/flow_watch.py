@@ -20,9 +20,8 @@ import watchfiles
 from redis.exceptions import RedisError
 
 from ivr.admin.client import current_user
-from ivr.admin.flow_pages import changed_files
 from ivr.app import flow_checks
-from ivr.flow_versions import FlowsRefused, publish
+from ivr.flow_versions import FlowsRefused, changed_files, publish
 from ivr.flows.loader import FlowLoadError, read_flow_texts
 from ivr.redis.client import connect
 from ivr.redis.flow_store import FlowStore, QueuesChanged

@@ -23,6 +23,7 @@ from ivr.admin.pages import message_page, number, page, redirect, signed_in, tem
 from ivr.flow_versions import (
     FlowsRefused,
     PinnedVersionMissing,
+    changed_files,
     flow_summaries,
     rollback,
     unified_diffs,
@@ -66,12 +67,6 @@ def diff_lines(diff: str) -> list[DiffLine]:
     return lines
 
 
-def changed_files(old: dict[str, str], new: dict[str, str]) -> list[tuple[str, str]]:
-    """(file name, added, removed or changed) for each file that differs from `old` to `new`."""
-    return [(name, "added" if name not in old else "removed" if name not in new else "changed")
-            for name in sorted(old.keys() | new.keys()) if old.get(name) != new.get(name)]
-
-
 def services_of(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
@@ -80,8 +75,6 @@ def services_of(request: Request) -> Services:
 async def live_flows(services: Services, live: int) -> FlowSet:
     """The flows of the live version `live`: this process's, unless it has not switched to it
     yet (a publish a moment ago), then read from the store. Raises PinnedVersionMissing."""
-    if services.live_flows.current.version == live:
-        return services.live_flows.current
     return await services.live_flows.pinned(live)
 
 
