@@ -114,7 +114,9 @@ async def readyz(request: Request) -> Response:
     ready = reachable and flows > 0
     body = {"status": "ready" if ready else "degraded",
             "store": "ok" if reachable else "unreachable",
-            "flows": flows, "queues": len(store.queue_names())}
+            "flows": flows, "queues": len(store.queue_names()),
+            # Which process answered: a reload (SIGHUP) replaces them, `ivr serve` stays.
+            "pid": os.getpid()}
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
