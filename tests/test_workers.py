@@ -29,7 +29,7 @@ from tests.conftest import Served
 from tests.servers import ServerThread
 from tests.test_cli import alive, redis_pid
 from tests.test_observability import eventually, sample, samples
-from tests.twilio_client import FakeTwilio, call_params, sign
+from tests.twilio_client import FakeTwilio, call_params, redirect_path, sign
 
 RELOAD_TIMEOUT = 60.0  # a new worker starts in a second or two, many more on a loaded machine
 _fresh_callers = itertools.count(1)
@@ -243,6 +243,68 @@ def test_sigterm_answers_the_webhook_in_progress_then_stops_the_workers_then_red
     # Its call trace, written as the worker stopped, reached Redis before Redis stopped.
     aof = (server.cwd / "var" / "redis" / "appendonly.aof").read_bytes()
     assert params["CallSid"].encode() in aof
+
+
+PATIENT_NUMBER = "+15005550177"
+# The loyalty lookup given all the time the decision deadline allows, so that a test can hold
+# its answer for as long as a reload takes.
+PATIENT_FLOW = f"""\
+name: patient_lookup
+description: Look the caller up, however long the loyalty API takes within the deadline.
+trigger:
+  channels: [voice]
+  numbers: ["{PATIENT_NUMBER}"]
+fallback_queue: standard
+steps:
+  lookup:
+    kind: fetch
+    url: "{{{{ settings.loyalty_api_url }}}}/customers/{{{{ contact.number | urlencode }}}}"
+    timeout: 10
+    save:
+      tier: loyaltyStatus
+    next: by_tier
+    on_error: to_standard
+  by_tier:
+    kind: branch
+    value: vars.tier
+    cases:
+      - equals: gold
+        next: to_gold
+    else: to_standard
+  to_gold:
+    kind: route
+    queue: gold
+  to_standard:
+    kind: route
+    queue: standard
+"""
+
+
+def test_a_call_on_hold_across_a_reload_gets_the_decision_its_old_worker_made(
+    newcomer: tuple[Path, dict[str, str]], newcomer_serve: Callable[..., Served],
+    gated_loyalty: tuple[GatedLoyaltyApi, str],
+) -> None:
+    """The caller hears the hold prompt from the old worker, whose decision (a slow lookup)
+    ends after it was told to stop; Twilio's redirect reaches the new worker. The old worker
+    stopped without it, and the new one, finding no decision, sent the caller to the fallback
+    queue."""
+    api, url = gated_loyalty
+    cwd, _ = newcomer
+    (cwd / "flows" / "patient_lookup.yaml").write_text(PATIENT_FLOW)
+    server = newcomer_serve(IVR_LOYALTY_API_URL=url, IVR_HOLD_AFTER="0.2",
+                            IVR_DECISION_DEADLINE="12")
+    (old,) = workers_of(server)
+    twilio = FakeTwilio(server.url, token=local_token(server))
+    params = call_params("+15553000998", To=PATIENT_NUMBER)
+    held = twilio.post("/twilio/voice", params, follow=False)
+    redirect = redirect_path(held)
+    assert redirect is not None and api.asked.is_set(), held.text
+    server.process.send_signal(signal.SIGHUP)
+    eventually(lambda: logged(server, "Waiting for application shutdown", process=old),
+               timeout=RELOAD_TIMEOUT)
+    api.gate.set()
+    replaced(server, {old})
+    assert dials(twilio.post(redirect, params, follow=False), "gold")
 
 
 def test_sighup_rereads_env_and_a_reload_that_cannot_start_keeps_the_old_worker_serving(
