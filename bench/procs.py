@@ -172,6 +172,13 @@ def command_name(pid: int) -> str:
         return ""
 
 
+def command_line(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time of `pids` so far."""
     total = 0

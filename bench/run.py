@@ -43,6 +43,7 @@ from bodies import (
 from procs import (
     Processes,
     Started,
+    command_line,
     command_name,
     cpu_seconds,
     free_ports,
@@ -410,9 +411,10 @@ def _check_warm_up(result: Result) -> None:
 def profile_scenario(load: Load, slices: Path, opts: argparse.Namespace) -> str:
     """A scenario again (distinct: with fresh callers), with py-spy on one server worker."""
     ivr = load.stack.ivr
-    workers = [pid for pid in process_tree(ivr.pid)[1:]
-               if command_name(pid).startswith("python")]
-    pid = workers[0] if workers else ivr.pid  # one worker: uvicorn runs in `ivr serve` itself
+    # `ivr serve` runs its workers under uvicorn's supervisor, one worker too; beside them is
+    # multiprocessing's resource tracker, another python.
+    workers = [pid for pid in process_tree(ivr.pid)[1:] if b"spawn_main" in command_line(pid)]
+    pid = workers[0] if workers else ivr.pid
     raw = opts.profile.with_name(opts.profile.name + ".raw")
     spy = start_py_spy(load.procs, pid, opts.duration, raw)
     scenario = opts.profile_scenario

@@ -52,6 +52,8 @@ log = logging.getLogger("ivr.app")
 GC_YOUNG_THRESHOLD = 50_000
 # How long /readyz waits for Redis to answer PING: a probe must answer fast, even when Redis hangs.
 READY_PING_TIMEOUT = 0.5
+# How long a stopping process waits, beyond the decision deadline, for its writes to be made.
+DRAIN_MARGIN = 1.0
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -119,7 +121,9 @@ async def readyz(request: Request) -> Response:
     body = {"status": "ready" if ready else "degraded",
             "store": "ok" if reachable else "unreachable",
             "flows": len(flows.flows), "flow_version": flows.version,
-            "queues": len(store.queue_names())}
+            "queues": len(store.queue_names()),
+            # Which process answered: a reload (SIGHUP) replaces them, `ivr serve` stays.
+            "pid": os.getpid()}
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
@@ -241,6 +245,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         gc.set_threshold(GC_YOUNG_THRESHOLD, *thresholds[1:])
         stack.callback(gc.set_threshold, *thresholds)
         yield
+        # Before the stores close: a held call's decision is owed to its redirect.
+        await app.state.services.drain(settings.decision_deadline + DRAIN_MARGIN)
 
 
 def _http_client(settings: Settings) -> AiohttpClient:

@@ -13,11 +13,9 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -28,7 +26,6 @@ from urllib.parse import urlsplit
 from xml.dom import minidom
 
 import httpx
-import uvicorn
 import yaml
 from twilio.request_validator import RequestValidator
 
@@ -50,14 +47,14 @@ from ivr.channels.voice import DEFAULT_FINISH_ON_KEY, keyed_answer
 from ivr.flow_watch import watch_flows
 from ivr.flows_cli import add_commands as add_flow_commands
 from ivr.local_tokens import read_local_token
-from ivr.logs import configure_logging, uvicorn_log_config
-from ivr.metrics import MULTIPROCESS_ENV
+from ivr.logs import configure_logging
 from ivr.passwords import hash_password
 from ivr.redis.client import describe_redis
 from ivr.redis.embedded import EmbeddedRedis
 from ivr.settings import InvalidSettings, Settings, load_settings
 from ivr.simulator import DEFAULT_TO_NUMBER, TEST_ACCOUNT_SID
 from ivr.twilio_security import resolve_auth_token
+from ivr.workers import serve_workers
 
 log = logging.getLogger("ivr.cli")
 
@@ -485,8 +482,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     resolve_auth_token(settings)
     resolve_admin_token(settings)
     embedded = None
-    # uvicorn re-raises SIGTERM once it has shut down; exit through `finally` to stop Redis.
+    # Until uvicorn's supervisor takes the signals over: SIGTERM exits through `finally`, which
+    # stops Redis; a reload asked for now has nothing to do, the workers are yet to be started
+    # from what is on disk (by default, SIGHUP would end `ivr serve` without a word).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGHUP, lambda *_: log.info("SIGHUP while starting: the workers "
+                                                     "will start from the files on disk"))
     try:
         if settings.redis_url is None:
             # Started here, once, so that every worker shares it; stopped when serve exits.
@@ -509,32 +510,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if settings.is_local_trial:
         print(f"ivr: admin page {base}/admin: sign in with the local admin token in "
               f"{settings.local_admin_token_path}", file=sys.stderr)
-    metrics_dir = None
-    if args.workers > 1:
-        # Each worker writes its metrics to files here and /metrics sums them all. Workers are
-        # new processes that import prometheus_client with this environment; a fresh directory
-        # per run, so no count from an earlier run is ever added in.
-        metrics_dir = tempfile.mkdtemp(prefix="ivr-metrics-")
-        os.environ[MULTIPROCESS_ENV] = metrics_dir
     supervisor = _supervise(embedded) if embedded is not None else None
     watcher = watch_flows(settings) if args.watch_flows else None
     try:
-        uvicorn.run(
-            "ivr.app:create_app",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            log_level=settings.log_level.lower(),
-            log_config=uvicorn_log_config(settings.log_level, settings.log_format),
-            access_log=False,
-            server_header=False,
-        )
+        serve_workers(args.host, args.port, args.workers, settings)
     finally:
         if watcher is not None:
             watcher.set()
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
         if supervisor is not None:
             supervisor.set()  # before the stop, which it must not take for a crash
         if embedded is not None:

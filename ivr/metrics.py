@@ -1,8 +1,9 @@
 """Prometheus metrics of the hot path. Every metric is defined here, once, by name.
 
-Under `ivr serve --workers N` every worker records into files under PROMETHEUS_MULTIPROC_DIR
-(set by `ivr serve` before the workers start: prometheus_client reads it when it is imported), and
-`exposition()` sums them, so any worker answers /metrics for all of them.
+Under `ivr serve` every worker records into files under PROMETHEUS_MULTIPROC_DIR (set by `ivr serve`
+before the workers start: prometheus_client reads it when it is imported), and `exposition()` sums
+them, so any worker answers /metrics for all of them, the workers a reload replaced included. A
+gauge is a `live` one: a worker that stopped takes its value with it (`process_exited`).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ FETCH_CACHE = Counter(
     "coalesced (joined a request already in flight)", ["upstream", "result"])
 BREAKER_STATE = Gauge(
     "ivr_breaker_state", "Circuit breaker per upstream: 0 closed, 1 half-open, 2 open",
-    ["upstream"], multiprocess_mode="max")
+    ["upstream"], multiprocess_mode="livemax")
 STORE_UP = Gauge(
     "ivr_store_up", "1 while this process reaches Redis (queue updates live), 0 during an outage",
     multiprocess_mode="livemin")

@@ -68,6 +68,21 @@ class Services:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def drain(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for what this process still owes once it has answered
+        its last webhook: the decisions of calls on hold (whose redirect may reach another
+        process, as the process stops) and the writes after answers, the decisions' included."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while pending := [task for task in (*self.held.values(), *self._background)
+                          if not task.done()]:
+            left = deadline - loop.time()
+            if left <= 0:
+                log.warning("stopping with %d decisions or writes unfinished after %g s",
+                            len(pending), timeout)
+                return
+            await asyncio.wait(pending, timeout=left)
+
 
 async def best_effort(operation: Awaitable[T], default: T, what: str) -> T:
     """Session and contact state make a call better, never possible: without Redis, a call is

@@ -119,9 +119,10 @@ class Served:
         self.cwd, self.env = cwd, env
         self.log = cwd / f"serve-{self.port}.log"
         with self.log.open("w") as log:
+            # A process group of its own, as at a terminal: a test can press Ctrl-C.
             self.process = subprocess.Popen(
                 [*IVR, "serve", "--port", str(self.port), *args], cwd=cwd, env=env,
-                stdout=log, stderr=subprocess.STDOUT)
+                stdout=log, stderr=subprocess.STDOUT, process_group=0)
         deadline = time.monotonic() + 30
         while True:
             try:

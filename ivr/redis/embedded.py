@@ -128,6 +128,9 @@ class EmbeddedRedis:
             # Safe from the supervising thread too: the child calls a function looked up
             # beforehand, and glibc's malloc is safe after fork.
             preexec_fn=_die_with_parent,  # noqa: PLW1509
+            # A process group of its own: Ctrl-C at a terminal reaches `ivr serve` and its
+            # workers, which drain, and not Redis, which `ivr serve` stops last.
+            process_group=0,
         )
         self._wait_ready()
         log.info("embedded Redis (pid %s) on %s, data in %s", self.pid, self.socket_path,
