@@ -160,6 +160,19 @@ def _seed_queues(redis_url: str) -> None:
     run(redis_url, lambda flows, queues: queues.seed_queues(config))
 
 
+def count_file_reads(flows: FlowStore) -> list[int]:
+    """The versions whose files `flows` reads from now on, in order, as a list that grows."""
+    read: list[int] = []
+    files = flows.files
+
+    async def counted(version: int) -> dict[str, str] | None:
+        read.append(version)
+        return await files(version)
+
+    flows.files = counted  # type: ignore[method-assign]
+    return read
+
+
 def test_webhooks_pinned_to_a_version_not_at_hand_wait_for_one_load_of_it(
     redis_url: str, menu_only: Path
 ) -> None:
@@ -168,14 +181,7 @@ def test_webhooks_pinned_to_a_version_not_at_hand_wait_for_one_load_of_it(
     publish_files(redis_url, {"menu.yaml": RENAMED_MENU_FLOW})
 
     async def go(flows: FlowStore, queues: QueueStore) -> None:
-        read: list[int] = []
-        files = flows.files
-
-        async def counted(version: int) -> dict[str, str] | None:
-            read.append(version)
-            return await files(version)
-
-        flows.files = counted  # type: ignore[method-assign]
+        read = count_file_reads(flows)
         live = LiveFlows(flows, CHECKS, FlowSet(version=2))
         loaded = await asyncio.gather(*(live.pinned(1) for _ in range(20)))
         assert read == [1] and all(each is loaded[0] for each in loaded)
@@ -194,14 +200,7 @@ def test_a_live_version_this_process_cannot_load_is_not_read_again_at_every_rech
         {"menu.yaml": MENU_FLOW, "crm.yaml": CRM_FLOW}, "dan", ""))
 
     async def go(flows: FlowStore, queues: QueueStore) -> None:
-        read: list[int] = []
-        files = flows.files
-
-        async def counted(version: int) -> dict[str, str] | None:
-            read.append(version)
-            return await files(version)
-
-        flows.files = counted  # type: ignore[method-assign]
+        read = count_file_reads(flows)
         live = LiveFlows(flows, CHECKS, FlowSet(version=1))
         for _ in range(3):
             await live.resync()

@@ -18,7 +18,7 @@ import asyncio
 import hashlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -50,7 +50,7 @@ from ivr.admin.changes import (
 )
 from ivr.admin.outage import StoreUnavailable
 from ivr.calltrace import describe_answer, is_sid
-from ivr.flow_routes import LiveRoutes, RoutesUnknown, flows_in_words
+from ivr.flow_routes import LiveRoutes, RoutesUnknown, flows_in_words, queue_routes
 from ivr.passwords import verify_password
 from ivr.queues import Queue
 from ivr.redis.queue_store import (
@@ -453,10 +453,11 @@ async def _queue_users(request: Request) -> dict[str, str]:
     """Queue name -> the flows that route to it: the live version's, as Redis has it (this
     process may serve another for a moment); this process's flows if those cannot be known."""
     services = request.app.state.services
+    routes: Mapping[str, Collection[str]]
     try:
         _, routes = await LiveRoutes(services.flow_store).routes()
     except RoutesUnknown:
-        return services.flows.queue_users()
+        routes = queue_routes(services.flows)
     return {queue: flows_in_words(names) for queue, names in routes.items()}
 
 

@@ -72,16 +72,6 @@ class FlowSet:
     def select(self, channel: Channel, to_number: str) -> Flow | None:
         return self.by_number.get((channel, to_number)) or self.defaults.get(channel)
 
-    def queue_users(self) -> dict[str, str]:
-        """Queue name -> the flows that may route to it, in words: `flow loyalty_routing`,
-        `flows new_vs_returning, vip_by_email`."""
-        users: dict[str, list[str]] = {}
-        for flow in self.flows.values():
-            for queue in sorted(flow.routed_queues()):
-                users.setdefault(queue, []).append(flow.name)
-        return {queue: ("flows " if len(names) > 1 else "flow ") + ", ".join(sorted(names))
-                for queue, names in users.items()}
-
 
 @dataclass(frozen=True)
 class FlowFile:
