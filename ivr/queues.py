@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -128,19 +129,24 @@ class QueueConfig(BaseModel):
         return self
 
 
-def check_overflow(queues: dict[str, Queue]) -> None:
+def check_overflow(queues: Mapping[str, Queue]) -> None:
     """Raise ValueError when an `overflow` names no queue or overflows lead back to the start."""
-    for name, queue in queues.items():
-        seen = [name]
-        current = queue
-        while current.overflow is not None:
-            if current.overflow not in queues:
-                raise ValueError(f"queue {seen[-1]!r}: overflow {current.overflow!r} is not a queue")
-            if current.overflow in seen:
-                cycle = " -> ".join([*seen, current.overflow])
-                raise ValueError(f"queue {name!r}: overflow cycle {cycle}")
-            seen.append(current.overflow)
-            current = queues[current.overflow]
+    for name in queues:
+        check_overflow_from(name, queues)
+
+
+def check_overflow_from(name: str, queues: Mapping[str, Queue]) -> None:
+    """Raise ValueError when the overflows from queue `name` reach no queue, or come back."""
+    seen = [name]
+    current = queues[name]
+    while current.overflow is not None:
+        if current.overflow not in queues:
+            raise ValueError(f"queue {seen[-1]!r}: overflow {current.overflow!r} is not a queue")
+        if current.overflow in seen:
+            cycle = " -> ".join([*seen, current.overflow])
+            raise ValueError(f"queue {name!r}: overflow cycle {cycle}")
+        seen.append(current.overflow)
+        current = queues[current.overflow]
 
 
 class QueueConfigError(Exception):
