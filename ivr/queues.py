@@ -107,6 +107,20 @@ class Queue(BaseModel):
     display_name: str | None = Field(default=None, max_length=100)
 
 
+MAX_SEARCH_CHARS = 200  # of a search of the queues (the admin API's and page's)
+
+
+def queue_matches(name: str, queue: Queue, search: str) -> bool:
+    """Whether `search` (any case) is in the queue's name, display name, a SIP URI or its
+    messaging address; an empty search finds every queue."""
+    if not search:
+        return True
+    text = search.casefold()
+    return any(text in value.casefold() for value in (
+        name, queue.display_name or "", queue.sip_uri, *queue.fallback_sip_uris,
+        queue.message_to or ""))
+
+
 def changed_fields(before: Queue | None, after: Queue | None) -> list[str]:
     """The fields whose value differs from `before` to `after`, in the model's order. A queue
     that does not exist (None) has every field at its default, and no SIP URI."""

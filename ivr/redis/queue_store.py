@@ -31,7 +31,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from ivr.metrics import STORE_UP
-from ivr.queues import Queue, QueueConfig, changed_fields, check_overflow_from
+from ivr.queues import Queue, QueueConfig, changed_fields, check_overflow_from, queue_matches
 
 # The logger keeps the name it had before the move into ivr/redis/: operators filter on it.
 log = logging.getLogger("ivr.store")
@@ -467,10 +467,22 @@ class QueueStore:
     # --- admin reads ------------------------------------------------------------------------
 
     async def records(self) -> list[QueueRecord]:
-        records, corrupt, _ = await self._read_records()
-        for name, exc in sorted(corrupt.items()):  # left out; a PUT replaces it
-            log.error("queue %r in the store is invalid: %s", name, exc)
-        return [records[name] for name in sorted(records)]
+        """Every queue's record, by name."""
+        return (await self.records_page())[0]
+
+    async def records_page(self, search: str = "", offset: int = 0,
+                           limit: int | None = None) -> tuple[list[QueueRecord], int]:
+        """The records of the queues that `search` finds (ivr.queues.queue_matches), by name,
+        from `offset` on (at most `limit`), and how many it finds in all. Found in this
+        process's queues at the live version; only the page's records are read and parsed."""
+        queues, _ = await self._cached_at_live_version()
+        names = sorted(name for name, queue in queues.items()
+                       if queue_matches(name, queue, search))
+        page = names[offset:] if limit is None else names[offset:offset + limit]
+        raw = await self.redis.hmget(QUEUES_KEY, page) if page else []
+        records = [record for name, value in zip(page, raw, strict=True)
+                   if value is not None and (record := self._parse(name, value)) is not None]
+        return records, len(names)
 
     async def record(self, name: str) -> QueueRecord | None:
         raw = await self.redis.hget(QUEUES_KEY, name)
