@@ -146,7 +146,10 @@ def _add_queue_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     queues = commands.add_parser(
         "queues", help="see and change the live queues through a running server's admin API")
     actions = queues.add_subparsers(dest="queue_command", required=True)
-    actions.add_parser("list", help="every queue and where it sends calls")
+    actions.add_parser("list", help="every queue and where it sends calls").add_argument(
+        "--search", default="", metavar="TEXT",
+        help="only the queues with TEXT (any case) in their name, display name, a SIP URI or "
+             "messaging address")
     actions.add_parser("show", help="one queue").add_argument("name")
     set_ = actions.add_parser(
         "set", help="change some of a queue's fields, keeping the others (--create: a new queue)",
@@ -217,7 +220,9 @@ def _queue_command(client: AdminClient, args: argparse.Namespace) -> str:
     command = args.queue_command
     if command == "list":
         rows = [[q["name"], q["sip_uri"], str(q["version"]), q["updated_by"], q["updated_at"]]
-                for q in client.queues()]
+                for q in client.queues(args.search)]
+        if not rows and args.search:
+            return f"no queue matches {args.search!r}"
         return table(rows, ["QUEUE", "SIP URI", "VERSION", "UPDATED BY", "UPDATED AT"])
     if command == "show":
         return yaml.safe_dump(client.queue(args.name), sort_keys=False).rstrip()

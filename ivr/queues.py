@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -106,6 +107,20 @@ class Queue(BaseModel):
     display_name: str | None = Field(default=None, max_length=100)
 
 
+MAX_SEARCH_CHARS = 200  # of a search of the queues (the admin API's and page's)
+
+
+def queue_matches(name: str, queue: Queue, search: str) -> bool:
+    """Whether `search` (any case) is in the queue's name, display name, a SIP URI or its
+    messaging address; an empty search finds every queue."""
+    if not search:
+        return True
+    text = search.casefold()
+    return any(text in value.casefold() for value in (
+        name, queue.display_name or "", queue.sip_uri, *queue.fallback_sip_uris,
+        queue.message_to or ""))
+
+
 def changed_fields(before: Queue | None, after: Queue | None) -> list[str]:
     """The fields whose value differs from `before` to `after`, in the model's order. A queue
     that does not exist (None) has every field at its default, and no SIP URI."""
@@ -128,19 +143,24 @@ class QueueConfig(BaseModel):
         return self
 
 
-def check_overflow(queues: dict[str, Queue]) -> None:
+def check_overflow(queues: Mapping[str, Queue]) -> None:
     """Raise ValueError when an `overflow` names no queue or overflows lead back to the start."""
-    for name, queue in queues.items():
-        seen = [name]
-        current = queue
-        while current.overflow is not None:
-            if current.overflow not in queues:
-                raise ValueError(f"queue {seen[-1]!r}: overflow {current.overflow!r} is not a queue")
-            if current.overflow in seen:
-                cycle = " -> ".join([*seen, current.overflow])
-                raise ValueError(f"queue {name!r}: overflow cycle {cycle}")
-            seen.append(current.overflow)
-            current = queues[current.overflow]
+    for name in queues:
+        check_overflow_from(name, queues)
+
+
+def check_overflow_from(name: str, queues: Mapping[str, Queue]) -> None:
+    """Raise ValueError when the overflows from queue `name` reach no queue, or come back."""
+    seen = [name]
+    current = queues[name]
+    while current.overflow is not None:
+        if current.overflow not in queues:
+            raise ValueError(f"queue {seen[-1]!r}: overflow {current.overflow!r} is not a queue")
+        if current.overflow in seen:
+            cycle = " -> ".join([*seen, current.overflow])
+            raise ValueError(f"queue {name!r}: overflow cycle {cycle}")
+        seen.append(current.overflow)
+        current = queues[current.overflow]
 
 
 class QueueConfigError(Exception):

@@ -394,6 +394,15 @@ def test_queues_cli_lists_sets_shows_history_and_rolls_back(admin_server: Served
     assert "<Sip>sip:gold@queues.example.com</Sip>" in admin_server.call(L.GOLD).stdout
 
 
+def test_queues_cli_lists_the_queues_a_search_finds(admin_server: Served) -> None:
+    found = queues_cli(admin_server, "list", "--search", "PLATINUM@")
+    assert found.returncode == 0, found.stderr
+    assert [line.split()[:2] for line in found.stdout.splitlines()[1:]] == [
+        ["platinum", "sip:platinum@queues.example.com"]]
+    none = queues_cli(admin_server, "list", "--search", "no such queue")
+    assert (none.returncode, none.stdout.strip()) == (0, "no queue matches 'no such queue'")
+
+
 def test_queues_cli_set_creates_a_queue_only_when_told(admin_server: Served) -> None:
     """A mistyped name at 3 a.m. made a new queue and left the real one unchanged."""
     typo = queues_cli(admin_server, "set", "golld", "sip:gold@pbx2.example.com")

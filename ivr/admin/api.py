@@ -30,7 +30,7 @@ from ivr.flow_versions import FlowsRefused, PinnedVersionMissing, flow_summaries
 from ivr.flow_versions import publish as publish_flows
 from ivr.flow_versions import rollback as roll_back_flows
 from ivr.logs import mask_number
-from ivr.queues import changed_fields
+from ivr.queues import MAX_SEARCH_CHARS, changed_fields
 from ivr.redis.flow_store import FlowVersion, Published, QueuesChanged, StaleLive
 from ivr.redis.queue_store import (
     MUST_EXIST,
@@ -58,6 +58,7 @@ MAX_FLOWS_BODY_BYTES = 8 * 1024 * 1024
 MAX_MESSAGE_CHARS = 500
 PUBLISH_FIELDS = ("files", "message")
 MAX_AUDIT_PAGE = 1000
+MAX_QUEUES_PAGE = 1000
 MAX_CALLS_PAGE = 1000
 MAX_OFFSET = 10**9
 PURGE_FIELDS = ("flow", "step", "caller")
@@ -218,8 +219,23 @@ class BodyTooLarge(Exception):
 
 @admin_only
 async def list_queues(request: Request) -> Response:
-    records = await store_of(request).records()
-    return JSONResponse({"queues": [record.as_dict() for record in records]})
+    """The queues by name: those `q` finds, from `offset` on, `limit` of them (every one
+    without a limit, as before paging), and how many `q` finds in all (`total`)."""
+    query = request.query_params
+    search = query.get("q", "").strip()
+    try:
+        offset = int(query.get("offset", 0))
+        limit = int(query["limit"]) if "limit" in query else None
+    except ValueError:
+        raise field_errors("offset and limit must be integers", "limit") from None
+    if not 0 <= offset <= MAX_OFFSET or not (limit is None or 1 <= limit <= MAX_QUEUES_PAGE):
+        raise field_errors(f"offset must be 0 to {MAX_OFFSET} and limit 1 to {MAX_QUEUES_PAGE}",
+                           "limit")
+    if len(search) > MAX_SEARCH_CHARS:
+        raise field_errors(f"q must be at most {MAX_SEARCH_CHARS} characters", "q")
+    records, total = await store_of(request).records_page(search, offset, limit)
+    return JSONResponse({"queues": [record.as_dict() for record in records], "total": total,
+                         "offset": offset, "limit": limit})
 
 
 @admin_only

@@ -70,8 +70,10 @@ class AdminClient:
                          problems, [_flow_problem(problem) for problem in errors
                                     if "file" in problem])
 
-    def queues(self) -> list[dict[str, Any]]:
-        return self._request("GET", "/queues").json()["queues"]
+    def queues(self, search: str = "") -> list[dict[str, Any]]:
+        """Every queue, or those `search` finds (in a name, display name, URI or address)."""
+        params = {"q": search} if search else None
+        return self._request("GET", "/queues", params=params).json()["queues"]
 
     def queue(self, name: str) -> dict[str, Any]:
         record = self.find_queue(name)

@@ -76,9 +76,21 @@ def openapi_document() -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": {
             "/queues": {"get": {
-                "summary": "Every queue", "operationId": "listQueues",
-                "responses": {"200": _json("#/components/schemas/QueueList", "All queues"),
-                              "401": unauthorized}}},
+                "summary": "The queues by name, a page at a time, or those a search finds",
+                "description": "Without limit, every queue (from offset on) in one answer, as "
+                               "before paging. q finds the queues whose name, display name, "
+                               "a SIP URI or messaging address contains it, in any case; "
+                               "total counts them all.",
+                "operationId": "listQueues",
+                "parameters": [
+                    {"name": "q", "in": "query", "schema": {"type": "string", "maxLength": 200}},
+                    {"name": "offset", "in": "query",
+                     "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                    {"name": "limit", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+                "responses": {"200": _json("#/components/schemas/QueueList", "The queues"),
+                              "401": unauthorized,
+                              "422": _error("q, offset or limit is out of range")}}},
             "/queues/{name}": {
                 "parameters": [name_param],
                 "get": {"summary": "One queue", "operationId": "getQueue",
@@ -230,8 +242,12 @@ def openapi_document() -> dict[str, Any]:
                 "QueueWritten": with_changed("QueueWritten", "The fields the write changed"),
                 "QueueVersion": with_changed("QueueVersion", "The fields this version "
                                              "changed from the one before it"),
-                "QueueList": {"type": "object", "properties": {"queues": {
-                    "type": "array", "items": {"$ref": "#/components/schemas/QueueRecord"}}}},
+                "QueueList": {"type": "object", "properties": {
+                    "queues": {"type": "array",
+                               "items": {"$ref": "#/components/schemas/QueueRecord"}},
+                    "total": {"type": "integer", "description": "How many the search finds"},
+                    "offset": {"type": "integer"},
+                    "limit": {"type": ["integer", "null"]}}},
                 "History": {"type": "object", "properties": {
                     "name": {"type": "string"},
                     "versions": {"type": "array",

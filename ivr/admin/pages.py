@@ -52,7 +52,7 @@ from ivr.admin.outage import StoreUnavailable
 from ivr.calltrace import describe_answer, is_sid
 from ivr.flow_routes import LiveRoutes, RoutesUnknown, flows_in_words, queue_routes
 from ivr.passwords import verify_password
-from ivr.queues import Queue
+from ivr.queues import MAX_SEARCH_CHARS, Queue
 from ivr.redis.queue_store import (
     MUST_NOT_EXIST,
     NEVER_MATCHES,
@@ -75,6 +75,7 @@ SESSION_ENDED = ("Your session has ended: it expired, or the operator changed th
 MAX_FORM_BYTES = 16 * 1024
 MAX_FORM_FIELDS = 20
 AUDIT_PAGE_SIZE = 50
+QUEUES_PAGE_SIZE = 50
 CALLS_PAGE_SIZE = 100
 MAX_NUMBER_DIGITS = 12  # of a number in a form or query: more is nonsense, not a version
 PASSWORD_CHECKS_AT_ONCE = 2  # PBKDF2 runs per process; more sign-ins wait their turn
@@ -443,10 +444,27 @@ async def logout(request: Request, session: AdminSession) -> Response:
 
 @signed_in
 async def queue_list(request: Request, session: AdminSession) -> Response:
-    records = await store_of(request).records()
-    return page(request, "queues.html", session, records=records,
-                used_by=await _queue_users(request),
-                notice=_notice(request))
+    """The queues by name, a page at a time, or those the search box finds."""
+    search = request.query_params.get("q", "").strip()[:MAX_SEARCH_CHARS]
+    # Any offset shows a page: not a number is the first page, past the end the last one.
+    offset = number(request.query_params.get("offset")) or 0
+    store = store_of(request)
+    records, total = await store.records_page(search, offset, QUEUES_PAGE_SIZE)
+    if offset and offset >= total:
+        offset = max(0, (total - 1) // QUEUES_PAGE_SIZE * QUEUES_PAGE_SIZE)
+        records, total = await store.records_page(search, offset, QUEUES_PAGE_SIZE)
+    previous_page = (_queue_list_path(request, search, max(offset - QUEUES_PAGE_SIZE, 0))
+                     if offset > 0 else None)
+    next_page = (_queue_list_path(request, search, offset + QUEUES_PAGE_SIZE)
+                 if offset + QUEUES_PAGE_SIZE < total else None)
+    return page(request, "queues.html", session, records=records, total=total, offset=offset,
+                search=search, previous_page=previous_page, next_page=next_page,
+                used_by=await _queue_users(request), notice=_notice(request))
+
+
+def _queue_list_path(request: Request, search: str, offset: int) -> str:
+    query = {key: value for key, value in (("q", search), ("offset", offset)) if value}
+    return _path_for(request, "admin_index", query or None)
 
 
 async def _queue_users(request: Request) -> dict[str, str]:

@@ -10,7 +10,8 @@ Keys (one hash tag, so every script's keys live in one Redis Cluster slot):
   {ivr}:queue:<name>:counter   the queue's last version number (kept across deletes)
   {ivr}:audit                  list, newest first: JSON entries of every admin change
 Channel:
-  {ivr}:queues:changed         published with the new config version after every change
+  {ivr}:queues:changed         `<config version> <queue name>` after every change to that queue
+                               (a bare version, as older releases publish: reload every queue)
 """
 
 from __future__ import annotations
@@ -20,15 +21,17 @@ import contextlib
 import json
 import logging
 import random
+from collections import ChainMap
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from ivr.metrics import STORE_UP
-from ivr.queues import Queue, QueueConfig, changed_fields, check_overflow
+from ivr.queues import Queue, QueueConfig, changed_fields, check_overflow_from, queue_matches
 
 # The logger keeps the name it had before the move into ivr/redis/: operators filter on it.
 log = logging.getLogger("ivr.store")
@@ -84,8 +87,9 @@ return 1
 # ARGV: name, record JSON without version ('' to delete), expected queue version ('' = any,
 #       '*' = must exist), expected config version ('' = any), audit entry JSON, channel; for a
 #       delete, the value at KEYS[6] that the queue's users were read at.
-# Returns {status, version, the record replaced or ''}: ok, unchanged (nothing written), stale
-# (If-Match failed), retry (config or the queues' users changed), missing.
+# Returns {status, version, the record replaced or '', and for ok the new config version}: ok,
+# unchanged (nothing written), stale (If-Match failed), retry (config or the queues' users
+# changed), missing.
 _WRITE_SCRIPT = "local META = {" + ", ".join(f"'{key}'" for key in RECORD_META) + "}\n" + """
 local function same(a, b)
   if type(a) ~= 'table' or type(b) ~= 'table' then return a == b end
@@ -135,8 +139,8 @@ end
 redis.call('LPUSH', KEYS[4],
   '{"version":' .. version .. ',"old":' .. old .. ',"new":' .. new .. ',' .. string.sub(ARGV[5], 2))
 local config_version = redis.call('INCR', KEYS[5])
-redis.call('PUBLISH', ARGV[6], config_version)
-return {'ok', version, current or ''}
+redis.call('PUBLISH', ARGV[6], config_version .. ' ' .. ARGV[1])
+return {'ok', version, current or '', config_version}
 """
 
 
@@ -360,7 +364,7 @@ class QueueStore:
         records, corrupt, version = await self._read_records()
         queues = {name: record.queue for name, record in records.items()}
         for name, exc in sorted(corrupt.items()):
-            log.error("queue %r in the store is invalid and is ignored: %s", name, exc)
+            _log_ignored(name, exc)
             if name in self._queues:
                 queues[name] = self._queues[name]
         self._queues = queues
@@ -405,8 +409,8 @@ class QueueStore:
                             await self._recheck()
                         elif message["channel"] != CHANGED_CHANNEL:
                             await self._followers[message["channel"]].changed(message["data"])
-                        elif message["data"] != self._config_version:
-                            await self.refresh()
+                        else:
+                            await self._queue_changed(message["data"])
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
@@ -420,6 +424,34 @@ class QueueStore:
             self._set_following(False)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
+
+    async def _queue_changed(self, message: str) -> None:
+        """Apply a change message (`<config version> <queue name>`): read that one queue when
+        this process holds the configuration as it was just before the change; reload every
+        queue after a gap (a lost message) or for a bare version (an older release's message)."""
+        version, _, name = message.partition(" ")
+        held, new = _config_number(self._config_version), _config_number(version)
+        if held is not None and new is not None and new <= held:
+            return  # known already: this process's own write, or a reload that read it
+        if not name or held is None or new != held + 1:
+            await self.refresh()
+            return
+        raw = await self.redis.hget(QUEUES_KEY, name)
+        if self._config_version != str(held):
+            return  # a reload (a write's, in this process) read a newer configuration meanwhile
+        self._take(name, raw)
+        self._config_version = version
+
+    def _take(self, name: str, raw: str | None) -> None:
+        """Cache queue `name` as Redis holds it (None: deleted); a corrupt record keeps the last
+        good configuration."""
+        if raw is None:
+            self._queues.pop(name, None)
+            return
+        try:
+            self._queues[name] = QueueRecord.from_json(name, raw).queue
+        except ValueError as exc:
+            _log_ignored(name, exc)
 
     async def _recheck(self) -> None:
         """Reload what changed while no message said so (one was lost)."""
@@ -435,10 +467,22 @@ class QueueStore:
     # --- admin reads ------------------------------------------------------------------------
 
     async def records(self) -> list[QueueRecord]:
-        records, corrupt, _ = await self._read_records()
-        for name, exc in sorted(corrupt.items()):  # left out; a PUT replaces it
-            log.error("queue %r in the store is invalid: %s", name, exc)
-        return [records[name] for name in sorted(records)]
+        """Every queue's record, by name."""
+        return (await self.records_page())[0]
+
+    async def records_page(self, search: str = "", offset: int = 0,
+                           limit: int | None = None) -> tuple[list[QueueRecord], int]:
+        """The records of the queues that `search` finds (ivr.queues.queue_matches), by name,
+        from `offset` on (at most `limit`), and how many it finds in all. Found in this
+        process's queues at the live version; only the page's records are read and parsed."""
+        queues, _ = await self._cached_at_live_version()
+        names = sorted(name for name, queue in queues.items()
+                       if queue_matches(name, queue, search))
+        page = names[offset:] if limit is None else names[offset:offset + limit]
+        raw = await self.redis.hmget(QUEUES_KEY, page) if page else []
+        records = [record for name, value in zip(page, raw, strict=True)
+                   if value is not None and (record := self._parse(name, value)) is not None]
+        return records, len(names)
 
     async def record(self, name: str) -> QueueRecord | None:
         raw = await self.redis.hget(QUEUES_KEY, name)
@@ -485,8 +529,10 @@ class QueueStore:
         chain.
         """
         for attempt in range(MAX_WRITE_ATTEMPTS):
-            queues, config_version = await self._snapshot()
-            check_change({**queues, name: queue})
+            queues, config_version = await self._cached_at_live_version()
+            if queue.overflow is not None:
+                # Only the changed queue's chain can break: any new cycle passes through it.
+                check_change(name, ChainMap({name: queue}, queues))
             at = _now()
             entry = {"at": at, "who": who,
                      "action": action or ("create" if name not in queues else "update"),
@@ -494,14 +540,14 @@ class QueueStore:
             # Only an overflow can be broken by concurrent changes to other queues; other writes
             # need not wait for the rest of the configuration to hold still.
             guard = config_version if queue.overflow is not None else ""
-            status, version, replaced = await self._run_write(
+            status, version, replaced, config_now = await self._run_write(
                 name, _record_json(queue, who, at), if_match, guard, entry)
             # The record the script replaced, or found with these values already.
             previous = self._parse(name, replaced) if replaced else None
             if status == "unchanged" and previous is not None:
                 return Written(previous, previous.queue)
             if status == "ok":
-                self._queues[name] = queue  # this process sees its own change at once
+                self._saw_own_write(name, queue, config_now)
                 return Written(QueueRecord(name, queue, version, at, who),
                                previous.queue if previous is not None else None)
             await _back_off(attempt)
@@ -512,7 +558,7 @@ class QueueStore:
         """Delete queue `name`, unless `routed_by` routes to it or another queue overflows to
         it (QueueInUse), both as they are in Redis when it is deleted."""
         for attempt in range(MAX_WRITE_ATTEMPTS):
-            queues, config_version = await self._snapshot()
+            queues, config_version = await self._cached_at_live_version()
             if name not in queues:
                 raise QueueNotFound(name)
             users_at, users = await routed_by.users()
@@ -522,10 +568,10 @@ class QueueStore:
             if overflowing:
                 raise QueueInUse(f"queue {name!r} is the overflow of {', '.join(overflowing)}")
             entry = {"at": _now(), "who": who, "action": "delete", "queue": name}
-            status, _, _ = await self._run_write(name, "", if_match, config_version, entry,
-                                                 guard=(routed_by.key, users_at))
+            status, _, _, config_now = await self._run_write(
+                name, "", if_match, config_version, entry, guard=(routed_by.key, users_at))
             if status == "ok":
-                self._queues.pop(name, None)
+                self._saw_own_write(name, None, config_now)
                 return
             await _back_off(attempt)
         raise Busy("the queue configuration is changing too fast to write; try again")
@@ -540,6 +586,28 @@ class QueueStore:
         return await self.put(name, old.queue, who, if_match, action="rollback",
                               extra={"rolled_back_to": version})
 
+    async def _cached_at_live_version(self) -> tuple[dict[str, Queue], str]:
+        """The queues and the config version they are at, from this process's cache when it
+        holds the live version (one GET; the listener keeps it so), else read whole again. A
+        write guarded on that version is refused by the script if anything changed since."""
+        live = await self.redis.get(CONFIG_VERSION_KEY)
+        if not self._loaded or live != self._config_version:
+            await self.refresh()
+        return self._queues, self._config_version or "0"
+
+    def _saw_own_write(self, name: str, queue: Queue | None, config_version: int) -> None:
+        """This process sees its own change at once (None: the queue was deleted). A cache at
+        the version just before it is then at this one, and its own message is known already."""
+        held = _config_number(self._config_version)
+        if held is not None and held >= config_version:
+            return  # a reload read this change, or a newer one, already
+        if queue is None:
+            self._queues.pop(name, None)
+        else:
+            self._queues[name] = queue
+        if held == config_version - 1:
+            self._config_version = str(config_version)
+
     async def _snapshot(self) -> tuple[dict[str, Queue], str]:
         # A corrupt record is left out: a write may replace it.
         records, _, version = await self._read_records()
@@ -547,30 +615,41 @@ class QueueStore:
 
     async def _run_write(self, name: str, record_json: str, if_match: str | None,
                          config_version: str, entry: dict[str, Any],
-                         guard: tuple[str, str] | None = None) -> tuple[str, int, str]:
-        """The write script's status, the version now current, and the record it replaced
-        (or found unchanged; '' for none). `guard`: a key and the value it must still have."""
+                         guard: tuple[str, str] | None = None) -> tuple[str, int, str, int]:
+        """The write script's status, the version now current, the record it replaced (or
+        found unchanged; '' for none) and the config version a write made (0: none). `guard`:
+        a key and the value it must still have."""
         keys = [QUEUES_KEY, history_key(name), counter_key(name), AUDIT_KEY, CONFIG_VERSION_KEY]
         args = [name, record_json, if_match or "", config_version, json.dumps(entry),
                 CHANGED_CHANNEL]
         if guard is not None:
             keys.append(guard[0])
             args.append(guard[1])
-        status, version, replaced = await self._write(keys=keys, args=args)
+        status, version, replaced, *config_version = await self._write(keys=keys, args=args)
         if status == "stale":
             raise StaleVersion(int(version))
         if status == "missing":
             raise QueueNotFound(name)
-        return status, int(version), replaced
+        return status, int(version), replaced, int(config_version[0]) if config_version else 0
 
 
 async def _back_off(attempt: int) -> None:
     await asyncio.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
 
 
-def check_change(queues: dict[str, Queue]) -> None:
+def check_change(name: str, queues: Mapping[str, Queue]) -> None:
+    """InvalidChange unless queue `name`'s overflow chain in `queues` ends, at a queue."""
     try:
-        check_overflow(queues)
+        check_overflow_from(name, queues)
     except ValueError as exc:
         raise InvalidChange(str(exc)) from None
+
+
+def _config_number(version: str | None) -> int | None:
+    """A config version as a number (None: not one, so nothing can be said to follow it)."""
+    return int(version) if version is not None and version.isdigit() else None
+
+
+def _log_ignored(name: str, exc: ValueError) -> None:
+    log.error("queue %r in the store is invalid and is ignored: %s", name, exc)
 
