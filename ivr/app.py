@@ -148,12 +148,12 @@ async def open_store(settings: Settings) -> tuple[QueueStore, FlowSet]:
         queue_config = load_queue_file(settings.sip_config)
     except QueueConfigError as exc:
         raise StartupError(f"the queues file is broken:\n{exc}") from None
-    store = QueueStore(connect(settings.redis_url))
+    store = QueueStore(connect(settings.redis_url), settings.retention())
     try:
         if await store.seed_queues(queue_config):
             log.info("seeded %d queues from %s", len(queue_config.queues), settings.sip_config)
         await store.refresh()
-        flows = await starting_flows(FlowStore(store.redis), store, flow_checks(settings),
+        flows = await starting_flows(FlowStore(store.redis, store.retention), store, flow_checks(settings),
                                      settings.flows_dir)
     except FlowLoadError as exc:
         await store.close()
@@ -196,9 +196,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         pipeline = AutoPipeline(settings.redis_url)
         stack.push_async_callback(pipeline.close)  # the last writes
         upstreams = Upstreams(RedisSharedAnswers(pipeline))
-        cache_purges = FetchCachePurges(store.redis, upstreams)
+        cache_purges = FetchCachePurges(store.redis, upstreams, store.retention)
         store.follow(cache_purges)
-        flow_store = FlowStore(store.redis)
+        flow_store = FlowStore(store.redis, store.retention)
         live_flows = LiveFlows(flow_store, flow_checks(settings), flows)
         store.follow(live_flows)
         await store.start()

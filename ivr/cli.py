@@ -36,8 +36,10 @@ from ivr.admin.client import (
     TOKEN_HELP,
     AdminClient,
     AdminError,
+    add_page_options,
     admin_client,
     confirm,
+    next_page_hint,
     queue_of,
     table,
 )
@@ -177,8 +179,10 @@ def _add_queue_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     delete.add_argument("name")
     delete.add_argument("--yes", "-y", action="store_true",
                         help="do not ask (required when not at a terminal)")
-    actions.add_parser("history", help="every version of a queue and what it changed"
-                       ).add_argument("name")
+    history = actions.add_parser("history", help="a queue's versions, newest first, and what "
+                                 "each changed (a page: --limit, --before)")
+    history.add_argument("name")
+    add_page_options(history)
     rollback = actions.add_parser(
         "rollback", help="make an old version current again (shows what it changes, asks first)")
     rollback.add_argument("name")
@@ -242,9 +246,13 @@ def _queue_command(client: AdminClient, args: argparse.Namespace) -> str:
     if command == "history":
         # What each version changed rather than any one field's value: a version that changed
         # only the fallbacks looked like the one before it.
+        page = client.history(args.name, args.limit, args.before)
         rows = [[str(v["version"]), v["updated_at"], v["updated_by"],
-                 ", ".join(v["changed"]) or "(no field)"] for v in client.history(args.name)]
-        return table(rows, ["VERSION", "UPDATED AT", "UPDATED BY", "CHANGED"])
+                 "(the version before is not kept)" if v["changed"] is None
+                 else ", ".join(v["changed"]) or "(no field)"] for v in page["versions"]]
+        hint = next_page_hint(page, f"ivr queues history {args.name}")
+        return "\n".join([table(rows, ["VERSION", "UPDATED AT", "UPDATED BY", "CHANGED"]),
+                          *([hint] if hint else [])])
     if command == "rollback":
         return _roll_back(client, args.name, args.version, args.yes)
     text = client.export_yaml()
@@ -271,11 +279,7 @@ def _delete_queue(client: AdminClient, name: str, yes: bool) -> str:
 def _roll_back(client: AdminClient, name: str, version: int, yes: bool) -> str:
     """Make `version` current again once the person at the terminal has seen what that
     changes, field by field, and said yes (or gave --yes)."""
-    versions = {v["version"]: v for v in client.history(name)}
-    if version not in versions:
-        raise AdminError(f"queue {name!r} has no version {version} (its versions are "
-                         f"{min(versions)} to {max(versions)}: see `ivr queues history {name}`)")
-    target = versions[version]
+    target = client.queue_version(name, version)
     current = client.find_queue(name)
     fields = compare_queues(queue_of(current) if current is not None else None,
                             queue_of(target))

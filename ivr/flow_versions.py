@@ -249,7 +249,7 @@ async def rollback(flow_store: FlowStore, queue_store: QueueStore, checks: FlowC
     LookupError when there is no such version, FlowsRefused when it no longer fits the queues."""
     files = await flow_store.files(version)
     if files is None:
-        raise LookupError(f"there is no flows version {version}")
+        raise await flow_store.version_missing(version)
     return await publish(flow_store, queue_store, checks, files, who,
                          f"rollback to version {version}", action="rollback",
                          rolled_back_to=version, expected_live=expected_live)

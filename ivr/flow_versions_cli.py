@@ -14,8 +14,10 @@ from ivr.admin.client import (
     TOKEN_HELP,
     AdminClient,
     AdminError,
+    add_page_options,
     admin_client,
     confirm,
+    next_page_hint,
     table,
 )
 from ivr.flow_versions import unified_diffs
@@ -32,8 +34,10 @@ def add_version_commands(actions: argparse._SubParsersAction) -> None:  # type: 
         "new version (checked against the live queues first; nothing changes if one is wrong)")
     publish.add_argument("--message", "-m", default="", help="why, for the versions list and "
                          "the audit log")
-    versions = actions.add_parser("versions", help="every published flows version: number, "
-                                  "who, when, message, and which one is live")
+    versions = actions.add_parser("versions", help="the published flows versions, newest "
+                                  "first: number, who, when, message, and which one is live (a "
+                                  "page: --limit, --before)")
+    add_page_options(versions)
     diff = actions.add_parser(
         "diff", help="what the flows of IVR_FLOWS_DIR change from the live version (or from "
         "version N): a unified diff per file")
@@ -111,9 +115,13 @@ def _publish(client: AdminClient, args: argparse.Namespace, settings: Settings) 
 
 
 def _versions(client: AdminClient, args: argparse.Namespace, settings: Settings) -> int:
+    page = client.flow_versions(args.limit, args.before)
     rows = [[str(v["version"]), "live" if v["live"] else "", v["at"], v["who"],
-             v["message"] or f"({v['action']})"] for v in client.flow_versions()]
+             v["message"] or f"({v['action']})"] for v in page["versions"]]
     print(table(rows, ["VERSION", "LIVE", "PUBLISHED AT", "BY", "MESSAGE"]))
+    hint = next_page_hint(page, "ivr flows versions")
+    if hint:
+        print(hint)
     return 0
 
 

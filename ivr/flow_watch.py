@@ -82,9 +82,9 @@ async def publish_draft(settings: Settings, who: str, when: str = "") -> str:
     except FlowLoadError as exc:
         return _not_published(exc.problems)
     assert settings.redis_url is not None  # `ivr serve` has set it before starting the watch
-    store = QueueStore(connect(settings.redis_url))
+    store = QueueStore(connect(settings.redis_url), settings.retention())
     try:
-        flow_store = FlowStore(store.redis)
+        flow_store = FlowStore(store.redis, store.retention)
         # From the contents, not the file events: an editor's save may be a delete and a create.
         live = await flow_store.files(await flow_store.live_version()) or {}
         message = when + _what_changed(live, files)

@@ -17,6 +17,13 @@ from pydantic_settings import (
 
 from ivr.passwords import check_password_hash_format
 from ivr.redis import sentinel_url
+from ivr.redis.retention import (
+    AUDIT_ENTRIES_KEPT,
+    FLOW_VERSIONS_KEPT,
+    MIN_FLOW_VERSIONS_KEPT,
+    QUEUE_VERSIONS_KEPT,
+    Retention,
+)
 from ivr.redis.sentinel_url import SCHEME, is_sentinel_url
 from ivr.validation import Problem, describe_problems
 
@@ -175,6 +182,23 @@ class Settings(BaseSettings):
     trace_hours: float = Field(
         default=24.0, gt=0, le=24 * 30, description="Hours a call trace is kept in Redis."
     )
+    queue_versions_kept: int = Field(
+        default=QUEUE_VERSIONS_KEPT, ge=1, le=1_000_000,
+        description="Versions of each queue kept (the newest; the current one always).",
+    )
+    flow_versions_kept: int = Field(
+        default=FLOW_VERSIONS_KEPT, ge=MIN_FLOW_VERSIONS_KEPT, le=100_000,
+        description="Published flows versions kept (the newest; the live one always).",
+    )
+    audit_entries_kept: int = Field(
+        default=AUDIT_ENTRIES_KEPT, ge=1, le=10_000_000,
+        description="Audit log entries kept (the newest).",
+    )
+    admin_history_days: float = Field(
+        default=0, ge=0, le=36_500,
+        description="Days queue and flows versions (from when the next one replaced them) and "
+        "audit entries are kept; 0 for no age limit, only the counts.",
+    )
 
     @field_validator("public_url")
     @classmethod
@@ -239,6 +263,11 @@ class Settings(BaseSettings):
                 "supported yet: give one Redis server's address, or the sentinels' "
                 "(redis+sentinel://host:26379/mymaster)")
         return value
+
+    def retention(self) -> Retention:
+        """How much admin history the stores keep."""
+        return Retention(self.queue_versions_kept, self.flow_versions_kept,
+                         self.audit_entries_kept, self.admin_history_days)
 
     def flow_settings(self) -> dict[str, str | None]:
         """The only settings a flow can read (`settings.*`): no other secret is ever in a

@@ -109,7 +109,7 @@ def test_a_publish_is_a_new_version_and_the_same_content_again_is_none(
     assert publish_files(redis_url, {"menu.yaml": RENAMED_MENU_FLOW}, "bob") == 2
     # Any name a flows directory can hold: a space too.
     assert publish_files(redis_url, {"menu choice.yaml": MENU_FLOW}, "bob") == 3
-    versions = run(redis_url, lambda flows, queues: flows.versions())
+    versions = run(redis_url, lambda flows, queues: flows.versions(100)).versions
     assert [(v.version, v.who, v.action) for v in versions] == [
         (3, "bob", "publish"), (2, "bob", "publish"), (1, "alice", "publish")]
     assert run(redis_url, lambda flows, queues: flows.live_version()) == 3
@@ -248,7 +248,7 @@ def test_two_instances_switch_to_a_published_version_together(
         twilio.post("/twilio/voice", new)
         routed = twilio.post("/twilio/voice?turn=1", {**new, "Digits": "1"})
         assert sip(routed.text)[0] == "sip:platinum@queues.example.com"
-    versions = run(redis_url, lambda flows, queues: flows.versions())
+    versions = run(redis_url, lambda flows, queues: flows.versions(100)).versions
     assert [v.version for v in versions] == [2, 1]  # the second instance seeded nothing
 
 

@@ -92,7 +92,7 @@ def test_a_write_makes_a_new_version_with_history_and_audit(redis_url: str) -> N
         assert (record.version, written.created, record.updated_by) == (2, False, "alice")
         assert written.changed == ["sip_uri"]
         assert store.queue("gold") == new
-        history = await store.history("gold")
+        history = (await store.history("gold", 100)).versions
         assert [(r.version, r.queue.sip_uri, r.updated_by) for r in history] == [
             (2, "sip:gold@pbx2.example.com", "alice"), (1, "sip:gold@queues.example.com", "seed")]
         entries, total = await store.audit()
@@ -126,7 +126,7 @@ def test_of_many_writers_with_the_same_version_exactly_one_wins(redis_url: str) 
         assert [r for r in results if r is not None] == [2]
         winner = results.index(2)
         assert (await store.record("gold")).queue.sip_uri == f"sip:w{winner}@x.com"
-        assert len(await store.history("gold")) == 2
+        assert len((await store.history("gold", 100)).versions) == 2
         assert (await store.audit())[1] == 1
 
     with_store(redis_url, body)
@@ -152,7 +152,7 @@ def test_a_write_equal_to_the_current_queue_writes_no_version_no_audit_entry_no_
         with pytest.raises(StaleVersion):
             await store.put("night", night, "alice", if_match=MUST_NOT_EXIST)
         assert (await store.rollback("night", 1, "alice")).record.version == 1
-        assert [r.version for r in await store.history("night")] == [1]
+        assert [r.version for r in (await store.history("night", 100)).versions] == [1]
         entries, total = await store.audit()
         assert total == 1 and entries[0]["action"] == "create"
         with redis.Redis.from_url(redis_url, decode_responses=True) as client:
@@ -179,7 +179,7 @@ def test_writers_racing_to_set_the_same_values_make_one_version(redis_url: str) 
                 await writer.close()
         assert {written.record.version for written in results} == {2}
         assert [bool(written.changed) for written in results].count(True) == 1
-        assert len(await store.history("gold")) == 2
+        assert len((await store.history("gold", 100)).versions) == 2
         assert (await store.audit())[1] == 1
 
     with_store(redis_url, body)

@@ -59,6 +59,10 @@ MAX_MESSAGE_CHARS = 500
 PUBLISH_FIELDS = ("files", "message")
 MAX_AUDIT_PAGE = 1000
 MAX_QUEUES_PAGE = 1000
+# Versions of a queue or of the flows, a page at a time: a page is read and rendered in about a
+# millisecond, whatever the number of versions kept (bench/admin_history.py).
+HISTORY_PAGE = 50
+MAX_HISTORY_PAGE = 500
 MAX_CALLS_PAGE = 1000
 MAX_OFFSET = 10**9
 PURGE_FIELDS = ("flow", "step", "caller")
@@ -308,17 +312,48 @@ async def delete_queue(request: Request) -> Response:
     return Response(status_code=204)
 
 
+def history_page_query(request: Request) -> tuple[int, int | None]:
+    """`?limit=` (default HISTORY_PAGE) and `?before=` (a version: the page ends below it) of a
+    history read; 422 naming the parameter for anything else."""
+    query = request.query_params
+    limit_text, before_text = query.get("limit", str(HISTORY_PAGE)), query.get("before")
+    if not is_number(limit_text) or not 1 <= int(limit_text) <= MAX_HISTORY_PAGE:
+        raise field_errors(f"limit must be a whole number from 1 to {MAX_HISTORY_PAGE} (default "
+                           f"{HISTORY_PAGE})", "limit")
+    if before_text is not None and (not is_number(before_text) or not
+                                    1 <= int(before_text) <= MAX_OFFSET):
+        raise field_errors("before must be a version number (from 1): the page holds the "
+                           "versions below it; use the previous page's next_before", "before")
+    return int(limit_text), None if before_text is None else int(before_text)
+
+
+def is_number(text: str) -> bool:
+    """Whether `text` is a whole number in ASCII digits (str.isdigit also takes '²')."""
+    return text.isascii() and text.isdigit()
+
+
 @admin_only
 async def queue_history(request: Request) -> Response:
+    """A page of the queue's versions, newest first, each with what it changed from the one
+    below it (null when that one is no longer kept)."""
     name = request.path_params["name"]
-    versions = await store_of(request).history(name)
-    if not versions:
+    limit, before = history_page_query(request)
+    history = await store_of(request).history(name, limit, before)
+    if not history.oldest:
         raise QueueNotFound(f"queue {name!r}")
-    # Newest first: each version's `changed` is what it changed from the one below it.
-    before = [*(record.queue for record in versions[1:]), None]
+    below = [*history.versions[1:], history.below] if history.versions else []
     return JSONResponse({"name": name, "versions": [
-        {**record.as_dict(), "changed": changed_fields(previous, record.queue)}
-        for record, previous in zip(versions, before, strict=True)]})
+        {**record.as_dict(), "changed": changes_from(previous, record)}
+        for record, previous in zip(history.versions, below, strict=True)],
+        "next_before": history.next_before, "oldest": history.oldest})
+
+
+def changes_from(previous: QueueRecord | None, record: QueueRecord) -> list[str] | None:
+    """The fields `record` changed from `previous`, the version before it (all, for a first
+    version); None when the version before it is no longer kept."""
+    if previous is None and record.version > 1:
+        return None
+    return changed_fields(previous.queue if previous is not None else None, record.queue)
 
 
 @admin_only
@@ -468,11 +503,15 @@ async def show_live_flows(request: Request) -> Response:
 
 @admin_only
 async def list_flow_versions(request: Request) -> Response:
+    """A page of the flows versions, newest first, the live one marked."""
+    limit, before = history_page_query(request)
     store = request.app.state.services.flow_store
     live = await store.live_version()
+    versions = await store.versions(limit, before)
     return JSONResponse({"live": live, "versions": [
         {**version.as_dict(), "live": version.version == live}
-        for version in await store.versions()]})
+        for version in versions.versions],
+        "next_before": versions.next_before, "oldest": versions.oldest})
 
 
 @admin_only
@@ -482,8 +521,9 @@ async def show_flow_version(request: Request) -> Response:
     version = await store.version(int(number)) if number.isdigit() else None
     files = await store.files(version.version) if version is not None else None
     if version is None or files is None:
-        return error(404, f"there is no flows version {number} (see GET /admin/api/flows/"
-                     "versions)")
+        missing = (await store.version_missing(int(number)) if number.isdigit()
+                   else f"there is no flows version {number}")
+        return error(404, f"{missing} (see GET /admin/api/flows/versions)")
     return version_response(version, await store.live_version(), extra={"files": files})
 
 

@@ -4,6 +4,7 @@ audited exactly like changes made in the web page."""
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import ipaddress
 import sys
@@ -139,15 +140,32 @@ class AdminClient:
         return AdminError(f"no queue {name!r} (queues: {known})" + (f"; {hint}" if hint else ""),
                           404)
 
-    def history(self, name: str) -> list[dict[str, Any]]:
-        """Every version of queue `name`, newest first, each with the fields it `changed`."""
+    def history(self, name: str, limit: int | None = None,
+                before: int | None = None) -> dict[str, Any]:
+        """A page of queue `name`'s versions, newest first, each with the fields it `changed`:
+        `versions`, `next_before` (what `before` gets the next page; None at the last) and
+        `oldest` (the oldest version kept)."""
         try:
-            return self._request(
-                "GET", f"/queues/{quote(name, safe='')}/history").json()["versions"]
+            return self._request("GET", f"/queues/{quote(name, safe='')}/history",
+                                 params=page_params(limit, before)).json()
         except AdminError as exc:
             if exc.status != 404:
                 raise
             raise self._no_queue(name) from None
+
+    def queue_version(self, name: str, version: int) -> dict[str, Any]:
+        """Version `version` of queue `name` (read alone); a clear error naming the versions
+        kept when it is not one of them."""
+        page = self.history(name, limit=1, before=version + 1)
+        if page["versions"] and page["versions"][0]["version"] == version:
+            return page["versions"][0]
+        oldest = page["oldest"]
+        if 1 <= version < oldest:
+            raise AdminError(f"version {version} of queue {name!r} is no longer kept: the "
+                             f"oldest kept is {oldest} (see `ivr queues history {name}`)", 404)
+        newest = page["versions"][0]["version"] if page["versions"] else oldest
+        raise AdminError(f"queue {name!r} has no version {version} (its versions are {oldest} "
+                         f"to {newest}: see `ivr queues history {name}`)", 404)
 
     def rollback(self, name: str, version: int, expected: int | None = None) -> dict[str, Any]:
         """Make `version` of queue `name` current again; answers the record now current, with
@@ -178,9 +196,12 @@ class AdminClient:
         """The live flows version, with its flows and its files."""
         return self._request("GET", "/flows").json()
 
-    def flow_versions(self) -> list[dict[str, Any]]:
-        """Every flows version, newest first, the live one marked."""
-        return self._request("GET", "/flows/versions").json()["versions"]
+    def flow_versions(self, limit: int | None = None,
+                      before: int | None = None) -> dict[str, Any]:
+        """A page of the flows versions, newest first, the live one marked: `versions`,
+        `next_before` (None at the last page) and `oldest` (the oldest version kept)."""
+        return self._request("GET", "/flows/versions",
+                             params=page_params(limit, before)).json()
 
     def flow_version(self, version: int) -> dict[str, Any]:
         """Flows version `version`, with its files."""
@@ -189,8 +210,15 @@ class AdminClient:
         except AdminError as exc:
             if exc.status != 404:
                 raise
-            raise AdminError(f"there is no flows version {version} (see `ivr flows "
-                             "versions`)", 404) from None
+            raise self._no_flows_version(version) from None
+
+    def _no_flows_version(self, version: int) -> AdminError:
+        oldest = self.flow_versions(limit=1)["oldest"]
+        if 1 <= version < oldest:
+            return AdminError(f"flows version {version} is no longer kept: the oldest kept is "
+                              f"{oldest} (see `ivr flows versions`)", 404)
+        return AdminError(f"there is no flows version {version} (see `ivr flows versions`)",
+                          404)
 
     def publish_flows(self, files: dict[str, str], message: str,
                       expected_live: int | None = None) -> dict[str, Any]:
@@ -207,8 +235,7 @@ class AdminClient:
         except AdminError as exc:
             if exc.status != 404:
                 raise
-            raise AdminError(f"there is no flows version {version} (see `ivr flows "
-                             "versions`)", 404) from None
+            raise self._no_flows_version(version) from None
 
     def _flows_change(self, method: str, path: str, body: dict[str, Any],
                       expected_live: int | None, refused: str) -> dict[str, Any]:
@@ -325,3 +352,30 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
              for row in [header, *rows]]
     return "\n".join(lines)
+
+
+def page_params(limit: int | None, before: int | None) -> dict[str, int]:
+    """The query of a history read: the server's default page size unless `limit` is given."""
+    return {key: value for key, value in (("limit", limit), ("before", before))
+            if value is not None}
+
+
+def next_page_hint(page: dict[str, Any], command: str) -> str | None:
+    """The line under a page of versions saying how to see older ones (None at the last)."""
+    if page.get("next_before") is None:
+        return None
+    return f"older versions: {command} --before {page['next_before']}"
+
+
+def add_page_options(parser: argparse.ArgumentParser) -> None:
+    """--limit and --before of a command that lists versions a page at a time."""
+    parser.add_argument("--limit", type=positive_number, metavar="N",
+                        help="how many versions, newest first (default 50, at most 500)")
+    parser.add_argument("--before", type=positive_number, metavar="V",
+                        help="only versions older than V (the line under a page names it)")
+
+
+def positive_number(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1")
+    return int(text)

@@ -19,7 +19,15 @@ from starlette.routing import Route
 
 from ivr.admin.auth import AdminSession
 from ivr.admin.flow_graph import flow_drawing
-from ivr.admin.pages import message_page, number, page, redirect, signed_in, templates
+from ivr.admin.pages import (
+    message_page,
+    number,
+    page,
+    redirect,
+    sentence,
+    signed_in,
+    templates,
+)
 from ivr.flow_versions import (
     FlowsRefused,
     PinnedVersionMissing,
@@ -32,6 +40,7 @@ from ivr.flows.loader import FlowSet
 from ivr.redis.flow_store import FlowVersion, QueuesChanged, StaleLive
 from ivr.services import Services
 
+VERSIONS_PAGE_SIZE = 50  # flows versions on the Flows page; "Older" links to the next
 log = logging.getLogger("ivr.admin")
 
 DiffLineKind = Literal["file", "hunk", "added", "removed", "context", "note"]
@@ -98,9 +107,9 @@ def _notice(request: Request) -> str | None:
 async def flows_page(request: Request, session: AdminSession) -> Response:
     services = services_of(request)
     store = services.flow_store
-    versions = await store.versions()
+    before = number(request.query_params.get("before"))
     live = await store.live_version()
-    meta = next((version for version in versions if version.version == live), None)
+    meta, versions = await store.version(live), await store.versions(VERSIONS_PAGE_SIZE, before)
     if meta is None:
         return message_page(request, session, 503, "No live flows version",
                             "The store has no live flows version yet: a server seeds it from "
@@ -116,7 +125,8 @@ async def flows_page(request: Request, session: AdminSession) -> Response:
         summaries = [{**summary, "drawing": flow_drawing(by_name[summary["name"]])}
                      for summary in flow_summaries(flows)]
     return page(request, "flows.html", session, live=meta, flows=summaries,
-                unavailable=unavailable, versions=versions, notice=_notice(request))
+                unavailable=unavailable, versions=versions.versions, before=before,
+                older=versions.next_before, notice=_notice(request))
 
 
 @signed_in
@@ -139,8 +149,7 @@ async def flows_diff(request: Request, session: AdminSession) -> Response:
     return page(request, "flows_diff.html", session, old=old_version, new=new_version, live=live,
                 files=changed_files(old, new),
                 lines=diff_lines(unified_diffs(old, new, label(old_version, live),
-                                               label(new_version, live))),
-                versions=await store.versions())
+                                               label(new_version, live))))
 
 
 def label(version: int, live: int) -> str:
@@ -169,7 +178,7 @@ async def rollback_page(request: Request, session: AdminSession, target: int, *,
     current, live_files = await store.version(live), await store.files(live)
     if meta is None or old is None or current is None or live_files is None:
         return message_page(request, session, 404, "No such version",
-                            f"There is no flows version {target}.")
+                            sentence(await store.version_missing(target)))
     return page(request, "flows_rollback.html", session, status, target=meta, live=current,
                 files=changed_files(live_files, old),
                 lines=diff_lines(unified_diffs(live_files, old, label(live, live),
@@ -192,9 +201,8 @@ async def rollback_flows(request: Request, session: AdminSession) -> Response:
     try:
         published = await rollback(services.flow_store, services.store, services.flow_checks,
                                    target, session.user, expected_live=str(read_at))
-    except LookupError:
-        return message_page(request, session, 404, "No such version",
-                            f"There is no flows version {target}.")
+    except LookupError as exc:
+        return message_page(request, session, 404, "No such version", sentence(exc))
     except StaleLive as exc:
         return await rollback_page(
             request, session, target, status=409,

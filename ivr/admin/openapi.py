@@ -32,13 +32,24 @@ def openapi_document() -> dict[str, Any]:
                             "updated_by": {"type": "string"}}},
         ],
     }
-    def with_changed(title: str, description: str) -> dict[str, Any]:
-        changed = {"type": "array", "items": {"enum": list(Queue.model_fields)},
-                   "description": description}
+    def with_changed(title: str, description: str, nullable: bool = False) -> dict[str, Any]:
+        changed = {"type": ["array", "null"] if nullable else "array",
+                   "items": {"enum": list(Queue.model_fields)}, "description": description}
         return {"title": title, "allOf": [
             {"$ref": "#/components/schemas/QueueRecord"},
             {"type": "object", "required": ["changed"], "properties": {"changed": changed}}]}
 
+    page_params = [
+        {"name": "limit", "in": "query", "description": "How many versions, newest first",
+         "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
+        {"name": "before", "in": "query", "description": "Only versions older than this one: "
+         "the previous page's `next_before`", "schema": {"type": "integer", "minimum": 1}}]
+    page_fields = {
+        "next_before": {"type": ["integer", "null"], "description": "`before` for the next, "
+                        "older page; null: this is the last"},
+        "oldest": {"type": "integer", "description": "The oldest version kept (older ones are "
+                   "trimmed: IVR_QUEUE_VERSIONS_KEPT, IVR_FLOW_VERSIONS_KEPT, "
+                   "IVR_ADMIN_HISTORY_DAYS)"}}
     name_param = {"name": "name", "in": "path", "required": True,
                   "schema": {"type": "string", "pattern": f"^{QUEUE_NAME.pattern}$"}}
     if_match = {"name": "If-Match", "in": "header", "required": False,
@@ -128,9 +139,11 @@ def openapi_document() -> dict[str, Any]:
                                          "412": _error("If-Match is not the current version")}},
             },
             "/queues/{name}/history": {"parameters": [name_param], "get": {
-                "summary": "Every version of a queue, newest first", "operationId": "queueHistory",
+                "summary": "A page of a queue's versions, newest first",
+                "operationId": "queueHistory", "parameters": page_params,
                 "responses": {"200": _json("#/components/schemas/History", "The versions"),
-                              "401": unauthorized, "404": _error("No such queue")}}},
+                              "401": unauthorized, "404": _error("No such queue"),
+                              "422": _error("Invalid limit or before")}}},
             "/queues/{name}/rollback": {"parameters": [name_param], "post": {
                 "summary": "Make an old version current again (as a new version, unless it "
                            "has the current values)",
@@ -140,7 +153,9 @@ def openapi_document() -> dict[str, Any]:
                     "properties": {"version": {"type": "integer", "minimum": 1}}}}}},
                 "responses": {"200": written, "201": created,
                               "400": _error("The body is not JSON"),
-                              "401": unauthorized, "404": _error("No such queue or version"),
+                              "401": unauthorized,
+                              "404": _error("No such queue or version (one no longer kept: "
+                                            "the error names the oldest kept)"),
                               "412": _error("If-Match is not the current version"),
                               "422": _error("Invalid version")}}},
             "/flows": {"get": {
@@ -152,10 +167,11 @@ def openapi_document() -> dict[str, Any]:
                               "401": unauthorized,
                               "404": _error("No flows version is published yet")}}},
             "/flows/versions": {
-                "get": {"summary": "Every flows version, newest first",
-                        "operationId": "flowVersions",
+                "get": {"summary": "A page of the flows versions, newest first",
+                        "operationId": "flowVersions", "parameters": page_params,
                         "responses": {"200": _json("#/components/schemas/FlowVersionList",
-                                                   "The versions"), "401": unauthorized}},
+                                                   "The versions"), "401": unauthorized,
+                                      "422": _error("Invalid limit or before")}},
                 "post": {"summary": "Publish flows: check them against the live queues and make "
                                     "them the live version",
                          "description": "Every instance and worker serves the new version "
@@ -241,7 +257,8 @@ def openapi_document() -> dict[str, Any]:
                 "QueueRecord": record,
                 "QueueWritten": with_changed("QueueWritten", "The fields the write changed"),
                 "QueueVersion": with_changed("QueueVersion", "The fields this version "
-                                             "changed from the one before it"),
+                                             "changed from the one before it (null: that one "
+                                             "is no longer kept)", nullable=True),
                 "QueueList": {"type": "object", "properties": {
                     "queues": {"type": "array",
                                "items": {"$ref": "#/components/schemas/QueueRecord"}},
@@ -251,7 +268,8 @@ def openapi_document() -> dict[str, Any]:
                 "History": {"type": "object", "properties": {
                     "name": {"type": "string"},
                     "versions": {"type": "array",
-                                 "items": {"$ref": "#/components/schemas/QueueVersion"}}}},
+                                 "items": {"$ref": "#/components/schemas/QueueVersion"}},
+                    **page_fields}},
                 "Audit": {"type": "object", "properties": {
                     "entries": {"type": "array", "items": {"type": "object", "properties": {
                         "at": {"type": "string"}, "who": {"type": "string"},
@@ -361,7 +379,8 @@ def openapi_document() -> dict[str, Any]:
                 "FlowVersionList": {"type": "object", "properties": {
                     "live": {"type": "integer", "description": "The live version's number"},
                     "versions": {"type": "array",
-                                 "items": {"$ref": "#/components/schemas/FlowVersion"}}}},
+                                 "items": {"$ref": "#/components/schemas/FlowVersion"}},
+                    **page_fields}},
                 "LiveFlows": {"allOf": [
                     {"$ref": "#/components/schemas/FlowVersionFiles"},
                     {"type": "object", "properties": {

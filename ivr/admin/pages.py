@@ -63,6 +63,7 @@ from ivr.redis.queue_store import (
     QueueRecord,
     QueueStore,
     StaleVersion,
+    VersionNotKept,
 )
 
 log = logging.getLogger("ivr.admin")
@@ -76,6 +77,11 @@ MAX_FORM_BYTES = 16 * 1024
 MAX_FORM_FIELDS = 20
 AUDIT_PAGE_SIZE = 50
 QUEUES_PAGE_SIZE = 50
+HISTORY_PAGE_SIZE = 50  # a queue's versions on its page; "Older" links to the next
+# A save refused by someone else's change names who changed each field from the versions
+# between; past this many (a form left open all day under an automated change a minute), the
+# newest of them.
+MAX_VERSIONS_COMPARED = 500
 CALLS_PAGE_SIZE = 100
 MAX_NUMBER_DIGITS = 12  # of a number in a form or query: more is nonsense, not a version
 PASSWORD_CHECKS_AT_ONCE = 2  # PBKDF2 runs per process; more sign-ins wait their turn
@@ -562,18 +568,21 @@ async def queue_page(request: Request, session: AdminSession, name: str, *,
                      errors: dict[str, list[str]] | None = None, version: int | None = None,
                      changed: dict[str, ChangedMeanwhile] | None = None,
                      notice: str | None = None, alert: str | None = None,
-                     status: int = 200) -> Response:
+                     status: int = 200, before: int | None = None) -> Response:
     """The queue's page: where it sends calls (`record`, else read now), its edit form (the
     admin's input, if given, with the version it was read at, and the fields someone else
-    changed meanwhile), and every version with a link to restore it."""
+    changed meanwhile), and a page of its versions (below `before`, else the newest) with a
+    link to restore each."""
     store = store_of(request)
     record = record or await store.record(name)
     if record is None:
         return message_page(request, session, 404, "No such queue",
                             f"There is no queue called {name!r}.")
+    history = await store.history(name, HISTORY_PAGE_SIZE, before)
     return page(
         request, "queue.html", session, status,
-        name=name, record=record, history=await store.history(name),
+        name=name, record=record, history=history.versions, before=before,
+        older=history.next_before,
         values=values if values is not None else form_values(record.queue),
         errors=errors or {}, version=record.version if version is None else version,
         changed=changed or {}, overflow_choices=sorted(store.queue_names() - {name}),
@@ -584,7 +593,8 @@ async def queue_page(request: Request, session: AdminSession, name: str, *,
 @signed_in
 async def show_queue(request: Request, session: AdminSession) -> Response:
     return await queue_page(request, session, request.path_params["name"],
-                            notice=_notice(request))
+                            notice=_notice(request),
+                            before=number(request.query_params.get("before")))
 
 
 @signed_in
@@ -686,9 +696,11 @@ async def conflict_page(request: Request, session: AdminSession, name: str,
 
 async def changed_by(store: QueueStore, name: str, base: QueueRecord,
                      current: QueueRecord) -> dict[str, list[str]]:
-    """Who changed each field after version `base`, up to `current`, in the order they did."""
-    versions = sorted((record for record in await store.history(name)
-                       if base.version < record.version <= current.version),
+    """Who changed each field after version `base`, up to `current`, in the order they did
+    (the versions in between that are kept; at most a page's worth of the newest)."""
+    between = min(current.version - base.version, MAX_VERSIONS_COMPARED)
+    history = await store.history(name, between, before=current.version + 1)
+    versions = sorted((record for record in history.versions if record.version > base.version),
                       key=lambda record: record.version)
     authors: dict[str, list[str]] = {}
     previous = queue_inputs(base.queue)
@@ -721,7 +733,7 @@ async def restore_page(request: Request, session: AdminSession, name: str, targe
     current, old = await store.record(name), await store.version(name, target)
     if current is None or old is None:
         return await queue_page(request, session, name, record=current, status=404,
-                                alert=f"This queue has no version {target}.")
+                                alert=not_kept(await store.version_missing(name, target)))
     rows = compare_queues(current.queue, old.queue)
     return page(request, "restore.html", session, status, name=name, record=current,
                 target=old, rows=rows,
@@ -746,9 +758,8 @@ async def rollback_queue(request: Request, session: AdminSession) -> Response:
             alert="Someone else changed this queue since this page was shown, so nothing was "
                   "restored. Below is what restoring would change now: confirm again, or "
                   "cancel.")
-    except QueueNotFound:
-        return await queue_page(request, session, name, status=404,
-                                alert=f"This queue has no version {target}.")
+    except QueueNotFound as exc:
+        return await queue_page(request, session, name, status=404, alert=not_kept(exc))
     except InvalidChange as exc:
         return await queue_page(request, session, name, status=422,
                                 alert=f"Version {target} cannot be restored: {exc}")
@@ -760,6 +771,17 @@ async def rollback_queue(request: Request, session: AdminSession) -> Response:
              target, session.user, version, ", ".join(written.changed))
     return redirect(request, "admin_queue", {"rolled_back": target, "version": version},
                     name=name)
+
+
+def not_kept(exc: QueueNotFound) -> str:
+    """A version that cannot be restored, in the page's words."""
+    return sentence(exc) if isinstance(exc, VersionNotKept) else "This queue has no such version."
+
+
+def sentence(exc: Exception) -> str:
+    """An error's words as a sentence of a page."""
+    text = str(exc)
+    return f"{text[:1].upper()}{text[1:]}."
 
 
 @signed_in
@@ -793,6 +815,7 @@ def new_queue_page(request: Request, session: AdminSession, store: QueueStore, n
                    values: dict[str, str], errors: dict[str, list[str]],
                    alert: str | None = None, status: int = 200) -> Response:
     return page(request, "queue.html", session, status, name=name, record=None, history=[],
+                before=None, older=None,
                 values=values, errors=errors, changed={}, version=0, creating=True,
                 overflow_choices=sorted(store.queue_names()), notice=None, alert=alert)
 

@@ -27,6 +27,7 @@ import redis.asyncio as redis
 
 from ivr.flows.upstream import Upstreams
 from ivr.redis.queue_store import AUDIT_KEY
+from ivr.redis.retention import TRIM_LUA, Retention
 
 # The logger keeps the name it had before the move into ivr/redis/: operators filter on it.
 log = logging.getLogger("ivr.fetchcache")
@@ -38,8 +39,9 @@ PURGED_CHANNEL = "{ivr}:fetch:purged"
 # The purge's record, its audit entry and its announcement as one atomic step, so that a process
 # that sees the counter has also been sent the message. KEYS: generations, purges, audit.
 # ARGV: scope, '1' for the whole step, message JSON without purge and generation, audit entry
-# JSON, channel. Returns {purge number, generation}.
-_PURGE_SCRIPT = """
+# JSON, channel, audit entries kept, the age cutoff ('' = none) (Retention). Returns {purge
+# number, generation}.
+_PURGE_SCRIPT = TRIM_LUA + """
 local generation = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
 local entry = ARGV[4]
 if ARGV[2] == '1' then
@@ -48,6 +50,7 @@ if ARGV[2] == '1' then
 end
 local purge = redis.call('INCR', KEYS[2])
 redis.call('LPUSH', KEYS[3], entry)
+trim_audit(KEYS[3], tonumber(ARGV[6]), ARGV[7])
 redis.call('PUBLISH', ARGV[5],
   '{"purge":' .. purge .. ',"generation":' .. generation .. ',' .. string.sub(ARGV[3], 2))
 return {purge, generation}
@@ -61,9 +64,11 @@ class FetchCachePurges:
     channel = PURGED_CHANNEL
     version_key = PURGES_KEY
 
-    def __init__(self, client: redis.Redis, upstreams: Upstreams) -> None:
+    def __init__(self, client: redis.Redis, upstreams: Upstreams,
+                 retention: Retention | None = None) -> None:
         self.redis = client
         self.upstreams = upstreams
+        self.retention = retention or Retention()
         self._purge = client.register_script(_PURGE_SCRIPT)
         self._applied: int | None = None  # the last purge this process applied, by number
 
@@ -141,5 +146,5 @@ class FetchCachePurges:
         _, generation = await self._purge(
             keys=[GENERATIONS_KEY, PURGES_KEY, AUDIT_KEY],
             args=[scope, "1" if keys is None else "0", message, json.dumps(entry),
-                  PURGED_CHANNEL])
+                  PURGED_CHANNEL, str(self.retention.audit_entries), self.retention.cutoff()])
         return int(generation)

@@ -7,8 +7,9 @@ Keys (the queue store's hash tag, so a publish's script can read the queues' con
   {ivr}:flows:counter     the last version number given
   {ivr}:flows:versions    hash: version -> JSON of who, when, message, content hash, file names,
                           and routes: which queues its flows route to, by which flows (a
-                          version stored before routes were kept has none)
-  {ivr}:flows:files       hash: version -> JSON of its files' texts, by file name
+                          version stored before routes were kept has none); the newest
+                          versions, consecutive numbers up to the counter (see Retention)
+  {ivr}:flows:files       hash: version -> JSON of its files' texts, by file name (the same)
   {ivr}:audit             the queue store's audit log: a publish or rollback is an entry there
 Channel:
   {ivr}:flows:changed     published with the new live version after every publish
@@ -26,6 +27,14 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as redis
 
 from ivr.redis.queue_store import AUDIT_KEY, CONFIG_VERSION_KEY
+from ivr.redis.retention import (
+    MIN_FLOW_VERSIONS_KEPT,
+    TRIM_LUA,
+    Retention,
+    kept_versions,
+    next_before,
+    page_numbers,
+)
 
 if TYPE_CHECKING:
     from ivr.flows.loader import FlowSet
@@ -44,10 +53,11 @@ NO_VERSION = "0"  # as a precondition: no version is live yet (a seed)
 # KEYS: live, counter, versions, files, audit, queues config version.
 # ARGV: meta JSON (without version), files JSON, content hash, expected live version ('' = any,
 #       '0' = none yet), expected queues config version ('' = any), audit entry JSON ('' = none:
-#       a seed, as the queues' seed, is not an admin's change), channel.
+#       a seed, as the queues' seed, is not an admin's change), channel, versions kept, audit
+#       entries kept, the age cutoff ('' = none), versions always kept (Retention).
 # Returns {status, version}: ok, unchanged (the live version has this content), stale (the live
 # version is not the one expected), retry (the queues changed).
-_PUBLISH_SCRIPT = """
+_PUBLISH_SCRIPT = TRIM_LUA + """
 local live = redis.call('GET', KEYS[1]) or '0'
 if ARGV[4] ~= '' and ARGV[4] ~= live then return {'stale', tonumber(live)} end
 if live ~= '0' then
@@ -63,8 +73,10 @@ local version = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[3], version, '{"version":' .. version .. ',' .. string.sub(ARGV[1], 2))
 redis.call('HSET', KEYS[4], version, ARGV[2])
 redis.call('SET', KEYS[1], version)
+trim_versions(KEYS[3], KEYS[4], version, tonumber(ARGV[8]), tonumber(ARGV[11]), ARGV[10], 'at')
 if ARGV[6] ~= '' then
   redis.call('LPUSH', KEYS[5], '{"flows_version":' .. version .. ',' .. string.sub(ARGV[6], 2))
+  trim_audit(KEYS[5], tonumber(ARGV[9]), ARGV[10])
 end
 redis.call('PUBLISH', ARGV[7], version)
 return {'ok', version}
@@ -137,9 +149,24 @@ class QueuesChanged(Exception):
     """The queues changed between the check of the flows against them and the write."""
 
 
+@dataclass(frozen=True)
+class VersionsPage:
+    """One page of the flows versions, newest first; `next_before`: what `before` gets the
+    next page (None: this is the last); `oldest`: the oldest version kept (0: none yet)."""
+
+    versions: list[FlowVersion]
+    next_before: int | None
+    oldest: int
+
+
+class VersionNotKept(LookupError):
+    """The flows version asked for is not kept (trimmed by retention, or never was)."""
+
+
 class FlowStore:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, retention: Retention | None = None) -> None:
         self.redis = client
+        self.retention = retention or Retention()
         self._publish = client.register_script(_PUBLISH_SCRIPT)
 
     async def live_version(self) -> int:
@@ -155,11 +182,27 @@ class FlowStore:
         raw = await self.redis.hget(FILES_KEY, str(version))
         return None if raw is None else json.loads(raw)
 
-    async def versions(self) -> list[FlowVersion]:
-        """Every version, newest first."""
-        raw = await self.redis.hvals(VERSIONS_KEY)
-        return sorted((FlowVersion.from_json(meta) for meta in raw),
-                      key=lambda version: version.version, reverse=True)
+    async def versions(self, limit: int, before: int | None = None) -> VersionsPage:
+        """Up to `limit` versions below version `before` (default: from the newest), newest
+        first. Reads only those: the kept versions are consecutive numbers up to the counter."""
+        oldest, newest = await self.kept_versions()
+        shown = page_numbers(oldest, newest, limit, before)[:limit]
+        raw = await self.redis.hmget(VERSIONS_KEY, shown) if shown else []
+        return VersionsPage([FlowVersion.from_json(meta) for meta in raw if meta is not None],
+                            next_before(shown, oldest), oldest if newest else 0)
+
+    async def kept_versions(self) -> tuple[int, int]:
+        """The oldest and the newest version kept (newest 0: none was ever published)."""
+        return await kept_versions(self.redis, COUNTER_KEY, VERSIONS_KEY)
+
+    async def version_missing(self, version: int) -> VersionNotKept:
+        """Why flows version `version` cannot be had, naming the versions kept."""
+        oldest, newest = await self.kept_versions()
+        if newest and 1 <= version < oldest:
+            return VersionNotKept(f"flows version {version} is no longer kept: the oldest kept "
+                                  f"is {oldest} (IVR_FLOW_VERSIONS_KEPT, "
+                                  "IVR_ADMIN_HISTORY_DAYS)")
+        return VersionNotKept(f"there is no flows version {version}")
 
     async def publish(self, files: dict[str, str], who: str, message: str, *,
                       action: str = "publish", rolled_back_to: int | None = None,
@@ -181,7 +224,9 @@ class FlowStore:
         status, version = await self._publish(
             keys=[LIVE_KEY, COUNTER_KEY, VERSIONS_KEY, FILES_KEY, AUDIT_KEY, CONFIG_VERSION_KEY],
             args=[json.dumps(meta), json.dumps(files), digest, expected_live, queues_version,
-                  "" if action == "seed" else json.dumps(entry), CHANGED_CHANNEL])
+                  "" if action == "seed" else json.dumps(entry), CHANGED_CHANNEL,
+                  str(self.retention.flow_versions), str(self.retention.audit_entries),
+                  self.retention.cutoff(), str(MIN_FLOW_VERSIONS_KEPT)])
         if status == "stale":
             raise StaleLive(int(version))
         if status == "retry":

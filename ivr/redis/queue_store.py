@@ -6,9 +6,10 @@ Keys (one hash tag, so every script's keys live in one Redis Cluster slot):
   {ivr}:queues                 hash: queue name -> JSON record (fields, version, updated_*)
   {ivr}:queues:seeded          set once, when the queues file first seeded the store
   {ivr}:queues:version         counter, bumped by every change (cache invalidation)
-  {ivr}:queue:<name>:history   hash: version -> JSON record, every version ever written
+  {ivr}:queue:<name>:history   hash: version -> JSON record, the newest versions (consecutive
+                               numbers up to the counter; older ones trimmed, see Retention)
   {ivr}:queue:<name>:counter   the queue's last version number (kept across deletes)
-  {ivr}:audit                  list, newest first: JSON entries of every admin change
+  {ivr}:audit                  list, newest first: JSON entries of admin changes (trimmed)
 Channel:
   {ivr}:queues:changed         `<config version> <queue name>` after every change to that queue
                                (a bare version, as older releases publish: reload every queue)
@@ -32,6 +33,7 @@ from redis.exceptions import RedisError
 
 from ivr.metrics import STORE_UP
 from ivr.queues import Queue, QueueConfig, changed_fields, check_overflow_from, queue_matches
+from ivr.redis.retention import TRIM_LUA, Retention, kept_versions, next_before, page_numbers
 
 # The logger keeps the name it had before the move into ivr/redis/: operators filter on it.
 log = logging.getLogger("ivr.store")
@@ -86,11 +88,13 @@ return 1
 #       to queues (QueueUsers.key).
 # ARGV: name, record JSON without version ('' to delete), expected queue version ('' = any,
 #       '*' = must exist), expected config version ('' = any), audit entry JSON, channel; for a
-#       delete, the value at KEYS[6] that the queue's users were read at.
+#       delete, the value at KEYS[6] that the queue's users were read at (else ''); versions
+#       kept, audit entries kept, the age cutoff ('' = none) (Retention).
 # Returns {status, version, the record replaced or '', and for ok the new config version}: ok,
 # unchanged (nothing written), stale (If-Match failed), retry (config or the queues' users
 # changed), missing.
-_WRITE_SCRIPT = "local META = {" + ", ".join(f"'{key}'" for key in RECORD_META) + "}\n" + """
+_WRITE_SCRIPT = "local META = {" + ", ".join(f"'{key}'" for key in RECORD_META) + "}\n" + \
+    TRIM_LUA + """
 local function same(a, b)
   if type(a) ~= 'table' or type(b) ~= 'table' then return a == b end
   for key, value in pairs(a) do if not same(value, b[key]) then return false end end
@@ -135,9 +139,11 @@ else
   new = '{"version":' .. version .. ',' .. string.sub(ARGV[2], 2)
   redis.call('HSET', KEYS[1], ARGV[1], new)
   redis.call('HSET', KEYS[2], version, new)
+  trim_versions(KEYS[2], '', version, tonumber(ARGV[8]), 1, ARGV[10], 'updated_at')
 end
 redis.call('LPUSH', KEYS[4],
   '{"version":' .. version .. ',"old":' .. old .. ',"new":' .. new .. ',' .. string.sub(ARGV[5], 2))
+trim_audit(KEYS[4], tonumber(ARGV[9]), ARGV[10])
 local config_version = redis.call('INCR', KEYS[5])
 redis.call('PUBLISH', ARGV[6], config_version .. ' ' .. ARGV[1])
 return {'ok', version, current or '', config_version}
@@ -202,6 +208,19 @@ class Written:
         return changed_fields(self.previous, self.record.queue)
 
 
+@dataclass(frozen=True)
+class HistoryPage:
+    """One page of a queue's history, newest first: `versions`; `below`, the version just
+    below the page (what its last version changed from; None when there is none or it is no
+    longer kept); `next_before`, what `before` gets the next page (None: this is the last);
+    `oldest`, the oldest version kept (0: the queue never had one)."""
+
+    versions: list[QueueRecord]
+    below: QueueRecord | None
+    next_before: int | None
+    oldest: int
+
+
 class Follower(Protocol):
     """Shared state a process keeps a copy of, kept fresh by the store's listener: a message on
     `channel` is handed to `changed`; after a reconnection, or when `version_key` in Redis
@@ -236,6 +255,10 @@ class QueueNotFound(Exception):
     pass
 
 
+class VersionNotKept(QueueNotFound):
+    """The version asked for was trimmed by the retention settings (or never was)."""
+
+
 class StaleVersion(Exception):
     """If-Match named a version that is no longer current."""
 
@@ -268,8 +291,9 @@ class QueueStore:
     """Queue configuration in Redis. `queue()` answers from a local cache that pub/sub keeps
     fresh, so routing a call costs no Redis round trip and survives a Redis outage."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, retention: Retention | None = None) -> None:
         self.redis = client
+        self.retention = retention or Retention()
         self._seed = client.register_script(_SEED_SCRIPT)
         self._write = client.register_script(_WRITE_SCRIPT)
         self._queues: dict[str, Queue] = {}
@@ -488,16 +512,40 @@ class QueueStore:
         raw = await self.redis.hget(QUEUES_KEY, name)
         return None if raw is None else self._parse(name, raw)
 
-    async def history(self, name: str) -> list[QueueRecord]:
-        """Every version of the queue, newest first (also after the queue was deleted)."""
-        raw = await self.redis.hgetall(history_key(name))
-        records = [r for value in raw.values() if (r := self._parse(name, value)) is not None]
-        return sorted(records, key=lambda record: record.version, reverse=True)
+    async def history(self, name: str, limit: int, before: int | None = None) -> HistoryPage:
+        """Up to `limit` versions of the queue below version `before` (default: from the
+        newest), newest first; also after the queue was deleted. Reads only those: the kept
+        versions are consecutive numbers up to the queue's counter."""
+        oldest, newest = await self.kept_versions(name)
+        numbers = page_numbers(oldest, newest, limit, before)
+        raw = await self.redis.hmget(history_key(name), numbers) if numbers else []
+        records = {number: record for number, value in zip(numbers, raw, strict=True)
+                   if value is not None and (record := self._parse(name, value)) is not None}
+        shown = numbers[:limit]
+        below = records.get(numbers[limit]) if len(numbers) > limit else None
+        return HistoryPage([records[number] for number in shown if number in records], below,
+                           next_before(shown, oldest), oldest if newest else 0)
+
+    async def kept_versions(self, name: str) -> tuple[int, int]:
+        """The oldest and the newest version of the queue kept (newest 0: it never had one)."""
+        return await kept_versions(self.redis, counter_key(name), history_key(name))
 
     async def version(self, name: str, version: int) -> QueueRecord | None:
         """Version `version` of the queue, or None if it never had one (or it is corrupt)."""
         raw = await self.redis.hget(history_key(name), str(version))
         return None if raw is None else self._parse(name, raw)
+
+    async def version_missing(self, name: str, version: int) -> QueueNotFound:
+        """Why version `version` of the queue cannot be had, naming the versions kept."""
+        oldest, newest = await self.kept_versions(name)
+        if not newest:
+            return QueueNotFound(f"queue {name!r}")
+        if 1 <= version < oldest:
+            return VersionNotKept(
+                f"version {version} of queue {name!r} is no longer kept: the oldest kept is "
+                f"{oldest} (IVR_QUEUE_VERSIONS_KEPT, IVR_ADMIN_HISTORY_DAYS)")
+        return VersionNotKept(f"queue {name!r} has no version {version} (its versions are "
+                              f"{oldest} to {newest})")
 
     async def audit(self, offset: int = 0, limit: int = 100) -> tuple[list[dict[str, Any]], int]:
         """Audit entries, newest first, and how many there are in all."""
@@ -582,7 +630,7 @@ class QueueStore:
         holds what is current); re-creates a deleted queue."""
         old = await self.version(name, version)
         if old is None:
-            raise QueueNotFound(f"queue {name!r} has no version {version}")
+            raise await self.version_missing(name, version)
         return await self.put(name, old.queue, who, if_match, action="rollback",
                               extra={"rolled_back_to": version})
 
@@ -624,7 +672,8 @@ class QueueStore:
                 CHANGED_CHANNEL]
         if guard is not None:
             keys.append(guard[0])
-            args.append(guard[1])
+        args += [guard[1] if guard is not None else "", str(self.retention.queue_versions),
+                 str(self.retention.audit_entries), self.retention.cutoff()]
         status, version, replaced, *config_version = await self._write(keys=keys, args=args)
         if status == "stale":
             raise StaleVersion(int(version))
