@@ -19,13 +19,12 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from ivr.redis.autopipeline import AutoPipeline, Command
-from ivr.timestamps import utc_iso
 
 # The logger keeps the name it had before the move into ivr/redis/: operators filter on it.
 log = logging.getLogger("ivr.conversations")
@@ -157,7 +156,9 @@ def visit_time(stored: str) -> str:
     if not stored.isdecimal():
         return stored
     try:
-        return utc_iso(int(stored))
+        # The text utc_iso writes for a whole second, without its cache of the current second,
+        # which times long past would only evict.
+        return datetime.fromtimestamp(int(stored), UTC).isoformat()
     except (OverflowError, ValueError, OSError):  # beyond the years datetime can show
         return stored
 
