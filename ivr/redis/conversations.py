@@ -3,7 +3,8 @@
 order, and answers to replay when Twilio retries a webhook.
 
 Keys (per contact or call, so they spread over a Redis Cluster):
-  ivr:contact:<number>        hash: first_seen, last_seen and the fields flows saved
+  ivr:contact:<number>        hash: first_seen, last_seen (epoch seconds; ISO 8601 text as
+                              stored before issue 18, or by a CRM sync) and the fields flows saved
   ivr:lock:<channel key>      the per-contact messaging lock
   ivr:replay:<token>          the TwiML answered to an I-Twilio-Idempotency-Token
   ivr:held:<CallSid>          a held call's decision, for the redirect after the hold prompt
@@ -18,13 +19,12 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from ivr.redis.autopipeline import AutoPipeline, Command
-from ivr.timestamps import utc_iso
 
 # The logger keeps the name it had before the move into ivr/redis/: operators filter on it.
 log = logging.getLogger("ivr.conversations")
@@ -36,6 +36,9 @@ LOCK_TTL = timedelta(seconds=15)  # longer than any webhook may take; a crashed 
 # and the state writes, well under Twilio's 15 s, even with Redis hung.
 LOCK_WAIT = 5.0
 LOCK_CALL_TIMEOUT = 0.5  # one lock command; a hung Redis must not hold a message longer
+
+# Visits, stored as epoch seconds and read as ISO 8601 times.
+VISIT_FIELDS = ("first_seen", "last_seen")
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -58,8 +61,14 @@ class Conversations:
     # --- contact memory ---------------------------------------------------------------------
 
     async def contact_memory(self, number: str) -> dict[str, str]:
+        """The contact's memory as flows read it: first_seen and last_seen as ISO 8601 times."""
         [flat] = await self.pipeline.execute(("HGETALL", f"ivr:contact:{number}"))
-        return dict(zip(flat[::2], flat[1::2], strict=True))
+        memory = dict(zip(flat[::2], flat[1::2], strict=True))
+        for name in VISIT_FIELDS:
+            seen = memory.get(name)
+            if seen is not None:
+                memory[name] = visit_time(seen)
+        return memory
 
     def remember_commands(self, number: str, fields: dict[str, str], visit: bool,
                           known: bool = False) -> list[Command]:
@@ -72,7 +81,9 @@ class Conversations:
         commands: list[Command] = []
         mapping = dict(fields)
         if visit:
-            now = utc_iso(time.time())
+            # Epoch seconds, which Redis keeps as an integer in the hash's compact encoding:
+            # 35 bytes a contact fewer than ISO text (bench/README.md, contact memory).
+            now = str(int(time.time()))
             mapping["last_seen"] = now
             if not known:
                 commands.append(("HSETNX", key, "first_seen", now))
@@ -137,6 +148,19 @@ class Conversations:
     @staticmethod
     def record_reply_command(token: str, twiml: str) -> Command:
         return ("SET", f"ivr:replay:{token}", twiml, "EX", ttl_seconds(REPLAY_TTL), "NX")
+
+
+def visit_time(stored: str) -> str:
+    """A visit as flows read it: epoch seconds as an ISO 8601 time; anything else (the ISO text
+    stored before, a CRM's own value) as it is."""
+    if not stored.isdecimal():
+        return stored
+    try:
+        # The text utc_iso writes for a whole second, without its cache of the current second,
+        # which times long past would only evict.
+        return datetime.fromtimestamp(int(stored), UTC).isoformat()
+    except (OverflowError, ValueError, OSError):  # beyond the years datetime can show
+        return stored
 
 
 @functools.lru_cache(maxsize=64)  # a few TTLs, on every call

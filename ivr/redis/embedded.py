@@ -115,6 +115,11 @@ class EmbeddedRedis:
             "--appendonly", "yes",
             "--appendfsync", "everysec",
             "--save", "",
+            # Contact memory's hashes keep their small encoding with a saved field up to 256
+            # bytes (Redis's default, 64, makes one a hash table of 2.5 times the memory); 128
+            # entries at most, as Redis 7 has it, so that no hash is scanned at length.
+            "--hash-max-ziplist-value", "256",
+            "--hash-max-ziplist-entries", "128",
             "--daemonize", "no",
             "--loglevel", "warning",
             "--logfile", str(self.data_dir / "redis.log"),
