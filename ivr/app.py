@@ -109,17 +109,17 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """200 while the store answers and flows are loaded; 503 `degraded` while Redis is unreachable
-    (calls still route, from the configuration in memory)."""
+    or loading its data (calls still route, from the configuration in memory)."""
     services: Services | None = getattr(request.app.state, "services", None)
     if services is None:
         return JSONResponse({"status": "starting"}, status_code=503)
     store = services.store
-    # The queue listener knows at no cost when the connection broke; PING catches a hung Redis.
-    reachable = store.following and await store.reachable(READY_PING_TIMEOUT)
+    # PING catches a hung Redis and one loading its data, which the queue listener may not
+    # have tried yet (it backs off while Redis is away).
+    health = await store.health(READY_PING_TIMEOUT)
     flows = services.flows
-    ready = reachable and len(flows.flows) > 0
-    body = {"status": "ready" if ready else "degraded",
-            "store": "ok" if reachable else "unreachable",
+    ready = health == "ok" and len(flows.flows) > 0
+    body = {"status": "ready" if ready else "degraded", "store": health,
             "flows": len(flows.flows), "flow_version": flows.version,
             "queues": len(store.queue_names()),
             # Which process answered: a reload (SIGHUP) replaces them, `ivr serve` stays.

@@ -71,8 +71,6 @@ SET_OPTIONS = (  # option, field, metavar, what it sets, what --no-... does
      "overflow to no queue"),
 )
 SET_FIELDS = ("sip_uri", "fallback_sip_uris", *(option[1] for option in SET_OPTIONS))
-# How often `ivr serve` checks that its embedded Redis still runs (and starts it again if not).
-SUPERVISE_INTERVAL = 1.0
 FOLLOW_INTERVAL = 1.0  # seconds between polls of `ivr calls tail --follow`
 # Traces are scored by when they were answered, and a worker writes its own a moment later: a
 # follow asks again for this many seconds back and skips what it already printed.
@@ -500,7 +498,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if settings.redis_url is None:
             # Started here, once, so that every worker shares it; stopped when serve exits.
-            embedded = EmbeddedRedis(settings.data_dir)  # it logs where it runs
+            embedded = EmbeddedRedis(settings.data_dir, settings.redis_start_timeout)  # it logs where
             os.environ["IVR_REDIS_URL"] = embedded.start()
             settings = settings.model_copy(update={"redis_url": os.environ["IVR_REDIS_URL"]})
         else:
@@ -529,8 +527,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         if supervisor is not None:
             supervisor.set()  # before the stop, which it must not take for a crash
         if embedded is not None:
-            with EMBEDDED_LOCK:
-                embedded.stop()
+            embedded.stop()  # at once, even while a restart loads
     return 0
 
 
@@ -553,26 +550,12 @@ def _address_in_use(host: str, port: int) -> str | None:
     return None
 
 
-# The supervisor's restart and serve's stop never run at once.
-EMBEDDED_LOCK = threading.Lock()
-
-
 def _supervise(embedded: EmbeddedRedis) -> threading.Event:
     """Start the embedded Redis again whenever it exits while `ivr serve` runs; set the event
     returned to stop watching."""
     stop = threading.Event()
-
-    def watch() -> None:
-        while not stop.wait(SUPERVISE_INTERVAL):
-            with EMBEDDED_LOCK:
-                if stop.is_set():
-                    return
-                try:
-                    embedded.restart_if_exited()
-                except Exception:  # keep watching; the log says why
-                    log.exception("the embedded Redis could not be started again")
-
-    threading.Thread(target=watch, name="ivr-redis-supervisor", daemon=True).start()
+    threading.Thread(target=embedded.supervise, args=(stop,), name="ivr-redis-supervisor",
+                     daemon=True).start()
     return stop
 
 

@@ -114,6 +114,11 @@ class Settings(BaseSettings):
         "(redis+sentinel://). Unset: an embedded Redis under data_dir."
     )
     data_dir: Path = Field(default=Path("./var"), description="Embedded Redis data, local token.")
+    redis_start_timeout: float = Field(
+        default=10.0, gt=0,
+        description="Seconds the embedded Redis may go neither answering nor loading its data "
+        "before its start counts as failed (a load takes as long as it takes).",
+    )
     flows_dir: Path = Field(default=Path("./flows"), description="Flow definitions (YAML).")
     sip_config: Path = Field(
         default=Path("./sip_config/queues.yaml"), description="Queues seeded into an empty store."

@@ -56,6 +56,10 @@ def connect(url: str, max_connections: int = 64) -> redis.Redis:
         "socket_timeout": 5,
         "health_check_interval": 30,
         "retry_on_timeout": True,
+        # No CLIENT SETINFO on connect: a Redis loading its data answers it LOADING, which
+        # failed every new connection, /readyz's INFO included, until the load was over.
+        "lib_name": None,
+        "lib_version": None,
     }
     if is_sentinel_url(url):
         target = sentinel_url.parse(url)

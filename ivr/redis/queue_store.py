@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 import redis.asyncio as redis
-from redis.exceptions import RedisError
+from redis.exceptions import BusyLoadingError, RedisError
 
 from ivr.metrics import STORE_UP
 from ivr.queues import Queue, QueueConfig, changed_fields, check_overflow_from, queue_matches
@@ -369,13 +369,19 @@ class QueueStore:
         connection to Redis fails until it is made again (no I/O: the listener knows)."""
         return self._following
 
-    async def reachable(self, timeout: float) -> bool:
-        """Whether Redis answers PING within `timeout` seconds."""
+    async def health(self, timeout: float) -> str:
+        """"ok" while Redis answers PING within `timeout` seconds and this process follows
+        queue changes, "loading N%" while Redis loads its data, "unreachable" otherwise."""
         try:
             async with asyncio.timeout(timeout):
-                return bool(await self.redis.ping())
+                try:
+                    await self.redis.ping()
+                except BusyLoadingError:  # INFO answers while Redis loads; read only then
+                    info = await self.redis.info("persistence")
+                    return f"loading {float(info.get('loading_loaded_perc', 0)):.0f}%"
         except (RedisError, OSError, TimeoutError):
-            return False
+            return "unreachable"
+        return "ok" if self._following else "unreachable"
 
     def _set_following(self, following: bool) -> None:
         self._following = following
