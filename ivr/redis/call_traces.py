@@ -60,8 +60,8 @@ WRITE_INTERVAL = 0.1
 WRITE_TIMEOUT = 2.0
 RETRY_PAUSE = 1.0  # after a failed write, so an outage does not spin
 READ_CHUNK = 500
-# A previous version's traces written this long after this version's first are not found by SID
-# (they are listed, and found by SID, while a rolling upgrade lasts up to this long).
+# Traces a previous version writes later than this after this version's first write are listed
+# but not found by SID: a rolling upgrade is taken to be over by then.
 UPGRADE_WINDOW = 3600.0
 # SIDs whose references the sweep checks at each write: a reference can outlive its entry only
 # when a previous version's writer trimmed it, during a rolling upgrade.
@@ -304,9 +304,11 @@ class CallTraces:
         written (before this version's first write, or in a rolling upgrade's UPGRADE_WINDOW
         after it), by reading them: nothing to read once those are past the retention."""
         indexed_from = await self.redis.get(INDEXED_FROM_KEY)
-        newest = "+inf" if indexed_from is None else float(indexed_from) + UPGRADE_WINDOW
-        if indexed_from is not None and newest <= oldest:
-            return []
+        newest: float | str = "+inf"
+        if indexed_from is not None:
+            newest = float(indexed_from) + UPGRADE_WINDOW
+            if newest <= oldest:
+                return []
         needle = f'"sid":{json.dumps(sid)},'
         found: list[tuple[str, float]] = []
         offset = 0
