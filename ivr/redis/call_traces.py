@@ -101,8 +101,8 @@ end
 """
 
 # KEYS[3] indexed-from, KEYS[4] the sweep's cursor. ARGV: the cutoff (entries answered before it
-# go), how many entries are kept, the TTL, now, how many SIDs the sweep checks, then score, entry,
-# SID ('' for none indexed) and entry id of each trace written.
+# go), how many entries are kept, the TTL, now, how many SIDs the sweep checks, how many entries
+# are written, then score and entry of each, then each SID indexed and its new references.
 _WRITE = _REFERENCES + r"""
 -- Drops the references of `entries`, which are leaving ivr:calls.
 local function forget(entries)
@@ -133,14 +133,17 @@ end
 if redis.call('EXISTS', KEYS[3]) == 0 then
   redis.call('SET', KEYS[3], redis.call('EXISTS', calls) == 1 and ARGV[4] or '0')
 end
-for i = 6, #ARGV, 4 do
-  local score, sid = ARGV[i], ARGV[i + 2]
-  -- Added once: an entry written again (after a write cut short) keeps its one reference.
-  if redis.call('ZADD', calls, score, ARGV[i + 1]) == 1 and sid ~= '' then
-    local ref = ARGV[i + 3] .. '@' .. score
-    local refs = redis.call('HGET', sids, sid)
-    redis.call('HSET', sids, sid, refs and (refs .. ' ' .. ref) or ref)
+local written = 6 + 2 * tonumber(ARGV[6])
+if written > 6 then redis.call('ZADD', calls, unpack(ARGV, 7, written)) end
+for i = written + 1, #ARGV, 2 do
+  local refs = redis.call('HGET', sids, ARGV[i]) or ''
+  local known, kept = ' ' .. refs .. ' ', {}
+  if refs ~= '' then kept[1] = refs end
+  for ref in string.gmatch(ARGV[i + 1], '%S+') do
+    -- An entry written again (after a write cut short) keeps its one reference.
+    if not string.find(known, ' ' .. ref .. ' ', 1, true) then kept[#kept + 1] = ref end
   end
+  redis.call('HSET', sids, ARGV[i], table.concat(kept, ' '))
 end
 forget(redis.call('ZRANGEBYSCORE', calls, '-inf', cutoff))
 redis.call('ZREMRANGEBYSCORE', calls, '-inf', cutoff)
@@ -267,8 +270,15 @@ class CallTraces:
     async def _write(self, now: float, queued: list[tuple[str, bytes, str, str]]) -> None:
         """Add `queued` to the traces and their SIDs to the index, and trim both, at once."""
         keys = (CALLS_KEY, SIDS_KEY, INDEXED_FROM_KEY, SWEEP_KEY)
-        args = (now - self.ttl, self.max_entries, self.ttl, now, SWEEP_COUNT,
-                *itertools.chain.from_iterable(queued))
+        # A SID's references together: one read and one write of the index each.
+        references: dict[str, list[str]] = {}
+        for score, _, sid, entry_id in queued:
+            if sid:
+                references.setdefault(sid, []).append(f"{entry_id}@{score}")
+        args = (now - self.ttl, self.max_entries, self.ttl, now, SWEEP_COUNT, len(queued),
+                *itertools.chain.from_iterable(entry[:2] for entry in queued),
+                *itertools.chain.from_iterable(
+                    (sid, " ".join(refs)) for sid, refs in references.items()))
         try:
             await self._writes.execute(("EVALSHA", _WRITE_SHA, len(keys), *keys, *args))
         except ResponseError as exc:
