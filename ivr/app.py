@@ -5,9 +5,10 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
+from typing import TypeVar
 
 from redis.asyncio.sentinel import MasterNotFoundError
 from redis.exceptions import RedisError
@@ -25,7 +26,13 @@ from ivr.admin.auth import resolve_admin_token
 from ivr.admin.guard import AdminGuard
 from ivr.channels.voice import CallbackUrls
 from ivr.channels.webhook import ENDPOINTS, WebhookRoutes
-from ivr.flow_versions import FlowChecks, FlowsRefused, LiveFlows, starting_flows
+from ivr.flow_versions import (
+    FlowChecks,
+    FlowsRefused,
+    LiveFlows,
+    check_starting_flows,
+    starting_flows,
+)
 from ivr.flows.http import AiohttpClient
 from ivr.flows.loader import FlowLoadError, FlowSet
 from ivr.flows.upstream import Upstreams
@@ -133,14 +140,34 @@ async def metrics(request: Request) -> Response:
     return Response(body, media_type=CONTENT_TYPE)
 
 
+Started = TypeVar("Started")
+
+
 class StartupError(Exception):
     """The configuration cannot serve calls; the message says what to fix."""
 
 
-async def open_store(settings: Settings) -> tuple[QueueStore, FlowSet]:
+async def open_store(settings: Settings, *, compare_draft: bool = True
+                     ) -> tuple[QueueStore, FlowSet]:
     """Connect to the store, seed it from the queues file if it is empty, and load the live
     flows version (in an empty store, the flow files, checked against the live queues and
     published as version 1). The caller owns the returned store and closes it."""
+    return await _opened_store(settings, lambda flows, store: starting_flows(
+        flows, store, flow_checks(settings), settings.flows_dir, compare_draft=compare_draft))
+
+
+async def check_store(settings: Settings) -> None:
+    """What `ivr serve` checks before its workers start: the store as open_store opens it, but
+    the live flows version, which each worker loads, is not loaded (ivr.flow_versions'
+    check_starting_flows). Raises StartupError."""
+    store, _ = await _opened_store(settings, lambda flows, store: check_starting_flows(
+        flows, store, flow_checks(settings), settings.flows_dir))
+    await store.close()
+
+
+async def _opened_store(settings: Settings,
+                        start: Callable[[FlowStore, QueueStore], Awaitable[Started]]
+                        ) -> tuple[QueueStore, Started]:
     if settings.redis_url is None:
         raise StartupError("IVR_REDIS_URL is not set: run `ivr serve`, which starts the embedded "
                            "Redis when no URL is given")
@@ -153,8 +180,7 @@ async def open_store(settings: Settings) -> tuple[QueueStore, FlowSet]:
         if await store.seed_queues(queue_config):
             log.info("seeded %d queues from %s", len(queue_config.queues), settings.sip_config)
         await store.refresh()
-        flows = await starting_flows(FlowStore(store.redis, store.retention), store, flow_checks(settings),
-                                     settings.flows_dir)
+        flows = await start(FlowStore(store.redis, store.retention), store)
     except FlowLoadError as exc:
         await store.close()
         raise StartupError(f"the flows are broken:\n{exc}") from None
@@ -185,7 +211,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     async with AsyncExitStack() as stack:
         try:
-            store, flows = await open_store(settings)
+            # A draft that differs is for `ivr serve` to say, once (ivr.cli), not each worker
+            # with a second flow set loaded for it.
+            store, flows = await open_store(settings, compare_draft=False)
         except StartupError as exc:
             log.error("cannot start: %s", exc)
             raise

@@ -43,7 +43,7 @@ from ivr.admin.client import (
     queue_of,
     table,
 )
-from ivr.app import StartupError, open_store
+from ivr.app import StartupError, check_store, open_store
 from ivr.calltrace import describe_answer
 from ivr.channels.voice import DEFAULT_FINISH_ON_KEY, keyed_answer
 from ivr.flow_watch import watch_flows
@@ -503,9 +503,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             settings = settings.model_copy(update={"redis_url": os.environ["IVR_REDIS_URL"]})
         else:
             log.info("Redis: %s (IVR_REDIS_URL)", describe_redis(settings.redis_url))
-        # Check everything workers will load before starting them, so a broken configuration
-        # stops `ivr serve` itself with every problem listed, whatever the number of workers.
-        asyncio.run(_check_startup(settings))
+        # Check before the workers start what they would refuse (the queues, a seed), so a
+        # broken configuration stops `ivr serve` itself with every problem listed, whatever the
+        # number of workers. The live flows version is loaded by each worker alone (loading it
+        # here too doubled the start with many flows); one it cannot serve is said after.
+        asyncio.run(check_store(settings))
     except (StartupError, RuntimeError) as exc:
         print(f"ivr: cannot start: {exc}", file=sys.stderr)
         if embedded is not None:
@@ -520,7 +522,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     supervisor = _supervise(embedded) if embedded is not None else None
     watcher = watch_flows(settings) if args.watch_flows else None
     try:
-        serve_workers(args.host, args.port, args.workers, settings)
+        started = serve_workers(args.host, args.port, args.workers, settings)
+        if not started:
+            print(f"ivr: cannot start: {_why_workers_did_not_start(settings)}", file=sys.stderr)
+            return 2
     finally:
         if watcher is not None:
             watcher.set()
@@ -559,9 +564,20 @@ def _supervise(embedded: EmbeddedRedis) -> threading.Event:
     return stop
 
 
-async def _check_startup(settings: Settings) -> None:
-    store, _ = await open_store(settings)
-    await store.close()
+def _why_workers_did_not_start(settings: Settings) -> str:
+    """What stopped the workers' start, found by starting as a worker does here: the live
+    flows version, which `ivr serve` leaves to its workers to load, cannot be served here,
+    say."""
+
+    async def start_as_a_worker() -> None:
+        store, _ = await open_store(settings, compare_draft=False)
+        await store.close()
+
+    try:
+        asyncio.run(start_as_a_worker())
+    except (StartupError, RuntimeError) as exc:
+        return str(exc)
+    return "a worker did not start; its log above says why"
 
 
 def test_call_params(args: argparse.Namespace) -> dict[str, str]:

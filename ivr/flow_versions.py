@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import difflib
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -73,8 +74,12 @@ class FlowChecks:
              version: int = 0, directory: Path | None = None) -> FlowSet:
         """Load `files` (read from `directory`, if they were); raises FlowLoadError naming
         every problem."""
-        return load_flow_texts(files, queue_names, self.secrets, self.settings,
-                               version=version, directory=directory)
+        started = time.perf_counter()
+        flows = load_flow_texts(files, queue_names, self.secrets, self.settings,
+                                version=version, directory=directory)
+        log.debug("flows loaded: %d flows%s in %.2f s", len(flows.flows),
+                  f" of version {version}" if version else "", time.perf_counter() - started)
+        return flows
 
 
 class PinnedVersionMissing(Exception):
@@ -256,35 +261,63 @@ async def rollback(flow_store: FlowStore, queue_store: QueueStore, checks: FlowC
 
 
 async def starting_flows(flow_store: FlowStore, queue_store: QueueStore, checks: FlowChecks,
-                         flows_dir: Path) -> FlowSet:
+                         flows_dir: Path, *, compare_draft: bool = True) -> FlowSet:
     """The flows a process starts with: the live version; in an empty store, the files of
     `flows_dir`, published as version 1 (they must then be valid). A draft that differs from the
-    live version is never put into service here: a warning names `ivr flows publish`. Raises
+    live version is never put into service here: a warning names `ivr flows publish` (unless
+    `compare_draft` is False: `ivr serve` says it once, before its workers start). Raises
     FlowLoadError for a broken seed, FlowsRefused when the live version cannot be served here."""
+    seeded = await _seeded(flow_store, queue_store, checks, flows_dir)
+    if isinstance(seeded, FlowSet):
+        return seeded
+    files = await _live_files(flow_store, seeded)
+    try:
+        flows = checks.load(files, None, seeded)
+    except FlowLoadError as exc:
+        raise FlowsRefused([f"flows version {seeded} (live) cannot be served here: {problem}"
+                            for problem in exc.problems]) from None
+    if compare_draft:
+        await _compare_draft(flow_store, queue_store, checks, flows_dir, seeded, files)
+    return flows
+
+
+async def check_starting_flows(flow_store: FlowStore, queue_store: QueueStore,
+                               checks: FlowChecks, flows_dir: Path) -> None:
+    """What `ivr serve` checks of the flows before its workers start, loading one flow set at
+    most: it seeds an empty store (the files must be valid), or warns of a draft that differs
+    from the live version. The live version is not loaded here: each worker loads it as it
+    starts, and one that cannot is a start that failed (ivr.cli). Raises as starting_flows."""
+    seeded = await _seeded(flow_store, queue_store, checks, flows_dir)
+    if not isinstance(seeded, FlowSet):
+        files = await _live_files(flow_store, seeded)
+        await _compare_draft(flow_store, queue_store, checks, flows_dir, seeded, files)
+
+
+async def _seeded(flow_store: FlowStore, queue_store: QueueStore, checks: FlowChecks,
+                  flows_dir: Path) -> FlowSet | int:
+    """The flows of `flows_dir` published as version 1 if no version is live, else the live
+    version's number."""
     live = await flow_store.live_version()
-    if live == 0:
-        files = read_flow_texts(flows_dir)
-        flows = checks.load(files, (await queue_store.live_names())[0], directory=flows_dir)
-        try:
-            seeded = await flow_store.publish(files, "seed", f"seeded from {flows_dir}",
-                                              action="seed", expected_live=NO_VERSION,
-                                              routes=queue_routes(flows))
-        except StaleLive as exc:  # another instance seeded first: serve what it published
-            live = exc.live
-        else:
-            log.info("flows: seeded version %d from %s", seeded.version.version, flows_dir)
-            flows.version = seeded.version.version
-            return flows
+    if live:
+        return live
+    files = read_flow_texts(flows_dir)
+    flows = checks.load(files, (await queue_store.live_names())[0], directory=flows_dir)
+    try:
+        seeded = await flow_store.publish(files, "seed", f"seeded from {flows_dir}",
+                                          action="seed", expected_live=NO_VERSION,
+                                          routes=queue_routes(flows))
+    except StaleLive as exc:  # another instance seeded first: serve what it published
+        return exc.live
+    log.info("flows: seeded version %d from %s", seeded.version.version, flows_dir)
+    flows.version = seeded.version.version
+    return flows
+
+
+async def _live_files(flow_store: FlowStore, live: int) -> dict[str, str]:
     files = await flow_store.files(live)
     if files is None:
         raise FlowsRefused([f"flows version {live} is live but its files are not in the store"])
-    try:
-        flows = checks.load(files, None, live)
-    except FlowLoadError as exc:
-        raise FlowsRefused([f"flows version {live} (live) cannot be served here: {problem}"
-                            for problem in exc.problems]) from None
-    await _compare_draft(flow_store, queue_store, checks, flows_dir, live, files)
-    return flows
+    return files
 
 
 async def _compare_draft(flow_store: FlowStore, queue_store: QueueStore, checks: FlowChecks,

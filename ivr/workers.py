@@ -13,6 +13,7 @@ from socket import socket
 
 import uvicorn
 from prometheus_client import multiprocess
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
 
@@ -28,11 +29,12 @@ WORKER_START_TIMEOUT = 30
 DRAIN_TIMEOUT = 15
 
 
-def serve_workers(host: str, port: int, workers: int, settings: Settings) -> None:
+def serve_workers(host: str, port: int, workers: int, settings: Settings) -> bool:
     """Serve until SIGTERM or Ctrl-C. This process holds the listening socket and starts the
     workers; SIGHUP replaces them one by one, each new worker (its modules imported afresh, the
     settings and .env read again) serving before the one it replaces stops taking connections
-    and drains; SIGTERM drains them all before this returns."""
+    and drains; SIGTERM drains them all before this returns. False when the workers could
+    not start (their lifespan refused the configuration): uvicorn then stops them all."""
     config = uvicorn.Config(
         "ivr.app:create_app",
         factory=True,
@@ -59,7 +61,9 @@ def serve_workers(host: str, port: int, workers: int, settings: Settings) -> Non
     metrics_dir = Path(tempfile.mkdtemp(prefix="ivr-metrics-"))
     os.environ[MULTIPROCESS_ENV] = str(metrics_dir)
     try:
-        Workers(config, [listening], metrics_dir).run()
+        supervisor = Workers(config, [listening], metrics_dir)
+        supervisor.run()
+        return not any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes)
     finally:
         listening.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -4,6 +4,7 @@ to the version they started on, and what a process starts with."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -25,7 +26,8 @@ from ivr.redis.client import connect
 from ivr.redis.flow_store import NO_VERSION, FlowStore, StaleLive
 from ivr.redis.queue_store import QueueStore
 from ivr.settings import Settings
-from tests.servers import ServerThread
+from tests.conftest import Served, run_ivr
+from tests.servers import ServerThread, free_port
 from tests.test_sessions import (
     CALLER,
     MENU_FLOW,
@@ -376,3 +378,58 @@ def opened_version(settings: Settings) -> int:
         await store.close()
         return flows.version
     return asyncio.run(go())
+
+
+# --- `ivr serve`'s start: each process loads one flow set at most ------------------------------
+
+def serve_once(served: Callable[..., Served]) -> list[dict[str, Any]]:
+    """`ivr serve` (one worker) started until ready, then stopped: its JSON log lines."""
+    server = served(IVR_LOG_LEVEL="debug", IVR_LOG_FORMAT="json")
+    deadline = time.monotonic() + 60
+    while httpx.get(server.url + "/readyz", timeout=5).status_code != 200:
+        assert time.monotonic() < deadline, server.log.read_text()
+        time.sleep(0.1)
+    assert server.stop() == 0
+    return [json.loads(line) for line in server.log.read_text().splitlines()
+            if line.startswith("{")]
+
+
+def loads_by_process(lines: list[dict[str, Any]]) -> dict[int, int]:
+    counted: dict[int, int] = {}
+    for line in lines:
+        if line["message"].startswith("flows loaded:"):
+            counted[line["process"]] = counted.get(line["process"], 0) + 1
+    return counted
+
+
+def test_ivr_serve_loads_the_live_flows_once_in_all_its_processes(
+    newcomer: tuple[Path, dict[str, str]], newcomer_serve: Callable[..., Served], redis_url: str
+) -> None:
+    """The `ivr serve` parent's check loaded the live version, and then its worker again: the
+    start took two loads (6-7 s with 200 flows). A draft that differs was loaded by each
+    process besides."""
+    cwd, _ = newcomer
+    served = functools.partial(newcomer_serve, IVR_REDIS_URL=redis_url)
+    seeding = loads_by_process(serve_once(served))
+    assert sorted(seeding.values()) == [1, 1]  # the seed checked, then served by the worker
+    assert list(loads_by_process(serve_once(served)).values()) == [1]
+    flow = cwd / "flows" / "loyalty_routing.yaml"
+    flow.write_text(flow.read_text().replace("queue: platinum", "queue: gold"))
+    lines = serve_once(served)
+    assert sorted(loads_by_process(lines).values()) == [1, 1]  # the draft, in the parent
+    [warning] = [line["message"] for line in lines if "differ from the live" in line["message"]]
+    assert "ivr flows publish" in warning
+
+
+def test_ivr_serve_refuses_a_live_version_its_workers_cannot_serve_naming_the_problem(
+    newcomer: tuple[Path, dict[str, str]], redis_url: str
+) -> None:
+    cwd, env = newcomer
+    _seed_queues(redis_url)
+    run(redis_url, lambda flows, queues: flows.publish({"crm.yaml": CRM_FLOW}, "erin", ""))
+    result = run_ivr(cwd, {**env, "IVR_REDIS_URL": redis_url}, "serve", "--port",
+                     str(free_port()), "--workers", "2")
+    assert result.returncode == 2
+    assert result.stderr.rstrip().splitlines()[-1].startswith(
+        "ivr: cannot start: flows version 1 (live) cannot be served here: crm.yaml: "
+        "steps.lookup.url: secrets.crm_token is not set: set IVR_SECRET_CRM_TOKEN")
