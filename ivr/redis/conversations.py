@@ -88,7 +88,8 @@ class Conversations:
         had in time (the message is answered anyway: late is better than lost)."""
         token = secrets.token_hex(8)
         name = f"ivr:lock:{key}"
-        if not await self._acquire(name, token):
+        # A Redis that left the pipeline's commands unanswered would hold the lock's too.
+        if self.pipeline.hung or not await self._acquire(name, token):
             yield False
             return
         try:
