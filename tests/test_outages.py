@@ -17,6 +17,8 @@ import pytest
 
 from ivr.redis.embedded import EmbeddedRedis
 from tests import loyalty_api as L
+from tests.loyalty_api import LoyaltyApi
+from tests.servers import ServerThread
 from tests.twilio_client import FakeTwilio, message_params, sign
 
 GOLD_DESK = "+15550100101"  # the shipped gold queue's message_to
@@ -92,3 +94,45 @@ def test_a_message_is_answered_with_a_route_within_the_bound_while_redis_hangs(
         assert time.monotonic() < deadline, "state was never kept again after Redis answered"
         sender = f"+1555000{int(sender[-4:]) + 1:04d}"
     assert forwarded_to(first) == [STANDARD_DESK]
+
+
+# --- a hand-off made because the lookup failed ------------------------------------------------
+
+@pytest.fixture
+def loyalty_of_its_own() -> Iterator[tuple[LoyaltyApi, str]]:
+    """The tests' loyalty API, on a server of this test's own: it is made to fail."""
+    api = LoyaltyApi()
+    with ServerThread(api.app()) as server:
+        yield api, server.url
+
+
+def test_a_conversation_handed_off_because_the_lookup_failed_is_routed_afresh_once_it_works(
+    loyalty_of_its_own: tuple[LoyaltyApi, str], make_settings, start_server
+) -> None:
+    """A gold customer's conversation handed to the fallback (standard) queue during a
+    loyalty-API outage stayed there for good: every later message went to standard. Each one
+    now tries the lookup again, and the first that gets an answer routes the conversation."""
+    api, url = loyalty_of_its_own
+    twilio = FakeTwilio(start_server(make_settings(loyalty_api_url=url)).url)
+    api.down = True
+    assert texts(message(twilio, L.GOLD, "hello")) == [
+        (None, "Thanks for your message! One of our team will reply shortly."),
+        (STANDARD_DESK, f"{L.GOLD} (no tier): hello")]
+    asked = len(api.requests)
+    # Still down: tried again, and forwarded to the same queue without a new acknowledgement.
+    assert texts(message(twilio, L.GOLD, "anyone?")) == [
+        (STANDARD_DESK, f"{L.GOLD} (no tier): anyone?")]
+    assert len(api.requests) > asked
+
+    api.down = False
+    assert texts(message(twilio, L.GOLD, "still waiting")) == [
+        (None, "Thanks for your message! A gold member specialist will reply shortly."),
+        (GOLD_DESK, f"{L.GOLD} (gold): still waiting")]
+    # Routed on the lookup's answer: the hand-off sticks, with no new lookup.
+    asked = len(api.requests)
+    assert texts(message(twilio, L.GOLD, "thanks")) == [(GOLD_DESK, f"{L.GOLD} (gold): thanks")]
+    # A caller the API does not know (404) is routed on that answer: it sticks too.
+    message(twilio, L.UNKNOWN, "hi")
+    assert texts(message(twilio, L.UNKNOWN, "me again")) == [
+        (STANDARD_DESK, f"{L.UNKNOWN} (no tier): me again")]
+    assert len(api.requests) == asked + 1

@@ -1,6 +1,7 @@
 """Messaging's sticky hand-off: a conversation routed to a queue that takes messages stays with
 it, and each later message of the contact is forwarded there, with no new lookup, until the
-session expires."""
+session expires. One handed off because a lookup failed (`Session.reroute_from`) is not forwarded
+here: each message decides its route again (ivr.channels.webhook)."""
 
 from __future__ import annotations
 
