@@ -14,11 +14,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
+from prometheus_client import REGISTRY
 
 from ivr.redis.embedded import EmbeddedRedis
 from tests import loyalty_api as L
 from tests.loyalty_api import LoyaltyApi
 from tests.servers import ServerThread
+from tests.test_faults import dialled
 from tests.twilio_client import FakeTwilio, message_params, sign
 
 GOLD_DESK = "+15550100101"  # the shipped gold queue's message_to
@@ -26,6 +29,8 @@ STANDARD_DESK = "+15550100103"
 # The README's figure for a message while Redis hangs; the test's ceiling is a generous one
 # that proves "no hang", well above what is measured.
 MESSAGE_BOUND_WHILE_REDIS_HANGS = 3.0
+LOST = "ivr_state_writes_lost_total"
+RETRIED = "ivr_state_writes_retried_total"
 
 
 @pytest.fixture
@@ -136,3 +141,56 @@ def test_a_conversation_handed_off_because_the_lookup_failed_is_routed_afresh_on
     assert texts(message(twilio, L.UNKNOWN, "me again")) == [
         (STANDARD_DESK, f"{L.UNKNOWN} (no tier): me again")]
     assert len(api.requests) == asked + 1
+
+
+# --- state writes Redis did not take ----------------------------------------------------------
+
+def counted(name: str, kind: str) -> float:
+    return REGISTRY.get_sample_value(name, {"kind": kind}) or 0.0
+
+
+def test_contact_memory_redis_did_not_take_is_written_once_it_answers_and_the_rest_counted(
+    own_redis: EmbeddedRedis, make_settings, start_server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While Redis was down, contact memory, session and retry-record writes were dropped, a
+    log line each: a customer who called during the outage was new again next time."""
+    twilio = FakeTwilio(start_server(make_settings(redis_url=own_redis.url)).url)
+    assert dialled(twilio.call(L.UNKNOWN)) == "sip:standard@queues.example.com"
+    before = {(name, kind): counted(name, kind) for name in (LOST, RETRIED)
+              for kind in ("contact", "session", "retry_record")}
+    process = own_redis._process  # noqa: SLF001 (the test owns it)
+    assert process is not None
+    with caplog.at_level("INFO", logger="ivr"):
+        process.kill()
+        process.wait()
+        callers = ["+15550000201", "+15550000202", "+15550000203"]
+        for caller in callers:
+            assert dialled(twilio.call(caller)) == "sip:standard@queues.example.com"
+        texter = "+15550000204"
+        assert forwarded_to(message(twilio, texter)) == [STANDARD_DESK]
+        own_redis.stop()
+        own_redis.start()  # the same data: what Redis took before the kill is there
+        client = redis.Redis.from_url(own_redis.url, decode_responses=True)
+        deadline = time.monotonic() + 15
+        while not all(client.exists(f"ivr:contact:{n}") for n in [*callers, texter]):
+            assert time.monotonic() < deadline, "contact memory was never written again"
+            time.sleep(0.1)
+        while "Redis answers again" not in caplog.text:  # said once the writes are done
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    for number in [*callers, texter]:
+        memory = client.hgetall(f"ivr:contact:{number}")
+        assert memory["first_seen"] == memory["last_seen"], memory
+        assert client.ttl(f"ivr:contact:{number}") > 300 * 86400  # IVR_CONTACT_MEMORY_DAYS
+    client.close()
+    assert counted(RETRIED, "contact") - before[RETRIED, "contact"] == 4
+    # The message's session (its hand-off) and its retry record are lost, and said so.
+    assert counted(LOST, "session") - before[LOST, "session"] == 1
+    assert counted(LOST, "retry_record") - before[LOST, "retry_record"] == 1
+    assert counted(LOST, "contact") == before[LOST, "contact"]
+    said = [r.getMessage() for r in caplog.records if r.name == "ivr.state_writes"]
+    assert len(said) == 2, said  # one line when it starts, one with the counts
+    assert said[1] == ("Redis answers again: 4 contacts' memory written again; state writes "
+                       "lost: 1 retry_record, 1 session (ivr_state_writes_lost_total)")
+    assert not [r for r in caplog.records if "skipped" in r.getMessage()
+                and ("state save" in r.getMessage() or "retry record" in r.getMessage())]

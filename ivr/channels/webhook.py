@@ -271,7 +271,8 @@ def _render(services: Services, hook: Webhook, taken: TakenTurn, last_resort: bo
 async def _save(services: Services, hook: Webhook, taken: TakenTurn, twiml: str) -> bool:
     """Keep the session after `taken`, with its answer `twiml` to replay, or end the one it
     resumed, and update the contact's memory, in one round trip; False if the store could not
-    take it. A call's turn that does not ask goes out without waiting for the write, and True
+    take it (its contact memory is then written when Redis answers again, ivr.redis.
+    state_writes). A call's turn that does not ask goes out without waiting for the write, and True
     says only that it was sent: what reads it next (this contact's next call or turn) queues
     behind it on the auto-pipeline's connection, or comes seconds later. A question (it needs
     its session) and a message (the next one waits on the lock, perhaps on another instance)
@@ -290,10 +291,9 @@ async def _save(services: Services, hook: Webhook, taken: TakenTurn, twiml: str)
     if not commands:
         return True
     if after.waiting_at is None and hook.channel != "messaging":
-        conversations.pipeline.send(*commands, what="state save")
+        conversations.writes.send(*commands)
         return True
-    return await best_effort(conversations.pipeline.execute(*commands), None,
-                             "state save") is not None
+    return await conversations.writes.execute(*commands)
 
 
 def _summary(taken: TakenTurn, channel: Channel) -> str:

@@ -4,6 +4,7 @@ order, and answers to replay when Twilio retries a webhook.
 
 Keys (per contact or call, so they spread over a Redis Cluster):
   ivr:contact:<number>        hash: first_seen, last_seen and the fields flows saved
+                              (written by ivr.redis.state_writes.contact_commands)
   ivr:lock:<channel key>      the per-contact messaging lock
   ivr:replay:<token>          the TwiML answered to an I-Twilio-Idempotency-Token
   ivr:held:<CallSid>          a held call's decision, for the redirect after the hold prompt
@@ -24,6 +25,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from ivr.redis.autopipeline import AutoPipeline, Command
+from ivr.redis.state_writes import StateWrites, contact_commands
 from ivr.timestamps import utc_iso
 
 # The logger keeps the name it had before the move into ivr/redis/: operators filter on it.
@@ -45,14 +47,16 @@ return 0
 
 class Conversations:
     """Sessions, contact memory, replays and held decisions go through the auto-pipeline: a
-    call's state costs it a share of a round trip, and never more than the pipeline's timeout.
-    The lock, and waiting for a held decision, talk to Redis directly."""
+    call's state costs it a share of a round trip, and never more than the pipeline's timeout;
+    `writes` keeps or counts what Redis did not take. The lock, and waiting for a held
+    decision, talk to Redis directly."""
 
     def __init__(self, client: redis.Redis, pipeline: AutoPipeline, contact_ttl: timedelta
                  ) -> None:
         self.redis = client
         self.pipeline = pipeline
         self.contact_ttl = contact_ttl
+        self.writes = StateWrites(pipeline, ttl_seconds(contact_ttl))
         self._release = client.register_script(_RELEASE)
 
     # --- contact memory ---------------------------------------------------------------------
@@ -67,18 +71,11 @@ class Conversations:
         seen unless the contact is `known` to have been seen before)."""
         if not fields and not visit:
             return []
-        key = f"ivr:contact:{number}"
-        # Each command is idempotent and first_seen is HSETNX: no MULTI needed.
-        commands: list[Command] = []
-        mapping = dict(fields)
-        if visit:
-            now = utc_iso(time.time())
-            mapping["last_seen"] = now
-            if not known:
-                commands.append(("HSETNX", key, "first_seen", now))
-        commands.append(("HSET", key, *(item for pair in mapping.items() for item in pair)))
-        commands.append(("EXPIRE", key, ttl_seconds(self.contact_ttl)))
-        return commands
+        if not visit:
+            return contact_commands(number, fields, None, ttl_seconds(self.contact_ttl))
+        now = utc_iso(time.time())
+        return contact_commands(number, {**fields, "last_seen": now}, None if known else now,
+                                ttl_seconds(self.contact_ttl))
 
     # --- ordering and retries ---------------------------------------------------------------
 
@@ -119,7 +116,7 @@ class Conversations:
             return False
 
     async def hold_result(self, sid: str, twiml: str) -> None:
-        await self.pipeline.execute(("SET", f"ivr:held:{sid}", twiml, "EX", ttl_seconds(HELD_TTL)))
+        await self.writes.execute(("SET", f"ivr:held:{sid}", twiml, "EX", ttl_seconds(HELD_TTL)))
 
     async def wait_for_hold_result(self, sid: str, timeout: float) -> str | None:
         """A held call's decision, made by whichever instance took the call, once it is there."""
