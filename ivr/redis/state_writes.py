@@ -81,6 +81,7 @@ class StateWrites(FailedSends):
         self._lost: collections.Counter[str] = collections.Counter()  # in this outage
         self._rewritten = 0  # contacts written again in this outage
         self._retrying: asyncio.Task[None] | None = None
+        self._closed = False  # what fails from then on (the pipeline's last writes) is lost
 
     def send(self, *commands: Command) -> None:
         """Write without waiting: what reads it next queues behind it on the connection."""
@@ -97,8 +98,9 @@ class StateWrites(FailedSends):
 
     def failed(self, commands: tuple[Command, ...], error: Exception) -> None:
         """Keep the contact memory among `commands`, and count the rest lost."""
-        if isinstance(error, ResponseError):  # refused, not unreachable: a bug, never retried
-            log.warning("state write refused by Redis: %s", error)
+        if isinstance(error, ResponseError) or self._closed:
+            if not self._closed:  # refused, not unreachable: a bug, never retried
+                log.warning("state write refused by Redis: %s", error)
             for command in commands:
                 self._count_lost(_kind(command))
             return
@@ -118,9 +120,12 @@ class StateWrites(FailedSends):
 
     async def close(self) -> None:
         """Write what is kept if Redis answers; what cannot be written is counted lost."""
+        self._closed = True
         if self._retrying is not None:
-            self._retrying.cancel()
-            self._retrying = None
+            retrying, self._retrying = self._retrying, None
+            retrying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retrying
             if self._kept and not self.pipeline.hung:
                 with contextlib.suppress(RedisError, OSError, TimeoutError):
                     await self._write_kept()
@@ -170,24 +175,33 @@ class StateWrites(FailedSends):
         while self._kept:
             numbers = list(self._kept)[:CONTACTS_A_BATCH]
             batch = {number: self._kept.pop(number) for number in numbers}
-            results = await asyncio.gather(*(
-                self.pipeline.execute(*contact_commands(number, kept.fields, kept.first_seen,
-                                                        self.contact_ttl_seconds))
-                for number, kept in batch.items()), return_exceptions=True)
+            try:
+                results = await asyncio.gather(*(
+                    self.pipeline.execute(*contact_commands(
+                        number, kept.fields, kept.first_seen, self.contact_ttl_seconds))
+                    for number, kept in batch.items()), return_exceptions=True)
+            except asyncio.CancelledError:  # the process stops: kept, to be counted
+                for number, kept in batch.items():
+                    self._keep_again(number, kept)
+                raise
             unwritten: Exception | None = None
             for (number, kept), result in zip(batch.items(), results, strict=True):
                 if isinstance(result, ResponseError):
                     self._count_lost("contact")
                 elif isinstance(result, Exception):
                     unwritten = result
-                    newer = self._kept.setdefault(number, kept)
-                    if newer is not kept:
-                        newer.merge_older(kept)
+                    self._keep_again(number, kept)
                 else:
                     self._rewritten += 1
                     _retried("contact").inc()
             if unwritten is not None:
                 raise unwritten
+
+    def _keep_again(self, number: str, kept: _KeptContact) -> None:
+        """Keep what could not be written, under what came for the contact meanwhile."""
+        newer = self._kept.setdefault(number, kept)
+        if newer is not kept:
+            newer.merge_older(kept)
 
     def _tell(self, when: str) -> None:
         """The outage's one line: what was written again, and what was lost."""
