@@ -31,7 +31,7 @@ CONTACT_KEY = "ivr:contact:"  # a contact's memory, a hash (ivr.redis.conversati
 # Each other kind of state key, by its prefix (ivr.redis.conversations, ivr.redis.sessions).
 _LOST_KINDS = (("ivr:session:", "session"), ("ivr:replay:", "retry_record"),
                ("ivr:held:", "held_decision"))
-# About 300 bytes each (a number, two times, a few saved fields): 3 MB a process at most.
+# About 500 bytes each (a number, two times, a few saved fields): 5 MB a process at most.
 MAX_KEPT_CONTACTS = 10_000
 RETRY_INTERVAL = 0.5  # how often Redis is asked whether it answers again
 CONTACTS_A_BATCH = 1_000  # written again together: one round trip, well within its timeout
