@@ -244,14 +244,16 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
                         settings.local_token_path)
         if settings.loyalty_api_url is None:
             log.warning("IVR_LOYALTY_API_URL is not set: loyalty lookups take their error exit")
+        conversations = Conversations(
+            store.redis, pipeline, timedelta(days=settings.contact_memory_days))
+        stack.push_async_callback(conversations.writes.close)  # before the pipeline closes
         app.state.services = Services(
             live_flows=live_flows,
             flow_store=flow_store,
             flow_checks=flow_checks(settings),
             store=store,
             sessions=Sessions(pipeline),
-            conversations=Conversations(
-                store.redis, pipeline, timedelta(days=settings.contact_memory_days)),
+            conversations=conversations,
             cache_purges=cache_purges,
             traces=traces,
             verifier=WebhookVerifier(resolve_auth_token(settings), settings.public_url),

@@ -63,6 +63,13 @@ FLOW_VERSION = Gauge(
     multiprocess_mode="liveall")
 CALL_TRACES_DROPPED = Counter(
     "ivr_call_traces_dropped_total", "Call traces not stored (Redis unreachable or too slow)")
+STATE_WRITES_LOST = Counter(
+    "ivr_state_writes_lost_total", "State writes Redis did not take, not written again, by kind: "
+    "session, retry_record, held_decision, contact (memory over the kept bound, or unwritten "
+    "when the process stopped)", ["kind"])
+STATE_WRITES_RETRIED = Counter(
+    "ivr_state_writes_retried_total", "State writes Redis did not take, written again once it "
+    "answered, by kind: contact (one a contact, its writes merged)", ["kind"])
 
 # What goes wrong inside flows: counted only when it does, so a call that routes pays nothing.
 FLOW_ERRORS = Counter(

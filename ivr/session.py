@@ -4,7 +4,8 @@ need only this, and no Redis client.
 
 A session is one JSON object. Its keys are those written since sessions were first kept (a
 caller waiting at a question during a rolling upgrade is answered by the new code): flow,
-memory, state, turn, twiml, waiting_at, routed_to, route_step, flow_version. A key this code does not know
+memory, state, turn, twiml, waiting_at, routed_to, route_step, flow_version, and reroute_from
+(written only when set, since issue 18). A key this code does not know
 (a later version wrote it) is kept as it is and written back with the session, so that a call
 moving between instances of two versions during a rolling upgrade keeps it.
 """
@@ -18,7 +19,7 @@ from typing import Any
 from ivr.jsonfast import compact_json
 
 KNOWN_KEYS = frozenset(("flow", "memory", "state", "turn", "twiml", "waiting_at", "routed_to",
-                        "route_step", "flow_version"))
+                        "route_step", "flow_version", "reroute_from"))
 
 
 @dataclass(slots=True)
@@ -37,6 +38,9 @@ class Session:
     # versions, or a simulation: it runs on the flows at hand).
     flow_version: int | None = None
     later_keys: dict[str, Any] = field(default_factory=dict)  # keys a later version wrote
+    # A conversation handed to a queue because a lookup failed: the step its route is decided
+    # again from, at each message, until a lookup answers (None: the hand-off sticks).
+    reroute_from: str | None = None
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Session:
@@ -49,13 +53,16 @@ class Session:
                    stored.get("routed_to"), stored.get("route_step"),
                    _version(stored.get("flow_version")),
                    {} if stored.keys() <= KNOWN_KEYS
-                   else {key: stored[key] for key in stored.keys() - KNOWN_KEYS})
+                   else {key: stored[key] for key in stored.keys() - KNOWN_KEYS},
+                   stored.get("reroute_from"))
 
     def to_json(self) -> bytes:
         return compact_json({
             "flow": self.flow, "memory": self.memory, "state": self.state, "turn": self.turn,
             "twiml": self.twiml, "waiting_at": self.waiting_at, "routed_to": self.routed_to,
             "route_step": self.route_step, "flow_version": self.flow_version,
+            # Only when set: the sessions of every other contact stay as they were.
+            **({"reroute_from": self.reroute_from} if self.reroute_from else {}),
             **self.later_keys})
 
 

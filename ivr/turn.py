@@ -17,7 +17,9 @@ from ivr.flows.http import HttpClient
 from ivr.flows.model import Flow
 from ivr.flows.runner import Outcome, run_flow
 from ivr.flows.step import Channel, Contact, Run
+from ivr.flows.steps.fetch import went_unanswered
 from ivr.flows.upstream import Upstreams
+from ivr.metrics import FALLBACK_DEADLINE
 from ivr.queues import Queue
 from ivr.session import Session
 
@@ -73,6 +75,8 @@ async def take_turn(flow: Flow, session: Session, contact: Contact, params: dict
     if outcome.waiting_at is None and routed is not None and kept_after_route(
             flow, contact.channel, queues.get(routed), resumed):
         after.routed_to, after.route_step = routed, outcome.trace[-1]
+        if contact.channel == "messaging":
+            after.reroute_from = step_to_reroute_from(outcome, run)
     kept = outcome.waiting_at is not None or after.routed_to is not None
     return TakenTurn(flow, outcome, run, actions, queues, routed, after, resumed, kept)
 
@@ -84,6 +88,17 @@ def kept_after_route(flow: Flow, channel: Channel, queue: Queue | None, resumed:
     if channel == "messaging":
         return queue is not None and queue.message_to is not None
     return resumed or flow.unanswered is not None
+
+
+def step_to_reroute_from(outcome: Outcome, run: Run) -> str | None:
+    """Where a hand-off made because a lookup failed is decided again from: the first fetch
+    whose upstream did not answer (a timeout, a 5xx, an open circuit...), or the step the
+    decision deadline cut short. None for a route the flow decided on an answer, or after a
+    step's error (a bug: deciding again would only raise again)."""
+    for step_id, record in run.steps.items():
+        if went_unanswered(record):
+            return step_id
+    return outcome.trace[-1] if outcome.fallback_reason == FALLBACK_DEADLINE else None
 
 
 def new_run(session: Session, contact: Contact, params: dict[str, str],

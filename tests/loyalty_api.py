@@ -34,6 +34,8 @@ class LoyaltyApi:
     requests: list[tuple[str, str | None]] = field(default_factory=list)
     # Tiers a test gives callers (the loyalty data fixed meanwhile), before the table above.
     tiers: dict[str, str] = field(default_factory=dict)
+    # An outage a test makes: every request is answered 503 while it is True.
+    down: bool = False
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/{path:path}", self.customer)])
@@ -41,6 +43,8 @@ class LoyaltyApi:
     async def customer(self, request: Request) -> Response:
         self.requests.append((request.scope["raw_path"].decode(),
                               request.headers.get("authorization")))
+        if self.down:
+            return PlainTextResponse("down for maintenance", status_code=503)
         prefix, _, number = request.url.path.partition("/customers/")
         if prefix or "/" in number:
             return JSONResponse({"error": "no such resource"}, status_code=404)

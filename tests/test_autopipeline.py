@@ -99,6 +99,35 @@ def test_a_hung_redis_fails_every_caller_within_the_timeout(silent_server: str) 
     assert all(isinstance(result, TimeoutError) for result in asyncio.run(scenario()))
 
 
+def test_after_a_timeout_commands_fail_at_once_until_redis_answers_a_ping(
+    silent_server: str, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A webhook makes several round trips: on a hung Redis each waited its own timeout (a
+    message 4.75 s). Once a batch has timed out, the next fail at once, sends included, until
+    a PING is answered."""
+
+    async def scenario() -> None:
+        pipeline = AutoPipeline(silent_server, timeout=0.3)
+        with pytest.raises(TimeoutError):
+            await pipeline.execute(("GET", "k"))
+        assert pipeline.hung
+        started = time.monotonic()
+        with pytest.raises(RedisConnectionError, match="has not answered since"):
+            await pipeline.execute(("GET", "k"))
+        pipeline.send(("SET", "test:autopipeline:hung", "1"), what="write while hung")
+        assert time.monotonic() - started < 0.1
+        pipeline.url = redis_url  # Redis answers again (here: another one)
+        while pipeline.hung:
+            await asyncio.sleep(0.05)
+        assert await pipeline.execute(("ECHO", "back")) == ["back"]
+        await pipeline.close()
+
+    with caplog.at_level("INFO", logger="ivr.autopipeline"):
+        asyncio.run(scenario())
+    assert "write while hung skipped: ConnectionError" in caplog.text
+    assert "Redis answers again" in caplog.text
+
+
 def test_an_unreachable_redis_fails_every_caller_then_a_batch_connects_when_it_is_back(
     redis_url
 ) -> None:

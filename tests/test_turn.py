@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from ivr.flows.loader import load_flows
 from ivr.flows.model import Flow
 from ivr.flows.step import Channel, Contact
+from ivr.flows.upstream import Upstreams
 from ivr.queues import Queue, load_queue_file
 from ivr.session import Session
 from ivr.simulator import HttpMocks
@@ -101,3 +104,50 @@ def test_a_conversation_stays_with_a_queue_that_takes_messages_and_ends_with_one
     no_messages = {**QUEUES, "french": QUEUES["french"].model_copy(update={"message_to": None})}
     dropped = answered("3", channel="messaging", queues=no_messages)
     assert dropped.routed == "french" and not dropped.kept and dropped.session.routed_to is None
+
+
+LOYALTY = load_flows(ROOT / "flows", queue_names=QUEUES).flows["loyalty_routing"]
+LOOKUP_URL = f"http://loyalty.test/customers/%2B{CALLER[1:]}"
+
+
+@pytest.mark.parametrize(("answer", "reroute_from"), [
+    ({"status": 503, "body": "down"}, "lookup"), ("timeout", "lookup"), ("refused", "lookup"),
+    ({"status": 200, "body": "<html>"}, "lookup"),
+    ({"status": 404, "json": {}}, None), ({"status": 200, "json": {"loyaltyStatus": "gold"}}, None),
+], ids=["5xx", "timeout", "refused", "not-json", "404", "gold"])
+def test_a_messaging_hand_off_is_decided_again_from_a_lookup_its_upstream_did_not_answer(
+    answer: object, reroute_from: str | None
+) -> None:
+    surroundings = Surroundings({"loyalty_api_url": "http://loyalty.test"}, {},
+                                HttpMocks({LOOKUP_URL: answer}), deadline=5.0)
+    params = {"From": CALLER, "To": "+15005550006", "MessageSid": "SM" + "0" * 32}
+    taken = asyncio.run(take_turn(LOYALTY, Session(LOYALTY.name),
+                                  Contact(CALLER, CALLER, "messaging"), params, surroundings,
+                                  QUEUES.get))
+    assert taken.session.routed_to is not None
+    assert taken.session.reroute_from == reroute_from
+    assert Session.from_json(taken.session.to_json()) == taken.session
+    # A call's session after its route is not a hand-off: it says nothing of the kind.
+    call = asyncio.run(take_turn(LOYALTY, Session(LOYALTY.name),
+                                 Contact(CALLER, CALLER, "voice"), params, surroundings,
+                                 QUEUES.get, resumed=True))
+    assert call.session.reroute_from is None
+
+
+def test_a_hand_off_after_an_open_circuit_or_the_deadline_is_decided_again() -> None:
+    upstreams = Upstreams(None, failure_threshold=1)
+    upstreams.breaker("loyalty.test").failed()  # open
+    params = {"From": CALLER, "To": "+15005550006", "MessageSid": "SM" + "0" * 32}
+    contact = Contact(CALLER, CALLER, "messaging")
+    open_circuit = Surroundings({"loyalty_api_url": "http://loyalty.test"}, {},
+                                HttpMocks({}), deadline=5.0, upstreams=upstreams)
+    taken = asyncio.run(take_turn(LOYALTY, Session(LOYALTY.name), contact, params,
+                                  open_circuit, QUEUES.get))
+    assert taken.run.steps["lookup"]["outcome"] == "breaker_open"
+    assert taken.session.reroute_from == "lookup"
+    # The deadline before the lookup could even start: the flow's fallback, decided again.
+    no_time = Surroundings({"loyalty_api_url": "http://loyalty.test"}, {}, HttpMocks({}),
+                           deadline=0.0)
+    late = asyncio.run(take_turn(LOYALTY, Session(LOYALTY.name), contact, params, no_time,
+                                 QUEUES.get))
+    assert late.routed == "standard" and late.session.reroute_from == "lookup"

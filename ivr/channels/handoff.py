@@ -1,6 +1,7 @@
 """Messaging's sticky hand-off: a conversation routed to a queue that takes messages stays with
 it, and each later message of the contact is forwarded there, with no new lookup, until the
-session expires."""
+session expires. One handed off because a lookup failed (`Session.reroute_from`) is not forwarded
+here: each message decides its route again (ivr.channels.webhook)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from ivr.channels.messaging import render_messaging
 from ivr.channels.sessions import flow_for, pinned_or_live
 from ivr.flows.actions import Action, RouteToQueue
 from ivr.flows.step import default_handoff_note
-from ivr.services import Services, best_effort
+from ivr.services import Services
 from ivr.session import Session
 from ivr.turn import new_run
 
@@ -31,8 +32,8 @@ async def forward_to_queue(services: Services, hook: Webhook, session: Session
     # Already acknowledged when handed over: forwarding alone, without a new acknowledgement.
     twiml = render_messaging(actions, queues, acknowledge=False, inbound=hook.params)
     if flow is not None:  # each message keeps the hand-off alive for another expire_after
-        await best_effort(services.sessions.save(hook.session_key, session, flow.expire_after),
-                          None, "session save")
+        await services.conversations.writes.execute(
+            services.sessions.save_command(hook.session_key, session, flow.expire_after))
     if queue is None:
         done = f"not forwarded: queue {queue_name} no longer exists (apology sent)"
     elif queue.message_to is None:

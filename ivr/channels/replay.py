@@ -30,6 +30,6 @@ async def keep_answer(services: Services, hook: Webhook, token: str, twiml: str)
         return
     command = services.conversations.record_reply_command(token, twiml)
     if hook.channel == "messaging":
-        await best_effort(services.conversations.pipeline.execute(command), None, "retry record")
+        await services.conversations.writes.execute(command)
     else:
-        services.conversations.pipeline.send(command, what="retry record")
+        services.conversations.writes.send(command)

@@ -29,7 +29,7 @@ async def load_session(services: Services, hook: Webhook) -> Session | None:
 
 
 async def end_session(services: Services, hook: Webhook) -> None:
-    await best_effort(services.sessions.end(hook.session_key), None, "session end")
+    await services.conversations.writes.execute(services.sessions.end_command(hook.session_key))
 
 
 async def session_flows(services: Services, session: Session | None) -> FlowSet:

@@ -38,6 +38,7 @@ from ivr.channels.sessions import (
 )
 from ivr.channels.voice import render_hangup, render_voice
 from ivr.flow_versions import PinnedVersionMissing
+from ivr.flows.actions import Action, RouteToQueue
 from ivr.flows.model import Flow
 from ivr.flows.step import Channel
 from ivr.logs import log_context, mask_number
@@ -193,8 +194,15 @@ async def _answer_dial_result(services: Services, hook: Webhook) -> Answer:
 
 async def _answer_message(services: Services, hook: Webhook) -> Answer:
     session = await load_session(services, hook)
-    if session is not None and session.routed_to is not None:  # the sticky hand-off
-        return await forward_to_queue(services, hook, session)
+    if session is not None and session.routed_to is not None:
+        if session.reroute_from is None:  # the sticky hand-off
+            return await forward_to_queue(services, hook, session)
+        # Handed off because a lookup failed: decided again, from that lookup.
+        twiml, summary = await _answer_turn(services, hook, session,
+                                            start_at=session.reroute_from,
+                                            handed_to=session.routed_to)
+        return twiml, f"{summary} (decided again: handed to {session.routed_to} when a " \
+                      "lookup failed)"
     if session is not None and session.waiting_at:
         return await _answer_turn(services, hook, session,
                                   answer=answer_in(hook.channel, hook.params))
@@ -212,9 +220,10 @@ async def _answer_turn(
     start_at: str | None = None,
     flow: Flow | None = None,
     last_resort: bool = False,
+    handed_to: str | None = None,
 ) -> Answer:
     """Take a turn of the flow (new, resumed at a question, or from a step), answer, and keep
-    the session."""
+    the session. `handed_to`: the queue a conversation decided again was handed to."""
     if flow is None:
         flows = await session_flows(services, stored)
         flow, version = flow_for(flows, stored, hook), flows.version
@@ -228,7 +237,7 @@ async def _answer_turn(
     taken = await take_turn(flow, session, hook.contact, hook.params, services.surroundings,
                             services.store.queue, answer=answer, start_at=start_at,
                             resumed=session is stored)
-    twiml = _render(services, hook, taken, last_resort)
+    twiml = _render(services, hook, taken, last_resort, handed_to)
     hook.trace.ran(flow, taken.outcome, taken.run, taken.routed,
                    answered_at=session.waiting_at if start_at is None else None, answer=answer)
     saved = await _save(services, hook, taken, twiml)
@@ -247,17 +256,23 @@ def _contact_memory(services: Services, hook: Webhook) -> Awaitable[dict[str, st
                        "contact memory")
 
 
-def _render(services: Services, hook: Webhook, taken: TakenTurn, last_resort: bool) -> str:
+def _render(services: Services, hook: Webhook, taken: TakenTurn, last_resort: bool,
+            handed_to: str | None) -> str:
     if hook.channel == "voice":
         return render_voice(taken.actions, taken.queues, services.urls, taken.session.turn,
                             last_resort)
+    if handed_to is not None and taken.routed == handed_to:
+        # Decided again, to the queue it is with: forwarded, with nothing said again.
+        routes: list[Action] = [a for a in taken.actions if isinstance(a, RouteToQueue)]
+        return render_messaging(routes, taken.queues, acknowledge=False, inbound=hook.params)
     return render_messaging(taken.actions, taken.queues, inbound=hook.params)
 
 
 async def _save(services: Services, hook: Webhook, taken: TakenTurn, twiml: str) -> bool:
     """Keep the session after `taken`, with its answer `twiml` to replay, or end the one it
     resumed, and update the contact's memory, in one round trip; False if the store could not
-    take it. A call's turn that does not ask goes out without waiting for the write, and True
+    take it (its contact memory is then written when Redis answers again, ivr.redis.
+    state_writes). A call's turn that does not ask goes out without waiting for the write, and True
     says only that it was sent: what reads it next (this contact's next call or turn) queues
     behind it on the auto-pipeline's connection, or comes seconds later. A question (it needs
     its session) and a message (the next one waits on the lock, perhaps on another instance)
@@ -276,10 +291,9 @@ async def _save(services: Services, hook: Webhook, taken: TakenTurn, twiml: str)
     if not commands:
         return True
     if after.waiting_at is None and hook.channel != "messaging":
-        conversations.pipeline.send(*commands, what="state save")
+        conversations.writes.send(*commands)
         return True
-    return await best_effort(conversations.pipeline.execute(*commands), None,
-                             "state save") is not None
+    return await conversations.writes.execute(*commands)
 
 
 def _summary(taken: TakenTurn, channel: Channel) -> str:

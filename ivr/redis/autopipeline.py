@@ -48,20 +48,32 @@ log = logging.getLogger("ivr.autopipeline")
 # (a new one is made for the next batch): state makes a call better, never possible, and a hung
 # Redis must not hold calls.
 BATCH_TIMEOUT = 1.0
+# After a batch timed out, a PING goes this often until Redis answers one; meanwhile commands
+# fail at once, rather than each round trip of a webhook waiting its own timeout (a message
+# makes five or six: 4.75 s in all on a stopped Redis).
+PROBE_INTERVAL = 0.25
 
 Command = tuple[Any, ...]  # as Redis takes it: ("SET", key, value, "EX", 60)
 
 
+class FailedSends:
+    """What takes the commands of a `send` that failed, instead of a line in the log."""
+
+    def failed(self, commands: tuple[Command, ...], error: Exception) -> None:
+        raise NotImplementedError
+
+
 # Who gets a caller's replies: its future, or for a command sent without waiting (`send`) what
-# to call it in the log should it fail (no future, no callback: two are sent on every call).
-_Waiter = asyncio.Future[Any] | str
+# to call it in the log should it fail, or what takes it then (no future, no callback made
+# per call: two are sent on every call).
+_Waiter = asyncio.Future[Any] | str | FailedSends
 
 
 @dataclass
 class _Batch:
-    """Commands written together; `callers` hold each caller's command count and waiter."""
+    """Commands written together; `callers` hold each caller's commands and waiter."""
 
-    callers: list[tuple[int, _Waiter]]
+    callers: list[tuple[tuple[Command, ...], _Waiter]]
     expected: int
     replies: list[Any] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
@@ -77,6 +89,12 @@ class AutoPipeline:
         self._writer: asyncio.StreamWriter | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._probing: asyncio.Task[None] | None = None  # while Redis is hung
+
+    @property
+    def hung(self) -> bool:
+        """Redis did not answer a batch within the timeout, and has not answered since."""
+        return self._probing is not None
 
     async def execute(self, *commands: Command) -> list[Any]:
         """Send `commands` with this turn's batch; their replies, in order, as Redis sends them
@@ -85,6 +103,8 @@ class AutoPipeline:
         than `timeout`."""
         if not commands:
             return []
+        if self._probing is not None:
+            raise self._hung_error()
         future = asyncio.get_running_loop().create_future()
         self._enqueue(commands, future)
         replies = await future
@@ -95,9 +115,12 @@ class AutoPipeline:
                 raise reply
         return replies  # type: ignore[no-any-return]
 
-    def send(self, *commands: Command, what: str) -> None:
+    def send(self, *commands: Command, what: str | FailedSends) -> None:
         """Queue `commands` without waiting for their replies (a cache write, say); a failure
-        is logged as `what` skipped."""
+        is logged as `what` skipped, or given to `what`."""
+        if self._probing is not None:
+            _answer(what, self._hung_error(), commands)
+            return
         self._enqueue(commands, what)
 
     async def close(self) -> None:
@@ -106,7 +129,25 @@ class AutoPipeline:
             # Redis answers in order: its reply to this comes after every earlier one's.
             with contextlib.suppress(Exception):
                 await self.execute(("PING",))
+        if self._probing is not None:
+            self._probing.cancel()
+            self._probing = None
         self._disconnect(RedisConnectionError("the auto-pipeline is closed"))
+
+    def _hung_error(self) -> RedisConnectionError:
+        return RedisConnectionError(f"Redis did not answer within {self.timeout:g} s and has "
+                                    "not answered since")
+
+    async def _probe(self) -> None:
+        """PING until Redis answers one; then commands go to it again."""
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            future = asyncio.get_running_loop().create_future()
+            self._enqueue((("PING",),), future)
+            if not isinstance(await future, Exception):
+                log.info("Redis answers again")
+                self._probing = None
+                return
 
     # --- batching ---------------------------------------------------------------------------
 
@@ -116,6 +157,7 @@ class AutoPipeline:
         if loop is not self._loop:  # a new event loop (tests): nothing of the old one works
             self._disconnect(RedisConnectionError("event loop changed"))
             self._pending = []
+            self._probing = None
             self._loop = loop
         if not self._pending:
             loop.call_soon(self._flush)
@@ -135,9 +177,10 @@ class AutoPipeline:
             try:
                 packed += [hiredis.pack_command(command) for command in commands]
             except (TypeError, ValueError) as exc:  # an argument Redis cannot take: a bug
-                _answer(waiter, ResponseError(f"cannot send {commands[0][0]!r}...: {exc}"))
+                _answer(waiter, ResponseError(f"cannot send {commands[0][0]!r}...: {exc}"),
+                        commands)
                 continue
-            callers.append((len(commands), waiter))
+            callers.append((commands, waiter))
         if not callers:
             return
         batch = _Batch(callers, len(packed))
@@ -148,7 +191,10 @@ class AutoPipeline:
 
     def _expire(self, batch: _Batch) -> None:
         if batch in self._in_flight:
-            log.warning("Redis did not answer within %g s: reconnecting", self.timeout)
+            if self._probing is None:
+                log.warning("Redis did not answer within %g s: commands fail at once until it "
+                            "answers a PING", self.timeout)
+                self._probing = asyncio.ensure_future(self._probe())
             self._disconnect(TimeoutError(f"Redis did not answer within {self.timeout:g} s"))
 
     # --- the connection ---------------------------------------------------------------------
@@ -161,8 +207,8 @@ class AutoPipeline:
             error = exc if isinstance(exc, RedisConnectionError | ResponseError) else (
                 RedisConnectionError(f"cannot connect to Redis: {exc or type(exc).__name__}"))
             pending, self._pending = self._pending, []
-            for _, waiter in pending:
-                _answer(waiter, error)
+            for commands, waiter in pending:
+                _answer(waiter, error, commands)
             return
         finally:
             self._connecting = None
@@ -193,8 +239,9 @@ class AutoPipeline:
         if batch.timer is not None:
             batch.timer.cancel()
         start = 0
-        for count, waiter in batch.callers:
-            _answer(waiter, batch.replies[start:start + count])
+        for commands, waiter in batch.callers:
+            count = len(commands)
+            _answer(waiter, batch.replies[start:start + count], commands)
             start += count
 
     def _disconnect(self, error: Exception) -> None:
@@ -207,8 +254,8 @@ class AutoPipeline:
             batch = self._in_flight.popleft()
             if batch.timer is not None:
                 batch.timer.cancel()
-            for _, waiter in batch.callers:
-                _answer(waiter, error)
+            for commands, waiter in batch.callers:
+                _answer(waiter, error, commands)
 
 
 async def _open(url: str) -> asyncio.StreamWriter:
@@ -299,12 +346,19 @@ class _Replies(asyncio.Protocol):
             f"Redis connection lost: {exc}" if exc else "Redis closed the connection"))
 
 
-def _answer(waiter: _Waiter, replies: list[Any] | Exception) -> None:
+def _answer(waiter: _Waiter, replies: list[Any] | Exception, commands: tuple[Command, ...]
+            ) -> None:
     """Give a caller its replies (or the error that lost them)."""
-    if isinstance(waiter, str):  # sent without waiting: only a failure is worth a word
-        error = replies if isinstance(replies, Exception) else next(
-            (reply for reply in replies if isinstance(reply, Exception)), None)
-        if error is not None:
-            log.warning("%s skipped: %s", waiter, type(error).__name__)
-    elif not waiter.done():  # else its caller gave up waiting
-        waiter.set_result(replies)
+    if isinstance(waiter, asyncio.Future):
+        if not waiter.done():  # else its caller gave up waiting
+            waiter.set_result(replies)
+        return
+    # Sent without waiting: only a failure is worth a word.
+    error = replies if isinstance(replies, Exception) else next(
+        (reply for reply in replies if isinstance(reply, Exception)), None)
+    if error is None:
+        return
+    if isinstance(waiter, str):
+        log.warning("%s skipped: %s", waiter, type(error).__name__)
+    else:
+        waiter.failed(commands, error)

@@ -5,6 +5,7 @@ order, and answers to replay when Twilio retries a webhook.
 Keys (per contact or call, so they spread over a Redis Cluster):
   ivr:contact:<number>        hash: first_seen, last_seen (epoch seconds; ISO 8601 text as
                               stored before issue 18, or by a CRM sync) and the fields flows saved
+                              (written by ivr.redis.state_writes.contact_commands)
   ivr:lock:<channel key>      the per-contact messaging lock
   ivr:replay:<token>          the TwiML answered to an I-Twilio-Idempotency-Token
   ivr:held:<CallSid>          a held call's decision, for the redirect after the hold prompt
@@ -25,6 +26,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from ivr.redis.autopipeline import AutoPipeline, Command
+from ivr.redis.state_writes import StateWrites, contact_commands
 
 # The logger keeps the name it had before the move into ivr/redis/: operators filter on it.
 log = logging.getLogger("ivr.conversations")
@@ -48,14 +50,16 @@ return 0
 
 class Conversations:
     """Sessions, contact memory, replays and held decisions go through the auto-pipeline: a
-    call's state costs it a share of a round trip, and never more than the pipeline's timeout.
-    The lock, and waiting for a held decision, talk to Redis directly."""
+    call's state costs it a share of a round trip, and never more than the pipeline's timeout;
+    `writes` keeps or counts what Redis did not take. The lock, and waiting for a held
+    decision, talk to Redis directly."""
 
     def __init__(self, client: redis.Redis, pipeline: AutoPipeline, contact_ttl: timedelta
                  ) -> None:
         self.redis = client
         self.pipeline = pipeline
         self.contact_ttl = contact_ttl
+        self.writes = StateWrites(pipeline, ttl_seconds(contact_ttl))
         self._release = client.register_script(_RELEASE)
 
     # --- contact memory ---------------------------------------------------------------------
@@ -76,20 +80,13 @@ class Conversations:
         seen unless the contact is `known` to have been seen before)."""
         if not fields and not visit:
             return []
-        key = f"ivr:contact:{number}"
-        # Each command is idempotent and first_seen is HSETNX: no MULTI needed.
-        commands: list[Command] = []
-        mapping = dict(fields)
-        if visit:
-            # Epoch seconds, which Redis keeps as an integer in the hash's compact encoding:
-            # 35 bytes a contact fewer than ISO text (bench/README.md, contact memory).
-            now = str(int(time.time()))
-            mapping["last_seen"] = now
-            if not known:
-                commands.append(("HSETNX", key, "first_seen", now))
-        commands.append(("HSET", key, *(item for pair in mapping.items() for item in pair)))
-        commands.append(("EXPIRE", key, ttl_seconds(self.contact_ttl)))
-        return commands
+        if not visit:
+            return contact_commands(number, fields, None, ttl_seconds(self.contact_ttl))
+        # Epoch seconds, which Redis keeps as an integer in the hash's compact encoding: 35
+        # bytes a contact fewer than ISO text (bench/README.md, contact memory).
+        now = str(int(time.time()))
+        return contact_commands(number, {**fields, "last_seen": now}, None if known else now,
+                                ttl_seconds(self.contact_ttl))
 
     # --- ordering and retries ---------------------------------------------------------------
 
@@ -99,7 +96,8 @@ class Conversations:
         had in time (the message is answered anyway: late is better than lost)."""
         token = secrets.token_hex(8)
         name = f"ivr:lock:{key}"
-        if not await self._acquire(name, token):
+        # A Redis that left the pipeline's commands unanswered would hold the lock's too.
+        if self.pipeline.hung or not await self._acquire(name, token):
             yield False
             return
         try:
@@ -129,7 +127,7 @@ class Conversations:
             return False
 
     async def hold_result(self, sid: str, twiml: str) -> None:
-        await self.pipeline.execute(("SET", f"ivr:held:{sid}", twiml, "EX", ttl_seconds(HELD_TTL)))
+        await self.writes.execute(("SET", f"ivr:held:{sid}", twiml, "EX", ttl_seconds(HELD_TTL)))
 
     async def wait_for_hold_result(self, sid: str, timeout: float) -> str | None:
         """A held call's decision, made by whichever instance took the call, once it is there."""

@@ -14,7 +14,8 @@ from ivr.session import Session
 
 class Sessions:
     """Sessions go through the auto-pipeline: loading or saving one costs a call a share of a
-    round trip, and never more than the pipeline's timeout."""
+    round trip, and never more than the pipeline's timeout. They are saved and ended by
+    ivr.redis.state_writes, with the contact memory, which counts what Redis did not take."""
 
     def __init__(self, pipeline: AutoPipeline) -> None:
         self.pipeline = pipeline
@@ -22,12 +23,6 @@ class Sessions:
     async def load(self, key: str) -> Session | None:
         [raw] = await self.pipeline.execute(("GET", f"ivr:session:{key}"))
         return Session.from_json(raw) if raw else None
-
-    async def save(self, key: str, session: Session, ttl: timedelta) -> None:
-        await self.pipeline.execute(self.save_command(key, session, ttl))
-
-    async def end(self, key: str) -> None:
-        await self.pipeline.execute(self.end_command(key))
 
     @staticmethod
     def save_command(key: str, session: Session, ttl: timedelta) -> Command:

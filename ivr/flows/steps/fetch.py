@@ -141,6 +141,9 @@ DEADLINE_RESERVE = 0.15
 MIN_ATTEMPT_SECONDS = 0.02
 # Outcomes that count against an upstream's circuit breaker (with any 5xx) and are retried.
 FAULTS = {"timeout", "connection_error", "invalid_json", "too_large"}
+# Outcomes (with any 5xx) where the upstream gave no answer now that a later request may get;
+# not an answer (ok, a 4xx), nor the flow's own mistake (bad_url).
+UNANSWERED = FAULTS | {"no_time", "breaker_open"}
 CacheTtl = duration(timedelta(seconds=1), timedelta(days=7))
 
 HeaderName = explained_pattern(
@@ -149,6 +152,11 @@ HeaderName = explained_pattern(
 JsonPath = explained_pattern(
     r"^[^.\s]{1,64}(\.[^.\s]{1,64}){0,15}$", "a path into the JSON answer",
     "names (or list indexes) joined by dots, without spaces, e.g. customer.tier")
+
+
+def went_unanswered(record: dict[str, Any]) -> bool:
+    """Whether a step's record (`steps.<id>`) is of a fetch its upstream did not answer."""
+    return record.get("outcome") in UNANSWERED or (record.get("status") or 0) >= 500
 
 
 def _pick(document: Any, path: str) -> Any:
