@@ -84,6 +84,7 @@ class EmbeddedRedis:
         return self._process.pid if self._process else None
 
     def start(self) -> str:
+        self._stopping.clear()  # started again after a stop(): a test's own Redis, say
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_data_dir()
         try:
