@@ -36,6 +36,13 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", "--requests", type=int, default=600)
     parser.add_argument("--mode", choices=("repeated", "distinct"), default="repeated")
+    parser.add_argument("--log-level", default="info",
+                        help="IVR_LOG_LEVEL (default info, the server's default)")
+    parser.add_argument("--log-format", choices=("auto", "json", "text"), default="auto",
+                        help="IVR_LOG_FORMAT (default auto: JSON, stderr being no terminal "
+                             "under callgrind; send stderr to a file or a pipe)")
+    parser.add_argument("--trace-max-entries", type=int, default=None,
+                        help="IVR_TRACE_MAX_ENTRIES (0: no call traces; default the server's)")
     parser.add_argument("--repo", type=Path, default=BENCH.parent,
                         help="the checkout whose ivr/ is measured (default this one)")
     opts = parser.parse_args()
@@ -66,11 +73,13 @@ async def serve(opts: argparse.Namespace, tmp: Path, redis_url: str, api_url: st
     from ivr.settings import Settings
 
     repo = opts.repo.resolve()
+    tuned = ({} if opts.trace_max_entries is None
+             else {"trace_max_entries": opts.trace_max_entries})
     app = create_app(Settings(
         _env_file=None, twilio_auth_token=TOKEN, redis_url=redis_url, loyalty_api_url=api_url,
         data_dir=tmp / "ivr-data", flows_dir=repo / "flows",
         sip_config=repo / "sip_config" / "queues.yaml", public_url=PUBLIC_URL,
-        log_level="warning"))
+        log_level=opts.log_level, log_format=opts.log_format, **tuned))
     validator = RequestValidator(TOKEN)
     lifespan = Lifespan(app)
     await lifespan.send("startup")

@@ -1,8 +1,9 @@
 """Benchmark the webhook path: `ivr serve` against a bare Starlette endpoint, under wrk.
 
 In one run, on 127.0.0.1 and free ports: a fake loyalty API with a fixed latency, `ivr serve`
-(embedded Redis in a temporary directory), and beside it the stack's ceiling (bench/ceiling.py,
-same uvicorn settings); wrk posts Twilio-signed voice webhooks for a few hot callers ("repeated")
+at its defaults (embedded Redis in a temporary directory, logs at info, JSON to a file as under a
+service manager) and beside it `ivr serve` with tuned settings (--tuned, default logs at warning),
+and the stack's ceiling (bench/ceiling.py, same uvicorn settings); wrk posts Twilio-signed voice webhooks for a few hot callers ("repeated")
 and for many distinct callers ("distinct"), and every answer's route is checked. Prints req/s,
 p50, p99, errors, wrong routes and the ratio to the ceiling. Everything started is stopped.
 
@@ -67,6 +68,9 @@ HOT_CALLERS = 8
 DEFAULTS = {"connections": 64, "workers": 1, "latency_ms": 20.0}
 REPEATED_MIN_RATIO, REPEATED_MAX_P99_MS = 0.5, 25.0
 DISTINCT_MIN_RPS, DISTINCT_MAX_P99_MS = 1600.0, 100.0
+# The targets are judged at the defaults, as a user runs `ivr serve`; the tuned server's rows are
+# beside them, for what the settings change.
+TUNED = "IVR_LOG_LEVEL=warning"
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,12 @@ class Stack:
     ivr_url: str
     ceiling_url: str
     token: str
+    tuned: Started | None = None
+    tuned_url: str = ""
+
+    def url(self, target: Started) -> str:
+        return {self.ceiling.pid: self.ceiling_url, self.ivr.pid: self.ivr_url}.get(
+            target.pid, self.tuned_url)
 
 
 @dataclass
@@ -165,9 +175,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "worker gets a CPU of its own while --workers is less than the CPUs)")
     parser.add_argument("--profile-scenario", choices=("distinct", "repeated"),
                         default="distinct", help="the scenario --profile runs again")
+    parser.add_argument("--tuned", default=TUNED, metavar="NAME=VALUE[,NAME=VALUE]",
+                        help="the settings of the second `ivr serve`, run beside the defaults "
+                        f"(default {TUNED}; '' runs the defaults alone)")
     args = parser.parse_args(argv)
     if args.threads < 3 or args.connections % args.threads:
         parser.error("--threads must be at least 3 and divide --connections")
+    try:
+        args.tuned = dict(pair.split("=", 1) for pair in args.tuned.split(",") if pair)
+    except ValueError:
+        parser.error("--tuned takes NAME=VALUE pairs separated by commas")
     return args
 
 
@@ -233,8 +250,11 @@ def code_version() -> str:
     return commit + (" + uncommitted changes in ivr/" if dirty else "")
 
 
-def server_env(tmp: Path, api_url: str, token: str) -> dict[str, str]:
-    """The parent's environment without any IVR_/TWILIO_ setting, plus the benchmark's."""
+def server_env(tmp: Path, api_url: str, token: str, tuned: dict[str, str]
+               ) -> dict[str, str]:
+    """The parent's environment without any IVR_/TWILIO_ setting, plus the benchmark's (what a
+    deployment must set) and `tuned`: the defaults otherwise, IVR_LOG_LEVEL (info) and
+    IVR_LOG_FORMAT (auto: JSON, stderr being a file) among them."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IVR_", "TWILIO_"))}
     env.update({
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
@@ -243,33 +263,44 @@ def server_env(tmp: Path, api_url: str, token: str) -> dict[str, str]:
         "IVR_DATA_DIR": str(tmp / "ivr-data"),
         "IVR_FLOWS_DIR": str(REPO / "flows"),
         "IVR_SIP_CONFIG": str(REPO / "sip_config" / "queues.yaml"),
-        "IVR_LOG_LEVEL": "warning",
+        **tuned,
     })
     return env
 
 
+def start_ivr(procs: Processes, tmp: Path, opts: argparse.Namespace, cpus: Cpus, name: str,
+              port: int, api_url: str, token: str, tuned: dict[str, str]) -> Started:
+    home = tmp / name  # its own data directory and embedded Redis
+    home.mkdir()
+    return procs.start(name, [sys.executable, "-m", "ivr", "serve", "--port", str(port),
+                              "--workers", str(opts.workers)],
+                       env=server_env(home, api_url, token, tuned), cwd=home, cpus=cpus.servers)
+
+
 def start_stack(procs: Processes, tmp: Path, opts: argparse.Namespace, cpus: Cpus) -> Stack:
-    api_port, ivr_port, ceiling_port = free_ports(3)
+    api_port, ivr_port, ceiling_port, tuned_port = free_ports(4)
     token = secrets.token_hex(16)
     api_url = f"http://127.0.0.1:{api_port}"
     api = procs.start("loyalty-api", [sys.executable, str(BENCH / "loyalty_api.py"),
                                       "--port", str(api_port),
                                       "--latency-ms", str(opts.latency_ms)], cpus=cpus.others)
-    ivr = procs.start("ivr-serve", [sys.executable, "-m", "ivr", "serve", "--port", str(ivr_port),
-                                    "--workers", str(opts.workers)],
-                      env=server_env(tmp, api_url, token), cwd=tmp, cpus=cpus.servers)
+    ivr = start_ivr(procs, tmp, opts, cpus, "ivr-serve", ivr_port, api_url, token, {})
+    tuned = (start_ivr(procs, tmp, opts, cpus, "ivr-serve-tuned", tuned_port, api_url, token,
+                       opts.tuned) if opts.tuned else None)
     ceiling = procs.start("ceiling", [
         sys.executable, "-m", "uvicorn", "ceiling:app", "--app-dir", str(BENCH),
         "--host", "127.0.0.1", "--port", str(ceiling_port), "--workers", str(opts.workers),
         "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--no-server-header",
         "--log-level", "warning"], cpus=cpus.servers)
     stack = Stack(api, ivr, ceiling, api_url, f"http://127.0.0.1:{ivr_port}",
-                  f"http://127.0.0.1:{ceiling_port}", token)
+                  f"http://127.0.0.1:{ceiling_port}", token, tuned,
+                  f"http://127.0.0.1:{tuned_port}")
     wait_http(api, f"{api_url}/stats")
-    wait_http(ivr, f"{stack.ivr_url}/healthz")
     wait_http(ceiling, f"{stack.ceiling_url}/healthz")
-    if cpus.others is not None:  # the embedded Redis, started by ivr serve, is not its worker
-        move_to(redis_pids(process_tree(ivr.pid)), cpus.others)
+    for server in filter(None, (ivr, tuned)):
+        wait_http(server, f"{stack.url(server)}/healthz")
+        if cpus.others is not None:  # the embedded Redis, started by ivr serve, is not its worker
+            move_to(redis_pids(process_tree(server.pid)), cpus.others)
     return stack
 
 
@@ -290,19 +321,21 @@ class Load:
     connections: int
     cpus: Cpus
 
-    def prepare(self, name: str, callers: Callers, count: int, tag: int) -> Path:
-        """`count` signed webhooks from `callers`, as wrk slices; signed for ivr's URL (the
-        ceiling does not check signatures). `tag` keeps CallSids apart between sets."""
+    def prepare(self, name: str, callers: Callers, count: int, tag: int,
+                server: Started | None = None) -> Path:
+        """`count` signed webhooks from `callers`, as wrk slices; signed for the URL of
+        `server` (default ivr at its defaults; the ceiling does not check signatures). `tag`
+        keeps CallSids apart between sets."""
+        url = self.stack.url(server or self.stack.ivr)
         sips = sip_elements(REPO / "sip_config" / "queues.yaml")
-        slices = signed_slices(f"{self.stack.ivr_url}/twilio/voice", self.stack.token, callers,
+        slices = signed_slices(f"{url}/twilio/voice", self.stack.token, callers,
                                self.threads, math.ceil(count / self.threads), tag, sips)
-        return write_slices(self.tmp / f"bodies-{name}", slices,
-                            self.stack.ivr_url.removeprefix("http://"))
+        return write_slices(self.tmp / f"bodies-{name}", slices, url.removeprefix("http://"))
 
     def run(self, scenario: str, target: Started, slices: Path, check: bool,
             seconds: float) -> Result:
         print(f"bench: {scenario} on {target.name} ({seconds:g} s) ...", file=sys.stderr)
-        url = self.stack.ceiling_url if target is self.stack.ceiling else self.stack.ivr_url
+        url = self.stack.url(target)
         start_at = time.time() + RAMP_SECONDS
         argv = ["wrk", "-t", str(self.threads), "-c", str(self.connections),
                 "-d", f"{seconds + RAMP_SECONDS:g}s", "--timeout", "10s", "-s", str(LUA),
@@ -357,14 +390,17 @@ def _result(scenario: str, target: str, wrk: Started, cpu: dict[str, float],
 
 
 def judge(results: dict[str, Result]) -> None:
+    """The targets, for each server's repeated and distinct rows (`repeated`, `repeated,
+    IVR_LOG_LEVEL=warning`, ...)."""
     ceiling = results["ceiling"].rps
     for result in results.values():
         result.ratio = result.rps / ceiling
-    repeated, distinct = results["repeated"], results["distinct"]
-    repeated.verdict = _verdict(repeated, repeated.rps / ceiling >= REPEATED_MIN_RATIO,
-                                repeated.p99_ms <= REPEATED_MAX_P99_MS)
-    distinct.verdict = _verdict(distinct, distinct.rps >= DISTINCT_MIN_RPS,
-                                distinct.p99_ms <= DISTINCT_MAX_P99_MS)
+        if result.scenario.startswith("repeated"):
+            result.verdict = _verdict(result, result.rps / ceiling >= REPEATED_MIN_RATIO,
+                                      result.p99_ms <= REPEATED_MAX_P99_MS)
+        elif result.scenario.startswith("distinct"):
+            result.verdict = _verdict(result, result.rps >= DISTINCT_MIN_RPS,
+                                      result.p99_ms <= DISTINCT_MAX_P99_MS)
 
 
 def _verdict(result: Result, fast_enough: bool, p99_ok: bool) -> str:
@@ -391,7 +427,17 @@ def benchmark(procs: Processes, tmp: Path, opts: argparse.Namespace, run: Run) -
     results = {"ceiling": ceiling,
                "repeated": load.run("repeated", stack.ivr, hot, True, seconds),
                "distinct": load.run("distinct", stack.ivr, distinct, True, seconds)}
-    if results["distinct"].max_passes > 1:
+    if stack.tuned is not None:  # the same loads, signed for its URL, new distinct callers
+        tuned = ",".join(f"{name}={value}" for name, value in opts.tuned.items())
+        _check_warm_up(load.run("warm-up", stack.tuned,
+                                load.prepare("warm-up-tuned", distinct_callers("+1557"), 5_000,
+                                             1, stack.tuned), True, WARMUP_SECONDS))
+        for scenario, callers, tag in (("repeated", hot_callers, 5),
+                                       ("distinct", distinct_callers("+1559"), 6)):
+            slices = load.prepare(f"{scenario}-tuned", callers, count, tag, stack.tuned)
+            results[f"{scenario}, {tuned}"] = load.run(f"{scenario}, {tuned}", stack.tuned,
+                                                       slices, True, seconds)
+    if any(r.max_passes > 1 for name, r in results.items() if name.startswith("distinct")):
         print("bench: warning: distinct callers came back (a thread went through its slice "
               "again): cached lookups flatter that run", file=sys.stderr)
     judge(results)
@@ -478,6 +524,8 @@ def report(run: Run) -> str:
             f"{o['latency_ms']:g} ms, {o['duration']:g} s per scenario; {o['cpus']}")
     if any(o[k] != v for k, v in DEFAULTS.items()):
         head += " (the targets are set for 1 worker, 64 connections, 20 ms)"
+    head += ("; the targets are judged for `ivr serve` at its defaults (repeated, distinct)"
+             + (f", the tuned rows ({o['tuned']}) are beside them" if o.get("tuned") else ""))
     return "\n".join([
         head, "", table(run), "",
         details(run), "",
@@ -499,6 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # stop everything, as on Ctrl-C
     run = Run(machine(), {k: v for k, v in vars(opts).items() if k in
                           ("duration", "connections", "threads", "workers", "latency_ms")})
+    run.options["tuned"] = ",".join(f"{name}={value}" for name, value in opts.tuned.items())
     try:
         with tempfile.TemporaryDirectory(prefix="ivr-bench-") as tmp, \
                 Processes(Path(tmp)) as procs:

@@ -36,7 +36,7 @@ from ivr.flow_versions import (
 from ivr.flows.http import AiohttpClient
 from ivr.flows.loader import FlowLoadError, FlowSet
 from ivr.flows.upstream import Upstreams
-from ivr.logs import configure_logging
+from ivr.logs import batched_lines, configure_logging
 from ivr.metrics import CONTENT_TYPE, MULTIPROCESS_DIR, exposition, process_exited
 from ivr.queues import QueueConfigError, load_queue_file
 from ivr.redis.autopipeline import AutoPipeline
@@ -274,6 +274,9 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         thresholds = gc.get_threshold()
         gc.set_threshold(GC_YOUNG_THRESHOLD, *thresholds[1:])
         stack.callback(gc.set_threshold, *thresholds)
+        # Serving: log lines written together, off the webhooks' path; all written, and lines
+        # written as they come again, once drained (bench/README.md, ivr/logs.py).
+        stack.enter_context(batched_lines())
         yield
         # Before the stores close: a held call's decision is owed to its redirect.
         await app.state.services.drain(settings.decision_deadline + DRAIN_MARGIN)

@@ -9,13 +9,17 @@ import contextvars
 import functools
 import json
 import logging
+import math
+import os
 import re
 import sys
+import threading
+import time
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 from urllib.parse import quote, quote_plus
 
+import orjson
 from jinja2.utils import htmlsafe_json_dumps
 
 LogFormat = Literal["auto", "json", "text"]
@@ -23,7 +27,13 @@ LogFormat = Literal["auto", "json", "text"]
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _DIGITS = re.compile(r"\d")
 # An E.164 number, plain or URL-encoded, that a message or traceback let through unmasked.
-_UNMASKED_NUMBER = re.compile(r"(?:\+|%2B)\d{6,15}", re.IGNORECASE)
+_UNMASKED_NUMBER = re.compile(r"(?:\+|%2[Bb])\d{6,15}")
+# Lines below WARNING wait at most this long to be written together (LineBatch): under load, one
+# write (a system call, and the stream's lock) for hundreds of webhooks rather than one each.
+FLUSH_INTERVAL = 0.05
+# Fields passed with `extra=` that orjson would write otherwise than str() (json.dumps' default
+# here): passed to `default` instead.
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 # What a LogRecord carries by itself; anything else was passed with `extra=` and is a field
 # (but for uvicorn's copy of its message with terminal colours).
 _RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
@@ -60,9 +70,23 @@ def mask_number(address: str) -> str:
 
 def scrub_numbers(text: str) -> str:
     """Mask any whole phone number left in `text` (an exception's message, a URL in a traceback)."""
-    if "+" not in text and "%" not in text:
+    if not _may_hold_a_number(text):
         return text
     return _UNMASKED_NUMBER.sub(lambda match: _mask_match(match.group()), text)
+
+
+def _may_hold_a_number(text: str) -> bool:
+    """Whether a `+` in `text` has six digits after it, or `text` has a `%`: the pattern's own
+    search, with no literal to start from, tried every position (2 us a JSON line, five times
+    this; bench/README.md, ivr/logs.py)."""
+    if "%" in text:
+        return True
+    plus = text.find("+")
+    while plus != -1:
+        if text[plus + 1:plus + 7].isdigit():  # any digit: a few more than the pattern's
+            return True
+        plus = text.find("+", plus + 1)
+    return False
 
 
 def _mask_match(found: str) -> str:
@@ -101,8 +125,12 @@ def scrub_secrets(text: str) -> str:
     if hidden is None:
         return text
     pattern, names, cores = hidden
-    if cores is not None and not any(core in text for core in cores):
-        return text
+    if cores is not None:
+        for core in cores:
+            if core in text:
+                break
+        else:
+            return text
     return pattern.sub(lambda match: names[match.group()], text)
 
 
@@ -126,22 +154,40 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__(_TEXT_FORMAT)
+        self._second = -1
+        self._second_text = ""
 
     def format(self, record: logging.LogRecord) -> str:
-        return _scrub(super().format(record))
+        if record.exc_info or record.exc_text or record.stack_info:
+            return _scrub(super().format(record))
+        # _TEXT_FORMAT, as Formatter.format writes it, without its per-line machinery.
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record)
+        return _scrub(f"{record.asctime} {record.levelname} {record.name}: {record.message}")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """Formatter's asctime, the date and time of a second made once for all its lines."""
+        second = int(record.created)
+        if second != self._second:
+            self._second_text = time.strftime(self.default_time_format,
+                                              self.converter(record.created))
+            self._second = second
+        return self.default_msec_format % (self._second_text, record.msecs)
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object a line: time, level, logger, process, message, the webhook's context
     (call_sid or message_sid, channel) and the fields passed with `extra=`; `exception` holds a
-    traceback."""
+    traceback. Compact (no spaces), written by orjson: json.dumps was about a quarter of a
+    webhook line's cost (bench/README.md, ivr/logs.py)."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": utc_time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "process": record.process,  # which worker, under `ivr serve --workers N`
+            # Before JSON escapes it: the escape of a secret's escaped form is no form of it.
             "message": _scrub(record.getMessage()),
             **_context.get(),
         }
@@ -153,7 +199,92 @@ class JsonFormatter(logging.Formatter):
         elif record.stack_info:
             entry["stack"] = _scrub(record.stack_info)
         # Secrets last, over the whole line: a field passed with `extra=` may hold one too.
-        return scrub_secrets(json.dumps(entry, default=str, ensure_ascii=False))
+        return scrub_secrets(_json_line(entry))
+
+
+def _json_line(entry: dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(entry, default=str, option=_ORJSON_OPTIONS).decode()
+    except TypeError:  # an integer past 64 bits
+        return json.dumps(entry, default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+@functools.lru_cache(maxsize=4)  # the current second, and the one before at its turn
+def _utc_second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
+def utc_time(created: float) -> str:
+    """`2025-06-02T09:14:03.412+00:00`: as datetime's isoformat(timespec="milliseconds") of
+    the UTC time, with the date and time of a second made once for all its lines."""
+    fraction, whole = math.modf(created)
+    microseconds = round(fraction * 1e6)  # datetime.fromtimestamp's rounding (half to even)
+    second = int(whole)
+    if microseconds >= 1_000_000:
+        second, microseconds = second + 1, microseconds - 1_000_000
+    elif microseconds < 0:
+        second, microseconds = second - 1, microseconds + 1_000_000
+    return f"{_utc_second(second)}.{microseconds // 1000:03d}+00:00"
+
+
+class RecordTemplate:
+    """The LogRecord of one log call made from a template: what is the same from one line to
+    the next (logger, level, message format, where it is logged from, thread, process) taken
+    once from a record made as logging makes them, the time, the arguments and the `extra`
+    fields set per line. logging's LogRecord() was the largest part of the webhook line's cost
+    (bench/README.md, ivr/logs.py). A record factory set by the host program is used instead."""
+
+    _PER_LINE = frozenset({"msg", "args", "created", "msecs", "relativeCreated"})
+
+    def __init__(self, logger: logging.Logger, level: int, msg: str) -> None:
+        self.logger, self.level, self.msg = logger, level, msg
+        self._base: dict[str, Any] | None = None
+        self._thread = 0
+        _templates.append(self)
+
+    def record(self, args: tuple[Any, ...], fields: Mapping[str, Any]) -> logging.LogRecord:
+        """This call's record, as `logger.makeRecord` with the caller's location would make it.
+        Call it from the same place every time."""
+        thread = threading.get_ident()
+        if (self._base is None or thread != self._thread
+                or logging.getLogRecordFactory() is not logging.LogRecord):
+            made = self._made(args, fields)
+            if logging.getLogRecordFactory() is logging.LogRecord:
+                self._base = {key: value for key, value in made.__dict__.items()
+                              if key not in self._PER_LINE and key not in fields}
+                self._thread = thread
+            return made
+        made = object.__new__(logging.LogRecord)
+        attributes = made.__dict__
+        attributes.update(self._base)
+        now = time.time()
+        attributes["msg"], attributes["args"], attributes["created"] = self.msg, args, now
+        attributes["msecs"] = int((now - int(now)) * 1000) + 0.0
+        attributes["relativeCreated"] = (now - logging._startTime) * 1000
+        if "taskName" in attributes:  # Python 3.12: which task, per line
+            attributes["taskName"] = _task_name()
+        attributes.update(fields)
+        return made
+
+    def _made(self, args: tuple[Any, ...], fields: Mapping[str, Any]) -> logging.LogRecord:
+        pathname, lineno, func, _ = self.logger.findCaller(stacklevel=3)
+        return self.logger.makeRecord(self.logger.name, self.level, pathname, lineno, self.msg,
+                                      args, None, func, dict(fields))
+
+    def _forget(self) -> None:
+        self._base = None
+
+
+def _task_name() -> str | None:
+    import asyncio
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        return None
+    return None if task is None else task.get_name()
+
+
+_templates: list[RecordTemplate] = []
 
 
 def resolved_format(log_format: LogFormat) -> Literal["json", "text"]:
@@ -167,6 +298,149 @@ def formatter(log_format: LogFormat) -> logging.Formatter:
     return JsonFormatter() if resolved_format(log_format) == "json" else TextFormatter()
 
 
+class LineBatch:
+    """The lines bound for one stream, written together. While `batching` (an app serving:
+    `batched`, in ivr.app's lifespan), a line below WARNING waits up to `interval` for others, a
+    thread then writing them all at once; a warning or an error is written at once, with every
+    line before it. Otherwise every line is written as it comes: at start-up and after a drain,
+    in order with what a process prints to stderr itself, and before uvicorn ends a worker that
+    SIGTERM stopped by raising the signal again (no exit handler runs then). Lines are also
+    written at a clean exit (logging.shutdown flushes every handler) and before a fork; a
+    process killed outright loses at most `interval` of them."""
+
+    def __init__(self, stream: TextIO, interval: float = FLUSH_INTERVAL) -> None:
+        self.stream = stream
+        self.interval = interval
+        self.batching = False
+        self._serving = 0
+        self._lines: list[str] = []
+        self._lock = threading.Lock()  # the lines
+        self._writing = threading.Lock()  # the stream, so batches are written in their order
+        self._due = threading.Event()
+        self._closed = threading.Event()
+        self._flusher: threading.Thread | None = None
+
+    def add(self, line: str, urgent: bool) -> None:
+        with self._lock:
+            self._lines.append(line)
+            waiting = len(self._lines) > 1
+        if urgent or not self.batching:
+            self.flush()
+        elif not waiting:
+            if self._flusher is None:
+                self._start_flusher()
+            self._due.set()
+
+    def flush(self) -> None:
+        with self._writing:
+            with self._lock:
+                lines, self._lines = self._lines, []
+            if lines:
+                self.stream.write("".join(lines))
+                self.stream.flush()
+
+    @contextlib.contextmanager
+    def batched(self) -> Iterator[None]:
+        """Lines written together inside the block (nested: until the outermost ends), and
+        all of them at its end."""
+        with self._lock:
+            self._serving += 1
+            self.batching = True
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._serving -= 1
+                self.batching = self._serving > 0
+            self.flush()
+
+    def close(self) -> None:
+        """Write what waits, and stop the thread (batching off from now on)."""
+        self.batching = False
+        self._closed.set()
+        self._due.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        self.flush()
+
+    def _start_flusher(self) -> None:
+        with self._lock:
+            if self._flusher is not None:
+                return
+            self._flusher = threading.Thread(target=self._flush_when_due, daemon=True,
+                                             name="ivr-log-lines")
+        self._flusher.start()
+
+    def _flush_when_due(self) -> None:
+        while not self._closed.is_set():
+            self._due.wait()
+            self._closed.wait(self.interval)  # what comes meanwhile goes in the same write
+            self._due.clear()
+            with contextlib.suppress(Exception):  # a closed stream: as logging, carry on
+                self.flush()
+
+    def _forked(self) -> None:
+        """In a forked child: the parent writes the lines it had (flushed before the fork), and
+        the flusher thread did not come along."""
+        self._lines = []
+        self._lock = threading.Lock()
+        self._writing = threading.Lock()
+        self._due = threading.Event()
+        self._closed = threading.Event()
+        self._flusher = None
+
+
+_batches: dict[int, LineBatch] = {}
+
+
+def line_batch(stream: TextIO) -> LineBatch:
+    """The one LineBatch of `stream`, shared by every handler writing to it, so that lines stay
+    in their order (ivr's and uvicorn's)."""
+    batch = _batches.get(id(stream))
+    if batch is None or batch.stream is not stream:
+        batch = _batches[id(stream)] = LineBatch(stream)
+    return batch
+
+
+def _flush_batches() -> None:
+    for batch in list(_batches.values()):
+        with contextlib.suppress(Exception):
+            batch.flush()
+
+
+def _forget_batches() -> None:
+    for batch in _batches.values():
+        batch._forked()
+    for template in _templates:  # another process id
+        template._forget()
+
+
+os.register_at_fork(before=_flush_batches, after_in_child=_forget_batches)
+
+
+class BatchedStreamHandler(logging.StreamHandler[TextIO]):
+    """A StreamHandler writing through its stream's LineBatch: lines below WARNING together,
+    off the request's path, while the process serves."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+            line_batch(self.stream).add(line, record.levelno >= logging.WARNING)
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 (as StreamHandler: a line is never a caller's failure)
+            self.handleError(record)
+
+    def flush(self) -> None:
+        line_batch(self.stream).flush()
+
+
+def batched_lines() -> contextlib.AbstractContextManager[None]:
+    """While an app serves: lines below WARNING to stderr written together (LineBatch), and all
+    of them once it has drained."""
+    return line_batch(sys.stderr).batched()
+
+
 def configure_logging(level: str, log_format: LogFormat = "text",
                       secrets: Mapping[str, str] | None = None) -> None:
     """Send `ivr.*` logs to stderr at `level`, once per process (workers call it too), unless
@@ -176,18 +450,19 @@ def configure_logging(level: str, log_format: LogFormat = "text",
     logger = logging.getLogger("ivr")
     logger.setLevel(level.upper())
     if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
+        handler = BatchedStreamHandler(sys.stderr)
         handler.setFormatter(formatter(log_format))
         logger.addHandler(handler)
 
 
 def uvicorn_log_config(level: str, log_format: LogFormat) -> dict[str, Any]:
-    """uvicorn's own lines (started, stopped, errors) in the same format as ours."""
+    """uvicorn's own lines (started, stopped, errors) in the same format as ours, in order with
+    ours."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"ivr": {"()": f"{__name__}.{type(formatter(log_format)).__name__}"}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "ivr",
+        "handlers": {"stderr": {"class": f"{__name__}.BatchedStreamHandler", "formatter": "ivr",
                                 "stream": "ext://sys.stderr"}},
         "loggers": {
             "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
