@@ -17,7 +17,6 @@ from ivr.flows.http import HttpClient
 from ivr.flows.model import Flow
 from ivr.flows.runner import Outcome, run_flow
 from ivr.flows.step import Channel, Contact, Run
-from ivr.flows.steps.fetch import went_unanswered
 from ivr.flows.upstream import Upstreams
 from ivr.metrics import FALLBACK_DEADLINE
 from ivr.queues import Queue
@@ -76,7 +75,7 @@ async def take_turn(flow: Flow, session: Session, contact: Contact, params: dict
             flow, contact.channel, queues.get(routed), resumed):
         after.routed_to, after.route_step = routed, outcome.trace[-1]
         if contact.channel == "messaging":
-            after.reroute_from = step_to_reroute_from(outcome, run)
+            after.reroute_from = step_to_reroute_from(flow, outcome, run)
     kept = outcome.waiting_at is not None or after.routed_to is not None
     return TakenTurn(flow, outcome, run, actions, queues, routed, after, resumed, kept)
 
@@ -90,13 +89,15 @@ def kept_after_route(flow: Flow, channel: Channel, queue: Queue | None, resumed:
     return resumed or flow.unanswered is not None
 
 
-def step_to_reroute_from(outcome: Outcome, run: Run) -> str | None:
-    """Where a hand-off made because a lookup failed is decided again from: the first fetch
-    whose upstream did not answer (a timeout, a 5xx, an open circuit...), or the step the
-    decision deadline cut short. None for a route the flow decided on an answer, or after a
+def step_to_reroute_from(flow: Flow, outcome: Outcome, run: Run) -> str | None:
+    """Where a hand-off made because a lookup failed is decided again from: the first step of
+    this turn whose upstream did not answer (a timeout, a 5xx, an open circuit...), or the step
+    the decision deadline cut short. None for a route the flow decided on an answer, also after
+    a lookup that failed in an earlier turn (the contact answered a question since), or after a
     step's error (a bug: deciding again would only raise again)."""
-    for step_id, record in run.steps.items():
-        if went_unanswered(record):
+    for step_id in outcome.trace:  # this turn's steps: run.steps also has earlier turns'
+        step = flow.steps.get(step_id)
+        if step is not None and step.went_unanswered(run.steps.get(step_id, {})):
             return step_id
     return outcome.trace[-1] if outcome.fallback_reason == FALLBACK_DEADLINE else None
 

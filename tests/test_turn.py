@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ivr.flows.loader import load_flows
+from ivr.flows.loader import load_flow_texts, load_flows
 from ivr.flows.model import Flow
 from ivr.flows.step import Channel, Contact
 from ivr.flows.upstream import Upstreams
@@ -151,3 +151,53 @@ def test_a_hand_off_after_an_open_circuit_or_the_deadline_is_decided_again() -> 
     late = asyncio.run(take_turn(LOYALTY, Session(LOYALTY.name), contact, params, no_time,
                                  QUEUES.get))
     assert late.routed == "standard" and late.session.reroute_from == "lookup"
+
+
+LOOKUP_THEN_ASK = load_flow_texts({"lookup_then_ask.yaml": """
+name: lookup_then_ask
+trigger: {channels: [messaging], numbers: ["+15005550199"]}
+fallback_queue: standard
+steps:
+  lookup:
+    kind: fetch
+    url: "http://loyalty.test/customers/{{ contact.number | urlencode }}"
+    timeout: 1
+    save: {tier: loyaltyStatus}
+    next: ask_desk
+    on_error: ask_desk
+  ask_desk:
+    kind: ask
+    prompt: "Reply 1 for sales, 2 for support."
+    expect: choice
+    options: {sales: ["1"], support: ["2"]}
+    save: desk
+    next: by_desk
+    on_exhausted: to_sales
+  by_desk:
+    kind: branch
+    value: vars.desk
+    cases: [{equals: support, next: to_support}]
+    else: to_sales
+  to_sales: {kind: route, queue: sales}
+  to_support: {kind: route, queue: support}
+"""}, queue_names=QUEUES).flows["lookup_then_ask"]
+
+
+def test_a_hand_off_decided_on_an_answer_sticks_after_a_lookup_that_failed_a_turn_before(
+) -> None:
+    """The session restores every earlier turn's step records: the lookup that timed out in
+    the first turn once made the hand-off the contact chose in the second decided again at each
+    later message, which asked the question again instead of forwarding it."""
+    surroundings = Surroundings({}, {}, HttpMocks({
+        f"http://loyalty.test/customers/%2B{CALLER[1:]}": "timeout"}), deadline=5.0)
+    params = {"From": CALLER, "To": "+15005550199", "MessageSid": "SM" + "0" * 32}
+    contact = Contact(CALLER, CALLER, "messaging")
+    asked = asyncio.run(take_turn(LOOKUP_THEN_ASK, Session(LOOKUP_THEN_ASK.name), contact,
+                                  params, surroundings, QUEUES.get))
+    assert asked.session.waiting_at == "ask_desk"
+    assert asked.run.steps["lookup"]["outcome"] == "timeout"
+    chose = asyncio.run(take_turn(LOOKUP_THEN_ASK, Session.from_json(asked.session.to_json()),
+                                  contact, params, surroundings, QUEUES.get, answer="2",
+                                  resumed=True))
+    assert chose.routed == "support" and chose.session.routed_to == "support"
+    assert chose.session.reroute_from is None

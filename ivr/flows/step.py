@@ -162,6 +162,11 @@ class Step(BaseModel):
         """The step's cache of answers, when it keeps one an admin can purge."""
         return None
 
+    def went_unanswered(self, record: dict[str, Any]) -> bool:
+        """Whether the step's record (`steps.<id>`) says the answer it needed never came (an
+        upstream that did not answer): a later run of the step may decide otherwise."""
+        return False
+
     def bind(self, flow: FlowParts) -> list[Problem]:
         """Take what the step needs from the flow that holds it, once, when the flow loads;
         return what is missing, at the step's fields (none: the step can run)."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-import redis.asyncio as redis
+if TYPE_CHECKING:  # the settings import this module: an offline simulation loads no Redis client
+    import redis.asyncio as redis
 
 # A year of an automated change a minute is 525,600 changes: each bound keeps far fewer, so
 # admin data stays a few megabytes however long a deployment runs (README, Settings).

@@ -154,11 +154,6 @@ JsonPath = explained_pattern(
     "names (or list indexes) joined by dots, without spaces, e.g. customer.tier")
 
 
-def went_unanswered(record: dict[str, Any]) -> bool:
-    """Whether a step's record (`steps.<id>`) is of a fetch its upstream did not answer."""
-    return record.get("outcome") in UNANSWERED or (record.get("status") or 0) >= 500
-
-
 def _pick(document: Any, path: str) -> Any:
     for part in path.split("."):
         if isinstance(document, dict):
@@ -230,6 +225,9 @@ class FetchStep(Step):
 
     def vars_set(self) -> frozenset[str]:
         return frozenset(self.save)
+
+    def went_unanswered(self, record: dict[str, Any]) -> bool:
+        return record.get("outcome") in UNANSWERED or (record.get("status") or 0) >= 500
 
     def purgeable_cache(self) -> PurgeableCache | None:
         return self if self.cache is not None else None
