@@ -4,10 +4,12 @@ its bound) and written once Redis answers; sessions and retry records counted lo
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import redis
 from prometheus_client import REGISTRY
+from redis.exceptions import ResponseError
 
 from ivr.redis.autopipeline import AutoPipeline
 from ivr.redis.state_writes import StateWrites, contact_commands
@@ -85,3 +87,57 @@ def test_contact_memory_still_kept_when_the_process_stops_is_counted_lost(caplog
     assert caplog.records[-1].getMessage() == (
         "stopping: 0 contacts' memory written again; state writes lost: 1 contact "
         "(ivr_state_writes_lost_total)")
+
+
+def test_contact_memory_written_late_never_replaces_a_visit_recorded_meanwhile(
+    redis_url: str
+) -> None:
+    """Replayed with HSET, the kept memory put an older visit and older saved fields over what
+    another instance wrote once Redis answered again."""
+    number = "+15550000321"
+
+    async def scenario(client: redis.Redis) -> None:
+        pipeline = AutoPipeline(f"redis://127.0.0.1:{free_port()}")  # refused: Redis is down
+        writes = StateWrites(pipeline, TTL)
+        assert not await writes.execute(*contact_commands(
+            number, {"last_seen": "1767258000", "language": "english"}, "1767258000", TTL))
+        # Another instance records a later visit, with another answer, before the replay.
+        client.hset(f"ivr:contact:{number}",
+                    mapping={"last_seen": str(int(time.time()) + 60), "language": "french"})
+        pipeline.url = redis_url
+        while writes._retrying is not None:  # noqa: SLF001 (what the test waits for)
+            await asyncio.sleep(0.05)
+        await writes.close()
+        await pipeline.close()
+
+    with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+        asyncio.run(scenario(client))
+        memory = client.hgetall(f"ivr:contact:{number}")
+        assert memory["language"] == "french" and memory["first_seen"] == "1767258000"
+        assert int(memory["last_seen"]) > time.time()
+        assert TTL - 60 < client.ttl(f"ivr:contact:{number}") <= TTL
+
+
+def test_contact_memory_refused_by_a_replica_during_a_failover_is_kept_not_lost(
+    redis_url: str
+) -> None:
+    """READONLY (a master demoted by a failover) is "not now": it was counted lost, as a bug."""
+    number = "+15550000322"
+    before = lost("contact")
+
+    async def scenario() -> None:
+        pipeline = AutoPipeline(redis_url)
+        writes = StateWrites(pipeline, TTL)
+        writes.failed(tuple(contact_commands(number, {"last_seen": "1767258000"}, "1767258000",
+                                             TTL)),
+                      ResponseError("READONLY You can't write against a read only replica."))
+        while writes._retrying is not None:  # noqa: SLF001 (what the test waits for)
+            await asyncio.sleep(0.05)
+        await writes.close()
+        await pipeline.close()
+
+    asyncio.run(scenario())
+    with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+        assert client.hgetall(f"ivr:contact:{number}") == {
+            "first_seen": "1767258000", "last_seen": "1767258000"}
+    assert lost("contact") == before

@@ -17,6 +17,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError, ResponseError
@@ -34,6 +35,23 @@ _LOST_KINDS = (("ivr:session:", "session"), ("ivr:replay:", "retry_record"),
 MAX_KEPT_CONTACTS = 10_000
 RETRY_INTERVAL = 0.5  # how often Redis is asked whether it answers again
 CONTACTS_A_BATCH = 1_000  # written again together: one round trip, well within its timeout
+
+# Redis's answers that say "not now" rather than "never" (a replica during a failover, a Redis
+# loading its data): the write is kept, as when Redis is unreachable.
+_TRANSIENT_REFUSALS = ("READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+# A kept contact written late: first_seen unless it has one; the fields only if no visit newer
+# than the kept writes was recorded meanwhile (by another instance, say), so a late write never
+# puts older memory over newer. KEYS: the contact; ARGV: first_seen ('' for none), the TTL, when
+# the kept writes were made (epoch seconds), then field, value pairs.
+_REPLAY_SCRIPT = """
+if ARGV[1] ~= '' then redis.call('HSETNX', KEYS[1], 'first_seen', ARGV[1]) end
+local stored = tonumber(redis.call('HGET', KEYS[1], 'last_seen') or '')
+if #ARGV > 3 and not (stored and stored > tonumber(ARGV[3])) then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
 
 _lost = labelled(STATE_WRITES_LOST)
 _retried = labelled(STATE_WRITES_RETRIED)
@@ -60,11 +78,18 @@ class _KeptContact:
 
     fields: dict[str, str] = field(default_factory=dict)
     first_seen: str | None = None
+    made_at: int = 0  # when the newest of the writes was made, in epoch seconds
 
     def merge_older(self, older: _KeptContact) -> None:
         self.fields = {**older.fields, **self.fields}
         if older.first_seen is not None:
             self.first_seen = min(filter(None, (self.first_seen, older.first_seen)))
+        self.made_at = max(self.made_at, older.made_at)
+
+    def replay_command(self, number: str, ttl_seconds: int) -> Command:
+        return ("EVAL", _REPLAY_SCRIPT, 1, f"{CONTACT_KEY}{number}", self.first_seen or "",
+                ttl_seconds, self.made_at,
+                *(item for pair in self.fields.items() for item in pair))
 
 
 class StateWrites(FailedSends):
@@ -97,7 +122,7 @@ class StateWrites(FailedSends):
 
     def failed(self, commands: tuple[Command, ...], error: Exception) -> None:
         """Keep the contact memory among `commands`, and count the rest lost."""
-        if isinstance(error, ResponseError) or self._closed:
+        if (isinstance(error, ResponseError) and not is_transient(error)) or self._closed:
             if not self._closed:  # refused, not unreachable: a bug, never retried
                 log.warning("state write refused by Redis: %s", error)
             for command in commands:
@@ -146,6 +171,8 @@ class StateWrites(FailedSends):
                     self._count_lost("contact")
                 return
             kept = self._kept[number] = _KeptContact()
+        # It failed just now: a visit recorded after this by another instance is newer.
+        kept.made_at = max(kept.made_at, int(time.time()))
         if name == "HSET":
             kept.fields.update(zip(command[2::2], command[3::2], strict=True))
         elif name == "HSETNX":
@@ -176,8 +203,7 @@ class StateWrites(FailedSends):
             batch = {number: self._kept.pop(number) for number in numbers}
             try:
                 results = await asyncio.gather(*(
-                    self.pipeline.execute(*contact_commands(
-                        number, kept.fields, kept.first_seen, self.contact_ttl_seconds))
+                    self.pipeline.execute(kept.replay_command(number, self.contact_ttl_seconds))
                     for number, kept in batch.items()), return_exceptions=True)
             except asyncio.CancelledError:  # the process stops: kept, to be counted
                 for number, kept in batch.items():
@@ -185,7 +211,7 @@ class StateWrites(FailedSends):
                 raise
             unwritten: Exception | None = None
             for (number, kept), result in zip(batch.items(), results, strict=True):
-                if isinstance(result, ResponseError):
+                if isinstance(result, ResponseError) and not is_transient(result):
                     self._count_lost("contact")
                 elif isinstance(result, Exception):
                     unwritten = result
@@ -221,3 +247,8 @@ def _kind(command: Command) -> str | None:
     if key.startswith(CONTACT_KEY):
         return "contact"
     return next((kind for prefix, kind in _LOST_KINDS if key.startswith(prefix)), None)
+
+
+def is_transient(error: ResponseError) -> bool:
+    """Whether Redis refused for now only (a failover, a load), not for good."""
+    return str(error).startswith(_TRANSIENT_REFUSALS)
