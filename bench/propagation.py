@@ -134,7 +134,7 @@ def measure(count: int, opts: argparse.Namespace) -> None:
         api_url, ivr_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{ivr_port}"
         api = procs.start("loyalty-api", [sys.executable, str(BENCH / "loyalty_api.py"),
                                           "--port", str(api_port), "--latency-ms", "20"])
-        env = server_env(tmp, api_url, token)
+        env = server_env(tmp, api_url, token, {})  # the defaults
         (tmp / "flows").mkdir()  # the reference flow alone: it routes to the shipped three
         (tmp / "flows" / REFERENCE_FLOW).write_bytes((REPO / "flows" / REFERENCE_FLOW).read_bytes())
         env.update({"IVR_SIP_CONFIG": str(tmp / "queues.yaml"), "IVR_ADMIN_TOKEN": admin,

@@ -233,7 +233,7 @@ def startup(opts: argparse.Namespace) -> list[str]:
 def time_startup(tmp: Path) -> tuple[float, str]:
     """Seconds from `ivr serve`'s start until /readyz is 200, and "ready" or why it is not."""
     (port,) = free_ports(1)
-    env = server_env(tmp, "http://127.0.0.1:9", secrets.token_hex(16))
+    env = server_env(tmp, "http://127.0.0.1:9", secrets.token_hex(16), {})
     with Processes(tmp) as procs:
         began = time.monotonic()
         server = procs.start("ivr-serve", [sys.executable, "-m", "ivr", "serve", "--port",
@@ -281,7 +281,10 @@ def make_queues(redis_dir: Path, queues: int, versions: int) -> None:
                         queue_store.counter_key(name), queue_store.AUDIT_KEY,
                         queue_store.CONFIG_VERSION_KEY],
                   args=[name, queue_store._record_json(queue, "bench", at), "", "",
-                        json.dumps(entry), queue_store.CHANGED_CHANNEL], client=pipe)
+                        json.dumps(entry), queue_store.CHANGED_CHANNEL,
+                        # no delete guard; every version and audit entry kept (the server runs
+                        # with IVR_QUEUE_VERSIONS_KEPT above them too), no age limit
+                        "", str(versions + 1), str(AUDIT_KEPT), ""], client=pipe)
             if index % 500 == 0:
                 pipe.execute()
         pipe.execute()
@@ -289,6 +292,8 @@ def make_queues(redis_dir: Path, queues: int, versions: int) -> None:
     finally:
         embedded.stop(timeout=60)
 
+
+AUDIT_KEPT = 1_000_000
 
 ADMIN_READS = {
     "queue page": "/admin/queues/standard",
@@ -408,8 +413,11 @@ def admin(opts: argparse.Namespace) -> list[str]:
         lines[0] += f" [made in {time.monotonic() - made:.0f} s]"
         api_port, port = free_ports(2)
         token, admin_token = secrets.token_hex(16), secrets.token_hex(16)
-        env = server_env(tmp, f"http://127.0.0.1:{api_port}", token)
+        env = server_env(tmp, f"http://127.0.0.1:{api_port}", token, {})  # the defaults
         env["IVR_ADMIN_TOKEN"] = admin_token
+        # Every version written kept, the bound's worst case: reads must not grow with it.
+        env["IVR_QUEUE_VERSIONS_KEPT"] = str(opts.versions + 1)
+        env["IVR_AUDIT_ENTRIES_KEPT"] = str(AUDIT_KEPT)
         base = f"http://127.0.0.1:{port}"
         with Processes(tmp) as procs:
             api = procs.start("loyalty-api", [sys.executable, str(BENCH / "loyalty_api.py"),
