@@ -165,14 +165,22 @@ class TextFormatter(logging.Formatter):
         record.asctime = self.formatTime(record)
         return _scrub(f"{record.asctime} {record.levelname} {record.name}: {record.message}")
 
+    def line(self, created: float, levelname: str, name: str, message: str,
+             fields: Mapping[str, Any]) -> str:
+        """What format writes for a record of these, made without one (LogLine)."""
+        asctime = self._asctime(created, _msecs(created))
+        return _scrub(f"{asctime} {levelname} {name}: {message}")
+
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         """Formatter's asctime, the date and time of a second made once for all its lines."""
-        second = int(record.created)
+        return self._asctime(record.created, record.msecs)
+
+    def _asctime(self, created: float, msecs: float) -> str:
+        second = int(created)
         if second != self._second:
-            self._second_text = time.strftime(self.default_time_format,
-                                              self.converter(record.created))
+            self._second_text = time.strftime(self.default_time_format, self.converter(created))
             self._second = second
-        return self.default_msec_format % (self._second_text, record.msecs)
+        return self.default_msec_format % (self._second_text, msecs)
 
 
 class JsonFormatter(logging.Formatter):
@@ -182,15 +190,8 @@ class JsonFormatter(logging.Formatter):
     webhook line's cost (bench/README.md, ivr/logs.py)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": utc_time(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "process": record.process,  # which worker, under `ivr serve --workers N`
-            # Before JSON escapes it: the escape of a secret's escaped form is no form of it.
-            "message": _scrub(record.getMessage()),
-            **_context.get(),
-        }
+        entry = _json_entry(record.created, record.levelname, record.name, record.process,
+                            record.getMessage())
         for key, value in record.__dict__.items():
             if key not in _RECORD_ATTRIBUTES and key not in entry:
                 entry[key] = value
@@ -200,6 +201,40 @@ class JsonFormatter(logging.Formatter):
             entry["stack"] = _scrub(record.stack_info)
         # Secrets last, over the whole line: a field passed with `extra=` may hold one too.
         return scrub_secrets(_json_line(entry))
+
+    def line(self, created: float, levelname: str, name: str, message: str,
+             fields: Mapping[str, Any]) -> str:
+        """What format writes for a record of these, with `fields` passed as `extra=`, made
+        without one (LogLine)."""
+        entry = _json_entry(created, levelname, name, _process_id(), message)
+        for key, value in fields.items():
+            if key not in entry:
+                entry[key] = value
+        return scrub_secrets(_json_line(entry))
+
+
+def _json_entry(created: float, levelname: str, name: str, process: int | None,
+                message: str) -> dict[str, Any]:
+    return {
+        "time": utc_time(created),
+        "level": levelname.lower(),
+        "logger": name,
+        "process": process,  # which worker, under `ivr serve --workers N`
+        # Before JSON escapes it: the escape of a secret's escaped form is no form of it.
+        "message": _scrub(message),
+        **_context.get(),
+    }
+
+
+@functools.cache  # forgotten in a forked child (_forget_batches)
+def _process_id() -> int | None:
+    """A LogRecord's `process`."""
+    return os.getpid() if logging.logProcesses else None
+
+
+def _msecs(created: float) -> float:
+    """A LogRecord's `msecs` for its `created`."""
+    return int((created - int(created)) * 1000) + 0.0
 
 
 def _json_line(entry: dict[str, Any]) -> str:
@@ -236,8 +271,11 @@ class RecordTemplate:
 
     _PER_LINE = frozenset({"msg", "args", "created", "msecs", "relativeCreated"})
 
-    def __init__(self, logger: logging.Logger, level: int, msg: str) -> None:
+    def __init__(self, logger: logging.Logger, level: int, msg: str,
+                 stacklevel: int = 1) -> None:
+        """`stacklevel`: as logging's, the caller of `record` being 1."""
         self.logger, self.level, self.msg = logger, level, msg
+        self.stacklevel = stacklevel
         self._base: dict[str, Any] | None = None
         self._thread = 0
         _templates.append(self)
@@ -259,7 +297,7 @@ class RecordTemplate:
         attributes.update(self._base)
         now = time.time()
         attributes["msg"], attributes["args"], attributes["created"] = self.msg, args, now
-        attributes["msecs"] = int((now - int(now)) * 1000) + 0.0
+        attributes["msecs"] = _msecs(now)
         attributes["relativeCreated"] = (now - logging._startTime) * 1000
         if "taskName" in attributes:  # Python 3.12: which task, per line
             attributes["taskName"] = _task_name()
@@ -267,12 +305,64 @@ class RecordTemplate:
         return made
 
     def _made(self, args: tuple[Any, ...], fields: Mapping[str, Any]) -> logging.LogRecord:
-        pathname, lineno, func, _ = self.logger.findCaller(stacklevel=3)
+        pathname, lineno, func, _ = self.logger.findCaller(stacklevel=2 + self.stacklevel)
         return self.logger.makeRecord(self.logger.name, self.level, pathname, lineno, self.msg,
                                       args, None, func, dict(fields))
 
     def _forget(self) -> None:
         self._base = None
+
+
+class LogLine:
+    """One log call made on every webhook, at its cost: written straight to the server's own
+    handler (BatchedStreamHandler, formatted by ours) when that is the one handler the line
+    would reach, the line made from its parts with no LogRecord and no walk through logging's
+    handlers (a webhook's line through logging was 12-14% of a cache hit; bench/README.md,
+    ivr/logs.py). Any other set-up (a host program's handler, a filter, a record factory) gets
+    the record through logging, as any line."""
+
+    def __init__(self, logger: logging.Logger, level: int, msg: str) -> None:
+        self.logger, self.level, self.msg = logger, level, msg
+        self.levelname = logging.getLevelName(level)
+        self._template = RecordTemplate(logger, level, msg, stacklevel=2)
+
+    def log(self, args: tuple[Any, ...], fields: Mapping[str, Any]) -> None:
+        """Log `msg % args` with `fields` as `extra=`. Call it from the same place every time."""
+        if not self.logger.isEnabledFor(self.level):
+            return
+        handler = self._server_handler()
+        if handler is not None:
+            try:
+                created = time.time()
+                line = handler.formatter.line(  # type: ignore[union-attr]
+                    created, self.levelname, self.logger.name, self.msg % args, fields)
+            except Exception:  # noqa: BLE001 (logging's path tells it: handleError)
+                handler = None
+            else:
+                line_batch(handler.stream).add(line + handler.terminator,
+                                               self.level >= logging.WARNING)
+                return
+        self.logger.handle(self._template.record(args, fields))
+
+    def _server_handler(self) -> BatchedStreamHandler | None:
+        """The server's own handler, if it is the only one a line of this logger reaches and
+        no filter or record factory of a host program would see the record."""
+        found: logging.Handler | None = None
+        logger: logging.Logger | None = self.logger
+        while logger is not None:
+            if logger.filters or (logger.handlers and (found or len(logger.handlers) > 1)):
+                return None
+            if logger.handlers:
+                found = logger.handlers[0]
+            if not logger.propagate:
+                break
+            logger = logger.parent
+        if (type(found) is not BatchedStreamHandler or found.filters
+                or self.level < found.level
+                or type(found.formatter) not in (JsonFormatter, TextFormatter)
+                or logging.getLogRecordFactory() is not logging.LogRecord):
+            return None
+        return found
 
 
 def _task_name() -> str | None:
@@ -314,22 +404,34 @@ class LineBatch:
         self.batching = False
         self._serving = 0
         self._lines: list[str] = []
-        self._lock = threading.Lock()  # the lines
+        self._lock = threading.Lock()  # the lines, and whether a write is due
         self._writing = threading.Lock()  # the stream, so batches are written in their order
-        self._due = threading.Event()
-        self._closed = threading.Event()
         self._flusher: threading.Thread | None = None
+        self._start_signals()
+
+    def _start_signals(self) -> None:
+        # Raw locks as signals, not Events: a line that starts a batch releases one (a C call),
+        # where an Event's set ran threading's Condition in Python and woke the thread per line
+        # in the harness (bench/README.md, ivr/logs.py).
+        self._due = False  # a write is due: the flusher is timing a batch
+        self._closed = False
+        self._wake = threading.Lock()  # released when a batch starts (or at close)
+        self._wake.acquire()
+        self._stop = threading.Lock()  # released at close: ends the flusher's wait
+        self._stop.acquire()
 
     def add(self, line: str, urgent: bool) -> None:
         with self._lock:
             self._lines.append(line)
-            waiting = len(self._lines) > 1
+            timed = self.batching and not urgent and not self._due
+            if timed:
+                self._due = True
         if urgent or not self.batching:
             self.flush()
-        elif not waiting:
+        elif timed:
             if self._flusher is None:
                 self._start_flusher()
-            self._due.set()
+            self._wake.release()
 
     def flush(self) -> None:
         with self._writing:
@@ -357,8 +459,13 @@ class LineBatch:
     def close(self) -> None:
         """Write what waits, and stop the thread (batching off from now on)."""
         self.batching = False
-        self._closed.set()
-        self._due.set()
+        with self._lock:
+            closing, self._closed = not self._closed, True
+            if closing:
+                self._stop.release()
+                if not self._due:  # the flusher waits for a batch: wake it to see the stop
+                    self._due = True
+                    self._wake.release()
         if self._flusher is not None:
             self._flusher.join()
         self.flush()
@@ -372,12 +479,16 @@ class LineBatch:
         self._flusher.start()
 
     def _flush_when_due(self) -> None:
-        while not self._closed.is_set():
-            self._due.wait()
-            self._closed.wait(self.interval)  # what comes meanwhile goes in the same write
-            self._due.clear()
+        while True:
+            self._wake.acquire()
+            # What comes meanwhile goes in the same write.
+            closed = self._stop.acquire(timeout=self.interval)
+            with self._lock:
+                self._due = False
             with contextlib.suppress(Exception):  # a closed stream: as logging, carry on
                 self.flush()
+            if closed:
+                return
 
     def _forked(self) -> None:
         """In a forked child: the parent writes the lines it had (flushed before the fork), and
@@ -385,9 +496,8 @@ class LineBatch:
         self._lines = []
         self._lock = threading.Lock()
         self._writing = threading.Lock()
-        self._due = threading.Event()
-        self._closed = threading.Event()
         self._flusher = None
+        self._start_signals()
 
 
 _batches: dict[int, LineBatch] = {}
@@ -413,6 +523,7 @@ def _forget_batches() -> None:
         batch._forked()
     for template in _templates:  # another process id
         template._forget()
+    _process_id.cache_clear()
 
 
 os.register_at_fork(before=_flush_batches, after_in_child=_forget_batches)

@@ -13,6 +13,7 @@ import os
 import random
 import select
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,6 +23,8 @@ from ivr.logs import (
     _TEXT_FORMAT,
     BatchedStreamHandler,
     JsonFormatter,
+    LineBatch,
+    LogLine,
     RecordTemplate,
     TextFormatter,
     hide_secrets,
@@ -148,6 +151,87 @@ def test_a_record_factory_of_the_host_program_makes_the_templates_records_too() 
         logging.setLogRecordFactory(logging.LogRecord)
 
 
+# --- the webhook's line straight to the server's handler (LogLine) ------------------------------
+
+WEBHOOK_FIELDS = {"endpoint": "voice", "from": mask_number(L.GOLD), "flow": "loyalty_routing",
+                  "route": "gold", "fallback_reason": None, "duration_ms": 3.25}
+
+
+@pytest.fixture
+def server_logger() -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """`ivr.test_logs.server.webhook` reaching only the server's own handler (as
+    configure_logging sets it up, on `ivr.test_logs.server`), writing to a StringIO."""
+    parent, logger = (logging.getLogger("ivr.test_logs.server"),
+                      logging.getLogger("ivr.test_logs.server.webhook"))
+    stream = io.StringIO()
+    handler = BatchedStreamHandler(stream)
+    parent.addHandler(handler)
+    parent.setLevel(logging.INFO)
+    parent.propagate = False
+    yield logger, stream
+    parent.handlers.clear()
+    logger.handlers.clear()
+    logger.filters.clear()
+    logging.setLogRecordFactory(logging.LogRecord)
+
+
+@pytest.mark.parametrize("formatter_class", [JsonFormatter, TextFormatter])
+def test_a_line_written_straight_to_the_servers_handler_is_the_line_logging_writes(
+        server_logger: tuple[logging.Logger, io.StringIO], monkeypatch: pytest.MonkeyPatch,
+        formatter_class: type[JsonFormatter | TextFormatter]) -> None:
+    logger, stream = server_logger
+    handler = logger.parent.handlers[0]  # type: ignore[union-attr]
+    handler.setFormatter(formatter_class())
+    line = LogLine(logger, logging.INFO, "%s %s from %s: %s (%.1f ms)")
+    args = ("voice", "CA" + "0" * 32, L.GOLD, "with crm-token-31415 -> gold", 3.25)
+    created = 1_700_000_000.4567
+    monkeypatch.setattr(logging.time, "time", lambda: created)  # LogRecord's clock and ours
+    hide_secrets({"IVR_SECRET_CRM": "crm-token-31415"})
+    try:
+        with log_context(call_sid="CA1", channel="voice"):
+            fields = {**WEBHOOK_FIELDS, "route": "crm-token-31415"}  # as a field may hold
+            line.log(args, fields)
+            by_logging = handler.format(logger.makeRecord(
+                logger.name, logging.INFO, __file__, 1, line.msg, args, None, extra=fields))
+    finally:
+        hide_secrets({})
+    assert stream.getvalue() == by_logging + "\n"
+    assert L.GOLD not in by_logging and "crm-token-31415" not in by_logging
+
+
+def test_a_host_programs_handler_filter_or_record_factory_still_gets_the_record(
+        server_logger: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = server_logger
+    logger.parent.handlers[0].setFormatter(JsonFormatter())  # type: ignore[union-attr]
+    line = LogLine(logger, logging.INFO, "%s %s from %s: %s (%.1f ms)")
+    got: list[logging.LogRecord] = []
+
+    class Host(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            got.append(record)
+
+    class Tagged(logging.LogRecord):
+        pass
+
+    def logged() -> logging.LogRecord:
+        line.log(WEBHOOK_ARGS, WEBHOOK_FIELDS)
+        return got[-1]
+
+    logger.addHandler(Host())
+    each = logged()
+    assert each.getMessage() == line.msg % WEBHOOK_ARGS and each.route == "gold"
+    assert each.funcName == "logged"  # where the line is logged from
+    assert stream.getvalue().count("\n") == 1  # and the server's handler wrote it too
+    logger.handlers.clear()
+    logger.addFilter(lambda record: bool(got.append(record)) or True)
+    assert logged().route == "gold"
+    logger.filters.clear()
+    logging.setLogRecordFactory(Tagged)
+    logger.addFilter(lambda record: bool(got.append(record)) or True)
+    assert type(logged()) is Tagged
+    assert stream.getvalue().count("\n") == 3
+
+
 # --- lines written together -------------------------------------------------------------------
 
 @pytest.fixture
@@ -259,6 +343,42 @@ def test_a_line_waiting_at_a_fork_is_written_once(
     batch.flush()
     text = received(5.0)
     assert text.count("before the fork") == 1 and text.count("the child's") == 1
+
+
+def closed_at_once(batch: LineBatch) -> bool:
+    """Whether `batch.close()` returned, and its thread ended, within 5 s."""
+    closing = threading.Thread(target=batch.close, daemon=True)
+    closing.start()
+    closing.join(5.0)
+    return not closing.is_alive() and not batch._flusher.is_alive()  # type: ignore[union-attr]
+
+
+def test_closing_a_batch_writes_its_lines_and_stops_its_thread_at_once(
+        pipe: tuple[io.TextIOWrapper, Callable[[float], str]]) -> None:
+    stream, received = pipe
+    batch = line_batch(stream)
+    batch.interval, batch.batching = 0.01, True
+    logger = batched_logger("close", stream)
+    logger.info("written")
+    assert "written" in received(5.0)  # the thread now waits for the next batch's first line
+    batch.interval = 3600.0
+    logger.info("waiting")
+    assert received(0) == ""
+
+    assert closed_at_once(batch)
+    assert "waiting" in received(0)
+
+
+def test_closing_a_batch_whose_thread_waits_for_lines_stops_it_at_once(
+        pipe: tuple[io.TextIOWrapper, Callable[[float], str]]) -> None:
+    stream, received = pipe
+    batch = line_batch(stream)
+    batch.interval, batch.batching = 0.01, True
+    batched_logger("idle", stream).info("written")
+    assert "written" in received(5.0)
+    while batch._due:  # the thread has written its batch and waits for another
+        received(0.01)
+    assert closed_at_once(batch)
 
 
 # --- a real server ------------------------------------------------------------------------------

@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 
 from ivr.calltrace import CallTrace
-from ivr.logs import RecordTemplate
+from ivr.logs import LogLine
 from ivr.metrics import ROUTES, WEBHOOK_SECONDS, labelled
 from ivr.services import Services
 
 log = logging.getLogger("ivr.webhook")
 # Made once: a LogRecord made per webhook was most of its line's cost (bench/README.md).
-_decided = RecordTemplate(log, logging.INFO, "%s %s from %s: %s (%.1f ms)")
+_decided = LogLine(log, logging.INFO, "%s %s from %s: %s (%.1f ms)")
 
 _webhook_seconds = labelled(WEBHOOK_SECONDS)
 _routes = labelled(ROUTES)
@@ -30,6 +30,6 @@ def report_decision(services: Services, trace: CallTrace, summary: str, seconds:
     if trace.decided:
         _routes(trace.channel, trace.flow, trace.route).inc()
     if log.isEnabledFor(logging.INFO):
-        log.handle(_decided.record((trace.channel, trace.sid, trace.caller, summary,
-                                    trace.duration_ms), trace.log_fields()))
+        _decided.log((trace.channel, trace.sid, trace.caller, summary, trace.duration_ms),
+                     trace.log_fields())
     services.traces.record(trace)
