@@ -19,21 +19,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import random
 from collections import ChainMap
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from collections.abc import Mapping
 from typing import Any, Protocol
 
 import redis.asyncio as redis
 from redis.exceptions import BusyLoadingError, RedisError, ResponseError
 
 from ivr.metrics import STORE_UP
-from ivr.queues import Queue, QueueConfig, changed_fields, check_overflow_from, queue_matches
-from ivr.redis.retention import TRIM_LUA, Retention, kept_versions, next_before, page_numbers
+from ivr.queues import (
+    Queue,
+    QueueConfig,
+    changed_fields,
+    check_overflow_from,
+    queue_matches,
+)
+from ivr.redis.retention import (
+    TRIM_LUA,
+    Retention,
+    kept_versions,
+    next_before,
+    page_numbers,
+)
 
 # The logger keeps the name it had before the move into ivr/redis/: operators filter on it.
 log = logging.getLogger("ivr.store")
@@ -389,7 +402,11 @@ class QueueStore:
         which outlasted /readyz's bound. INFO, which a loading Redis answers, goes with the
         PING; its reply is used only when PING answered LOADING."""
         pool = self.redis.connection_pool
-        connection = await pool.get_connection()
+        # redis-py before 5.3 requires the command's name (the pyproject floor is 5.0.1); later
+        # ones warn when given it.
+        named = inspect.signature(pool.get_connection).parameters["command_name"]
+        connection = await (pool.get_connection("PING") if named.default is inspect.Parameter.empty
+                            else pool.get_connection())
         try:
             await connection.send_packed_command(
                 connection.pack_commands([("PING",), ("INFO", "persistence")]),
