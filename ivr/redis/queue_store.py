@@ -370,8 +370,8 @@ class QueueStore:
 
     async def live_names(self) -> tuple[set[str], str]:
         """The names of the queues in Redis now, and the config version they are at (what a
-        check against the live queues is guarded by)."""
-        queues, version = await self._snapshot()
+        check against the live queues is guarded by): this process's, when at the live version."""
+        queues, version = await self._cached_at_live_version()
         return set(queues), version
 
     # --- health -----------------------------------------------------------------------------
@@ -705,11 +705,6 @@ class QueueStore:
             self._queues[name] = queue
         if held == config_version - 1:
             self._config_version = str(config_version)
-
-    async def _snapshot(self) -> tuple[dict[str, Queue], str]:
-        # A corrupt record is left out: a write may replace it.
-        records, _, version = await self._read_records()
-        return {name: record.queue for name, record in records.items()}, version or "0"
 
     async def _run_write(self, name: str, record_json: str, if_match: str | None,
                          config_version: str, entry: dict[str, Any],
